@@ -1,0 +1,490 @@
+//! The DaemonSet of proxy pods that serves one Service, built from its `ServiceLb`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Sysctl, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use crate::names;
+use crate::placement::Placement;
+use crate::service_lb::{Destination, IpFamily, ServiceLb};
+
+/// How proxy pods get forwarding turned on in their network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForwardingMode {
+    /// A privileged init container sets forwarding and installs the rules; the long-running
+    /// container has no capabilities at all. Works on every cluster.
+    InitContainer,
+    /// ServiceLB's way: the pod asks kubelet for the forwarding sysctls and one container with
+    /// NET_ADMIN installs the rules. Needs kubelets that allow those sysctls.
+    Sysctls,
+}
+
+/// Cluster-wide choices that shape every proxy DaemonSet.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    pub namespace: String,
+    pub image: String,
+    pub image_pull_policy: String,
+    pub forwarding: ForwardingMode,
+    pub default_priority_class: String,
+}
+
+const LB_BINARY: &str = "/hostlb-lb";
+/// Filled in by kubelet from the downward API; the lb-pod's arguments refer to it.
+const NODE_ADDRESS_ENV: &str = "HOSTLB_NODE_ADDRESS";
+/// kubelet does not expand downward-API variables in exec probes, so the probe reads its own.
+const PROBE_ADDRESS_ENV: &str = "HOSTLB_PROBE_ADDRESS";
+const UNPRIVILEGED_UID: i64 = 65534;
+
+/// Labels that tie an object to the Service it serves.
+pub fn service_labels(lb: &ServiceLb, daemonset_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (names::LABEL_NAME.into(), names::APP_NAME.into()),
+        (names::LABEL_COMPONENT.into(), names::COMPONENT_PROXY.into()),
+        (names::LABEL_MANAGED_BY.into(), names::MANAGED_BY.into()),
+        (names::LABEL_INSTANCE.into(), daemonset_name.into()),
+        (names::LABEL_SERVICE_NAMESPACE.into(), lb.namespace.clone()),
+        (names::LABEL_SERVICE_NAME.into(), lb.name.clone()),
+        (names::LABEL_SERVICE_UID.into(), lb.uid.clone()),
+    ])
+}
+
+/// The desired DaemonSet, carrying a hash of itself so an unchanged one need not be re-applied.
+pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> DaemonSet {
+    let name = names::daemonset_name(&lb.name, &lb.uid);
+    let labels = service_labels(lb, &name);
+    let selector = BTreeMap::from([
+        (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),
+        (names::LABEL_SERVICE_UID.to_string(), lb.uid.clone()),
+    ]);
+    let mut daemonset = DaemonSet {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(pod_spec(lb, placement, settings)),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let hash = config_hash(&daemonset);
+    daemonset.metadata.annotations = Some(BTreeMap::from([(names::ANNOTATION_CONFIG_HASH.to_string(), hash)]));
+    daemonset
+}
+
+/// The hash stored on a DaemonSet by `desired_daemonset`.
+pub fn config_hash_of(daemonset: &DaemonSet) -> Option<&str> {
+    daemonset.metadata.annotations.as_ref()?.get(names::ANNOTATION_CONFIG_HASH).map(String::as_str)
+}
+
+fn config_hash(daemonset: &DaemonSet) -> String {
+    let json = serde_json::to_vec(daemonset).expect("a DaemonSet always serialises");
+    names::hex_digest(&json)[..16].to_string()
+}
+
+fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> PodSpec {
+    let rules_args = rules_args(lb);
+    let local = matches!(lb.destination, Destination::NodeLocal { .. });
+    let node_address_env = |name: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: "status.hostIP".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ports: Vec<ContainerPort> = lb
+        .ports
+        .iter()
+        .map(|p| ContainerPort {
+            container_port: i32::from(p.port),
+            host_port: Some(i32::from(p.port)),
+            protocol: Some(p.protocol.api_name().into()),
+            ..Default::default()
+        })
+        .collect();
+    let readiness_probe = match lb.destination {
+        Destination::NodeLocal { health_check_node_port } => Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    LB_BINARY.into(),
+                    "probe".into(),
+                    "--port".into(),
+                    health_check_node_port.to_string(),
+                ]),
+            }),
+            period_seconds: Some(5),
+            timeout_seconds: Some(2),
+            failure_threshold: Some(2),
+            ..Default::default()
+        }),
+        Destination::ClusterIps(_) => None,
+    };
+    let base = Container {
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        command: Some(vec![LB_BINARY.into()]),
+        ..Default::default()
+    };
+    let mut env = Vec::new();
+    let (init_containers, main, sysctls) = match settings.forwarding {
+        ForwardingMode::InitContainer => {
+            let init = Container {
+                name: "install-rules".into(),
+                args: Some([vec!["init".to_string()], rules_args].concat()),
+                env: local.then(|| vec![node_address_env(NODE_ADDRESS_ENV)]),
+                security_context: Some(SecurityContext { privileged: Some(true), ..Default::default() }),
+                resources: Some(resources("10m", "16Mi", "64Mi")),
+                ..base.clone()
+            };
+            let hold = Container {
+                name: "hold".into(),
+                args: Some(vec!["hold".into()]),
+                security_context: Some(unprivileged()),
+                ..base
+            };
+            (Some(vec![init]), hold, None)
+        }
+        ForwardingMode::Sysctls => {
+            if local {
+                env.push(node_address_env(NODE_ADDRESS_ENV));
+            }
+            let run = Container {
+                name: "lb".into(),
+                args: Some([vec!["run".to_string()], rules_args].concat()),
+                security_context: Some(SecurityContext {
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["NET_ADMIN".into()]),
+                        drop: Some(vec!["ALL".into()]),
+                    }),
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    ..Default::default()
+                }),
+                ..base
+            };
+            (None, run, Some(forwarding_sysctls(&lb.families)))
+        }
+    };
+    if local {
+        env.push(node_address_env(PROBE_ADDRESS_ENV));
+    }
+    let main = Container {
+        ports: Some(ports),
+        readiness_probe,
+        env: (!env.is_empty()).then_some(env),
+        resources: Some(resources("1m", "4Mi", "32Mi")),
+        ..main
+    };
+    PodSpec {
+        init_containers,
+        containers: vec![main],
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        priority_class_name: Some(lb.priority_class.clone().unwrap_or_else(|| settings.default_priority_class.clone())),
+        node_selector: Some(placement.required_labels.clone()),
+        affinity: Some(forbidden_labels_affinity(&placement.forbidden_labels)),
+        tolerations: Some(tolerations(&lb.extra_tolerations)),
+        security_context: sysctls.map(|sysctls| PodSecurityContext { sysctls: Some(sysctls), ..Default::default() }),
+        termination_grace_period_seconds: Some(10),
+        ..Default::default()
+    }
+}
+
+/// The lb-pod's rule arguments: which port goes where, and from where it may come.
+fn rules_args(lb: &ServiceLb) -> Vec<String> {
+    let mut args = Vec::new();
+    for port in &lb.ports {
+        args.push("--port".into());
+        args.push(format!("{}:{}:{}", port.protocol.arg_name(), port.port, port.target_port));
+    }
+    match &lb.destination {
+        Destination::ClusterIps(addresses) => {
+            for address in addresses {
+                args.push("--to".into());
+                args.push(address.to_string());
+            }
+        }
+        Destination::NodeLocal { .. } => {
+            args.push("--to".into());
+            args.push(format!("$({NODE_ADDRESS_ENV})"));
+        }
+    }
+    for range in &lb.source_ranges {
+        args.push("--source-range".into());
+        args.push(range.to_string());
+    }
+    args
+}
+
+fn forwarding_sysctls(families: &[IpFamily]) -> Vec<Sysctl> {
+    families
+        .iter()
+        .map(|family| Sysctl {
+            name: match family {
+                IpFamily::V4 => "net.ipv4.ip_forward",
+                IpFamily::V6 => "net.ipv6.conf.all.forwarding",
+            }
+            .into(),
+            value: "1".into(),
+        })
+        .collect()
+}
+
+fn unprivileged() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(UNPRIVILEGED_UID),
+        run_as_group: Some(UNPRIVILEGED_UID),
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn resources(cpu: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory_request.into())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), Quantity(memory_limit.into()))])),
+        ..Default::default()
+    }
+}
+
+fn forbidden_labels_affinity(forbidden: &[String]) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(
+                        forbidden
+                            .iter()
+                            .map(|key| NodeSelectorRequirement {
+                                key: key.clone(),
+                                operator: "DoesNotExist".into(),
+                                values: None,
+                            })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn tolerations(extra: &[Toleration]) -> Vec<Toleration> {
+    let exists = |key: &str, effect: Option<&str>| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: effect.map(Into::into),
+        ..Default::default()
+    };
+    let mut tolerations = vec![
+        exists("CriticalAddonsOnly", None),
+        exists("node-role.kubernetes.io/control-plane", Some("NoSchedule")),
+        exists("node-role.kubernetes.io/master", Some("NoSchedule")),
+    ];
+    tolerations.extend(extra.iter().cloned());
+    tolerations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{ServiceBuilder, UID};
+
+    fn settings(forwarding: ForwardingMode) -> ProxySettings {
+        ProxySettings {
+            namespace: "hostlb-system".into(),
+            image: "example.org/hostlb/lb:1".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            forwarding,
+            default_priority_class: "system-node-critical".into(),
+        }
+    }
+
+    fn build(service: ServiceBuilder, forwarding: ForwardingMode) -> DaemonSet {
+        let lb = ServiceLb::from_service(&service.build()).unwrap();
+        let placement = Placement::for_service(&lb, false);
+        desired_daemonset(&lb, &placement, &settings(forwarding))
+    }
+
+    fn pod(daemonset: &DaemonSet) -> &PodSpec {
+        daemonset.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn claims_every_service_port_as_host_port_with_its_protocol() {
+        let ds = build(
+            ServiceBuilder::new("web").port("TCP", 80, 0).port("UDP", 80, 0).port("SCTP", 9, 0),
+            ForwardingMode::InitContainer,
+        );
+        let ports = pod(&ds).containers[0].ports.as_ref().unwrap();
+        let claimed: Vec<(i32, Option<i32>, &str)> =
+            ports.iter().map(|p| (p.container_port, p.host_port, p.protocol.as_deref().unwrap())).collect();
+        assert_eq!(claimed, vec![(80, Some(80), "TCP"), (80, Some(80), "UDP"), (9, Some(9), "SCTP")]);
+    }
+
+    #[test]
+    fn lives_in_the_system_namespace_labelled_with_its_service() {
+        let ds = build(ServiceBuilder::new("web"), ForwardingMode::InitContainer);
+        assert_eq!(ds.metadata.namespace.as_deref(), Some("hostlb-system"));
+        let labels = ds.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[names::LABEL_SERVICE_NAME], "web");
+        assert_eq!(labels[names::LABEL_SERVICE_NAMESPACE], "shop");
+        assert_eq!(labels[names::LABEL_SERVICE_UID], UID);
+        assert_eq!(labels[names::LABEL_MANAGED_BY], "hostlb");
+        let template_labels = ds.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        let selector = ds.spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap();
+        assert!(selector.iter().all(|(k, v)| template_labels.get(k) == Some(v)));
+    }
+
+    #[test]
+    fn init_container_mode_keeps_the_long_running_container_without_capabilities() {
+        let ds = build(ServiceBuilder::new("web").port("TCP", 443, 0), ForwardingMode::InitContainer);
+        let spec = pod(&ds);
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.security_context.as_ref().unwrap().privileged, Some(true));
+        assert_eq!(
+            init.args.as_ref().unwrap(),
+            &["init", "--port", "tcp:443:443", "--to", "10.96.0.10"].map(String::from).to_vec()
+        );
+        let hold = &spec.containers[0];
+        assert_eq!(hold.args.as_ref().unwrap(), &vec!["hold".to_string()]);
+        let security = hold.security_context.as_ref().unwrap();
+        assert_eq!(security.capabilities.as_ref().unwrap().drop.as_ref().unwrap(), &vec!["ALL".to_string()]);
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert!(security.capabilities.as_ref().unwrap().add.is_none());
+        assert!(spec.security_context.is_none());
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn sysctls_mode_asks_kubelet_for_forwarding_of_each_family_and_adds_net_admin() {
+        let ds = build(ServiceBuilder::new("web").cluster_ips(&["10.96.0.10", "fd00::a"]), ForwardingMode::Sysctls);
+        let spec = pod(&ds);
+        assert!(spec.init_containers.is_none());
+        let sysctls: Vec<&str> =
+            spec.security_context.as_ref().unwrap().sysctls.as_ref().unwrap().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(sysctls, vec!["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]);
+        let run = &spec.containers[0];
+        assert_eq!(run.args.as_ref().unwrap()[0], "run");
+        assert!(run.args.as_ref().unwrap().contains(&"fd00::a".to_string()));
+        let added = run.security_context.as_ref().unwrap().capabilities.as_ref().unwrap().add.as_ref().unwrap();
+        assert_eq!(added, &vec!["NET_ADMIN".to_string()]);
+    }
+
+    #[test]
+    fn local_policy_forwards_to_the_node_address_and_probes_the_health_check_port() {
+        let ds = build(ServiceBuilder::new("web").port("TCP", 80, 30080).local(32100), ForwardingMode::InitContainer);
+        let spec = pod(&ds);
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        let args = init.args.as_ref().unwrap();
+        assert!(args.windows(2).any(|w| w == ["--port", "tcp:80:30080"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--to", "$(HOSTLB_NODE_ADDRESS)"]), "{args:?}");
+        let init_env = init.env.as_ref().unwrap();
+        assert_eq!(init_env[0].name, "HOSTLB_NODE_ADDRESS");
+        assert_eq!(init_env[0].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "status.hostIP");
+        let hold = &spec.containers[0];
+        let probe = hold.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap();
+        assert_eq!(probe, &["/hostlb-lb", "probe", "--port", "32100"].map(String::from).to_vec());
+        assert_eq!(hold.env.as_ref().unwrap()[0].name, "HOSTLB_PROBE_ADDRESS");
+    }
+
+    #[test]
+    fn cluster_policy_pods_have_no_readiness_probe() {
+        let ds = build(ServiceBuilder::new("web"), ForwardingMode::InitContainer);
+        assert!(pod(&ds).containers[0].readiness_probe.is_none());
+    }
+
+    #[test]
+    fn source_ranges_are_passed_to_the_proxy() {
+        let ds = build(ServiceBuilder::new("web").source_ranges(&["10.250.0.0/24"]), ForwardingMode::InitContainer);
+        let args = pod(&ds).init_containers.as_ref().unwrap()[0].args.clone().unwrap();
+        assert!(args.windows(2).any(|w| w == ["--source-range", "10.250.0.0/24"]), "{args:?}");
+    }
+
+    #[test]
+    fn placement_becomes_node_selector_and_exclusion_affinity() {
+        let ds = build(ServiceBuilder::new("web").label(names::POOL, "edge"), ForwardingMode::InitContainer);
+        let spec = pod(&ds);
+        assert_eq!(spec.node_selector.as_ref().unwrap()[names::POOL], "edge");
+        let term = &spec
+            .affinity
+            .as_ref()
+            .unwrap()
+            .node_affinity
+            .as_ref()
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()
+            .node_selector_terms[0];
+        let requirement = &term.match_expressions.as_ref().unwrap()[0];
+        assert_eq!(
+            (requirement.key.as_str(), requirement.operator.as_str()),
+            (names::NODE_LABEL_EXCLUDE, "DoesNotExist")
+        );
+    }
+
+    #[test]
+    fn tolerates_control_plane_by_default_and_adds_the_users_tolerations() {
+        let ds = build(
+            ServiceBuilder::new("web")
+                .annotation(names::ANNOTATION_TOLERATIONS, r#"[{"key":"edge","operator":"Exists"}]"#),
+            ForwardingMode::InitContainer,
+        );
+        let keys: Vec<&str> = pod(&ds).tolerations.as_ref().unwrap().iter().filter_map(|t| t.key.as_deref()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "CriticalAddonsOnly",
+                "node-role.kubernetes.io/control-plane",
+                "node-role.kubernetes.io/master",
+                "edge"
+            ]
+        );
+    }
+
+    #[test]
+    fn priority_class_defaults_and_can_be_overridden() {
+        let default = build(ServiceBuilder::new("web"), ForwardingMode::InitContainer);
+        assert_eq!(pod(&default).priority_class_name.as_deref(), Some("system-node-critical"));
+        let chosen = build(
+            ServiceBuilder::new("web").annotation(names::ANNOTATION_PRIORITY_CLASS, "lb"),
+            ForwardingMode::InitContainer,
+        );
+        assert_eq!(pod(&chosen).priority_class_name.as_deref(), Some("lb"));
+    }
+
+    #[test]
+    fn config_hash_changes_with_the_spec_and_only_then() {
+        let a = build(ServiceBuilder::new("web").port("TCP", 80, 0), ForwardingMode::InitContainer);
+        let again = build(ServiceBuilder::new("web").port("TCP", 80, 0), ForwardingMode::InitContainer);
+        let other_port = build(ServiceBuilder::new("web").port("TCP", 81, 0), ForwardingMode::InitContainer);
+        assert_eq!(config_hash_of(&a), config_hash_of(&again));
+        assert_ne!(config_hash_of(&a), config_hash_of(&other_port));
+        assert!(config_hash_of(&a).is_some());
+    }
+}

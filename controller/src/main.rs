@@ -1,0 +1,97 @@
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+mod conflicts;
+mod controller;
+mod daemonset;
+mod error;
+#[cfg(test)]
+mod fixtures;
+mod mapping;
+mod metrics;
+mod names;
+mod placement;
+mod server;
+mod service_lb;
+mod status;
+
+use daemonset::{ForwardingMode, ProxySettings};
+use status::AddressType;
+
+/// Serves Kubernetes Services of type LoadBalancer from the nodes' own addresses.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Namespace of the proxy DaemonSets.
+    #[arg(long, env = "HOSTLB_NAMESPACE", default_value = "hostlb-system")]
+    namespace: String,
+    /// Services with this spec.loadBalancerClass, or with none, are served; others are left alone.
+    #[arg(long, env = "HOSTLB_LOAD_BALANCER_CLASS", default_value = "hostlb.io/hostlb")]
+    load_balancer_class: String,
+    /// Image of the proxy pods (the hostlb-lb binary).
+    #[arg(long, env = "HOSTLB_LB_IMAGE")]
+    lb_image: String,
+    #[arg(long, env = "HOSTLB_LB_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    lb_image_pull_policy: String,
+    /// How proxy pods turn on forwarding.
+    #[arg(long, env = "HOSTLB_FORWARDING_MODE", value_enum, default_value_t = ForwardingMode::InitContainer)]
+    forwarding_mode: ForwardingMode,
+    /// Which node addresses to publish.
+    #[arg(long, env = "HOSTLB_ADDRESS_TYPE", value_enum, default_value_t = AddressType::Auto)]
+    address_type: AddressType,
+    /// PriorityClass of proxy pods unless a Service names another.
+    #[arg(long, env = "HOSTLB_DEFAULT_PRIORITY_CLASS", default_value = "system-node-critical")]
+    default_priority_class: String,
+    /// Address of the /livez, /readyz and /metrics endpoints.
+    #[arg(long, env = "HOSTLB_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
+    http_address: SocketAddr,
+    #[arg(long, env = "HOSTLB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Names this replica in Events; the pod name is a good choice.
+    #[arg(long, env = "HOSTLB_INSTANCE")]
+    instance: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+
+    let settings = controller::Settings {
+        load_balancer_class: args.load_balancer_class,
+        address_type: args.address_type,
+        instance: args.instance,
+        proxy: ProxySettings {
+            namespace: args.namespace,
+            image: args.lb_image,
+            image_pull_policy: args.lb_image_pull_policy,
+            forwarding: args.forwarding_mode,
+            default_priority_class: args.default_priority_class,
+        },
+    };
+    tracing::info!(?settings, "starting hostlb-controller {}", env!("CARGO_PKG_VERSION"));
+    let client = kube::Client::try_default().await.context("no Kubernetes client configuration")?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = server::Health { metrics: metrics.clone(), ready: ready.clone() };
+    tokio::select! {
+        served = server::serve(args.http_address, health) => served.context("HTTP server stopped")?,
+        ran = controller::run(client, settings, metrics, ready) => ran?,
+    }
+    Ok(())
+}

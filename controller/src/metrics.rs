@@ -1,0 +1,100 @@
+//! Prometheus metrics of the reconciler.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::error::Error;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    reconciliations: Counter,
+    failures: Family<ErrorLabels, Counter>,
+    duration: Histogram,
+    pub daemonset_applies: Counter,
+    pub daemonset_deletes: Counter,
+    pub status_updates: Counter,
+    pub warnings: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("hostlb");
+        let metrics = Metrics {
+            reconciliations: Counter::default(),
+            failures: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            daemonset_applies: Counter::default(),
+            daemonset_deletes: Counter::default(),
+            status_updates: Counter::default(),
+            warnings: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("reconciliations", "Reconciliations of Services", metrics.reconciliations.clone());
+        registry.register("reconcile_failures", "Failed reconciliations by cause", metrics.failures.clone());
+        registry.register("reconcile_duration_seconds", "Time spent per reconciliation", metrics.duration.clone());
+        registry.register(
+            "daemonset_applies",
+            "Proxy DaemonSets created or changed",
+            metrics.daemonset_applies.clone(),
+        );
+        registry.register("daemonset_deletes", "Proxy DaemonSets deleted", metrics.daemonset_deletes.clone());
+        registry.register("status_updates", "Writes of status.loadBalancer", metrics.status_updates.clone());
+        registry.register("warnings", "Warning Events published on Services", metrics.warnings.clone());
+        Metrics { registry, ..metrics }
+    }
+}
+
+impl Metrics {
+    /// Counts a reconciliation and, when the guard drops, its duration.
+    pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
+        self.reconciliations.inc();
+        ReconcileTimer { histogram: &self.duration, started: Instant::now() }
+    }
+
+    pub fn reconcile_failed(&self, error: &Error) {
+        self.failures.get_or_create(&ErrorLabels { error: error.metric_label() }).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+pub struct ReconcileTimer<'a> {
+    histogram: &'a Histogram,
+    started: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_metrics_carry_the_prefix_and_failure_causes() {
+        let metrics = Metrics::default();
+        drop(metrics.reconcile_started());
+        metrics.reconcile_failed(&Error::CachesClosed);
+        let text = metrics.render();
+        assert!(text.contains("hostlb_reconciliations_total 1"), "{text}");
+        assert!(text.contains("hostlb_reconcile_failures_total{error=\"caches_closed\"} 1"), "{text}");
+        assert!(text.contains("hostlb_reconcile_duration_seconds_count 1"), "{text}");
+    }
+}

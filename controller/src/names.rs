@@ -1,0 +1,85 @@
+//! Every label, annotation and name that hostlb reads or writes, in one place.
+
+use sha2::{Digest, Sha256};
+
+/// Field manager for server-side apply and the reporting controller of Events.
+pub const MANAGER: &str = "hostlb-controller";
+pub const FINALIZER: &str = "hostlb.io/cleanup";
+
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const APP_NAME: &str = "hostlb";
+pub const COMPONENT_PROXY: &str = "lb-proxy";
+pub const MANAGED_BY: &str = "hostlb";
+
+pub const LABEL_SERVICE_NAME: &str = "hostlb.io/service-name";
+pub const LABEL_SERVICE_NAMESPACE: &str = "hostlb.io/service-namespace";
+pub const LABEL_SERVICE_UID: &str = "hostlb.io/service-uid";
+/// Hash of everything the controller sets on a DaemonSet, so an unchanged one is not re-applied.
+pub const ANNOTATION_CONFIG_HASH: &str = "hostlb.io/config-hash";
+
+/// Node label: once any node carries it, only nodes with the value `true` run proxy pods.
+pub const NODE_LABEL_ENABLE_LB: &str = "hostlb.io/enablelb";
+/// Node label naming a pool; Service label or annotation choosing one.
+pub const POOL: &str = "hostlb.io/lbpool";
+/// Well-known node label that keeps a node out of every load balancer.
+pub const NODE_LABEL_EXCLUDE: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+pub const NODE_LABEL_OS: &str = "kubernetes.io/os";
+
+pub const ANNOTATION_TOLERATIONS: &str = "hostlb.io/tolerations";
+pub const ANNOTATION_PRIORITY_CLASS: &str = "hostlb.io/priority-class";
+/// The pre-`spec.loadBalancerSourceRanges` way of asking for source ranges, still honoured by
+/// kube-proxy, so honoured here too.
+pub const ANNOTATION_LEGACY_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// Label selector matching every object the controller creates.
+pub fn managed_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_PROXY}")
+}
+
+/// Name of the DaemonSet serving a Service. The Service's name keeps it readable; a hash of
+/// the UID keeps Services of the same name in different namespaces (or re-created ones)
+/// apart. Short enough that pod names derived from it stay valid.
+pub fn daemonset_name(service_name: &str, service_uid: &str) -> String {
+    const MAX_SERVICE_PART: usize = 40;
+    let readable: String = service_name.chars().take(MAX_SERVICE_PART).collect();
+    let readable = readable.trim_end_matches('-');
+    format!("hostlb-{readable}-{}", short_hash(service_uid))
+}
+
+pub fn short_hash(input: &str) -> String {
+    hex_digest(input.as_bytes())[..8].to_string()
+}
+
+pub fn hex_digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemonset_name_keeps_short_service_names_whole() {
+        let name = daemonset_name("web", "0b0e5f3a-1111-2222-3333-444455556666");
+        assert!(name.starts_with("hostlb-web-"), "{name}");
+        assert_eq!(name.len(), "hostlb-web-".len() + 8);
+    }
+
+    #[test]
+    fn daemonset_name_differs_for_same_name_with_other_uid() {
+        assert_ne!(daemonset_name("web", "uid-a"), daemonset_name("web", "uid-b"));
+    }
+
+    #[test]
+    fn daemonset_name_of_longest_service_name_is_bounded_and_valid() {
+        let long = format!("a{}", "-b".repeat(31));
+        assert_eq!(long.len(), 63);
+        let name = daemonset_name(&long, "uid");
+        assert!(name.len() <= 55, "{name} is {} long", name.len());
+        assert!(!name.contains("--"), "{name}");
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+    }
+}

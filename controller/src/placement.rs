@@ -1,0 +1,113 @@
+//! Which nodes may run a Service's proxy pods. The same rules become the DaemonSet's node
+//! selection and decide which nodes may be published, so the two never disagree.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Node;
+
+use crate::names;
+use crate::service_lb::ServiceLb;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Labels a node must carry, with these values.
+    pub required_labels: BTreeMap<String, String>,
+    /// Labels a node must not carry at all.
+    pub forbidden_labels: Vec<String>,
+}
+
+/// ServiceLB's opt-in switch: labelling any node `enablelb` turns every unlabelled node off.
+pub fn enablelb_in_use<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> bool {
+    nodes.into_iter().any(|node| {
+        node.metadata.labels.as_ref().is_some_and(|labels| labels.contains_key(names::NODE_LABEL_ENABLE_LB))
+    })
+}
+
+impl Placement {
+    pub fn for_service(lb: &ServiceLb, enablelb_in_use: bool) -> Self {
+        let mut required_labels = BTreeMap::from([(names::NODE_LABEL_OS.to_string(), "linux".to_string())]);
+        if enablelb_in_use {
+            required_labels.insert(names::NODE_LABEL_ENABLE_LB.into(), "true".into());
+        }
+        if let Some(pool) = &lb.pool {
+            required_labels.insert(names::POOL.into(), pool.clone());
+        }
+        Placement { required_labels, forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()] }
+    }
+
+    pub fn admits(&self, node: &Node) -> bool {
+        let empty = BTreeMap::new();
+        let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+        self.required_labels.iter().all(|(key, value)| labels.get(key) == Some(value))
+            && self.forbidden_labels.iter().all(|key| !labels.contains_key(key))
+    }
+
+    /// Why no node is admitted, in terms a user can act on.
+    pub fn explain_empty(&self, lb: &ServiceLb, nodes: &[&Node]) -> String {
+        let has = |key: &str, value: &str| {
+            nodes.iter().any(|n| n.metadata.labels.as_ref().and_then(|l| l.get(key)).is_some_and(|v| v == value))
+        };
+        if let Some(pool) = &lb.pool {
+            if !has(names::POOL, pool) {
+                return format!("no node has label {}={pool}", names::POOL);
+            }
+        }
+        let wanted: Vec<String> = self.required_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("no node has all of the labels {} without {}", wanted.join(", "), self.forbidden_labels.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{NodeBuilder, ServiceBuilder};
+
+    fn lb(pool: Option<&str>) -> ServiceLb {
+        let mut builder = ServiceBuilder::new("web");
+        if let Some(pool) = pool {
+            builder = builder.label(names::POOL, pool);
+        }
+        ServiceLb::from_service(&builder.build()).unwrap()
+    }
+
+    #[test]
+    fn every_linux_node_is_admitted_by_default() {
+        let placement = Placement::for_service(&lb(None), false);
+        assert!(placement.admits(&NodeBuilder::new("a").build()));
+    }
+
+    #[test]
+    fn excluded_nodes_are_never_admitted() {
+        let placement = Placement::for_service(&lb(None), false);
+        assert!(!placement.admits(&NodeBuilder::new("a").label(names::NODE_LABEL_EXCLUDE, "").build()));
+    }
+
+    #[test]
+    fn once_any_node_opts_in_only_opted_in_nodes_are_admitted() {
+        let opted_in = NodeBuilder::new("a").label(names::NODE_LABEL_ENABLE_LB, "true").build();
+        let opted_out = NodeBuilder::new("b").label(names::NODE_LABEL_ENABLE_LB, "false").build();
+        let unlabelled = NodeBuilder::new("c").build();
+        assert!(enablelb_in_use([&opted_out, &unlabelled]));
+        assert!(!enablelb_in_use([&unlabelled]));
+        let placement = Placement::for_service(&lb(None), true);
+        assert!(placement.admits(&opted_in));
+        assert!(!placement.admits(&opted_out));
+        assert!(!placement.admits(&unlabelled));
+    }
+
+    #[test]
+    fn a_pool_narrows_to_nodes_of_that_pool() {
+        let placement = Placement::for_service(&lb(Some("edge")), false);
+        assert!(placement.admits(&NodeBuilder::new("a").label(names::POOL, "edge").build()));
+        assert!(!placement.admits(&NodeBuilder::new("b").label(names::POOL, "core").build()));
+        assert!(!placement.admits(&NodeBuilder::new("c").build()));
+    }
+
+    #[test]
+    fn an_unknown_pool_is_explained_by_name() {
+        let lb = lb(Some("edge"));
+        let placement = Placement::for_service(&lb, false);
+        let node = NodeBuilder::new("a").label(names::POOL, "core").build();
+        assert_eq!(placement.explain_empty(&lb, &[&node]), "no node has label hostlb.io/lbpool=edge");
+    }
+}

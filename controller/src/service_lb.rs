@@ -1,0 +1,536 @@
+//! What a LoadBalancer Service asks of hostlb, checked field by field: every later step works
+//! on a `ServiceLb` and so never sees an invalid option.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Service, Toleration};
+
+use crate::names;
+
+/// Whether hostlb is responsible for this Service at all.
+pub fn is_handled(service: &Service, load_balancer_class: &str) -> bool {
+    let Some(spec) = &service.spec else { return false };
+    spec.type_.as_deref() == Some("LoadBalancer")
+        && spec.load_balancer_class.as_deref().is_none_or(|class| class == load_balancer_class)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(address: &IpAddr) -> Self {
+        match address {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// The spelling of the Kubernetes API.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// The spelling of the lb-pod's `--port` argument.
+    pub fn arg_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// One claimed host port and where the proxy pod sends what arrives on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardedPort {
+    pub protocol: Protocol,
+    /// The Service port, claimed as hostPort on every selected node.
+    pub port: u16,
+    /// The Service port on the ClusterIP, or the NodePort for `externalTrafficPolicy: Local`.
+    pub target_port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// `externalTrafficPolicy: Cluster`: the Service's ClusterIPs, one per family.
+    ClusterIps(Vec<IpAddr>),
+    /// `externalTrafficPolicy: Local`: the proxy pod's own node, on the NodePorts, so that
+    /// kube-proxy only picks endpoints on that node. The health check port tells the proxy pod
+    /// whether the node has one.
+    NodeLocal { health_check_node_port: u16 },
+}
+
+/// An address range in canonical form (host bits cleared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (address, prefix) =
+            text.trim().split_once('/').ok_or_else(|| format!("{text:?} is not a CIDR (expected ADDRESS/PREFIX)"))?;
+        let address: IpAddr = address.parse().map_err(|_| format!("{text:?}: {address:?} is not an IP address"))?;
+        let max = match address {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        let prefix_len: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|len| *len <= max)
+            .ok_or_else(|| format!("{text:?}: prefix length must be 0..={max}"))?;
+        Ok(Cidr { address: mask(address, prefix_len), prefix_len })
+    }
+}
+
+fn mask(address: IpAddr, prefix_len: u8) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+            IpAddr::V4((bits & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0);
+            IpAddr::V6((bits & mask).into())
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+/// A Service option or field that hostlb cannot honour, named the way the user wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// A LoadBalancer Service as hostlb serves it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceLb {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub families: Vec<IpFamily>,
+    pub ports: Vec<ForwardedPort>,
+    pub destination: Destination,
+    pub source_ranges: Vec<Cidr>,
+    pub pool: Option<String>,
+    pub extra_tolerations: Vec<Toleration>,
+    pub priority_class: Option<String>,
+}
+
+impl ServiceLb {
+    /// Checks every field hostlb uses and reports all problems at once, so a user fixes them in
+    /// one go.
+    pub fn from_service(service: &Service) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let meta = &service.metadata;
+        let spec = service.spec.clone().unwrap_or_default();
+        let empty = BTreeMap::new();
+        let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+        let labels = meta.labels.as_ref().unwrap_or(&empty);
+
+        let cluster_ips = cluster_ips(&spec.cluster_ips, &spec.cluster_ip, &mut errors);
+        let families = families(&spec.ip_families, &cluster_ips, &mut errors);
+        let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let ports = ports(&spec.ports.unwrap_or_default(), local, &mut errors);
+        let destination = if local {
+            match spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
+                Some(health_check_node_port) => Destination::NodeLocal { health_check_node_port },
+                None => {
+                    errors.push(error("spec.healthCheckNodePort", "is unset; externalTrafficPolicy: Local needs it"));
+                    Destination::NodeLocal { health_check_node_port: 0 }
+                }
+            }
+        } else {
+            Destination::ClusterIps(cluster_ips)
+        };
+        let source_ranges = source_ranges(&spec.load_balancer_source_ranges, annotations, &mut errors);
+        let pool = pool(labels, annotations, &mut errors);
+        let extra_tolerations = match annotations.get(names::ANNOTATION_TOLERATIONS) {
+            None => Vec::new(),
+            Some(json) => serde_json::from_str::<Vec<Toleration>>(json).unwrap_or_else(|e| {
+                errors.push(annotation_error(
+                    names::ANNOTATION_TOLERATIONS,
+                    format!("is not a JSON list of tolerations: {e}"),
+                ));
+                Vec::new()
+            }),
+        };
+        let priority_class = annotations.get(names::ANNOTATION_PRIORITY_CLASS).and_then(|value| {
+            if is_dns_subdomain(value) {
+                Some(value.clone())
+            } else {
+                errors.push(annotation_error(
+                    names::ANNOTATION_PRIORITY_CLASS,
+                    format!("{value:?} is not a valid PriorityClass name"),
+                ));
+                None
+            }
+        });
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(ServiceLb {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            families,
+            ports,
+            destination,
+            source_ranges,
+            pool,
+            extra_tolerations,
+            priority_class,
+        })
+    }
+}
+
+fn error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), message: message.into() }
+}
+
+fn annotation_error(key: &str, message: impl Into<String>) -> FieldError {
+    error(format!("metadata.annotations[{key}]"), message)
+}
+
+fn cluster_ips(list: &Option<Vec<String>>, single: &Option<String>, errors: &mut Vec<FieldError>) -> Vec<IpAddr> {
+    let texts: Vec<&String> = match list {
+        Some(list) if !list.is_empty() => list.iter().collect(),
+        _ => single.iter().collect(),
+    };
+    let mut addresses = Vec::new();
+    for (index, text) in texts.iter().enumerate() {
+        match text.parse::<IpAddr>() {
+            Ok(address) => addresses.push(address),
+            Err(_) => errors.push(error(
+                format!("spec.clusterIPs[{index}]"),
+                format!("{text:?} is not an IP address (headless Services cannot be load balanced)"),
+            )),
+        }
+    }
+    if texts.is_empty() {
+        errors.push(error("spec.clusterIPs", "no ClusterIP is allocated"));
+    }
+    addresses
+}
+
+fn families(declared: &Option<Vec<String>>, cluster_ips: &[IpAddr], errors: &mut Vec<FieldError>) -> Vec<IpFamily> {
+    let mut families = Vec::new();
+    match declared {
+        Some(declared) if !declared.is_empty() => {
+            for (index, family) in declared.iter().enumerate() {
+                match family.as_str() {
+                    "IPv4" => families.push(IpFamily::V4),
+                    "IPv6" => families.push(IpFamily::V6),
+                    other => {
+                        errors.push(error(format!("spec.ipFamilies[{index}]"), format!("unknown IP family {other:?}")))
+                    }
+                }
+            }
+        }
+        // Servers from before dual-stack do not fill ipFamilies; the ClusterIPs say it as well.
+        _ => families.extend(cluster_ips.iter().map(IpFamily::of)),
+    }
+    families.dedup();
+    families
+}
+
+fn ports(
+    service_ports: &[k8s_openapi::api::core::v1::ServicePort],
+    local: bool,
+    errors: &mut Vec<FieldError>,
+) -> Vec<ForwardedPort> {
+    if service_ports.is_empty() {
+        errors.push(error("spec.ports", "a LoadBalancer Service needs at least one port"));
+    }
+    let mut ports = Vec::new();
+    for (index, service_port) in service_ports.iter().enumerate() {
+        let protocol_name = service_port.protocol.as_deref().unwrap_or("TCP");
+        let Some(protocol) = Protocol::parse(protocol_name) else {
+            errors.push(error(
+                format!("spec.ports[{index}].protocol"),
+                format!("unsupported protocol {protocol_name:?}"),
+            ));
+            continue;
+        };
+        let Some(port) = u16::try_from(service_port.port).ok().filter(|p| *p > 0) else {
+            errors.push(error(
+                format!("spec.ports[{index}].port"),
+                format!("{} is not a port number", service_port.port),
+            ));
+            continue;
+        };
+        let target_port = if local {
+            match service_port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
+                Some(node_port) => node_port,
+                None => {
+                    errors.push(error(
+                        format!("spec.ports[{index}].nodePort"),
+                        "is unset (spec.allocateLoadBalancerNodePorts: false?); externalTrafficPolicy: Local forwards to node ports",
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            port
+        };
+        ports.push(ForwardedPort { protocol, port, target_port });
+    }
+    ports
+}
+
+fn source_ranges(
+    spec_ranges: &Option<Vec<String>>,
+    annotations: &BTreeMap<String, String>,
+    errors: &mut Vec<FieldError>,
+) -> Vec<Cidr> {
+    let (field, texts): (String, Vec<String>) = match spec_ranges {
+        Some(ranges) if !ranges.is_empty() => ("spec.loadBalancerSourceRanges".into(), ranges.clone()),
+        _ => match annotations.get(names::ANNOTATION_LEGACY_SOURCE_RANGES) {
+            Some(list) => (
+                format!("metadata.annotations[{}]", names::ANNOTATION_LEGACY_SOURCE_RANGES),
+                list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            ),
+            None => return Vec::new(),
+        },
+    };
+    let mut ranges = Vec::new();
+    for (index, text) in texts.iter().enumerate() {
+        match Cidr::parse(text) {
+            Ok(cidr) => ranges.push(cidr),
+            Err(message) => errors.push(error(format!("{field}[{index}]"), message)),
+        }
+    }
+    ranges.sort();
+    ranges.dedup();
+    ranges
+}
+
+fn pool(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let from_label = labels.get(names::POOL);
+    let from_annotation = annotations.get(names::POOL);
+    let (field, value) = match (from_label, from_annotation) {
+        (Some(label), Some(annotation)) if label != annotation => {
+            errors.push(error(
+                format!("metadata.labels[{}]", names::POOL),
+                format!("{label:?} disagrees with the annotation of the same name ({annotation:?})"),
+            ));
+            return None;
+        }
+        (Some(label), _) => (format!("metadata.labels[{}]", names::POOL), label),
+        (None, Some(annotation)) => (format!("metadata.annotations[{}]", names::POOL), annotation),
+        (None, None) => return None,
+    };
+    if is_label_value(value) && !value.is_empty() {
+        Some(value.clone())
+    } else {
+        errors.push(error(field, format!("{value:?} is not a valid label value")));
+        None
+    }
+}
+
+fn is_label_value(value: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    value.len() <= 63
+        && value.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
+        && value.chars().next().is_none_or(alnum)
+        && value.chars().last().is_none_or(alnum)
+}
+
+fn is_dns_subdomain(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::ServiceBuilder;
+
+    #[test]
+    fn handles_unclassed_and_own_class_load_balancers_only() {
+        let class = "hostlb.io/hostlb";
+        assert!(is_handled(&ServiceBuilder::new("web").build(), class));
+        assert!(is_handled(&ServiceBuilder::new("web").class(class).build(), class));
+        assert!(!is_handled(&ServiceBuilder::new("web").class("metallb.io/metallb").build(), class));
+        assert!(!is_handled(&ServiceBuilder::new("web").type_("ClusterIP").build(), class));
+        assert!(!is_handled(&ServiceBuilder::new("web").type_("NodePort").build(), class));
+    }
+
+    #[test]
+    fn cluster_policy_forwards_each_port_to_the_cluster_ips() {
+        let service = ServiceBuilder::new("web")
+            .port("TCP", 80, 30080)
+            .port("UDP", 53, 30053)
+            .cluster_ips(&["10.96.0.10", "fd00::10"])
+            .build();
+        let lb = ServiceLb::from_service(&service).unwrap();
+        assert_eq!(
+            lb.ports,
+            vec![
+                ForwardedPort { protocol: Protocol::Tcp, port: 80, target_port: 80 },
+                ForwardedPort { protocol: Protocol::Udp, port: 53, target_port: 53 },
+            ]
+        );
+        assert_eq!(
+            lb.destination,
+            Destination::ClusterIps(vec!["10.96.0.10".parse().unwrap(), "fd00::10".parse().unwrap()])
+        );
+        assert_eq!(lb.families, vec![IpFamily::V4, IpFamily::V6]);
+    }
+
+    #[test]
+    fn local_policy_forwards_to_node_ports_and_keeps_the_health_check_port() {
+        let service = ServiceBuilder::new("web").port("TCP", 443, 31443).local(32000).build();
+        let lb = ServiceLb::from_service(&service).unwrap();
+        assert_eq!(lb.ports, vec![ForwardedPort { protocol: Protocol::Tcp, port: 443, target_port: 31443 }]);
+        assert_eq!(lb.destination, Destination::NodeLocal { health_check_node_port: 32000 });
+    }
+
+    #[test]
+    fn local_policy_without_node_ports_is_refused_naming_the_port() {
+        let service = ServiceBuilder::new("web").port("TCP", 443, 0).local(32000).build();
+        let errors = ServiceLb::from_service(&service).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "spec.ports[0].nodePort");
+    }
+
+    #[test]
+    fn unknown_protocol_is_refused_naming_the_port() {
+        let service = ServiceBuilder::new("web").port("TCP", 80, 1).port("QUIC", 443, 2).build();
+        let errors = ServiceLb::from_service(&service).unwrap_err();
+        assert_eq!(errors[0].field, "spec.ports[1].protocol");
+        assert!(errors[0].message.contains("QUIC"));
+    }
+
+    #[test]
+    fn source_ranges_are_canonicalised_and_bad_ones_named() {
+        let service =
+            ServiceBuilder::new("web").source_ranges(&["192.168.1.77/24", "2001:db8::1/32", "10.0.0.0/8"]).build();
+        let lb = ServiceLb::from_service(&service).unwrap();
+        let shown: Vec<String> = lb.source_ranges.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, vec!["10.0.0.0/8", "192.168.1.0/24", "2001:db8::/32"]);
+
+        let bad = ServiceBuilder::new("web").source_ranges(&["10.0.0.0/8", "10.0.0.0/33", "nonsense"]).build();
+        let errors = ServiceLb::from_service(&bad).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["spec.loadBalancerSourceRanges[1]", "spec.loadBalancerSourceRanges[2]"]);
+    }
+
+    #[test]
+    fn legacy_source_range_annotation_is_honoured_when_the_field_is_empty() {
+        let service = ServiceBuilder::new("web")
+            .annotation(names::ANNOTATION_LEGACY_SOURCE_RANGES, "10.1.0.0/16, 10.2.0.0/16")
+            .build();
+        let lb = ServiceLb::from_service(&service).unwrap();
+        assert_eq!(lb.source_ranges.len(), 2);
+    }
+
+    #[test]
+    fn pool_comes_from_label_or_annotation_and_must_agree() {
+        let by_label = ServiceBuilder::new("web").label(names::POOL, "edge").build();
+        assert_eq!(ServiceLb::from_service(&by_label).unwrap().pool.as_deref(), Some("edge"));
+        let by_annotation = ServiceBuilder::new("web").annotation(names::POOL, "edge").build();
+        assert_eq!(ServiceLb::from_service(&by_annotation).unwrap().pool.as_deref(), Some("edge"));
+        let both = ServiceBuilder::new("web").label(names::POOL, "a").annotation(names::POOL, "b").build();
+        assert_eq!(ServiceLb::from_service(&both).unwrap_err()[0].field, "metadata.labels[hostlb.io/lbpool]");
+        let invalid = ServiceBuilder::new("web").annotation(names::POOL, "not a label!").build();
+        assert_eq!(ServiceLb::from_service(&invalid).unwrap_err()[0].field, "metadata.annotations[hostlb.io/lbpool]");
+    }
+
+    #[test]
+    fn tolerations_annotation_must_be_a_json_list_of_tolerations() {
+        let good = ServiceBuilder::new("web")
+            .annotation(names::ANNOTATION_TOLERATIONS, r#"[{"key":"edge","operator":"Exists","effect":"NoSchedule"}]"#)
+            .build();
+        let lb = ServiceLb::from_service(&good).unwrap();
+        assert_eq!(lb.extra_tolerations[0].key.as_deref(), Some("edge"));
+
+        let bad = ServiceBuilder::new("web").annotation(names::ANNOTATION_TOLERATIONS, "{not json").build();
+        let errors = ServiceLb::from_service(&bad).unwrap_err();
+        assert_eq!(errors[0].field, "metadata.annotations[hostlb.io/tolerations]");
+        assert!(errors[0].message.contains("JSON"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn priority_class_annotation_must_be_a_valid_name() {
+        let good = ServiceBuilder::new("web").annotation(names::ANNOTATION_PRIORITY_CLASS, "lb-critical").build();
+        assert_eq!(ServiceLb::from_service(&good).unwrap().priority_class.as_deref(), Some("lb-critical"));
+        let bad = ServiceBuilder::new("web").annotation(names::ANNOTATION_PRIORITY_CLASS, "Not_Valid").build();
+        assert_eq!(
+            ServiceLb::from_service(&bad).unwrap_err()[0].field,
+            "metadata.annotations[hostlb.io/priority-class]"
+        );
+    }
+
+    #[test]
+    fn families_fall_back_to_cluster_ips_on_servers_without_ip_families() {
+        let mut service = ServiceBuilder::new("web").cluster_ips(&["fd00::1"]).build();
+        service.spec.as_mut().unwrap().ip_families = None;
+        assert_eq!(ServiceLb::from_service(&service).unwrap().families, vec![IpFamily::V6]);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let service = ServiceBuilder::new("web")
+            .port("QUIC", 80, 1)
+            .annotation(names::ANNOTATION_TOLERATIONS, "nope")
+            .source_ranges(&["bad"])
+            .build();
+        assert_eq!(ServiceLb::from_service(&service).unwrap_err().len(), 3);
+    }
+}
