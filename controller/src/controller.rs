@@ -386,8 +386,7 @@ impl Context {
     /// away so that they are reported again if they come back.
     async fn report(&self, service: &Service, warnings: Vec<Warning>) {
         let key = ObjectRef::from_obj(service);
-        let current: ReportedWarnings =
-            warnings.iter().map(|w| (w.reason.to_string(), w.message.clone())).collect();
+        let current: ReportedWarnings = warnings.iter().map(|w| (w.reason.to_string(), w.message.clone())).collect();
         let previous = self.reported.lock().expect("reported lock").insert(key.clone(), current.clone());
         for (reason, message) in current.difference(&previous.unwrap_or_default()) {
             warn!(service = %key, reason = %reason, "{message}");

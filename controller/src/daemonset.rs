@@ -34,6 +34,19 @@ pub struct ProxySettings {
     pub image_pull_policy: String,
     pub forwarding: ForwardingMode,
     pub default_priority_class: String,
+    /// Downward-API field giving a proxy pod its node's address(es) for
+    /// `externalTrafficPolicy: Local`; see `node_address_field`.
+    pub node_address_field: &'static str,
+}
+
+/// `status.hostIPs` (every family of a dual-stack node) where the API server has it, from
+/// Kubernetes 1.29 on; `status.hostIP` (the primary family only) before.
+pub fn node_address_field(server_major: &str, server_minor: &str) -> &'static str {
+    let number = |text: &str| text.trim_end_matches('+').parse::<u32>().ok();
+    match (number(server_major), number(server_minor)) {
+        (Some(major), Some(minor)) if major > 1 || minor >= 29 => "status.hostIPs",
+        _ => "status.hostIP",
+    }
 }
 
 const LB_BINARY: &str = "/hostlb-lb";
@@ -99,10 +112,10 @@ fn config_hash(daemonset: &DaemonSet) -> String {
 fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> PodSpec {
     let rules_args = rules_args(lb);
     let local = matches!(lb.destination, Destination::NodeLocal { .. });
-    let node_address_env = |name: &str| EnvVar {
+    let node_address_env = |name: &str, field_path: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: "status.hostIP".into(), ..Default::default() }),
+            field_ref: Some(ObjectFieldSelector { field_path: field_path.into(), ..Default::default() }),
             ..Default::default()
         }),
         ..Default::default()
@@ -146,7 +159,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
             let init = Container {
                 name: "install-rules".into(),
                 args: Some([vec!["init".to_string()], rules_args].concat()),
-                env: local.then(|| vec![node_address_env(NODE_ADDRESS_ENV)]),
+                env: local.then(|| vec![node_address_env(NODE_ADDRESS_ENV, settings.node_address_field)]),
                 security_context: Some(SecurityContext { privileged: Some(true), ..Default::default() }),
                 resources: Some(resources("10m", "16Mi", "64Mi")),
                 ..base.clone()
@@ -161,7 +174,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
         }
         ForwardingMode::Sysctls => {
             if local {
-                env.push(node_address_env(NODE_ADDRESS_ENV));
+                env.push(node_address_env(NODE_ADDRESS_ENV, settings.node_address_field));
             }
             let run = Container {
                 name: "lb".into(),
@@ -181,7 +194,8 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
         }
     };
     if local {
-        env.push(node_address_env(PROBE_ADDRESS_ENV));
+        // The health check answers on every node address; the primary one is enough.
+        env.push(node_address_env(PROBE_ADDRESS_ENV, "status.hostIP"));
     }
     let main = Container {
         ports: Some(ports),
@@ -321,6 +335,7 @@ mod tests {
             image_pull_policy: "IfNotPresent".into(),
             forwarding,
             default_priority_class: "system-node-critical".into(),
+            node_address_field: "status.hostIP",
         }
     }
 
@@ -410,6 +425,16 @@ mod tests {
         let probe = hold.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap();
         assert_eq!(probe, &["/hostlb-lb", "probe", "--port", "32100"].map(String::from).to_vec());
         assert_eq!(hold.env.as_ref().unwrap()[0].name, "HOSTLB_PROBE_ADDRESS");
+    }
+
+    #[test]
+    fn dual_stack_node_addresses_come_from_host_ips_on_servers_that_have_it() {
+        assert_eq!(node_address_field("1", "20"), "status.hostIP");
+        assert_eq!(node_address_field("1", "28+"), "status.hostIP");
+        assert_eq!(node_address_field("1", "29"), "status.hostIPs");
+        assert_eq!(node_address_field("1", "33+"), "status.hostIPs");
+        assert_eq!(node_address_field("2", "0"), "status.hostIPs");
+        assert_eq!(node_address_field("", "x"), "status.hostIP");
     }
 
     #[test]

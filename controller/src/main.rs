@@ -19,7 +19,7 @@ mod server;
 mod service_lb;
 mod status;
 
-use daemonset::{ForwardingMode, ProxySettings};
+use daemonset::{node_address_field, ForwardingMode, ProxySettings};
 use status::AddressType;
 
 /// Serves Kubernetes Services of type LoadBalancer from the nodes' own addresses.
@@ -72,6 +72,8 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => subscriber.json().init(),
     }
 
+    let client = kube::Client::try_default().await.context("no Kubernetes client configuration")?;
+    let server = client.apiserver_version().await.context("cannot read the API server's version")?;
     let settings = controller::Settings {
         load_balancer_class: args.load_balancer_class,
         address_type: args.address_type,
@@ -82,10 +84,10 @@ async fn main() -> anyhow::Result<()> {
             image_pull_policy: args.lb_image_pull_policy,
             forwarding: args.forwarding_mode,
             default_priority_class: args.default_priority_class,
+            node_address_field: node_address_field(&server.major, &server.minor),
         },
     };
-    tracing::info!(?settings, "starting hostlb-controller {}", env!("CARGO_PKG_VERSION"));
-    let client = kube::Client::try_default().await.context("no Kubernetes client configuration")?;
+    tracing::info!(?settings, server = %server.git_version, "starting hostlb-controller {}", env!("CARGO_PKG_VERSION"));
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let health = server::Health { metrics: metrics.clone(), ready: ready.clone() };
