@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` and `make test`. The rest are their parts.
+.PHONY: demo test up down status logs images unit
+
+demo:
+	bash e2e/demo.sh
+
+test:
+	bash e2e/test-all.sh
+
+unit:
+	cargo test --workspace --exclude hostlb-e2e
+
+up:
+	bash e2e/cluster/cluster.sh up
+
+down:
+	bash e2e/cluster/cluster.sh down
+
+status:
+	bash e2e/cluster/cluster.sh status
+
+logs:
+	bash e2e/cluster/cluster.sh logs
+
+images:
+	bash images/build.sh

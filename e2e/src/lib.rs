@@ -1,0 +1,396 @@
+//! Helpers for the end-to-end tests: the cluster the harness brought up (`e2e/cluster/cluster.sh
+//! up`), a namespace per test, the echo backend, and requests from the client network namespace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::{json, Value};
+
+pub const SYSTEM_NAMESPACE: &str = "hostlb-system";
+pub const FINALIZER: &str = "hostlb.io/cleanup";
+pub const ECHO_HTTP_PORT: u16 = 8080;
+pub const ECHO_UDP_PORT: u16 = 8081;
+
+/// The cluster the harness brought up, as described by its `cluster.env`.
+pub struct Cluster {
+    env: BTreeMap<String, String>,
+    pub client: Client,
+}
+
+impl Cluster {
+    pub async fn connect() -> Result<Self> {
+        let state = std::env::var("HOSTLB_E2E_STATE").unwrap_or_else(|_| "/var/lib/hostlb-e2e".into());
+        let path = format!("{state}/cluster.env");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{path} is missing: bring the cluster up first (`make up`)"))?;
+        let env = parse_env(&text);
+        let kubeconfig_path = env.get("KUBECONFIG").ok_or_else(|| anyhow!("{path} has no KUBECONFIG"))?;
+        let kubeconfig = Kubeconfig::read_from(kubeconfig_path)?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Cluster { client: Client::try_from(config)?, env })
+    }
+
+    pub fn var(&self, key: &str) -> Result<&str> {
+        self.env.get(key).map(String::as_str).ok_or_else(|| anyhow!("cluster.env has no {key}"))
+    }
+
+    pub fn ip(&self, key: &str) -> Result<IpAddr> {
+        let text = self.var(key)?;
+        text.parse().with_context(|| format!("cluster.env: {key}={text} is not an IP address"))
+    }
+
+    /// Runs kubectl against the test cluster and returns its standard output.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let output =
+            Command::new(self.var("KUBECTL")?).env("KUBECONFIG", self.var("KUBECONFIG")?).args(args).output()?;
+        if !output.status.success() {
+            bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs a harness subcommand, such as `kubelet stop node-2`.
+    pub fn harness(&self, args: &[&str]) -> Result<()> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster/cluster.sh");
+        let status = Command::new("bash").arg(script).args(args).status()?;
+        if !status.success() {
+            bail!("cluster.sh {} failed", args.join(" "));
+        }
+        Ok(())
+    }
+
+    /// A fresh namespace, deleted when the returned guard drops (also when the test fails).
+    pub async fn namespace(&self, test: &str) -> Result<TestNamespace> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let name = format!("e2e-{test}-{:05x}", nanos % 0xfffff);
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } }))?;
+        api.create(&PostParams::default(), &namespace).await?;
+        Ok(TestNamespace {
+            name,
+            client: self.client.clone(),
+            kubectl: self.var("KUBECTL")?.into(),
+            kubeconfig: self.var("KUBECONFIG")?.into(),
+        })
+    }
+
+    pub fn daemonsets(&self) -> Api<DaemonSet> {
+        Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE)
+    }
+
+    /// Proxy DaemonSets serving the named Service.
+    pub async fn proxy_daemonsets(&self, namespace: &str, service: &str) -> Result<Vec<DaemonSet>> {
+        let selector = format!("hostlb.io/service-namespace={namespace},hostlb.io/service-name={service}");
+        Ok(self.daemonsets().list(&ListParams::default().labels(&selector)).await?.items)
+    }
+
+    /// Proxy pods serving the named Service.
+    pub async fn proxy_pods(&self, namespace: &str, service: &str) -> Result<Vec<Pod>> {
+        let selector = format!("hostlb.io/service-namespace={namespace},hostlb.io/service-name={service}");
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        Ok(api.list(&ListParams::default().labels(&selector)).await?.items)
+    }
+
+    /// The client network namespace, the one place test traffic comes from.
+    pub fn client(&self) -> Result<ClientNetns> {
+        Ok(ClientNetns { netns: self.var("CLIENT_NETNS")?.into() })
+    }
+
+    /// Waits until the Service publishes exactly these addresses; returns how long that took.
+    pub async fn wait_for_addresses(
+        &self,
+        namespace: &str,
+        service: &str,
+        expected: &[IpAddr],
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let expected: BTreeSet<IpAddr> = expected.iter().copied().collect();
+        let started = Instant::now();
+        let mut last = BTreeSet::new();
+        while started.elapsed() < timeout {
+            last = published(&api.get(service).await?);
+            if last == expected {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("{namespace}/{service} publishes {last:?} after {timeout:?}, expected {expected:?}")
+    }
+
+    /// Warning or Normal Events about a Service with this reason.
+    pub async fn events(&self, namespace: &str, service: &str, reason: &str) -> Result<Vec<Event>> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        let events = api.list(&ListParams::default()).await?.items;
+        Ok(events
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(service)
+                    && e.reason.as_deref() == Some(reason)
+            })
+            .collect())
+    }
+}
+
+/// Sends requests from the client network namespace. Blocking: call it from
+/// `eventually_blocking` or `spawn_blocking`.
+#[derive(Clone)]
+pub struct ClientNetns {
+    netns: String,
+}
+
+impl ClientNetns {
+    /// An HTTP GET from the client network namespace; returns the echo backend's answer.
+    pub fn http_get(&self, address: IpAddr, port: u16) -> Result<EchoReply> {
+        let url = match address {
+            IpAddr::V4(v4) => format!("http://{v4}:{port}/"),
+            IpAddr::V6(v6) => format!("http://[{v6}]:{port}/"),
+        };
+        let output =
+            Command::new("ip").args(["netns", "exec", &self.netns, "curl", "-sS", "--max-time", "3", &url]).output()?;
+        if !output.status.success() {
+            bail!("GET {url} from the client failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        EchoReply::parse(&String::from_utf8_lossy(&output.stdout))
+    }
+
+    /// A UDP datagram from the client network namespace; returns the echo backend's answer.
+    pub fn udp_echo(&self, address: IpAddr, port: u16) -> Result<EchoReply> {
+        let target = match address {
+            IpAddr::V4(v4) => format!("UDP4:{v4}:{port}"),
+            IpAddr::V6(v6) => format!("UDP6:[{v6}]:{port}"),
+        };
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "socat", "-T", "2", "-", &target])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().expect("piped stdin").write_all(b"ping\n")?;
+                child.wait_with_output()
+            })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        if text.trim().is_empty() {
+            bail!("no UDP answer from {target}: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        EchoReply::parse(&text)
+    }
+}
+
+pub fn published(service: &Service) -> BTreeSet<IpAddr> {
+    let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect()
+}
+
+fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches(|c| c == '"' || c == '\'').to_string()))
+        .collect()
+}
+
+/// What the echo backend answers: which pod served, and the address it saw the request from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EchoReply {
+    pub pod: String,
+    pub node: String,
+    pub client: IpAddr,
+}
+
+impl EchoReply {
+    pub fn parse(text: &str) -> Result<Self> {
+        let fields: BTreeMap<&str, &str> = text.split_whitespace().filter_map(|w| w.split_once('=')).collect();
+        let field = |key: &str| fields.get(key).copied().ok_or_else(|| anyhow!("echo reply {text:?} has no {key}="));
+        let client = field("client")?;
+        let client_ip = client.rsplit_once(':').map_or(client, |(ip, _)| ip).trim_matches(|c| c == '[' || c == ']');
+        Ok(EchoReply {
+            pod: field("pod")?.into(),
+            node: field("node")?.into(),
+            client: client_ip.parse().with_context(|| format!("echo reply {text:?}: bad client address"))?,
+        })
+    }
+}
+
+/// A namespace of one test; deleted on drop with kubectl so that it works from a panic too.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+    kubectl: String,
+    kubeconfig: String,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .output();
+    }
+}
+
+impl TestNamespace {
+    pub fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// The echo backend: `replicas` pods labelled `app=<name>`, optionally pinned to one node.
+    pub async fn echo_backend(&self, cluster: &Cluster, name: &str, replicas: i32, node: Option<&str>) -> Result<()> {
+        let mut pod_spec = json!({
+            "containers": [{
+                "name": "echo",
+                "image": cluster.var("ECHO_IMAGE")?,
+                "imagePullPolicy": "IfNotPresent",
+                "env": [
+                    { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                    { "name": "NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } }
+                ],
+                "ports": [
+                    { "containerPort": ECHO_HTTP_PORT, "protocol": "TCP" },
+                    { "containerPort": ECHO_UDP_PORT, "protocol": "UDP" }
+                ],
+                "readinessProbe": { "tcpSocket": { "port": ECHO_HTTP_PORT }, "periodSeconds": 1 }
+            }],
+            "terminationGracePeriodSeconds": 1
+        });
+        if let Some(node) = node {
+            pod_spec["nodeSelector"] = json!({ "kubernetes.io/hostname": node });
+        }
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": {
+                "replicas": replicas,
+                "selector": { "matchLabels": { "app": name } },
+                "template": { "metadata": { "labels": { "app": name } }, "spec": pod_spec }
+            }
+        }))?;
+        self.deployments().create(&PostParams::default(), &deployment).await?;
+        Ok(())
+    }
+
+    pub async fn scale(&self, deployment: &str, replicas: i32) -> Result<()> {
+        let patch = json!({ "spec": { "replicas": replicas } });
+        self.deployments().patch(deployment, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+
+    /// Waits until the Deployment has exactly `replicas` ready pods.
+    pub async fn wait_ready(&self, deployment: &str, replicas: i32, timeout: Duration) -> Result<()> {
+        eventually(timeout, || async {
+            let d = self.deployments().get(deployment).await?;
+            let status = d.status.unwrap_or_default();
+            let ready = status.ready_replicas.unwrap_or(0);
+            let total = status.replicas.unwrap_or(0);
+            if ready == replicas && total == replicas {
+                Ok(())
+            } else {
+                bail!("{deployment}: {ready}/{total} ready, want {replicas}")
+            }
+        })
+        .await
+    }
+
+    /// A LoadBalancer Service for the echo backend `app`; `ports` are (name, protocol, port, targetPort).
+    pub async fn load_balancer(
+        &self,
+        name: &str,
+        app: &str,
+        ports: &[(&str, &str, u16, u16)],
+        extra_spec: Value,
+    ) -> Result<Service> {
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|(port_name, protocol, port, target)| {
+                json!({ "name": port_name, "protocol": protocol, "port": port, "targetPort": target })
+            })
+            .collect();
+        let mut spec = json!({ "type": "LoadBalancer", "selector": { "app": app }, "ports": ports });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            spec.extend(extra.clone());
+        }
+        let service: Service = serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec }))?;
+        Ok(self.services().create(&PostParams::default(), &service).await?)
+    }
+
+    pub async fn patch_service(&self, name: &str, patch: Value) -> Result<Service> {
+        Ok(self.services().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
+    }
+
+    pub async fn delete_service(&self, name: &str) -> Result<()> {
+        self.services().delete(name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+}
+
+/// Retries `check` until it succeeds or `timeout` passes; the last error explains a failure.
+pub async fn eventually<F, Fut, T>(timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(error) if started.elapsed() >= timeout => {
+                return Err(error.context(format!("still failing after {timeout:?}")))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+/// Runs a blocking check (a request from the client netns) until it succeeds.
+pub async fn eventually_blocking<T: Send + 'static>(
+    timeout: Duration,
+    check: impl Fn() -> Result<T> + Send + Sync + Clone + 'static,
+) -> Result<T> {
+    eventually(timeout, || {
+        let check = check.clone();
+        async move { tokio::task::spawn_blocking(check).await? }
+    })
+    .await
+}
+
+/// Prints a measured figure in one greppable form.
+pub fn report_timing(what: &str, took: Duration) {
+    println!("timing: {what}: {:.2}s", took.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_reply_is_parsed_for_both_families() {
+        let v4 = EchoReply::parse("pod=echo-1 node=node-1 client=10.250.0.2:51234\n").unwrap();
+        assert_eq!(v4.client, "10.250.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!((v4.pod.as_str(), v4.node.as_str()), ("echo-1", "node-1"));
+        let v6 = EchoReply::parse("pod=p node=n client=[fd00::2]:80").unwrap();
+        assert_eq!(v6.client, "fd00::2".parse::<IpAddr>().unwrap());
+        assert!(EchoReply::parse("garbage").is_err());
+    }
+
+    #[test]
+    fn cluster_env_lines_are_parsed_with_or_without_export_and_quotes() {
+        let env = parse_env("# comment\nKUBECONFIG=/a/b\nexport NODE1_IP=\"10.250.0.1\"\n\nX='y'\n");
+        assert_eq!(env["KUBECONFIG"], "/a/b");
+        assert_eq!(env["NODE1_IP"], "10.250.0.1");
+        assert_eq!(env["X"], "y");
+    }
+}

@@ -1,0 +1,460 @@
+//! hostlb on a real two-node cluster: Services, proxy pods, and packets from a client network
+//! namespace. Needs the harness's cluster (`make up`); run one test at a time
+//! (`--test-threads=1`): some change nodes that all tests share.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use hostlb_e2e::*;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+const SETTLE: Duration = Duration::from_secs(90);
+/// How long a refused request is retried before the test believes it is refused for good.
+const STAYS_REFUSED: Duration = Duration::from_secs(6);
+
+struct Nodes {
+    node1: String,
+    node2: String,
+    ip1: IpAddr,
+    ip2: IpAddr,
+    unpublished1: IpAddr,
+    unpublished2: IpAddr,
+}
+
+fn nodes(cluster: &Cluster) -> Result<Nodes> {
+    Ok(Nodes {
+        node1: cluster.var("NODE1_NAME")?.into(),
+        node2: cluster.var("NODE2_NAME")?.into(),
+        ip1: cluster.ip("NODE1_IP")?,
+        ip2: cluster.ip("NODE2_IP")?,
+        unpublished1: cluster.ip("NODE1_UNPUBLISHED_IP")?,
+        unpublished2: cluster.ip("NODE2_UNPUBLISHED_IP")?,
+    })
+}
+
+async fn setup(test: &str) -> Result<(Cluster, TestNamespace, Nodes)> {
+    let cluster = Cluster::connect().await?;
+    let namespace = cluster.namespace(test).await?;
+    let nodes = nodes(&cluster)?;
+    Ok((cluster, namespace, nodes))
+}
+
+/// The echo backend on node-1, so that the proxy pod there reaches it without the pod network's
+/// own masquerading between nodes.
+async fn backend_on_node1(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) -> Result<()> {
+    ns.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("echo", 1, SETTLE).await
+}
+
+fn http(port: u16) -> Vec<(&'static str, &'static str, u16, u16)> {
+    vec![("http", "TCP", port, ECHO_HTTP_PORT)]
+}
+
+async fn answered_http(cluster: &Cluster, address: IpAddr, port: u16) -> Result<EchoReply> {
+    let client = cluster.client()?;
+    eventually_blocking(SETTLE, move || client.http_get(address, port)).await
+}
+
+/// A request that keeps failing for `STAYS_REFUSED` is refused.
+async fn refused_http(cluster: &Cluster, address: IpAddr, port: u16) -> Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < STAYS_REFUSED {
+        let handle = cluster.client()?;
+        if let Ok(reply) = tokio::task::spawn_blocking(move || handle.http_get(address, port)).await? {
+            bail!("{address}:{port} answered ({reply:?}) but should refuse");
+        }
+    }
+    Ok(())
+}
+
+async fn proxy_pod_on(cluster: &Cluster, ns: &str, service: &str, node: &str) -> Result<Pod> {
+    eventually(SETTLE, || async {
+        let pods = cluster.proxy_pods(ns, service).await?;
+        pods.into_iter()
+            .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node) && pod_ip(p).is_some())
+            .with_context(|| format!("no running proxy pod of {ns}/{service} on {node}"))
+    })
+    .await
+}
+
+fn pod_ip(pod: &Pod) -> Option<IpAddr> {
+    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+async fn host_ports(cluster: &Cluster, ns: &str, service: &str) -> Result<Vec<(i32, String)>> {
+    let daemonsets = cluster.proxy_daemonsets(ns, service).await?;
+    ensure!(daemonsets.len() == 1, "{ns}/{service} has {} proxy DaemonSets", daemonsets.len());
+    let spec =
+        daemonsets[0].spec.as_ref().and_then(|s| s.template.spec.as_ref()).context("DaemonSet without pod spec")?;
+    let mut ports: Vec<(i32, String)> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .map(|p| (p.host_port.unwrap_or(0), p.protocol.clone().unwrap_or_default()))
+        .collect();
+    ports.sort();
+    Ok(ports)
+}
+
+async fn wait_gone(cluster: &Cluster, ns: &str, service: &str) -> Result<Duration> {
+    let started = Instant::now();
+    eventually(SETTLE, || async {
+        let daemonsets = cluster.proxy_daemonsets(ns, service).await?;
+        let pods = cluster.proxy_pods(ns, service).await?;
+        ensure!(daemonsets.is_empty() && pods.is_empty(), "{} DaemonSets, {} pods left", daemonsets.len(), pods.len());
+        Ok(())
+    })
+    .await?;
+    Ok(started.elapsed())
+}
+
+#[tokio::test]
+async fn publishes_node_addresses_and_carries_traffic_on_both_paths() -> Result<()> {
+    let (cluster, ns, nodes) = setup("basic").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let created = Instant::now();
+    ns.load_balancer("web", "echo", &http(18080), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    report_timing("Service creation to status with both nodes", created.elapsed());
+
+    let row = cluster.kubectl(&["get", "service", "web", "-n", &ns.name, "--no-headers"])?;
+    let external_ip = row.split_whitespace().nth(3).unwrap_or_default();
+    ensure!(external_ip.split(',').any(|a| a == nodes.ip1.to_string()), "EXTERNAL-IP column is {external_ip:?}");
+
+    let published = answered_http(&cluster, nodes.ip1, 18080).await?;
+    ensure!(published.pod.starts_with("echo-"), "unexpected answer {published:?}");
+
+    // An address kube-proxy does not know: only the proxy pod's own rules can carry this.
+    let proxy = proxy_pod_on(&cluster, &ns.name, "web", &nodes.node1).await?;
+    let through_proxy = answered_http(&cluster, nodes.unpublished1, 18080).await?;
+    ensure!(
+        Some(through_proxy.client) == pod_ip(&proxy),
+        "the backend saw {} instead of the proxy pod {:?}",
+        through_proxy.client,
+        pod_ip(&proxy)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn udp_service_answers_through_the_node_address() -> Result<()> {
+    let (cluster, ns, nodes) = setup("udp").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("dns", "echo", &[("dns", "UDP", 18053, ECHO_UDP_PORT)], json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "dns", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let client = cluster.client()?;
+    for address in [nodes.ip1, nodes.unpublished1] {
+        let client = client.clone();
+        let reply = eventually_blocking(SETTLE, move || client.udp_echo(address, 18053)).await?;
+        ensure!(reply.pod.starts_with("echo-"), "unexpected UDP answer {reply:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_port_number_over_two_protocols_is_served_on_both() -> Result<()> {
+    let (cluster, ns, nodes) = setup("mixed").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let ports = [("http", "TCP", 18090, ECHO_HTTP_PORT), ("echo", "UDP", 18090, ECHO_UDP_PORT)];
+    ns.load_balancer("mixed", "echo", &ports, json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "mixed", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    ensure!(host_ports(&cluster, &ns.name, "mixed").await? == vec![(18090, "TCP".into()), (18090, "UDP".into())]);
+    answered_http(&cluster, nodes.unpublished1, 18090).await?;
+    let client = cluster.client()?;
+    let address = nodes.unpublished1;
+    eventually_blocking(SETTLE, move || client.udp_echo(address, 18090)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn changing_the_service_port_rolls_the_proxies_and_traffic_follows() -> Result<()> {
+    let (cluster, ns, nodes) = setup("portchange").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("web", "echo", &http(18100), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    answered_http(&cluster, nodes.unpublished1, 18100).await?;
+
+    let changed = Instant::now();
+    let ports = json!([{ "name": "http", "protocol": "TCP", "port": 18101, "targetPort": ECHO_HTTP_PORT }]);
+    ns.patch_service("web", json!({ "spec": { "ports": ports } })).await?;
+    eventually(SETTLE, || async {
+        let ports = host_ports(&cluster, &ns.name, "web").await?;
+        ensure!(ports == vec![(18101, "TCP".to_string())], "host ports are {ports:?}");
+        Ok(())
+    })
+    .await?;
+    answered_http(&cluster, nodes.unpublished1, 18101).await?;
+    answered_http(&cluster, nodes.ip1, 18101).await?;
+    report_timing("port change to traffic on the new port", changed.elapsed());
+    refused_http(&cluster, nodes.unpublished1, 18100).await
+}
+
+#[tokio::test]
+async fn deleting_or_retyping_a_service_removes_its_proxies_and_finalizer() -> Result<()> {
+    let (cluster, ns, nodes) = setup("cleanup").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("deleted", "echo", &http(18110), json!({})).await?;
+    ns.load_balancer("retyped", "echo", &http(18111), json!({})).await?;
+    for name in ["deleted", "retyped"] {
+        cluster.wait_for_addresses(&ns.name, name, &[nodes.ip1, nodes.ip2], SETTLE).await?;
+        let service = ns.services().get(name).await?;
+        ensure!(service.finalizers().iter().any(|f| f == FINALIZER), "{name} has no finalizer");
+    }
+
+    ns.delete_service("deleted").await?;
+    report_timing("Service deletion to proxies gone", wait_gone(&cluster, &ns.name, "deleted").await?);
+    eventually(SETTLE, || async {
+        ensure!(ns.services().get_opt("deleted").await?.is_none(), "Service still there (finalizer kept?)");
+        Ok(())
+    })
+    .await?;
+
+    ns.patch_service("retyped", json!({ "spec": { "type": "ClusterIP" } })).await?;
+    report_timing("type change to proxies gone", wait_gone(&cluster, &ns.name, "retyped").await?);
+    eventually(SETTLE, || async {
+        let service = ns.services().get("retyped").await?;
+        ensure!(!service.finalizers().iter().any(|f| f == FINALIZER), "finalizer still set");
+        ensure!(published(&service).is_empty(), "status still lists {:?}", published(&service));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_second_service_on_a_taken_port_is_reported_and_the_first_keeps_working() -> Result<()> {
+    let (cluster, ns, nodes) = setup("conflict").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("first", "echo", &http(18120), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    ns.load_balancer("second", "echo", &http(18120), json!({})).await?;
+
+    let events = eventually(SETTLE, || async {
+        let events = cluster.events(&ns.name, "second", "ProxyPodUnschedulable").await?;
+        ensure!(!events.is_empty(), "no ProxyPodUnschedulable Event on the second Service yet");
+        Ok(events)
+    })
+    .await?;
+    let note = events[0].note.clone().unwrap_or_default();
+    ensure!(note.contains("free ports"), "the Event does not say why: {note:?}");
+    ensure!(!cluster.events(&ns.name, "second", "PortConflict").await?.is_empty(), "no PortConflict Event");
+
+    let second = ns.services().get("second").await?;
+    ensure!(published(&second).is_empty(), "the second Service publishes {:?}", published(&second));
+    cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    answered_http(&cluster, nodes.unpublished1, 18120).await?;
+    answered_http(&cluster, nodes.ip1, 18120).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn source_ranges_refuse_other_clients_on_both_paths() -> Result<()> {
+    let (cluster, ns, nodes) = setup("ranges").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let elsewhere = json!({ "loadBalancerSourceRanges": ["192.0.2.0/24"] });
+    ns.load_balancer("web", "echo", &http(18130), elsewhere).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    proxy_pod_on(&cluster, &ns.name, "web", &nodes.node1).await?;
+    refused_http(&cluster, nodes.ip1, 18130).await.context("published path")?;
+    refused_http(&cluster, nodes.unpublished1, 18130).await.context("proxy pod path")?;
+
+    let client_range = format!("{}/24", cluster.var("CLIENT_IP")?);
+    ns.patch_service("web", json!({ "spec": { "loadBalancerSourceRanges": [client_range] } })).await?;
+    answered_http(&cluster, nodes.unpublished1, 18130).await?;
+    answered_http(&cluster, nodes.ip1, 18130).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn local_policy_publishes_only_nodes_with_a_ready_endpoint_and_keeps_the_client_address() -> Result<()> {
+    let (cluster, ns, nodes) = setup("local").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("web", "echo", &http(18140), json!({ "externalTrafficPolicy": "Local" })).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1], SETTLE).await?;
+
+    let reply = answered_http(&cluster, nodes.ip1, 18140).await?;
+    ensure!(reply.client == cluster.ip("CLIENT_IP")?, "the backend saw {} instead of the client", reply.client);
+    answered_http(&cluster, nodes.unpublished1, 18140).await?;
+
+    let scaled = Instant::now();
+    ns.scale("echo", 0).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[], SETTLE).await?;
+    report_timing("Local: last endpoint gone to address withdrawn", scaled.elapsed());
+    let scaled = Instant::now();
+    ns.scale("echo", 1).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1], SETTLE).await?;
+    report_timing("Local: endpoint back to address published", scaled.elapsed());
+    answered_http(&cluster, nodes.ip1, 18140).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_options_are_reported_and_harm_no_other_service() -> Result<()> {
+    let (cluster, ns, nodes) = setup("invalid").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("good", "echo", &http(18170), json!({})).await?;
+    ns.load_balancer("bad", "echo", &http(18171), json!({})).await?;
+    let bad_tolerations = json!({ "metadata": { "annotations": { "hostlb.io/tolerations": "{not json" } } });
+    // Created without the annotation first, so the bad value also has to leave the running proxies alone.
+    cluster.wait_for_addresses(&ns.name, "bad", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    ns.patch_service("bad", bad_tolerations).await?;
+
+    let events = eventually(SETTLE, || async {
+        let events = cluster.events(&ns.name, "bad", "InvalidOption").await?;
+        ensure!(!events.is_empty(), "no InvalidOption Event yet");
+        Ok(events)
+    })
+    .await?;
+    let note = events[0].note.clone().unwrap_or_default();
+    ensure!(note.contains("hostlb.io/tolerations"), "the Event does not name the field: {note:?}");
+    cluster.wait_for_addresses(&ns.name, "good", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    answered_http(&cluster, nodes.unpublished1, 18170).await?;
+    answered_http(&cluster, nodes.unpublished1, 18171).await?;
+    Ok(())
+}
+
+async fn node_api(cluster: &Cluster) -> Api<Node> {
+    Api::all(cluster.client.clone())
+}
+
+async fn patch_node(cluster: &Cluster, node: &str, patch: serde_json::Value) -> Result<()> {
+    node_api(cluster).await.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// Runs one node change and its undoing, checking the status after each and printing how
+/// long it took to follow.
+async fn status_follows(
+    cluster: &Cluster,
+    ns: &str,
+    what: &str,
+    expected: (&[IpAddr], &[IpAddr]),
+    change: impl std::future::Future<Output = Result<()>>,
+    undo: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    let started = Instant::now();
+    change.await?;
+    cluster.wait_for_addresses(ns, "web", expected.0, SETTLE * 2).await.with_context(|| what.to_string())?;
+    report_timing(&format!("{what}: status followed"), started.elapsed());
+    let started = Instant::now();
+    undo.await?;
+    cluster.wait_for_addresses(ns, "web", expected.1, SETTLE * 2).await.with_context(|| format!("undo {what}"))?;
+    report_timing(&format!("{what} undone: status followed"), started.elapsed());
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_follows_node_changes() -> Result<()> {
+    let (cluster, ns, nodes) = setup("nodes").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("web", "echo", &http(18150), json!({})).await?;
+    let both = [nodes.ip1, nodes.ip2];
+    cluster.wait_for_addresses(&ns.name, "web", &both, SETTLE).await?;
+    // Each unpublished address exists on one node only, so an answer proves that node's proxy pod carried it.
+    answered_http(&cluster, nodes.unpublished1, 18150).await?;
+    answered_http(&cluster, nodes.unpublished2, 18150).await?;
+
+    let only1 = [nodes.ip1];
+    let node2 = nodes.node2.clone();
+    status_follows(
+        &cluster,
+        &ns.name,
+        "cordon node-2",
+        (&only1, &both),
+        patch_node(&cluster, &node2, json!({ "spec": { "unschedulable": true } })),
+        patch_node(&cluster, &node2, json!({ "spec": { "unschedulable": null } })),
+    )
+    .await?;
+
+    let exclude = "node.kubernetes.io/exclude-from-external-load-balancers";
+    status_follows(
+        &cluster,
+        &ns.name,
+        "label node-2 out of load balancing",
+        (&only1, &both),
+        patch_node(&cluster, &node2, json!({ "metadata": { "labels": { exclude: "true" } } })),
+        patch_node(&cluster, &node2, json!({ "metadata": { "labels": { exclude: null } } })),
+    )
+    .await?;
+    answered_http(&cluster, nodes.unpublished2, 18150).await?;
+
+    let alternative = cluster.ip("NODE2_ALT_IP")?;
+    let (ip2, alt) = (nodes.ip2.to_string(), alternative.to_string());
+    status_follows(
+        &cluster,
+        &ns.name,
+        "node-2 address change",
+        (&[nodes.ip1, alternative], &both),
+        async { cluster.harness(&["set-node-ip", &node2, &alt]) },
+        async { cluster.harness(&["set-node-ip", &node2, &ip2]) },
+    )
+    .await?;
+
+    status_follows(
+        &cluster,
+        &ns.name,
+        "node-2 kubelet stopped",
+        (&only1, &both),
+        async { cluster.harness(&["kubelet", "stop", &node2]) },
+        async { cluster.harness(&["kubelet", "start", &node2]) },
+    )
+    .await?;
+
+    status_follows(
+        &cluster,
+        &ns.name,
+        "node-2 deleted",
+        (&only1, &both),
+        async {
+            // A running kubelet would register the node again at once.
+            cluster.harness(&["kubelet", "stop", &node2])?;
+            node_api(&cluster).await.delete(&node2, &Default::default()).await?;
+            Ok(())
+        },
+        async { cluster.harness(&["kubelet", "start", &node2]) },
+    )
+    .await?;
+    answered_http(&cluster, nodes.unpublished2, 18150).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_controller_restart_in_the_middle_of_a_change_gives_the_same_result() -> Result<()> {
+    let (cluster, ns, nodes) = setup("restart").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("moved", "echo", &http(18160), json!({})).await?;
+    ns.load_balancer("removed", "echo", &http(18162), json!({})).await?;
+    for name in ["moved", "removed"] {
+        cluster.wait_for_addresses(&ns.name, name, &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    }
+
+    cluster.kubectl(&[
+        "-n",
+        SYSTEM_NAMESPACE,
+        "delete",
+        "pod",
+        "-l",
+        "app.kubernetes.io/component=controller",
+        "--wait=false",
+    ])?;
+    let ports = json!([{ "name": "http", "protocol": "TCP", "port": 18161, "targetPort": ECHO_HTTP_PORT }]);
+    ns.patch_service("moved", json!({ "spec": { "ports": ports } })).await?;
+    ns.delete_service("removed").await?;
+    ns.load_balancer("added", "echo", &http(18163), json!({})).await?;
+
+    cluster.wait_for_addresses(&ns.name, "added", &[nodes.ip1, nodes.ip2], SETTLE * 2).await?;
+    eventually(SETTLE, || async {
+        let ports = host_ports(&cluster, &ns.name, "moved").await?;
+        ensure!(ports == vec![(18161, "TCP".to_string())], "host ports are {ports:?}");
+        Ok(())
+    })
+    .await?;
+    wait_gone(&cluster, &ns.name, "removed").await?;
+    cluster.wait_for_addresses(&ns.name, "moved", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    answered_http(&cluster, nodes.unpublished1, 18161).await?;
+    answered_http(&cluster, nodes.unpublished1, 18163).await?;
+    Ok(())
+}
