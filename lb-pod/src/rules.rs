@@ -1,0 +1,433 @@
+//! The nftables objects that implement a `Plan`, as plain values: no I/O, no bytes.
+//!
+//! One table per IP family (`ip hostlb`, `ip6 hostlb`) rather than one `inet` table: NAT in
+//! `inet` tables needs Linux 5.2, per-family NAT tables work on every kernel with nftables, and
+//! the rules need no `meta nfproto` guard. Both tables are replaced in the same batch, so the
+//! change stays atomic. Each table has:
+//!
+//! - `prerouting`, nat hook prerouting priority dstnat (-100): `PROTO dport LISTEN dnat to DEST:TARGET`;
+//! - `postrouting`, nat hook postrouting priority srcnat (100): `daddr DEST PROTO dport TARGET masquerade`;
+//! - when source ranges are given, `source-filter`, filter hook prerouting priority -150 (before
+//!   DNAT, so it sees the listened port): `PROTO dport LISTEN jump allowed-sources`, and the regular
+//!   chain `allowed-sources`: one `saddr RANGE accept` per range of the family, then `drop`.
+
+use std::net::IpAddr;
+
+use crate::plan::{address_bytes, socket_text, Cidr, Family, Plan, Protocol};
+
+pub const TABLE: &str = "hostlb";
+pub const CHAIN_DNAT: &str = "prerouting";
+pub const CHAIN_MASQUERADE: &str = "postrouting";
+pub const CHAIN_SOURCE_FILTER: &str = "source-filter";
+pub const CHAIN_ALLOWED_SOURCES: &str = "allowed-sources";
+
+pub const PRIORITY_DSTNAT: i32 = -100;
+pub const PRIORITY_SRCNAT: i32 = 100;
+/// Before DNAT rewrites the destination port, after conntrack (-200).
+pub const PRIORITY_SOURCE_FILTER: i32 = -150;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainType {
+    Nat,
+    Filter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Postrouting,
+}
+
+/// What makes a chain a base chain: its type, hook and priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseChain {
+    pub kind: ChainType,
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+/// nftables registers: the verdict register and two 16-byte data registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reg {
+    Verdict,
+    R1,
+    R2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadBase {
+    Network,
+    Transport,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Jump(&'static str),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expr {
+    /// `meta l4proto` into a register.
+    MetaL4Proto {
+        dreg: Reg,
+    },
+    Payload {
+        base: PayloadBase,
+        offset: u32,
+        len: u32,
+        dreg: Reg,
+    },
+    CmpEq {
+        sreg: Reg,
+        data: Vec<u8>,
+    },
+    /// `reg = (reg & mask) ^ xor`.
+    Bitwise {
+        sreg: Reg,
+        dreg: Reg,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Immediate {
+        dreg: Reg,
+        data: Vec<u8>,
+    },
+    Verdict(Verdict),
+    Dnat {
+        family: Family,
+        addr: Reg,
+        port: Reg,
+    },
+    Masquerade,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Creates the table if it is missing and does nothing otherwise, so that the delete
+    /// that follows cannot fail with ENOENT (`nft` does the same).
+    EnsureTable(Family),
+    DeleteTable(Family),
+    AddTable(Family),
+    AddChain {
+        family: Family,
+        name: &'static str,
+        base: Option<BaseChain>,
+    },
+    AddRule {
+        family: Family,
+        chain: &'static str,
+        exprs: Vec<Expr>,
+        summary: String,
+    },
+}
+
+impl Step {
+    pub fn family(&self) -> Family {
+        match self {
+            Step::EnsureTable(family) | Step::DeleteTable(family) | Step::AddTable(family) => *family,
+            Step::AddChain { family, .. } | Step::AddRule { family, .. } => *family,
+        }
+    }
+
+    /// The step in `nft` syntax, for logs and error messages.
+    pub fn describe(&self) -> String {
+        let table = format!("{} {TABLE}", nft_family(self.family()));
+        match self {
+            Step::EnsureTable(_) => format!("add table {table}"),
+            Step::DeleteTable(_) => format!("delete table {table}"),
+            Step::AddTable(_) => format!("add table {table} (anew)"),
+            Step::AddChain { name, base: None, .. } => format!("add chain {table} {name}"),
+            Step::AddChain { name, base: Some(base), .. } => format!(
+                "add chain {table} {name} {{ type {} hook {} priority {}; }}",
+                match base.kind {
+                    ChainType::Nat => "nat",
+                    ChainType::Filter => "filter",
+                },
+                match base.hook {
+                    Hook::Prerouting => "prerouting",
+                    Hook::Postrouting => "postrouting",
+                },
+                base.priority
+            ),
+            Step::AddRule { chain, summary, .. } => format!("add rule {table} {chain} {summary}"),
+        }
+    }
+}
+
+pub fn nft_family(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+/// Every step of the one batch that makes the kernel's state match `plan`: both families'
+/// tables are removed, then the tables of the families with a destination are built anew.
+pub fn ruleset(plan: &Plan) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for family in Family::ALL {
+        steps.push(Step::EnsureTable(family));
+        steps.push(Step::DeleteTable(family));
+    }
+    for (family, destination) in plan.destinations() {
+        steps.push(Step::AddTable(family));
+        steps.extend(table(plan, family, destination));
+    }
+    steps
+}
+
+fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
+    let chain = |name, base| Step::AddChain { family, name, base };
+    let rule = |chain, exprs, summary| Step::AddRule { family, chain, exprs, summary };
+    let ip = nft_family(family);
+    let mut steps = vec![
+        chain(CHAIN_DNAT, Some(BaseChain { kind: ChainType::Nat, hook: Hook::Prerouting, priority: PRIORITY_DSTNAT })),
+        chain(
+            CHAIN_MASQUERADE,
+            Some(BaseChain { kind: ChainType::Nat, hook: Hook::Postrouting, priority: PRIORITY_SRCNAT }),
+        ),
+    ];
+    if plan.restricts_sources() {
+        steps.push(chain(
+            CHAIN_SOURCE_FILTER,
+            Some(BaseChain { kind: ChainType::Filter, hook: Hook::Prerouting, priority: PRIORITY_SOURCE_FILTER }),
+        ));
+        steps.push(chain(CHAIN_ALLOWED_SOURCES, None));
+        for port in &plan.ports {
+            let exprs = [
+                protocol_and_port(port.protocol, port.listen),
+                vec![Expr::Verdict(Verdict::Jump(CHAIN_ALLOWED_SOURCES))],
+            ]
+            .concat();
+            let summary = format!("{} dport {} jump {CHAIN_ALLOWED_SOURCES}", port.protocol.name(), port.listen);
+            steps.push(rule(CHAIN_SOURCE_FILTER, exprs, summary));
+        }
+        for range in plan.ranges(family) {
+            let exprs = [source_in(range), vec![Expr::Verdict(Verdict::Accept)]].concat();
+            steps.push(rule(CHAIN_ALLOWED_SOURCES, exprs, format!("{ip} saddr {range} accept")));
+        }
+        steps.push(rule(CHAIN_ALLOWED_SOURCES, vec![Expr::Verdict(Verdict::Drop)], "drop".into()));
+    }
+    for port in &plan.ports {
+        let exprs = [
+            protocol_and_port(port.protocol, port.listen),
+            vec![
+                Expr::Immediate { dreg: Reg::R1, data: address_bytes(&destination) },
+                Expr::Immediate { dreg: Reg::R2, data: port.target.to_be_bytes().to_vec() },
+                Expr::Dnat { family, addr: Reg::R1, port: Reg::R2 },
+            ],
+        ]
+        .concat();
+        let summary = format!(
+            "{} dport {} dnat {ip} to {}",
+            port.protocol.name(),
+            port.listen,
+            socket_text(destination, port.target)
+        );
+        steps.push(rule(CHAIN_DNAT, exprs, summary));
+    }
+    for (protocol, target) in plan.targets() {
+        let exprs = [destination_is(destination), protocol_and_port(protocol, target), vec![Expr::Masquerade]].concat();
+        let summary = format!("{ip} daddr {destination} {} dport {target} masquerade", protocol.name());
+        steps.push(rule(CHAIN_MASQUERADE, exprs, summary));
+    }
+    steps
+}
+
+/// `meta l4proto PROTO th dport PORT`: the destination port sits at offset 2 in TCP, UDP and
+/// SCTP headers alike.
+fn protocol_and_port(protocol: Protocol, port: u16) -> Vec<Expr> {
+    vec![
+        Expr::MetaL4Proto { dreg: Reg::R1 },
+        Expr::CmpEq { sreg: Reg::R1, data: vec![protocol.number()] },
+        Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: Reg::R1 },
+        Expr::CmpEq { sreg: Reg::R1, data: port.to_be_bytes().to_vec() },
+    ]
+}
+
+/// Offset and length of the source and destination addresses in the network header.
+fn address_fields(family: Family) -> (u32, u32, u32) {
+    match family {
+        Family::V4 => (12, 16, 4),
+        Family::V6 => (8, 24, 16),
+    }
+}
+
+fn destination_is(destination: IpAddr) -> Vec<Expr> {
+    let (_, offset, len) = address_fields(Family::of(&destination));
+    vec![
+        Expr::Payload { base: PayloadBase::Network, offset, len, dreg: Reg::R1 },
+        Expr::CmpEq { sreg: Reg::R1, data: address_bytes(&destination) },
+    ]
+}
+
+/// `saddr & mask == network`; nothing for a /0, no mask for a full-length prefix.
+fn source_in(range: &Cidr) -> Vec<Expr> {
+    let (offset, _, len) = address_fields(range.family());
+    if range.prefix == 0 {
+        return Vec::new();
+    }
+    let (network, mask) = range.network_and_mask();
+    let mut exprs = vec![Expr::Payload { base: PayloadBase::Network, offset, len, dreg: Reg::R1 }];
+    if mask.iter().any(|byte| *byte != 0xff) {
+        exprs.push(Expr::Bitwise { sreg: Reg::R1, dreg: Reg::R1, xor: vec![0; mask.len()], mask });
+    }
+    exprs.push(Expr::CmpEq { sreg: Reg::R1, data: network });
+    exprs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(ports: &[&str], to: &[&str], ranges: &[&str]) -> Plan {
+        let strings = |values: &[&str]| values.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+        Plan::parse(&strings(ports), &strings(to), &strings(ranges)).unwrap()
+    }
+
+    fn described(steps: &[Step]) -> Vec<String> {
+        steps.iter().map(Step::describe).collect()
+    }
+
+    #[test]
+    fn single_stack_replaces_both_tables_and_builds_only_its_own() {
+        let steps = ruleset(&plan(&["tcp:80:8080", "udp:53:53"], &["10.96.0.10"], &[]));
+        assert_eq!(
+            described(&steps),
+            vec![
+                "add table ip hostlb",
+                "delete table ip hostlb",
+                "add table ip6 hostlb",
+                "delete table ip6 hostlb",
+                "add table ip hostlb (anew)",
+                "add chain ip hostlb prerouting { type nat hook prerouting priority -100; }",
+                "add chain ip hostlb postrouting { type nat hook postrouting priority 100; }",
+                "add rule ip hostlb prerouting tcp dport 80 dnat ip to 10.96.0.10:8080",
+                "add rule ip hostlb prerouting udp dport 53 dnat ip to 10.96.0.10:53",
+                "add rule ip hostlb postrouting ip daddr 10.96.0.10 tcp dport 8080 masquerade",
+                "add rule ip hostlb postrouting ip daddr 10.96.0.10 udp dport 53 masquerade",
+            ]
+        );
+    }
+
+    #[test]
+    fn dual_stack_builds_one_table_per_family_with_its_own_destination() {
+        let steps = ruleset(&plan(&["tcp:443:443"], &["10.96.0.10,fd00::10"], &[]));
+        let text = described(&steps);
+        assert!(text.contains(&"add rule ip hostlb prerouting tcp dport 443 dnat ip to 10.96.0.10:443".to_string()));
+        assert!(text.contains(&"add rule ip6 hostlb prerouting tcp dport 443 dnat ip6 to [fd00::10]:443".to_string()));
+        assert!(text.contains(&"add rule ip6 hostlb postrouting ip6 daddr fd00::10 tcp dport 443 masquerade".into()));
+        assert_eq!(steps.iter().filter(|s| matches!(s, Step::AddTable(_))).count(), 2);
+    }
+
+    #[test]
+    fn ipv6_only_has_no_ipv4_table_but_still_deletes_an_old_one() {
+        let steps = ruleset(&plan(&["tcp:80:80"], &["fd00::10"], &[]));
+        assert!(steps.contains(&Step::DeleteTable(Family::V4)));
+        assert!(!steps.contains(&Step::AddTable(Family::V4)));
+        assert!(steps.iter().skip(4).all(|step| step.family() == Family::V6));
+    }
+
+    #[test]
+    fn source_ranges_jump_listened_ports_to_an_allow_list_ending_in_drop() {
+        let steps = ruleset(&plan(&["tcp:80:8080"], &["10.96.0.10,fd00::10"], &["192.168.0.0/16", "10.0.0.7/32"]));
+        let text = described(&steps);
+        let v4: Vec<&String> = text.iter().filter(|t| t.contains("ip hostlb") && t.contains("source")).collect();
+        assert_eq!(
+            v4,
+            vec![
+                "add chain ip hostlb source-filter { type filter hook prerouting priority -150; }",
+                "add chain ip hostlb allowed-sources",
+                "add rule ip hostlb source-filter tcp dport 80 jump allowed-sources",
+                "add rule ip hostlb allowed-sources ip saddr 10.0.0.7/32 accept",
+                "add rule ip hostlb allowed-sources ip saddr 192.168.0.0/16 accept",
+                "add rule ip hostlb allowed-sources drop",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_family_without_ranges_drops_everything_when_another_family_has_some() {
+        let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10,fd00::10"], &["192.168.0.0/16"]));
+        let v6_allowed: Vec<String> = steps
+            .iter()
+            .filter(|s| matches!(s, Step::AddRule { family: Family::V6, chain: CHAIN_ALLOWED_SOURCES, .. }))
+            .map(Step::describe)
+            .collect();
+        assert_eq!(v6_allowed, vec!["add rule ip6 hostlb allowed-sources drop"]);
+        assert!(
+            described(&steps).contains(&"add rule ip6 hostlb source-filter tcp dport 80 jump allowed-sources".into())
+        );
+    }
+
+    #[test]
+    fn without_source_ranges_there_is_no_filter_chain() {
+        let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10"], &[]));
+        assert!(!described(&steps).iter().any(|s| s.contains("source")));
+    }
+
+    #[test]
+    fn masquerade_is_one_rule_per_protocol_and_target() {
+        let steps = ruleset(&plan(&["tcp:80:8080", "tcp:81:8080", "udp:80:8080"], &["10.0.0.1"], &[]));
+        let masq = steps.iter().filter(|s| matches!(s, Step::AddRule { chain: CHAIN_MASQUERADE, .. })).count();
+        assert_eq!(masq, 2);
+    }
+
+    #[test]
+    fn dnat_rule_loads_protocol_port_address_and_target_port() {
+        let steps = ruleset(&plan(&["sctp:9:1009"], &["fd00::10"], &[]));
+        let Some(Step::AddRule { exprs, .. }) =
+            steps.iter().find(|s| matches!(s, Step::AddRule { chain: CHAIN_DNAT, .. }))
+        else {
+            panic!("no dnat rule");
+        };
+        let address = "fd00::10".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec();
+        assert_eq!(
+            exprs,
+            &vec![
+                Expr::MetaL4Proto { dreg: Reg::R1 },
+                Expr::CmpEq { sreg: Reg::R1, data: vec![132] },
+                Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: Reg::R1 },
+                Expr::CmpEq { sreg: Reg::R1, data: vec![0, 9] },
+                Expr::Immediate { dreg: Reg::R1, data: address },
+                Expr::Immediate { dreg: Reg::R2, data: vec![0x03, 0xf1] },
+                Expr::Dnat { family: Family::V6, addr: Reg::R1, port: Reg::R2 },
+            ]
+        );
+    }
+
+    #[test]
+    fn source_match_masks_only_partial_prefixes() {
+        let cidr = |text: &str| plan(&["tcp:80:80"], &["10.0.0.1"], &[text]).source_ranges[0];
+        assert_eq!(source_in(&cidr("0.0.0.0/0")), vec![]);
+        assert_eq!(
+            source_in(&cidr("10.0.0.7/32")),
+            vec![
+                Expr::Payload { base: PayloadBase::Network, offset: 12, len: 4, dreg: Reg::R1 },
+                Expr::CmpEq { sreg: Reg::R1, data: vec![10, 0, 0, 7] },
+            ]
+        );
+        assert_eq!(
+            source_in(&cidr("fd00::/8")),
+            vec![
+                Expr::Payload { base: PayloadBase::Network, offset: 8, len: 16, dreg: Reg::R1 },
+                Expr::Bitwise {
+                    sreg: Reg::R1,
+                    dreg: Reg::R1,
+                    mask: [vec![0xff], vec![0; 15]].concat(),
+                    xor: vec![0; 16]
+                },
+                Expr::CmpEq { sreg: Reg::R1, data: [vec![0xfd], vec![0; 15]].concat() },
+            ]
+        );
+    }
+
+    #[test]
+    fn same_plan_gives_the_same_steps() {
+        let a = ruleset(&plan(&["udp:53:53", "tcp:80:80"], &["10.0.0.1"], &["10.0.0.0/8"]));
+        let b = ruleset(&plan(&["tcp:80:80", "udp:53:53"], &["10.0.0.1"], &["10.0.0.0/8"]));
+        assert_eq!(a, b);
+    }
+}
