@@ -238,6 +238,11 @@ fn rules_args(lb: &ServiceLb) -> Vec<String> {
             args.push(format!("$({NODE_ADDRESS_ENV})"));
         }
     }
+    // A dual-stack node's hostIPs name both families; the Service's own decide what is forwarded.
+    for family in &lb.families {
+        args.push("--family".into());
+        args.push(family.arg_name().into());
+    }
     for range in &lb.source_ranges {
         args.push("--source-range".into());
         args.push(range.to_string());
@@ -383,7 +388,7 @@ mod tests {
         assert_eq!(init.security_context.as_ref().unwrap().privileged, Some(true));
         assert_eq!(
             init.args.as_ref().unwrap(),
-            &["init", "--port", "tcp:443:443", "--to", "10.96.0.10"].map(String::from).to_vec()
+            &["init", "--port", "tcp:443:443", "--to", "10.96.0.10", "--family", "ipv4"].map(String::from).to_vec()
         );
         let hold = &spec.containers[0];
         assert_eq!(hold.args.as_ref().unwrap(), &vec!["hold".to_string()]);

@@ -29,6 +29,14 @@ impl IpFamily {
             IpAddr::V6(_) => IpFamily::V6,
         }
     }
+
+    /// The spelling of the lb-pod's `--family` argument.
+    pub fn arg_name(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
