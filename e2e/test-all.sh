@@ -40,6 +40,10 @@ run_logged() {
 
 command -v bc >/dev/null || { apt-get install -y -qq bc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bc; }; }
 
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+
 run_logged "$LOG_DIR/fmt.log" cargo fmt --all -- --check
 count_step "cargo fmt --check" $?
 run_logged "$LOG_DIR/clippy.log" cargo clippy --workspace --all-targets -- -D warnings

@@ -46,6 +46,8 @@ pub struct Context {
     pods: Store<Pod>,
     daemonsets: Store<DaemonSet>,
     metrics: Arc<Metrics>,
+    /// Set once every watch has listed its objects; shared with /readyz.
+    synced: Arc<AtomicBool>,
     /// Warnings already published per Service, so that a problem is reported once, not on
     /// every reconciliation.
     reported: Mutex<HashMap<ObjectRef<Service>, ReportedWarnings>>,
@@ -92,6 +94,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         pods,
         daemonsets,
         metrics: metrics.clone(),
+        synced: ready.clone(),
         reported: Mutex::default(),
     });
 
@@ -144,9 +147,16 @@ fn error_policy(service: Arc<Service>, error: &Error, context: Arc<Context>) -> 
 /// A resync now and then repairs anything a missed watch event left behind.
 const RESYNC: Duration = Duration::from_secs(600);
 
+/// How soon a Service reconciled before the watches have synced is looked at again.
+const UNTIL_SYNCED: Duration = Duration::from_millis(500);
+
 #[tracing::instrument(skip_all, fields(service = %ObjectRef::from_obj(service.as_ref())))]
 async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<Action> {
-    context.caches_synced().await?;
+    // Status computed from half-filled caches would withdraw addresses that are fine. Waiting
+    // here instead would stall the controller, which is what feeds those caches.
+    if !context.synced.load(Ordering::Acquire) {
+        return Ok(Action::requeue(UNTIL_SYNCED));
+    }
     let handled = is_handled(&service, &context.settings.load_balancer_class);
     let deleting = service.meta().deletion_timestamp.is_some();
     let has_finalizer = service.finalizers().iter().any(|f| f == names::FINALIZER);

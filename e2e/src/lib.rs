@@ -173,6 +173,8 @@ impl ClientNetns {
         let output = Command::new("ip")
             .args(["netns", "exec", &self.netns, "socat", "-T", "2", "-", &target])
             .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .and_then(|mut child| {
                 use std::io::Write;

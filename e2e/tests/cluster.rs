@@ -275,8 +275,15 @@ async fn local_policy_publishes_only_nodes_with_a_ready_endpoint_and_keeps_the_c
     ns.load_balancer("web", "echo", &http(18140), json!({ "externalTrafficPolicy": "Local" })).await?;
     cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1], SETTLE).await?;
 
-    let reply = answered_http(&cluster, nodes.ip1, 18140).await?;
-    ensure!(reply.client == cluster.ip("CLIENT_IP")?, "the backend saw {} instead of the client", reply.client);
+    // Until kube-proxy has written its rule for the new address, packets still take the proxy
+    // pod's path and arrive masqueraded; the client's own address must show up soon after.
+    let (client, client_ip, address) = (cluster.client()?, cluster.ip("CLIENT_IP")?, nodes.ip1);
+    eventually_blocking(SETTLE, move || {
+        let reply = client.http_get(address, 18140)?;
+        ensure!(reply.client == client_ip, "the backend saw {} instead of the client", reply.client);
+        Ok(())
+    })
+    .await?;
     answered_http(&cluster, nodes.unpublished1, 18140).await?;
 
     let scaled = Instant::now();

@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# The local two-node Kubernetes cluster of the end-to-end tests, with hostlb installed.
+#
+#   cluster.sh up                    bring it up (idempotent; finishes or redoes a half-started one)
+#   cluster.sh down                  ordered teardown; fails, listing them, if any of our
+#                                    processes, mounts, netns, links, chains or cgroups remain
+#   cluster.sh status                nodes, pods and our daemons
+#   cluster.sh logs                  the tail of every component's log
+#   cluster.sh kubelet stop|start NODE
+#   cluster.sh set-node-ip NODE IP   the node's kubelet reports IP as its InternalIP from now on
+#
+# Topology, names and addresses: lib.sh and network.sh. When up, $HOSTLB_E2E_STATE/cluster.env
+# (default /var/lib/hostlb-e2e) describes the cluster to the Rust suite.
+#
+# Knobs: HOSTLB_E2E_STATE, HOSTLB_CACHE_DIR, HOSTLB_IMAGE_DIR (image archives),
+# HOSTLB_E2E_SKIP_IMAGE_BUILD=1 (import the archives in HOSTLB_IMAGE_DIR without images/build.sh).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SELF="$HERE/cluster.sh"
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+# shellcheck source=pki.sh
+source "$HERE/pki.sh"
+# shellcheck source=network.sh
+source "$HERE/network.sh"
+# shellcheck source=components.sh
+source "$HERE/components.sh"
+# shellcheck source=teardown.sh
+source "$HERE/teardown.sh"
+
+[[ $(id -u) == 0 ]] || die "must run as root (network namespaces, mounts, cgroups)"
+
+# One cluster.sh at a time changes the cluster (a lock on this folder: nothing to leave behind).
+lock() {
+  exec 9<"$HERE"
+  flock -w 900 9 || die "another cluster.sh holds the lock for 15 min"
+}
+
+DEPS=(etcd-server containerd runc containernetworking-plugins iptables nftables iproute2 conntrack
+  golang-go openssl rsync jq socat golang-github-modern-go-reflect2-dev dpkg-dev curl util-linux procps)
+
+ensure_deps() {
+  local installed missing=() p
+  # dpkg-query fails when a package is unknown to it (never installed): that is an answer too.
+  installed=$({ dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${DEPS[@]}" 2>/dev/null || true; } | awk '$2 == "ii" { print $1 }')
+  for p in "${DEPS[@]}"; do grep -qxF "$p" <<<"$installed" || missing+=("$p"); done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null ||
+    { apt-get update -qq </dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null; }
+}
+
+# --- up ---------------------------------------------------------------------------------------------
+
+TIMINGS=()
+phase() {
+  local name=$1 t=$SECONDS; shift
+  log "== $name"
+  "$@"
+  TIMINGS+=("$name=$((SECONDS - t))")
+}
+
+print_timings() {
+  local total=0 item
+  # The phases the calling `up` ran before this attempt come first.
+  if [[ -n ${HOSTLB_UP_TIMINGS:-} ]]; then read -r -a item <<<"$HOSTLB_UP_TIMINGS"; TIMINGS=("${item[@]}" "${TIMINGS[@]}"); fi
+  for item in "${TIMINGS[@]}"; do total=$((total + ${item#*=})); done
+  echo "[cluster] timing (s): ${TIMINGS[*]} total=$total" >&2
+}
+
+IMAGE_BUILD_PID=""
+start_image_build() {
+  if [[ ${HOSTLB_E2E_SKIP_IMAGE_BUILD:-0} == 1 ]]; then
+    log "HOSTLB_E2E_SKIP_IMAGE_BUILD=1: importing the archives in $IMAGE_DIR as they are"
+    return 0
+  fi
+  [[ -f $REPO/images/build.sh ]] || die "$REPO/images/build.sh is missing"
+  # Beside the control plane's start; its own session, so that a failed up can stop all of it.
+  (cd "$REPO" && exec setsid bash images/build.sh) </dev/null >"$LOGS/images-build.log" 2>&1 9<&- &
+  IMAGE_BUILD_PID=$!
+}
+
+stop_image_build() {
+  if [[ -n $IMAGE_BUILD_PID ]]; then kill -TERM -- "-$IMAGE_BUILD_PID" 2>/dev/null || true; fi
+}
+
+wait_image_build() {
+  [[ -n $IMAGE_BUILD_PID ]] || return 0
+  local rc=0
+  wait "$IMAGE_BUILD_PID" || rc=$?
+  IMAGE_BUILD_PID=""
+  if [[ $rc -ne 0 ]]; then
+    log "images/build.sh failed (exit $rc); the end of its output:"
+    tail -n 40 "$LOGS/images-build.log" >&2
+    return 1
+  fi
+  grep -E '^localhost/' "$LOGS/images-build.log" | sed 's/^/[cluster]   /' >&2 || true
+}
+
+record_created_dirs() {
+  local d
+  for d in /run/containerd /run/containerd/s /var/log/pods /var/log/containers /var/lib/cni /var/lib/cni/results; do
+    [[ -e $d ]] || echo "$d" >>"$STATE/created-dirs"
+  done
+  [[ -f $STATE/netns.before ]] || { ip netns list 2>/dev/null | awk '{print $1}' | grep '^cni-' || true; } >"$STATE/netns.before"
+}
+
+control_plane() {
+  ensure_etcd
+  ensure_apiserver
+  ensure_controller_manager
+  ensure_scheduler
+  wait_controllers
+}
+
+containerds() {
+  record_created_dirs
+  local n
+  for n in 1 2; do
+    if ! mntns_ok "$n" && alive "containerd-node-$n"; then
+      # A node's daemons without their mount namespace: restart them in a new one.
+      stop_daemon "kubelet-node-$n"
+      stop_daemon "containerd-node-$n"
+    fi
+    ensure_mntns "$n"
+    ensure_containerd "$n"
+  done
+  wait_containerd 1
+  wait_containerd 2
+}
+
+images() {
+  wait_image_build
+  import_images
+}
+
+nodes_ready() {
+  local ready
+  ready=$(k get nodes -o jsonpath='{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null) || return 1
+  grep -qx "$NODE1_NAME=True" <<<"$ready" && grep -qx "$NODE2_NAME=True" <<<"$ready"
+}
+
+nodes_registered() { k get node "$NODE1_NAME" "$NODE2_NAME" >/dev/null 2>&1; }
+
+nodes() {
+  local n
+  for n in 1 2; do ensure_kubelet "$n"; done
+  # kube-proxy reads its node's address from the Node object at start.
+  wait_for "both nodes registered" 60 nodes_registered || true
+  for n in 1 2; do ensure_kube_proxy "$n"; done
+  for n in 1 2; do wait_for "kube-proxy of $(node_name "$n")" 60 kube_proxy_healthy "$n"; done
+  if ! wait_for "both nodes Ready" 120 nodes_ready; then
+    k get nodes -o wide >&2 || true
+    return 1
+  fi
+}
+
+hostlb_diagnostics() {
+  local pod
+  k -n hostlb-system get deploy,rs,pods -o wide >&2 || true
+  for pod in $(k -n hostlb-system get pods -l app.kubernetes.io/component=controller -o name 2>/dev/null); do
+    k -n hostlb-system describe "$pod" >&2 || true
+    k -n hostlb-system logs "$pod" --all-containers --tail=100 >&2 || true
+    k -n hostlb-system logs "$pod" --all-containers --previous --tail=50 >&2 2>/dev/null || true
+  done
+}
+
+install_hostlb() {
+  k apply -k "$REPO/manifests/" >&2
+  if grep -qx controller "$STATE/images-changed" 2>/dev/null; then
+    log "the controller image changed: restarting the controller"
+    k -n hostlb-system rollout restart deployment/hostlb-controller >&2
+  fi
+  if ! k -n hostlb-system rollout status deployment/hostlb-controller --timeout=180s >&2 ||
+    ! k -n hostlb-system wait --for=condition=Available deployment/hostlb-controller --timeout=30s >&2; then
+    log "hostlb-controller is not Available"
+    hostlb_diagnostics
+    return 1
+  fi
+}
+
+write_env() {
+  cat >"$ENV_FILE.tmp" <<EOF
+KUBECONFIG=$ADMIN_KUBECONFIG
+KUBECTL=$KUBECTL
+CLIENT_NETNS=$CLIENT_NETNS
+CLIENT_IP=$CLIENT_IP
+NODE1_NAME=$NODE1_NAME
+NODE1_IP=$NODE1_IP
+NODE1_UNPUBLISHED_IP=$NODE1_UNPUBLISHED_IP
+NODE2_NAME=$NODE2_NAME
+NODE2_IP=$NODE2_IP
+NODE2_UNPUBLISHED_IP=$NODE2_UNPUBLISHED_IP
+NODE2_ALT_IP=$NODE2_ALT_IP
+NODE2_NETNS=$NODE2_NETNS
+ECHO_IMAGE=$ECHO_IMAGE
+EOF
+  mv "$ENV_FILE.tmp" "$ENV_FILE"
+}
+
+# One attempt at bringing everything up, in its own process (so that `set -e` holds throughout).
+up_attempt() {
+  mkdir -p "$STATE" "$PIDS" "$LOGS" "$STATE/node1" "$STATE/node2"
+  chmod 755 "$STATE"
+  rm -f "$ENV_FILE"
+  # On failure too: the phases done so far and how long they took.
+  trap 'stop_image_build; print_timings' EXIT
+  start_image_build
+  phase pki ensure_pki
+  phase network ensure_network
+  phase control-plane control_plane
+  phase containerd containerds
+  phase images images
+  phase nodes nodes
+  phase hostlb install_hostlb
+  write_env
+  trap - EXIT
+  print_timings
+  log "up: $(tr '\n' ' ' <"$ENV_FILE" | cut -c1-60)... in $ENV_FILE"
+}
+
+cmd_up() {
+  lock
+  local started=$SECONDS recovering=0
+  phase apt ensure_deps
+  phase kubernetes bash "$HERE/build-kubernetes.sh"
+  [[ -d $STATE ]] && recovering=1
+  export HOSTLB_UP_TIMINGS="${TIMINGS[*]}"
+  if bash "$SELF" __up-attempt; then
+    log "cluster up in $((SECONDS - started))s"
+    return 0
+  fi
+  if ((recovering)); then
+    log "finishing the existing cluster failed: taking it down and starting again"
+    bash "$SELF" __down
+    if bash "$SELF" __up-attempt; then
+      log "cluster up in $((SECONDS - started))s"
+      return 0
+    fi
+  fi
+  log "up failed; 'cluster.sh logs' shows the components' logs"
+  return 1
+}
+
+# --- the rest ------------------------------------------------------------------------------------------
+
+cmd_status() {
+  local name pid
+  for name in "${DAEMONS[@]}"; do
+    if pid=$(daemon_pid "$name"); then
+      printf '%-26s running (pid %s)\n' "$name" "$pid"
+    elif [[ -f $PIDS/$name.pid ]]; then
+      printf '%-26s DEAD\n' "$name"
+    else
+      printf '%-26s not started\n' "$name"
+    fi
+  done
+  [[ -f $ENV_FILE ]] && echo "cluster.env: $ENV_FILE" || echo "cluster.env: none (not up)"
+  if alive kube-apiserver; then
+    k get nodes -o wide || true
+    k get pods --all-namespaces -o wide || true
+  fi
+}
+
+cmd_logs() {
+  local f dir=$LOGS
+  [[ -d $dir ]] || dir=$LAST_LOGS
+  [[ -d $dir ]] || { log "no logs (nothing was brought up)"; return 0; }
+  for f in "$dir"/*.log; do
+    [[ -f $f ]] || continue
+    echo "===== $(basename "$f" .log) (last 60 lines of $f)"
+    tail -n 60 "$f"
+  done
+}
+
+cmd_kubelet() {
+  local action=${1:-} n
+  [[ $# -eq 2 ]] || die "usage: cluster.sh kubelet stop|start NODE"
+  n=$(node_index "$2")
+  [[ -d $STATE ]] || die "no cluster ($STATE is missing)"
+  lock
+  case "$action" in
+    stop) stop_daemon "kubelet-node-$n" 30 ;;
+    start) ensure_kubelet "$n" ;;
+    *) die "usage: cluster.sh kubelet stop|start NODE" ;;
+  esac
+}
+
+cmd_set_node_ip() {
+  [[ $# -eq 2 ]] || die "usage: cluster.sh set-node-ip NODE IP"
+  local n ip=$2 dev
+  n=$(node_index "$1")
+  [[ $ip =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "'$ip' is not an IPv4 address"
+  [[ -d $STATE ]] || die "no cluster ($STATE is missing)"
+  lock
+  if [[ $n == 1 ]]; then dev=$CLIENT_VETH; else dev=eth0; fi
+  # (grep reads all: with pipefail, an early exit of grep -q would fail the pipeline.)
+  if ! in_node "$n" ip -o -4 addr show dev "$dev" | grep -c " $ip/" >/dev/null; then
+    in_node "$n" ip addr add "$ip/$(prefix_for "$ip")" dev "$dev"
+  fi
+  echo "$ip" >"$(node_dir "$n")/node-ip"
+  stop_daemon "kubelet-node-$n" 30
+  ensure_kubelet "$n"
+}
+
+main() {
+  local cmd=${1:-}
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+    up) cmd_up ;;
+    down) lock; do_down ;;
+    status) cmd_status ;;
+    logs) cmd_logs ;;
+    kubelet) cmd_kubelet "$@" ;;
+    set-node-ip) cmd_set_node_ip "$@" ;;
+    __up-attempt) up_attempt ;;
+    __down) do_down ;;
+    *)
+      sed -n '2,17p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"
