@@ -67,7 +67,7 @@ if run_logged "$LOG_DIR/up.log" $CLUSTER up; then
   run_logged "$LOG_DIR/e2e.log" cargo test -p hostlb-e2e --test cluster --no-fail-fast -- --test-threads=1 --nocapture
   status=$?
   count_cargo "end-to-end suite" "$LOG_DIR/e2e.log" $status
-  grep -E '^timing:' "$LOG_DIR/e2e.log" || true
+  grep -oE 'timing: .*' "$LOG_DIR/e2e.log" || true
   if [[ $status -ne 0 ]]; then $CLUSTER logs || true; fi
 else
   count_step "cluster up" 1
