@@ -6,22 +6,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::conflicts::{port_conflicts, Claimant};
 use crate::daemonset::{config_hash_of, desired_daemonset, ProxySettings};
 use crate::error::{Error, Result};
-use crate::mapping::{owning_service, services_affected_by_node, NodeChangeFilter};
+use crate::mapping::{orphaned, owning_service, services_affected_by_node, NodeChangeFilter};
 use crate::metrics::Metrics;
 use crate::names;
 use crate::placement::{enablelb_in_use, Placement};
@@ -62,15 +62,21 @@ struct Warning {
     message: String,
 }
 
-pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Result<()> {
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    sync_timeout: Duration,
+) -> Result<()> {
     let namespace = settings.proxy.namespace.clone();
-    let managed = watcher::Config::default().labels(&names::managed_selector());
+    let all = watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
+    let managed = all.clone().labels(&names::managed_selector());
 
     let (nodes, node_writer) = reflector::store();
-    let node_events =
-        reflector::reflector(node_writer, watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
+    let node_events = reflector::reflector(node_writer, watcher(Api::<Node>::all(client.clone()), all.clone()))
+        .default_backoff()
+        .touched_objects();
     let (pods, pod_writer) = reflector::store();
     let pod_events =
         reflector::reflector(pod_writer, watcher(Api::<Pod>::namespaced(client.clone(), &namespace), managed.clone()))
@@ -84,7 +90,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
     .default_backoff()
     .touched_objects();
 
-    let controller = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(Api::<Service>::all(client.clone()), all);
     let services = controller.store();
     let context = Arc::new(Context {
         client,
@@ -112,30 +118,42 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>, read
         }
     };
 
+    // A replica whose watches never list would sit not-Ready forever; failing lets the kubelet
+    // start a fresh one, as controller-runtime does after its cache sync timeout.
     let readiness = {
         let context = context.clone();
         async move {
-            if context.caches_synced().await.is_ok() {
-                ready.store(true, Ordering::Release);
-                info!("all watches synced; ready");
+            context.watches_synced(sync_timeout).await?;
+            ready.store(true, Ordering::Release);
+            info!("all watches synced; ready");
+            let mut sweeps = tokio::time::interval(ORPHAN_SWEEP);
+            loop {
+                sweeps.tick().await;
+                context.delete_orphans().await;
             }
         }
     };
-    tokio::spawn(readiness);
 
-    controller
+    let reconciling = controller
         .watches_stream(daemonset_events, |ds| owning_service(&ds))
         .watches_stream(pod_events, |pod| owning_service(&pod))
         .watches_stream(node_events, node_mapper)
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "reconciliation did not run");
+            match result {
+                Ok(_) => {}
+                // Triggers from proxy objects whose Service is already gone.
+                Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                    debug!(%object, "no such Service; nothing to reconcile")
+                }
+                Err(error) => warn!(%error, "reconciliation did not run"),
             }
-        })
-        .await;
-    Ok(())
+        });
+    tokio::select! {
+        () = reconciling => Ok(()),
+        failed = readiness => failed,
+    }
 }
 
 fn error_policy(service: Arc<Service>, error: &Error, context: Arc<Context>) -> Action {
@@ -146,6 +164,12 @@ fn error_policy(service: Arc<Service>, error: &Error, context: Arc<Context>) -> 
 
 /// A resync now and then repairs anything a missed watch event left behind.
 const RESYNC: Duration = Duration::from_secs(600);
+
+/// Below the client's read timeout, so that a quiet watch ends before the read timeout would cut it.
+const WATCH_TIMEOUT_SECONDS: u32 = 50;
+
+/// How often proxy DaemonSets that no Service will clean up are looked for.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
 
 /// How soon a Service reconciled before the watches have synced is looked at again.
 const UNTIL_SYNCED: Duration = Duration::from_millis(500);
@@ -225,7 +249,7 @@ async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<Actio
         let shown: Vec<String> = addresses.iter().map(ToString::to_string).collect();
         let message = if shown.is_empty() { "no node is ready to serve".to_string() } else { shown.join(", ") };
         info!(addresses = %message, "published load balancer status");
-        context.publish(&service, EventType::Normal, "StatusUpdated", "PublishAddresses", message).await;
+        context.publish(service.as_ref(), EventType::Normal, "StatusUpdated", "PublishAddresses", message).await;
     }
     context.report(&service, warnings).await;
     Ok(Action::requeue(RESYNC))
@@ -251,16 +275,23 @@ fn unschedulable_pods(pods: &[Arc<Pod>]) -> Vec<Warning> {
 }
 
 impl Context {
-    async fn caches_synced(&self) -> Result<()> {
-        let results = futures::join!(
-            self.services.wait_until_ready(),
-            self.nodes.wait_until_ready(),
-            self.pods.wait_until_ready(),
-            self.daemonsets.wait_until_ready()
-        );
-        match results {
-            (Ok(()), Ok(()), Ok(()), Ok(())) => Ok(()),
-            _ => Err(Error::CachesClosed),
+    /// Waits until every watch has listed its objects, or fails naming those that have not.
+    async fn watches_synced(&self, timeout: Duration) -> Result<()> {
+        let waits = [
+            ("services", self.services.wait_until_ready().boxed()),
+            ("nodes", self.nodes.wait_until_ready().boxed()),
+            ("proxy pods", self.pods.wait_until_ready().boxed()),
+            ("proxy daemonsets", self.daemonsets.wait_until_ready().boxed()),
+        ];
+        let outcomes = futures::future::join_all(waits.map(|(name, wait)| async move {
+            (name, matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(()))))
+        }))
+        .await;
+        let pending: Vec<&str> = outcomes.into_iter().filter(|(_, synced)| !synced).map(|(name, _)| name).collect();
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::WatchesNotSynced { watches: pending.join(", "), waited: timeout })
         }
     }
 
@@ -392,6 +423,36 @@ impl Context {
         Ok(())
     }
 
+    /// Deletes the proxy DaemonSets that no Service will clean up. Failures are only logged: the
+    /// next sweep tries again.
+    async fn delete_orphans(&self) {
+        let services = self.services.state();
+        let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
+        let daemonsets = self.daemonsets.state();
+        let namespace = &self.settings.proxy.namespace;
+        let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), namespace);
+        for daemonset in orphaned(daemonsets.iter().map(Arc::as_ref), &services, &self.settings.load_balancer_class) {
+            let name = daemonset.name_any();
+            let service = owning_service(daemonset).map_or_else(|| "an unknown Service".into(), |s| s.to_string());
+            let only_this_one = DeleteParams {
+                preconditions: Some(Preconditions { uid: daemonset.uid(), resource_version: None }),
+                ..DeleteParams::background()
+            };
+            match api.delete(&name, &only_this_one).await {
+                Ok(_) => {
+                    self.metrics.daemonset_deletes.inc();
+                    let note = format!("deleted DaemonSet {namespace}/{name}: {service} no longer needs it");
+                    info!(daemonset = %format!("{namespace}/{name}"), %service, "deleted orphaned proxy DaemonSet");
+                    self.publish(daemonset, EventType::Normal, "OrphanDeleted", "DeleteDaemonSet", note).await;
+                }
+                Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {}
+                Err(error) => {
+                    warn!(daemonset = %format!("{namespace}/{name}"), %error, "could not delete orphaned proxy DaemonSet")
+                }
+            }
+        }
+    }
+
     /// Publishes the warnings not yet published for this Service; forgets the ones that went
     /// away so that they are reported again if they come back.
     async fn report(&self, service: &Service, warnings: Vec<Warning>) {
@@ -405,13 +466,20 @@ impl Context {
         }
     }
 
-    async fn publish(&self, service: &Service, type_: EventType, reason: &str, action: &str, note: String) {
+    async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        regarding: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let reporter = Reporter { controller: names::MANAGER.into(), instance: self.settings.instance.clone() };
         // A fresh recorder each time: the shared one would fold different notes with the same
         // reason into one series and hide all but the first. `report` already de-duplicates.
         let recorder = Recorder::new(self.client.clone(), reporter);
         let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-        if let Err(error) = recorder.publish(&event, &service.object_ref(&())).await {
+        if let Err(error) = recorder.publish(&event, &regarding.object_ref(&())).await {
             warn!(%error, reason, "could not publish Event");
         }
     }

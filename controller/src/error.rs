@@ -8,8 +8,8 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
-    #[error("the caches of watched objects closed before they synced")]
-    CachesClosed,
+    #[error("the watches of {watches} did not list their objects within {waited:?}")]
+    WatchesNotSynced { watches: String, waited: std::time::Duration },
 }
 
 impl Error {
@@ -26,7 +26,7 @@ impl Error {
                 kube::Error::Api(_) => "api_rejected",
                 _ => "api_unreachable",
             },
-            Error::CachesClosed => "caches_closed",
+            Error::WatchesNotSynced { .. } => "watches_not_synced",
         }
     }
 }

@@ -170,6 +170,14 @@ impl NodeBuilder {
     }
 }
 
+/// A proxy pod of the fixture Service that is being deleted.
+pub fn terminating_proxy_pod(name: &str, node: &str) -> Pod {
+    let mut pod = proxy_pod(name, node, true);
+    pod.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    pod
+}
+
 /// A proxy pod of the fixture Service.
 pub fn proxy_pod(name: &str, node: &str, ready: bool) -> Pod {
     Pod {

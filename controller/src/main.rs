@@ -1,6 +1,9 @@
+use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -54,7 +57,14 @@ struct Args {
     /// Names this replica in Events; the pod name is a good choice.
     #[arg(long, env = "HOSTLB_INSTANCE")]
     instance: Option<String>,
+    /// Seconds to wait for the watches to list their objects before exiting, so that the
+    /// kubelet restarts a replica that cannot see the cluster.
+    #[arg(long, env = "HOSTLB_SYNC_TIMEOUT_SECONDS", default_value_t = 120)]
+    sync_timeout_seconds: u64,
 }
+
+/// The API server's own default --request-timeout: no answer but a watch takes longer.
+const API_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum LogFormat {
@@ -63,16 +73,30 @@ enum LogFormat {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
     match args.log_format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
+    match serve_and_control(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Through the logger, so that a JSON log stays JSON to the end.
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-    let client = kube::Client::try_default().await.context("no Kubernetes client configuration")?;
+async fn serve_and_control(args: Args) -> anyhow::Result<()> {
+    // Without a read timeout, a list request whose answer never comes holds a watch forever.
+    let mut config = kube::Config::infer().await.context("no Kubernetes client configuration")?;
+    config.read_timeout = Some(API_READ_TIMEOUT);
+    config.reset_reader_on_write = true;
+    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
     let server = client.apiserver_version().await.context("cannot read the API server's version")?;
     let settings = controller::Settings {
         load_balancer_class: args.load_balancer_class,
@@ -88,12 +112,13 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     tracing::info!(?settings, server = %server.git_version, "starting hostlb-controller {}", env!("CARGO_PKG_VERSION"));
+    let sync_timeout = Duration::from_secs(args.sync_timeout_seconds);
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let health = server::Health { metrics: metrics.clone(), ready: ready.clone() };
     tokio::select! {
         served = server::serve(args.http_address, health) => served.context("HTTP server stopped")?,
-        ran = controller::run(client, settings, metrics, ready) => ran?,
+        ran = controller::run(client, settings, metrics, ready, sync_timeout) => ran?,
     }
     Ok(())
 }

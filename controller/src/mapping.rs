@@ -1,7 +1,8 @@
-//! Which Services a change to a watched Node, proxy Pod or DaemonSet affects.
+//! Which Services a change to a watched Node, proxy Pod or DaemonSet affects, and which proxy
+//! objects no Service owns any more.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -28,10 +29,30 @@ pub fn services_affected_by_node<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     load_balancer_class: &str,
 ) -> Vec<ObjectRef<Service>> {
-    services
+    services.into_iter().filter(|s| served_or_cleaning_up(s, load_balancer_class)).map(ObjectRef::from_obj).collect()
+}
+
+fn served_or_cleaning_up(service: &Service, load_balancer_class: &str) -> bool {
+    is_handled(service, load_balancer_class) || service.finalizers().iter().any(|f| f == names::FINALIZER)
+}
+
+/// Proxy objects that no Service will ever clean up: the Service of their UID is gone, or
+/// neither served nor holding the finalizer (someone removed it by hand). Left alone, they
+/// would hold their host ports for good.
+pub fn orphaned<'a, K: ResourceExt>(
+    proxies: impl IntoIterator<Item = &'a K>,
+    services: &[&Service],
+    load_balancer_class: &str,
+) -> Vec<&'a K> {
+    let claimed: HashSet<&str> = services
+        .iter()
+        .filter(|s| served_or_cleaning_up(s, load_balancer_class))
+        .filter_map(|s| s.metadata.uid.as_deref())
+        .collect();
+    proxies
         .into_iter()
-        .filter(|s| is_handled(s, load_balancer_class) || s.finalizers().iter().any(|f| f == names::FINALIZER))
-        .map(ObjectRef::from_obj)
+        .filter(|proxy| proxy.meta().deletion_timestamp.is_none())
+        .filter(|proxy| proxy.labels().get(names::LABEL_SERVICE_UID).is_none_or(|uid| !claimed.contains(uid.as_str())))
         .collect()
 }
 
@@ -76,7 +97,7 @@ impl NodeChangeFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{proxy_pod, NodeBuilder, ServiceBuilder, NAMESPACE};
+    use crate::fixtures::{proxy_pod, terminating_proxy_pod, NodeBuilder, ServiceBuilder, NAMESPACE};
     use k8s_openapi::api::core::v1::NodeCondition;
 
     #[test]
@@ -102,6 +123,26 @@ mod tests {
         let refs = services_affected_by_node([&handled, &other_class, &leaving, &plain], "hostlb.io/hostlb");
         let names: Vec<&str> = refs.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, vec!["web", "leaving"]);
+    }
+
+    #[test]
+    fn proxies_are_orphaned_once_no_served_or_finalizing_service_has_their_uid() {
+        let proxy = proxy_pod("p", "n1", true);
+        let served = ServiceBuilder::new("web").build();
+        let mut finalizing = ServiceBuilder::new("web").type_("ClusterIP").build();
+        finalizing.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
+        let released_by_hand = ServiceBuilder::new("web").type_("ClusterIP").build();
+        let mut recreated = ServiceBuilder::new("web").build();
+        recreated.metadata.uid = Some("another-uid".into());
+        let class = "hostlb.io/hostlb";
+
+        assert!(orphaned([&proxy], &[&served], class).is_empty());
+        assert!(orphaned([&proxy], &[&finalizing], class).is_empty());
+        assert_eq!(orphaned([&proxy], &[&released_by_hand], class).len(), 1);
+        assert_eq!(orphaned([&proxy], &[&recreated], class).len(), 1);
+        assert_eq!(orphaned([&proxy], &[], class).len(), 1);
+
+        assert!(orphaned([&terminating_proxy_pod("p", "n1")], &[], class).is_empty());
     }
 
     #[test]

@@ -91,10 +91,12 @@ mod tests {
     fn rendered_metrics_carry_the_prefix_and_failure_causes() {
         let metrics = Metrics::default();
         drop(metrics.reconcile_started());
-        metrics.reconcile_failed(&Error::CachesClosed);
+        let conflict =
+            kube::core::Status { code: 409, ..kube::core::Status::failure("modified meanwhile", "Conflict") };
+        metrics.reconcile_failed(&Error::kube("applying")(kube::Error::Api(conflict.boxed())));
         let text = metrics.render();
         assert!(text.contains("hostlb_reconciliations_total 1"), "{text}");
-        assert!(text.contains("hostlb_reconcile_failures_total{error=\"caches_closed\"} 1"), "{text}");
+        assert!(text.contains("hostlb_reconcile_failures_total{error=\"conflict\"} 1"), "{text}");
         assert!(text.contains("hostlb_reconcile_duration_seconds_count 1"), "{text}");
     }
 }

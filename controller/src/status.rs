@@ -128,7 +128,7 @@ pub fn ingress(addresses: &[IpAddr]) -> Vec<LoadBalancerIngress> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{proxy_pod, NodeBuilder, ServiceBuilder};
+    use crate::fixtures::{proxy_pod, terminating_proxy_pod, NodeBuilder, ServiceBuilder};
     use crate::names;
     use crate::service_lb::ServiceLb;
     use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServiceStatus};
@@ -194,9 +194,7 @@ mod tests {
     #[test]
     fn pods_on_unknown_nodes_and_terminating_pods_are_ignored() {
         let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build()];
-        let mut terminating = proxy_pod("p1", "n1", true);
-        terminating.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let terminating = terminating_proxy_pod("p1", "n1");
         let orphan = proxy_pod("p2", "gone", true);
         assert!(compute(&nodes, &[terminating, orphan], AddressType::Auto, &[IpFamily::V4]).is_empty());
     }

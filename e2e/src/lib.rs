@@ -128,14 +128,14 @@ impl Cluster {
         bail!("{namespace}/{service} publishes {last:?} after {timeout:?}, expected {expected:?}")
     }
 
-    /// Warning or Normal Events about a Service with this reason.
-    pub async fn events(&self, namespace: &str, service: &str, reason: &str) -> Result<Vec<Event>> {
+    /// Warning or Normal Events about the named object with this reason.
+    pub async fn events(&self, namespace: &str, regarding: &str, reason: &str) -> Result<Vec<Event>> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
         let events = api.list(&ListParams::default()).await?.items;
         Ok(events
             .into_iter()
             .filter(|e| {
-                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(service)
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
                     && e.reason.as_deref() == Some(reason)
             })
             .collect())

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use hostlb_e2e::*;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Patch, PatchParams};
+use kube::api::{LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -225,6 +226,25 @@ async fn deleting_or_retyping_a_service_removes_its_proxies_and_finalizer() -> R
 }
 
 #[tokio::test]
+async fn proxies_left_behind_by_a_finalizer_removed_by_hand_are_deleted() -> Result<()> {
+    let (cluster, ns, nodes) = setup("orphan").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("released", "echo", &http(18115), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "released", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let daemonsets = cluster.proxy_daemonsets(&ns.name, "released").await?;
+    let daemonset = daemonsets.first().map(ResourceExt::name_any).context("the Service has no proxy DaemonSet")?;
+
+    // In one write, so the controller never sees a Service it still has to clean up.
+    ns.patch_service("released", json!({ "metadata": { "finalizers": null }, "spec": { "type": "ClusterIP" } }))
+        .await?;
+    report_timing("finalizer removed by hand to proxies gone", wait_gone(&cluster, &ns.name, "released").await?);
+    refused_http(&cluster, nodes.unpublished1, 18115).await?;
+    let events = cluster.events(SYSTEM_NAMESPACE, &daemonset, "OrphanDeleted").await?;
+    ensure!(events.len() == 1, "expected one OrphanDeleted Event about {daemonset}, found {}", events.len());
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_second_service_on_a_taken_port_is_reported_and_the_first_keeps_working() -> Result<()> {
     let (cluster, ns, nodes) = setup("conflict").await?;
     backend_on_node1(&cluster, &ns, &nodes).await?;
@@ -425,6 +445,49 @@ async fn status_follows_node_changes() -> Result<()> {
     )
     .await?;
     answered_http(&cluster, nodes.unpublished2, 18150).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_controller_that_cannot_list_its_objects_exits_naming_them() -> Result<()> {
+    let (cluster, ns, _) = setup("blind").await?;
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let installed = deployments.get("hostlb-controller").await?;
+    let image = installed
+        .spec
+        .and_then(|spec| spec.template.spec)
+        .and_then(|pod| pod.containers.into_iter().next())
+        .and_then(|container| container.image)
+        .context("the installed controller names no image")?;
+    // The namespace's default ServiceAccount is granted nothing: every watch is refused.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "blind-controller" },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "controller",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "args": ["--lb-image=unused", "--sync-timeout-seconds=3", "--http-address=127.0.0.1:8080"]
+            }]
+        }
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    // Pods are refused until the namespace's ServiceAccount has its token.
+    eventually(SETTLE, || async { Ok(pods.create(&PostParams::default(), &pod).await?) }).await?;
+    eventually(SETTLE, || async {
+        let phase = pods.get("blind-controller").await?.status.and_then(|s| s.phase);
+        ensure!(phase.as_deref() == Some("Failed"), "phase is {phase:?}");
+        Ok(())
+    })
+    .await?;
+    let logs = pods.logs("blind-controller", &LogParams::default()).await?;
+    ensure!(
+        logs.contains(
+            "the watches of services, nodes, proxy pods, proxy daemonsets did not list their objects within 3s"
+        ),
+        "the log does not name the watches:\n{logs}"
+    );
     Ok(())
 }
 
