@@ -21,10 +21,10 @@ pub fn port_conflicts(mine: &Claimant<'_>, others: &[Claimant<'_>], nodes: &[&No
             continue;
         }
         for port in &mine.lb.ports {
-            if other.lb.ports.iter().any(|p| p.port == port.port && p.protocol == port.protocol) {
+            if other.lb.ports.iter().any(|p| p.listen == port.listen && p.protocol == port.protocol) {
                 messages.push(format!(
                     "port {}/{} is also claimed by Service {}/{}; on each node only one of them can run its proxy pod",
-                    port.port,
+                    port.listen,
                     port.protocol.api_name(),
                     other.lb.namespace,
                     other.lb.name

@@ -486,5 +486,5 @@ impl Context {
 }
 
 fn describe_ports(lb: &ServiceLb) -> String {
-    lb.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol.api_name())).collect::<Vec<_>>().join(", ")
+    lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name())).collect::<Vec<_>>().join(", ")
 }

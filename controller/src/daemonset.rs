@@ -13,7 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::names;
 use crate::placement::Placement;
-use crate::service_lb::{Destination, IpFamily, ServiceLb};
+use hostlb_proxy_spec::{Family, ARG_FAMILY, ARG_PORT, ARG_SOURCE_RANGE, ARG_TO};
+
+use crate::service_lb::{Destination, ServiceLb};
 
 /// How proxy pods get forwarding turned on in their network namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -124,8 +126,8 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
         .ports
         .iter()
         .map(|p| ContainerPort {
-            container_port: i32::from(p.port),
-            host_port: Some(i32::from(p.port)),
+            container_port: i32::from(p.listen),
+            host_port: Some(i32::from(p.listen)),
             protocol: Some(p.protocol.api_name().into()),
             ..Default::default()
         })
@@ -223,40 +225,40 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
 fn rules_args(lb: &ServiceLb) -> Vec<String> {
     let mut args = Vec::new();
     for port in &lb.ports {
-        args.push("--port".into());
-        args.push(format!("{}:{}:{}", port.protocol.arg_name(), port.port, port.target_port));
+        args.push(ARG_PORT.into());
+        args.push(port.to_string());
     }
     match &lb.destination {
         Destination::ClusterIps(addresses) => {
             for address in addresses {
-                args.push("--to".into());
+                args.push(ARG_TO.into());
                 args.push(address.to_string());
             }
         }
         Destination::NodeLocal { .. } => {
-            args.push("--to".into());
+            args.push(ARG_TO.into());
             args.push(format!("$({NODE_ADDRESS_ENV})"));
         }
     }
     // A dual-stack node's hostIPs name both families; the Service's own decide what is forwarded.
     for family in &lb.families {
-        args.push("--family".into());
+        args.push(ARG_FAMILY.into());
         args.push(family.arg_name().into());
     }
     for range in &lb.source_ranges {
-        args.push("--source-range".into());
+        args.push(ARG_SOURCE_RANGE.into());
         args.push(range.to_string());
     }
     args
 }
 
-fn forwarding_sysctls(families: &[IpFamily]) -> Vec<Sysctl> {
+fn forwarding_sysctls(families: &[Family]) -> Vec<Sysctl> {
     families
         .iter()
         .map(|family| Sysctl {
             name: match family {
-                IpFamily::V4 => "net.ipv4.ip_forward",
-                IpFamily::V6 => "net.ipv6.conf.all.forwarding",
+                Family::V4 => "net.ipv4.ip_forward",
+                Family::V6 => "net.ipv6.conf.all.forwarding",
             }
             .into(),
             value: "1".into(),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use hostlb_proxy_spec::{Cidr, Family, PortMap, Protocol};
 use k8s_openapi::api::core::v1::{Service, Toleration};
 
 use crate::names;
@@ -16,75 +17,6 @@ pub fn is_handled(service: &Service, load_balancer_class: &str) -> bool {
         && spec.load_balancer_class.as_deref().is_none_or(|class| class == load_balancer_class)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum IpFamily {
-    V4,
-    V6,
-}
-
-impl IpFamily {
-    pub fn of(address: &IpAddr) -> Self {
-        match address {
-            IpAddr::V4(_) => IpFamily::V4,
-            IpAddr::V6(_) => IpFamily::V6,
-        }
-    }
-
-    /// The spelling of the lb-pod's `--family` argument.
-    pub fn arg_name(self) -> &'static str {
-        match self {
-            IpFamily::V4 => "ipv4",
-            IpFamily::V6 => "ipv6",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    fn parse(value: &str) -> Option<Self> {
-        match value {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-
-    /// The spelling of the Kubernetes API.
-    pub fn api_name(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        }
-    }
-
-    /// The spelling of the lb-pod's `--port` argument.
-    pub fn arg_name(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-}
-
-/// One claimed host port and where the proxy pod sends what arrives on it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ForwardedPort {
-    pub protocol: Protocol,
-    /// The Service port, claimed as hostPort on every selected node.
-    pub port: u16,
-    /// The Service port on the ClusterIP, or the NodePort for `externalTrafficPolicy: Local`.
-    pub target_port: u16,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
     /// `externalTrafficPolicy: Cluster`: the Service's ClusterIPs, one per family.
@@ -93,52 +25,6 @@ pub enum Destination {
     /// kube-proxy only picks endpoints on that node. The health check port tells the proxy pod
     /// whether the node has one.
     NodeLocal { health_check_node_port: u16 },
-}
-
-/// An address range in canonical form (host bits cleared).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub address: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl Cidr {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (address, prefix) =
-            text.trim().split_once('/').ok_or_else(|| format!("{text:?} is not a CIDR (expected ADDRESS/PREFIX)"))?;
-        let address: IpAddr = address.parse().map_err(|_| format!("{text:?}: {address:?} is not an IP address"))?;
-        let max = match address {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => 128,
-        };
-        let prefix_len: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|len| *len <= max)
-            .ok_or_else(|| format!("{text:?}: prefix length must be 0..={max}"))?;
-        Ok(Cidr { address: mask(address, prefix_len), prefix_len })
-    }
-}
-
-fn mask(address: IpAddr, prefix_len: u8) -> IpAddr {
-    match address {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
-            IpAddr::V4((bits & mask).into())
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0);
-            IpAddr::V6((bits & mask).into())
-        }
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix_len)
-    }
 }
 
 /// A Service option or field that hostlb cannot honour, named the way the user wrote it.
@@ -160,8 +46,8 @@ pub struct ServiceLb {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    pub families: Vec<IpFamily>,
-    pub ports: Vec<ForwardedPort>,
+    pub families: Vec<Family>,
+    pub ports: Vec<PortMap>,
     pub destination: Destination,
     pub source_ranges: Vec<Cidr>,
     pub pool: Option<String>,
@@ -266,22 +152,21 @@ fn cluster_ips(list: &Option<Vec<String>>, single: &Option<String>, errors: &mut
     addresses
 }
 
-fn families(declared: &Option<Vec<String>>, cluster_ips: &[IpAddr], errors: &mut Vec<FieldError>) -> Vec<IpFamily> {
+fn families(declared: &Option<Vec<String>>, cluster_ips: &[IpAddr], errors: &mut Vec<FieldError>) -> Vec<Family> {
     let mut families = Vec::new();
     match declared {
         Some(declared) if !declared.is_empty() => {
             for (index, family) in declared.iter().enumerate() {
-                match family.as_str() {
-                    "IPv4" => families.push(IpFamily::V4),
-                    "IPv6" => families.push(IpFamily::V6),
-                    other => {
-                        errors.push(error(format!("spec.ipFamilies[{index}]"), format!("unknown IP family {other:?}")))
+                match Family::from_name(family) {
+                    Some(family) => families.push(family),
+                    None => {
+                        errors.push(error(format!("spec.ipFamilies[{index}]"), format!("unknown IP family {family:?}")))
                     }
                 }
             }
         }
         // Servers from before dual-stack do not fill ipFamilies; the ClusterIPs say it as well.
-        _ => families.extend(cluster_ips.iter().map(IpFamily::of)),
+        _ => families.extend(cluster_ips.iter().map(Family::of)),
     }
     families.dedup();
     families
@@ -291,14 +176,14 @@ fn ports(
     service_ports: &[k8s_openapi::api::core::v1::ServicePort],
     local: bool,
     errors: &mut Vec<FieldError>,
-) -> Vec<ForwardedPort> {
+) -> Vec<PortMap> {
     if service_ports.is_empty() {
         errors.push(error("spec.ports", "a LoadBalancer Service needs at least one port"));
     }
     let mut ports = Vec::new();
     for (index, service_port) in service_ports.iter().enumerate() {
         let protocol_name = service_port.protocol.as_deref().unwrap_or("TCP");
-        let Some(protocol) = Protocol::parse(protocol_name) else {
+        let Some(protocol) = Protocol::from_api_name(protocol_name) else {
             errors.push(error(
                 format!("spec.ports[{index}].protocol"),
                 format!("unsupported protocol {protocol_name:?}"),
@@ -326,7 +211,7 @@ fn ports(
         } else {
             port
         };
-        ports.push(ForwardedPort { protocol, port, target_port });
+        ports.push(PortMap { protocol, listen: port, target: target_port });
     }
     ports
 }
@@ -350,7 +235,7 @@ fn source_ranges(
     for (index, text) in texts.iter().enumerate() {
         match Cidr::parse(text) {
             Ok(cidr) => ranges.push(cidr),
-            Err(message) => errors.push(error(format!("{field}[{index}]"), message)),
+            Err(message) => errors.push(error(format!("{field}[{index}]"), format!("{text:?}: {message}"))),
         }
     }
     ranges.sort();
@@ -430,22 +315,22 @@ mod tests {
         assert_eq!(
             lb.ports,
             vec![
-                ForwardedPort { protocol: Protocol::Tcp, port: 80, target_port: 80 },
-                ForwardedPort { protocol: Protocol::Udp, port: 53, target_port: 53 },
+                PortMap { protocol: Protocol::Tcp, listen: 80, target: 80 },
+                PortMap { protocol: Protocol::Udp, listen: 53, target: 53 },
             ]
         );
         assert_eq!(
             lb.destination,
             Destination::ClusterIps(vec!["10.96.0.10".parse().unwrap(), "fd00::10".parse().unwrap()])
         );
-        assert_eq!(lb.families, vec![IpFamily::V4, IpFamily::V6]);
+        assert_eq!(lb.families, vec![Family::V4, Family::V6]);
     }
 
     #[test]
     fn local_policy_forwards_to_node_ports_and_keeps_the_health_check_port() {
         let service = ServiceBuilder::new("web").port("TCP", 443, 31443).local(32000).build();
         let lb = ServiceLb::from_service(&service).unwrap();
-        assert_eq!(lb.ports, vec![ForwardedPort { protocol: Protocol::Tcp, port: 443, target_port: 31443 }]);
+        assert_eq!(lb.ports, vec![PortMap { protocol: Protocol::Tcp, listen: 443, target: 31443 }]);
         assert_eq!(lb.destination, Destination::NodeLocal { health_check_node_port: 32000 });
     }
 
@@ -529,7 +414,7 @@ mod tests {
     fn families_fall_back_to_cluster_ips_on_servers_without_ip_families() {
         let mut service = ServiceBuilder::new("web").cluster_ips(&["fd00::1"]).build();
         service.spec.as_mut().unwrap().ip_families = None;
-        assert_eq!(ServiceLb::from_service(&service).unwrap().families, vec![IpFamily::V6]);
+        assert_eq!(ServiceLb::from_service(&service).unwrap().families, vec![Family::V6]);
     }
 
     #[test]

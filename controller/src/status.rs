@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Pod, Service};
 
 use crate::placement::Placement;
-use crate::service_lb::IpFamily;
+use hostlb_proxy_spec::Family;
 
 /// Which of a node's addresses to publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,11 +57,11 @@ impl HasTypeAndStatus for k8s_openapi::api::core::v1::PodCondition {
 }
 
 /// The addresses of one node to publish, per the address type, in the Service's families.
-pub fn node_addresses(node: &Node, address_type: AddressType, families: &[IpFamily]) -> Vec<IpAddr> {
-    let mut by_kind: BTreeMap<(&str, IpFamily), Vec<IpAddr>> = BTreeMap::new();
+pub fn node_addresses(node: &Node, address_type: AddressType, families: &[Family]) -> Vec<IpAddr> {
+    let mut by_kind: BTreeMap<(&str, Family), Vec<IpAddr>> = BTreeMap::new();
     for address in node.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
         if let Ok(ip) = address.address.parse::<IpAddr>() {
-            by_kind.entry((address.type_.as_str(), IpFamily::of(&ip))).or_default().push(ip);
+            by_kind.entry((address.type_.as_str(), Family::of(&ip))).or_default().push(ip);
         }
     }
     let mut chosen = Vec::new();
@@ -89,7 +89,7 @@ pub fn desired_addresses<'a>(
     nodes: &BTreeMap<String, &Node>,
     placement: &Placement,
     address_type: AddressType,
-    families: &[IpFamily],
+    families: &[Family],
 ) -> Vec<IpAddr> {
     let mut addresses = BTreeSet::new();
     for pod in proxy_pods.into_iter().filter(|pod| pod_is_ready(pod)) {
@@ -137,7 +137,7 @@ mod tests {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
 
-    fn compute(nodes: &[Node], pods: &[Pod], address_type: AddressType, families: &[IpFamily]) -> Vec<IpAddr> {
+    fn compute(nodes: &[Node], pods: &[Pod], address_type: AddressType, families: &[Family]) -> Vec<IpAddr> {
         let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
         let placement = Placement::for_service(&lb, false);
         let by_name = nodes.iter().map(|n| (n.metadata.name.clone().unwrap(), n)).collect();
@@ -152,7 +152,7 @@ mod tests {
             NodeBuilder::new("n3").internal("10.0.0.3").build(),
         ];
         let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true), proxy_pod("p3", "n3", false)];
-        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[IpFamily::V4]), ips(&["10.0.0.1", "10.0.0.2"]));
+        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V4]), ips(&["10.0.0.1", "10.0.0.2"]));
     }
 
     #[test]
@@ -162,21 +162,18 @@ mod tests {
             NodeBuilder::new("n2").internal("10.0.0.2").build(),
         ];
         let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)];
-        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[IpFamily::V4]), ips(&["10.0.0.2", "203.0.113.1"]));
-        assert_eq!(compute(&nodes, &pods, AddressType::InternalIp, &[IpFamily::V4]), ips(&["10.0.0.1", "10.0.0.2"]));
-        assert_eq!(compute(&nodes, &pods, AddressType::ExternalIp, &[IpFamily::V4]), ips(&["203.0.113.1"]));
+        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V4]), ips(&["10.0.0.2", "203.0.113.1"]));
+        assert_eq!(compute(&nodes, &pods, AddressType::InternalIp, &[Family::V4]), ips(&["10.0.0.1", "10.0.0.2"]));
+        assert_eq!(compute(&nodes, &pods, AddressType::ExternalIp, &[Family::V4]), ips(&["203.0.113.1"]));
     }
 
     #[test]
     fn only_the_services_families_are_published() {
         let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").internal("fd00::1").build()];
         let pods = [proxy_pod("p1", "n1", true)];
-        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[IpFamily::V4]), ips(&["10.0.0.1"]));
-        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[IpFamily::V6]), ips(&["fd00::1"]));
-        assert_eq!(
-            compute(&nodes, &pods, AddressType::Auto, &[IpFamily::V6, IpFamily::V4]),
-            ips(&["10.0.0.1", "fd00::1"])
-        );
+        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V4]), ips(&["10.0.0.1"]));
+        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V6]), ips(&["fd00::1"]));
+        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V6, Family::V4]), ips(&["10.0.0.1", "fd00::1"]));
     }
 
     #[test]
@@ -188,7 +185,7 @@ mod tests {
             NodeBuilder::new("fine").internal("10.0.0.4").build(),
         ];
         let pods = ["cordoned", "down", "excluded", "fine"].map(|n| proxy_pod(n, n, true));
-        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[IpFamily::V4]), ips(&["10.0.0.4"]));
+        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V4]), ips(&["10.0.0.4"]));
     }
 
     #[test]
@@ -196,14 +193,14 @@ mod tests {
         let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build()];
         let terminating = terminating_proxy_pod("p1", "n1");
         let orphan = proxy_pod("p2", "gone", true);
-        assert!(compute(&nodes, &[terminating, orphan], AddressType::Auto, &[IpFamily::V4]).is_empty());
+        assert!(compute(&nodes, &[terminating, orphan], AddressType::Auto, &[Family::V4]).is_empty());
     }
 
     #[test]
     fn duplicate_addresses_are_published_once() {
         let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").internal("10.0.0.1").build()];
         let pods = [proxy_pod("p1", "n1", true), proxy_pod("p1b", "n1", true)];
-        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[IpFamily::V4]), ips(&["10.0.0.1"]));
+        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V4]), ips(&["10.0.0.1"]));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use nix::sys::time::TimeVal;
 
 use crate::error::Error;
 use crate::netlink::{encode_batch, parse_replies, Acks, Sequence};
-use crate::plan::Family;
 use crate::rules::Step;
+use hostlb_proxy_spec::Family;
 
 /// How long to wait for the kernel's answers to a batch.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);

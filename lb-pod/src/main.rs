@@ -17,6 +17,7 @@ mod rules;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use hostlb_proxy_spec::Family;
 
 use crate::error::Error;
 use crate::plan::{socket_text, Plan};
@@ -114,7 +115,7 @@ fn install(args: &RuleArgs) -> Result<(), Error> {
     kernel::apply(&steps)?;
     for (family, destination) in plan.destinations() {
         for port in &plan.ports {
-            eprintln!("{} {} -> {}", port.protocol.name(), port.listen, socket_text(destination, port.target));
+            eprintln!("{} {} -> {}", port.protocol.arg_name(), port.listen, socket_text(destination, port.target));
         }
         if plan.restricts_sources() {
             let ranges: Vec<String> = plan.ranges(family).map(ToString::to_string).collect();
@@ -125,7 +126,7 @@ fn install(args: &RuleArgs) -> Result<(), Error> {
             }
         }
     }
-    for family in plan::Family::ALL.into_iter().filter(|f| plan.destination(*f).is_none()) {
+    for family in Family::ALL.into_iter().filter(|f| plan.destination(*f).is_none()) {
         eprintln!("{}: no destination, no rules", family.name());
     }
     eprintln!("installed {} nftables changes in one transaction (table {})", steps.len(), rules::TABLE);

@@ -8,8 +8,8 @@
 use nix::errno::Errno;
 
 use crate::error::Error;
-use crate::plan::Family;
 use crate::rules::{BaseChain, ChainType, Expr, Hook, PayloadBase, Reg, Step, Verdict, TABLE};
+use hostlb_proxy_spec::Family;
 
 const NLMSG_HDRLEN: usize = 16;
 const NLA_HDRLEN: usize = 4;

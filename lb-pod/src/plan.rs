@@ -1,154 +1,10 @@
 //! What to forward where, parsed and validated from the arguments: no I/O.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use hostlb_proxy_spec::{Cidr, Family, PortMap, Protocol, ARG_FAMILY, ARG_PORT, ARG_SOURCE_RANGE, ARG_TO};
+
 use crate::error::Error;
-
-pub const ARG_PORT: &str = "--port";
-pub const ARG_TO: &str = "--to";
-pub const ARG_FAMILY: &str = "--family";
-pub const ARG_SOURCE_RANGE: &str = "--source-range";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    pub fn of(address: &IpAddr) -> Family {
-        match address {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    /// The IP protocol number, as `meta l4proto` sees it.
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Protocol> {
-        match text {
-            "tcp" => Some(Protocol::Tcp),
-            "udp" => Some(Protocol::Udp),
-            "sctp" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-}
-
-/// One forwarded port: packets of `protocol` to `listen` go to the destination's `target`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PortMap {
-    pub protocol: Protocol,
-    pub listen: u16,
-    pub target: u16,
-}
-
-/// An address prefix, stored with its host bits cleared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub network: IpAddr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn family(&self) -> Family {
-        Family::of(&self.network)
-    }
-
-    /// The network address and the mask, in network byte order, as long as the address.
-    pub fn network_and_mask(&self) -> (Vec<u8>, Vec<u8>) {
-        let network = address_bytes(&self.network);
-        let mask = prefix_mask(network.len(), self.prefix);
-        (network, mask)
-    }
-
-    fn parse(text: &str) -> Result<Cidr, Error> {
-        let bad = |reason: &str| Error::bad(ARG_SOURCE_RANGE, text, reason);
-        let (address, prefix) = text.split_once('/').ok_or_else(|| bad("expected a CIDR such as 10.0.0.0/8"))?;
-        let address: IpAddr = address.parse().map_err(|_| bad("not an IPv4 or IPv6 address before the '/'"))?;
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or_else(|| bad(&format!("the prefix length must be a number from 0 to {max}")))?;
-        let bytes = address_bytes(&address);
-        let mask = prefix_mask(bytes.len(), prefix);
-        let masked: Vec<u8> = bytes.iter().zip(&mask).map(|(b, m)| b & m).collect();
-        Ok(Cidr { network: bytes_address(&masked), prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-pub fn address_bytes(address: &IpAddr) -> Vec<u8> {
-    match address {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-fn bytes_address(bytes: &[u8]) -> IpAddr {
-    match bytes.len() {
-        4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
-        _ => {
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(bytes);
-            IpAddr::V6(Ipv6Addr::from(octets))
-        }
-    }
-}
-
-fn prefix_mask(len: usize, prefix: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            let bits = usize::from(prefix).saturating_sub(i * 8).min(8);
-            if bits == 0 {
-                0
-            } else {
-                0xffu8 << (8 - bits)
-            }
-        })
-        .collect()
-}
 
 /// Everything `init` installs, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,7 +24,7 @@ impl Plan {
     pub fn parse(ports: &[String], to: &[String], source_ranges: &[String]) -> Result<Plan, Error> {
         let mut maps: Vec<PortMap> = Vec::new();
         for text in items(ports) {
-            let map = parse_port(text)?;
+            let map = PortMap::parse(text).map_err(|reason| Error::bad(ARG_PORT, text, reason))?;
             if let Some(other) = maps.iter().find(|m| (m.protocol, m.listen) == (map.protocol, map.listen)) {
                 if other.target != map.target {
                     return Err(Error::bad(
@@ -176,7 +32,7 @@ impl Plan {
                         text,
                         format!(
                             "{} {} is already forwarded to port {}; a listened port can have one target",
-                            map.protocol.name(),
+                            map.protocol.arg_name(),
                             map.listen,
                             other.target
                         ),
@@ -222,7 +78,9 @@ impl Plan {
             return Err(Error::missing(ARG_TO, "no destination address given (nor HOSTLB_TO)"));
         }
 
-        let mut ranges = items(source_ranges).map(Cidr::parse).collect::<Result<Vec<_>, _>>()?;
+        let mut ranges = items(source_ranges)
+            .map(|text| Cidr::parse(text).map_err(|reason| Error::bad(ARG_SOURCE_RANGE, text, reason)))
+            .collect::<Result<Vec<_>, _>>()?;
         ranges.sort();
         ranges.dedup();
         Ok(Plan { ports: maps, to_v4, to_v6, source_ranges: ranges })
@@ -234,11 +92,7 @@ impl Plan {
     pub fn only_families(mut self, families: &[String]) -> Result<Plan, Error> {
         let mut kept = Vec::new();
         for text in items(families) {
-            kept.push(match text.to_ascii_lowercase().as_str() {
-                "ipv4" => Family::V4,
-                "ipv6" => Family::V6,
-                _ => return Err(Error::bad(ARG_FAMILY, text, "expected ipv4 or ipv6")),
-            });
+            kept.push(Family::from_arg(text).ok_or_else(|| Error::bad(ARG_FAMILY, text, "expected ipv4 or ipv6"))?);
         }
         if kept.is_empty() {
             return Ok(self);
@@ -300,19 +154,6 @@ fn items(values: &[String]) -> impl Iterator<Item = &str> {
     values.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|v| !v.is_empty())
 }
 
-fn parse_port(text: &str) -> Result<PortMap, Error> {
-    let bad = |reason: &str| Error::bad(ARG_PORT, text, reason);
-    let parts: Vec<&str> = text.split(':').collect();
-    let [protocol, listen, target] = parts[..] else {
-        return Err(bad("expected PROTO:LISTEN:TARGET"));
-    };
-    let protocol = Protocol::parse(protocol).ok_or_else(|| bad("the protocol must be tcp, udp or sctp"))?;
-    let port = |text: &str, what: &str| {
-        text.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad(&format!("the {what} port must be 1 to 65535")))
-    };
-    Ok(PortMap { protocol, listen: port(listen, "listen")?, target: port(target, "target")? })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,7 +205,10 @@ mod tests {
 
     #[test]
     fn a_port_without_three_fields_is_rejected_naming_the_format() {
-        assert_eq!(message(plan(&["tcp:80"], &["10.0.0.1"], &[])), r#"--port "tcp:80": expected PROTO:LISTEN:TARGET"#);
+        assert_eq!(
+            message(plan(&["tcp:80"], &["10.0.0.1"], &[])),
+            r#"--port "tcp:80": expected PROTO:LISTEN:TARGET, such as tcp:443:8443"#
+        );
         assert!(message(plan(&["tcp:80:80:80"], &["10.0.0.1"], &[])).contains("PROTO:LISTEN:TARGET"));
     }
 
@@ -452,23 +296,11 @@ mod tests {
     fn source_ranges_must_be_cidrs() {
         assert_eq!(
             message(plan(&["tcp:80:80"], &["10.0.0.1"], &["10.0.0.1"])),
-            r#"--source-range "10.0.0.1": expected a CIDR such as 10.0.0.0/8"#
+            r#"--source-range "10.0.0.1": expected a CIDR such as 10.0.0.0/8 (ADDRESS/PREFIX)"#
         );
         assert!(message(plan(&["tcp:80:80"], &["10.0.0.1"], &["10.0.0.0/33"])).contains("0 to 32"));
         assert!(message(plan(&["tcp:80:80"], &["10.0.0.1"], &["fd00::/129"])).contains("0 to 128"));
         assert!(message(plan(&["tcp:80:80"], &["10.0.0.1"], &["example.org/8"])).contains("not an IPv4"));
-    }
-
-    #[test]
-    fn masks_cover_the_prefix_bits() {
-        let cidr = Cidr::parse("10.128.0.0/9").unwrap();
-        assert_eq!(cidr.network_and_mask(), (vec![10, 128, 0, 0], vec![255, 255 - 127, 0, 0]));
-        let cidr = Cidr::parse("fd00::/12").unwrap();
-        let (network, mask) = cidr.network_and_mask();
-        assert_eq!(network.len(), 16);
-        assert_eq!(&mask[..3], &[0xff, 0xf0, 0]);
-        assert_eq!(Cidr::parse("1.2.3.4/32").unwrap().network_and_mask().1, vec![255; 4]);
-        assert_eq!(Cidr::parse("1.2.3.4/0").unwrap().network_and_mask(), (vec![0; 4], vec![0; 4]));
     }
 
     #[test]

@@ -13,7 +13,9 @@
 
 use std::net::IpAddr;
 
-use crate::plan::{address_bytes, socket_text, Cidr, Family, Plan, Protocol};
+use hostlb_proxy_spec::{address_bytes, Cidr, Family, Protocol};
+
+use crate::plan::{socket_text, Plan};
 
 pub const TABLE: &str = "hostlb";
 pub const CHAIN_DNAT: &str = "prerouting";
@@ -201,7 +203,7 @@ fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
                 vec![Expr::Verdict(Verdict::Jump(CHAIN_ALLOWED_SOURCES))],
             ]
             .concat();
-            let summary = format!("{} dport {} jump {CHAIN_ALLOWED_SOURCES}", port.protocol.name(), port.listen);
+            let summary = format!("{} dport {} jump {CHAIN_ALLOWED_SOURCES}", port.protocol.arg_name(), port.listen);
             steps.push(rule(CHAIN_SOURCE_FILTER, exprs, summary));
         }
         for range in plan.ranges(family) {
@@ -222,7 +224,7 @@ fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
         .concat();
         let summary = format!(
             "{} dport {} dnat {ip} to {}",
-            port.protocol.name(),
+            port.protocol.arg_name(),
             port.listen,
             socket_text(destination, port.target)
         );
@@ -230,7 +232,7 @@ fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
     }
     for (protocol, target) in plan.targets() {
         let exprs = [destination_is(destination), protocol_and_port(protocol, target), vec![Expr::Masquerade]].concat();
-        let summary = format!("{ip} daddr {destination} {} dport {target} masquerade", protocol.name());
+        let summary = format!("{ip} daddr {destination} {} dport {target} masquerade", protocol.arg_name());
         steps.push(rule(CHAIN_MASQUERADE, exprs, summary));
     }
     steps

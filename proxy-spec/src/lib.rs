@@ -1,0 +1,278 @@
+//! The contract between the controller and `hostlb-lb`: the controller turns a Service into
+//! these values and writes them as the proxy pods' arguments; `hostlb-lb` parses the same
+//! spelling back. One definition, so the two sides cannot drift apart. Pure: no I/O.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A forwarded port, written `PROTO:LISTEN:TARGET`.
+pub const ARG_PORT: &str = "--port";
+/// A destination address.
+pub const ARG_TO: &str = "--to";
+/// A family the Service has; destinations of other families are ignored.
+pub const ARG_FAMILY: &str = "--family";
+/// An allowed source range.
+pub const ARG_SOURCE_RANGE: &str = "--source-range";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(address: &IpAddr) -> Family {
+        match address {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The spelling of the Kubernetes API (`spec.ipFamilies`) and of people.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The spelling of `--family`.
+    pub fn arg_name(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
+    /// Reads `--family`, in any case.
+    pub fn from_arg(text: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.arg_name().eq_ignore_ascii_case(text))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// The IP protocol number, as `meta l4proto` sees it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    /// The spelling of the Kubernetes API.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    pub fn from_api_name(name: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.api_name() == name)
+    }
+
+    /// The spelling of `--port`, and of nftables.
+    pub fn arg_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
+    pub fn from_arg(text: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.arg_name() == text)
+    }
+}
+
+/// One forwarded port: packets of `protocol` to `listen` go to the destination's `target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortMap {
+    pub protocol: Protocol,
+    /// The Service port, claimed as hostPort on every selected node.
+    pub listen: u16,
+    /// The Service port on the ClusterIP, or the NodePort for `externalTrafficPolicy: Local`.
+    pub target: u16,
+}
+
+impl PortMap {
+    /// Reads `PROTO:LISTEN:TARGET`; the error says what is wrong, without repeating the text.
+    pub fn parse(text: &str) -> Result<PortMap, String> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let [protocol, listen, target] = parts[..] else {
+            return Err("expected PROTO:LISTEN:TARGET, such as tcp:443:8443".into());
+        };
+        let protocol = Protocol::from_arg(protocol)
+            .ok_or_else(|| format!("unknown protocol {protocol:?}; expected tcp, udp or sctp"))?;
+        let port = |text: &str, what: &str| {
+            text.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("the {what} port must be 1 to 65535"))
+        };
+        Ok(PortMap { protocol, listen: port(listen, "listen")?, target: port(target, "target")? })
+    }
+}
+
+impl fmt::Display for PortMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.protocol.arg_name(), self.listen, self.target)
+    }
+}
+
+/// An address prefix, stored with its host bits cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub network: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Reads `ADDRESS/PREFIX` and clears the host bits, as kube-proxy does with
+    /// `loadBalancerSourceRanges`; the error says what is wrong, without repeating the text.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (address, prefix) =
+            text.trim().split_once('/').ok_or("expected a CIDR such as 10.0.0.0/8 (ADDRESS/PREFIX)")?;
+        let address: IpAddr =
+            address.parse().map_err(|_| format!("{address:?} before the '/' is not an IPv4 or IPv6 address"))?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("the prefix length must be a number from 0 to {max}"))?;
+        let bytes = address_bytes(&address);
+        let mask = prefix_mask(bytes.len(), prefix);
+        let masked: Vec<u8> = bytes.iter().zip(&mask).map(|(b, m)| b & m).collect();
+        Ok(Cidr { network: bytes_address(&masked), prefix })
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(&self.network)
+    }
+
+    /// The network address and the mask, in network byte order, as long as the address.
+    pub fn network_and_mask(&self) -> (Vec<u8>, Vec<u8>) {
+        let network = address_bytes(&self.network);
+        let mask = prefix_mask(network.len(), self.prefix);
+        (network, mask)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// The address in network byte order: 4 or 16 bytes.
+pub fn address_bytes(address: &IpAddr) -> Vec<u8> {
+    match address {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn bytes_address(bytes: &[u8]) -> IpAddr {
+    match <[u8; 4]>::try_from(bytes) {
+        Ok(octets) => IpAddr::V4(Ipv4Addr::from(octets)),
+        Err(_) => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(bytes);
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+    }
+}
+
+fn prefix_mask(len: usize, prefix: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            let bits = usize::from(prefix).saturating_sub(i * 8).min(8);
+            if bits == 0 {
+                0
+            } else {
+                0xffu8 << (8 - bits)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_maps_read_back_what_they_write() {
+        for protocol in Protocol::ALL {
+            let map = PortMap { protocol, listen: 443, target: 30443 };
+            assert_eq!(PortMap::parse(&map.to_string()), Ok(map));
+        }
+    }
+
+    #[test]
+    fn port_maps_name_what_is_wrong() {
+        assert!(PortMap::parse("tcp:80").unwrap_err().contains("PROTO:LISTEN:TARGET"));
+        assert!(PortMap::parse("icmp:80:80").unwrap_err().contains("unknown protocol \"icmp\""));
+        assert!(PortMap::parse("tcp:0:80").unwrap_err().contains("listen port"));
+        assert!(PortMap::parse("udp:53:65536").unwrap_err().contains("target port"));
+    }
+
+    #[test]
+    fn families_and_protocols_read_back_every_spelling() {
+        for family in Family::ALL {
+            assert_eq!(Family::from_arg(family.arg_name()), Some(family));
+            assert_eq!(Family::from_arg(&family.arg_name().to_uppercase()), Some(family));
+            assert_eq!(Family::from_name(family.name()), Some(family));
+        }
+        for protocol in Protocol::ALL {
+            assert_eq!(Protocol::from_arg(protocol.arg_name()), Some(protocol));
+            assert_eq!(Protocol::from_api_name(protocol.api_name()), Some(protocol));
+        }
+        assert_eq!(Protocol::from_api_name("tcp"), None);
+    }
+
+    #[test]
+    fn cidrs_lose_their_host_bits_and_keep_their_family() {
+        let v4 = Cidr::parse("10.1.2.3/8").unwrap();
+        assert_eq!(v4.to_string(), "10.0.0.0/8");
+        assert_eq!(v4.family(), Family::V4);
+        assert_eq!(v4.network_and_mask(), (vec![10, 0, 0, 0], vec![255, 0, 0, 0]));
+        let v6 = Cidr::parse(" fd00:1:2::9/33 ").unwrap();
+        assert_eq!(v6.to_string(), "fd00:1::/33");
+        assert_eq!(v6.family(), Family::V6);
+        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().network_and_mask().1, vec![0; 4]);
+    }
+
+    #[test]
+    fn masks_cover_the_prefix_bits() {
+        let cidr = Cidr::parse("10.128.0.0/9").unwrap();
+        assert_eq!(cidr.network_and_mask(), (vec![10, 128, 0, 0], vec![255, 255 - 127, 0, 0]));
+        let (network, mask) = Cidr::parse("fd00::/12").unwrap().network_and_mask();
+        assert_eq!(network.len(), 16);
+        assert_eq!(&mask[..3], &[0xff, 0xf0, 0]);
+        assert_eq!(Cidr::parse("1.2.3.4/32").unwrap().network_and_mask().1, vec![255; 4]);
+        assert_eq!(Cidr::parse("1.2.3.4/0").unwrap().network_and_mask(), (vec![0; 4], vec![0; 4]));
+    }
+
+    #[test]
+    fn cidrs_name_what_is_wrong() {
+        assert!(Cidr::parse("10.0.0.0").unwrap_err().contains("ADDRESS/PREFIX"));
+        assert!(Cidr::parse("ten/8").unwrap_err().contains("not an IPv4 or IPv6 address"));
+        assert!(Cidr::parse("10.0.0.0/33").unwrap_err().contains("0 to 32"));
+        assert!(Cidr::parse("::/129").unwrap_err().contains("0 to 128"));
+    }
+}
