@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::conflicts::{port_conflicts, Claimant};
 use crate::daemonset::{config_hash_of, desired_daemonset, ProxySettings};
 use crate::error::{Error, Result};
+use crate::finalizer::finalizer_patch;
 use crate::mapping::{orphaned, owning_service, services_affected_by_node, NodeChangeFilter};
 use crate::metrics::Metrics;
 use crate::names;
@@ -379,20 +380,14 @@ impl Context {
     }
 
     async fn set_finalizer(&self, service: &Service, present: bool) -> Result<()> {
-        let mut finalizers: Vec<String> =
-            service.finalizers().iter().filter(|f| *f != names::FINALIZER).cloned().collect();
-        if present {
-            finalizers.push(names::FINALIZER.into());
-        }
-        // The resourceVersion makes this a compare-and-swap: finalizers others add meanwhile survive.
-        let patch = json!({
-            "metadata": { "finalizers": finalizers, "resourceVersion": service.resource_version() }
-        });
+        let Some(patch) = finalizer_patch(service.finalizers(), present) else { return Ok(()) };
         let api: Api<Service> = Api::namespaced(self.client.clone(), &service.namespace().unwrap_or_default());
-        api.patch(&service.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(Error::kube(if present { "add finalizer" } else { "remove finalizer" }))?;
-        Ok(())
+        match api.patch(&service.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await {
+            Ok(_) => Ok(()),
+            // Gone: its finalizer was the last one, removed by an earlier reconciliation.
+            Err(kube::Error::Api(status)) if !present && status.is_not_found() => Ok(()),
+            Err(error) => Err(Error::kube(if present { "add finalizer" } else { "remove finalizer" })(error)),
+        }
     }
 
     /// Removes everything hostlb made for a Service that is deleted or no longer ours.
@@ -479,10 +474,19 @@ impl Context {
         // reason into one series and hide all but the first. `report` already de-duplicates.
         let recorder = Recorder::new(self.client.clone(), reporter);
         let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-        if let Err(error) = recorder.publish(&event, &regarding.object_ref(&())).await {
-            warn!(%error, reason, "could not publish Event");
+        match recorder.publish(&event, &regarding.object_ref(&())).await {
+            Ok(()) => {}
+            // The Service's namespace is being deleted: nobody is left to read the Event.
+            Err(kube::Error::Api(status)) if namespace_terminating(&status) => {
+                debug!(reason, "no Event: the namespace is being deleted")
+            }
+            Err(error) => warn!(%error, reason, "could not publish Event"),
         }
     }
+}
+
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    status.details.iter().flat_map(|details| &details.causes).any(|cause| cause.reason == "NamespaceTerminating")
 }
 
 fn describe_ports(lb: &ServiceLb) -> String {

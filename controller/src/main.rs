@@ -12,6 +12,7 @@ mod conflicts;
 mod controller;
 mod daemonset;
 mod error;
+mod finalizer;
 #[cfg(test)]
 mod fixtures;
 mod mapping;
