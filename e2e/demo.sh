@@ -54,24 +54,27 @@ spec:
       targetPort: 8080
 YAML
 
-echo "waiting for an EXTERNAL-IP..."
+echo "waiting for an EXTERNAL-IP on both nodes..."
+ingress() { k -n demo get service echo -o jsonpath='{range .status.loadBalancer.ingress[*]}{.ip}{"\n"}{end}'; }
 for _ in $(seq 1 120); do
-  ip=$(k -n demo get service echo -o jsonpath='{.status.loadBalancer.ingress[0].ip}')
-  [[ -n "$ip" ]] && break
+  [[ $(ingress | grep -c .) -ge 2 ]] && break
   sleep 1
 done
 k -n demo get service echo
-[[ -n "${ip:-}" ]] || { echo "no EXTERNAL-IP after 120 s" >&2; k -n hostlb-system get pods -o wide; exit 1; }
+ip=$(ingress | head -n 1)
+[[ -n "$ip" ]] || { echo "no EXTERNAL-IP after 120 s" >&2; k -n hostlb-system get pods -o wide; exit 1; }
 
+# kube-proxy programs a newly published address within a second or two: retry quietly until then.
 echo
 echo "\$ ip netns exec $CLIENT_NETNS curl http://$ip/"
 for _ in $(seq 1 30); do
-  if ip netns exec "$CLIENT_NETNS" curl -sS --max-time 3 "http://$ip/"; then
+  if ip netns exec "$CLIENT_NETNS" curl -s --max-time 3 "http://$ip/"; then
     echo
     echo "The cluster stays up: KUBECONFIG=$KUBECONFIG $KUBECTL get svc -A; 'make down' removes it."
     exit 0
   fi
   sleep 1
 done
-echo "no answer from http://$ip/" >&2
+ip netns exec "$CLIENT_NETNS" curl -sS --max-time 3 "http://$ip/" || true
+echo "no answer from http://$ip/ after 30 s" >&2
 exit 1
