@@ -211,6 +211,10 @@ serializeImagePulls: false
 volumePluginDir: $d/volume-plugins
 resolvConf: /etc/resolv.conf
 runtimeRequestTimeout: 2m
+# This kubelet sometimes loses a race with its own container cleanup when a pod is deleted
+# ("KillContainer ... not found") and finishes the deletion only at the pod's next sync: a
+# minute by default. Ten seconds keeps such a pod from lingering through a test's wait.
+syncFrequency: 10s
 EOF
 }
 

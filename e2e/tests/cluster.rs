@@ -14,6 +14,11 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 const SETTLE: Duration = Duration::from_secs(90);
+/// The 1.20 kubelet of the test cluster sometimes keeps a deleted pod until its container
+/// garbage collection, which runs once a minute. A DaemonSet rolls one node after the other,
+/// and a node's new proxy pod must wait for the old one to give up the host port.
+const POD_GONE: Duration = Duration::from_secs(90 + 60);
+const ROLLED_ON_BOTH_NODES: Duration = Duration::from_secs(90 + 2 * 60);
 /// How long a refused request is retried before the test believes it is refused for good.
 const STAYS_REFUSED: Duration = Duration::from_secs(6);
 
@@ -103,7 +108,7 @@ async fn host_ports(cluster: &Cluster, ns: &str, service: &str) -> Result<Vec<(i
 
 async fn wait_gone(cluster: &Cluster, ns: &str, service: &str) -> Result<Duration> {
     let started = Instant::now();
-    eventually(SETTLE, || async {
+    eventually(POD_GONE, || async {
         let daemonsets = cluster.proxy_daemonsets(ns, service).await?;
         let pods = cluster.proxy_pods(ns, service).await?;
         ensure!(daemonsets.is_empty() && pods.is_empty(), "{} DaemonSets, {} pods left", daemonsets.len(), pods.len());
@@ -182,7 +187,7 @@ async fn changing_the_service_port_rolls_the_proxies_and_traffic_follows() -> Re
     let changed = Instant::now();
     let ports = json!([{ "name": "http", "protocol": "TCP", "port": 18101, "targetPort": ECHO_HTTP_PORT }]);
     ns.patch_service("web", json!({ "spec": { "ports": ports } })).await?;
-    eventually(SETTLE, || async {
+    eventually(ROLLED_ON_BOTH_NODES, || async {
         let ports = host_ports(&cluster, &ns.name, "web").await?;
         ensure!(ports == vec![(18101, "TCP".to_string())], "host ports are {ports:?}");
         Ok(())
@@ -516,7 +521,7 @@ async fn a_controller_restart_in_the_middle_of_a_change_gives_the_same_result() 
     ns.load_balancer("added", "echo", &http(18163), json!({})).await?;
 
     cluster.wait_for_addresses(&ns.name, "added", &[nodes.ip1, nodes.ip2], SETTLE * 2).await?;
-    eventually(SETTLE, || async {
+    eventually(ROLLED_ON_BOTH_NODES, || async {
         let ports = host_ports(&cluster, &ns.name, "moved").await?;
         ensure!(ports == vec![(18161, "TCP".to_string())], "host ports are {ports:?}");
         Ok(())
