@@ -119,9 +119,10 @@ pub async fn run(
         }
     };
 
-    // A replica whose watches never list would sit not-Ready forever; failing lets the kubelet
-    // start a fresh one, as controller-runtime does after its cache sync timeout.
-    let readiness = {
+    // Readiness, then the orphan sweeps. A replica whose watches never list would sit not-Ready
+    // forever; failing lets the kubelet start a fresh one, as controller-runtime does after its
+    // cache sync timeout.
+    let after_sync = {
         let context = context.clone();
         async move {
             context.watches_synced(sync_timeout).await?;
@@ -153,7 +154,7 @@ pub async fn run(
         });
     tokio::select! {
         () = reconciling => Ok(()),
-        failed = readiness => failed,
+        failed = after_sync => failed,
     }
 }
 
@@ -399,15 +400,10 @@ impl Context {
         let daemonsets =
             api.list(&ListParams::default().labels(&selector)).await.map_err(Error::kube("list proxy DaemonSets"))?;
         for daemonset in daemonsets {
-            let name = daemonset.name_any();
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.is_not_found() => continue,
-                Err(e) => return Err(Error::kube(format!("delete DaemonSet {namespace}/{name}"))(e)),
-            }
-            self.metrics.daemonset_deletes.inc();
-            info!(daemonset = %format!("{namespace}/{name}"), "deleted proxy DaemonSet");
-            let message = format!("deleted DaemonSet {namespace}/{name}");
+            let action = format!("delete DaemonSet {namespace}/{}", daemonset.name_any());
+            let Some(deleted) = self.delete_daemonset(&daemonset).await.map_err(Error::kube(action))? else { continue };
+            info!(daemonset = %deleted, "deleted proxy DaemonSet");
+            let message = format!("deleted DaemonSet {deleted}");
             self.publish(service, EventType::Normal, "DaemonSetDeleted", "DeleteDaemonSet", message).await;
         }
         if clear_status && !published_addresses(service).is_empty() {
@@ -418,31 +414,42 @@ impl Context {
         Ok(())
     }
 
+    /// Deletes this very proxy DaemonSet (a UID precondition guards against a new one of the
+    /// same name). Its `namespace/name` when deleted; `None` when it was gone already.
+    async fn delete_daemonset(&self, daemonset: &DaemonSet) -> Result<Option<String>, kube::Error> {
+        let namespace = &self.settings.proxy.namespace;
+        let name = daemonset.name_any();
+        let only_this_one = DeleteParams {
+            preconditions: Some(Preconditions { uid: daemonset.uid(), resource_version: None }),
+            ..DeleteParams::background()
+        };
+        match Api::<DaemonSet>::namespaced(self.client.clone(), namespace).delete(&name, &only_this_one).await {
+            Ok(_) => {
+                self.metrics.daemonset_deletes.inc();
+                Ok(Some(format!("{namespace}/{name}")))
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Deletes the proxy DaemonSets that no Service will clean up. Failures are only logged: the
     /// next sweep tries again.
     async fn delete_orphans(&self) {
         let services = self.services.state();
         let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
         let daemonsets = self.daemonsets.state();
-        let namespace = &self.settings.proxy.namespace;
-        let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), namespace);
         for daemonset in orphaned(daemonsets.iter().map(Arc::as_ref), &services, &self.settings.load_balancer_class) {
-            let name = daemonset.name_any();
             let service = owning_service(daemonset).map_or_else(|| "an unknown Service".into(), |s| s.to_string());
-            let only_this_one = DeleteParams {
-                preconditions: Some(Preconditions { uid: daemonset.uid(), resource_version: None }),
-                ..DeleteParams::background()
-            };
-            match api.delete(&name, &only_this_one).await {
-                Ok(_) => {
-                    self.metrics.daemonset_deletes.inc();
-                    let note = format!("deleted DaemonSet {namespace}/{name}: {service} no longer needs it");
-                    info!(daemonset = %format!("{namespace}/{name}"), %service, "deleted orphaned proxy DaemonSet");
+            match self.delete_daemonset(daemonset).await {
+                Ok(Some(deleted)) => {
+                    info!(daemonset = %deleted, %service, "deleted orphaned proxy DaemonSet");
+                    let note = format!("deleted DaemonSet {deleted}: {service} no longer needs it");
                     self.publish(daemonset, EventType::Normal, "OrphanDeleted", "DeleteDaemonSet", note).await;
                 }
-                Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {}
+                Ok(None) => {}
                 Err(error) => {
-                    warn!(daemonset = %format!("{namespace}/{name}"), %error, "could not delete orphaned proxy DaemonSet")
+                    warn!(daemonset = %daemonset.name_any(), %error, "could not delete orphaned proxy DaemonSet")
                 }
             }
         }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use hostlb_proxy_spec::{Family, ARG_FAMILY, ARG_PORT, ARG_SOURCE_RANGE, ARG_TO};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, NodeAffinity, NodeSelector,
@@ -13,8 +14,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::names;
 use crate::placement::Placement;
-use hostlb_proxy_spec::{Family, ARG_FAMILY, ARG_PORT, ARG_SOURCE_RANGE, ARG_TO};
-
 use crate::service_lb::{Destination, ServiceLb};
 
 /// How proxy pods get forwarding turned on in their network namespace.

@@ -3,10 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use hostlb_proxy_spec::Family;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Pod, Service};
 
 use crate::placement::Placement;
-use hostlb_proxy_spec::Family;
 
 /// Which of a node's addresses to publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
