@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use hostlb_e2e::*;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -15,10 +15,12 @@ use serde_json::json;
 
 const SETTLE: Duration = Duration::from_secs(90);
 /// The 1.20 kubelet of the test cluster sometimes keeps a deleted pod until its container
-/// garbage collection, which runs once a minute. A DaemonSet rolls one node after the other,
-/// and a node's new proxy pod must wait for the old one to give up the host port.
-const POD_GONE: Duration = Duration::from_secs(90 + 60);
-const ROLLED_ON_BOTH_NODES: Duration = Duration::from_secs(90 + 2 * 60);
+/// garbage collection, which runs once a minute.
+const KUBELET_CONTAINER_GC: Duration = Duration::from_secs(60);
+const POD_GONE: Duration = SETTLE.saturating_add(KUBELET_CONTAINER_GC);
+/// A DaemonSet rolls one node after the other, and a node's new proxy pod must wait for the old
+/// one to be gone.
+const ROLLED_ON_BOTH_NODES: Duration = POD_GONE.saturating_add(KUBELET_CONTAINER_GC);
 /// How long a refused request is retried before the test believes it is refused for good.
 const STAYS_REFUSED: Duration = Duration::from_secs(6);
 
@@ -91,11 +93,16 @@ fn pod_ip(pod: &Pod) -> Option<IpAddr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
 }
 
-async fn host_ports(cluster: &Cluster, ns: &str, service: &str) -> Result<Vec<(i32, String)>> {
-    let daemonsets = cluster.proxy_daemonsets(ns, service).await?;
+/// The Service's one proxy DaemonSet.
+async fn proxy_daemonset(cluster: &Cluster, ns: &str, service: &str) -> Result<DaemonSet> {
+    let mut daemonsets = cluster.proxy_daemonsets(ns, service).await?;
     ensure!(daemonsets.len() == 1, "{ns}/{service} has {} proxy DaemonSets", daemonsets.len());
-    let spec =
-        daemonsets[0].spec.as_ref().and_then(|s| s.template.spec.as_ref()).context("DaemonSet without pod spec")?;
+    Ok(daemonsets.remove(0))
+}
+
+/// The (hostPort, protocol) pairs the DaemonSet's pod template claims, sorted.
+fn host_ports_of(daemonset: &DaemonSet) -> Result<Vec<(i32, String)>> {
+    let spec = daemonset.spec.as_ref().and_then(|s| s.template.spec.as_ref()).context("DaemonSet without pod spec")?;
     let mut ports: Vec<(i32, String)> = spec
         .containers
         .iter()
@@ -104,6 +111,32 @@ async fn host_ports(cluster: &Cluster, ns: &str, service: &str) -> Result<Vec<(i
         .collect();
     ports.sort();
     Ok(ports)
+}
+
+async fn host_ports(cluster: &Cluster, ns: &str, service: &str) -> Result<Vec<(i32, String)>> {
+    host_ports_of(&proxy_daemonset(cluster, ns, service).await?)
+}
+
+/// Waits until the Service's proxies claim `port` over TCP and every node runs a ready proxy pod
+/// of that template.
+async fn wait_rolled_to(cluster: &Cluster, ns: &str, service: &str, port: i32) -> Result<()> {
+    eventually(ROLLED_ON_BOTH_NODES, || async {
+        let daemonset = proxy_daemonset(cluster, ns, service).await?;
+        let ports = host_ports_of(&daemonset)?;
+        ensure!(ports == vec![(port, "TCP".to_string())], "host ports are {ports:?}");
+        let status = daemonset.status.unwrap_or_default();
+        let desired = status.desired_number_scheduled;
+        ensure!(
+            status.observed_generation == daemonset.metadata.generation
+                && status.updated_number_scheduled == Some(desired)
+                && status.number_ready == desired,
+            "not rolled yet: {} of {desired} updated, {} ready",
+            status.updated_number_scheduled.unwrap_or(0),
+            status.number_ready
+        );
+        Ok(())
+    })
+    .await
 }
 
 async fn wait_gone(cluster: &Cluster, ns: &str, service: &str) -> Result<Duration> {
@@ -187,12 +220,7 @@ async fn changing_the_service_port_rolls_the_proxies_and_traffic_follows() -> Re
     let changed = Instant::now();
     let ports = json!([{ "name": "http", "protocol": "TCP", "port": 18101, "targetPort": ECHO_HTTP_PORT }]);
     ns.patch_service("web", json!({ "spec": { "ports": ports } })).await?;
-    eventually(ROLLED_ON_BOTH_NODES, || async {
-        let ports = host_ports(&cluster, &ns.name, "web").await?;
-        ensure!(ports == vec![(18101, "TCP".to_string())], "host ports are {ports:?}");
-        Ok(())
-    })
-    .await?;
+    wait_rolled_to(&cluster, &ns.name, "web", 18101).await?;
     answered_http(&cluster, nodes.unpublished1, 18101).await?;
     answered_http(&cluster, nodes.ip1, 18101).await?;
     report_timing("port change to traffic on the new port", changed.elapsed());
@@ -521,12 +549,7 @@ async fn a_controller_restart_in_the_middle_of_a_change_gives_the_same_result() 
     ns.load_balancer("added", "echo", &http(18163), json!({})).await?;
 
     cluster.wait_for_addresses(&ns.name, "added", &[nodes.ip1, nodes.ip2], SETTLE * 2).await?;
-    eventually(ROLLED_ON_BOTH_NODES, || async {
-        let ports = host_ports(&cluster, &ns.name, "moved").await?;
-        ensure!(ports == vec![(18161, "TCP".to_string())], "host ports are {ports:?}");
-        Ok(())
-    })
-    .await?;
+    wait_rolled_to(&cluster, &ns.name, "moved", 18161).await?;
     wait_gone(&cluster, &ns.name, "removed").await?;
     cluster.wait_for_addresses(&ns.name, "moved", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18161).await?;
