@@ -3,8 +3,10 @@
 
 mod support;
 
-use std::fs::File;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -33,9 +35,36 @@ fn as_nobody(command: &mut Command, netns: Option<File>) {
     }
 }
 
+/// A copy of the binary that nobody can run wherever the checkout is: the build directory may
+/// sit below a directory only root can enter (such as one made by `mktemp -d`).
+struct RunnableByNobody {
+    dir: PathBuf,
+}
+
+impl RunnableByNobody {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hostlb-lb-{test}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::copy(LB, dir.join("hostlb-lb")).unwrap();
+        RunnableByNobody { dir }
+    }
+
+    fn command(&self) -> Command {
+        Command::new(self.dir.join("hostlb-lb"))
+    }
+}
+
+impl Drop for RunnableByNobody {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn hold_as_nobody_until(signal: Signal) {
     support::require_root_and_ip();
-    let mut command = Command::new(LB);
+    let binary = RunnableByNobody::new(&format!("hold-{signal}"));
+    let mut command = binary.command();
     command.arg("hold");
     as_nobody(&mut command, None);
     let mut hold = Running::spawn(command);
@@ -149,7 +178,8 @@ fn arguments_come_from_the_environment_as_comma_lists() {
 fn without_net_admin_init_fails_with_1_naming_the_errno() {
     let netns = Netns::lone("unprivileged");
     let namespace = File::open(format!("/run/netns/{}", netns.name)).unwrap();
-    let mut command = Command::new(LB);
+    let binary = RunnableByNobody::new("unprivileged");
+    let mut command = binary.command();
     command.args(["init", "--port", "tcp:80:80", "--to", "10.96.0.10"]);
     as_nobody(&mut command, Some(namespace));
     let output = command.output().unwrap();
