@@ -4,8 +4,8 @@
 # Ends with one line "N passed, M failed".
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
-CLUSTER="bash e2e/cluster/cluster.sh"
+cd "$(dirname "$0")/.." || exit 1
+CLUSTER=(bash e2e/cluster/cluster.sh)
 LOG_DIR="${HOSTLB_TEST_LOGS:-$PWD/_out/test-logs}"
 mkdir -p "$LOG_DIR"
 rm -f "$LOG_DIR"/*.log
@@ -39,6 +39,7 @@ run_logged() {
 }
 
 command -v bc >/dev/null || { apt-get install -y -qq bc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bc; }; }
+command -v shellcheck >/dev/null || { apt-get install -y -qq shellcheck >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq shellcheck; }; }
 
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
@@ -48,6 +49,11 @@ run_logged "$LOG_DIR/fmt.log" cargo fmt --all -- --check
 count_step "cargo fmt --check" $?
 run_logged "$LOG_DIR/clippy.log" cargo clippy --workspace --all-targets -- -D warnings
 count_step "cargo clippy" $?
+# Every shell script of the cluster harness, the image builds and CI. -x follows `source`, and
+# SCRIPTDIR resolves each `# shellcheck source=` path from the sourcing script's own folder.
+mapfile -d '' -t shell_scripts < <(find e2e images .ci -type f \( -name '*.sh' -o -path .ci/run \) -print0 | sort -z)
+run_logged "$LOG_DIR/shellcheck.log" shellcheck -x --source-path=SCRIPTDIR "${shell_scripts[@]}"
+count_step "shellcheck" $?
 
 # The lb-pod's data-path tests need the kernel's netfilter and iproute2; the cluster brings the rest.
 run_logged "$LOG_DIR/unit.log" cargo test --workspace --no-fail-fast --exclude hostlb-e2e
@@ -57,21 +63,21 @@ count_cargo "e2e helper tests" "$LOG_DIR/e2e-unit.log" $?
 
 cleanup() {
   if [[ "${HOSTLB_KEEP_CLUSTER:-0}" != 1 ]]; then
-    run_logged "$LOG_DIR/down.log" $CLUSTER down
+    run_logged "$LOG_DIR/down.log" "${CLUSTER[@]}" down
     count_step "cluster down leaves nothing behind" $?
   fi
 }
 
-if run_logged "$LOG_DIR/up.log" $CLUSTER up; then
+if run_logged "$LOG_DIR/up.log" "${CLUSTER[@]}" up; then
   count_step "cluster up" 0
   run_logged "$LOG_DIR/e2e.log" cargo test -p hostlb-e2e --test cluster --no-fail-fast -- --test-threads=1 --nocapture
   status=$?
   count_cargo "end-to-end suite" "$LOG_DIR/e2e.log" $status
   grep -oE 'timing: .*' "$LOG_DIR/e2e.log" || true
-  if [[ $status -ne 0 ]]; then $CLUSTER logs || true; fi
+  if [[ $status -ne 0 ]]; then "${CLUSTER[@]}" logs || true; fi
 else
   count_step "cluster up" 1
-  $CLUSTER logs || true
+  "${CLUSTER[@]}" logs || true
 fi
 cleanup
 

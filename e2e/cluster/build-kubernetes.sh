@@ -29,16 +29,25 @@ enable_deb_src() {
   apt-get update -qq
 }
 
+# The first upstream tarball in the current directory, if there is one.
+first_orig() {
+  local f
+  for f in kubernetes_*.orig.tar.*; do
+    if [[ -e $f ]]; then echo "$f"; return 0; fi
+  done
+  return 1
+}
+
 WORK="$CACHE_DIR/kubernetes-$K8S_VERSION/work"
 mkdir -p "$WORK" "$BIN_DIR"
 cd "$WORK"
 
 if [[ ! -d src ]]; then
   enable_deb_src
-  orig=$(ls kubernetes_*.orig.tar.* 2>/dev/null | head -n1 || true)
+  orig=$(first_orig || true)
   if [[ -z "$orig" ]]; then
     apt-get source --download-only "kubernetes=${K8S_VERSION}*" || apt-get source --download-only kubernetes
-    orig=$(ls kubernetes_*.orig.tar.* | head -n1)
+    orig=$(first_orig) || { echo "apt-get source left no kubernetes_*.orig.tar.* in $WORK" >&2; exit 1; }
   fi
   rm -rf src.partial && mkdir src.partial
   tar -xf "$orig" -C src.partial --strip-components=1

@@ -10,45 +10,66 @@ K8S_VERSION="${K8S_VERSION:-1.20.2}"
 CACHE_DIR="${HOSTLB_CACHE_DIR:-/var/cache/hostlb-e2e}"
 BIN="$CACHE_DIR/kubernetes-$K8S_VERSION/bin"
 KUBECTL="$BIN/kubectl"
+# shellcheck disable=SC2034 # read by the scripts that source this file
 IMAGE_DIR="${HOSTLB_IMAGE_DIR:-$REPO/_out/images}"
 
 # kubelet 1.20's in-tree AWS credential provider asks the EC2 metadata address (169.254.169.254)
 # for credentials at start: traffic to a host that is not ours, and 5 s lost per kubelet start.
 export AWS_EC2_METADATA_DISABLED=true
 
+# shellcheck disable=SC2034 # read by the scripts that source this file
 PKI="$STATE/pki"
 PIDS="$STATE/pids"
 LOGS="$STATE/logs"
 NSDIR="$STATE/mntns"          # a private mount holding the two nodes' persistent mount namespaces
+# shellcheck disable=SC2034 # read by the scripts that source this file
 ENV_FILE="$STATE/cluster.env"
 ADMIN_KUBECONFIG="$STATE/admin.kubeconfig"
 # Logs of the last cluster, kept by `down` after it removes the state dir.
+# shellcheck disable=SC2034 # read by the scripts that source this file
 LAST_LOGS="${HOSTLB_E2E_LAST_LOGS:-/tmp/hostlb-e2e-last-logs}"
 
 API_IP=10.250.0.1
+# shellcheck disable=SC2034 # read by the scripts that source this file
 API_URL="https://$API_IP:6443"
+# shellcheck disable=SC2034 # read by the scripts that source this file
 ETCD_CLIENT_PORT=12379
+# shellcheck disable=SC2034 # read by the scripts that source this file
 ETCD_PEER_PORT=12380
+# shellcheck disable=SC2034 # read by the scripts that source this file
 SERVICE_CIDR=10.96.0.0/16
+# shellcheck disable=SC2034 # read by the scripts that source this file
 CLUSTER_CIDR=10.88.0.0/15
 
+# shellcheck disable=SC2034 # read by the scripts that source this file
 CLIENT_NETNS=hostlb-client
+# shellcheck disable=SC2034 # read by the scripts that source this file
 CLIENT_IP=10.250.0.2
+# shellcheck disable=SC2034 # read by the scripts that source this file
 CLIENT_VETH=hlb-client0        # root side of the client's veth; node-1's addresses live on it
 NODE1_NAME=node-1
 NODE1_IP=10.250.0.1
+# shellcheck disable=SC2034 # read by the scripts that source this file
 NODE1_UNPUBLISHED_IP=10.250.0.11
 NODE2_NAME=node-2
 NODE2_IP=10.251.0.2
+# shellcheck disable=SC2034 # read by the scripts that source this file
 NODE2_UNPUBLISHED_IP=10.251.0.11
+# shellcheck disable=SC2034 # read by the scripts that source this file
 NODE2_ALT_IP=10.251.0.3
 NODE2_NETNS=hostlb-node2
+# shellcheck disable=SC2034 # read by the scripts that source this file
 NODE2_VETH=hlb-node2           # root side of node-2's veth (10.251.0.1); eth0 inside the netns
+# shellcheck disable=SC2034 # read by the scripts that source this file
 NODE2_GW=10.251.0.1
+# shellcheck disable=SC2034 # read by the scripts that source this file
 LINK_PREFIX=hlb-               # every link this harness makes in the root netns starts so
 
+# shellcheck disable=SC2034 # read by the scripts that source this file
 PAUSE_IMAGE=localhost/hostlb/pause:dev
+# shellcheck disable=SC2034 # read by the scripts that source this file
 ECHO_IMAGE=localhost/hostlb/e2e-echo:dev
+# shellcheck disable=SC2034 # read by the scripts that source this file
 IMAGES=(controller lb e2e-echo pause)
 
 # Per node (1 or 2).
@@ -82,6 +103,7 @@ in_node() {
 }
 
 # All daemons, in start order.
+# shellcheck disable=SC2034 # read by the scripts that source this file
 DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler
   containerd-node-1 containerd-node-2 kubelet-node-1 kubelet-node-2 kube-proxy-node-1 kube-proxy-node-2)
 
@@ -145,8 +167,8 @@ start_daemon() {
     # the daemon's pid once the execs are done.
     exec setsid "$@"
   ) </dev/null >>"$logf" 2>&1 &
-  local pid=$! i start
-  for i in $(seq 1 40); do
+  local pid=$! start
+  for _ in $(seq 1 40); do
     if [[ ! -d /proc/$pid ]]; then break; fi
     if [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$exe" ]]; then
       start=$(proc_starttime "$pid") || break

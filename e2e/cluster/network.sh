@@ -21,7 +21,7 @@ restore_sysctls() {
   [[ -f $STATE/sysctl.orig ]] || return 0
   local line
   while IFS= read -r line; do
-    [[ -n $line ]] && sysctl -q -w "$line" >/dev/null 2>&1 || true
+    if [[ -n $line ]]; then sysctl -q -w "$line" >/dev/null 2>&1 || true; fi
   done <"$STATE/sysctl.orig"
 }
 

@@ -71,13 +71,13 @@ kill_shims() {
 
 # Container processes left in our nodes' cgroups (their shim gone) are ours.
 kill_cgroup_procs() {
-  local mnt n pids
+  local mnt n procs
   for mnt in $(cgroup_mounts); do
     for n in 1 2; do
       [[ -d $mnt/$(node_cgroup "$n") ]] || continue
-      pids=$(find "$mnt/$(node_cgroup "$n")" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
+      procs=$(find "$mnt/$(node_cgroup "$n")" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
       # shellcheck disable=SC2086 # a list of pids
-      if [[ -n $pids ]]; then kill -KILL $pids 2>/dev/null || true; fi
+      if [[ -n $procs ]]; then kill -KILL $procs 2>/dev/null || true; fi
     done
   done
 }
@@ -110,7 +110,7 @@ unmount_ours() {
   local n m
   # The nodes' mount namespaces first: every mount a node made goes with its namespace.
   for n in 1 2; do
-    [[ -e $(node_mntns "$n") ]] && umount "$(node_mntns "$n")" 2>/dev/null || true
+    if [[ -e $(node_mntns "$n") ]]; then umount "$(node_mntns "$n")" 2>/dev/null || true; fi
   done
   for _ in 1 2 3; do
     while IFS= read -r m; do
@@ -131,7 +131,7 @@ remove_network() {
     grep -qxF "$ns" <(preexisting_netns) || ip netns del "$ns" 2>/dev/null || true
   done
   for ns in "$CLIENT_NETNS" "$NODE2_NETNS"; do
-    [[ -e /run/netns/$ns ]] && ip netns del "$ns" 2>/dev/null || true
+    if [[ -e /run/netns/$ns ]]; then ip netns del "$ns" 2>/dev/null || true; fi
   done
   for l in $(our_links); do ip link del "$l" 2>/dev/null || true; done
   rm -f /var/lib/cni/results/hlb-net1-* /var/lib/cni/results/hlb-net2-* 2>/dev/null || true
@@ -254,12 +254,13 @@ do_down() {
   remove_cgroups
   remove_created_dirs
   restore_sysctls
-  mountpoint -q "$NSDIR" 2>/dev/null && umount "$NSDIR" 2>/dev/null || true
+  if mountpoint -q "$NSDIR" 2>/dev/null; then umount "$NSDIR" 2>/dev/null || true; fi
 
   local left
   left=$(leftovers)
   if [[ -n $left ]]; then
     log "down left these behind:"
+    # shellcheck disable=SC2001 # indents each line of a multi-line list, which ${//} cannot anchor
     echo "$left" | sed 's/^/  /' >&2
     log "the state dir $STATE is kept (pid files, logs); run 'down' again after looking"
     return 1
