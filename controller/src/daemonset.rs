@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use hostlb_proxy_spec::{Family, ARG_FAMILY, ARG_PORT, ARG_SOURCE_RANGE, ARG_TO};
+use hostlb_proxy_spec::{self as proxy, Family, LB_BINARY, NODE_ADDRESS_ENV, PROBE_ADDRESS_ENV};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, NodeAffinity, NodeSelector,
@@ -50,11 +50,6 @@ pub fn node_address_field(server_major: &str, server_minor: &str) -> &'static st
     }
 }
 
-const LB_BINARY: &str = "/hostlb-lb";
-/// Filled in by kubelet from the downward API; the lb-pod's arguments refer to it.
-const NODE_ADDRESS_ENV: &str = "HOSTLB_NODE_ADDRESS";
-/// kubelet does not expand downward-API variables in exec probes, so the probe reads its own.
-const PROBE_ADDRESS_ENV: &str = "HOSTLB_PROBE_ADDRESS";
 const UNPRIVILEGED_UID: i64 = 65534;
 
 /// Labels that tie an object to the Service it serves.
@@ -111,7 +106,7 @@ fn config_hash(daemonset: &DaemonSet) -> String {
 }
 
 fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> PodSpec {
-    let rules_args = rules_args(lb);
+    let rule_args = rule_args(lb);
     let local = matches!(lb.destination, Destination::NodeLocal { .. });
     let node_address_env = |name: &str, field_path: &str| EnvVar {
         name: name.into(),
@@ -134,12 +129,10 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
     let readiness_probe = match lb.destination {
         Destination::NodeLocal { health_check_node_port } => Some(Probe {
             exec: Some(ExecAction {
-                command: Some(vec![
-                    LB_BINARY.into(),
-                    "probe".into(),
-                    "--port".into(),
-                    health_check_node_port.to_string(),
-                ]),
+                command: Some(
+                    proxy::Command::Probe(proxy::ProbeArgs { port: health_check_node_port, address: None })
+                        .command_line(),
+                ),
             }),
             period_seconds: Some(5),
             timeout_seconds: Some(2),
@@ -159,7 +152,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
         ForwardingMode::InitContainer => {
             let init = Container {
                 name: "install-rules".into(),
-                args: Some([vec!["init".to_string()], rules_args].concat()),
+                args: Some(proxy::Command::Init(rule_args).to_args()),
                 env: local.then(|| vec![node_address_env(NODE_ADDRESS_ENV, settings.node_address_field)]),
                 security_context: Some(SecurityContext { privileged: Some(true), ..Default::default() }),
                 resources: Some(resources("10m", "16Mi", "64Mi")),
@@ -167,7 +160,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
             };
             let hold = Container {
                 name: "hold".into(),
-                args: Some(vec!["hold".into()]),
+                args: Some(proxy::Command::Hold.to_args()),
                 security_context: Some(unprivileged()),
                 ..base
             };
@@ -179,7 +172,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
             }
             let run = Container {
                 name: "lb".into(),
-                args: Some([vec!["run".to_string()], rules_args].concat()),
+                args: Some(proxy::Command::Run(rule_args).to_args()),
                 security_context: Some(SecurityContext {
                     capabilities: Some(Capabilities {
                         add: Some(vec!["NET_ADMIN".into()]),
@@ -220,35 +213,19 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
     }
 }
 
-/// The lb-pod's rule arguments: which port goes where, and from where it may come.
-fn rules_args(lb: &ServiceLb) -> Vec<String> {
-    let mut args = Vec::new();
-    for port in &lb.ports {
-        args.push(ARG_PORT.into());
-        args.push(port.to_string());
+/// Which port goes where, and from where it may come.
+fn rule_args(lb: &ServiceLb) -> proxy::RuleArgs {
+    let to = match &lb.destination {
+        Destination::ClusterIps(addresses) => addresses.iter().copied().map(proxy::Destination::Address).collect(),
+        Destination::NodeLocal { .. } => vec![proxy::Destination::NodeAddress],
+    };
+    proxy::RuleArgs {
+        ports: lb.ports.clone(),
+        to,
+        // A dual-stack node's hostIPs name both families; the Service's own decide what is forwarded.
+        families: lb.families.clone(),
+        source_ranges: lb.source_ranges.clone(),
     }
-    match &lb.destination {
-        Destination::ClusterIps(addresses) => {
-            for address in addresses {
-                args.push(ARG_TO.into());
-                args.push(address.to_string());
-            }
-        }
-        Destination::NodeLocal { .. } => {
-            args.push(ARG_TO.into());
-            args.push(format!("$({NODE_ADDRESS_ENV})"));
-        }
-    }
-    // A dual-stack node's hostIPs name both families; the Service's own decide what is forwarded.
-    for family in &lb.families {
-        args.push(ARG_FAMILY.into());
-        args.push(family.arg_name().into());
-    }
-    for range in &lb.source_ranges {
-        args.push(ARG_SOURCE_RANGE.into());
-        args.push(range.to_string());
-    }
-    args
 }
 
 fn forwarding_sysctls(families: &[Family]) -> Vec<Sysctl> {

@@ -7,7 +7,8 @@ use nix::errno::Errno;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An argument (or its environment fallback) that cannot be honoured: exit code 2.
+    /// An argument (or its environment fallback) that cannot be honoured: exit code 2. `arg`
+    /// is the flag as `hostlb_proxy_spec::flag` spells it, without its `--`.
     #[error("{}", BadArgumentDisplay { arg, value: value.as_deref(), reason })]
     BadArgument { arg: &'static str, value: Option<String>, reason: String },
 
@@ -64,8 +65,8 @@ struct BadArgumentDisplay<'a> {
 impl fmt::Display for BadArgumentDisplay<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.value {
-            Some(value) => write!(f, "{} {:?}: {}", self.arg, value, self.reason),
-            None => write!(f, "{}: {}", self.arg, self.reason),
+            Some(value) => write!(f, "--{} {:?}: {}", self.arg, value, self.reason),
+            None => write!(f, "--{}: {}", self.arg, self.reason),
         }
     }
 }
@@ -97,14 +98,16 @@ impl fmt::Display for RefusedDisplay<'_> {
 
 #[cfg(test)]
 mod tests {
+    use hostlb_proxy_spec::flag;
+
     use super::*;
 
     #[test]
     fn bad_argument_names_the_argument_and_quotes_the_value() {
-        let error = Error::bad("--port", "tcp:80", "expected PROTO:LISTEN:TARGET");
-        assert_eq!(error.to_string(), r#"--port "tcp:80": expected PROTO:LISTEN:TARGET"#);
+        let error = Error::bad(flag::PORT, "tcp:80:80", "tcp 80 is already forwarded to port 8080");
+        assert_eq!(error.to_string(), r#"--port "tcp:80:80": tcp 80 is already forwarded to port 8080"#);
         assert_eq!(error.exit_code(), 2);
-        assert_eq!(Error::missing("--to", "no destination").to_string(), "--to: no destination");
+        assert_eq!(Error::missing(flag::TO, "no destination").to_string(), "--to: no destination");
     }
 
     #[test]

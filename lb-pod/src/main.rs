@@ -2,9 +2,11 @@
 //! namespace, and forwards the Service's ports to its ClusterIP (or, for
 //! `externalTrafficPolicy: Local`, to the node's address and NodePort).
 //!
-//! Layers: `plan` (arguments to a validated description), `rules` (the nftables objects for
-//! it), `netlink` (their bytes and the kernel's answers): all pure; `kernel`, `probe` and
-//! `hold` do the I/O.
+//! The command line is `hostlb_proxy_spec::Command`, the very type the controller writes it
+//! from. Layers: `plan` (the parsed arguments to a validated description), `rules` (the
+//! nftables objects for it), `rule_text` (a rule's nft spelling, read from its expressions),
+//! `netlink` (their bytes and the kernel's answers): all pure; `kernel`, `probe` and `hold` do
+//! the I/O.
 
 mod error;
 mod hold;
@@ -12,68 +14,24 @@ mod kernel;
 mod netlink;
 mod plan;
 mod probe;
+mod rule_text;
 mod rules;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use hostlb_proxy_spec::Family;
+use clap::Parser;
+use hostlb_proxy_spec::{Command, Family, RuleArgs};
 
 use crate::error::Error;
 use crate::plan::{socket_text, Plan};
 
-#[derive(Parser)]
-#[command(name = "hostlb-lb", version, about = "hostlb's proxy pod: nftables forwarding of a Service's ports")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Turn on forwarding and install the rules in one nftables transaction, then exit.
-    Init(RuleArgs),
-    /// `init`, then wait for SIGTERM.
-    Run(RuleArgs),
-    /// Wait for SIGTERM or SIGINT and exit 0; needs no privilege.
-    Hold,
-    /// Exit 0 iff kube-proxy's health check at ADDRESS:PORT answers 200.
-    Probe(ProbeArgs),
-}
-
-#[derive(Args)]
-struct RuleArgs {
-    /// A forwarded port: packets of PROTO (tcp, udp, sctp) to LISTEN go to the destination's TARGET.
-    #[arg(long = "port", value_name = "PROTO:LISTEN:TARGET", env = "HOSTLB_PORTS", value_delimiter = ',')]
-    ports: Vec<String>,
-    /// Destination address(es), at most one IPv4 and one IPv6.
-    #[arg(long = "to", value_name = "ADDR[,ADDR]", env = "HOSTLB_TO", value_delimiter = ',')]
-    to: Vec<String>,
-    /// Only sources in these ranges may reach the ports (loadBalancerSourceRanges).
-    #[arg(long = "source-range", value_name = "CIDR", env = "HOSTLB_SOURCE_RANGES", value_delimiter = ',')]
-    source_ranges: Vec<String>,
-    /// The Service's IP families (ipv4, ipv6); destinations of other families are ignored.
-    #[arg(long = "family", value_name = "FAMILY", env = "HOSTLB_FAMILIES", value_delimiter = ',')]
-    families: Vec<String>,
-}
-
-#[derive(Args)]
-struct ProbeArgs {
-    /// The health check's port (the Service's healthCheckNodePort).
-    #[arg(long, value_name = "N", env = "HOSTLB_PROBE_PORT")]
-    port: Option<String>,
-    /// The node's address; of a comma-separated list the first is used.
-    #[arg(long, value_name = "ADDR", env = "HOSTLB_PROBE_ADDRESS")]
-    address: Option<String>,
-}
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let command = match Command::try_parse() {
+        Ok(command) => command,
         // Usage errors exit 2, --help and --version 0.
         Err(error) => error.exit(),
     };
-    match run(cli.command) {
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -93,7 +51,7 @@ fn run(command: Command) -> Result<(), Error> {
         }
         Command::Hold => hold::wait(&hold::block_signals()?),
         Command::Probe(args) => {
-            let target = probe::target(args.address.as_deref(), args.port.as_deref())?;
+            let target = probe::target(&args)?;
             let status = probe::check(target)?;
             eprintln!("probe {}: {status}", socket_text(target.ip(), target.port()));
             Ok(())
@@ -102,7 +60,7 @@ fn run(command: Command) -> Result<(), Error> {
 }
 
 fn install(args: &RuleArgs) -> Result<(), Error> {
-    let plan = Plan::parse(&args.ports, &args.to, &args.source_ranges)?.only_families(&args.families)?;
+    let plan = Plan::new(args)?;
     let steps = rules::ruleset(&plan);
     for (family, _) in plan.destinations() {
         let path = kernel::forwarding_sysctl(family);

@@ -196,14 +196,6 @@ fn encode_base_chain(w: &mut Writer, base: &BaseChain) {
     );
 }
 
-fn reg(reg: Reg) -> u32 {
-    match reg {
-        Reg::Verdict => 0,
-        Reg::R1 => 1,
-        Reg::R2 => 2,
-    }
-}
-
 fn encode_expr(w: &mut Writer, expr: &Expr) {
     let name = match expr {
         Expr::MetaL4Proto { .. } => "meta",
@@ -218,11 +210,11 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
     let data = w.nest(NFTA_EXPR_DATA);
     match expr {
         Expr::MetaL4Proto { dreg } => {
-            w.attr_be32(NFTA_META_DREG, reg(*dreg));
+            w.attr_be32(NFTA_META_DREG, dreg.number());
             w.attr_be32(NFTA_META_KEY, NFT_META_L4PROTO);
         }
         Expr::Payload { base, offset, len, dreg } => {
-            w.attr_be32(NFTA_PAYLOAD_DREG, reg(*dreg));
+            w.attr_be32(NFTA_PAYLOAD_DREG, dreg.number());
             w.attr_be32(
                 NFTA_PAYLOAD_BASE,
                 match base {
@@ -234,23 +226,23 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
             w.attr_be32(NFTA_PAYLOAD_LEN, *len);
         }
         Expr::CmpEq { sreg, data } => {
-            w.attr_be32(NFTA_CMP_SREG, reg(*sreg));
+            w.attr_be32(NFTA_CMP_SREG, sreg.number());
             w.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
             w.data_value(NFTA_CMP_DATA, data);
         }
         Expr::Bitwise { sreg, dreg, mask, xor } => {
-            w.attr_be32(NFTA_BITWISE_SREG, reg(*sreg));
-            w.attr_be32(NFTA_BITWISE_DREG, reg(*dreg));
+            w.attr_be32(NFTA_BITWISE_SREG, sreg.number());
+            w.attr_be32(NFTA_BITWISE_DREG, dreg.number());
             w.attr_be32(NFTA_BITWISE_LEN, mask.len() as u32);
             w.data_value(NFTA_BITWISE_MASK, mask);
             w.data_value(NFTA_BITWISE_XOR, xor);
         }
         Expr::Immediate { dreg, data } => {
-            w.attr_be32(NFTA_IMMEDIATE_DREG, reg(*dreg));
+            w.attr_be32(NFTA_IMMEDIATE_DREG, dreg.number());
             w.data_value(NFTA_IMMEDIATE_DATA, data);
         }
         Expr::Verdict(verdict) => {
-            w.attr_be32(NFTA_IMMEDIATE_DREG, reg(Reg::Verdict));
+            w.attr_be32(NFTA_IMMEDIATE_DREG, Reg::Verdict.number());
             let outer = w.nest(NFTA_IMMEDIATE_DATA);
             let inner = w.nest(NFTA_DATA_VERDICT);
             let (code, chain) = match verdict {
@@ -268,8 +260,8 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
         Expr::Dnat { family, addr, port } => {
             w.attr_be32(NFTA_NAT_TYPE, NFT_NAT_DNAT);
             w.attr_be32(NFTA_NAT_FAMILY, u32::from(nfproto(*family)));
-            w.attr_be32(NFTA_NAT_REG_ADDR_MIN, reg(*addr));
-            w.attr_be32(NFTA_NAT_REG_PROTO_MIN, reg(*port));
+            w.attr_be32(NFTA_NAT_REG_ADDR_MIN, addr.number());
+            w.attr_be32(NFTA_NAT_REG_PROTO_MIN, port.number());
         }
         Expr::Masquerade => {}
     }
@@ -471,7 +463,7 @@ impl Acks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Plan;
+    use crate::plan::tests::plan;
     use crate::rules::ruleset;
 
     const SEQ: Sequence = Sequence { first: 100 };
@@ -536,11 +528,6 @@ mod tests {
         Attr::Bytes(kind, value.to_be_bytes().to_vec())
     }
 
-    fn plan(ports: &[&str], to: &[&str], ranges: &[&str]) -> Plan {
-        let strings = |values: &[&str]| values.iter().map(|v| v.to_string()).collect::<Vec<_>>();
-        Plan::parse(&strings(ports), &strings(to), &strings(ranges)).unwrap()
-    }
-
     #[test]
     fn batch_of_one_table_step_has_these_exact_bytes() {
         let bytes = encode_batch(&[Step::DeleteTable(Family::V6)], Sequence { first: 7 });
@@ -559,7 +546,7 @@ mod tests {
 
     #[test]
     fn every_step_is_one_acked_nftables_message_between_begin_and_end() {
-        let steps = ruleset(&plan(&["tcp:80:8080"], &["10.0.0.1,fd00::1"], &["10.0.0.0/8"]));
+        let steps = ruleset(&plan(&["tcp:80:8080"], &["10.0.0.1", "fd00::1"], &["10.0.0.0/8"]));
         let messages = decode_messages(&encode_batch(&steps, SEQ));
         assert_eq!(messages.len(), steps.len() + 2);
         let (begin, end) = (&messages[0], &messages[messages.len() - 1]);

@@ -2,34 +2,24 @@
 //! `GET /` with 200 while the node has a ready local endpoint for the Service, 503 otherwise.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+
+use hostlb_proxy_spec::{flag, ProbeArgs, PROBE_ADDRESS_ENV};
 
 use crate::error::Error;
 use crate::plan::socket_text;
 
-pub const ARG_ADDRESS: &str = "--address";
-pub const ARG_PORT: &str = "--port";
-
 /// The whole check, connect to answer, must fit in kubelet's probe timeout (2 s).
 pub const TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// Where to probe: the first address of a comma list (the downward API's `status.hostIPs`
-/// form), an IPv6 address with or without brackets.
-pub fn target(address: Option<&str>, port: Option<&str>) -> Result<SocketAddr, Error> {
-    let address = address.ok_or_else(|| Error::missing(ARG_ADDRESS, "no address given (nor HOSTLB_PROBE_ADDRESS)"))?;
-    let first = address.split(',').map(str::trim).find(|a| !a.is_empty()).unwrap_or_default();
-    let unbracketed = first.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(first);
-    let ip: IpAddr =
-        unbracketed.parse().map_err(|_| Error::bad(ARG_ADDRESS, address, "not an IPv4 or IPv6 address"))?;
-    let port = port.ok_or_else(|| Error::missing(ARG_PORT, "no port given (nor HOSTLB_PROBE_PORT)"))?;
-    let port = port
-        .trim()
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| Error::bad(ARG_PORT, port, "the port must be 1 to 65535"))?;
-    Ok(SocketAddr::new(ip, port))
+/// Where to probe. The address is optional to clap because the controller's `ProbeArgs` has
+/// none (the pod gives it in the environment); given neither way, there is nothing to probe.
+pub fn target(args: &ProbeArgs) -> Result<SocketAddr, Error> {
+    let address = args
+        .address
+        .ok_or_else(|| Error::missing(flag::ADDRESS, format!("no address given (nor {PROBE_ADDRESS_ENV})")))?;
+    Ok(SocketAddr::new(address, args.port))
 }
 
 /// The request kube-proxy's health check server expects.
@@ -91,25 +81,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn target_takes_the_first_address_of_a_list() {
-        assert_eq!(target(Some("10.0.0.1,fd00::1"), Some("32100")).unwrap(), "10.0.0.1:32100".parse().unwrap());
-        assert_eq!(target(Some(" fd00::1 "), Some("80")).unwrap(), "[fd00::1]:80".parse().unwrap());
-        assert_eq!(target(Some("[fd00::1]"), Some("80")).unwrap(), "[fd00::1]:80".parse().unwrap());
-    }
-
-    #[test]
-    fn target_needs_an_address_and_a_port() {
-        let message = |a: Option<&str>, p: Option<&str>| {
-            let error = target(a, p).unwrap_err();
-            assert_eq!(error.exit_code(), 2);
-            error.to_string()
-        };
-        assert!(message(None, Some("80")).starts_with("--address: no address"));
-        assert_eq!(message(Some("node-1"), Some("80")), r#"--address "node-1": not an IPv4 or IPv6 address"#);
-        assert!(message(Some(""), Some("80")).contains("not an IPv4"));
-        assert!(message(Some("10.0.0.1"), None).starts_with("--port: no port"));
-        assert_eq!(message(Some("10.0.0.1"), Some("0")), r#"--port "0": the port must be 1 to 65535"#);
-        assert!(message(Some("10.0.0.1"), Some("http")).contains("1 to 65535"));
+    fn target_needs_an_address() {
+        let address = Some("fd00::1".parse().unwrap());
+        assert_eq!(target(&ProbeArgs { port: 80, address }).unwrap(), "[fd00::1]:80".parse().unwrap());
+        let error = target(&ProbeArgs { port: 80, address: None }).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert_eq!(error.to_string(), "--address: no address given (nor HOSTLB_PROBE_ADDRESS)");
     }
 
     #[test]

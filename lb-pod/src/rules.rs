@@ -15,7 +15,8 @@ use std::net::IpAddr;
 
 use hostlb_proxy_spec::{address_bytes, Cidr, Family, Protocol};
 
-use crate::plan::{socket_text, Plan};
+use crate::plan::Plan;
+use crate::rule_text::nft_text;
 
 pub const TABLE: &str = "hostlb";
 pub const CHAIN_DNAT: &str = "prerouting";
@@ -54,6 +55,17 @@ pub enum Reg {
     Verdict,
     R1,
     R2,
+}
+
+impl Reg {
+    /// As `enum nft_registers` numbers them (`linux/netfilter/nf_tables.h`).
+    pub fn number(self) -> u32 {
+        match self {
+            Reg::Verdict => 0,
+            Reg::R1 => 1,
+            Reg::R2 => 2,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +133,6 @@ pub enum Step {
         family: Family,
         chain: &'static str,
         exprs: Vec<Expr>,
-        summary: String,
     },
 }
 
@@ -153,7 +164,7 @@ impl Step {
                 },
                 base.priority
             ),
-            Step::AddRule { chain, summary, .. } => format!("add rule {table} {chain} {summary}"),
+            Step::AddRule { family, chain, exprs } => format!("add rule {table} {chain} {}", nft_text(*family, exprs)),
         }
     }
 }
@@ -182,8 +193,7 @@ pub fn ruleset(plan: &Plan) -> Vec<Step> {
 
 fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
     let chain = |name, base| Step::AddChain { family, name, base };
-    let rule = |chain, exprs, summary| Step::AddRule { family, chain, exprs, summary };
-    let ip = nft_family(family);
+    let rule = |chain, exprs| Step::AddRule { family, chain, exprs };
     let mut steps = vec![
         chain(CHAIN_DNAT, Some(BaseChain { kind: ChainType::Nat, hook: Hook::Prerouting, priority: PRIORITY_DSTNAT })),
         chain(
@@ -203,14 +213,13 @@ fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
                 vec![Expr::Verdict(Verdict::Jump(CHAIN_ALLOWED_SOURCES))],
             ]
             .concat();
-            let summary = format!("{} dport {} jump {CHAIN_ALLOWED_SOURCES}", port.protocol.arg_name(), port.listen);
-            steps.push(rule(CHAIN_SOURCE_FILTER, exprs, summary));
+            steps.push(rule(CHAIN_SOURCE_FILTER, exprs));
         }
         for range in plan.ranges(family) {
             let exprs = [source_in(range), vec![Expr::Verdict(Verdict::Accept)]].concat();
-            steps.push(rule(CHAIN_ALLOWED_SOURCES, exprs, format!("{ip} saddr {range} accept")));
+            steps.push(rule(CHAIN_ALLOWED_SOURCES, exprs));
         }
-        steps.push(rule(CHAIN_ALLOWED_SOURCES, vec![Expr::Verdict(Verdict::Drop)], "drop".into()));
+        steps.push(rule(CHAIN_ALLOWED_SOURCES, vec![Expr::Verdict(Verdict::Drop)]));
     }
     for port in &plan.ports {
         let exprs = [
@@ -222,43 +231,45 @@ fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
             ],
         ]
         .concat();
-        let summary = format!(
-            "{} dport {} dnat {ip} to {}",
-            port.protocol.arg_name(),
-            port.listen,
-            socket_text(destination, port.target)
-        );
-        steps.push(rule(CHAIN_DNAT, exprs, summary));
+        steps.push(rule(CHAIN_DNAT, exprs));
     }
     for (protocol, target) in plan.targets() {
         let exprs = [destination_is(destination), protocol_and_port(protocol, target), vec![Expr::Masquerade]].concat();
-        let summary = format!("{ip} daddr {destination} {} dport {target} masquerade", protocol.arg_name());
-        steps.push(rule(CHAIN_MASQUERADE, exprs, summary));
+        steps.push(rule(CHAIN_MASQUERADE, exprs));
     }
     steps
 }
 
-/// `meta l4proto PROTO th dport PORT`: the destination port sits at offset 2 in TCP, UDP and
-/// SCTP headers alike.
+/// Offset and length of the destination port: the same in TCP, UDP and SCTP headers.
+pub const DESTINATION_PORT: (u32, u32) = (2, 2);
+
+/// `meta l4proto PROTO th dport PORT`.
 fn protocol_and_port(protocol: Protocol, port: u16) -> Vec<Expr> {
+    let (offset, len) = DESTINATION_PORT;
     vec![
         Expr::MetaL4Proto { dreg: Reg::R1 },
         Expr::CmpEq { sreg: Reg::R1, data: vec![protocol.number()] },
-        Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: Reg::R1 },
+        Expr::Payload { base: PayloadBase::Transport, offset, len, dreg: Reg::R1 },
         Expr::CmpEq { sreg: Reg::R1, data: port.to_be_bytes().to_vec() },
     ]
 }
 
-/// Offset and length of the source and destination addresses in the network header.
-fn address_fields(family: Family) -> (u32, u32, u32) {
+/// Where the network header of a family has its addresses.
+pub struct AddressFields {
+    pub source: u32,
+    pub destination: u32,
+    pub len: u32,
+}
+
+pub fn address_fields(family: Family) -> AddressFields {
     match family {
-        Family::V4 => (12, 16, 4),
-        Family::V6 => (8, 24, 16),
+        Family::V4 => AddressFields { source: 12, destination: 16, len: 4 },
+        Family::V6 => AddressFields { source: 8, destination: 24, len: 16 },
     }
 }
 
 fn destination_is(destination: IpAddr) -> Vec<Expr> {
-    let (_, offset, len) = address_fields(Family::of(&destination));
+    let AddressFields { destination: offset, len, .. } = address_fields(Family::of(&destination));
     vec![
         Expr::Payload { base: PayloadBase::Network, offset, len, dreg: Reg::R1 },
         Expr::CmpEq { sreg: Reg::R1, data: address_bytes(&destination) },
@@ -267,7 +278,7 @@ fn destination_is(destination: IpAddr) -> Vec<Expr> {
 
 /// `saddr & mask == network`; nothing for a /0, no mask for a full-length prefix.
 fn source_in(range: &Cidr) -> Vec<Expr> {
-    let (offset, _, len) = address_fields(range.family());
+    let AddressFields { source: offset, len, .. } = address_fields(range.family());
     if range.prefix == 0 {
         return Vec::new();
     }
@@ -283,11 +294,7 @@ fn source_in(range: &Cidr) -> Vec<Expr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn plan(ports: &[&str], to: &[&str], ranges: &[&str]) -> Plan {
-        let strings = |values: &[&str]| values.iter().map(|v| v.to_string()).collect::<Vec<_>>();
-        Plan::parse(&strings(ports), &strings(to), &strings(ranges)).unwrap()
-    }
+    use crate::plan::tests::plan;
 
     fn described(steps: &[Step]) -> Vec<String> {
         steps.iter().map(Step::describe).collect()
@@ -316,7 +323,7 @@ mod tests {
 
     #[test]
     fn dual_stack_builds_one_table_per_family_with_its_own_destination() {
-        let steps = ruleset(&plan(&["tcp:443:443"], &["10.96.0.10,fd00::10"], &[]));
+        let steps = ruleset(&plan(&["tcp:443:443"], &["10.96.0.10", "fd00::10"], &[]));
         let text = described(&steps);
         assert!(text.contains(&"add rule ip hostlb prerouting tcp dport 443 dnat ip to 10.96.0.10:443".to_string()));
         assert!(text.contains(&"add rule ip6 hostlb prerouting tcp dport 443 dnat ip6 to [fd00::10]:443".to_string()));
@@ -334,7 +341,7 @@ mod tests {
 
     #[test]
     fn source_ranges_jump_listened_ports_to_an_allow_list_ending_in_drop() {
-        let steps = ruleset(&plan(&["tcp:80:8080"], &["10.96.0.10,fd00::10"], &["192.168.0.0/16", "10.0.0.7/32"]));
+        let steps = ruleset(&plan(&["tcp:80:8080"], &["10.96.0.10", "fd00::10"], &["192.168.0.0/16", "10.0.0.7/32"]));
         let text = described(&steps);
         let v4: Vec<&String> = text.iter().filter(|t| t.contains("ip hostlb") && t.contains("source")).collect();
         assert_eq!(
@@ -343,7 +350,7 @@ mod tests {
                 "add chain ip hostlb source-filter { type filter hook prerouting priority -150; }",
                 "add chain ip hostlb allowed-sources",
                 "add rule ip hostlb source-filter tcp dport 80 jump allowed-sources",
-                "add rule ip hostlb allowed-sources ip saddr 10.0.0.7/32 accept",
+                "add rule ip hostlb allowed-sources ip saddr 10.0.0.7 accept",
                 "add rule ip hostlb allowed-sources ip saddr 192.168.0.0/16 accept",
                 "add rule ip hostlb allowed-sources drop",
             ]
@@ -352,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_family_without_ranges_drops_everything_when_another_family_has_some() {
-        let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10,fd00::10"], &["192.168.0.0/16"]));
+        let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10", "fd00::10"], &["192.168.0.0/16"]));
         let v6_allowed: Vec<String> = steps
             .iter()
             .filter(|s| matches!(s, Step::AddRule { family: Family::V6, chain: CHAIN_ALLOWED_SOURCES, .. }))
@@ -424,6 +431,15 @@ mod tests {
                 Expr::CmpEq { sreg: Reg::R1, data: [vec![0xfd], vec![0; 15]].concat() },
             ]
         );
+    }
+
+    #[test]
+    fn every_rule_reads_back_as_the_nft_people_write() {
+        let ranges = ["0.0.0.0/0", "10.0.0.0/8", "10.0.0.7/32", "fd00::/8"];
+        let steps = ruleset(&plan(&["tcp:80:8080", "udp:53:53", "sctp:9:9"], &["10.96.0.10", "fd00::10"], &ranges));
+        for text in described(&steps) {
+            assert!(!["reg ", "0x", "@", "meta l4proto", "th dport"].iter().any(|raw| text.contains(raw)), "{text}");
+        }
     }
 
     #[test]

@@ -126,14 +126,19 @@ fn bad_arguments_exit_2_naming_the_argument_and_value() {
     /// Arguments, environment, and what stderr must say.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
-        (&["init", "--port", "tcp:80", "--to", "10.0.0.1"], &[], r#"--port "tcp:80": expected PROTO:LISTEN:TARGET"#),
-        (&["init", "--port", "http:80:80", "--to", "10.0.0.1"], &[], r#"--port "http:80:80""#),
+        (
+            &["init", "--port", "tcp:80", "--to", "10.0.0.1"],
+            &[],
+            "'tcp:80' for '--port <PROTO:LISTEN:TARGET>': expected",
+        ),
+        (&["init", "--port", "http:80:80", "--to", "10.0.0.1"], &[], "'http:80:80' for '--port"),
         (&["init", "--port", "tcp:80:80"], &[], "--to: no destination"),
         (&["run", "--port", "tcp:80:80", "--to", "$(HOSTLB_NODE_ADDRESS)"], &[], r#"--to "$(HOSTLB_NODE_ADDRESS)""#),
         (&["init", "--port", "tcp:80:80", "--to", "10.0.0.1,10.0.0.2"], &[], "at most one per family"),
         (&["init", "--port", "tcp:80:80", "--to", "10.0.0.1", "--source-range", "10.0.0.0/40"], &[], "0 to 32"),
-        (&["init", "--to", "10.0.0.1"], &[("HOSTLB_PORTS", "tcp:80:80,udp:53")], r#"--port "udp:53""#),
-        (&["probe", "--address", "10.0.0.1", "--port", "http"], &[], r#"--port "http""#),
+        (&["init", "--to", "10.0.0.1"], &[("HOSTLB_PORTS", "tcp:80:80,udp:53")], "'udp:53' for '--port"),
+        (&["init", "--port", "tcp:80:80", "--to", "10.0.0.1"], &[("HOSTLB_FAMILIES", "ipv6")], "--to: no destination"),
+        (&["probe", "--address", "10.0.0.1", "--port", "http"], &[], "'http' for '--port <N>'"),
         (&["probe", "--port", "10256"], &[], "--address"),
         (&["init", "--port", "tcp:80:80", "--to", "10.0.0.1", "--bogus"], &[], "--bogus"),
         (&["frobnicate"], &[], "frobnicate"),

@@ -1,18 +1,17 @@
 //! The contract between the controller and `hostlb-lb`: the controller turns a Service into
-//! these values and writes them as the proxy pods' arguments; `hostlb-lb` parses the same
-//! spelling back. One definition, so the two sides cannot drift apart. Pure: no I/O.
+//! a `Command` and writes it as the proxy pods' arguments with `to_args`; `hostlb-lb` parses
+//! them back into the same types with clap. One definition, so the two sides cannot drift
+//! apart. Pure: no I/O.
+
+mod command;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// A forwarded port, written `PROTO:LISTEN:TARGET`.
-pub const ARG_PORT: &str = "--port";
-/// A destination address.
-pub const ARG_TO: &str = "--to";
-/// A family the Service has; destinations of other families are ignored.
-pub const ARG_FAMILY: &str = "--family";
-/// An allowed source range.
-pub const ARG_SOURCE_RANGE: &str = "--source-range";
+pub use command::{
+    flag, Command, ProbeArgs, RuleArgs, FAMILIES_ENV, LB_BINARY, NODE_ADDRESS_ENV, PORTS_ENV, PROBE_ADDRESS_ENV,
+    PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
@@ -51,8 +50,12 @@ impl Family {
     }
 
     /// Reads `--family`, in any case.
-    pub fn from_arg(text: &str) -> Option<Family> {
-        Family::ALL.into_iter().find(|f| f.arg_name().eq_ignore_ascii_case(text))
+    pub fn parse_arg(text: &str) -> Result<Family, String> {
+        let text = text.trim();
+        Family::ALL
+            .into_iter()
+            .find(|f| f.arg_name().eq_ignore_ascii_case(text))
+            .ok_or_else(|| "expected ipv4 or ipv6".into())
     }
 }
 
@@ -115,22 +118,57 @@ pub struct PortMap {
 impl PortMap {
     /// Reads `PROTO:LISTEN:TARGET`; the error says what is wrong, without repeating the text.
     pub fn parse(text: &str) -> Result<PortMap, String> {
-        let parts: Vec<&str> = text.split(':').collect();
+        let parts: Vec<&str> = text.trim().split(':').collect();
         let [protocol, listen, target] = parts[..] else {
             return Err("expected PROTO:LISTEN:TARGET, such as tcp:443:8443".into());
         };
         let protocol = Protocol::from_arg(protocol)
             .ok_or_else(|| format!("unknown protocol {protocol:?}; expected tcp, udp or sctp"))?;
-        let port = |text: &str, what: &str| {
-            text.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("the {what} port must be 1 to 65535"))
-        };
+        let port =
+            |text: &str, what: &str| port_number(text).ok_or_else(|| format!("the {what} port must be 1 to 65535"));
         Ok(PortMap { protocol, listen: port(listen, "listen")?, target: port(target, "target")? })
     }
+}
+
+/// A TCP, UDP or SCTP port: 0 is no port to listen on or to send to.
+pub fn port_number(text: &str) -> Option<u16> {
+    text.trim().parse::<u16>().ok().filter(|p| *p != 0)
 }
 
 impl fmt::Display for PortMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.protocol.arg_name(), self.listen, self.target)
+    }
+}
+
+/// Where the forwarded ports go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Destination {
+    Address(IpAddr),
+    /// The proxy pod's own node (`externalTrafficPolicy: Local`). Written as a reference to
+    /// `NODE_ADDRESS_ENV`, which kubelet replaces with the node's address(es) before
+    /// `hostlb-lb` starts; `hostlb-lb` reads it back only when the container lacks the variable.
+    NodeAddress,
+}
+
+impl Destination {
+    /// Reads an address or the node address reference; the error says what is wrong, without
+    /// repeating the text.
+    pub fn parse(text: &str) -> Result<Destination, String> {
+        let text = text.trim();
+        if text == Destination::NodeAddress.to_string() {
+            return Ok(Destination::NodeAddress);
+        }
+        text.parse().map(Destination::Address).map_err(|_| "not an IPv4 or IPv6 address".into())
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Address(address) => address.fmt(f),
+            Destination::NodeAddress => write!(f, "$({NODE_ADDRESS_ENV})"),
+        }
     }
 }
 
@@ -155,10 +193,16 @@ impl Cidr {
             .ok()
             .filter(|p| *p <= max)
             .ok_or_else(|| format!("the prefix length must be a number from 0 to {max}"))?;
-        let bytes = address_bytes(&address);
-        let mask = prefix_mask(bytes.len(), prefix);
-        let masked: Vec<u8> = bytes.iter().zip(&mask).map(|(b, m)| b & m).collect();
-        Ok(Cidr { network: bytes_address(&masked), prefix })
+        // A shift by the whole width (prefix 0) is None: nothing of the address is kept.
+        let network = match address {
+            IpAddr::V4(a) => {
+                IpAddr::V4(Ipv4Addr::from_bits(a.to_bits() & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)))
+            }
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from_bits(
+                a.to_bits() & u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0),
+            )),
+        };
+        Ok(Cidr { network, prefix })
     }
 
     pub fn family(&self) -> Family {
@@ -187,15 +231,12 @@ pub fn address_bytes(address: &IpAddr) -> Vec<u8> {
     }
 }
 
-fn bytes_address(bytes: &[u8]) -> IpAddr {
-    match <[u8; 4]>::try_from(bytes) {
-        Ok(octets) => IpAddr::V4(Ipv4Addr::from(octets)),
-        Err(_) => {
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(bytes);
-            IpAddr::V6(Ipv6Addr::from(octets))
-        }
+/// The address of 4 or 16 bytes in network byte order; None for any other length.
+pub fn bytes_address(bytes: &[u8]) -> Option<IpAddr> {
+    if let Ok(octets) = <[u8; 4]>::try_from(bytes) {
+        return Some(IpAddr::V4(Ipv4Addr::from(octets)));
     }
+    <[u8; 16]>::try_from(bytes).ok().map(|octets| IpAddr::V6(Ipv6Addr::from(octets)))
 }
 
 fn prefix_mask(len: usize, prefix: u8) -> Vec<u8> {
@@ -234,8 +275,8 @@ mod tests {
     #[test]
     fn families_and_protocols_read_back_every_spelling() {
         for family in Family::ALL {
-            assert_eq!(Family::from_arg(family.arg_name()), Some(family));
-            assert_eq!(Family::from_arg(&family.arg_name().to_uppercase()), Some(family));
+            assert_eq!(Family::parse_arg(family.arg_name()), Ok(family));
+            assert_eq!(Family::parse_arg(&family.arg_name().to_uppercase()), Ok(family));
             assert_eq!(Family::from_name(family.name()), Some(family));
         }
         for protocol in Protocol::ALL {
@@ -243,6 +284,25 @@ mod tests {
             assert_eq!(Protocol::from_api_name(protocol.api_name()), Some(protocol));
         }
         assert_eq!(Protocol::from_api_name("tcp"), None);
+        assert_eq!(Family::parse_arg("ipx"), Err("expected ipv4 or ipv6".into()));
+    }
+
+    #[test]
+    fn destinations_are_addresses_or_the_node_address_reference() {
+        assert_eq!(Destination::parse(" fd00::1 "), Ok(Destination::Address("fd00::1".parse().unwrap())));
+        assert_eq!(Destination::parse("$(HOSTLB_NODE_ADDRESS)"), Ok(Destination::NodeAddress));
+        assert_eq!(Destination::NodeAddress.to_string(), "$(HOSTLB_NODE_ADDRESS)");
+        assert_eq!(Destination::parse("$(HOSTLB_OTHER)"), Err("not an IPv4 or IPv6 address".into()));
+        assert_eq!(Destination::parse("10.0.0.1:80"), Err("not an IPv4 or IPv6 address".into()));
+    }
+
+    #[test]
+    fn addresses_read_back_from_their_bytes() {
+        for text in ["10.0.0.1", "fd00::1"] {
+            let address: IpAddr = text.parse().unwrap();
+            assert_eq!(bytes_address(&address_bytes(&address)), Some(address));
+        }
+        assert_eq!(bytes_address(&[10, 0, 0]), None);
     }
 
     #[test]

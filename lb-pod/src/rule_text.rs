@@ -1,0 +1,249 @@
+//! A rule's nft spelling, read back from its expressions rather than written beside them, so
+//! that logs and error messages show what the kernel is given. It is how `nft list ruleset`
+//! prints our rules, except that `dnat` names its family, as the expression carries it.
+
+use hostlb_proxy_spec::{bytes_address, Family, Protocol};
+
+use crate::plan::socket_text;
+use crate::rules::{address_fields, nft_family, Expr, PayloadBase, Reg, Verdict, DESTINATION_PORT};
+
+/// The text of a rule of a `family` table.
+pub fn nft_text(family: Family, exprs: &[Expr]) -> String {
+    let mut reader = Reader { family, registers: [None; 3], words: Vec::new(), protocol_matched: None };
+    for expr in exprs {
+        reader.read(expr);
+    }
+    reader.words.join(" ")
+}
+
+/// A header field that a payload expression loads.
+#[derive(Clone, Copy)]
+enum Field {
+    SourceAddress,
+    DestinationAddress,
+    DestinationPort,
+    Raw { base: PayloadBase, offset: u32, len: u32 },
+}
+
+/// What a register holds at some point of the rule.
+#[derive(Clone, Copy)]
+enum Held<'a> {
+    L4Proto,
+    Field(Field),
+    Masked(Field, &'a [u8]),
+    Data(&'a [u8]),
+}
+
+struct Reader<'a> {
+    family: Family,
+    registers: [Option<Held<'a>>; 3],
+    words: Vec<String>,
+    /// The protocol of an `l4proto` match that is the last word so far: nft folds it into the
+    /// port match that follows (`tcp dport 80`).
+    protocol_matched: Option<String>,
+}
+
+impl<'a> Reader<'a> {
+    fn read(&mut self, expr: &'a Expr) {
+        match expr {
+            Expr::MetaL4Proto { dreg } => self.load(*dreg, Some(Held::L4Proto)),
+            Expr::Payload { base, offset, len, dreg } => {
+                self.load(*dreg, Some(Held::Field(self.field(*base, *offset, *len))))
+            }
+            Expr::Bitwise { sreg, dreg, mask, xor } => {
+                let masked = match self.held(*sreg) {
+                    Some(Held::Field(field)) if xor.iter().all(|byte| *byte == 0) => Some(Held::Masked(field, mask)),
+                    _ => None,
+                };
+                self.load(*dreg, masked);
+            }
+            Expr::CmpEq { sreg, data } => self.compare(*sreg, data),
+            Expr::Immediate { dreg, data } => self.load(*dreg, Some(Held::Data(data))),
+            Expr::Verdict(Verdict::Accept) => self.push("accept".into()),
+            Expr::Verdict(Verdict::Drop) => self.push("drop".into()),
+            Expr::Verdict(Verdict::Jump(chain)) => self.push(format!("jump {chain}")),
+            Expr::Dnat { family, addr, port } => {
+                let to = match (self.data(*addr).and_then(bytes_address), self.data(*port).and_then(port_number)) {
+                    (Some(address), Some(port)) => socket_text(address, port),
+                    _ => format!("{}:{}", self.operand(*addr), self.operand(*port)),
+                };
+                self.push(format!("dnat {} to {to}", nft_family(*family)));
+            }
+            Expr::Masquerade => self.push("masquerade".into()),
+        }
+    }
+
+    fn compare(&mut self, sreg: Reg, data: &[u8]) {
+        let text = match (self.held(sreg), self.protocol_matched.take()) {
+            (Some(Held::L4Proto), _) => {
+                let name = match data {
+                    [number] => Protocol::ALL
+                        .into_iter()
+                        .find(|protocol| protocol.number() == *number)
+                        .map_or_else(|| number.to_string(), |protocol| protocol.arg_name().to_string()),
+                    _ => value(data),
+                };
+                self.push(format!("meta l4proto {name}"));
+                self.protocol_matched = Some(name);
+                return;
+            }
+            (Some(Held::Field(Field::DestinationPort)), Some(protocol)) => {
+                self.words.pop();
+                format!("{protocol} dport {}", value(data))
+            }
+            (Some(Held::Field(field @ Field::Raw { .. })), _) => format!("{} {}", self.field_name(field), hex(data)),
+            (Some(Held::Field(field)), _) => format!("{} {}", self.field_name(field), value(data)),
+            (Some(Held::Masked(field, mask)), _) => match prefix_length(mask) {
+                Some(prefix) => format!("{} {}/{prefix}", self.field_name(field), value(data)),
+                None => format!("{} & {} == {}", self.field_name(field), value(mask), value(data)),
+            },
+            (Some(Held::Data(_)) | None, _) => format!("{} == {}", self.operand(sreg), value(data)),
+        };
+        self.push(text);
+    }
+
+    fn push(&mut self, word: String) {
+        self.protocol_matched = None;
+        self.words.push(word);
+    }
+
+    fn load(&mut self, reg: Reg, held: Option<Held<'a>>) {
+        self.registers[reg.number() as usize] = held;
+    }
+
+    fn held(&self, reg: Reg) -> Option<Held<'a>> {
+        self.registers[reg.number() as usize]
+    }
+
+    fn data(&self, reg: Reg) -> Option<&'a [u8]> {
+        match self.held(reg) {
+            Some(Held::Data(data)) => Some(data),
+            _ => None,
+        }
+    }
+
+    /// A register as an operand: its immediate value if it has one, else its name.
+    fn operand(&self, reg: Reg) -> String {
+        self.data(reg).map_or_else(|| format!("reg {}", reg.number()), value)
+    }
+
+    fn field(&self, base: PayloadBase, offset: u32, len: u32) -> Field {
+        let addresses = address_fields(self.family);
+        match base {
+            PayloadBase::Network if (offset, len) == (addresses.source, addresses.len) => Field::SourceAddress,
+            PayloadBase::Network if (offset, len) == (addresses.destination, addresses.len) => {
+                Field::DestinationAddress
+            }
+            PayloadBase::Transport if (offset, len) == DESTINATION_PORT => Field::DestinationPort,
+            _ => Field::Raw { base, offset, len },
+        }
+    }
+
+    fn field_name(&self, field: Field) -> String {
+        let ip = nft_family(self.family);
+        match field {
+            Field::SourceAddress => format!("{ip} saddr"),
+            Field::DestinationAddress => format!("{ip} daddr"),
+            Field::DestinationPort => "th dport".into(),
+            Field::Raw { base, offset, len } => {
+                let header = match base {
+                    PayloadBase::Network => "nh",
+                    PayloadBase::Transport => "th",
+                };
+                format!("@{header},{},{}", offset * 8, len * 8)
+            }
+        }
+    }
+}
+
+/// Data as nft shows it, by its length: an address, a port, a byte, else hexadecimal.
+fn value(data: &[u8]) -> String {
+    if let Some(address) = bytes_address(data) {
+        return address.to_string();
+    }
+    match data {
+        [byte] => byte.to_string(),
+        _ => port_number(data).map_or_else(|| hex(data), |port| port.to_string()),
+    }
+}
+
+fn hex(data: &[u8]) -> String {
+    format!("0x{}", data.iter().map(|byte| format!("{byte:02x}")).collect::<String>())
+}
+
+fn port_number(data: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(data.try_into().ok()?))
+}
+
+/// The prefix length of a mask of leading ones; None if it has holes.
+fn prefix_length(mask: &[u8]) -> Option<usize> {
+    let bits = mask.iter().flat_map(|byte| (0..8).rev().map(move |bit| byte >> bit & 1 == 1));
+    let prefix = bits.clone().take_while(|set| *set).count();
+    bits.skip(prefix).all(|set| !set).then_some(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4(exprs: &[Expr]) -> String {
+        nft_text(Family::V4, exprs)
+    }
+
+    fn load(base: PayloadBase, offset: u32, len: u32) -> Expr {
+        Expr::Payload { base, offset, len, dreg: Reg::R1 }
+    }
+
+    fn compare(data: &[u8]) -> Expr {
+        Expr::CmpEq { sreg: Reg::R1, data: data.to_vec() }
+    }
+
+    #[test]
+    fn a_protocol_match_folds_into_the_port_match_after_it() {
+        let udp_port = [Expr::MetaL4Proto { dreg: Reg::R1 }, compare(&[17]), load(PayloadBase::Transport, 2, 2)];
+        assert_eq!(ipv4(&[&udp_port[..], &[compare(&[0, 53])]].concat()), "udp dport 53");
+        assert_eq!(ipv4(&[Expr::MetaL4Proto { dreg: Reg::R1 }, compare(&[1])]), "meta l4proto 1");
+        assert_eq!(ipv4(&[load(PayloadBase::Transport, 2, 2), compare(&[0, 53])]), "th dport 53");
+    }
+
+    #[test]
+    fn addresses_are_named_by_family_and_direction() {
+        let daddr = [load(PayloadBase::Network, 16, 4), compare(&[10, 0, 0, 1])];
+        assert_eq!(ipv4(&daddr), "ip daddr 10.0.0.1");
+        let saddr = [load(PayloadBase::Network, 8, 16), compare(&[vec![0xfd], vec![0; 15]].concat())];
+        assert_eq!(nft_text(Family::V6, &saddr), "ip6 saddr fd00::");
+        assert_eq!(ipv4(&[load(PayloadBase::Network, 9, 1), compare(&[6])]), "@nh,72,8 0x06");
+    }
+
+    #[test]
+    fn masks_are_prefixes_where_they_can_be() {
+        let masked = |mask: [u8; 4]| {
+            let bitwise = Expr::Bitwise { sreg: Reg::R1, dreg: Reg::R1, mask: mask.to_vec(), xor: vec![0; 4] };
+            ipv4(&[load(PayloadBase::Network, 12, 4), bitwise, compare(&[10, 0, 0, 0])])
+        };
+        assert_eq!(masked([255, 128, 0, 0]), "ip saddr 10.0.0.0/9");
+        assert_eq!(masked([255, 0, 255, 0]), "ip saddr & 255.0.255.0 == 10.0.0.0");
+    }
+
+    #[test]
+    fn dnat_shows_the_immediate_address_and_port() {
+        let dnat = |address: Vec<u8>| {
+            vec![
+                Expr::Immediate { dreg: Reg::R1, data: address },
+                Expr::Immediate { dreg: Reg::R2, data: vec![0x1f, 0x90] },
+                Expr::Dnat { family: Family::V6, addr: Reg::R1, port: Reg::R2 },
+            ]
+        };
+        let address = "fd00::10".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec();
+        assert_eq!(nft_text(Family::V6, &dnat(address)), "dnat ip6 to [fd00::10]:8080");
+        assert_eq!(nft_text(Family::V6, &dnat(vec![1, 2, 3])), "dnat ip6 to 0x010203:8080");
+    }
+
+    #[test]
+    fn verdicts_end_the_text() {
+        let jump = [load(PayloadBase::Network, 12, 4), compare(&[10, 0, 0, 7]), Expr::Verdict(Verdict::Jump("next"))];
+        assert_eq!(ipv4(&jump), "ip saddr 10.0.0.7 jump next");
+        assert_eq!(ipv4(&[Expr::Verdict(Verdict::Accept)]), "accept");
+        assert_eq!(ipv4(&[compare(&[1, 2, 3])]), "reg 1 == 0x010203");
+    }
+}
