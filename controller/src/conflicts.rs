@@ -1,38 +1,32 @@
 //! Host ports are a node-wide resource: two Services claiming the same port and protocol on a
 //! shared node cannot both run a proxy pod there.
 
-use k8s_openapi::api::core::v1::Node;
-
+use crate::index::Index;
 use crate::placement::Placement;
 use crate::service_lb::ServiceLb;
 
-/// Another Service that hostlb serves, as placed on the nodes.
-pub struct Claimant<'a> {
-    pub lb: &'a ServiceLb,
-    pub placement: &'a Placement,
-}
-
 /// One message per port that `lb` shares with another Service on at least one common node.
-pub fn port_conflicts(mine: &Claimant<'_>, others: &[Claimant<'_>], nodes: &[&Node]) -> Vec<String> {
+/// Looks only at the Services that claim one of `lb`'s ports.
+pub fn port_conflicts(lb: &ServiceLb, placement: &Placement, index: &Index) -> Vec<String> {
+    let enablelb = index.enablelb_in_use();
     let mut messages = Vec::new();
-    for other in others.iter().filter(|o| o.lb.uid != mine.lb.uid) {
-        let shares_a_node = nodes.iter().any(|n| mine.placement.admits(n) && other.placement.admits(n));
-        if !shares_a_node {
-            continue;
-        }
-        for port in &mine.lb.ports {
-            if other.lb.ports.iter().any(|p| p.listen == port.listen && p.protocol == port.protocol) {
+    for port in &lb.ports {
+        for other in index.claims.group(&(port.protocol, port.listen)).filter(|other| other.uid != lb.uid) {
+            let theirs = Placement::for_service(other, enablelb);
+            let shares_a_node = index.nodes.values().any(|node| placement.admits(node) && theirs.admits(node));
+            if shares_a_node {
                 messages.push(format!(
                     "port {}/{} is also claimed by Service {}/{}; on each node only one of them can run its proxy pod",
                     port.listen,
                     port.protocol.api_name(),
-                    other.lb.namespace,
-                    other.lb.name
+                    other.namespace,
+                    other.name
                 ));
             }
         }
     }
     messages.sort();
+    messages.dedup();
     messages
 }
 
@@ -40,30 +34,35 @@ pub fn port_conflicts(mine: &Claimant<'_>, others: &[Claimant<'_>], nodes: &[&No
 mod tests {
     use super::*;
     use crate::fixtures::{NodeBuilder, ServiceBuilder};
+    use crate::index::index_of;
     use crate::names;
+    use k8s_openapi::api::core::v1::Service;
 
-    fn lb(name: &str, uid: &str, builder: ServiceBuilder) -> ServiceLb {
+    fn named(builder: ServiceBuilder, name: &str, uid: &str) -> Service {
         let mut service = builder.build();
         service.metadata.name = Some(name.into());
         service.metadata.uid = Some(uid.into());
-        ServiceLb::from_service(&service).unwrap()
+        service
+    }
+
+    fn conflicts_of(service: &Service, index: &Index) -> Vec<String> {
+        let lb = ServiceLb::from_service(service).unwrap();
+        let placement = Placement::for_service(&lb, index.enablelb_in_use());
+        port_conflicts(&lb, &placement, index)
     }
 
     #[test]
     fn same_port_and_protocol_on_shared_nodes_conflicts() {
-        let nodes = [NodeBuilder::new("n1").build()];
-        let nodes: Vec<&Node> = nodes.iter().collect();
-        let a = lb("a", "1", ServiceBuilder::new("a").port("TCP", 80, 0).port("UDP", 53, 0));
-        let b = lb("b", "2", ServiceBuilder::new("b").port("TCP", 80, 0));
-        let c = lb("c", "3", ServiceBuilder::new("c").port("UDP", 80, 0).port("TCP", 53, 0));
-        let placement = Placement::for_service(&a, false);
-        let mine = Claimant { lb: &a, placement: &placement };
-        let others = [Claimant { lb: &b, placement: &placement }, Claimant { lb: &c, placement: &placement }];
+        let a = named(ServiceBuilder::new("a").port("TCP", 80, 0).port("UDP", 53, 0), "a", "1");
+        let b = named(ServiceBuilder::new("b").port("TCP", 80, 0), "b", "2");
+        let c = named(ServiceBuilder::new("c").port("UDP", 80, 0).port("TCP", 53, 0), "c", "3");
+        let index = index_of(&[a.clone(), b, c], &[NodeBuilder::new("n1").build()], &[], &[]);
         assert_eq!(
-            port_conflicts(&mine, &others, &nodes),
+            conflicts_of(&a, &index),
             vec!["port 80/TCP is also claimed by Service shop/b; on each node only one of them can run its proxy pod"]
         );
-        assert!(port_conflicts(&mine, &[Claimant { lb: &a, placement: &placement }], &nodes).is_empty());
+        let alone = index_of(std::slice::from_ref(&a), &[NodeBuilder::new("n1").build()], &[], &[]);
+        assert!(conflicts_of(&a, &alone).is_empty());
     }
 
     #[test]
@@ -72,12 +71,9 @@ mod tests {
             NodeBuilder::new("n1").label(names::POOL, "a").build(),
             NodeBuilder::new("n2").label(names::POOL, "b").build(),
         ];
-        let nodes: Vec<&Node> = nodes.iter().collect();
-        let a = lb("a", "1", ServiceBuilder::new("a").label(names::POOL, "a"));
-        let b = lb("b", "2", ServiceBuilder::new("b").label(names::POOL, "b"));
-        let (pa, pb) = (Placement::for_service(&a, false), Placement::for_service(&b, false));
-        let conflicts =
-            port_conflicts(&Claimant { lb: &a, placement: &pa }, &[Claimant { lb: &b, placement: &pb }], &nodes);
-        assert!(conflicts.is_empty());
+        let a = named(ServiceBuilder::new("a").label(names::POOL, "a"), "a", "1");
+        let b = named(ServiceBuilder::new("b").label(names::POOL, "b"), "b", "2");
+        let index = index_of(&[a.clone(), b], &nodes, &[], &[]);
+        assert!(conflicts_of(&a, &index).is_empty());
     }
 }

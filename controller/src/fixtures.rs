@@ -205,3 +205,22 @@ pub fn proxy_pod(name: &str, node: &str, ready: bool) -> Pod {
         }),
     }
 }
+
+/// The load balancer class of the fixture settings.
+pub const CLASS: &str = "hostlb.io/hostlb";
+
+pub fn settings() -> crate::Settings {
+    crate::Settings {
+        load_balancer_class: CLASS.into(),
+        address_type: crate::status::AddressType::Auto,
+        proxy: crate::daemonset::ProxySettings {
+            namespace: "hostlb-system".into(),
+            image: "example.org/hostlb/lb:1".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            forwarding: crate::daemonset::ForwardingMode::InitContainer,
+            default_priority_class: "system-node-critical".into(),
+            node_address_field: "status.hostIP",
+        },
+        instance: Some("test".into()),
+    }
+}

@@ -8,30 +8,16 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
-mod conflicts;
-mod controller;
-mod daemonset;
-mod error;
-mod finalizer;
-#[cfg(test)]
-mod fixtures;
-mod mapping;
-mod metrics;
-mod names;
-mod placement;
-mod server;
-mod service_lb;
-mod status;
-
-use daemonset::{node_address_field, ForwardingMode, ProxySettings};
-use status::AddressType;
+use hostlb_controller::daemonset::{node_address_field, ForwardingMode, ProxySettings};
+use hostlb_controller::status::AddressType;
+use hostlb_controller::{metrics, names, server, Settings};
 
 /// Serves Kubernetes Services of type LoadBalancer from the nodes' own addresses.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
     /// Namespace of the proxy DaemonSets.
-    #[arg(long, env = "HOSTLB_NAMESPACE", default_value = "hostlb-system")]
+    #[arg(long, env = "HOSTLB_NAMESPACE", default_value = names::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Services with this spec.loadBalancerClass, or with none, are served; others are left alone.
     #[arg(long, env = "HOSTLB_LOAD_BALANCER_CLASS", default_value = "hostlb.io/hostlb")]
@@ -99,7 +85,7 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
     config.reset_reader_on_write = true;
     let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
     let server = client.apiserver_version().await.context("cannot read the API server's version")?;
-    let settings = controller::Settings {
+    let settings = Settings {
         load_balancer_class: args.load_balancer_class,
         address_type: args.address_type,
         instance: args.instance,
@@ -119,7 +105,7 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
     let health = server::Health { metrics: metrics.clone(), ready: ready.clone() };
     tokio::select! {
         served = server::serve(args.http_address, health) => served.context("HTTP server stopped")?,
-        ran = controller::run(client, settings, metrics, ready, sync_timeout) => ran?,
+        ran = hostlb_controller::run(client, settings, metrics, ready, sync_timeout) => ran?,
     }
     Ok(())
 }

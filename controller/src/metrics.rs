@@ -9,10 +9,16 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::error::Error;
+use crate::events::Reason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 pub struct Metrics {
@@ -23,7 +29,7 @@ pub struct Metrics {
     pub daemonset_applies: Counter,
     pub daemonset_deletes: Counter,
     pub status_updates: Counter,
-    pub warnings: Counter,
+    warnings: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -36,7 +42,7 @@ impl Default for Metrics {
             daemonset_applies: Counter::default(),
             daemonset_deletes: Counter::default(),
             status_updates: Counter::default(),
-            warnings: Counter::default(),
+            warnings: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciliations", "Reconciliations of Services", metrics.reconciliations.clone());
@@ -49,7 +55,7 @@ impl Default for Metrics {
         );
         registry.register("daemonset_deletes", "Proxy DaemonSets deleted", metrics.daemonset_deletes.clone());
         registry.register("status_updates", "Writes of status.loadBalancer", metrics.status_updates.clone());
-        registry.register("warnings", "Warning Events published on Services", metrics.warnings.clone());
+        registry.register("warnings", "Warning Events published on Services, by reason", metrics.warnings.clone());
         Metrics { registry, ..metrics }
     }
 }
@@ -63,6 +69,10 @@ impl Metrics {
 
     pub fn reconcile_failed(&self, error: &Error) {
         self.failures.get_or_create(&ErrorLabels { error: error.metric_label() }).inc();
+    }
+
+    pub fn warned(&self, reason: Reason) {
+        self.warnings.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
     }
 
     pub fn render(&self) -> String {
@@ -94,9 +104,11 @@ mod tests {
         let conflict =
             kube::core::Status { code: 409, ..kube::core::Status::failure("modified meanwhile", "Conflict") };
         metrics.reconcile_failed(&Error::kube("applying")(kube::Error::Api(conflict.boxed())));
+        metrics.warned(Reason::PortConflict);
         let text = metrics.render();
         assert!(text.contains("hostlb_reconciliations_total 1"), "{text}");
         assert!(text.contains("hostlb_reconcile_failures_total{error=\"conflict\"} 1"), "{text}");
         assert!(text.contains("hostlb_reconcile_duration_seconds_count 1"), "{text}");
+        assert!(text.contains("hostlb_warnings_total{reason=\"PortConflict\"} 1"), "{text}");
     }
 }

@@ -5,6 +5,8 @@ use sha2::{Digest, Sha256};
 /// Field manager for server-side apply and the reporting controller of Events.
 pub const MANAGER: &str = "hostlb-controller";
 pub const FINALIZER: &str = "hostlb.io/cleanup";
+/// Where the install puts the controller and the proxy DaemonSets unless told otherwise.
+pub const DEFAULT_NAMESPACE: &str = "hostlb-system";
 
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";

@@ -16,14 +16,9 @@ pub struct Placement {
     pub forbidden_labels: Vec<String>,
 }
 
-/// ServiceLB's opt-in switch: labelling any node `enablelb` turns every unlabelled node off.
-pub fn enablelb_in_use<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> bool {
-    nodes.into_iter().any(|node| {
-        node.metadata.labels.as_ref().is_some_and(|labels| labels.contains_key(names::NODE_LABEL_ENABLE_LB))
-    })
-}
-
 impl Placement {
+    /// `enablelb_in_use`: ServiceLB's opt-in switch; once any node carries the `enablelb` label,
+    /// only nodes labelled `true` are admitted.
     pub fn for_service(lb: &ServiceLb, enablelb_in_use: bool) -> Self {
         let mut required_labels = BTreeMap::from([(names::NODE_LABEL_OS.to_string(), "linux".to_string())]);
         if enablelb_in_use {
@@ -87,8 +82,6 @@ mod tests {
         let opted_in = NodeBuilder::new("a").label(names::NODE_LABEL_ENABLE_LB, "true").build();
         let opted_out = NodeBuilder::new("b").label(names::NODE_LABEL_ENABLE_LB, "false").build();
         let unlabelled = NodeBuilder::new("c").build();
-        assert!(enablelb_in_use([&opted_out, &unlabelled]));
-        assert!(!enablelb_in_use([&unlabelled]));
         let placement = Placement::for_service(&lb(None), true);
         assert!(placement.admits(&opted_in));
         assert!(!placement.admits(&opted_out));

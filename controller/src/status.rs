@@ -86,14 +86,14 @@ pub fn node_addresses(node: &Node, address_type: AddressType, families: &[Family
 /// Addresses to publish, sorted and without duplicates, so equal inputs give equal statuses.
 pub fn desired_addresses<'a>(
     proxy_pods: impl IntoIterator<Item = &'a Pod>,
-    nodes: &BTreeMap<String, &Node>,
+    node: impl Fn(&str) -> Option<&'a Node>,
     placement: &Placement,
     address_type: AddressType,
     families: &[Family],
 ) -> Vec<IpAddr> {
     let mut addresses = BTreeSet::new();
     for pod in proxy_pods.into_iter().filter(|pod| pod_is_ready(pod)) {
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|name| nodes.get(name)) else {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|name| node(name)) else {
             continue;
         };
         if node_can_serve(node) && placement.admits(node) {
@@ -140,8 +140,8 @@ mod tests {
     fn compute(nodes: &[Node], pods: &[Pod], address_type: AddressType, families: &[Family]) -> Vec<IpAddr> {
         let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
         let placement = Placement::for_service(&lb, false);
-        let by_name = nodes.iter().map(|n| (n.metadata.name.clone().unwrap(), n)).collect();
-        desired_addresses(pods, &by_name, &placement, address_type, families)
+        let node = |name: &str| nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name));
+        desired_addresses(pods, node, &placement, address_type, families)
     }
 
     #[test]

@@ -16,8 +16,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::{json, Value};
 
-pub const SYSTEM_NAMESPACE: &str = "hostlb-system";
-pub const FINALIZER: &str = "hostlb.io/cleanup";
+pub use hostlb_controller::names::{self, DEFAULT_NAMESPACE as SYSTEM_NAMESPACE, FINALIZER};
+pub use hostlb_controller::Reason;
 pub const ECHO_HTTP_PORT: u16 = 8080;
 pub const ECHO_UDP_PORT: u16 = 8081;
 
@@ -90,13 +90,13 @@ impl Cluster {
 
     /// Proxy DaemonSets serving the named Service.
     pub async fn proxy_daemonsets(&self, namespace: &str, service: &str) -> Result<Vec<DaemonSet>> {
-        let selector = format!("hostlb.io/service-namespace={namespace},hostlb.io/service-name={service}");
+        let selector = service_selector(namespace, service);
         Ok(self.daemonsets().list(&ListParams::default().labels(&selector)).await?.items)
     }
 
     /// Proxy pods serving the named Service.
     pub async fn proxy_pods(&self, namespace: &str, service: &str) -> Result<Vec<Pod>> {
-        let selector = format!("hostlb.io/service-namespace={namespace},hostlb.io/service-name={service}");
+        let selector = service_selector(namespace, service);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
         Ok(api.list(&ListParams::default().labels(&selector)).await?.items)
     }
@@ -129,17 +129,22 @@ impl Cluster {
     }
 
     /// Warning or Normal Events about the named object with this reason.
-    pub async fn events(&self, namespace: &str, regarding: &str, reason: &str) -> Result<Vec<Event>> {
+    pub async fn events(&self, namespace: &str, regarding: &str, reason: Reason) -> Result<Vec<Event>> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
         let events = api.list(&ListParams::default()).await?.items;
         Ok(events
             .into_iter()
             .filter(|e| {
                 e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
-                    && e.reason.as_deref() == Some(reason)
+                    && e.reason.as_deref() == Some(reason.as_str())
             })
             .collect())
     }
+}
+
+/// Selects the proxy objects of the named Service.
+fn service_selector(namespace: &str, service: &str) -> String {
+    format!("{}={namespace},{}={service}", names::LABEL_SERVICE_NAMESPACE, names::LABEL_SERVICE_NAME)
 }
 
 /// Sends requests from the client network namespace. Blocking: call it from

@@ -272,7 +272,7 @@ async fn proxies_left_behind_by_a_finalizer_removed_by_hand_are_deleted() -> Res
         .await?;
     report_timing("finalizer removed by hand to proxies gone", wait_gone(&cluster, &ns.name, "released").await?);
     refused_http(&cluster, nodes.unpublished1, 18115).await?;
-    let events = cluster.events(SYSTEM_NAMESPACE, &daemonset, "OrphanDeleted").await?;
+    let events = cluster.events(SYSTEM_NAMESPACE, &daemonset, Reason::OrphanDeleted).await?;
     ensure!(events.len() == 1, "expected one OrphanDeleted Event about {daemonset}, found {}", events.len());
     Ok(())
 }
@@ -286,14 +286,14 @@ async fn a_second_service_on_a_taken_port_is_reported_and_the_first_keeps_workin
     ns.load_balancer("second", "echo", &http(18120), json!({})).await?;
 
     let events = eventually(SETTLE, || async {
-        let events = cluster.events(&ns.name, "second", "ProxyPodUnschedulable").await?;
+        let events = cluster.events(&ns.name, "second", Reason::ProxyPodUnschedulable).await?;
         ensure!(!events.is_empty(), "no ProxyPodUnschedulable Event on the second Service yet");
         Ok(events)
     })
     .await?;
     let note = events[0].note.clone().unwrap_or_default();
     ensure!(note.contains("free ports"), "the Event does not say why: {note:?}");
-    ensure!(!cluster.events(&ns.name, "second", "PortConflict").await?.is_empty(), "no PortConflict Event");
+    ensure!(!cluster.events(&ns.name, "second", Reason::PortConflict).await?.is_empty(), "no PortConflict Event");
 
     let second = ns.services().get("second").await?;
     ensure!(published(&second).is_empty(), "the second Service publishes {:?}", published(&second));
@@ -357,19 +357,20 @@ async fn invalid_options_are_reported_and_harm_no_other_service() -> Result<()> 
     backend_on_node1(&cluster, &ns, &nodes).await?;
     ns.load_balancer("good", "echo", &http(18170), json!({})).await?;
     ns.load_balancer("bad", "echo", &http(18171), json!({})).await?;
-    let bad_tolerations = json!({ "metadata": { "annotations": { "hostlb.io/tolerations": "{not json" } } });
+    let tolerations = names::ANNOTATION_TOLERATIONS;
+    let bad_tolerations = json!({ "metadata": { "annotations": { tolerations: "{not json" } } });
     // Created without the annotation first, so the bad value also has to leave the running proxies alone.
     cluster.wait_for_addresses(&ns.name, "bad", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     ns.patch_service("bad", bad_tolerations).await?;
 
     let events = eventually(SETTLE, || async {
-        let events = cluster.events(&ns.name, "bad", "InvalidOption").await?;
+        let events = cluster.events(&ns.name, "bad", Reason::InvalidOption).await?;
         ensure!(!events.is_empty(), "no InvalidOption Event yet");
         Ok(events)
     })
     .await?;
     let note = events[0].note.clone().unwrap_or_default();
-    ensure!(note.contains("hostlb.io/tolerations"), "the Event does not name the field: {note:?}");
+    ensure!(note.contains(names::ANNOTATION_TOLERATIONS), "the Event does not name the field: {note:?}");
     cluster.wait_for_addresses(&ns.name, "good", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18170).await?;
     answered_http(&cluster, nodes.unpublished1, 18171).await?;

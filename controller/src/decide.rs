@@ -1,0 +1,380 @@
+//! The one decision of a reconcile: from a Service, what hostlb knows of the cluster (the index)
+//! and its settings, everything the executor must do. Pure: no client, no clock, no await.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::ResourceExt;
+
+use crate::conflicts::port_conflicts;
+use crate::daemonset::{config_hash_of, desired_daemonset};
+use crate::events::{Reason, Warning};
+use crate::index::Index;
+use crate::names;
+use crate::placement::Placement;
+use crate::service_lb::{is_handled, ServiceLb};
+use crate::status::{desired_addresses, needs_update, published_addresses};
+use crate::Settings;
+
+/// What the executor read for this Service besides the index.
+pub struct Observed<'a> {
+    pub service: &'a Service,
+    /// The DaemonSet with the name hostlb gives this Service's proxies, whoever made it.
+    pub daemonset: Option<&'a DaemonSet>,
+    /// What hostlb itself last wrote to that DaemonSet, if this replica remembers it.
+    pub last_applied: Option<&'a Applied>,
+}
+
+/// A DaemonSet as hostlb's own apply left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub generation: i64,
+    pub config_hash: String,
+}
+
+#[derive(Debug)]
+pub enum Decision {
+    /// Not served, and nothing of hostlb's is left on it.
+    Ignore,
+    /// No longer served (deleted, or its type or class changed): delete its proxies, clear the
+    /// status unless the Service itself is going away, then release the finalizer.
+    CleanUp {
+        clear_status: bool,
+    },
+    Serve(Box<Serving>),
+}
+
+#[derive(Debug, Default)]
+pub struct Serving {
+    /// The finalizer goes on before anything is created, so that nothing can outlive the Service.
+    pub add_finalizer: bool,
+    pub daemonset: Option<DaemonSetChange>,
+    /// The addresses to publish, when they differ from those published.
+    pub publish: Option<Vec<IpAddr>>,
+    pub warnings: Vec<Warning>,
+}
+
+#[derive(Debug)]
+pub struct DaemonSetChange {
+    pub daemonset: DaemonSet,
+    pub created: bool,
+    /// The ports it serves, for the Event.
+    pub ports: String,
+}
+
+pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Decision {
+    let service = observed.service;
+    let handled = is_handled(service, &settings.load_balancer_class);
+    let deleting = service.metadata.deletion_timestamp.is_some();
+    if !handled || deleting {
+        return if service.finalizers().iter().any(|f| f == names::FINALIZER) {
+            Decision::CleanUp { clear_status: !deleting && !published_addresses(service).is_empty() }
+        } else {
+            Decision::Ignore
+        };
+    }
+    let mut serving =
+        Serving { add_finalizer: !service.finalizers().iter().any(|f| f == names::FINALIZER), ..Serving::default() };
+    let lb = match ServiceLb::from_service(service) {
+        Ok(lb) => lb,
+        Err(errors) => {
+            serving.warnings = errors
+                .into_iter()
+                .map(|e| Warning::new(Reason::InvalidOption, format!("{e}; the Service is left as it was")))
+                .collect();
+            return Decision::Serve(Box::new(serving));
+        }
+    };
+
+    let placement = Placement::for_service(&lb, index.enablelb_in_use());
+    if !index.nodes.values().any(|node| placement.admits(node)) {
+        let nodes: Vec<&Node> = index.nodes.values().map(AsRef::as_ref).collect();
+        serving.warnings.push(Warning::new(Reason::NoEligibleNode, placement.explain_empty(&lb, &nodes)));
+    }
+    serving
+        .warnings
+        .extend(port_conflicts(&lb, &placement, index).into_iter().map(|m| Warning::new(Reason::PortConflict, m)));
+
+    let desired = desired_daemonset(&lb, &placement, &settings.proxy);
+    if let Some(existing) = observed.daemonset.filter(|existing| !made_for(existing, &lb)) {
+        serving.warnings.push(Warning::new(
+            Reason::DaemonSetNameTaken,
+            format!("DaemonSet {} exists and was not made by hostlb for this Service; it is left alone", key(existing)),
+        ));
+        return Decision::Serve(Box::new(serving));
+    }
+    if needs_apply(observed.daemonset, &desired, observed.last_applied) {
+        let ports = lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name())).collect::<Vec<_>>();
+        serving.daemonset = Some(DaemonSetChange {
+            daemonset: desired,
+            created: observed.daemonset.is_none(),
+            ports: ports.join(", "),
+        });
+    }
+
+    let pods: Vec<&Pod> = index.proxy_pods_of(&lb.uid).collect();
+    serving.warnings.extend(unschedulable(&pods));
+    let addresses = desired_addresses(pods, |name| index.node(name), &placement, settings.address_type, &lb.families);
+    if needs_update(service, &addresses) {
+        serving.publish = Some(addresses);
+    }
+    Decision::Serve(Box::new(serving))
+}
+
+/// Whether the DaemonSet carries the labels hostlb gives the proxies of this very Service.
+fn made_for(daemonset: &DaemonSet, lb: &ServiceLb) -> bool {
+    let labels = daemonset.labels();
+    labels.get(names::LABEL_MANAGED_BY).map(String::as_str) == Some(names::MANAGED_BY)
+        && labels.get(names::LABEL_SERVICE_UID) == Some(&lb.uid)
+}
+
+/// Whether the DaemonSet must be applied. A server-side apply on every reconcile would also
+/// repair hand edits, but it is a write on every proxy pod event and every resync; instead a
+/// DaemonSet is applied when its configuration hash differs from the desired one or when its
+/// generation moved past the one hostlb's own last apply produced (someone else changed its
+/// spec). A replica that has not applied it yet (just started) applies it once.
+pub fn needs_apply(existing: Option<&DaemonSet>, desired: &DaemonSet, last_applied: Option<&Applied>) -> bool {
+    let Some(existing) = existing else { return true };
+    let generation = existing.metadata.generation.unwrap_or_default();
+    let (current_hash, edited_since) = match last_applied {
+        // The cache has not caught up with hostlb's own last write yet: that write is current.
+        Some(applied) if generation < applied.generation => (Some(applied.config_hash.as_str()), false),
+        Some(applied) => (config_hash_of(existing), generation > applied.generation),
+        None => (config_hash_of(existing), true),
+    };
+    current_hash != config_hash_of(desired) || edited_since
+}
+
+fn unschedulable(pods: &[&Pod]) -> Vec<Warning> {
+    pods.iter()
+        .filter_map(|pod| {
+            let condition = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| {
+                c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+            })?;
+            let message = condition.message.as_deref().unwrap_or("no reason given");
+            Some(Warning::new(
+                Reason::ProxyPodUnschedulable,
+                format!("proxy pod {} cannot be scheduled: {message}", key(*pod)),
+            ))
+        })
+        .collect()
+}
+
+fn key(object: &impl ResourceExt) -> String {
+    format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
+    use crate::index::index_of;
+    use k8s_openapi::api::core::v1::{LoadBalancerStatus, PodCondition, ServiceStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn served(service: &Service, index: &Index, daemonset: Option<&DaemonSet>) -> Serving {
+        let last_applied = daemonset.map(|d| Applied {
+            generation: d.metadata.generation.unwrap_or_default(),
+            config_hash: config_hash_of(d).unwrap_or_default().into(),
+        });
+        let observed = Observed { service, daemonset, last_applied: last_applied.as_ref() };
+        match decide(&observed, index, &settings()) {
+            Decision::Serve(serving) => *serving,
+            other => panic!("expected to serve, got {other:?}"),
+        }
+    }
+
+    fn with_finalizer(mut service: Service) -> Service {
+        service.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
+        service
+    }
+
+    fn published(mut service: Service, addresses: &[&str]) -> Service {
+        let ingress = crate::status::ingress(&addresses.iter().map(|a| a.parse().unwrap()).collect::<Vec<_>>());
+        service.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus { ingress: Some(ingress) }),
+            ..Default::default()
+        });
+        service
+    }
+
+    fn reasons(warnings: &[Warning]) -> Vec<Reason> {
+        warnings.iter().map(|w| w.reason).collect()
+    }
+
+    fn desired_for(service: &Service) -> DaemonSet {
+        let lb = ServiceLb::from_service(service).unwrap();
+        desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy)
+    }
+
+    #[test]
+    fn a_new_service_gets_the_finalizer_and_its_daemonset_created() {
+        let service = ServiceBuilder::new("web").build();
+        let index =
+            index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
+        let serving = served(&service, &index, None);
+        assert!(serving.add_finalizer);
+        let change = serving.daemonset.expect("a DaemonSet to create");
+        assert!(change.created);
+        assert_eq!(change.ports, "80/TCP");
+        assert_eq!(change.daemonset.metadata.name, Some(names::daemonset_name("web", UID)));
+        assert!(serving.publish.is_none(), "nothing to publish before a proxy pod is ready");
+        assert!(serving.warnings.is_empty());
+    }
+
+    #[test]
+    fn ready_proxy_pods_publish_their_nodes_and_an_unchanged_daemonset_is_left_alone() {
+        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let nodes =
+            [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
+        let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", false)];
+        let existing = desired_for(&service);
+        let index = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&existing));
+        let serving = served(&service, &index, Some(&existing));
+        assert!(!serving.add_finalizer);
+        assert!(serving.daemonset.is_none());
+        assert_eq!(serving.publish, Some(vec!["10.0.0.1".parse().unwrap()]));
+
+        let already = published(service, &["10.0.0.1"]);
+        assert!(served(&already, &index, Some(&existing)).publish.is_none());
+    }
+
+    #[test]
+    fn a_foreign_daemonset_with_our_name_is_refused_and_nothing_else_happens() {
+        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let mut foreign = desired_for(&service);
+        foreign.metadata.labels = None;
+        let index = index_of(
+            std::slice::from_ref(&service),
+            &[NodeBuilder::new("n1").build()],
+            &[proxy_pod("p", "n1", true)],
+            &[],
+        );
+        let serving = served(&service, &index, Some(&foreign));
+        assert_eq!(reasons(&serving.warnings), vec![Reason::DaemonSetNameTaken]);
+        assert!(serving.daemonset.is_none() && serving.publish.is_none());
+    }
+
+    #[test]
+    fn invalid_options_are_warnings_and_change_nothing() {
+        let service = ServiceBuilder::new("web").annotation(names::ANNOTATION_TOLERATIONS, "{").build();
+        let serving = served(&service, &index_of(&[], &[NodeBuilder::new("n1").build()], &[], &[]), None);
+        assert!(serving.add_finalizer);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
+        assert!(serving.warnings[0].message.contains(names::ANNOTATION_TOLERATIONS));
+        assert!(serving.daemonset.is_none() && serving.publish.is_none());
+    }
+
+    #[test]
+    fn no_eligible_node_port_conflicts_and_unschedulable_pods_are_warned() {
+        let service = ServiceBuilder::new("web").label(names::POOL, "edge").build();
+        let mut rival = ServiceBuilder::new("rival").build();
+        rival.metadata.uid = Some("rival-uid".into());
+        let mut stuck = proxy_pod("p", "n1", false);
+        stuck.status.as_mut().unwrap().conditions = Some(vec![PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some("0/1 nodes are available".into()),
+            ..Default::default()
+        }]);
+        let index = index_of(&[rival], &[NodeBuilder::new("n1").build()], &[stuck], &[]);
+        let serving = served(&service, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::NoEligibleNode, Reason::ProxyPodUnschedulable]);
+
+        let everywhere = ServiceBuilder::new("web").build();
+        let serving = served(&everywhere, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::PortConflict, Reason::ProxyPodUnschedulable]);
+        assert!(serving.warnings[0].message.contains("shop/rival"), "{:?}", serving.warnings);
+    }
+
+    #[test]
+    fn a_changed_service_updates_its_daemonset() {
+        let service = with_finalizer(ServiceBuilder::new("web").port("TCP", 443, 0).build());
+        let old = desired_for(&with_finalizer(ServiceBuilder::new("web").port("TCP", 80, 0).build()));
+        let index = index_of(
+            std::slice::from_ref(&service),
+            &[NodeBuilder::new("n1").build()],
+            &[],
+            std::slice::from_ref(&old),
+        );
+        let change = served(&service, &index, Some(&old)).daemonset.expect("an update");
+        assert!(!change.created);
+        assert_eq!(change.ports, "443/TCP");
+    }
+
+    #[test]
+    fn hand_edits_and_unknown_history_are_applied_over_but_a_lagging_cache_is_not() {
+        let desired = desired_for(&ServiceBuilder::new("web").build());
+        let at = |generation: i64| {
+            let mut daemonset = desired.clone();
+            daemonset.metadata.generation = Some(generation);
+            daemonset
+        };
+        let ours = Applied { generation: 3, config_hash: config_hash_of(&desired).unwrap().into() };
+        assert!(needs_apply(None, &desired, None));
+        assert!(!needs_apply(Some(&at(3)), &desired, Some(&ours)));
+        assert!(needs_apply(Some(&at(4)), &desired, Some(&ours)), "edited by someone else");
+        assert!(needs_apply(Some(&at(3)), &desired, None), "not applied by this replica yet");
+        let mut stale = at(2);
+        stale.metadata.annotations = None;
+        assert!(!needs_apply(Some(&stale), &desired, Some(&ours)), "the cache lags behind our own write");
+        let older = Applied { generation: 3, config_hash: "something-else".into() };
+        assert!(needs_apply(Some(&stale), &desired, Some(&older)));
+    }
+
+    #[test]
+    fn services_no_longer_served_are_cleaned_up_once() {
+        let index = index_of(&[], &[], &[], &[]);
+        let decide_for =
+            |service: &Service| decide(&Observed { service, daemonset: None, last_applied: None }, &index, &settings());
+        let changed_type =
+            published(with_finalizer(ServiceBuilder::new("web").type_("ClusterIP").build()), &["10.0.0.1"]);
+        assert!(matches!(decide_for(&changed_type), Decision::CleanUp { clear_status: true }));
+        let mut deleted = with_finalizer(ServiceBuilder::new("web").build());
+        deleted.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        assert!(matches!(decide_for(&published(deleted, &["10.0.0.1"])), Decision::CleanUp { clear_status: false }));
+        let released = ServiceBuilder::new("web").type_("ClusterIP").build();
+        assert!(matches!(decide_for(&released), Decision::Ignore));
+        let other_class = ServiceBuilder::new("web").class("metallb.io/metallb").build();
+        assert!(matches!(decide_for(&other_class), Decision::Ignore));
+    }
+
+    /// A plain timed loop, not a pass/fail test: run it with
+    /// `cargo test --release -p hostlb-controller -- --ignored --nocapture decide_cost`.
+    #[test]
+    #[ignore = "a benchmark that prints its figures"]
+    fn decide_cost_for_one_service_among_1000() {
+        let services: Vec<Service> = (0..1000)
+            .map(|i| {
+                let mut service =
+                    with_finalizer(ServiceBuilder::new(&format!("svc-{i}")).port("TCP", 1000 + i, 0).build());
+                service.metadata.uid = Some(format!("uid-{i}"));
+                service
+            })
+            .collect();
+        let nodes: Vec<Node> =
+            (0..10).map(|i| NodeBuilder::new(&format!("n{i}")).internal(&format!("10.0.0.{i}")).build()).collect();
+        let pods: Vec<Pod> = (0..1000)
+            .flat_map(|i| {
+                (0..2).map(move |n| {
+                    let mut pod = proxy_pod(&format!("p-{i}-{n}"), &format!("n{n}"), true);
+                    pod.metadata.labels.as_mut().unwrap().insert(names::LABEL_SERVICE_UID.into(), format!("uid-{i}"));
+                    pod
+                })
+            })
+            .collect();
+        let index = index_of(&services, &nodes, &pods, &[]);
+        let started = std::time::Instant::now();
+        let mut published = 0;
+        for service in &services {
+            published += served(service, &index, None).publish.expect("addresses to publish").len();
+        }
+        let per_reconcile = started.elapsed() / 1000;
+        println!(
+            "decide for one Service among 1000 (10 nodes, 2000 proxy pods): {per_reconcile:?}, {published} addresses"
+        );
+        assert_eq!(published, 2000);
+    }
+}

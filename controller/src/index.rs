@@ -1,0 +1,319 @@
+//! What a reconcile needs to know about objects other than its own Service, kept current by the
+//! watches and grouped the way reconciles look it up: proxy pods by Service UID, port claims by
+//! protocol and port, the nodes (and whether any carries `enablelb`), proxy DaemonSets by name.
+//! A reconcile reads only its own groups, so it costs what its own Service costs. Pure: the
+//! watches hand it their events; nothing here talks to the API server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::sync::Arc;
+
+use hostlb_proxy_spec::Protocol;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+
+use crate::names;
+use crate::service_lb::{is_handled, ServiceLb};
+
+/// `namespace/name`, or `name` for cluster-scoped objects.
+pub type Key = String;
+
+pub fn key_of(object: &impl ResourceExt) -> Key {
+    match object.namespace() {
+        Some(namespace) => format!("{namespace}/{}", object.name_any()),
+        None => object.name_any(),
+    }
+}
+
+/// One kind of object, each stored under its key and listed in the groups it belongs to.
+/// Follows a watch as kube's reflector store does: a relist is buffered and swapped in whole
+/// when complete, so a reconcile never sees half a list.
+pub struct Section<V, G> {
+    objects: HashMap<Key, (V, Vec<G>)>,
+    groups: HashMap<G, BTreeMap<Key, V>>,
+    relist: Option<Vec<(Key, V, Vec<G>)>>,
+    synced: bool,
+}
+
+impl<V, G> Default for Section<V, G> {
+    fn default() -> Self {
+        Section { objects: HashMap::new(), groups: HashMap::new(), relist: None, synced: false }
+    }
+}
+
+impl<V: Clone, G: Clone + Eq + Hash> Section<V, G> {
+    /// Applies one watch event; `extract` says what to keep of an object and in which groups,
+    /// or `None` to keep nothing of it.
+    pub fn apply<K: ResourceExt>(&mut self, event: &watcher::Event<K>, extract: impl Fn(&K) -> Option<(V, Vec<G>)>) {
+        match event {
+            watcher::Event::Apply(object) => {
+                let key = key_of(object);
+                self.remove(&key);
+                if let Some((value, groups)) = extract(object) {
+                    self.insert(key, value, groups);
+                }
+            }
+            watcher::Event::Delete(object) => self.remove(&key_of(object)),
+            watcher::Event::Init => self.relist = Some(Vec::new()),
+            watcher::Event::InitApply(object) => {
+                if let (Some(buffer), Some((value, groups))) = (self.relist.as_mut(), extract(object)) {
+                    buffer.push((key_of(object), value, groups));
+                }
+            }
+            watcher::Event::InitDone => {
+                self.objects.clear();
+                self.groups.clear();
+                for (key, value, groups) in self.relist.take().unwrap_or_default() {
+                    self.insert(key, value, groups);
+                }
+                self.synced = true;
+            }
+        }
+    }
+
+    fn insert(&mut self, key: Key, value: V, groups: Vec<G>) {
+        for group in &groups {
+            self.groups.entry(group.clone()).or_default().insert(key.clone(), value.clone());
+        }
+        self.objects.insert(key, (value, groups));
+    }
+
+    fn remove(&mut self, key: &str) {
+        let Some((_, groups)) = self.objects.remove(key) else { return };
+        for group in groups {
+            if let Some(members) = self.groups.get_mut(&group) {
+                members.remove(key);
+                if members.is_empty() {
+                    self.groups.remove(&group);
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.objects.get(key).map(|(value, _)| value)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.objects.values().map(|(value, _)| value)
+    }
+
+    /// The members of a group, in key order.
+    pub fn group(&self, group: &G) -> impl Iterator<Item = &V> {
+        self.groups.get(group).into_iter().flat_map(BTreeMap::values)
+    }
+
+    pub fn group_is_empty(&self, group: &G) -> bool {
+        !self.groups.contains_key(group)
+    }
+
+    /// Whether the first complete list has arrived.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+}
+
+/// A host port: what two Services cannot both hold on one node.
+pub type PortKey = (Protocol, u16);
+
+/// The only group nodes are sorted into: any node in it turns ServiceLB's opt-in rule on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CarriesEnableLb;
+
+/// A valid Service that hostlb serves, as other Services' reconciles see it.
+pub type Claim = Arc<ServiceLb>;
+
+pub struct Index {
+    load_balancer_class: String,
+    pub nodes: Section<Arc<Node>, CarriesEnableLb>,
+    /// Proxy pods, grouped by the UID of the Service they serve.
+    pub proxy_pods: Section<Arc<Pod>, String>,
+    /// Proxy DaemonSets, by `namespace/name`.
+    pub daemonsets: Section<Arc<DaemonSet>, ()>,
+    /// Served Services, grouped by the host ports they claim.
+    pub claims: Section<Claim, PortKey>,
+}
+
+impl Index {
+    pub fn new(load_balancer_class: &str) -> Self {
+        Index {
+            load_balancer_class: load_balancer_class.into(),
+            nodes: Section::default(),
+            proxy_pods: Section::default(),
+            daemonsets: Section::default(),
+            claims: Section::default(),
+        }
+    }
+
+    pub fn apply_node(&mut self, event: &watcher::Event<Node>) {
+        self.nodes.apply(event, |node| {
+            let opted = node.labels().contains_key(names::NODE_LABEL_ENABLE_LB);
+            Some((Arc::new(node.clone()), opted.then_some(CarriesEnableLb).into_iter().collect()))
+        });
+    }
+
+    pub fn apply_proxy_pod(&mut self, event: &watcher::Event<Pod>) {
+        self.proxy_pods.apply(event, |pod| {
+            let uid = pod.labels().get(names::LABEL_SERVICE_UID)?.clone();
+            Some((Arc::new(pod.clone()), vec![uid]))
+        });
+    }
+
+    pub fn apply_daemonset(&mut self, event: &watcher::Event<DaemonSet>) {
+        self.daemonsets.apply(event, |daemonset| Some((Arc::new(daemonset.clone()), Vec::new())));
+    }
+
+    /// Services that are served, not being deleted and valid claim their ports; the rest claim
+    /// nothing.
+    pub fn apply_service(&mut self, event: &watcher::Event<Service>) {
+        let class = self.load_balancer_class.clone();
+        self.claims.apply(event, |service| {
+            if !is_handled(service, &class) || service.metadata.deletion_timestamp.is_some() {
+                return None;
+            }
+            let lb = ServiceLb::from_service(service).ok()?;
+            let mut ports: Vec<PortKey> = lb.ports.iter().map(|p| (p.protocol, p.listen)).collect();
+            ports.sort();
+            ports.dedup();
+            Some((Arc::new(lb), ports))
+        });
+    }
+
+    pub fn enablelb_in_use(&self) -> bool {
+        !self.nodes.group_is_empty(&CarriesEnableLb)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name).map(Arc::as_ref)
+    }
+
+    pub fn proxy_pods_of(&self, service_uid: &str) -> impl Iterator<Item = &Pod> {
+        self.proxy_pods.group(&service_uid.to_string()).map(Arc::as_ref)
+    }
+
+    /// The watches that have not yet delivered their first complete list.
+    pub fn unsynced(&self) -> Vec<&'static str> {
+        [
+            ("services", self.claims.synced()),
+            ("nodes", self.nodes.synced()),
+            ("proxy pods", self.proxy_pods.synced()),
+            ("proxy daemonsets", self.daemonsets.synced()),
+        ]
+        .into_iter()
+        .filter(|(_, synced)| !synced)
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
+/// Feeds a whole list to a fresh index, as a watch's first list would.
+#[cfg(test)]
+pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: &[DaemonSet]) -> Index {
+    fn listed<K: Clone>(objects: &[K]) -> Vec<watcher::Event<K>> {
+        let mut events = vec![watcher::Event::Init];
+        events.extend(objects.iter().cloned().map(watcher::Event::InitApply));
+        events.push(watcher::Event::InitDone);
+        events
+    }
+    let mut index = Index::new(crate::fixtures::CLASS);
+    listed(services).iter().for_each(|e| index.apply_service(e));
+    listed(nodes).iter().for_each(|e| index.apply_node(e));
+    listed(pods).iter().for_each(|e| index.apply_proxy_pod(e));
+    listed(daemonsets).iter().for_each(|e| index.apply_daemonset(e));
+    index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{proxy_pod, NodeBuilder, ServiceBuilder, UID};
+
+    fn named(builder: ServiceBuilder, name: &str, uid: &str) -> Service {
+        let mut service = builder.build();
+        service.metadata.name = Some(name.into());
+        service.metadata.uid = Some(uid.into());
+        service
+    }
+
+    fn claimants(index: &Index, port: PortKey) -> Vec<String> {
+        index.claims.group(&port).map(|lb| lb.name.clone()).collect()
+    }
+
+    #[test]
+    fn services_claim_each_of_their_ports_until_they_change_or_go() {
+        let web = named(ServiceBuilder::new("web").port("TCP", 80, 0).port("UDP", 80, 0), "web", "1");
+        let dns = named(ServiceBuilder::new("dns").port("UDP", 80, 0), "dns", "2");
+        let mut index = index_of(&[web.clone(), dns], &[], &[], &[]);
+        assert_eq!(claimants(&index, (Protocol::Udp, 80)), vec!["dns", "web"]);
+        assert_eq!(claimants(&index, (Protocol::Tcp, 80)), vec!["web"]);
+
+        let moved = named(ServiceBuilder::new("web").port("TCP", 8080, 0), "web", "1");
+        index.apply_service(&watcher::Event::Apply(moved.clone()));
+        assert_eq!(claimants(&index, (Protocol::Udp, 80)), vec!["dns"]);
+        assert!(index.claims.group_is_empty(&(Protocol::Tcp, 80)));
+        assert_eq!(claimants(&index, (Protocol::Tcp, 8080)), vec!["web"]);
+
+        index.apply_service(&watcher::Event::Delete(moved));
+        assert!(index.claims.group_is_empty(&(Protocol::Tcp, 8080)));
+        assert_eq!(index.claims.values().count(), 1);
+    }
+
+    #[test]
+    fn unserved_invalid_and_deleting_services_claim_nothing() {
+        let other_class = ServiceBuilder::new("a").class("metallb.io/metallb").build();
+        let cluster_ip = ServiceBuilder::new("b").type_("ClusterIP").build();
+        let invalid = ServiceBuilder::new("c").annotation(names::ANNOTATION_TOLERATIONS, "{").build();
+        let mut deleting = ServiceBuilder::new("d").build();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let index = index_of(&[other_class, cluster_ip, invalid, deleting], &[], &[], &[]);
+        assert_eq!(index.claims.values().count(), 0);
+    }
+
+    #[test]
+    fn proxy_pods_are_found_by_their_service_uid() {
+        let mut foreign = proxy_pod("q", "n1", true);
+        foreign.metadata.labels.as_mut().unwrap().insert(names::LABEL_SERVICE_UID.into(), "other".into());
+        let index = index_of(&[], &[], &[proxy_pod("p2", "n2", true), proxy_pod("p1", "n1", true), foreign], &[]);
+        let names: Vec<String> = index.proxy_pods_of(UID).map(|p| p.name_any()).collect();
+        assert_eq!(names, vec!["p1", "p2"]);
+        assert_eq!(index.proxy_pods_of("other").count(), 1);
+        assert_eq!(index.proxy_pods_of("none").count(), 0);
+    }
+
+    #[test]
+    fn enablelb_is_in_use_while_any_node_carries_the_label() {
+        let labelled = NodeBuilder::new("a").label(names::NODE_LABEL_ENABLE_LB, "false").build();
+        let mut index = index_of(&[], &[labelled.clone(), NodeBuilder::new("b").build()], &[], &[]);
+        assert!(index.enablelb_in_use());
+        index.apply_node(&watcher::Event::Apply(NodeBuilder::new("a").build()));
+        assert!(!index.enablelb_in_use());
+        index.apply_node(&watcher::Event::Apply(labelled.clone()));
+        index.apply_node(&watcher::Event::Delete(labelled));
+        assert!(!index.enablelb_in_use());
+        assert!(index.node("b").is_some() && index.node("a").is_none());
+    }
+
+    #[test]
+    fn a_relist_replaces_everything_only_once_complete() {
+        let mut index = index_of(&[], &[NodeBuilder::new("old").build()], &[], &[]);
+        assert!(index.unsynced().is_empty());
+        index.apply_node(&watcher::Event::Init);
+        index.apply_node(&watcher::Event::InitApply(NodeBuilder::new("new").build()));
+        assert!(index.node("old").is_some(), "the old list stays until the new one is complete");
+        index.apply_node(&watcher::Event::InitDone);
+        assert!(index.node("old").is_none());
+        assert!(index.node("new").is_some());
+    }
+
+    #[test]
+    fn watches_count_as_synced_after_their_first_list() {
+        let mut index = Index::new("x");
+        assert_eq!(index.unsynced(), vec!["services", "nodes", "proxy pods", "proxy daemonsets"]);
+        index.apply_node(&watcher::Event::Init);
+        index.apply_node(&watcher::Event::InitDone);
+        assert_eq!(index.unsynced(), vec!["services", "proxy pods", "proxy daemonsets"]);
+    }
+}

@@ -1,0 +1,43 @@
+//! hostlb's controller: serves Services of type LoadBalancer from the nodes' own addresses
+//! through per-Service DaemonSets of hostPort proxy pods.
+//!
+//! Layers, from pure to I/O:
+//! - what a Service asks for and what follows from it: `service_lb`, `placement`, `daemonset`,
+//!   `status`, `conflicts`, `finalizer`, and `decide`, the one decision per reconcile;
+//! - `index`: what the watches know of other objects, grouped for cheap look-ups;
+//!   `mapping`: which Services a watched change affects;
+//! - `watches` (the streams and the controller loop), `reconcile` (the executor: every write)
+//!   and `events`.
+
+mod conflicts;
+pub mod daemonset;
+mod decide;
+mod error;
+pub mod events;
+mod finalizer;
+#[cfg(test)]
+mod fixtures;
+mod index;
+mod mapping;
+pub mod metrics;
+pub mod names;
+mod placement;
+mod reconcile;
+pub mod server;
+mod service_lb;
+pub mod status;
+mod watches;
+
+pub use error::Error;
+pub use events::Reason;
+pub use watches::run;
+
+/// Cluster-wide choices of this controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub load_balancer_class: String,
+    pub address_type: status::AddressType,
+    pub proxy: daemonset::ProxySettings,
+    /// Names this replica in the Events it publishes.
+    pub instance: Option<String>,
+}

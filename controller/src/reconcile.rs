@@ -1,0 +1,277 @@
+//! The executor: for one Service it reads what the decision needs, lets `decide` choose, and
+//! carries the decision out in a fixed order: finalizer, DaemonSet, status, Events. The orphan
+//! sweep and the clean-up of Services hostlb no longer serves live here too: every write to
+//! the API server goes through this file.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::daemonset::config_hash_of;
+use crate::decide::{decide, Applied, DaemonSetChange, Decision, Observed, Serving};
+use crate::error::{Error, Result};
+use crate::events::{Events, Reason};
+use crate::finalizer::finalizer_patch;
+use crate::index::{key_of, Index, Key};
+use crate::mapping::{orphaned, owning_service};
+use crate::metrics::Metrics;
+use crate::service_lb::is_handled;
+use crate::status::ingress;
+use crate::{names, Settings};
+
+/// A resync now and then repairs anything a missed watch event left behind.
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// How soon a Service reconciled before the watches have synced is looked at again.
+const UNTIL_SYNCED: Duration = Duration::from_millis(500);
+
+/// How soon a failed reconcile is tried again.
+const RETRY: Duration = Duration::from_secs(5);
+
+pub struct Context {
+    client: Client,
+    settings: Settings,
+    /// The Services as the controller's own watch sees them; the orphan sweep reads every one.
+    services: Store<Service>,
+    pub(crate) index: Arc<RwLock<Index>>,
+    /// What this replica's own applies left on each proxy DaemonSet, by `namespace/name`.
+    applied: Mutex<HashMap<Key, Applied>>,
+    events: Events,
+    metrics: Arc<Metrics>,
+    /// Set once every watch has listed its objects; shared with /readyz.
+    synced: Arc<AtomicBool>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        services: Store<Service>,
+        index: Arc<RwLock<Index>>,
+        metrics: Arc<Metrics>,
+        synced: Arc<AtomicBool>,
+    ) -> Self {
+        let events = Events::new(client.clone(), settings.instance.clone());
+        Context { client, settings, services, index, applied: Mutex::default(), events, metrics, synced }
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().expect("index lock")
+    }
+
+    fn proxy_api(&self) -> Api<DaemonSet> {
+        Api::namespaced(self.client.clone(), &self.settings.proxy.namespace)
+    }
+
+    fn service_api(&self, service: &Service) -> Api<Service> {
+        Api::namespaced(self.client.clone(), &service.namespace().unwrap_or_default())
+    }
+}
+
+pub fn error_policy(service: Arc<Service>, error: &Error, context: Arc<Context>) -> Action {
+    context.metrics.reconcile_failed(error);
+    warn!(service = %ObjectRef::from_obj(service.as_ref()), %error, "reconciliation failed; retrying");
+    Action::requeue(RETRY)
+}
+
+#[tracing::instrument(skip_all, fields(service = %ObjectRef::from_obj(service.as_ref())))]
+pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<Action> {
+    // Status computed from half-filled caches would withdraw addresses that are fine. Waiting
+    // here instead would stall the controller, which is what feeds those caches.
+    if !context.synced.load(Ordering::Acquire) {
+        return Ok(Action::requeue(UNTIL_SYNCED));
+    }
+    let daemonset = context.fetch_daemonset(&service).await?;
+    let decision = {
+        let key = daemonset.as_deref().map(key_of);
+        let applied = context.applied.lock().expect("applied lock");
+        let last_applied = key.and_then(|key| applied.get(&key));
+        let observed = Observed { service: &service, daemonset: daemonset.as_deref(), last_applied };
+        decide(&observed, &context.read_index(), &context.settings)
+    };
+    match decision {
+        Decision::Ignore => Ok(Action::await_change()),
+        Decision::CleanUp { clear_status } => {
+            let _timer = context.metrics.reconcile_started();
+            context.clean_up(&service, clear_status).await?;
+            Ok(Action::await_change())
+        }
+        Decision::Serve(serving) => {
+            let _timer = context.metrics.reconcile_started();
+            context.serve(&service, *serving).await?;
+            Ok(Action::requeue(RESYNC))
+        }
+    }
+}
+
+impl Context {
+    /// The DaemonSet named for this Service, if the Service is served: from the index, or, as
+    /// only hostlb's own DaemonSets are indexed, from the API server, so that one of the same
+    /// name that is not ours is seen before it would be overwritten.
+    async fn fetch_daemonset(&self, service: &Service) -> Result<Option<Arc<DaemonSet>>> {
+        if !is_handled(service, &self.settings.load_balancer_class) || service.metadata.deletion_timestamp.is_some() {
+            return Ok(None);
+        }
+        let name = names::daemonset_name(&service.name_any(), &service.uid().unwrap_or_default());
+        let namespace = &self.settings.proxy.namespace;
+        if let Some(indexed) = self.read_index().daemonsets.get(&format!("{namespace}/{name}")) {
+            return Ok(Some(indexed.clone()));
+        }
+        let found =
+            self.proxy_api().get_opt(&name).await.map_err(Error::kube(format!("get DaemonSet {namespace}/{name}")))?;
+        Ok(found.map(Arc::new))
+    }
+
+    async fn serve(&self, service: &Service, serving: Serving) -> Result<()> {
+        if serving.add_finalizer {
+            self.set_finalizer(service, true).await?;
+        }
+        if let Some(change) = serving.daemonset {
+            self.apply_daemonset(service, change).await?;
+        }
+        if let Some(addresses) = serving.publish {
+            self.write_status(service, &addresses).await?;
+            let shown: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+            let message = if shown.is_empty() { "no node is ready to serve".to_string() } else { shown.join(", ") };
+            info!(addresses = %message, "published load balancer status");
+            self.events.publish(service, Reason::StatusUpdated, message).await;
+        }
+        self.events.report(service, serving.warnings, &self.metrics).await;
+        Ok(())
+    }
+
+    async fn apply_daemonset(&self, service: &Service, change: DaemonSetChange) -> Result<()> {
+        let desired = &change.daemonset;
+        let key = key_of(desired);
+        let applied = self
+            .proxy_api()
+            .patch(&desired.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(desired))
+            .await
+            .map_err(Error::kube(format!("apply DaemonSet {key}")))?;
+        let record = Applied {
+            generation: applied.metadata.generation.unwrap_or_default(),
+            config_hash: config_hash_of(desired).unwrap_or_default().into(),
+        };
+        self.applied.lock().expect("applied lock").insert(key.clone(), record);
+        self.metrics.daemonset_applies.inc();
+        let verb = if change.created { "created" } else { "updated" };
+        info!(daemonset = %key, verb, "applied proxy DaemonSet");
+        let message = format!("{verb} DaemonSet {key} for ports {}", change.ports);
+        self.events.publish(service, Reason::DaemonSetApplied, message).await;
+        Ok(())
+    }
+
+    async fn write_status(&self, service: &Service, addresses: &[std::net::IpAddr]) -> Result<()> {
+        let load_balancer = if addresses.is_empty() { json!({}) } else { json!({ "ingress": ingress(addresses) }) };
+        // Server-side apply: leaving `ingress` out when empty drops only what hostlb wrote.
+        let patch = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": { "name": service.name_any() },
+            "status": { "loadBalancer": load_balancer },
+        });
+        self.service_api(service)
+            .patch_status(&service.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::kube("write Service status"))?;
+        self.metrics.status_updates.inc();
+        Ok(())
+    }
+
+    /// kube-runtime's finalizer helper runs clean-up only for deleted objects; hostlb also
+    /// cleans up Services whose type or class changed, so it writes its own patches (with the
+    /// same guarded JSON patch the helper uses).
+    async fn set_finalizer(&self, service: &Service, present: bool) -> Result<()> {
+        let Some(patch) = finalizer_patch(service.finalizers(), present) else { return Ok(()) };
+        match self
+            .service_api(service)
+            .patch(&service.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Gone: its finalizer was the last one, removed by an earlier reconciliation.
+            Err(kube::Error::Api(status)) if !present && status.is_not_found() => Ok(()),
+            Err(error) => Err(Error::kube(if present { "add finalizer" } else { "remove finalizer" })(error)),
+        }
+    }
+
+    /// Removes everything hostlb made for a Service that is deleted or no longer ours. Lists
+    /// from the API server, not the index, so that nothing created just before is missed.
+    async fn clean_up(&self, service: &Service, clear_status: bool) -> Result<()> {
+        let uid = service.uid().unwrap_or_default();
+        let selector = format!("{},{}={uid}", names::managed_selector(), names::LABEL_SERVICE_UID);
+        let daemonsets = self
+            .proxy_api()
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(Error::kube("list proxy DaemonSets"))?;
+        for daemonset in daemonsets {
+            let action = format!("delete DaemonSet {}", key_of(&daemonset));
+            let Some(deleted) = self.delete_daemonset(&daemonset).await.map_err(Error::kube(action))? else { continue };
+            info!(daemonset = %deleted, "deleted proxy DaemonSet");
+            self.events.publish(service, Reason::DaemonSetDeleted, format!("deleted DaemonSet {deleted}")).await;
+        }
+        if clear_status {
+            self.write_status(service, &[]).await?;
+        }
+        self.set_finalizer(service, false).await?;
+        self.events.forget(service);
+        Ok(())
+    }
+
+    /// Deletes this very proxy DaemonSet (a UID precondition guards against a new one of the
+    /// same name). Its `namespace/name` when deleted; `None` when it was gone already.
+    async fn delete_daemonset(&self, daemonset: &DaemonSet) -> Result<Option<String>, kube::Error> {
+        let only_this_one = DeleteParams {
+            preconditions: Some(Preconditions { uid: daemonset.uid(), resource_version: None }),
+            ..DeleteParams::background()
+        };
+        let key = key_of(daemonset);
+        match self.proxy_api().delete(&daemonset.name_any(), &only_this_one).await {
+            Ok(_) => {
+                self.metrics.daemonset_deletes.inc();
+                self.applied.lock().expect("applied lock").remove(&key);
+                Ok(Some(key))
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Deletes the proxy DaemonSets that no Service will clean up. Failures are only logged: the
+    /// next sweep tries again.
+    pub async fn delete_orphans(&self) {
+        let services = self.services.state();
+        let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
+        let daemonsets: Vec<Arc<DaemonSet>> = self.read_index().daemonsets.values().cloned().collect();
+        let class = &self.settings.load_balancer_class;
+        for daemonset in orphaned(daemonsets.iter().map(Arc::as_ref), &services, class) {
+            let service = owning_service(daemonset).map_or_else(|| "an unknown Service".into(), |s| s.to_string());
+            match self.delete_daemonset(daemonset).await {
+                Ok(Some(deleted)) => {
+                    info!(daemonset = %deleted, %service, "deleted orphaned proxy DaemonSet");
+                    let note = format!("deleted DaemonSet {deleted}: {service} no longer needs it");
+                    self.events.publish(daemonset, Reason::OrphanDeleted, note).await;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    warn!(daemonset = %key_of(daemonset), %error, "could not delete orphaned proxy DaemonSet")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

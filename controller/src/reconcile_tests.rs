@@ -1,0 +1,310 @@
+//! The executor against a mock API server: each test plays the API server's side of one
+//! reconcile, request by request, asserting the method, URL and body hostlb sends.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::{Request, Response};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::client::Body;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+
+use super::{reconcile, Context};
+use crate::daemonset::{config_hash_of, desired_daemonset};
+use crate::decide::Applied;
+use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
+use crate::index::{index_of, key_of};
+use crate::metrics::Metrics;
+use crate::names;
+use crate::placement::Placement;
+use crate::service_lb::ServiceLb;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The API server's side of the conversation.
+struct ApiServer(Handle);
+
+/// One request as the API server saw it.
+struct Seen {
+    path: String,
+    query: String,
+    body: Value,
+}
+
+impl ApiServer {
+    /// Waits for the next request, checks its method and path, and answers `status` with `reply`.
+    async fn expect(&mut self, method: &str, path: &str, status: u16, reply: Value) -> Seen {
+        let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
+        let (request, respond) =
+            next.unwrap_or_else(|_| panic!("no request came; expected {method} {path}")).expect("the client is gone");
+        assert_eq!(request.method().as_str(), method, "for {}", request.uri());
+        let seen = Seen {
+            path: request.uri().path().to_string(),
+            query: request.uri().query().unwrap_or_default().to_string(),
+            body: json_body(request.into_body()).await,
+        };
+        assert_eq!(seen.path, path, "expected {method} {path}");
+        let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap()));
+        respond.send_response(response.unwrap());
+        seen
+    }
+
+    /// Answers an Event's creation and returns the Event.
+    async fn expect_event(&mut self, namespace: &str, reason: &str) -> Value {
+        let path = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events");
+        let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
+        let (request, respond) = next.expect("an Event").expect("the client is gone");
+        assert_eq!((request.method().as_str(), request.uri().path()), ("POST", path.as_str()));
+        let event = json_body(request.into_body()).await;
+        assert_eq!(event["reason"], reason, "{event}");
+        respond.send_response(Response::builder().body(Body::from(serde_json::to_vec(&event).unwrap())).unwrap());
+        event
+    }
+
+    async fn expect_nothing_more(&mut self) {
+        let next = tokio::time::timeout(Duration::from_millis(50), self.0.next_request()).await;
+        if let Ok(Some((request, _))) = next {
+            panic!("unexpected request {} {}", request.method(), request.uri());
+        }
+    }
+}
+
+async fn json_body(body: Body) -> Value {
+    let bytes = body.collect_bytes().await.expect("a readable body");
+    if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    }
+}
+
+fn context(services: &[Service], index: crate::index::Index) -> (Arc<Context>, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (store, mut writer) = reflector::store();
+    for service in services {
+        writer.apply_watcher_event(&watcher::Event::Apply(service.clone()));
+    }
+    let context = Context::new(
+        client,
+        settings(),
+        store,
+        Arc::new(RwLock::new(index)),
+        Arc::new(Metrics::default()),
+        Arc::new(AtomicBool::new(true)),
+    );
+    (Arc::new(context), ApiServer(handle))
+}
+
+fn with_finalizer(mut service: Service) -> Service {
+    service.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
+    service
+}
+
+fn ours(service: &Service, generation: i64) -> DaemonSet {
+    let lb = ServiceLb::from_service(service).unwrap();
+    let mut daemonset = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy);
+    daemonset.metadata.generation = Some(generation);
+    daemonset.metadata.uid = Some("ds-uid".into());
+    daemonset
+}
+
+fn daemonset_path(service: &Service) -> String {
+    format!("/apis/apps/v1/namespaces/hostlb-system/daemonsets/{}", names::daemonset_name(&service.name_any(), UID))
+}
+
+const SERVICE_PATH: &str = "/api/v1/namespaces/shop/services/web";
+
+fn json_of(object: &impl serde::Serialize) -> Value {
+    serde_json::to_value(object).unwrap()
+}
+
+fn rejected(code: u16, reason: &str, message: &str) -> Value {
+    json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": message, "code": code })
+}
+
+async fn finish(
+    running: tokio::task::JoinHandle<crate::error::Result<kube::runtime::controller::Action>>,
+) -> crate::error::Result<kube::runtime::controller::Action> {
+    tokio::time::timeout(Duration::from_secs(5), running).await.expect("the reconcile finishes").expect("no panic")
+}
+
+#[tokio::test]
+async fn a_new_service_gets_the_finalizer_before_its_daemonset_is_created() {
+    let service = ServiceBuilder::new("web").build();
+    let index =
+        index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
+    let (context, mut api) = context(std::slice::from_ref(&service), index);
+    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context.clone()));
+
+    let lookup = api.expect("GET", &daemonset_path(&service), 404, rejected(404, "NotFound", "not found")).await;
+    assert!(lookup.body.is_null());
+    let finalizer = api.expect("PATCH", SERVICE_PATH, 200, json_of(&with_finalizer(service.clone()))).await;
+    assert_eq!(
+        finalizer.body,
+        json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": null },
+            { "op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER] },
+        ])
+    );
+    let applied = api.expect("PATCH", &daemonset_path(&service), 200, json_of(&ours(&service, 1))).await;
+    assert!(applied.query.contains("fieldManager=hostlb-controller") && applied.query.contains("force=true"));
+    assert_eq!(
+        applied.body,
+        json_of(&ours(&service, 1))
+            .as_object()
+            .map(|o| {
+                let mut sent = Value::Object(o.clone());
+                sent["metadata"].as_object_mut().unwrap().remove("generation");
+                sent["metadata"].as_object_mut().unwrap().remove("uid");
+                sent
+            })
+            .unwrap()
+    );
+    let event = api.expect_event("shop", "DaemonSetApplied").await;
+    assert_eq!(event["type"], "Normal");
+    assert!(event["note"].as_str().unwrap().starts_with("created DaemonSet hostlb-system/hostlb-web-"), "{event}");
+    api.expect_nothing_more().await;
+    finish(running).await.expect("the reconcile succeeds");
+    let remembered = context.applied.lock().unwrap().get(&key_of(&ours(&service, 1))).cloned();
+    assert_eq!(remembered.map(|a| a.generation), Some(1));
+}
+
+#[tokio::test]
+async fn a_foreign_daemonset_with_our_name_is_refused_with_a_warning() {
+    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
+    let (context, mut api) = context(std::slice::from_ref(&service), index);
+    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
+
+    let mut foreign = ours(&service, 7);
+    foreign.metadata.labels = Some([("app".to_string(), "someone-elses".to_string())].into());
+    api.expect("GET", &daemonset_path(&service), 200, json_of(&foreign)).await;
+    let event = api.expect_event("shop", "DaemonSetNameTaken").await;
+    assert_eq!(event["type"], "Warning");
+    assert!(event["note"].as_str().unwrap().contains("was not made by hostlb"), "{event}");
+    api.expect_nothing_more().await;
+    finish(running).await.expect("a refusal is not a failure");
+}
+
+#[tokio::test]
+async fn ready_proxy_pods_are_published_with_a_status_apply() {
+    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let daemonset = ours(&service, 2);
+    let nodes =
+        [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
+    let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)];
+    let index = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&daemonset));
+    let (context, mut api) = context(std::slice::from_ref(&service), index);
+    let applied = Applied { generation: 2, config_hash: config_hash_of(&daemonset).unwrap().into() };
+    context.applied.lock().unwrap().insert(key_of(&daemonset), applied);
+    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
+
+    let status = api.expect("PATCH", &format!("{SERVICE_PATH}/status"), 200, json_of(&service)).await;
+    assert!(status.query.contains("fieldManager=hostlb-controller") && status.query.contains("force=true"));
+    assert_eq!(
+        status.body,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": { "name": "web" },
+            "status": { "loadBalancer": { "ingress": [{ "ip": "10.0.0.1" }, { "ip": "10.0.0.2" }] } },
+        })
+    );
+    let event = api.expect_event("shop", "StatusUpdated").await;
+    assert_eq!(event["note"], "10.0.0.1, 10.0.0.2");
+    api.expect_nothing_more().await;
+    finish(running).await.expect("the reconcile succeeds");
+}
+
+#[tokio::test]
+async fn a_type_change_deletes_the_proxies_clears_the_status_and_releases_the_finalizer() {
+    let mut service = with_finalizer(ServiceBuilder::new("web").type_("ClusterIP").build());
+    service.status =
+        Some(serde_json::from_value(json!({ "loadBalancer": { "ingress": [{ "ip": "10.0.0.1" }] } })).unwrap());
+    let daemonset = ours(&with_finalizer(ServiceBuilder::new("web").build()), 1);
+    let (context, mut api) = context(
+        std::slice::from_ref(&service),
+        index_of(std::slice::from_ref(&service), &[], &[], std::slice::from_ref(&daemonset)),
+    );
+    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
+
+    let list =
+        json!({ "kind": "DaemonSetList", "apiVersion": "apps/v1", "metadata": {}, "items": [json_of(&daemonset)] });
+    let listed = api.expect("GET", "/apis/apps/v1/namespaces/hostlb-system/daemonsets", 200, list).await;
+    let selector = format!("{},{}={UID}", names::managed_selector(), names::LABEL_SERVICE_UID);
+    assert!(
+        listed.query.contains(&format!(
+            "labelSelector={}",
+            selector.replace('/', "%2F").replace('=', "%3D").replace(',', "%2C")
+        )),
+        "{}",
+        listed.query
+    );
+    let deleted = api.expect("DELETE", &daemonset_path(&service), 200, json_of(&daemonset)).await;
+    assert_eq!(deleted.body["preconditions"], json!({ "uid": "ds-uid" }));
+    assert_eq!(deleted.body["propagationPolicy"], "Background");
+    api.expect_event("shop", "DaemonSetDeleted").await;
+    let cleared = api.expect("PATCH", &format!("{SERVICE_PATH}/status"), 200, json_of(&service)).await;
+    assert_eq!(cleared.body["status"], json!({ "loadBalancer": {} }));
+    let released = api.expect("PATCH", SERVICE_PATH, 200, json_of(&service)).await;
+    assert_eq!(
+        released.body,
+        json!([
+            { "op": "test", "path": "/metadata/finalizers/0", "value": names::FINALIZER },
+            { "op": "remove", "path": "/metadata/finalizers/0" },
+        ])
+    );
+    api.expect_nothing_more().await;
+    finish(running).await.expect("the clean-up succeeds");
+}
+
+#[tokio::test]
+async fn the_orphan_sweep_deletes_daemonsets_no_service_will_clean_up() {
+    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let served = ours(&service, 1);
+    let mut orphan = ours(&service, 1);
+    orphan.metadata.name = Some("hostlb-gone-12345678".into());
+    orphan.metadata.uid = Some("orphan-uid".into());
+    orphan.metadata.labels.as_mut().unwrap().insert(names::LABEL_SERVICE_UID.into(), "gone".into());
+    let index = index_of(std::slice::from_ref(&service), &[], &[], &[served, orphan]);
+    let (context, mut api) = context(&[service], index);
+    let sweeping = tokio::spawn(async move { context.delete_orphans().await });
+
+    let deleted = api
+        .expect(
+            "DELETE",
+            "/apis/apps/v1/namespaces/hostlb-system/daemonsets/hostlb-gone-12345678",
+            200,
+            json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }),
+        )
+        .await;
+    assert_eq!(deleted.body["preconditions"], json!({ "uid": "orphan-uid" }));
+    let event = api.expect_event("hostlb-system", "OrphanDeleted").await;
+    assert_eq!(event["regarding"]["kind"], "DaemonSet");
+    api.expect_nothing_more().await;
+    tokio::time::timeout(Duration::from_secs(5), sweeping).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_apply_the_api_server_refuses_fails_the_reconcile_and_writes_nothing_else() {
+    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let pods = [proxy_pod("p1", "n1", true)];
+    let index =
+        index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &pods, &[]);
+    let (context, mut api) = context(std::slice::from_ref(&service), index);
+    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
+
+    api.expect("GET", &daemonset_path(&service), 404, rejected(404, "NotFound", "not found")).await;
+    let message = "DaemonSet.apps is invalid: spec.template.spec.tolerations[3].operator: Unsupported value";
+    api.expect("PATCH", &daemonset_path(&service), 422, rejected(422, "Invalid", message)).await;
+    api.expect_nothing_more().await;
+    let error = finish(running).await.expect_err("the reconcile fails");
+    assert_eq!(error.metric_label(), "api_rejected");
+    assert!(error.to_string().contains("tolerations[3]"), "{error}");
+}
