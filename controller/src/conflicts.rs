@@ -38,13 +38,6 @@ mod tests {
     use crate::names;
     use k8s_openapi::api::core::v1::Service;
 
-    fn named(builder: ServiceBuilder, name: &str, uid: &str) -> Service {
-        let mut service = builder.build();
-        service.metadata.name = Some(name.into());
-        service.metadata.uid = Some(uid.into());
-        service
-    }
-
     fn conflicts_of(service: &Service, index: &Index) -> Vec<String> {
         let lb = ServiceLb::from_service(service).unwrap();
         let placement = Placement::for_service(&lb, index.enablelb_in_use());
@@ -53,9 +46,9 @@ mod tests {
 
     #[test]
     fn same_port_and_protocol_on_shared_nodes_conflicts() {
-        let a = named(ServiceBuilder::new("a").port("TCP", 80, 0).port("UDP", 53, 0), "a", "1");
-        let b = named(ServiceBuilder::new("b").port("TCP", 80, 0), "b", "2");
-        let c = named(ServiceBuilder::new("c").port("UDP", 80, 0).port("TCP", 53, 0), "c", "3");
+        let a = ServiceBuilder::new("a").port("TCP", 80, 0).port("UDP", 53, 0).uid("1").build();
+        let b = ServiceBuilder::new("b").port("TCP", 80, 0).uid("2").build();
+        let c = ServiceBuilder::new("c").port("UDP", 80, 0).port("TCP", 53, 0).uid("3").build();
         let index = index_of(&[a.clone(), b, c], &[NodeBuilder::new("n1").build()], &[], &[]);
         assert_eq!(
             conflicts_of(&a, &index),
@@ -71,8 +64,8 @@ mod tests {
             NodeBuilder::new("n1").label(names::POOL, "a").build(),
             NodeBuilder::new("n2").label(names::POOL, "b").build(),
         ];
-        let a = named(ServiceBuilder::new("a").label(names::POOL, "a"), "a", "1");
-        let b = named(ServiceBuilder::new("b").label(names::POOL, "b"), "b", "2");
+        let a = ServiceBuilder::new("a").label(names::POOL, "a").uid("1").build();
+        let b = ServiceBuilder::new("b").label(names::POOL, "b").uid("2").build();
         let index = index_of(&[a.clone(), b], &nodes, &[], &[]);
         assert!(conflicts_of(&a, &index).is_empty());
     }

@@ -9,11 +9,12 @@ use kube::ResourceExt;
 
 use crate::conflicts::port_conflicts;
 use crate::daemonset::{config_hash_of, desired_daemonset};
-use crate::events::{Reason, Warning};
+use crate::events::{listed, Reason, Warning};
 use crate::index::Index;
 use crate::names;
 use crate::placement::Placement;
-use crate::service_lb::{is_handled, ServiceLb};
+use crate::port_policy::RefusedPort;
+use crate::service_lb::{is_handled, FieldError, ServiceLb};
 use crate::status::{desired_addresses, needs_update, published_addresses};
 use crate::Settings;
 
@@ -49,18 +50,22 @@ pub enum Decision {
 pub struct Serving {
     /// The finalizer goes on before anything is created, so that nothing can outlive the Service.
     pub add_finalizer: bool,
-    pub daemonset: Option<DaemonSetChange>,
+    pub daemonset: Option<DaemonSetAction>,
     /// The addresses to publish, when they differ from those published.
     pub publish: Option<Vec<IpAddr>>,
     pub warnings: Vec<Warning>,
 }
 
 #[derive(Debug)]
-pub struct DaemonSetChange {
-    pub daemonset: DaemonSet,
-    pub created: bool,
-    /// The ports it serves, for the Event.
-    pub ports: String,
+pub enum DaemonSetAction {
+    Apply {
+        daemonset: DaemonSet,
+        created: bool,
+        /// The ports it serves, for the Event.
+        ports: String,
+    },
+    /// The Service has no port left that it may claim.
+    Delete(DaemonSet),
 }
 
 pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Decision {
@@ -76,8 +81,8 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
     }
     let mut serving =
         Serving { add_finalizer: !service.finalizers().iter().any(|f| f == names::FINALIZER), ..Serving::default() };
-    let lb = match ServiceLb::from_service(service) {
-        Ok(lb) => lb,
+    let (lb, refused) = match admitted(service, settings) {
+        Ok(admitted) => admitted,
         Err(errors) => {
             serving.warnings = errors
                 .into_iter()
@@ -86,6 +91,18 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
             return Decision::Serve(Box::new(serving));
         }
     };
+    serving.warnings.extend(refused.into_iter().map(|refused| {
+        let port = format!("{}/{}", refused.port.listen, refused.port.protocol.api_name());
+        let message =
+            format!("spec.ports: port {port} is refused: {}; an admin can allow it with --allowed-ports", refused.why);
+        Warning::new(Reason::PortRefused, message)
+    }));
+    if lb.ports.is_empty() {
+        let ours = observed.daemonset.filter(|existing| made_for(existing, &lb));
+        serving.daemonset = ours.map(|existing| DaemonSetAction::Delete(existing.clone()));
+        serving.publish = needs_update(service, &[]).then(Vec::new);
+        return Decision::Serve(Box::new(serving));
+    }
 
     let placement = Placement::for_service(&lb, index.enablelb_in_use());
     if !index.nodes.values().any(|node| placement.admits(node)) {
@@ -105,12 +122,9 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
         return Decision::Serve(Box::new(serving));
     }
     if needs_apply(observed.daemonset, &desired, observed.last_applied) {
-        let ports = lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name())).collect::<Vec<_>>();
-        serving.daemonset = Some(DaemonSetChange {
-            daemonset: desired,
-            created: observed.daemonset.is_none(),
-            ports: ports.join(", "),
-        });
+        let ports = lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name()));
+        let created = observed.daemonset.is_none();
+        serving.daemonset = Some(DaemonSetAction::Apply { daemonset: desired, created, ports: listed(ports) });
     }
 
     let pods: Vec<&Pod> = index.proxy_pods_of(&lb.uid).collect();
@@ -120,6 +134,17 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
         serving.publish = Some(addresses);
     }
     Decision::Serve(Box::new(serving))
+}
+
+/// The Service as hostlb may serve it: valid, within what the admin grants its namespace, and
+/// with the ports the port policy refuses taken out (and listed).
+pub fn admitted(service: &Service, settings: &Settings) -> Result<(ServiceLb, Vec<RefusedPort>), Vec<FieldError>> {
+    let lb = ServiceLb::from_service(service)?;
+    let refusals = settings.tenants.refusals(&lb, &settings.proxy.default_priority_class);
+    if !refusals.is_empty() {
+        return Err(refusals);
+    }
+    Ok(settings.ports.admit(lb))
 }
 
 /// Whether the DaemonSet carries the labels hostlb gives the proxies of this very Service.
@@ -215,10 +240,12 @@ mod tests {
             index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
         let serving = served(&service, &index, None);
         assert!(serving.add_finalizer);
-        let change = serving.daemonset.expect("a DaemonSet to create");
-        assert!(change.created);
-        assert_eq!(change.ports, "80/TCP");
-        assert_eq!(change.daemonset.metadata.name, Some(names::daemonset_name("web", UID)));
+        let Some(DaemonSetAction::Apply { daemonset, created, ports }) = serving.daemonset else {
+            panic!("expected a DaemonSet to create, got {:?}", serving.daemonset)
+        };
+        assert!(created);
+        assert_eq!(ports, "80/TCP");
+        assert_eq!(daemonset.metadata.name, Some(names::daemonset_name("web", UID)));
         assert!(serving.publish.is_none(), "nothing to publish before a proxy pod is ready");
         assert!(serving.warnings.is_empty());
     }
@@ -290,6 +317,34 @@ mod tests {
     }
 
     #[test]
+    fn refused_ports_are_warned_and_left_out_while_the_others_are_served() {
+        let service = with_finalizer(ServiceBuilder::new("web").port("TCP", 22, 0).port("TCP", 443, 0).build());
+        let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
+        let serving = served(&service, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::PortRefused]);
+        assert_eq!(
+            serving.warnings[0].message,
+            "spec.ports: port 22/TCP is refused: it is one of the node's own ports (--denied-ports 22); an admin can \
+             allow it with --allowed-ports"
+        );
+        let Some(DaemonSetAction::Apply { ports, .. }) = serving.daemonset else { panic!("expected a DaemonSet") };
+        assert_eq!(ports, "443/TCP");
+    }
+
+    #[test]
+    fn a_service_left_without_ports_loses_its_daemonset_and_addresses() {
+        let before = with_finalizer(ServiceBuilder::new("web").port("TCP", 80, 0).build());
+        let existing = desired_for(&before);
+        let service =
+            published(with_finalizer(ServiceBuilder::new("web").port("TCP", 10250, 0).build()), &["10.0.0.1"]);
+        let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
+        let serving = served(&service, &index, Some(&existing));
+        assert_eq!(reasons(&serving.warnings), vec![Reason::PortRefused]);
+        assert!(matches!(serving.daemonset, Some(DaemonSetAction::Delete(_))));
+        assert_eq!(serving.publish, Some(Vec::new()));
+    }
+
+    #[test]
     fn a_changed_service_updates_its_daemonset() {
         let service = with_finalizer(ServiceBuilder::new("web").port("TCP", 443, 0).build());
         let old = desired_for(&with_finalizer(ServiceBuilder::new("web").port("TCP", 80, 0).build()));
@@ -299,9 +354,11 @@ mod tests {
             &[],
             std::slice::from_ref(&old),
         );
-        let change = served(&service, &index, Some(&old)).daemonset.expect("an update");
-        assert!(!change.created);
-        assert_eq!(change.ports, "443/TCP");
+        let Some(DaemonSetAction::Apply { created, ports, .. }) = served(&service, &index, Some(&old)).daemonset else {
+            panic!("expected an update")
+        };
+        assert!(!created);
+        assert_eq!(ports, "443/TCP");
     }
 
     #[test]

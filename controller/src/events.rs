@@ -30,10 +30,12 @@ pub enum Reason {
     /// A DaemonSet of the name hostlb would use exists and is not hostlb's for this Service.
     DaemonSetNameTaken,
     ProxyPodUnschedulable,
+    /// A port the admin's port policy does not let Services claim.
+    PortRefused,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::DaemonSetApplied,
         Reason::DaemonSetDeleted,
         Reason::OrphanDeleted,
@@ -43,6 +45,7 @@ impl Reason {
         Reason::PortConflict,
         Reason::DaemonSetNameTaken,
         Reason::ProxyPodUnschedulable,
+        Reason::PortRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Reason {
             Reason::PortConflict => "PortConflict",
             Reason::DaemonSetNameTaken => "DaemonSetNameTaken",
             Reason::ProxyPodUnschedulable => "ProxyPodUnschedulable",
+            Reason::PortRefused => "PortRefused",
         }
     }
 
@@ -84,7 +88,7 @@ impl fmt::Display for Reason {
 }
 
 /// A problem to tell the user about on the Service.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Warning {
     pub reason: Reason,
     pub message: String,
@@ -97,56 +101,118 @@ impl Warning {
     }
 }
 
+/// The API server refuses an Event whose note is longer (events.k8s.io/v1 `note`).
+pub const MAX_NOTE_BYTES: usize = 1024;
+
+/// How many items of a list an Event names before it only counts the rest.
+const LISTED_ITEMS: usize = 20;
+
+/// `a, b, c`, or `a, b, ... and 7 more` for long lists.
+pub fn listed(items: impl IntoIterator<Item = String>) -> String {
+    let items: Vec<String> = items.into_iter().collect();
+    let shown = items[..items.len().min(LISTED_ITEMS)].join(", ");
+    match items.len().saturating_sub(LISTED_ITEMS) {
+        0 => shown,
+        left_out => format!("{shown} and {left_out} more"),
+    }
+}
+
+/// The note cut to what the API server accepts, saying how much was left out.
+pub fn bounded(note: String) -> String {
+    if note.len() <= MAX_NOTE_BYTES {
+        return note;
+    }
+    // Room for the ending, whose number has at most as many digits as the note's length.
+    let ending_room = " ... (9999999999 more bytes)".len();
+    let mut cut = MAX_NOTE_BYTES - ending_room;
+    while !note.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{} ... ({} more bytes)", &note[..cut], note.len() - cut)
+}
+
 /// Publishes Events and remembers which warnings each Service has been told of.
 pub struct Events {
     client: Client,
     reporter: Reporter,
     reported: Mutex<HashMap<ObjectRef<Service>, BTreeSet<Warning>>>,
+    /// One recorder per warning and Service, so that a warning that comes back counts up on
+    /// its earlier Event (a series) instead of adding another.
+    recorders: Mutex<HashMap<(ObjectRef<Service>, Warning), Recorder>>,
 }
 
 impl Events {
     pub fn new(client: Client, instance: Option<String>) -> Self {
         let reporter = Reporter { controller: names::MANAGER.into(), instance };
-        Events { client, reporter, reported: Mutex::default() }
+        Events { client, reporter, reported: Mutex::default(), recorders: Mutex::default() }
     }
 
     /// Publishes the warnings not yet published for this Service; forgets the ones that went
-    /// away so that they are reported again if they come back.
+    /// away so that they are reported again if they come back. A warning counts as reported
+    /// once its Event is published, so one that could not be is tried again next time.
     pub async fn report(&self, service: &Service, warnings: Vec<Warning>, metrics: &Metrics) {
         let key = ObjectRef::from_obj(service);
         let current: BTreeSet<Warning> = warnings.into_iter().collect();
-        let previous = self.reported.lock().expect("reported lock").insert(key.clone(), current.clone());
-        for warning in current.difference(&previous.unwrap_or_default()) {
+        let previous = self.reported.lock().expect("reported lock").get(&key).cloned().unwrap_or_default();
+        let mut reported: BTreeSet<Warning> = current.intersection(&previous).cloned().collect();
+        for warning in current.difference(&previous) {
             warn!(service = %key, reason = %warning.reason, "{}", warning.message);
             metrics.warned(warning.reason);
-            self.publish(service, warning.reason, warning.message.clone()).await;
+            let recorder = self.recorder_for(&key, warning);
+            if self.publish_with(&recorder, service, warning.reason, warning.message.clone()).await {
+                reported.insert(warning.clone());
+            }
         }
+        self.reported.lock().expect("reported lock").insert(key, reported);
     }
 
     /// Forgets a Service that hostlb no longer serves.
     pub fn forget(&self, service: &Service) {
-        self.reported.lock().expect("reported lock").remove(&ObjectRef::from_obj(service));
+        let key = ObjectRef::from_obj(service);
+        self.reported.lock().expect("reported lock").remove(&key);
+        self.recorders.lock().expect("recorders lock").retain(|(service, _), _| *service != key);
     }
 
+    fn recorder_for(&self, service: &ObjectRef<Service>, warning: &Warning) -> Recorder {
+        let mut recorders = self.recorders.lock().expect("recorders lock");
+        let key = (service.clone(), warning.clone());
+        recorders.entry(key).or_insert_with(|| Recorder::new(self.client.clone(), self.reporter.clone())).clone()
+    }
+
+    /// Publishes a one-off Event, with a recorder of its own: a shared one would fold different
+    /// notes with the same reason into one series and hide all but the first.
     pub async fn publish<K: Resource<DynamicType = ()>>(&self, regarding: &K, reason: Reason, note: String) {
-        // A fresh recorder each time: a shared one would fold different notes with the same
-        // reason into one series and hide all but the first. `report` already de-duplicates.
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        self.publish_with(&recorder, regarding, reason, note).await;
+    }
+
+    /// Whether the Event was published (or needs not be: its namespace is going away).
+    async fn publish_with<K: Resource<DynamicType = ()>>(
+        &self,
+        recorder: &Recorder,
+        regarding: &K,
+        reason: Reason,
+        note: String,
+    ) -> bool {
         let type_ = if reason.is_warning() { EventType::Warning } else { EventType::Normal };
         let event = Event {
             type_,
             reason: reason.as_str().into(),
-            note: Some(note),
+            note: Some(bounded(note)),
             action: reason.action().into(),
             secondary: None,
         };
         match recorder.publish(&event, &regarding.object_ref(&())).await {
-            Ok(()) => {}
+            Ok(()) => true,
             // The Service's namespace is being deleted: nobody is left to read the Event.
             Err(kube::Error::Api(status)) if namespace_terminating(&status) => {
-                debug!(%reason, "no Event: the namespace is being deleted")
+                debug!(%reason, "no Event: the namespace is being deleted");
+                true
             }
-            Err(error) => warn!(%error, %reason, "could not publish Event"),
+            Err(error) => {
+                warn!(%error, %reason, "could not publish Event");
+                false
+            }
         }
     }
 }
@@ -158,6 +224,24 @@ fn namespace_terminating(status: &kube::core::Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lists_name_the_first_items_and_count_the_rest() {
+        assert_eq!(listed(["a".to_string(), "b".to_string()]), "a, b");
+        let ports = listed((1..=100).map(|p| format!("{p}/TCP")));
+        assert!(ports.starts_with("1/TCP, 2/TCP"), "{ports}");
+        assert!(ports.ends_with("20/TCP and 80 more"), "{ports}");
+    }
+
+    #[test]
+    fn notes_are_cut_to_what_the_api_server_accepts() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(2000);
+        let cut = bounded(long.clone());
+        assert!(cut.len() <= MAX_NOTE_BYTES, "{} bytes", cut.len());
+        let kept = cut.split(" ... (").next().unwrap().len();
+        assert!(cut.ends_with(&format!("({} more bytes)", long.len() - kept)), "{cut}");
+    }
 
     #[test]
     fn reasons_are_spelled_as_their_names_and_only_normal_ones_are_not_warnings() {

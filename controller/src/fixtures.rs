@@ -44,6 +44,11 @@ impl ServiceBuilder {
         self.service.spec.as_mut().expect("builder always has a spec")
     }
 
+    pub fn uid(mut self, uid: &str) -> Self {
+        self.service.metadata.uid = Some(uid.into());
+        self
+    }
+
     pub fn type_(mut self, type_: &str) -> Self {
         self.spec().type_ = Some(type_.into());
         self
@@ -218,9 +223,18 @@ pub fn settings() -> crate::Settings {
             image: "example.org/hostlb/lb:1".into(),
             image_pull_policy: "IfNotPresent".into(),
             forwarding: crate::daemonset::ForwardingMode::InitContainer,
-            default_priority_class: "system-node-critical".into(),
+            default_priority_class: "hostlb-proxy".into(),
             node_address_field: "status.hostIP",
         },
+        ports: crate::port_policy::PortPolicy {
+            denied: crate::port_policy::DEFAULT_DENIED_PORTS
+                .split(',')
+                .map(|range| crate::port_policy::PortRange::parse(range).unwrap())
+                .collect(),
+            allowed: Vec::new(),
+            node_ports: crate::port_policy::PortRange::parse(crate::port_policy::DEFAULT_NODE_PORT_RANGE).unwrap(),
+        },
+        tenants: crate::tenancy::TenantPolicy::default(),
         instance: Some("test".into()),
     }
 }

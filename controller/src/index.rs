@@ -14,8 +14,10 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
+use crate::decide::admitted;
 use crate::names;
 use crate::service_lb::{is_handled, ServiceLb};
+use crate::Settings;
 
 /// `namespace/name`, or `name` for cluster-scoped objects.
 pub type Key = String;
@@ -126,7 +128,7 @@ pub struct CarriesEnableLb;
 pub type Claim = Arc<ServiceLb>;
 
 pub struct Index {
-    load_balancer_class: String,
+    settings: Settings,
     pub nodes: Section<Arc<Node>, CarriesEnableLb>,
     /// Proxy pods, grouped by the UID of the Service they serve.
     pub proxy_pods: Section<Arc<Pod>, String>,
@@ -137,9 +139,9 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn new(load_balancer_class: &str) -> Self {
+    pub fn new(settings: &Settings) -> Self {
         Index {
-            load_balancer_class: load_balancer_class.into(),
+            settings: settings.clone(),
             nodes: Section::default(),
             proxy_pods: Section::default(),
             daemonsets: Section::default(),
@@ -165,15 +167,15 @@ impl Index {
         self.daemonsets.apply(event, |daemonset| Some((Arc::new(daemonset.clone()), Vec::new())));
     }
 
-    /// Services that are served, not being deleted and valid claim their ports; the rest claim
-    /// nothing.
+    /// Services that are served, not being deleted and admitted claim the ports they are
+    /// allowed; the rest claim nothing.
     pub fn apply_service(&mut self, event: &watcher::Event<Service>) {
-        let class = self.load_balancer_class.clone();
+        let settings = &self.settings;
         self.claims.apply(event, |service| {
-            if !is_handled(service, &class) || service.metadata.deletion_timestamp.is_some() {
+            if !is_handled(service, &settings.load_balancer_class) || service.metadata.deletion_timestamp.is_some() {
                 return None;
             }
-            let lb = ServiceLb::from_service(service).ok()?;
+            let (lb, _) = admitted(service, settings).ok()?;
             let mut ports: Vec<PortKey> = lb.ports.iter().map(|p| (p.protocol, p.listen)).collect();
             ports.sort();
             ports.dedup();
@@ -217,7 +219,7 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
         events.push(watcher::Event::InitDone);
         events
     }
-    let mut index = Index::new(crate::fixtures::CLASS);
+    let mut index = Index::new(&crate::fixtures::settings());
     listed(services).iter().for_each(|e| index.apply_service(e));
     listed(nodes).iter().for_each(|e| index.apply_node(e));
     listed(pods).iter().for_each(|e| index.apply_proxy_pod(e));
@@ -230,26 +232,19 @@ mod tests {
     use super::*;
     use crate::fixtures::{proxy_pod, NodeBuilder, ServiceBuilder, UID};
 
-    fn named(builder: ServiceBuilder, name: &str, uid: &str) -> Service {
-        let mut service = builder.build();
-        service.metadata.name = Some(name.into());
-        service.metadata.uid = Some(uid.into());
-        service
-    }
-
     fn claimants(index: &Index, port: PortKey) -> Vec<String> {
         index.claims.group(&port).map(|lb| lb.name.clone()).collect()
     }
 
     #[test]
     fn services_claim_each_of_their_ports_until_they_change_or_go() {
-        let web = named(ServiceBuilder::new("web").port("TCP", 80, 0).port("UDP", 80, 0), "web", "1");
-        let dns = named(ServiceBuilder::new("dns").port("UDP", 80, 0), "dns", "2");
+        let web = ServiceBuilder::new("web").port("TCP", 80, 0).port("UDP", 80, 0).uid("1").build();
+        let dns = ServiceBuilder::new("dns").port("UDP", 80, 0).uid("2").build();
         let mut index = index_of(&[web.clone(), dns], &[], &[], &[]);
         assert_eq!(claimants(&index, (Protocol::Udp, 80)), vec!["dns", "web"]);
         assert_eq!(claimants(&index, (Protocol::Tcp, 80)), vec!["web"]);
 
-        let moved = named(ServiceBuilder::new("web").port("TCP", 8080, 0), "web", "1");
+        let moved = ServiceBuilder::new("web").port("TCP", 8080, 0).uid("1").build();
         index.apply_service(&watcher::Event::Apply(moved.clone()));
         assert_eq!(claimants(&index, (Protocol::Udp, 80)), vec!["dns"]);
         assert!(index.claims.group_is_empty(&(Protocol::Tcp, 80)));
@@ -310,7 +305,7 @@ mod tests {
 
     #[test]
     fn watches_count_as_synced_after_their_first_list() {
-        let mut index = Index::new("x");
+        let mut index = Index::new(&crate::fixtures::settings());
         assert_eq!(index.unsynced(), vec!["services", "nodes", "proxy pods", "proxy daemonsets"]);
         index.apply_node(&watcher::Event::Init);
         index.apply_node(&watcher::Event::InitDone);

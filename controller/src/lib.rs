@@ -3,7 +3,7 @@
 //!
 //! Layers, from pure to I/O:
 //! - what a Service asks for and what follows from it: `service_lb`, `placement`, `daemonset`,
-//!   `status`, `conflicts`, `finalizer`, and `decide`, the one decision per reconcile;
+//!   `status`, `conflicts`, `port_policy`, `tenancy`, `finalizer`, and `decide`, the one decision per reconcile;
 //! - `index`: what the watches know of other objects, grouped for cheap look-ups;
 //!   `mapping`: which Services a watched change affects;
 //! - `watches` (the streams and the controller loop), `reconcile` (the executor: every write)
@@ -22,10 +22,12 @@ mod mapping;
 pub mod metrics;
 pub mod names;
 mod placement;
+pub mod port_policy;
 mod reconcile;
 pub mod server;
 mod service_lb;
 pub mod status;
+pub mod tenancy;
 mod watches;
 
 pub use error::Error;
@@ -38,6 +40,8 @@ pub struct Settings {
     pub load_balancer_class: String,
     pub address_type: status::AddressType,
     pub proxy: daemonset::ProxySettings,
+    pub ports: port_policy::PortPolicy,
+    pub tenants: tenancy::TenantPolicy,
     /// Names this replica in the Events it publishes.
     pub instance: Option<String>,
 }

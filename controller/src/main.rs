@@ -9,7 +9,9 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use hostlb_controller::daemonset::{node_address_field, ForwardingMode, ProxySettings};
+use hostlb_controller::port_policy::{self, PortPolicy, PortRange};
 use hostlb_controller::status::AddressType;
+use hostlb_controller::tenancy::TenantPolicy;
 use hostlb_controller::{metrics, names, server, Settings};
 
 /// Serves Kubernetes Services of type LoadBalancer from the nodes' own addresses.
@@ -33,9 +35,31 @@ struct Args {
     /// Which node addresses to publish.
     #[arg(long, env = "HOSTLB_ADDRESS_TYPE", value_enum, default_value_t = AddressType::Auto)]
     address_type: AddressType,
-    /// PriorityClass of proxy pods unless a Service names another.
-    #[arg(long, env = "HOSTLB_DEFAULT_PRIORITY_CLASS", default_value = "system-node-critical")]
+    /// PriorityClass of proxy pods unless a Service names another. The install's own class
+    /// never preempts other pods.
+    #[arg(long, env = "HOSTLB_DEFAULT_PRIORITY_CLASS", default_value = "hostlb-proxy")]
     default_priority_class: String,
+    /// PriorityClasses a Service may name in hostlb.io/priority-class, besides the default.
+    #[arg(long, env = "HOSTLB_ALLOWED_PRIORITY_CLASSES", value_delimiter = ',')]
+    allowed_priority_classes: Vec<String>,
+    /// Taint keys a Service's hostlb.io/tolerations may name.
+    #[arg(long, env = "HOSTLB_ALLOWED_TOLERATION_KEYS", value_delimiter = ',')]
+    allowed_toleration_keys: Vec<String>,
+    /// Namespaces whose Services may ask for any PriorityClass and toleration.
+    #[arg(long, env = "HOSTLB_TRUSTED_NAMESPACES", value_delimiter = ',')]
+    trusted_namespaces: Vec<String>,
+    /// Host ports no Service may claim (PORT or FIRST-LAST, comma-separated): the node's own
+    /// daemons listen there.
+    #[arg(long, env = "HOSTLB_DENIED_PORTS", value_delimiter = ',', value_parser = PortRange::parse,
+          default_value = port_policy::DEFAULT_DENIED_PORTS)]
+    denied_ports: Vec<PortRange>,
+    /// Host ports Services may claim even if denied or in the NodePort range.
+    #[arg(long, env = "HOSTLB_ALLOWED_PORTS", value_delimiter = ',', value_parser = PortRange::parse)]
+    allowed_ports: Vec<PortRange>,
+    /// The API server's --service-node-port-range: kube-proxy listens there, so Services may not.
+    #[arg(long, env = "HOSTLB_NODE_PORT_RANGE", value_parser = PortRange::parse,
+          default_value = port_policy::DEFAULT_NODE_PORT_RANGE)]
+    node_port_range: PortRange,
     /// Address of the /livez, /readyz and /metrics endpoints.
     #[arg(long, env = "HOSTLB_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
     http_address: SocketAddr,
@@ -89,6 +113,12 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
         load_balancer_class: args.load_balancer_class,
         address_type: args.address_type,
         instance: args.instance,
+        tenants: TenantPolicy {
+            priority_classes: args.allowed_priority_classes,
+            toleration_keys: args.allowed_toleration_keys,
+            trusted_namespaces: args.trusted_namespaces,
+        },
+        ports: PortPolicy { denied: args.denied_ports, allowed: args.allowed_ports, node_ports: args.node_port_range },
         proxy: ProxySettings {
             namespace: args.namespace,
             image: args.lb_image,

@@ -18,9 +18,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::daemonset::config_hash_of;
-use crate::decide::{decide, Applied, DaemonSetChange, Decision, Observed, Serving};
+use crate::decide::{decide, Applied, DaemonSetAction, Decision, Observed, Serving};
 use crate::error::{Error, Result};
-use crate::events::{Events, Reason};
+use crate::events::{listed, Events, Reason};
 use crate::finalizer::finalizer_patch;
 use crate::index::{key_of, Index, Key};
 use crate::mapping::{orphaned, owning_service};
@@ -136,13 +136,20 @@ impl Context {
         if serving.add_finalizer {
             self.set_finalizer(service, true).await?;
         }
-        if let Some(change) = serving.daemonset {
-            self.apply_daemonset(service, change).await?;
+        match serving.daemonset {
+            Some(DaemonSetAction::Apply { daemonset, created, ports }) => {
+                self.apply_daemonset(service, &daemonset, created, &ports).await?
+            }
+            Some(DaemonSetAction::Delete(daemonset)) => self.delete_proxies(service, &daemonset).await?,
+            None => {}
         }
         if let Some(addresses) = serving.publish {
             self.write_status(service, &addresses).await?;
-            let shown: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-            let message = if shown.is_empty() { "no node is ready to serve".to_string() } else { shown.join(", ") };
+            let message = if addresses.is_empty() {
+                "no node is ready to serve".to_string()
+            } else {
+                listed(addresses.iter().map(ToString::to_string))
+            };
             info!(addresses = %message, "published load balancer status");
             self.events.publish(service, Reason::StatusUpdated, message).await;
         }
@@ -150,8 +157,7 @@ impl Context {
         Ok(())
     }
 
-    async fn apply_daemonset(&self, service: &Service, change: DaemonSetChange) -> Result<()> {
-        let desired = &change.daemonset;
+    async fn apply_daemonset(&self, service: &Service, desired: &DaemonSet, created: bool, ports: &str) -> Result<()> {
         let key = key_of(desired);
         let applied = self
             .proxy_api()
@@ -164,9 +170,9 @@ impl Context {
         };
         self.applied.lock().expect("applied lock").insert(key.clone(), record);
         self.metrics.daemonset_applies.inc();
-        let verb = if change.created { "created" } else { "updated" };
+        let verb = if created { "created" } else { "updated" };
         info!(daemonset = %key, verb, "applied proxy DaemonSet");
-        let message = format!("{verb} DaemonSet {key} for ports {}", change.ports);
+        let message = format!("{verb} DaemonSet {key} for ports {ports}");
         self.events.publish(service, Reason::DaemonSetApplied, message).await;
         Ok(())
     }
@@ -216,16 +222,22 @@ impl Context {
             .await
             .map_err(Error::kube("list proxy DaemonSets"))?;
         for daemonset in daemonsets {
-            let action = format!("delete DaemonSet {}", key_of(&daemonset));
-            let Some(deleted) = self.delete_daemonset(&daemonset).await.map_err(Error::kube(action))? else { continue };
-            info!(daemonset = %deleted, "deleted proxy DaemonSet");
-            self.events.publish(service, Reason::DaemonSetDeleted, format!("deleted DaemonSet {deleted}")).await;
+            self.delete_proxies(service, &daemonset).await?;
         }
         if clear_status {
             self.write_status(service, &[]).await?;
         }
         self.set_finalizer(service, false).await?;
         self.events.forget(service);
+        Ok(())
+    }
+
+    async fn delete_proxies(&self, service: &Service, daemonset: &DaemonSet) -> Result<()> {
+        let action = format!("delete DaemonSet {}", key_of(daemonset));
+        if let Some(deleted) = self.delete_daemonset(daemonset).await.map_err(Error::kube(action))? {
+            info!(daemonset = %deleted, "deleted proxy DaemonSet");
+            self.events.publish(service, Reason::DaemonSetDeleted, format!("deleted DaemonSet {deleted}")).await;
+        }
         Ok(())
     }
 

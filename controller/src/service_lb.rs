@@ -127,7 +127,7 @@ fn error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError { field: field.into(), message: message.into() }
 }
 
-fn annotation_error(key: &str, message: impl Into<String>) -> FieldError {
+pub fn annotation_error(key: &str, message: impl Into<String>) -> FieldError {
     error(format!("metadata.annotations[{key}]"), message)
 }
 

@@ -43,7 +43,7 @@ pub async fn run(
     let namespace = settings.proxy.namespace.clone();
     let all = watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
     let managed = all.clone().labels(&names::managed_selector());
-    let index = Arc::new(RwLock::new(Index::new(&settings.load_balancer_class)));
+    let index = Arc::new(RwLock::new(Index::new(&settings)));
 
     let (services, service_writer) = reflector::store();
     let service_events = indexed(Api::<Service>::all(client.clone()), all.clone(), &index, Index::apply_service)

@@ -320,6 +320,18 @@ impl TestNamespace {
         ports: &[(&str, &str, u16, u16)],
         extra_spec: Value,
     ) -> Result<Service> {
+        self.annotated_load_balancer(name, app, ports, extra_spec, json!({})).await
+    }
+
+    /// A LoadBalancer Service that carries these annotations from its creation on.
+    pub async fn annotated_load_balancer(
+        &self,
+        name: &str,
+        app: &str,
+        ports: &[(&str, &str, u16, u16)],
+        extra_spec: Value,
+        annotations: Value,
+    ) -> Result<Service> {
         let ports: Vec<Value> = ports
             .iter()
             .map(|(port_name, protocol, port, target)| {
@@ -330,7 +342,8 @@ impl TestNamespace {
         if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
             spec.extend(extra.clone());
         }
-        let service: Service = serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec }))?;
+        let metadata = json!({ "name": name, "annotations": annotations });
+        let service: Service = serde_json::from_value(json!({ "metadata": metadata, "spec": spec }))?;
         Ok(self.services().create(&PostParams::default(), &service).await?)
     }
 

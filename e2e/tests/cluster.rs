@@ -377,6 +377,62 @@ async fn invalid_options_are_reported_and_harm_no_other_service() -> Result<()> 
     Ok(())
 }
 
+#[tokio::test]
+async fn ports_of_the_nodes_own_daemons_are_refused_and_the_other_ports_served() -> Result<()> {
+    let (cluster, ns, nodes) = setup("deniedports").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let ports = [("ssh", "TCP", 22, ECHO_HTTP_PORT), ("http", "TCP", 18180, ECHO_HTTP_PORT)];
+    ns.load_balancer("mixed", "echo", &ports, json!({})).await?;
+    ns.load_balancer("kubelet", "echo", &[("kubelet", "TCP", 10250, ECHO_HTTP_PORT)], json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "mixed", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    ensure!(host_ports(&cluster, &ns.name, "mixed").await? == vec![(18180, "TCP".into())]);
+    answered_http(&cluster, nodes.unpublished1, 18180).await?;
+    for (service, port) in [("mixed", "port 22/TCP"), ("kubelet", "port 10250/TCP")] {
+        let events = eventually(SETTLE, || async {
+            let events = cluster.events(&ns.name, service, Reason::PortRefused).await?;
+            ensure!(!events.is_empty(), "no PortRefused Event on {service} yet");
+            Ok(events)
+        })
+        .await?;
+        let note = events[0].note.clone().unwrap_or_default();
+        ensure!(note.contains(port) && note.contains("--denied-ports"), "the Event does not name {port}: {note:?}");
+    }
+    let claimed = cluster.proxy_daemonsets(&ns.name, "kubelet").await?;
+    ensure!(claimed.is_empty(), "a proxy DaemonSet claims the kubelet's port");
+    cluster.wait_for_addresses(&ns.name, "kubelet", &[], SETTLE).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn scheduling_privileges_the_admin_did_not_grant_are_refused() -> Result<()> {
+    let (cluster, ns, nodes) = setup("privileges").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("plain", "echo", &http(18190), json!({})).await?;
+    let (class_key, tolerations_key) = (names::ANNOTATION_PRIORITY_CLASS, names::ANNOTATION_TOLERATIONS);
+    let critical = json!({ class_key: "system-node-critical" });
+    let everywhere = json!({ tolerations_key: r#"[{"operator":"Exists"}]"# });
+    for (service, port, annotations, setting) in [
+        ("critical", 18191, critical, "--allowed-priority-classes"),
+        ("everywhere", 18192, everywhere, "--allowed-toleration-keys"),
+    ] {
+        ns.annotated_load_balancer(service, "echo", &http(port), json!({}), annotations).await?;
+        let events = eventually(SETTLE, || async {
+            let events = cluster.events(&ns.name, service, Reason::InvalidOption).await?;
+            ensure!(!events.is_empty(), "no InvalidOption Event on {service} yet");
+            Ok(events)
+        })
+        .await?;
+        let note = events[0].note.clone().unwrap_or_default();
+        ensure!(note.contains(setting), "the Event on {service} does not name {setting}: {note:?}");
+        ensure!(cluster.proxy_daemonsets(&ns.name, service).await?.is_empty(), "{service} got proxies");
+    }
+    cluster.wait_for_addresses(&ns.name, "plain", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let daemonset = proxy_daemonset(&cluster, &ns.name, "plain").await?;
+    let class = daemonset.spec.and_then(|s| s.template.spec).and_then(|s| s.priority_class_name);
+    ensure!(class.as_deref() == Some("hostlb-proxy"), "proxy pods run at {class:?}");
+    Ok(())
+}
+
 async fn node_api(cluster: &Cluster) -> Api<Node> {
     Api::all(cluster.client.clone())
 }

@@ -1,0 +1,167 @@
+//! Which host ports a Service may claim. A proxy pod's hostPort takes the port on the node's
+//! addresses, and kube-proxy then sends traffic for `NODE_IP:port` to the Service: a tenant
+//! claiming 22, 6443 or the kubelet's ports would take over the node's own services. So some
+//! ports are refused unless the admin allows them.
+
+use std::fmt;
+
+use hostlb_proxy_spec::PortMap;
+
+use crate::service_lb::ServiceLb;
+
+/// Ports of the node's own daemons: SSH, BGP (Calico, MetalLB), etcd, the API server, VXLAN
+/// (4789, and flannel's 8472), the kubelet and kube-proxy (10248-10260), WireGuard (Calico,
+/// flannel).
+pub const DEFAULT_DENIED_PORTS: &str = "22,179,2379-2380,4789,6443,8472,10248-10260,51820-51821";
+/// The API server's default `--service-node-port-range`.
+pub const DEFAULT_NODE_PORT_RANGE: &str = "30000-32767";
+
+/// `PORT` or `FIRST-LAST`, inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    first: u16,
+    last: u16,
+}
+
+impl PortRange {
+    /// Reads `PORT` or `FIRST-LAST`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<PortRange, String> {
+        let port = |text: &str| {
+            text.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{text:?} is not a port number from 1 to 65535"))
+        };
+        let (first, last) = match text.split_once('-') {
+            Some((first, last)) => (port(first)?, port(last)?),
+            None => (port(text)?, port(text)?),
+        };
+        if first > last {
+            return Err(format!("{text:?} ends before it starts"));
+        }
+        Ok(PortRange { first, last })
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// The admin's rules for host ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPolicy {
+    pub denied: Vec<PortRange>,
+    /// Wins over both `denied` and the NodePort range.
+    pub allowed: Vec<PortRange>,
+    pub node_ports: PortRange,
+}
+
+/// A Service port the policy refuses, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedPort {
+    pub port: PortMap,
+    pub why: String,
+}
+
+impl PortPolicy {
+    /// Why `port` may not be claimed, naming the setting; `None` when it may.
+    pub fn refusal(&self, port: u16) -> Option<String> {
+        if self.allowed.iter().any(|range| range.contains(port)) {
+            return None;
+        }
+        if let Some(range) = self.denied.iter().find(|range| range.contains(port)) {
+            return Some(format!("it is one of the node's own ports (--denied-ports {range})"));
+        }
+        self.node_ports.contains(port).then(|| {
+            format!(
+                "it is in the NodePort range (--node-port-range {}), where kube-proxy already listens",
+                self.node_ports
+            )
+        })
+    }
+
+    /// Keeps the ports `lb` may claim and lists the others.
+    pub fn admit(&self, mut lb: ServiceLb) -> (ServiceLb, Vec<RefusedPort>) {
+        let mut refused = Vec::new();
+        lb.ports.retain(|port| match self.refusal(port.listen) {
+            Some(why) => {
+                refused.push(RefusedPort { port: *port, why });
+                false
+            }
+            None => true,
+        });
+        (lb, refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::ServiceBuilder;
+
+    fn parse_ranges(text: &str) -> Result<Vec<PortRange>, String> {
+        text.split(',').filter(|item| !item.is_empty()).map(PortRange::parse).collect()
+    }
+
+    fn policy(denied: &str, allowed: &str) -> PortPolicy {
+        PortPolicy {
+            denied: parse_ranges(denied).unwrap(),
+            allowed: parse_ranges(allowed).unwrap(),
+            node_ports: PortRange::parse(DEFAULT_NODE_PORT_RANGE).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_nodes_own_ports_and_the_node_port_range_are_refused_by_default() {
+        let policy = policy(DEFAULT_DENIED_PORTS, "");
+        for port in [22, 179, 2379, 2380, 6443, 10248, 10250, 10256, 10260, 30000, 32767] {
+            assert!(policy.refusal(port).is_some(), "{port} should be refused");
+        }
+        for port in [53, 80, 443, 8080, 10247, 10261, 29999, 32768] {
+            assert_eq!(policy.refusal(port), None, "{port} should be allowed");
+        }
+        assert_eq!(policy.refusal(6443).unwrap(), "it is one of the node's own ports (--denied-ports 6443)");
+        assert!(policy.refusal(31000).unwrap().contains("--node-port-range 30000-32767"));
+    }
+
+    #[test]
+    fn allowed_ports_win_over_denied_ones_and_the_node_port_range() {
+        let policy = policy("22,10000-11000", "10250,31000-31001");
+        assert_eq!(policy.refusal(10250), None);
+        assert_eq!(policy.refusal(31001), None);
+        assert!(policy.refusal(10251).is_some());
+        assert!(policy.refusal(31002).is_some());
+    }
+
+    #[test]
+    fn refused_ports_leave_the_others_in_place() {
+        let service = ServiceBuilder::new("web").port("TCP", 22, 0).port("TCP", 443, 0).port("UDP", 10250, 0).build();
+        let lb = ServiceLb::from_service(&service).unwrap();
+        let (admitted, refused) = policy(DEFAULT_DENIED_PORTS, "").admit(lb);
+        assert_eq!(admitted.ports.iter().map(|p| p.listen).collect::<Vec<_>>(), vec![443]);
+        assert_eq!(refused.iter().map(|r| r.port.listen).collect::<Vec<_>>(), vec![22, 10250]);
+    }
+
+    #[test]
+    fn ranges_read_back_what_they_write_and_name_what_is_wrong() {
+        for text in ["22", "10248-10260", "1-65535"] {
+            assert_eq!(PortRange::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(PortRange::parse(" 80 - 81").unwrap().to_string(), "80-81");
+        assert!(PortRange::parse("0").unwrap_err().contains("not a port number"));
+        assert!(PortRange::parse("90-80").unwrap_err().contains("ends before it starts"));
+        assert!(PortRange::parse("ssh").is_err());
+        assert!(PortRange::parse("1-70000").is_err());
+    }
+}
