@@ -62,6 +62,9 @@ const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFTA_META_DREG: u16 = 1;
 const NFTA_META_KEY: u16 = 2;
 const NFT_META_L4PROTO: u32 = 16;
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFT_CT_DIRECTION: u32 = 1;
 const NFTA_PAYLOAD_DREG: u16 = 1;
 const NFTA_PAYLOAD_BASE: u16 = 2;
 const NFTA_PAYLOAD_OFFSET: u16 = 3;
@@ -199,6 +202,7 @@ fn encode_base_chain(w: &mut Writer, base: &BaseChain) {
 fn encode_expr(w: &mut Writer, expr: &Expr) {
     let name = match expr {
         Expr::MetaL4Proto { .. } => "meta",
+        Expr::CtDirection { .. } => "ct",
         Expr::Payload { .. } => "payload",
         Expr::CmpEq { .. } => "cmp",
         Expr::Bitwise { .. } => "bitwise",
@@ -212,6 +216,10 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
         Expr::MetaL4Proto { dreg } => {
             w.attr_be32(NFTA_META_DREG, dreg.number());
             w.attr_be32(NFTA_META_KEY, NFT_META_L4PROTO);
+        }
+        Expr::CtDirection { dreg } => {
+            w.attr_be32(NFTA_CT_DREG, dreg.number());
+            w.attr_be32(NFTA_CT_KEY, NFT_CT_DIRECTION);
         }
         Expr::Payload { base, offset, len, dreg } => {
             w.attr_be32(NFTA_PAYLOAD_DREG, dreg.number());
@@ -675,7 +683,7 @@ mod tests {
     }
 
     #[test]
-    fn source_ranges_encode_prefix_match_jump_accept_and_drop() {
+    fn source_ranges_encode_direction_and_prefix_match_jump_accept_and_drop() {
         let steps = ruleset(&plan(&["tcp:80:80"], &["10.0.0.1"], &["192.168.0.0/16"]));
         let messages = decode_messages(&encode_batch(&steps, SEQ));
         let rules: Vec<&Message> = messages.iter().filter(|m| m.kind & 0xff == NFT_MSG_NEWRULE).collect();
@@ -690,7 +698,11 @@ mod tests {
                 ],
             )
         };
-        let mut jump = protocol_and_port(6, 80);
+        let mut jump = vec![
+            expr("ct", vec![be32(NFTA_CT_DREG, 1), be32(NFTA_CT_KEY, 1)]),
+            expr("cmp", vec![be32(NFTA_CMP_SREG, 1), be32(NFTA_CMP_OP, 0), value(NFTA_CMP_DATA, &[0])]),
+        ];
+        jump.extend(protocol_and_port(6, 80));
         jump.push(verdict(-3, Some("allowed-sources")));
         assert_eq!(rule_expressions(rules[0]), &jump);
         assert_eq!(

@@ -5,7 +5,9 @@
 use hostlb_proxy_spec::{bytes_address, Family, Protocol};
 
 use crate::plan::socket_text;
-use crate::rules::{address_fields, nft_family, Expr, PayloadBase, Reg, Verdict, DESTINATION_PORT};
+use crate::rules::{
+    address_fields, nft_family, Expr, PayloadBase, Reg, Verdict, DESTINATION_PORT, DIRECTION_ORIGINAL, DIRECTION_REPLY,
+};
 
 /// The text of a rule of a `family` table.
 pub fn nft_text(family: Family, exprs: &[Expr]) -> String {
@@ -29,6 +31,7 @@ enum Field {
 #[derive(Clone, Copy)]
 enum Held<'a> {
     L4Proto,
+    CtDirection,
     Field(Field),
     Masked(Field, &'a [u8]),
     Data(&'a [u8]),
@@ -47,6 +50,7 @@ impl<'a> Reader<'a> {
     fn read(&mut self, expr: &'a Expr) {
         match expr {
             Expr::MetaL4Proto { dreg } => self.load(*dreg, Some(Held::L4Proto)),
+            Expr::CtDirection { dreg } => self.load(*dreg, Some(Held::CtDirection)),
             Expr::Payload { base, offset, len, dreg } => {
                 self.load(*dreg, Some(Held::Field(self.field(*base, *offset, *len))))
             }
@@ -91,6 +95,11 @@ impl<'a> Reader<'a> {
                 self.words.pop();
                 format!("{protocol} dport {}", value(data))
             }
+            (Some(Held::CtDirection), _) => match data {
+                [DIRECTION_ORIGINAL] => "ct direction original".into(),
+                [DIRECTION_REPLY] => "ct direction reply".into(),
+                _ => format!("ct direction {}", value(data)),
+            },
             (Some(Held::Field(field @ Field::Raw { .. })), _) => format!("{} {}", self.field_name(field), hex(data)),
             (Some(Held::Field(field)), _) => format!("{} {}", self.field_name(field), value(data)),
             (Some(Held::Masked(field, mask)), _) => match prefix_length(mask) {
@@ -204,6 +213,21 @@ mod tests {
         assert_eq!(ipv4(&[&udp_port[..], &[compare(&[0, 53])]].concat()), "udp dport 53");
         assert_eq!(ipv4(&[Expr::MetaL4Proto { dreg: Reg::R1 }, compare(&[1])]), "meta l4proto 1");
         assert_eq!(ipv4(&[load(PayloadBase::Transport, 2, 2), compare(&[0, 53])]), "th dport 53");
+    }
+
+    #[test]
+    fn conntrack_directions_are_named_and_other_values_shown_as_they_are() {
+        let direction = |data: &[u8]| [Expr::CtDirection { dreg: Reg::R1 }, compare(data)];
+        assert_eq!(ipv4(&direction(&[0])), "ct direction original");
+        assert_eq!(ipv4(&direction(&[1])), "ct direction reply");
+        assert_eq!(ipv4(&direction(&[2])), "ct direction 2");
+        let udp_port = [
+            Expr::MetaL4Proto { dreg: Reg::R1 },
+            compare(&[17]),
+            load(PayloadBase::Transport, 2, 2),
+            compare(&[0, 53]),
+        ];
+        assert_eq!(ipv4(&[&direction(&[0])[..], &udp_port].concat()), "ct direction original udp dport 53");
     }
 
     #[test]

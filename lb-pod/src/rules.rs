@@ -8,8 +8,11 @@
 //! - `prerouting`, nat hook prerouting priority dstnat (-100): `PROTO dport LISTEN dnat to DEST:TARGET`;
 //! - `postrouting`, nat hook postrouting priority srcnat (100): `daddr DEST PROTO dport TARGET masquerade`;
 //! - when source ranges are given, `source-filter`, filter hook prerouting priority -150 (before
-//!   DNAT, so it sees the listened port): `PROTO dport LISTEN jump allowed-sources`, and the regular
-//!   chain `allowed-sources`: one `saddr RANGE accept` per range of the family, then `drop`.
+//!   DNAT, so it sees the listened port): `ct direction original PROTO dport LISTEN jump
+//!   allowed-sources`, and the regular chain `allowed-sources`: one `saddr RANGE accept` per range
+//!   of the family, then `drop`. Only the original direction: masquerade keeps the client's source
+//!   port, so an answer from the destination arrives for that port, which may be a listened one
+//!   (IKE from 500 to 500, DNS from 53), and its source is no client.
 
 use std::net::IpAddr;
 
@@ -26,8 +29,13 @@ pub const CHAIN_ALLOWED_SOURCES: &str = "allowed-sources";
 
 pub const PRIORITY_DSTNAT: i32 = -100;
 pub const PRIORITY_SRCNAT: i32 = 100;
-/// Before DNAT rewrites the destination port, after conntrack (-200).
+/// Before DNAT rewrites the destination port, after conntrack (-200), which gives the direction.
 pub const PRIORITY_SOURCE_FILTER: i32 = -150;
+
+/// What `ct direction` loads, one byte, as `enum ip_conntrack_dir` numbers it
+/// (`linux/netfilter/nf_conntrack_tuple_common.h`).
+pub const DIRECTION_ORIGINAL: u8 = 0;
+pub const DIRECTION_REPLY: u8 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChainType {
@@ -85,6 +93,10 @@ pub enum Verdict {
 pub enum Expr {
     /// `meta l4proto` into a register.
     MetaL4Proto {
+        dreg: Reg,
+    },
+    /// `ct direction` into a register: `DIRECTION_ORIGINAL` or `DIRECTION_REPLY`.
+    CtDirection {
         dreg: Reg,
     },
     Payload {
@@ -209,6 +221,7 @@ fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
         steps.push(chain(CHAIN_ALLOWED_SOURCES, None));
         for port in &plan.ports {
             let exprs = [
+                original_direction(),
                 protocol_and_port(port.protocol, port.listen),
                 vec![Expr::Verdict(Verdict::Jump(CHAIN_ALLOWED_SOURCES))],
             ]
@@ -238,6 +251,11 @@ fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
         steps.push(rule(CHAIN_MASQUERADE, exprs));
     }
     steps
+}
+
+/// `ct direction original`: from the side that opened the connection, not the answers to it.
+fn original_direction() -> Vec<Expr> {
+    vec![Expr::CtDirection { dreg: Reg::R1 }, Expr::CmpEq { sreg: Reg::R1, data: vec![DIRECTION_ORIGINAL] }]
 }
 
 /// Offset and length of the destination port: the same in TCP, UDP and SCTP headers.
@@ -349,11 +367,35 @@ mod tests {
             vec![
                 "add chain ip hostlb source-filter { type filter hook prerouting priority -150; }",
                 "add chain ip hostlb allowed-sources",
-                "add rule ip hostlb source-filter tcp dport 80 jump allowed-sources",
+                "add rule ip hostlb source-filter ct direction original tcp dport 80 jump allowed-sources",
                 "add rule ip hostlb allowed-sources ip saddr 10.0.0.7 accept",
                 "add rule ip hostlb allowed-sources ip saddr 192.168.0.0/16 accept",
                 "add rule ip hostlb allowed-sources drop",
             ]
+        );
+    }
+
+    #[test]
+    fn only_the_original_direction_is_filtered_so_answers_to_a_listened_port_pass() {
+        let steps = ruleset(&plan(&["udp:500:4500"], &["10.96.0.10"], &["192.168.0.0/16"]));
+        let filters: Vec<&Vec<Expr>> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::AddRule { chain: CHAIN_SOURCE_FILTER, exprs, .. } => Some(exprs),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            filters,
+            vec![&vec![
+                Expr::CtDirection { dreg: Reg::R1 },
+                Expr::CmpEq { sreg: Reg::R1, data: vec![0] },
+                Expr::MetaL4Proto { dreg: Reg::R1 },
+                Expr::CmpEq { sreg: Reg::R1, data: vec![17] },
+                Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: Reg::R1 },
+                Expr::CmpEq { sreg: Reg::R1, data: vec![1, 244] },
+                Expr::Verdict(Verdict::Jump(CHAIN_ALLOWED_SOURCES)),
+            ]]
         );
     }
 
@@ -366,9 +408,9 @@ mod tests {
             .map(Step::describe)
             .collect();
         assert_eq!(v6_allowed, vec!["add rule ip6 hostlb allowed-sources drop"]);
-        assert!(
-            described(&steps).contains(&"add rule ip6 hostlb source-filter tcp dport 80 jump allowed-sources".into())
-        );
+        assert!(described(&steps).contains(
+            &"add rule ip6 hostlb source-filter ct direction original tcp dport 80 jump allowed-sources".into()
+        ));
     }
 
     #[test]

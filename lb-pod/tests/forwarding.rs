@@ -87,6 +87,32 @@ fn source_ranges_drop_other_sources_and_let_listed_ones_through() {
 }
 
 #[test]
+fn source_ranges_let_answers_through_to_a_client_whose_source_port_is_the_listened_port() {
+    // IKE (500 to 500), WireGuard, DNS from port 53: masquerade keeps the client's source port,
+    // so the backend's answer arrives for the listened port, from outside the ranges.
+    const IKE: u16 = 500;
+    let mut t = Topology::new();
+    t.serve(4500);
+    let to = format!("{},{}", t.backend_v4(), t.backend_v6());
+    let init = |v4_range: String, v6_range: String| {
+        let port = format!("udp:{IKE}:4500");
+        t.pod.lb_ok(&["init", "--port", &port, "--to", &to, "--source-range", &v4_range, "--source-range", &v6_range])
+    };
+
+    init(format!("{}/32", t.client_v4()), format!("{}/128", t.client_v6()));
+    assert_eq!(t.udp_from(IKE, t.pod_v4(), IKE), Ok(t.pod_back_v4().to_string()));
+    assert_eq!(t.udp_from(IKE, t.pod_v6(), IKE), Ok(t.pod_back_v6().to_string()));
+    let rules = t.pod.ruleset();
+    assert!(rules.contains(&format!("ct direction original udp dport {IKE} jump allowed-sources")), "{rules}");
+
+    // The same flows, once the ranges exclude the client: its packets are still filtered, although
+    // conntrack already knows them.
+    init("192.0.2.0/24".into(), "2001:db8::/32".into());
+    assert!(t.udp_from(IKE, t.pod_v4(), IKE).is_err(), "a v4 source outside the ranges must not be answered");
+    assert!(t.udp_from(IKE, t.pod_v6(), IKE).is_err(), "a v6 source outside the ranges must not be answered");
+}
+
+#[test]
 fn init_twice_with_the_same_arguments_gives_the_same_ruleset() {
     let mut t = Topology::new();
     t.serve(8080);

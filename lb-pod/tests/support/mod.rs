@@ -7,8 +7,8 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Once};
@@ -264,7 +264,12 @@ impl Topology {
 
     /// Asks over UDP from the client: Ok(the address the backend saw), or why not.
     pub fn udp(&self, to: IpAddr, port: u16) -> Result<String, String> {
-        self.client.run(move || udp_ask(SocketAddr::new(to, port)))
+        self.udp_from(0, to, port)
+    }
+
+    /// `udp`, from the client's port `source_port` (0: any).
+    pub fn udp_from(&self, source_port: u16, to: IpAddr, port: u16) -> Result<String, String> {
+        self.client.run(move || udp_ask(source_port, SocketAddr::new(to, port)))
     }
 }
 
@@ -278,9 +283,9 @@ fn tcp_ask(to: SocketAddr) -> Result<String, String> {
     Ok(answer.trim().to_string())
 }
 
-fn udp_ask(to: SocketAddr) -> Result<String, String> {
-    let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-    let socket = UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
+fn udp_ask(source_port: u16, to: SocketAddr) -> Result<String, String> {
+    let any: IpAddr = if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let socket = bind_udp(SocketAddr::new(any, source_port)).map_err(|e| format!("bind: {e}"))?;
     socket.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
     socket.send_to(b"who am i", to).map_err(|e| format!("send: {e}"))?;
     let mut buf = [0u8; 256];
@@ -289,6 +294,20 @@ fn udp_ask(to: SocketAddr) -> Result<String, String> {
         return Err(format!("answer from {from}, not {to}"));
     }
     Ok(String::from_utf8_lossy(&buf[..len]).trim().to_string())
+}
+
+/// A fixed port that this thread has just closed can still be taken for a moment: a child that a
+/// parallel test forked meanwhile holds a copy of the socket until its exec closes it.
+fn bind_udp(at: SocketAddr) -> std::io::Result<UdpSocket> {
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        match UdpSocket::bind(at) {
+            Err(e) if e.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            bound => return bound,
+        }
+    }
 }
 
 /// A server thread that answers every TCP connection and UDP datagram with the peer's address;
