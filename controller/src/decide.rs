@@ -14,7 +14,7 @@ use crate::index::Index;
 use crate::names;
 use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
-use crate::service_lb::{is_handled, FieldError, ServiceLb};
+use crate::service_lb::{declared_families, is_handled, FieldError, ServiceLb};
 use crate::status::{desired_addresses, needs_update, published_addresses};
 use crate::Settings;
 
@@ -79,61 +79,85 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
             Decision::Ignore
         };
     }
+    Decision::Serve(Box::new(serve(observed, index, settings)))
+}
+
+fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving {
+    let service = observed.service;
     let mut serving =
         Serving { add_finalizer: !service.finalizers().iter().any(|f| f == names::FINALIZER), ..Serving::default() };
-    let (lb, refused) = match admitted(service, settings) {
-        Ok(admitted) => admitted,
+    let (placement, families) = match admitted(service, settings) {
+        Ok((lb, refused)) => {
+            serving.warnings.extend(refused.into_iter().map(|refused| {
+                let port = format!("{}/{}", refused.port.listen, refused.port.protocol.api_name());
+                let why = refused.why;
+                let message =
+                    format!("spec.ports: port {port} is refused: {why}; an admin can allow it with --allowed-ports");
+                Warning::new(Reason::PortRefused, message)
+            }));
+            (plan_proxies(&mut serving, observed, &lb, index, settings), lb.families)
+        }
         Err(errors) => {
             serving.warnings = errors
                 .into_iter()
-                .map(|e| Warning::new(Reason::InvalidOption, format!("{e}; the Service is left as it was")))
+                .map(|e| Warning::new(Reason::InvalidOption, format!("{e}; the proxies are left as they were")))
                 .collect();
-            return Decision::Serve(Box::new(serving));
+            // The proxies that run go on serving, so their nodes stay published while they can.
+            (Some(Placement::anywhere()), declared_families(service))
         }
     };
-    serving.warnings.extend(refused.into_iter().map(|refused| {
-        let port = format!("{}/{}", refused.port.listen, refused.port.protocol.api_name());
-        let message =
-            format!("spec.ports: port {port} is refused: {}; an admin can allow it with --allowed-ports", refused.why);
-        Warning::new(Reason::PortRefused, message)
-    }));
-    if lb.ports.is_empty() {
-        let ours = observed.daemonset.filter(|existing| made_for(existing, &lb));
-        serving.daemonset = ours.map(|existing| DaemonSetAction::Delete(existing.clone()));
-        serving.publish = needs_update(service, &[]).then(Vec::new);
-        return Decision::Serve(Box::new(serving));
-    }
 
-    let placement = Placement::for_service(&lb, index.enablelb_in_use());
-    if !index.nodes.values().any(|node| placement.admits(node)) {
-        let nodes: Vec<&Node> = index.nodes.values().map(AsRef::as_ref).collect();
-        serving.warnings.push(Warning::new(Reason::NoEligibleNode, placement.explain_empty(&lb, &nodes)));
+    let uid = service.uid().unwrap_or_default();
+    let pods: Vec<&Pod> = index.proxy_pods_of(&uid).collect();
+    serving.warnings.extend(unschedulable(&pods));
+    let addresses = match placement {
+        Some(placement) => {
+            desired_addresses(pods, |name| index.node(name), &placement, settings.address_type, &families)
+        }
+        None => Vec::new(),
+    };
+    if needs_update(service, &addresses) {
+        serving.publish = Some(addresses);
     }
     serving
-        .warnings
-        .extend(port_conflicts(&lb, &placement, index).into_iter().map(|m| Warning::new(Reason::PortConflict, m)));
+}
 
-    let desired = desired_daemonset(&lb, &placement, &settings.proxy);
-    if let Some(existing) = observed.daemonset.filter(|existing| !made_for(existing, &lb)) {
+/// Decides the proxy DaemonSet of a valid Service; the nodes it may be published on, or
+/// `None` when it has no port left to serve.
+fn plan_proxies(
+    serving: &mut Serving,
+    observed: &Observed<'_>,
+    lb: &ServiceLb,
+    index: &Index,
+    settings: &Settings,
+) -> Option<Placement> {
+    if lb.ports.is_empty() {
+        let ours = observed.daemonset.filter(|existing| made_for(existing, lb));
+        serving.daemonset = ours.map(|existing| DaemonSetAction::Delete(existing.clone()));
+        return None;
+    }
+    let placement = Placement::for_service(lb, index.enablelb_in_use());
+    if !index.nodes.values().any(|node| placement.admits(node)) {
+        let nodes: Vec<&Node> = index.nodes.values().map(AsRef::as_ref).collect();
+        serving.warnings.push(Warning::new(Reason::NoEligibleNode, placement.explain_empty(lb, &nodes)));
+    }
+    let conflicts = port_conflicts(lb, &placement, index);
+    serving.warnings.extend(conflicts.into_iter().map(|m| Warning::new(Reason::PortConflict, m)));
+
+    if let Some(existing) = observed.daemonset.filter(|existing| !made_for(existing, lb)) {
         serving.warnings.push(Warning::new(
             Reason::DaemonSetNameTaken,
             format!("DaemonSet {} exists and was not made by hostlb for this Service; it is left alone", key(existing)),
         ));
-        return Decision::Serve(Box::new(serving));
+        return Some(placement);
     }
+    let desired = desired_daemonset(lb, &placement, &settings.proxy);
     if needs_apply(observed.daemonset, &desired, observed.last_applied) {
         let ports = lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name()));
         let created = observed.daemonset.is_none();
         serving.daemonset = Some(DaemonSetAction::Apply { daemonset: desired, created, ports: listed(ports) });
     }
-
-    let pods: Vec<&Pod> = index.proxy_pods_of(&lb.uid).collect();
-    serving.warnings.extend(unschedulable(&pods));
-    let addresses = desired_addresses(pods, |name| index.node(name), &placement, settings.address_type, &lb.families);
-    if needs_update(service, &addresses) {
-        serving.publish = Some(addresses);
-    }
-    Decision::Serve(Box::new(serving))
+    Some(placement)
 }
 
 /// The Service as hostlb may serve it: valid, within what the admin grants its namespace, and
@@ -281,6 +305,26 @@ mod tests {
         let serving = served(&service, &index, Some(&foreign));
         assert_eq!(reasons(&serving.warnings), vec![Reason::DaemonSetNameTaken]);
         assert!(serving.daemonset.is_none() && serving.publish.is_none());
+    }
+
+    #[test]
+    fn an_invalid_service_keeps_publishing_the_nodes_its_running_proxies_can_serve_on() {
+        let valid = ServiceBuilder::new("web").build();
+        let service = published(
+            with_finalizer(ServiceBuilder::new("web").annotation(names::ANNOTATION_TOLERATIONS, "{").build()),
+            &["10.0.0.1", "10.0.0.2"],
+        );
+        let nodes = [
+            NodeBuilder::new("n1").internal("10.0.0.1").build(),
+            NodeBuilder::new("n2").internal("10.0.0.2").not_ready().build(),
+        ];
+        let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)];
+        let existing = desired_for(&valid);
+        let index = index_of(&[], &nodes, &pods, std::slice::from_ref(&existing));
+        let serving = served(&service, &index, Some(&existing));
+        assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
+        assert!(serving.daemonset.is_none(), "the running proxies are left as they were");
+        assert_eq!(serving.publish, Some(vec!["10.0.0.1".parse().unwrap()]), "the dead node leaves the status");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 use thiserror::Error;
 
+use crate::events::{Reason, Warning};
+
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("{action} failed: {source}")]
@@ -16,6 +18,18 @@ impl Error {
     pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let action = action.into();
         move |source| Error::Kube { action, source: Box::new(source) }
+    }
+
+    /// The Warning for the user when the API server refused a write as invalid or forbidden
+    /// (a 4xx other than a conflict or throttling, which pass by themselves); its message
+    /// names the field.
+    pub fn as_warning(&self) -> Option<Warning> {
+        let Error::Kube { action, source } = self else { return None };
+        let kube::Error::Api(status) = source.as_ref() else { return None };
+        let lasting = (400..500).contains(&status.code) && !matches!(status.code, 404 | 409 | 429);
+        lasting.then(|| {
+            Warning::new(Reason::ApplyRefused, format!("{action}: the API server refused it: {}", status.message))
+        })
     }
 
     /// Short, stable name of the failure for the metrics label.

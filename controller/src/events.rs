@@ -32,10 +32,12 @@ pub enum Reason {
     ProxyPodUnschedulable,
     /// A port the admin's port policy does not let Services claim.
     PortRefused,
+    /// The API server refused the proxy DaemonSet hostlb wrote for the Service.
+    ApplyRefused,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::DaemonSetApplied,
         Reason::DaemonSetDeleted,
         Reason::OrphanDeleted,
@@ -46,6 +48,7 @@ impl Reason {
         Reason::DaemonSetNameTaken,
         Reason::ProxyPodUnschedulable,
         Reason::PortRefused,
+        Reason::ApplyRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Reason {
             Reason::DaemonSetNameTaken => "DaemonSetNameTaken",
             Reason::ProxyPodUnschedulable => "ProxyPodUnschedulable",
             Reason::PortRefused => "PortRefused",
+            Reason::ApplyRefused => "ApplyRefused",
         }
     }
 

@@ -30,6 +30,12 @@ impl Placement {
         Placement { required_labels, forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()] }
     }
 
+    /// Every node that is not excluded from load balancers: for a Service whose own choice of
+    /// nodes cannot be read, where its running proxies decide.
+    pub fn anywhere() -> Self {
+        Placement { required_labels: BTreeMap::new(), forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()] }
+    }
+
     pub fn admits(&self, node: &Node) -> bool {
         let empty = BTreeMap::new();
         let labels = node.metadata.labels.as_ref().unwrap_or(&empty);

@@ -35,8 +35,9 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// How soon a Service reconciled before the watches have synced is looked at again.
 const UNTIL_SYNCED: Duration = Duration::from_millis(500);
 
-/// How soon a failed reconcile is tried again.
-const RETRY: Duration = Duration::from_secs(5);
+/// How soon a failed reconcile is tried again, at first and at most.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const LAST_RETRY: Duration = Duration::from_secs(300);
 
 pub struct Context {
     client: Client,
@@ -48,6 +49,8 @@ pub struct Context {
     applied: Mutex<HashMap<Key, Applied>>,
     events: Events,
     metrics: Arc<Metrics>,
+    /// Failed reconciles in a row, per Service, for the back-off.
+    failures: Mutex<HashMap<ObjectRef<Service>, u32>>,
     /// Set once every watch has listed its objects; shared with /readyz.
     synced: Arc<AtomicBool>,
 }
@@ -62,7 +65,8 @@ impl Context {
         synced: Arc<AtomicBool>,
     ) -> Self {
         let events = Events::new(client.clone(), settings.instance.clone());
-        Context { client, settings, services, index, applied: Mutex::default(), events, metrics, synced }
+        let (applied, failures) = (Mutex::default(), Mutex::default());
+        Context { client, settings, services, index, applied, events, metrics, failures, synced }
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -80,8 +84,22 @@ impl Context {
 
 pub fn error_policy(service: Arc<Service>, error: &Error, context: Arc<Context>) -> Action {
     context.metrics.reconcile_failed(error);
-    warn!(service = %ObjectRef::from_obj(service.as_ref()), %error, "reconciliation failed; retrying");
-    Action::requeue(RETRY)
+    let key = ObjectRef::from_obj(service.as_ref());
+    let failures = {
+        let mut failures = context.failures.lock().expect("failures lock");
+        let count = failures.entry(key.clone()).or_default();
+        *count += 1;
+        *count
+    };
+    let delay = retry_delay(failures);
+    warn!(service = %key, %error, retry_in = ?delay, "reconciliation failed");
+    Action::requeue(delay)
+}
+
+/// Doubles from `FIRST_RETRY` with each failure in a row, up to `LAST_RETRY`.
+fn retry_delay(failures_in_a_row: u32) -> Duration {
+    let doublings = failures_in_a_row.saturating_sub(1).min(16);
+    FIRST_RETRY.saturating_mul(1 << doublings).min(LAST_RETRY)
 }
 
 #[tracing::instrument(skip_all, fields(service = %ObjectRef::from_obj(service.as_ref())))]
@@ -99,19 +117,21 @@ pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<A
         let observed = Observed { service: &service, daemonset: daemonset.as_deref(), last_applied };
         decide(&observed, &context.read_index(), &context.settings)
     };
-    match decision {
-        Decision::Ignore => Ok(Action::await_change()),
+    let action = match decision {
+        Decision::Ignore => Action::await_change(),
         Decision::CleanUp { clear_status } => {
             let _timer = context.metrics.reconcile_started();
             context.clean_up(&service, clear_status).await?;
-            Ok(Action::await_change())
+            Action::await_change()
         }
         Decision::Serve(serving) => {
             let _timer = context.metrics.reconcile_started();
             context.serve(&service, *serving).await?;
-            Ok(Action::requeue(RESYNC))
+            Action::requeue(RESYNC)
         }
-    }
+    };
+    context.failures.lock().expect("failures lock").remove(&ObjectRef::from_obj(service.as_ref()));
+    Ok(action)
 }
 
 impl Context {
@@ -132,16 +152,22 @@ impl Context {
         Ok(found.map(Arc::new))
     }
 
-    async fn serve(&self, service: &Service, serving: Serving) -> Result<()> {
+    /// A DaemonSet the API server refuses does not stop the status from following the proxies
+    /// that run: the refusal becomes a Warning, and the reconcile fails afterwards so that it
+    /// is retried with back-off.
+    async fn serve(&self, service: &Service, mut serving: Serving) -> Result<()> {
         if serving.add_finalizer {
             self.set_finalizer(service, true).await?;
         }
-        match serving.daemonset {
+        let proxies = match &serving.daemonset {
             Some(DaemonSetAction::Apply { daemonset, created, ports }) => {
-                self.apply_daemonset(service, &daemonset, created, &ports).await?
+                self.apply_daemonset(service, daemonset, *created, ports).await
             }
-            Some(DaemonSetAction::Delete(daemonset)) => self.delete_proxies(service, &daemonset).await?,
-            None => {}
+            Some(DaemonSetAction::Delete(daemonset)) => self.delete_proxies(service, daemonset).await,
+            None => Ok(()),
+        };
+        if let Err(refused) = &proxies {
+            serving.warnings.extend(refused.as_warning());
         }
         if let Some(addresses) = serving.publish {
             self.write_status(service, &addresses).await?;
@@ -154,7 +180,7 @@ impl Context {
             self.events.publish(service, Reason::StatusUpdated, message).await;
         }
         self.events.report(service, serving.warnings, &self.metrics).await;
-        Ok(())
+        proxies
     }
 
     async fn apply_daemonset(&self, service: &Service, desired: &DaemonSet, created: bool, ports: &str) -> Result<()> {

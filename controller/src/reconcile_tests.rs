@@ -9,12 +9,13 @@ use http::{Request, Response};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::client::Body;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
-use super::{reconcile, Context};
+use super::{error_policy, reconcile, retry_delay, Context};
 use crate::daemonset::{config_hash_of, desired_daemonset};
 use crate::decide::Applied;
 use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
@@ -128,9 +129,7 @@ fn rejected(code: u16, reason: &str, message: &str) -> Value {
     json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": message, "code": code })
 }
 
-async fn finish(
-    running: tokio::task::JoinHandle<crate::error::Result<kube::runtime::controller::Action>>,
-) -> crate::error::Result<kube::runtime::controller::Action> {
+async fn finish(running: tokio::task::JoinHandle<crate::error::Result<Action>>) -> crate::error::Result<Action> {
     tokio::time::timeout(Duration::from_secs(5), running).await.expect("the reconcile finishes").expect("no panic")
 }
 
@@ -292,19 +291,34 @@ async fn the_orphan_sweep_deletes_daemonsets_no_service_will_clean_up() {
 }
 
 #[tokio::test]
-async fn an_apply_the_api_server_refuses_fails_the_reconcile_and_writes_nothing_else() {
+async fn a_refused_apply_is_warned_while_the_status_follows_the_running_proxies() {
     let service = with_finalizer(ServiceBuilder::new("web").build());
     let pods = [proxy_pod("p1", "n1", true)];
     let index =
         index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &pods, &[]);
     let (context, mut api) = context(std::slice::from_ref(&service), index);
-    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
+    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context.clone()));
 
     api.expect("GET", &daemonset_path(&service), 404, rejected(404, "NotFound", "not found")).await;
     let message = "DaemonSet.apps is invalid: spec.template.spec.tolerations[3].operator: Unsupported value";
     api.expect("PATCH", &daemonset_path(&service), 422, rejected(422, "Invalid", message)).await;
+    let status = api.expect("PATCH", &format!("{SERVICE_PATH}/status"), 200, json_of(&service)).await;
+    assert_eq!(status.body["status"]["loadBalancer"]["ingress"], json!([{ "ip": "10.0.0.1" }]));
+    api.expect_event("shop", "StatusUpdated").await;
+    let warning = api.expect_event("shop", "ApplyRefused").await;
+    assert_eq!(warning["type"], "Warning");
+    assert!(warning["note"].as_str().unwrap().contains("tolerations[3].operator"), "{warning}");
     api.expect_nothing_more().await;
-    let error = finish(running).await.expect_err("the reconcile fails");
+    let error = finish(running).await.expect_err("the reconcile fails, to be retried");
     assert_eq!(error.metric_label(), "api_rejected");
-    assert!(error.to_string().contains("tolerations[3]"), "{error}");
+
+    let service = Arc::new(service);
+    let delays: Vec<Action> = (0..3).map(|_| error_policy(service.clone(), &error, context.clone())).collect();
+    assert_eq!(delays, [5, 10, 20].map(|s| Action::requeue(Duration::from_secs(s))));
+}
+
+#[test]
+fn retries_back_off_exponentially_up_to_five_minutes() {
+    let delays: Vec<u64> = [1, 2, 3, 6, 7, 8, 100, u32::MAX].map(|n| retry_delay(n).as_secs()).to_vec();
+    assert_eq!(delays, vec![5, 10, 20, 160, 300, 300, 300, 300]);
 }

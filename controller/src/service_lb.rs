@@ -123,6 +123,20 @@ impl ServiceLb {
     }
 }
 
+/// The Service's IP families as far as they can be read, for a Service that is not valid as a
+/// whole: every family when nothing says which.
+pub fn declared_families(service: &Service) -> Vec<Family> {
+    let spec = service.spec.clone().unwrap_or_default();
+    let mut ignored = Vec::new();
+    let cluster_ips = cluster_ips(&spec.cluster_ips, &spec.cluster_ip, &mut ignored);
+    let families = families(&spec.ip_families, &cluster_ips, &mut ignored);
+    if families.is_empty() {
+        Family::ALL.to_vec()
+    } else {
+        families
+    }
+}
+
 fn error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError { field: field.into(), message: message.into() }
 }

@@ -168,7 +168,7 @@ hostlb_diagnostics() {
 }
 
 install_hostlb() {
-  k apply -k "$REPO/manifests/" >&2
+  k apply -k "$HERE/install/" >&2
   if grep -qx controller "$STATE/images-changed" 2>/dev/null; then
     log "the controller image changed: restarting the controller"
     k -n hostlb-system rollout restart deployment/hostlb-controller >&2

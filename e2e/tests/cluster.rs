@@ -433,6 +433,29 @@ async fn scheduling_privileges_the_admin_did_not_grant_are_refused() -> Result<(
     Ok(())
 }
 
+#[tokio::test]
+async fn a_daemonset_the_api_server_refuses_is_warned_and_the_status_stays() -> Result<()> {
+    let (cluster, ns, nodes) = setup("refused").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("web", "echo", &http(18200), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    // Valid JSON, a key the harness allows, an operator Kubernetes does not have.
+    let tolerations = names::ANNOTATION_TOLERATIONS;
+    let invalid = r#"[{"key":"e2e.hostlb.io/allowed","operator":"Sometimes"}]"#;
+    ns.patch_service("web", json!({ "metadata": { "annotations": { tolerations: invalid } } })).await?;
+    let events = eventually(SETTLE, || async {
+        let events = cluster.events(&ns.name, "web", Reason::ApplyRefused).await?;
+        ensure!(!events.is_empty(), "no ApplyRefused Event yet");
+        Ok(events)
+    })
+    .await?;
+    let note = events[0].note.clone().unwrap_or_default();
+    ensure!(note.contains("operator"), "the Event does not name the field: {note:?}");
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    answered_http(&cluster, nodes.unpublished1, 18200).await?;
+    Ok(())
+}
+
 async fn node_api(cluster: &Cluster) -> Api<Node> {
     Api::all(cluster.client.clone())
 }
