@@ -14,6 +14,7 @@ use crate::index::Index;
 use crate::names;
 use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
+use crate::proxy_health::{creation_failure, failing_pods};
 use crate::service_lb::{declared_families, is_handled, FieldError, ServiceLb};
 use crate::status::{desired_addresses, needs_update, published_addresses};
 use crate::Settings;
@@ -110,6 +111,11 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let uid = service.uid().unwrap_or_default();
     let pods: Vec<&Pod> = index.proxy_pods_of(&uid).collect();
     serving.warnings.extend(unschedulable(&pods));
+    serving.warnings.extend(failing_pods(&pods));
+    if let Some(ours) = observed.daemonset.filter(|existing| made_by_hostlb_for(existing, &uid)) {
+        let failures = index.creation_failures.group(&ours.name_any()).map(AsRef::as_ref);
+        serving.warnings.extend(creation_failure(ours, failures));
+    }
     let addresses = match placement {
         Some(placement) => {
             desired_addresses(pods, |name| index.node(name), &placement, settings.address_type, &families)
@@ -173,9 +179,13 @@ pub fn admitted(service: &Service, settings: &Settings) -> Result<(ServiceLb, Ve
 
 /// Whether the DaemonSet carries the labels hostlb gives the proxies of this very Service.
 fn made_for(daemonset: &DaemonSet, lb: &ServiceLb) -> bool {
+    made_by_hostlb_for(daemonset, &lb.uid)
+}
+
+fn made_by_hostlb_for(daemonset: &DaemonSet, service_uid: &str) -> bool {
     let labels = daemonset.labels();
     labels.get(names::LABEL_MANAGED_BY).map(String::as_str) == Some(names::MANAGED_BY)
-        && labels.get(names::LABEL_SERVICE_UID) == Some(&lb.uid)
+        && labels.get(names::LABEL_SERVICE_UID).map(String::as_str) == Some(service_uid)
 }
 
 /// Whether the DaemonSet must be applied. A server-side apply on every reconcile would also

@@ -34,10 +34,14 @@ pub enum Reason {
     PortRefused,
     /// The API server refused the proxy DaemonSet hostlb wrote for the Service.
     ApplyRefused,
+    /// A proxy pod failed or is stuck (image, crashing container, refused by the kubelet).
+    ProxyPodFailing,
+    /// The DaemonSet controller cannot create proxy pods (quota, unknown PriorityClass, ...).
+    ProxyPodsNotCreated,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 13] = [
         Reason::DaemonSetApplied,
         Reason::DaemonSetDeleted,
         Reason::OrphanDeleted,
@@ -49,6 +53,8 @@ impl Reason {
         Reason::ProxyPodUnschedulable,
         Reason::PortRefused,
         Reason::ApplyRefused,
+        Reason::ProxyPodFailing,
+        Reason::ProxyPodsNotCreated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +70,8 @@ impl Reason {
             Reason::ProxyPodUnschedulable => "ProxyPodUnschedulable",
             Reason::PortRefused => "PortRefused",
             Reason::ApplyRefused => "ApplyRefused",
+            Reason::ProxyPodFailing => "ProxyPodFailing",
+            Reason::ProxyPodsNotCreated => "ProxyPodsNotCreated",
         }
     }
 

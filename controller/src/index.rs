@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use hostlb_proxy_spec::Protocol;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
@@ -136,6 +136,8 @@ pub struct Index {
     pub daemonsets: Section<Arc<DaemonSet>, ()>,
     /// Served Services, grouped by the host ports they claim.
     pub claims: Section<Claim, PortKey>,
+    /// The DaemonSet controller's FailedCreate Events, grouped by DaemonSet name.
+    pub creation_failures: Section<Arc<Event>, String>,
 }
 
 impl Index {
@@ -146,6 +148,7 @@ impl Index {
             proxy_pods: Section::default(),
             daemonsets: Section::default(),
             claims: Section::default(),
+            creation_failures: Section::default(),
         }
     }
 
@@ -183,6 +186,13 @@ impl Index {
         });
     }
 
+    pub fn apply_creation_failure(&mut self, event: &watcher::Event<Event>) {
+        self.creation_failures.apply(event, |failure| {
+            let daemonset = failure.involved_object.name.clone()?;
+            Some((Arc::new(failure.clone()), vec![daemonset]))
+        });
+    }
+
     pub fn enablelb_in_use(&self) -> bool {
         !self.nodes.group_is_empty(&CarriesEnableLb)
     }
@@ -202,6 +212,7 @@ impl Index {
             ("nodes", self.nodes.synced()),
             ("proxy pods", self.proxy_pods.synced()),
             ("proxy daemonsets", self.daemonsets.synced()),
+            ("proxy creation failures", self.creation_failures.synced()),
         ]
         .into_iter()
         .filter(|(_, synced)| !synced)
@@ -224,6 +235,7 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
     listed(nodes).iter().for_each(|e| index.apply_node(e));
     listed(pods).iter().for_each(|e| index.apply_proxy_pod(e));
     listed(daemonsets).iter().for_each(|e| index.apply_daemonset(e));
+    listed::<Event>(&[]).iter().for_each(|e| index.apply_creation_failure(e));
     index
 }
 
@@ -306,9 +318,10 @@ mod tests {
     #[test]
     fn watches_count_as_synced_after_their_first_list() {
         let mut index = Index::new(&crate::fixtures::settings());
-        assert_eq!(index.unsynced(), vec!["services", "nodes", "proxy pods", "proxy daemonsets"]);
+        let all = ["services", "nodes", "proxy pods", "proxy daemonsets", "proxy creation failures"];
+        assert_eq!(index.unsynced(), all);
         index.apply_node(&watcher::Event::Init);
         index.apply_node(&watcher::Event::InitDone);
-        assert_eq!(index.unsynced(), vec!["services", "proxy pods", "proxy daemonsets"]);
+        assert_eq!(index.unsynced(), ["services", "proxy pods", "proxy daemonsets", "proxy creation failures"]);
     }
 }

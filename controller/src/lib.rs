@@ -3,7 +3,7 @@
 //!
 //! Layers, from pure to I/O:
 //! - what a Service asks for and what follows from it: `service_lb`, `placement`, `daemonset`,
-//!   `status`, `conflicts`, `port_policy`, `tenancy`, `finalizer`, and `decide`, the one decision per reconcile;
+//!   `status`, `proxy_health`, `conflicts`, `port_policy`, `tenancy`, `finalizer`, and `decide`, the one decision per reconcile;
 //! - `index`: what the watches know of other objects, grouped for cheap look-ups;
 //!   `mapping`: which Services a watched change affects;
 //! - `watches` (the streams and the controller loop), `reconcile` (the executor: every write)
@@ -23,9 +23,10 @@ pub mod metrics;
 pub mod names;
 mod placement;
 pub mod port_policy;
+mod proxy_health;
 mod reconcile;
 pub mod server;
-mod service_lb;
+pub mod service_lb;
 pub mod status;
 pub mod tenancy;
 mod watches;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Service};
 use kube::runtime::reflector;
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -58,8 +58,26 @@ pub async fn run(
         indexed(Api::<DaemonSet>::namespaced(client.clone(), &namespace), managed, &index, Index::apply_daemonset)
             .touched_objects();
 
+    // The DaemonSet controller reports pods it cannot create only as Events on the DaemonSet.
+    let failed_creations = all.clone().fields("involvedObject.kind=DaemonSet,reason=FailedCreate");
+    let failure_events = indexed(
+        Api::<CoreEvent>::namespaced(client.clone(), &namespace),
+        failed_creations,
+        &index,
+        Index::apply_creation_failure,
+    )
+    .touched_objects();
+
     let context =
         Arc::new(Context::new(client, settings.clone(), services.clone(), index.clone(), metrics, ready.clone()));
+
+    let index_for_failures = index.clone();
+    let failure_mapper = move |failure: CoreEvent| {
+        let daemonset = &failure.involved_object;
+        let key = format!("{}/{}", daemonset.namespace.as_deref().unwrap_or_default(), daemonset.name.as_deref()?);
+        let index = index_for_failures.read().expect("index lock");
+        owning_service(index.daemonsets.get(&key)?.as_ref())
+    };
 
     let node_filter = Mutex::new(NodeChangeFilter::default());
     let class = settings.load_balancer_class.clone();
@@ -96,6 +114,7 @@ pub async fn run(
         .watches_stream(daemonset_events, |ds| owning_service(&ds))
         .watches_stream(pod_events, |pod| owning_service(&pod))
         .watches_stream(node_events, node_mapper)
+        .watches_stream(failure_events, failure_mapper)
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use hostlb_e2e::*;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -456,6 +457,51 @@ async fn a_daemonset_the_api_server_refuses_is_warned_and_the_status_stays() -> 
     Ok(())
 }
 
+#[tokio::test]
+async fn proxy_pods_that_cannot_be_created_are_explained_on_the_service() -> Result<()> {
+    let (cluster, ns, _) = setup("notcreated").await?;
+    // A class that exists, and a quota in hostlb's namespace that allows it no pods.
+    let classes: Api<PriorityClass> = Api::all(cluster.client.clone());
+    let class = json!({ "metadata": { "name": "e2e-quota" }, "value": 1000, "preemptionPolicy": "Never" });
+    match classes.create(&PostParams::default(), &serde_json::from_value(class)?).await {
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        created => drop(created?),
+    }
+    let quotas: Api<ResourceQuota> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let quota = json!({
+        "metadata": { "name": "e2e-quota" },
+        "spec": {
+            "hard": { "pods": "0" },
+            "scopeSelector": { "matchExpressions": [{ "scopeName": "PriorityClass", "operator": "In", "values": ["e2e-quota"] }] },
+        },
+    });
+    match quotas.create(&PostParams::default(), &serde_json::from_value(quota)?).await {
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        created => drop(created?),
+    }
+    let class_key = names::ANNOTATION_PRIORITY_CLASS;
+    let cases = [
+        ("missing", 18210, "e2e-missing", "no PriorityClass with name e2e-missing"),
+        ("quota", 18211, "e2e-quota", "exceeded quota"),
+    ];
+    for (service, port, class, expected) in cases {
+        ns.annotated_load_balancer(service, "echo", &http(port), json!({}), json!({ class_key: class })).await?;
+        let started = Instant::now();
+        let events = eventually(SETTLE, || async {
+            let events = cluster.events(&ns.name, service, Reason::ProxyPodsNotCreated).await?;
+            ensure!(!events.is_empty(), "no ProxyPodsNotCreated Event on {service} yet");
+            Ok(events)
+        })
+        .await?;
+        let note = events[0].note.clone().unwrap_or_default();
+        ensure!(note.contains(expected), "the Event on {service} does not say {expected:?}: {note:?}");
+        println!("timing: {service}: creation to ProxyPodsNotCreated: {:.2}s", started.elapsed().as_secs_f64());
+    }
+    quotas.delete("e2e-quota", &Default::default()).await?;
+    classes.delete("e2e-quota", &Default::default()).await?;
+    Ok(())
+}
+
 async fn node_api(cluster: &Cluster) -> Api<Node> {
     Api::all(cluster.client.clone())
 }
@@ -597,7 +643,7 @@ async fn a_controller_that_cannot_list_its_objects_exits_naming_them() -> Result
     let logs = pods.logs("blind-controller", &LogParams::default()).await?;
     ensure!(
         logs.contains(
-            "the watches of services, nodes, proxy pods, proxy daemonsets did not list their objects within 3s"
+            "the watches of services, nodes, proxy pods, proxy daemonsets, proxy creation failures did not list their objects within 3s"
         ),
         "the log does not name the watches:\n{logs}"
     );
