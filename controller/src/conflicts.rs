@@ -1,33 +1,64 @@
-//! Host ports are a node-wide resource: two Services claiming the same port and protocol on a
-//! shared node cannot both run a proxy pod there.
+//! Host ports are a node-wide resource: on a node, one Service per port and protocol. The
+//! Service that claimed a port first (the older one, then the smaller UID) keeps it on every
+//! node it runs on; a later one's proxies leave those nodes out, so they never wait there for
+//! the older Service's pod to go away, as they would when it is replaced in a roll.
+
+use std::collections::BTreeSet;
 
 use crate::index::Index;
 use crate::placement::Placement;
 use crate::service_lb::ServiceLb;
 
-/// One message per port that `lb` shares with another Service on at least one common node.
+/// Where the ports of `lb` are held by older Services.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HeldPorts {
+    /// Nodes this Service's proxies must leave out.
+    pub nodes: BTreeSet<String>,
+    /// One line per port and older Service, naming that Service only if it is in the same
+    /// namespace.
+    pub messages: Vec<String>,
+}
+
 /// Looks only at the Services that claim one of `lb`'s ports.
-pub fn port_conflicts(lb: &ServiceLb, placement: &Placement, index: &Index) -> Vec<String> {
+pub fn held_by_older_services(lb: &ServiceLb, placement: &Placement, index: &Index) -> HeldPorts {
     let enablelb = index.enablelb_in_use();
-    let mut messages = Vec::new();
+    let mut held = HeldPorts::default();
     for port in &lb.ports {
-        for other in index.claims.group(&(port.protocol, port.listen)).filter(|other| other.uid != lb.uid) {
+        let older = index
+            .claims
+            .group(&(port.protocol, port.listen))
+            .filter(|other| other.uid != lb.uid && other.claim_order() < lb.claim_order());
+        for other in older {
             let theirs = Placement::for_service(other, enablelb);
-            let shares_a_node = index.nodes.values().any(|node| placement.admits(node) && theirs.admits(node));
-            if shares_a_node {
-                messages.push(format!(
-                    "port {}/{} is also claimed by Service {}/{}; on each node only one of them can run its proxy pod",
-                    port.listen,
-                    port.protocol.api_name(),
-                    other.namespace,
-                    other.name
-                ));
+            let shared: Vec<String> = index
+                .nodes
+                .values()
+                .filter(|node| placement.admits(node) && theirs.admits(node))
+                .filter_map(|node| node.metadata.name.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if shared.is_empty() {
+                continue;
             }
+            let holder = if other.namespace == lb.namespace {
+                format!("Service {}/{}", other.namespace, other.name)
+            } else {
+                "a Service in another namespace".to_string()
+            };
+            held.messages.push(format!(
+                "port {}/{} is held on {} by {holder}, which claimed it first; this Service's proxies leave {} out",
+                port.listen,
+                port.protocol.api_name(),
+                crate::events::listed(shared.iter().cloned()),
+                if shared.len() == 1 { "that node" } else { "those nodes" },
+            ));
+            held.nodes.extend(shared);
         }
     }
-    messages.sort();
-    messages.dedup();
-    messages
+    held.messages.sort();
+    held.messages.dedup();
+    held
 }
 
 #[cfg(test)]
@@ -37,36 +68,63 @@ mod tests {
     use crate::index::index_of;
     use crate::names;
     use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    fn conflicts_of(service: &Service, index: &Index) -> Vec<String> {
+    fn created_at(mut service: Service, second: i64) -> Service {
+        service.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap()));
+        service
+    }
+
+    fn held(service: &Service, index: &Index) -> HeldPorts {
         let lb = ServiceLb::from_service(service).unwrap();
         let placement = Placement::for_service(&lb, index.enablelb_in_use());
-        port_conflicts(&lb, &placement, index)
+        held_by_older_services(&lb, &placement, index)
+    }
+
+    fn two_nodes() -> [k8s_openapi::api::core::v1::Node; 2] {
+        [NodeBuilder::new("n1").build(), NodeBuilder::new("n2").build()]
     }
 
     #[test]
-    fn same_port_and_protocol_on_shared_nodes_conflicts() {
-        let a = ServiceBuilder::new("a").port("TCP", 80, 0).port("UDP", 53, 0).uid("1").build();
-        let b = ServiceBuilder::new("b").port("TCP", 80, 0).uid("2").build();
-        let c = ServiceBuilder::new("c").port("UDP", 80, 0).port("TCP", 53, 0).uid("3").build();
-        let index = index_of(&[a.clone(), b, c], &[NodeBuilder::new("n1").build()], &[], &[]);
+    fn the_older_service_keeps_its_port_and_the_newer_one_leaves_its_nodes_out() {
+        let older = created_at(ServiceBuilder::new("a").uid("2").port("TCP", 80, 0).port("UDP", 53, 0).build(), 10);
+        let newer = created_at(ServiceBuilder::new("b").uid("1").port("TCP", 80, 0).build(), 20);
+        let other_protocol = created_at(ServiceBuilder::new("c").uid("3").port("UDP", 80, 0).build(), 5);
+        let index = index_of(&[older.clone(), newer.clone(), other_protocol], &two_nodes(), &[], &[]);
+        assert_eq!(held(&older, &index), HeldPorts::default());
+        let held = held(&newer, &index);
+        assert_eq!(held.nodes, ["n1".to_string(), "n2".to_string()].into());
         assert_eq!(
-            conflicts_of(&a, &index),
-            vec!["port 80/TCP is also claimed by Service shop/b; on each node only one of them can run its proxy pod"]
+            held.messages,
+            vec![
+                "port 80/TCP is held on n1, n2 by Service shop/a, which claimed it first; this Service's proxies \
+                  leave those nodes out"
+            ]
         );
-        let alone = index_of(std::slice::from_ref(&a), &[NodeBuilder::new("n1").build()], &[], &[]);
-        assert!(conflicts_of(&a, &alone).is_empty());
     }
 
     #[test]
-    fn services_in_disjoint_pools_do_not_conflict() {
+    fn ties_go_to_the_smaller_uid_and_other_namespaces_stay_unnamed() {
+        let first = ServiceBuilder::new("a").uid("1").build();
+        let mut second = ServiceBuilder::new("b").uid("2").build();
+        second.metadata.namespace = Some("team-b".into());
+        let (first, second) = (created_at(first, 10), created_at(second, 10));
+        let index = index_of(&[first.clone(), second.clone()], &two_nodes(), &[], &[]);
+        assert!(held(&first, &index).nodes.is_empty());
+        let messages = held(&second, &index).messages;
+        assert!(messages[0].contains("by a Service in another namespace"), "{messages:?}");
+        assert!(!messages[0].contains("shop"), "{messages:?}");
+    }
+
+    #[test]
+    fn services_in_disjoint_pools_share_their_port() {
         let nodes = [
             NodeBuilder::new("n1").label(names::POOL, "a").build(),
             NodeBuilder::new("n2").label(names::POOL, "b").build(),
         ];
-        let a = ServiceBuilder::new("a").label(names::POOL, "a").uid("1").build();
-        let b = ServiceBuilder::new("b").label(names::POOL, "b").uid("2").build();
-        let index = index_of(&[a.clone(), b], &nodes, &[], &[]);
-        assert!(conflicts_of(&a, &index).is_empty());
+        let a = created_at(ServiceBuilder::new("a").uid("1").label(names::POOL, "a").build(), 10);
+        let b = created_at(ServiceBuilder::new("b").uid("2").label(names::POOL, "b").build(), 20);
+        let index = index_of(&[a, b.clone()], &nodes, &[], &[]);
+        assert_eq!(held(&b, &index), HeldPorts::default());
     }
 }

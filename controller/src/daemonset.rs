@@ -205,7 +205,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
         enable_service_links: Some(false),
         priority_class_name: Some(lb.priority_class.clone().unwrap_or_else(|| settings.default_priority_class.clone())),
         node_selector: Some(placement.required_labels.clone()),
-        affinity: Some(forbidden_labels_affinity(&placement.forbidden_labels)),
+        affinity: Some(node_affinity(placement)),
         tolerations: Some(tolerations(&lb.extra_tolerations)),
         security_context: sysctls.map(|sysctls| PodSecurityContext { sysctls: Some(sysctls), ..Default::default() }),
         termination_grace_period_seconds: Some(10),
@@ -266,22 +266,27 @@ fn resources(cpu: &str, memory_request: &str, memory_limit: &str) -> ResourceReq
     }
 }
 
-fn forbidden_labels_affinity(forbidden: &[String]) -> Affinity {
+/// The placement's forbidden labels and excluded nodes (by `metadata.name`, which the
+/// DaemonSet controller and the scheduler both honour).
+fn node_affinity(placement: &Placement) -> Affinity {
+    let forbidden = placement.forbidden_labels.iter().map(|key| NodeSelectorRequirement {
+        key: key.clone(),
+        operator: "DoesNotExist".into(),
+        values: None,
+    });
+    let excluded = (!placement.excluded_nodes.is_empty()).then(|| {
+        vec![NodeSelectorRequirement {
+            key: "metadata.name".into(),
+            operator: "NotIn".into(),
+            values: Some(placement.excluded_nodes.iter().cloned().collect()),
+        }]
+    });
     Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
                 node_selector_terms: vec![NodeSelectorTerm {
-                    match_expressions: Some(
-                        forbidden
-                            .iter()
-                            .map(|key| NodeSelectorRequirement {
-                                key: key.clone(),
-                                operator: "DoesNotExist".into(),
-                                values: None,
-                            })
-                            .collect(),
-                    ),
-                    ..Default::default()
+                    match_expressions: Some(forbidden.collect()),
+                    match_fields: excluded,
                 }],
             }),
             ..Default::default()
@@ -453,6 +458,25 @@ mod tests {
         assert_eq!(
             (requirement.key.as_str(), requirement.operator.as_str()),
             (names::NODE_LABEL_EXCLUDE, "DoesNotExist")
+        );
+    }
+
+    #[test]
+    fn nodes_held_by_an_older_service_are_left_out_by_name() {
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
+        let mut placement = Placement::for_service(&lb, false);
+        let none = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer));
+        let terms = |ds: &DaemonSet| {
+            let affinity = pod(ds).affinity.clone().unwrap().node_affinity.unwrap();
+            affinity.required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms
+        };
+        assert!(terms(&none)[0].match_fields.is_none());
+        placement.excluded_nodes = ["n2".to_string(), "n1".to_string()].into();
+        let excluded = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer));
+        let fields = terms(&excluded)[0].match_fields.clone().unwrap();
+        assert_eq!(
+            (fields[0].key.as_str(), fields[0].operator.as_str(), fields[0].values.clone()),
+            ("metadata.name", "NotIn", Some(vec!["n1".to_string(), "n2".to_string()]))
         );
     }
 

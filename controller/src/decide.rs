@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::ResourceExt;
 
-use crate::conflicts::port_conflicts;
+use crate::conflicts::held_by_older_services;
 use crate::daemonset::{config_hash_of, desired_daemonset};
 use crate::events::{listed, Reason, Warning};
 use crate::index::Index;
@@ -142,13 +142,14 @@ fn plan_proxies(
         serving.daemonset = ours.map(|existing| DaemonSetAction::Delete(existing.clone()));
         return None;
     }
-    let placement = Placement::for_service(lb, index.enablelb_in_use());
+    let mut placement = Placement::for_service(lb, index.enablelb_in_use());
     if !index.nodes.values().any(|node| placement.admits(node)) {
         let nodes: Vec<&Node> = index.nodes.values().map(AsRef::as_ref).collect();
         serving.warnings.push(Warning::new(Reason::NoEligibleNode, placement.explain_empty(lb, &nodes)));
     }
-    let conflicts = port_conflicts(lb, &placement, index);
-    serving.warnings.extend(conflicts.into_iter().map(|m| Warning::new(Reason::PortConflict, m)));
+    let held = held_by_older_services(lb, &placement, index);
+    serving.warnings.extend(held.messages.into_iter().map(|m| Warning::new(Reason::PortConflict, m)));
+    placement.excluded_nodes = held.nodes;
 
     if let Some(existing) = observed.daemonset.filter(|existing| !made_for(existing, lb)) {
         serving.warnings.push(Warning::new(
@@ -350,8 +351,8 @@ mod tests {
     #[test]
     fn no_eligible_node_port_conflicts_and_unschedulable_pods_are_warned() {
         let service = ServiceBuilder::new("web").label(names::POOL, "edge").build();
-        let mut rival = ServiceBuilder::new("rival").build();
-        rival.metadata.uid = Some("rival-uid".into());
+        let mut rival = ServiceBuilder::new("rival").uid("rival-uid").build();
+        rival.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         let mut stuck = proxy_pod("p", "n1", false);
         stuck.status.as_mut().unwrap().conditions = Some(vec![PodCondition {
             type_: "PodScheduled".into(),
@@ -368,6 +369,10 @@ mod tests {
         let serving = served(&everywhere, &index, None);
         assert_eq!(reasons(&serving.warnings), vec![Reason::PortConflict, Reason::ProxyPodUnschedulable]);
         assert!(serving.warnings[0].message.contains("shop/rival"), "{:?}", serving.warnings);
+        let Some(DaemonSetAction::Apply { daemonset, .. }) = serving.daemonset else { panic!("expected a DaemonSet") };
+        let affinity = daemonset.spec.unwrap().template.spec.unwrap().affinity.unwrap().node_affinity.unwrap();
+        let term = &affinity.required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms[0];
+        assert_eq!(term.match_fields.as_ref().unwrap()[0].values, Some(vec!["n1".to_string()]), "n1 is left out");
     }
 
     #[test]

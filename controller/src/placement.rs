@@ -1,7 +1,7 @@
 //! Which nodes may run a Service's proxy pods. The same rules become the DaemonSet's node
 //! selection and decide which nodes may be published, so the two never disagree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Node;
 
@@ -14,6 +14,8 @@ pub struct Placement {
     pub required_labels: BTreeMap<String, String>,
     /// Labels a node must not carry at all.
     pub forbidden_labels: Vec<String>,
+    /// Nodes where an older Service holds one of this Service's host ports.
+    pub excluded_nodes: BTreeSet<String>,
 }
 
 impl Placement {
@@ -27,13 +29,21 @@ impl Placement {
         if let Some(pool) = &lb.pool {
             required_labels.insert(names::POOL.into(), pool.clone());
         }
-        Placement { required_labels, forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()] }
+        Placement {
+            required_labels,
+            forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()],
+            excluded_nodes: BTreeSet::new(),
+        }
     }
 
     /// Every node that is not excluded from load balancers: for a Service whose own choice of
     /// nodes cannot be read, where its running proxies decide.
     pub fn anywhere() -> Self {
-        Placement { required_labels: BTreeMap::new(), forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()] }
+        Placement {
+            required_labels: BTreeMap::new(),
+            forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()],
+            excluded_nodes: BTreeSet::new(),
+        }
     }
 
     pub fn admits(&self, node: &Node) -> bool {
@@ -41,6 +51,7 @@ impl Placement {
         let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
         self.required_labels.iter().all(|(key, value)| labels.get(key) == Some(value))
             && self.forbidden_labels.iter().all(|key| !labels.contains_key(key))
+            && node.metadata.name.as_ref().is_none_or(|name| !self.excluded_nodes.contains(name))
     }
 
     /// Why no node is admitted, in terms a user can act on.

@@ -53,9 +53,17 @@ pub struct ServiceLb {
     pub pool: Option<String>,
     pub extra_tolerations: Vec<Toleration>,
     pub priority_class: Option<String>,
+    /// When the Service was created: of two Services on one host port, the older keeps it.
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 impl ServiceLb {
+    /// Orders claims on a host port: the older Service first, the UID breaking ties. A
+    /// Service without a creation time (never from the API server) comes last.
+    pub fn claim_order(&self) -> (bool, Option<k8s_openapi::jiff::Timestamp>, &str) {
+        (self.created.is_none(), self.created, &self.uid)
+    }
+
     /// Checks every field hostlb uses and reports all problems at once, so a user fixes them in
     /// one go.
     pub fn from_service(service: &Service) -> Result<Self, Vec<FieldError>> {
@@ -119,6 +127,7 @@ impl ServiceLb {
             pool,
             extra_tolerations,
             priority_class,
+            created: meta.creation_timestamp.as_ref().map(|time| time.0),
         })
     }
 }

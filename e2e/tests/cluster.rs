@@ -279,7 +279,7 @@ async fn proxies_left_behind_by_a_finalizer_removed_by_hand_are_deleted() -> Res
 }
 
 #[tokio::test]
-async fn a_second_service_on_a_taken_port_is_reported_and_the_first_keeps_working() -> Result<()> {
+async fn the_first_service_on_a_port_keeps_every_node_through_its_rolls() -> Result<()> {
     let (cluster, ns, nodes) = setup("conflict").await?;
     backend_on_node1(&cluster, &ns, &nodes).await?;
     ns.load_balancer("first", "echo", &http(18120), json!({})).await?;
@@ -287,18 +287,41 @@ async fn a_second_service_on_a_taken_port_is_reported_and_the_first_keeps_workin
     ns.load_balancer("second", "echo", &http(18120), json!({})).await?;
 
     let events = eventually(SETTLE, || async {
-        let events = cluster.events(&ns.name, "second", Reason::ProxyPodUnschedulable).await?;
-        ensure!(!events.is_empty(), "no ProxyPodUnschedulable Event on the second Service yet");
+        let events = cluster.events(&ns.name, "second", Reason::PortConflict).await?;
+        ensure!(!events.is_empty(), "no PortConflict Event on the second Service yet");
         Ok(events)
     })
     .await?;
     let note = events[0].note.clone().unwrap_or_default();
-    ensure!(note.contains("free ports"), "the Event does not say why: {note:?}");
-    ensure!(!cluster.events(&ns.name, "second", Reason::PortConflict).await?.is_empty(), "no PortConflict Event");
+    ensure!(note.contains("claimed it first") && note.contains("leave those nodes out"), "{note:?}");
+    let second_left_out = || async {
+        let daemonset = proxy_daemonset(&cluster, &ns.name, "second").await?;
+        let scheduled = daemonset.status.map(|s| s.desired_number_scheduled);
+        ensure!(scheduled == Some(0), "the second Service's proxies are wanted on {scheduled:?} nodes");
+        let second = ns.services().get("second").await?;
+        ensure!(published(&second).is_empty(), "the second Service publishes {:?}", published(&second));
+        Ok(())
+    };
+    eventually(SETTLE, second_left_out).await?;
 
-    let second = ns.services().get("second").await?;
-    ensure!(published(&second).is_empty(), "the second Service publishes {:?}", published(&second));
-    cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    // Each change of the first Service rolls its proxies: a pending pod of the second one
+    // would take a node over while the first one's pod is replaced.
+    let ranges = [vec!["0.0.0.0/0"], vec!["0.0.0.0/1", "128.0.0.0/1"], vec!["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/1"]];
+    for (roll, ranges) in ranges.into_iter().enumerate() {
+        let before = proxy_daemonset(&cluster, &ns.name, "first").await?.metadata.generation;
+        ns.patch_service("first", json!({ "spec": { "loadBalancerSourceRanges": ranges } })).await?;
+        eventually(SETTLE, || async {
+            let now = proxy_daemonset(&cluster, &ns.name, "first").await?.metadata.generation;
+            ensure!(now > before, "roll {roll}: the DaemonSet is still at generation {now:?}");
+            Ok(())
+        })
+        .await?;
+        let started = Instant::now();
+        wait_rolled_to(&cluster, &ns.name, "first", 18120).await?;
+        println!("timing: roll {} of the first Service: {:.2}s", roll + 1, started.elapsed().as_secs_f64());
+        cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+        second_left_out().await?;
+    }
     answered_http(&cluster, nodes.unpublished1, 18120).await?;
     answered_http(&cluster, nodes.ip1, 18120).await?;
     Ok(())
