@@ -38,6 +38,8 @@ pub struct ProxySettings {
     /// Downward-API field giving a proxy pod its node's address(es) for
     /// `externalTrafficPolicy: Local`; see `node_address_field`.
     pub node_address_field: &'static str,
+    /// `names::install_id` of the install, labelled on its DaemonSets.
+    pub install_id: String,
 }
 
 /// `status.hostIPs` (every family of a dual-stack node) where the API server has it, from
@@ -77,7 +79,14 @@ pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &Proxy
         metadata: ObjectMeta {
             name: Some(name),
             namespace: Some(settings.namespace.clone()),
-            labels: Some(labels.clone()),
+            // On the DaemonSet only: a new pod label would roll every proxy on upgrade.
+            labels: Some(
+                labels
+                    .clone()
+                    .into_iter()
+                    .chain([(names::LABEL_INSTALL.to_string(), settings.install_id.clone())])
+                    .collect(),
+            ),
             ..Default::default()
         },
         spec: Some(DaemonSetSpec {
@@ -324,6 +333,7 @@ mod tests {
             forwarding,
             default_priority_class: "system-node-critical".into(),
             node_address_field: "status.hostIP",
+            install_id: names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS),
         }
     }
 
@@ -358,6 +368,7 @@ mod tests {
         assert_eq!(labels[names::LABEL_SERVICE_NAMESPACE], "shop");
         assert_eq!(labels[names::LABEL_SERVICE_UID], UID);
         assert_eq!(labels[names::LABEL_MANAGED_BY], "hostlb");
+        assert_eq!(labels[names::LABEL_INSTALL], names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS));
         let template_labels = ds.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
         let selector = ds.spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap();
         assert!(selector.iter().all(|(k, v)| template_labels.get(k) == Some(v)));

@@ -15,7 +15,7 @@ use crate::names;
 use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
 use crate::proxy_health::{creation_failure, failing_pods};
-use crate::service_lb::{declared_families, is_handled, FieldError, ServiceLb};
+use crate::service_lb::{declared_families, FieldError, ServiceLb};
 use crate::status::{desired_addresses, needs_update, published_addresses};
 use crate::Settings;
 
@@ -71,10 +71,9 @@ pub enum DaemonSetAction {
 
 pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Decision {
     let service = observed.service;
-    let handled = is_handled(service, &settings.load_balancer_class);
     let deleting = service.metadata.deletion_timestamp.is_some();
-    if !handled || deleting {
-        return if service.finalizers().iter().any(|f| f == names::FINALIZER) {
+    if !settings.serves(service) || deleting {
+        return if settings.holds(service) {
             Decision::CleanUp { clear_status: !deleting && !published_addresses(service).is_empty() }
         } else {
             Decision::Ignore
@@ -85,8 +84,7 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
 
 fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving {
     let service = observed.service;
-    let mut serving =
-        Serving { add_finalizer: !service.finalizers().iter().any(|f| f == names::FINALIZER), ..Serving::default() };
+    let mut serving = Serving { add_finalizer: !settings.holds(service), ..Serving::default() };
     let (placement, families) = match admitted(service, settings) {
         Ok((lb, refused)) => {
             serving.warnings.extend(refused.into_iter().map(|refused| {

@@ -5,25 +5,23 @@
 use json_patch::{Patch, PatchOperation};
 use serde_json::json;
 
-use crate::names::FINALIZER;
-
-/// The patch that makes `finalizers` hold hostlb's finalizer (`present`) or not; `None` when
-/// they already do.
-pub fn finalizer_patch(finalizers: &[String], present: bool) -> Option<Patch> {
-    let index = finalizers.iter().position(|f| f == FINALIZER);
+/// The patch that makes `finalizers` hold `finalizer` (`present`) or not; `None` when they
+/// already do.
+pub fn finalizer_patch(finalizers: &[String], finalizer: &str, present: bool) -> Option<Patch> {
+    let index = finalizers.iter().position(|f| f == finalizer);
     let operations = match (present, index) {
         (true, Some(_)) | (false, None) => return None,
         // An absent list reads as null to the API server's `test`.
         (true, None) if finalizers.is_empty() => json!([
             { "op": "test", "path": "/metadata/finalizers", "value": null },
-            { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
+            { "op": "add", "path": "/metadata/finalizers", "value": [finalizer] },
         ]),
         (true, None) => json!([
             { "op": "test", "path": "/metadata/finalizers", "value": finalizers },
-            { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
+            { "op": "add", "path": "/metadata/finalizers/-", "value": finalizer },
         ]),
         (false, Some(index)) => json!([
-            { "op": "test", "path": format!("/metadata/finalizers/{index}"), "value": FINALIZER },
+            { "op": "test", "path": format!("/metadata/finalizers/{index}"), "value": finalizer },
             { "op": "remove", "path": format!("/metadata/finalizers/{index}") },
         ]),
     };
@@ -35,6 +33,7 @@ pub fn finalizer_patch(finalizers: &[String], present: bool) -> Option<Patch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::FINALIZER;
     use serde_json::Value;
 
     fn strings(values: &[&str]) -> Vec<String> {
@@ -42,7 +41,7 @@ mod tests {
     }
 
     fn applied(document: Value, finalizers: &[&str], present: bool) -> Result<Value, json_patch::PatchError> {
-        let patch = finalizer_patch(&strings(finalizers), present).expect("a change is needed");
+        let patch = finalizer_patch(&strings(finalizers), FINALIZER, present).expect("a change is needed");
         let mut document = document;
         json_patch::patch(&mut document, &patch)?;
         Ok(document)
@@ -60,7 +59,7 @@ mod tests {
 
     #[test]
     fn adds_the_first_finalizer() {
-        let patch = finalizer_patch(&[], true).unwrap();
+        let patch = finalizer_patch(&[], FINALIZER, true).unwrap();
         assert_eq!(
             serde_json::to_value(&patch).unwrap()[1],
             json!({ "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] })
@@ -71,8 +70,8 @@ mod tests {
 
     #[test]
     fn nothing_to_do_when_the_finalizer_is_already_as_wanted() {
-        assert!(finalizer_patch(&strings(&[FINALIZER]), true).is_none());
-        assert!(finalizer_patch(&strings(&["other"]), false).is_none());
+        assert!(finalizer_patch(&strings(&[FINALIZER]), FINALIZER, true).is_none());
+        assert!(finalizer_patch(&strings(&["other"]), FINALIZER, false).is_none());
     }
 
     #[test]

@@ -217,6 +217,8 @@ pub const CLASS: &str = "hostlb.io/hostlb";
 pub fn settings() -> crate::Settings {
     crate::Settings {
         load_balancer_class: CLASS.into(),
+        serve_unclassed: true,
+        finalizer: names::FINALIZER.into(),
         address_type: crate::status::AddressType::Auto,
         proxy: crate::daemonset::ProxySettings {
             namespace: "hostlb-system".into(),
@@ -225,6 +227,7 @@ pub fn settings() -> crate::Settings {
             forwarding: crate::daemonset::ForwardingMode::InitContainer,
             default_priority_class: "hostlb-proxy".into(),
             node_address_field: "status.hostIP",
+            install_id: names::install_id(CLASS),
         },
         ports: crate::port_policy::PortPolicy {
             denied: crate::port_policy::DEFAULT_DENIED_PORTS

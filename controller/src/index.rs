@@ -16,7 +16,7 @@ use kube::ResourceExt;
 
 use crate::decide::admitted;
 use crate::names;
-use crate::service_lb::{is_handled, ServiceLb};
+use crate::service_lb::ServiceLb;
 use crate::Settings;
 
 /// `namespace/name`, or `name` for cluster-scoped objects.
@@ -175,7 +175,7 @@ impl Index {
     pub fn apply_service(&mut self, event: &watcher::Event<Service>) {
         let settings = &self.settings;
         self.claims.apply(event, |service| {
-            if !is_handled(service, &settings.load_balancer_class) || service.metadata.deletion_timestamp.is_some() {
+            if !settings.serves(service) || service.metadata.deletion_timestamp.is_some() {
                 return None;
             }
             let (lb, _) = admitted(service, settings).ok()?;

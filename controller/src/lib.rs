@@ -33,12 +33,29 @@ mod watches;
 
 pub use error::Error;
 pub use events::Reason;
+pub use reconcile::uninstall;
 pub use watches::run;
+
+impl Settings {
+    /// Whether this install serves the Service.
+    pub fn serves(&self, service: &k8s_openapi::api::core::v1::Service) -> bool {
+        service_lb::is_handled(service, &self.load_balancer_class, self.serve_unclassed)
+    }
+
+    /// Whether the Service carries this install's finalizer.
+    pub fn holds(&self, service: &k8s_openapi::api::core::v1::Service) -> bool {
+        service.metadata.finalizers.iter().flatten().any(|f| *f == self.finalizer)
+    }
+}
 
 /// Cluster-wide choices of this controller.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub load_balancer_class: String,
+    /// Whether Services without a class are this install's.
+    pub serve_unclassed: bool,
+    /// This install's finalizer (`names::finalizer_for` its class).
+    pub finalizer: String,
     pub address_type: status::AddressType,
     pub proxy: daemonset::ProxySettings,
     pub ports: port_policy::PortPolicy,

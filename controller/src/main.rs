@@ -21,12 +21,19 @@ struct Args {
     /// Namespace of the proxy DaemonSets.
     #[arg(long, env = "HOSTLB_NAMESPACE", default_value = names::DEFAULT_NAMESPACE)]
     namespace: String,
-    /// Services with this spec.loadBalancerClass, or with none, are served; others are left alone.
-    #[arg(long, env = "HOSTLB_LOAD_BALANCER_CLASS", default_value = "hostlb.io/hostlb")]
+    /// Services with this spec.loadBalancerClass are served; others are left alone.
+    #[arg(long, env = "HOSTLB_LOAD_BALANCER_CLASS", default_value = names::DEFAULT_LOAD_BALANCER_CLASS)]
     load_balancer_class: String,
+    /// Whether Services without a class are served too; of several installs, give it to one.
+    #[arg(long, env = "HOSTLB_SERVE_UNCLASSED", default_value_t = true, action = clap::ArgAction::Set)]
+    serve_unclassed: bool,
+    /// Release every Service this install serves (proxies deleted, status cleared, finalizer
+    /// removed), then exit: run it after scaling the controller to zero, before removing it.
+    #[arg(long)]
+    uninstall: bool,
     /// Image of the proxy pods (the hostlb-lb binary).
-    #[arg(long, env = "HOSTLB_LB_IMAGE")]
-    lb_image: String,
+    #[arg(long, env = "HOSTLB_LB_IMAGE", required_unless_present = "uninstall")]
+    lb_image: Option<String>,
     #[arg(long, env = "HOSTLB_LB_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
     lb_image_pull_policy: String,
     /// How proxy pods turn on forwarding.
@@ -110,7 +117,8 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
     let server = client.apiserver_version().await.context("cannot read the API server's version")?;
     let settings = Settings {
-        load_balancer_class: args.load_balancer_class,
+        finalizer: names::finalizer_for(&args.load_balancer_class),
+        serve_unclassed: args.serve_unclassed,
         address_type: args.address_type,
         instance: args.instance,
         tenants: TenantPolicy {
@@ -121,13 +129,20 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
         ports: PortPolicy { denied: args.denied_ports, allowed: args.allowed_ports, node_ports: args.node_port_range },
         proxy: ProxySettings {
             namespace: args.namespace,
-            image: args.lb_image,
+            image: args.lb_image.unwrap_or_default(),
             image_pull_policy: args.lb_image_pull_policy,
             forwarding: args.forwarding_mode,
             default_priority_class: args.default_priority_class,
             node_address_field: node_address_field(&server.major, &server.minor),
+            install_id: names::install_id(&args.load_balancer_class),
         },
+        load_balancer_class: args.load_balancer_class,
     };
+    if args.uninstall {
+        let released = hostlb_controller::uninstall(client, settings).await?;
+        tracing::info!("uninstalled: released {released} Services; deleted their proxy DaemonSets");
+        return Ok(());
+    }
     tracing::info!(?settings, server = %server.git_version, "starting hostlb-controller {}", env!("CARGO_PKG_VERSION"));
     let sync_timeout = Duration::from_secs(args.sync_timeout_seconds);
     let metrics = Arc::new(metrics::Metrics::default());

@@ -10,7 +10,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
 use crate::names;
-use crate::service_lb::is_handled;
+use crate::Settings;
 
 /// The Service a proxy DaemonSet or Pod serves, read from the labels the controller set.
 pub fn owning_service(object: &impl ResourceExt) -> Option<ObjectRef<Service>> {
@@ -27,13 +27,13 @@ pub fn owning_service(object: &impl ResourceExt) -> Option<ObjectRef<Service>> {
 /// placed on, the node that changed.
 pub fn services_affected_by_node<'a>(
     services: impl IntoIterator<Item = &'a Service>,
-    load_balancer_class: &str,
+    settings: &Settings,
 ) -> Vec<ObjectRef<Service>> {
-    services.into_iter().filter(|s| served_or_cleaning_up(s, load_balancer_class)).map(ObjectRef::from_obj).collect()
+    services.into_iter().filter(|s| served_or_cleaning_up(s, settings)).map(ObjectRef::from_obj).collect()
 }
 
-fn served_or_cleaning_up(service: &Service, load_balancer_class: &str) -> bool {
-    is_handled(service, load_balancer_class) || service.finalizers().iter().any(|f| f == names::FINALIZER)
+fn served_or_cleaning_up(service: &Service, settings: &Settings) -> bool {
+    settings.serves(service) || settings.holds(service)
 }
 
 /// Proxy objects that no Service will ever clean up: the Service of their UID is gone, or
@@ -42,11 +42,11 @@ fn served_or_cleaning_up(service: &Service, load_balancer_class: &str) -> bool {
 pub fn orphaned<'a, K: ResourceExt>(
     proxies: impl IntoIterator<Item = &'a K>,
     services: &[&Service],
-    load_balancer_class: &str,
+    settings: &Settings,
 ) -> Vec<&'a K> {
     let claimed: HashSet<&str> = services
         .iter()
-        .filter(|s| served_or_cleaning_up(s, load_balancer_class))
+        .filter(|s| served_or_cleaning_up(s, settings))
         .filter_map(|s| s.metadata.uid.as_deref())
         .collect();
     proxies
@@ -97,7 +97,7 @@ impl NodeChangeFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{proxy_pod, terminating_proxy_pod, NodeBuilder, ServiceBuilder, NAMESPACE};
+    use crate::fixtures::{proxy_pod, settings, terminating_proxy_pod, NodeBuilder, ServiceBuilder, NAMESPACE};
     use k8s_openapi::api::core::v1::NodeCondition;
 
     #[test]
@@ -120,7 +120,7 @@ mod tests {
         let mut leaving = ServiceBuilder::new("leaving").type_("ClusterIP").build();
         leaving.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
         let plain = ServiceBuilder::new("plain").type_("ClusterIP").build();
-        let refs = services_affected_by_node([&handled, &other_class, &leaving, &plain], "hostlb.io/hostlb");
+        let refs = services_affected_by_node([&handled, &other_class, &leaving, &plain], &settings());
         let names: Vec<&str> = refs.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, vec!["web", "leaving"]);
     }
@@ -134,7 +134,7 @@ mod tests {
         let released_by_hand = ServiceBuilder::new("web").type_("ClusterIP").build();
         let mut recreated = ServiceBuilder::new("web").build();
         recreated.metadata.uid = Some("another-uid".into());
-        let class = "hostlb.io/hostlb";
+        let class = &settings();
 
         assert!(orphaned([&proxy], &[&served], class).is_empty());
         assert!(orphaned([&proxy], &[&finalizing], class).is_empty());

@@ -4,6 +4,9 @@ use sha2::{Digest, Sha256};
 
 /// Field manager for server-side apply and the reporting controller of Events.
 pub const MANAGER: &str = "hostlb-controller";
+/// The class of Services the default install serves.
+pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "hostlb.io/hostlb";
+/// The finalizer of the default install; `finalizer_for` gives every install its own.
 pub const FINALIZER: &str = "hostlb.io/cleanup";
 /// Where the install puts the controller and the proxy DaemonSets unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "hostlb-system";
@@ -36,6 +39,29 @@ pub const ANNOTATION_PRIORITY_CLASS: &str = "hostlb.io/priority-class";
 /// kube-proxy, so honoured here too.
 pub const ANNOTATION_LEGACY_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 
+/// Names the install (by its class) on the DaemonSets it makes, so that installs sharing a
+/// namespace never take each other's DaemonSets for orphans.
+pub const LABEL_INSTALL: &str = "hostlb.io/install";
+
+/// Each install's own finalizer, so that two installs never release each other's Services.
+pub fn finalizer_for(load_balancer_class: &str) -> String {
+    if load_balancer_class == DEFAULT_LOAD_BALANCER_CLASS {
+        FINALIZER.to_string()
+    } else {
+        format!("{FINALIZER}-{}", install_id(load_balancer_class))
+    }
+}
+
+/// A label value standing for the install serving this class.
+pub fn install_id(load_balancer_class: &str) -> String {
+    short_hash(load_balancer_class)
+}
+
+/// Label selector matching the proxy DaemonSets of one install.
+pub fn daemonset_selector(install_id: &str) -> String {
+    format!("{},{LABEL_INSTALL}={install_id}", managed_selector())
+}
+
 /// Label selector matching every object the controller creates.
 pub fn managed_selector() -> String {
     format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_PROXY}")
@@ -62,6 +88,14 @@ pub fn hex_digest(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_install_has_its_own_finalizer_and_the_default_one_keeps_the_old_name() {
+        assert_eq!(finalizer_for(DEFAULT_LOAD_BALANCER_CLASS), FINALIZER);
+        let other = finalizer_for("example.com/edge");
+        assert!(other.starts_with("hostlb.io/cleanup-") && other.len() == FINALIZER.len() + 9, "{other}");
+        assert_ne!(other, finalizer_for("example.com/core"));
+    }
 
     #[test]
     fn daemonset_name_keeps_short_service_names_whole() {

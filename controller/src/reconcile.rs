@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -25,8 +25,7 @@ use crate::finalizer::finalizer_patch;
 use crate::index::{key_of, Index, Key};
 use crate::mapping::{orphaned, owning_service};
 use crate::metrics::Metrics;
-use crate::service_lb::is_handled;
-use crate::status::ingress;
+use crate::status::{ingress, published_addresses};
 use crate::{names, Settings};
 
 /// A resync now and then repairs anything a missed watch event left behind.
@@ -102,6 +101,34 @@ fn retry_delay(failures_in_a_row: u32) -> Duration {
     FIRST_RETRY.saturating_mul(1 << doublings).min(LAST_RETRY)
 }
 
+/// Releases every Service this install holds, as if each were no longer served, then deletes
+/// whatever proxy DaemonSet of this install is left. Returns how many Services it released.
+pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
+    let (services, _) = reflector::store();
+    let index = Arc::new(RwLock::new(Index::new(&settings)));
+    let synced = Arc::new(AtomicBool::new(true));
+    let context = Context::new(client.clone(), settings, services, index, Arc::new(Metrics::default()), synced);
+    let all = Api::<Service>::all(client).list(&ListParams::default()).await.map_err(Error::kube("list Services"))?;
+    let mut released = 0;
+    for service in all.items.iter().filter(|service| context.settings.holds(service)) {
+        let clear_status = service.metadata.deletion_timestamp.is_none() && !published_addresses(service).is_empty();
+        context.clean_up(service, clear_status).await?;
+        info!(service = %ObjectRef::from_obj(service), "released");
+        released += 1;
+    }
+    let selector = names::daemonset_selector(&context.settings.proxy.install_id);
+    let left = context
+        .proxy_api()
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("list proxy DaemonSets"))?;
+    for daemonset in left {
+        let action = format!("delete DaemonSet {}", key_of(&daemonset));
+        context.delete_daemonset(&daemonset).await.map_err(Error::kube(action))?;
+    }
+    Ok(released)
+}
+
 #[tracing::instrument(skip_all, fields(service = %ObjectRef::from_obj(service.as_ref())))]
 pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<Action> {
     // Status computed from half-filled caches would withdraw addresses that are fine. Waiting
@@ -139,7 +166,7 @@ impl Context {
     /// only hostlb's own DaemonSets are indexed, from the API server, so that one of the same
     /// name that is not ours is seen before it would be overwritten.
     async fn fetch_daemonset(&self, service: &Service) -> Result<Option<Arc<DaemonSet>>> {
-        if !is_handled(service, &self.settings.load_balancer_class) || service.metadata.deletion_timestamp.is_some() {
+        if !self.settings.serves(service) || service.metadata.deletion_timestamp.is_some() {
             return Ok(None);
         }
         let name = names::daemonset_name(&service.name_any(), &service.uid().unwrap_or_default());
@@ -224,7 +251,9 @@ impl Context {
     /// cleans up Services whose type or class changed, so it writes its own patches (with the
     /// same guarded JSON patch the helper uses).
     async fn set_finalizer(&self, service: &Service, present: bool) -> Result<()> {
-        let Some(patch) = finalizer_patch(service.finalizers(), present) else { return Ok(()) };
+        let Some(patch) = finalizer_patch(service.finalizers(), &self.settings.finalizer, present) else {
+            return Ok(());
+        };
         match self
             .service_api(service)
             .patch(&service.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
@@ -241,7 +270,11 @@ impl Context {
     /// from the API server, not the index, so that nothing created just before is missed.
     async fn clean_up(&self, service: &Service, clear_status: bool) -> Result<()> {
         let uid = service.uid().unwrap_or_default();
-        let selector = format!("{},{}={uid}", names::managed_selector(), names::LABEL_SERVICE_UID);
+        let selector = format!(
+            "{},{}={uid}",
+            names::daemonset_selector(&self.settings.proxy.install_id),
+            names::LABEL_SERVICE_UID
+        );
         let daemonsets = self
             .proxy_api()
             .list(&ListParams::default().labels(&selector))
@@ -292,8 +325,7 @@ impl Context {
         let services = self.services.state();
         let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
         let daemonsets: Vec<Arc<DaemonSet>> = self.read_index().daemonsets.values().cloned().collect();
-        let class = &self.settings.load_balancer_class;
-        for daemonset in orphaned(daemonsets.iter().map(Arc::as_ref), &services, class) {
+        for daemonset in orphaned(daemonsets.iter().map(Arc::as_ref), &services, &self.settings) {
             let service = owning_service(daemonset).map_or_else(|| "an unknown Service".into(), |s| s.to_string());
             match self.delete_daemonset(daemonset).await {
                 Ok(Some(deleted)) => {

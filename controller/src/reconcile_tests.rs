@@ -236,7 +236,8 @@ async fn a_type_change_deletes_the_proxies_clears_the_status_and_releases_the_fi
     let list =
         json!({ "kind": "DaemonSetList", "apiVersion": "apps/v1", "metadata": {}, "items": [json_of(&daemonset)] });
     let listed = api.expect("GET", "/apis/apps/v1/namespaces/hostlb-system/daemonsets", 200, list).await;
-    let selector = format!("{},{}={UID}", names::managed_selector(), names::LABEL_SERVICE_UID);
+    let install = names::daemonset_selector(&settings().proxy.install_id);
+    let selector = format!("{install},{}={UID}", names::LABEL_SERVICE_UID);
     assert!(
         listed.query.contains(&format!(
             "labelSelector={}",

@@ -10,11 +10,12 @@ use k8s_openapi::api::core::v1::{Service, Toleration};
 
 use crate::names;
 
-/// Whether hostlb is responsible for this Service at all.
-pub fn is_handled(service: &Service, load_balancer_class: &str) -> bool {
+/// Whether an install of this class is responsible for the Service at all. Services without
+/// a class go to the install that serves unclassed ones.
+pub fn is_handled(service: &Service, load_balancer_class: &str, serve_unclassed: bool) -> bool {
     let Some(spec) = &service.spec else { return false };
     spec.type_.as_deref() == Some("LoadBalancer")
-        && spec.load_balancer_class.as_deref().is_none_or(|class| class == load_balancer_class)
+        && spec.load_balancer_class.as_deref().map_or(serve_unclassed, |class| class == load_balancer_class)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -320,11 +321,18 @@ mod tests {
     #[test]
     fn handles_unclassed_and_own_class_load_balancers_only() {
         let class = "hostlb.io/hostlb";
-        assert!(is_handled(&ServiceBuilder::new("web").build(), class));
-        assert!(is_handled(&ServiceBuilder::new("web").class(class).build(), class));
-        assert!(!is_handled(&ServiceBuilder::new("web").class("metallb.io/metallb").build(), class));
-        assert!(!is_handled(&ServiceBuilder::new("web").type_("ClusterIP").build(), class));
-        assert!(!is_handled(&ServiceBuilder::new("web").type_("NodePort").build(), class));
+        assert!(is_handled(&ServiceBuilder::new("web").build(), class, true));
+        assert!(is_handled(&ServiceBuilder::new("web").class(class).build(), class, true));
+        assert!(!is_handled(&ServiceBuilder::new("web").class("metallb.io/metallb").build(), class, true));
+        assert!(!is_handled(&ServiceBuilder::new("web").type_("ClusterIP").build(), class, true));
+        assert!(!is_handled(&ServiceBuilder::new("web").type_("NodePort").build(), class, true));
+    }
+
+    #[test]
+    fn a_second_install_serves_only_its_own_class() {
+        let class = "example.com/edge";
+        assert!(!is_handled(&ServiceBuilder::new("web").build(), class, false));
+        assert!(is_handled(&ServiceBuilder::new("web").class(class).build(), class, false));
     }
 
     #[test]

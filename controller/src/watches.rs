@@ -42,7 +42,8 @@ pub async fn run(
 ) -> Result<()> {
     let namespace = settings.proxy.namespace.clone();
     let all = watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
-    let managed = all.clone().labels(&names::managed_selector());
+    let proxy_pods = all.clone().labels(&names::managed_selector());
+    let proxy_daemonsets = all.clone().labels(&names::daemonset_selector(&settings.proxy.install_id));
     let index = Arc::new(RwLock::new(Index::new(&settings)));
 
     let (services, service_writer) = reflector::store();
@@ -52,11 +53,15 @@ pub async fn run(
     let node_events =
         indexed(Api::<Node>::all(client.clone()), all.clone(), &index, Index::apply_node).touched_objects();
     let pod_events =
-        indexed(Api::<Pod>::namespaced(client.clone(), &namespace), managed.clone(), &index, Index::apply_proxy_pod)
+        indexed(Api::<Pod>::namespaced(client.clone(), &namespace), proxy_pods, &index, Index::apply_proxy_pod)
             .touched_objects();
-    let daemonset_events =
-        indexed(Api::<DaemonSet>::namespaced(client.clone(), &namespace), managed, &index, Index::apply_daemonset)
-            .touched_objects();
+    let daemonset_events = indexed(
+        Api::<DaemonSet>::namespaced(client.clone(), &namespace),
+        proxy_daemonsets,
+        &index,
+        Index::apply_daemonset,
+    )
+    .touched_objects();
 
     // The DaemonSet controller reports pods it cannot create only as Events on the DaemonSet.
     let failed_creations = all.clone().fields("involvedObject.kind=DaemonSet,reason=FailedCreate");
@@ -80,14 +85,14 @@ pub async fn run(
     };
 
     let node_filter = Mutex::new(NodeChangeFilter::default());
-    let class = settings.load_balancer_class.clone();
+    let settings_for_nodes = settings.clone();
     let services_for_nodes = services.clone();
     let node_mapper = move |node: Node| {
         // The index has applied the event already: a node missing from it is gone.
         let current = index.read().expect("index lock").nodes.get(&key_of(&node)).cloned();
         let changed = node_filter.lock().expect("node filter lock").changed(&node.name_any(), current.as_deref());
         if changed {
-            services_affected_by_node(services_for_nodes.state().iter().map(|s| s.as_ref()), &class)
+            services_affected_by_node(services_for_nodes.state().iter().map(|s| s.as_ref()), &settings_for_nodes)
         } else {
             Vec::new()
         }

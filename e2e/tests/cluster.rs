@@ -10,7 +10,7 @@ use hostlb_e2e::*;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
-use kube::api::{LogParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -671,6 +671,80 @@ async fn a_controller_that_cannot_list_its_objects_exits_naming_them() -> Result
         "the log does not name the watches:\n{logs}"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn uninstall_releases_every_service_so_that_deletions_do_not_hang() -> Result<()> {
+    let (cluster, ns, nodes) = setup("uninstall").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("web", "echo", &http(18220), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+
+    cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "scale", "deployment/hostlb-controller", "--replicas=0"])?;
+    let released = uninstall_and_check(&cluster, &ns).await;
+    // Whatever happened, the next tests need the controller back.
+    cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "scale", "deployment/hostlb-controller", "--replicas=1"])?;
+    cluster.kubectl(&[
+        "-n",
+        SYSTEM_NAMESPACE,
+        "rollout",
+        "status",
+        "deployment/hostlb-controller",
+        "--timeout=120s",
+    ])?;
+    released
+}
+
+/// Runs `hostlb-controller --uninstall` as the controller's ServiceAccount, then checks that
+/// the Service is released and can be deleted with no controller running.
+async fn uninstall_and_check(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
+    let controllers: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let selector = ListParams::default().labels("app.kubernetes.io/component=controller");
+    eventually(POD_GONE, || async {
+        let left = controllers.list(&selector).await?.items.len();
+        ensure!(left == 0, "{left} controller pods are still there");
+        Ok(())
+    })
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let image = deployments
+        .get("hostlb-controller")
+        .await?
+        .spec
+        .and_then(|spec| spec.template.spec)
+        .and_then(|pod| pod.containers.into_iter().next())
+        .and_then(|container| container.image)
+        .context("the installed controller names no image")?;
+    let name = format!("uninstall-{}", ns.name);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": "hostlb-controller",
+            "containers": [{ "name": "uninstall", "image": image, "imagePullPolicy": "IfNotPresent", "args": ["--uninstall"] }]
+        }
+    }))?;
+    controllers.create(&PostParams::default(), &pod).await?;
+    let phase = eventually(SETTLE, || async {
+        let phase = controllers.get(&name).await?.status.and_then(|s| s.phase).unwrap_or_default();
+        ensure!(phase == "Succeeded" || phase == "Failed", "the uninstall pod is {phase:?}");
+        Ok(phase)
+    })
+    .await?;
+    let logs = controllers.logs(&name, &LogParams::default()).await?;
+    controllers.delete(&name, &Default::default()).await?;
+    ensure!(phase == "Succeeded" && logs.contains("uninstalled: released"), "uninstall {phase}:\n{logs}");
+
+    let service = ns.services().get("web").await?;
+    ensure!(!service.finalizers().iter().any(|f| f == FINALIZER), "the finalizer is still set");
+    ensure!(published(&service).is_empty(), "the status still publishes {:?}", published(&service));
+    ensure!(cluster.proxy_daemonsets(&ns.name, "web").await?.is_empty(), "the proxies are still there");
+    ns.delete_service("web").await?;
+    eventually(Duration::from_secs(10), || async {
+        ensure!(ns.services().get_opt("web").await?.is_none(), "the Service is still there");
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test]
