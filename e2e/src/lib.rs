@@ -320,17 +320,17 @@ impl TestNamespace {
         ports: &[(&str, &str, u16, u16)],
         extra_spec: Value,
     ) -> Result<Service> {
-        self.annotated_load_balancer(name, app, ports, extra_spec, json!({})).await
+        self.load_balancer_with_metadata(name, app, ports, extra_spec, json!({})).await
     }
 
-    /// A LoadBalancer Service that carries these annotations from its creation on.
-    pub async fn annotated_load_balancer(
+    /// A LoadBalancer Service whose metadata (annotations, labels) is there from its creation on.
+    pub async fn load_balancer_with_metadata(
         &self,
         name: &str,
         app: &str,
         ports: &[(&str, &str, u16, u16)],
         extra_spec: Value,
-        annotations: Value,
+        extra_metadata: Value,
     ) -> Result<Service> {
         let ports: Vec<Value> = ports
             .iter()
@@ -342,7 +342,10 @@ impl TestNamespace {
         if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
             spec.extend(extra.clone());
         }
-        let metadata = json!({ "name": name, "annotations": annotations });
+        let mut metadata = json!({ "name": name });
+        if let (Some(metadata), Some(extra)) = (metadata.as_object_mut(), extra_metadata.as_object()) {
+            metadata.extend(extra.clone());
+        }
         let service: Service = serde_json::from_value(json!({ "metadata": metadata, "spec": spec }))?;
         Ok(self.services().create(&PostParams::default(), &service).await?)
     }

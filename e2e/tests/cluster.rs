@@ -439,7 +439,8 @@ async fn scheduling_privileges_the_admin_did_not_grant_are_refused() -> Result<(
         ("critical", 18191, critical, "--allowed-priority-classes"),
         ("everywhere", 18192, everywhere, "--allowed-toleration-keys"),
     ] {
-        ns.annotated_load_balancer(service, "echo", &http(port), json!({}), annotations).await?;
+        let metadata = json!({ "annotations": annotations });
+        ns.load_balancer_with_metadata(service, "echo", &http(port), json!({}), metadata).await?;
         let events = eventually(SETTLE, || async {
             let events = cluster.events(&ns.name, service, Reason::InvalidOption).await?;
             ensure!(!events.is_empty(), "no InvalidOption Event on {service} yet");
@@ -508,7 +509,8 @@ async fn proxy_pods_that_cannot_be_created_are_explained_on_the_service() -> Res
         ("quota", 18211, "e2e-quota", "exceeded quota"),
     ];
     for (service, port, class, expected) in cases {
-        ns.annotated_load_balancer(service, "echo", &http(port), json!({}), json!({ class_key: class })).await?;
+        let metadata = json!({ "annotations": { class_key: class } });
+        ns.load_balancer_with_metadata(service, "echo", &http(port), json!({}), metadata).await?;
         let started = Instant::now();
         let events = eventually(SETTLE, || async {
             let events = cluster.events(&ns.name, service, Reason::ProxyPodsNotCreated).await?;
@@ -522,6 +524,193 @@ async fn proxy_pods_that_cannot_be_created_are_explained_on_the_service() -> Res
     }
     quotas.delete("e2e-quota", &Default::default()).await?;
     classes.delete("e2e-quota", &Default::default()).await?;
+    Ok(())
+}
+
+/// What a hostile Service must lead to.
+enum Expect {
+    /// A Warning with this reason whose note contains the text.
+    Warning(Reason, &'static str),
+    /// Served as any other Service: both nodes published.
+    Served,
+}
+
+struct Hostile {
+    name: String,
+    /// Name, protocol, port, target port.
+    ports: Vec<(String, &'static str, u16, u16)>,
+    spec: serde_json::Value,
+    metadata: serde_json::Value,
+    expect: Expect,
+}
+
+fn hostile(name: &str, port: u16, metadata: serde_json::Value, expect: Expect) -> Hostile {
+    let ports = vec![("http".to_string(), "TCP", port, ECHO_HTTP_PORT)];
+    Hostile { name: name.into(), ports, spec: json!({}), metadata, expect }
+}
+
+fn annotated(key: &str, value: &str) -> serde_json::Value {
+    json!({ "annotations": { key: value } })
+}
+
+/// The controller's pod name and restart count.
+async fn controller_incarnation(cluster: &Cluster) -> Result<(String, i32)> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=controller")).await?;
+    let [pod] = &list.items[..] else { bail!("{} controller pods", list.items.len()) };
+    let restarts = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |c| c[0].restart_count);
+    Ok((pod.name_any(), restarts))
+}
+
+#[tokio::test]
+async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Result<()> {
+    let (cluster, ns, nodes) = setup("hostile").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("healthy", "echo", &http(18300), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    answered_http(&cluster, nodes.unpublished1, 18300).await?;
+    let controller = controller_incarnation(&cluster).await?;
+
+    let (tolerations, class, pool) = (names::ANNOTATION_TOLERATIONS, names::ANNOTATION_PRIORITY_CLASS, names::POOL);
+    let ranges = "service.beta.kubernetes.io/load-balancer-source-ranges";
+    let invalid = Reason::InvalidOption;
+    let many_keys: Vec<serde_json::Value> =
+        (0..60).map(|i| json!({ "key": format!("team-{i}.example.com/dedicated"), "operator": "Exists" })).collect();
+    let mut table = vec![
+        hostile("tol-not-json", 18301, annotated(tolerations, "{not json"), Expect::Warning(invalid, tolerations)),
+        hostile("tol-shape", 18302, annotated(tolerations, r#"{"key":"a"}"#), Expect::Warning(invalid, tolerations)),
+        hostile(
+            "tol-everything",
+            18303,
+            annotated(tolerations, r#"[{"operator":"Exists"}]"#),
+            Expect::Warning(invalid, "tolerates every taint"),
+        ),
+        hostile(
+            "tol-unlisted",
+            18304,
+            annotated(tolerations, r#"[{"key":"gpu","operator":"Exists"}]"#),
+            Expect::Warning(invalid, "--allowed-toleration-keys"),
+        ),
+        hostile(
+            "tol-many",
+            18305,
+            annotated(tolerations, &serde_json::to_string(&many_keys)?),
+            Expect::Warning(invalid, "more bytes"),
+        ),
+        hostile(
+            "tol-bad-operator",
+            18306,
+            annotated(tolerations, r#"[{"key":"e2e.hostlb.io/allowed","operator":"Sometimes"}]"#),
+            Expect::Warning(Reason::ApplyRefused, "operator"),
+        ),
+        hostile("class-bad-name", 18307, annotated(class, "Not_A_Name"), Expect::Warning(invalid, class)),
+        hostile("class-empty", 18308, annotated(class, ""), Expect::Warning(invalid, class)),
+        hostile(
+            "class-critical",
+            18309,
+            annotated(class, "system-node-critical"),
+            Expect::Warning(invalid, "--allowed-priority-classes"),
+        ),
+        hostile(
+            "class-missing",
+            18310,
+            annotated(class, "e2e-missing"),
+            Expect::Warning(Reason::ProxyPodsNotCreated, "no PriorityClass"),
+        ),
+        hostile("port-ssh", 22, json!({}), Expect::Warning(Reason::PortRefused, "port 22/TCP")),
+        hostile("port-apiserver", 6443, json!({}), Expect::Warning(Reason::PortRefused, "port 6443/TCP")),
+        hostile("port-etcd", 2379, json!({}), Expect::Warning(Reason::PortRefused, "port 2379/TCP")),
+        hostile("port-kube-proxy", 10256, json!({}), Expect::Warning(Reason::PortRefused, "port 10256/TCP")),
+        hostile("port-nodeport", 30080, json!({}), Expect::Warning(Reason::PortRefused, "--node-port-range")),
+        hostile("pool-bad-value", 18311, annotated(pool, "bad value!"), Expect::Warning(invalid, pool)),
+        hostile("pool-empty", 18312, annotated(pool, ""), Expect::Warning(invalid, pool)),
+        hostile(
+            "pool-disagrees",
+            18313,
+            json!({ "labels": { pool: "a" }, "annotations": { pool: "b" } }),
+            Expect::Warning(invalid, "disagrees"),
+        ),
+        hostile("pool-nowhere", 18314, annotated(pool, "nowhere"), Expect::Warning(Reason::NoEligibleNode, "nowhere")),
+        hostile("ranges-bad", 18315, annotated(ranges, "10.0.0.0/33"), Expect::Warning(invalid, ranges)),
+        hostile("ranges-junk", 18316, annotated(ranges, "everyone"), Expect::Warning(invalid, ranges)),
+        hostile(&format!("n{}", "x".repeat(62)), 18317, json!({}), Expect::Served),
+        Hostile { spec: json!({ "selector": null }), ..hostile("no-selector", 18318, json!({}), Expect::Served) },
+        Hostile {
+            ports: vec![("kubelet".into(), "UDP", 10250, ECHO_UDP_PORT)],
+            ..hostile("udp-kubelet", 0, json!({}), Expect::Warning(Reason::PortRefused, "port 10250/UDP"))
+        },
+        Hostile {
+            ports: (0..100).map(|i| (format!("p{i}"), "TCP", 18400 + i, ECHO_HTTP_PORT)).collect(),
+            ..hostile("hundred-ports", 0, json!({}), Expect::Served)
+        },
+    ];
+    for row in &table {
+        let ports: Vec<(&str, &str, u16, u16)> =
+            row.ports.iter().map(|(name, protocol, port, target)| (name.as_str(), *protocol, *port, *target)).collect();
+        ns.load_balancer_with_metadata(&row.name, "echo", &ports, row.spec.clone(), row.metadata.clone()).await?;
+    }
+    // A DaemonSet with the name hostlb would give the proxies, made by someone else before the
+    // Service became valid.
+    ns.load_balancer_with_metadata("taken", "echo", &http(18319), json!({}), annotated(tolerations, "{")).await?;
+    let uid = ns.services().get("taken").await?.uid().context("no UID")?;
+    let foreign: DaemonSet = serde_json::from_value(json!({
+        "metadata": { "name": names::daemonset_name("taken", &uid), "labels": { "app": "foreign" } },
+        "spec": {
+            "selector": { "matchLabels": { "app": "foreign" } },
+            "template": {
+                "metadata": { "labels": { "app": "foreign" } },
+                "spec": {
+                    "nodeSelector": { "e2e.hostlb.io/nowhere": "true" },
+                    "containers": [{ "name": "pause", "image": "localhost/hostlb/pause:dev" }]
+                }
+            }
+        }
+    }))?;
+    cluster.daemonsets().create(&PostParams::default(), &foreign).await?;
+    ns.patch_service("taken", json!({ "metadata": { "annotations": { tolerations: null } } })).await?;
+    table.push(Hostile {
+        ports: Vec::new(),
+        ..hostile("taken", 0, json!({}), Expect::Warning(Reason::DaemonSetNameTaken, "not made by hostlb"))
+    });
+
+    let started = Instant::now();
+    let (mut warned, mut served) = (0, 0);
+    for row in &table {
+        match row.expect {
+            Expect::Warning(reason, text) => {
+                let events = eventually(SETTLE, || async {
+                    let events = cluster.events(&ns.name, &row.name, reason).await?;
+                    ensure!(!events.is_empty(), "no {reason} Event on {} yet", row.name);
+                    Ok(events)
+                })
+                .await?;
+                let note = events[0].note.clone().unwrap_or_default();
+                ensure!(note.contains(text), "the {reason} Event on {} does not say {text:?}: {note:?}", row.name);
+                warned += 1;
+            }
+            Expect::Served => {
+                cluster.wait_for_addresses(&ns.name, &row.name, &[nodes.ip1, nodes.ip2], SETTLE).await?;
+                served += 1;
+            }
+        }
+    }
+    let all_events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(cluster.client.clone(), &ns.name);
+    for event in all_events.list(&ListParams::default()).await?.items {
+        let length = event.note.as_deref().map_or(0, str::len);
+        ensure!(length <= 1024, "an Event note of {length} bytes: {:?}", event.note);
+    }
+    let applied = cluster.events(&ns.name, "hundred-ports", Reason::DaemonSetApplied).await?;
+    let note = applied.first().and_then(|e| e.note.clone()).unwrap_or_default();
+    ensure!(note.ends_with("18419/TCP and 80 more"), "the 100 ports are not summed up: {note:?}");
+    cluster.daemonsets().delete(&foreign.name_any(), &Default::default()).await?;
+    ensure!(controller_incarnation(&cluster).await? == controller, "the controller restarted");
+    cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    answered_http(&cluster, nodes.unpublished1, 18300).await?;
+    println!(
+        "timing: bad input: {} hostile Services, {warned} warned as expected, {served} served, all within {:.2}s",
+        table.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
