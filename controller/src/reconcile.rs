@@ -116,13 +116,7 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
         info!(service = %ObjectRef::from_obj(service), "released");
         released += 1;
     }
-    let selector = names::daemonset_selector(&context.settings.proxy.install_id);
-    let left = context
-        .proxy_api()
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::kube("list proxy DaemonSets"))?;
-    for daemonset in left {
+    for daemonset in context.list_proxies(None).await? {
         let action = format!("delete DaemonSet {}", key_of(&daemonset));
         context.delete_daemonset(&daemonset).await.map_err(Error::kube(action))?;
     }
@@ -269,17 +263,8 @@ impl Context {
     /// Removes everything hostlb made for a Service that is deleted or no longer ours. Lists
     /// from the API server, not the index, so that nothing created just before is missed.
     async fn clean_up(&self, service: &Service, clear_status: bool) -> Result<()> {
-        let uid = service.uid().unwrap_or_default();
-        let selector = format!(
-            "{},{}={uid}",
-            names::daemonset_selector(&self.settings.proxy.install_id),
-            names::LABEL_SERVICE_UID
-        );
-        let daemonsets = self
-            .proxy_api()
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(Error::kube("list proxy DaemonSets"))?;
+        // An empty UID selects nothing, never every DaemonSet.
+        let daemonsets = self.list_proxies(Some(&service.uid().unwrap_or_default())).await?;
         for daemonset in daemonsets {
             self.delete_proxies(service, &daemonset).await?;
         }
@@ -289,6 +274,17 @@ impl Context {
         self.set_finalizer(service, false).await?;
         self.events.forget(service);
         Ok(())
+    }
+
+    /// This install's proxy DaemonSets, or those of the Service with this UID, as the API server
+    /// has them.
+    async fn list_proxies(&self, service_uid: Option<&str>) -> Result<Vec<DaemonSet>> {
+        let mut selector = names::daemonset_selector(&self.settings.proxy.install_id);
+        if let Some(uid) = service_uid {
+            selector = format!("{selector},{}={uid}", names::LABEL_SERVICE_UID);
+        }
+        let listed = self.proxy_api().list(&ListParams::default().labels(&selector)).await;
+        Ok(listed.map_err(Error::kube("list proxy DaemonSets"))?.items)
     }
 
     async fn delete_proxies(&self, service: &Service, daemonset: &DaemonSet) -> Result<()> {

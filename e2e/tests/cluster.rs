@@ -63,6 +63,17 @@ fn http(port: u16) -> Vec<(&'static str, &'static str, u16, u16)> {
     vec![("http", "TCP", port, ECHO_HTTP_PORT)]
 }
 
+/// The note of the first Event with this reason about the Service, once there is one.
+async fn warned(cluster: &Cluster, namespace: &str, service: &str, reason: Reason) -> Result<String> {
+    let events = eventually(SETTLE, || async {
+        let events = cluster.events(namespace, service, reason).await?;
+        ensure!(!events.is_empty(), "no {reason} Event on {namespace}/{service} yet");
+        Ok(events)
+    })
+    .await?;
+    Ok(events[0].note.clone().unwrap_or_default())
+}
+
 async fn answered_http(cluster: &Cluster, address: IpAddr, port: u16) -> Result<EchoReply> {
     let client = cluster.client()?;
     eventually_blocking(SETTLE, move || client.http_get(address, port)).await
@@ -286,13 +297,7 @@ async fn the_first_service_on_a_port_keeps_every_node_through_its_rolls() -> Res
     cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     ns.load_balancer("second", "echo", &http(18120), json!({})).await?;
 
-    let events = eventually(SETTLE, || async {
-        let events = cluster.events(&ns.name, "second", Reason::PortConflict).await?;
-        ensure!(!events.is_empty(), "no PortConflict Event on the second Service yet");
-        Ok(events)
-    })
-    .await?;
-    let note = events[0].note.clone().unwrap_or_default();
+    let note = warned(&cluster, &ns.name, "second", Reason::PortConflict).await?;
     ensure!(note.contains("claimed it first") && note.contains("leave those nodes out"), "{note:?}");
     let second_left_out = || async {
         let daemonset = proxy_daemonset(&cluster, &ns.name, "second").await?;
@@ -387,13 +392,7 @@ async fn invalid_options_are_reported_and_harm_no_other_service() -> Result<()> 
     cluster.wait_for_addresses(&ns.name, "bad", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     ns.patch_service("bad", bad_tolerations).await?;
 
-    let events = eventually(SETTLE, || async {
-        let events = cluster.events(&ns.name, "bad", Reason::InvalidOption).await?;
-        ensure!(!events.is_empty(), "no InvalidOption Event yet");
-        Ok(events)
-    })
-    .await?;
-    let note = events[0].note.clone().unwrap_or_default();
+    let note = warned(&cluster, &ns.name, "bad", Reason::InvalidOption).await?;
     ensure!(note.contains(names::ANNOTATION_TOLERATIONS), "the Event does not name the field: {note:?}");
     cluster.wait_for_addresses(&ns.name, "good", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18170).await?;
@@ -412,13 +411,7 @@ async fn ports_of_the_nodes_own_daemons_are_refused_and_the_other_ports_served()
     ensure!(host_ports(&cluster, &ns.name, "mixed").await? == vec![(18180, "TCP".into())]);
     answered_http(&cluster, nodes.unpublished1, 18180).await?;
     for (service, port) in [("mixed", "port 22/TCP"), ("kubelet", "port 10250/TCP")] {
-        let events = eventually(SETTLE, || async {
-            let events = cluster.events(&ns.name, service, Reason::PortRefused).await?;
-            ensure!(!events.is_empty(), "no PortRefused Event on {service} yet");
-            Ok(events)
-        })
-        .await?;
-        let note = events[0].note.clone().unwrap_or_default();
+        let note = warned(&cluster, &ns.name, service, Reason::PortRefused).await?;
         ensure!(note.contains(port) && note.contains("--denied-ports"), "the Event does not name {port}: {note:?}");
     }
     let claimed = cluster.proxy_daemonsets(&ns.name, "kubelet").await?;
@@ -441,13 +434,7 @@ async fn scheduling_privileges_the_admin_did_not_grant_are_refused() -> Result<(
     ] {
         let metadata = json!({ "annotations": annotations });
         ns.load_balancer_with_metadata(service, "echo", &http(port), json!({}), metadata).await?;
-        let events = eventually(SETTLE, || async {
-            let events = cluster.events(&ns.name, service, Reason::InvalidOption).await?;
-            ensure!(!events.is_empty(), "no InvalidOption Event on {service} yet");
-            Ok(events)
-        })
-        .await?;
-        let note = events[0].note.clone().unwrap_or_default();
+        let note = warned(&cluster, &ns.name, service, Reason::InvalidOption).await?;
         ensure!(note.contains(setting), "the Event on {service} does not name {setting}: {note:?}");
         ensure!(cluster.proxy_daemonsets(&ns.name, service).await?.is_empty(), "{service} got proxies");
     }
@@ -468,13 +455,7 @@ async fn a_daemonset_the_api_server_refuses_is_warned_and_the_status_stays() -> 
     let tolerations = names::ANNOTATION_TOLERATIONS;
     let invalid = r#"[{"key":"e2e.hostlb.io/allowed","operator":"Sometimes"}]"#;
     ns.patch_service("web", json!({ "metadata": { "annotations": { tolerations: invalid } } })).await?;
-    let events = eventually(SETTLE, || async {
-        let events = cluster.events(&ns.name, "web", Reason::ApplyRefused).await?;
-        ensure!(!events.is_empty(), "no ApplyRefused Event yet");
-        Ok(events)
-    })
-    .await?;
-    let note = events[0].note.clone().unwrap_or_default();
+    let note = warned(&cluster, &ns.name, "web", Reason::ApplyRefused).await?;
     ensure!(note.contains("operator"), "the Event does not name the field: {note:?}");
     cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18200).await?;
@@ -512,13 +493,7 @@ async fn proxy_pods_that_cannot_be_created_are_explained_on_the_service() -> Res
         let metadata = json!({ "annotations": { class_key: class } });
         ns.load_balancer_with_metadata(service, "echo", &http(port), json!({}), metadata).await?;
         let started = Instant::now();
-        let events = eventually(SETTLE, || async {
-            let events = cluster.events(&ns.name, service, Reason::ProxyPodsNotCreated).await?;
-            ensure!(!events.is_empty(), "no ProxyPodsNotCreated Event on {service} yet");
-            Ok(events)
-        })
-        .await?;
-        let note = events[0].note.clone().unwrap_or_default();
+        let note = warned(&cluster, &ns.name, service, Reason::ProxyPodsNotCreated).await?;
         ensure!(note.contains(expected), "the Event on {service} does not say {expected:?}: {note:?}");
         println!("timing: {service}: creation to ProxyPodsNotCreated: {:.2}s", started.elapsed().as_secs_f64());
     }
@@ -674,19 +649,13 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     });
 
     let started = Instant::now();
-    let (mut warned, mut served) = (0, 0);
+    let (mut as_expected, mut served) = (0, 0);
     for row in &table {
         match row.expect {
             Expect::Warning(reason, text) => {
-                let events = eventually(SETTLE, || async {
-                    let events = cluster.events(&ns.name, &row.name, reason).await?;
-                    ensure!(!events.is_empty(), "no {reason} Event on {} yet", row.name);
-                    Ok(events)
-                })
-                .await?;
-                let note = events[0].note.clone().unwrap_or_default();
+                let note = warned(&cluster, &ns.name, &row.name, reason).await?;
                 ensure!(note.contains(text), "the {reason} Event on {} does not say {text:?}: {note:?}", row.name);
-                warned += 1;
+                as_expected += 1;
             }
             Expect::Served => {
                 cluster.wait_for_addresses(&ns.name, &row.name, &[nodes.ip1, nodes.ip2], SETTLE).await?;
@@ -707,7 +676,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18300).await?;
     println!(
-        "timing: bad input: {} hostile Services, {warned} warned as expected, {served} served, all within {:.2}s",
+        "timing: bad input: {} hostile Services, {as_expected} warned as expected, {served} served, all within {:.2}s",
         table.len(),
         started.elapsed().as_secs_f64()
     );
