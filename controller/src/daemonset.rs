@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use hostlb_proxy_spec::{self as proxy, Family, LB_BINARY, NODE_ADDRESS_ENV, PROBE_ADDRESS_ENV};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Sysctl, Toleration,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, Node, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Sysctl, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -35,20 +35,33 @@ pub struct ProxySettings {
     pub image_pull_policy: String,
     pub forwarding: ForwardingMode,
     pub default_priority_class: String,
-    /// Downward-API field giving a proxy pod its node's address(es) for
-    /// `externalTrafficPolicy: Local`; see `node_address_field`.
-    pub node_address_field: &'static str,
+    /// Whether the API server has the Pod field `status.hostIPs` (Kubernetes 1.29 and later).
+    pub server_has_host_ips: bool,
     /// `names::install_id` of the install, labelled on its DaemonSets.
     pub install_id: String,
 }
 
-/// `status.hostIPs` (every family of a dual-stack node) where the API server has it, from
-/// Kubernetes 1.29 on; `status.hostIP` (the primary family only) before.
-pub fn node_address_field(server_major: &str, server_minor: &str) -> &'static str {
-    let number = |text: &str| text.trim_end_matches('+').parse::<u32>().ok();
-    match (number(server_major), number(server_minor)) {
-        (Some(major), Some(minor)) if major > 1 || minor >= 29 => "status.hostIPs",
-        _ => "status.hostIP",
+/// Whether a Kubernetes version (`1`, `29+`, or a kubelet's `v1.29.3`) is 1.29 or later, the
+/// first to have the Pod field `status.hostIPs`.
+pub fn has_host_ips(major: &str, minor: &str) -> bool {
+    let number = |text: &str| text.trim_start_matches('v').trim_end_matches('+').parse::<u32>().ok();
+    matches!((number(major), number(minor)), (Some(major), Some(minor)) if major > 1 || minor >= 29)
+}
+
+/// The downward-API field that gives a proxy pod its node's address(es) under
+/// `externalTrafficPolicy: Local`: `status.hostIPs` (every family of a dual-stack node) when
+/// the API server and the kubelet of every node the proxies may run on have it, since an older
+/// kubelet fails a pod that asks for it; `status.hostIP` (the primary family only) otherwise.
+pub fn node_address_field<'a>(server_has_host_ips: bool, nodes: impl IntoIterator<Item = &'a Node>) -> &'static str {
+    let kubelet_has_host_ips = |node: &Node| {
+        let version = node.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|info| info.kubelet_version.as_str());
+        let mut parts = version.unwrap_or_default().split('.');
+        has_host_ips(parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+    };
+    if server_has_host_ips && nodes.into_iter().all(kubelet_has_host_ips) {
+        "status.hostIPs"
+    } else {
+        "status.hostIP"
     }
 }
 
@@ -68,7 +81,13 @@ pub fn service_labels(lb: &ServiceLb, daemonset_name: &str) -> BTreeMap<String, 
 }
 
 /// The desired DaemonSet, carrying a hash of itself so an unchanged one need not be re-applied.
-pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> DaemonSet {
+/// `node_address_field`: see the function of that name.
+pub fn desired_daemonset(
+    lb: &ServiceLb,
+    placement: &Placement,
+    settings: &ProxySettings,
+    node_address_field: &'static str,
+) -> DaemonSet {
     let name = names::daemonset_name(&lb.name, &lb.uid);
     let labels = service_labels(lb, &name);
     let selector = BTreeMap::from([
@@ -93,7 +112,7 @@ pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &Proxy
             selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
-                spec: Some(pod_spec(lb, placement, settings)),
+                spec: Some(pod_spec(lb, placement, settings, node_address_field)),
             },
             ..Default::default()
         }),
@@ -114,7 +133,7 @@ fn config_hash(daemonset: &DaemonSet) -> String {
     names::hex_digest(&json)[..16].to_string()
 }
 
-fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> PodSpec {
+fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings, node_address_field: &str) -> PodSpec {
     let rule_args = rule_args(lb);
     let local = matches!(lb.destination, Destination::NodeLocal { .. });
     let node_address_env = |name: &str, field_path: &str| EnvVar {
@@ -162,7 +181,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
             let init = Container {
                 name: "install-rules".into(),
                 args: Some(proxy::Command::Init(rule_args).to_args()),
-                env: local.then(|| vec![node_address_env(NODE_ADDRESS_ENV, settings.node_address_field)]),
+                env: local.then(|| vec![node_address_env(NODE_ADDRESS_ENV, node_address_field)]),
                 security_context: Some(SecurityContext { privileged: Some(true), ..Default::default() }),
                 resources: Some(resources("10m", "16Mi", "64Mi")),
                 ..base.clone()
@@ -177,7 +196,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
         }
         ForwardingMode::Sysctls => {
             if local {
-                env.push(node_address_env(NODE_ADDRESS_ENV, settings.node_address_field));
+                env.push(node_address_env(NODE_ADDRESS_ENV, node_address_field));
             }
             let run = Container {
                 name: "lb".into(),
@@ -332,7 +351,7 @@ mod tests {
             image_pull_policy: "IfNotPresent".into(),
             forwarding,
             default_priority_class: "system-node-critical".into(),
-            node_address_field: "status.hostIP",
+            server_has_host_ips: false,
             install_id: names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS),
         }
     }
@@ -340,7 +359,7 @@ mod tests {
     fn build(service: ServiceBuilder, forwarding: ForwardingMode) -> DaemonSet {
         let lb = ServiceLb::from_service(&service.build()).unwrap();
         let placement = Placement::for_service(&lb, false);
-        desired_daemonset(&lb, &placement, &settings(forwarding))
+        desired_daemonset(&lb, &placement, &settings(forwarding), "status.hostIP")
     }
 
     fn pod(daemonset: &DaemonSet) -> &PodSpec {
@@ -427,13 +446,31 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_node_addresses_come_from_host_ips_on_servers_that_have_it() {
-        assert_eq!(node_address_field("1", "20"), "status.hostIP");
-        assert_eq!(node_address_field("1", "28+"), "status.hostIP");
-        assert_eq!(node_address_field("1", "29"), "status.hostIPs");
-        assert_eq!(node_address_field("1", "33+"), "status.hostIPs");
-        assert_eq!(node_address_field("2", "0"), "status.hostIPs");
-        assert_eq!(node_address_field("", "x"), "status.hostIP");
+    fn dual_stack_node_addresses_come_from_host_ips_where_server_and_every_kubelet_have_it() {
+        for (major, minor, has) in [
+            ("1", "20", false),
+            ("1", "28+", false),
+            ("1", "29", true),
+            ("1", "33+", true),
+            ("2", "0", true),
+            ("", "x", false),
+        ] {
+            assert_eq!(has_host_ips(major, minor), has, "{major}.{minor}");
+        }
+        let kubelet = |name: &str, version: &str| {
+            let mut node = crate::fixtures::NodeBuilder::new(name).build();
+            node.status.as_mut().unwrap().node_info = Some(k8s_openapi::api::core::v1::NodeSystemInfo {
+                kubelet_version: version.into(),
+                ..Default::default()
+            });
+            node
+        };
+        let current = [kubelet("a", "v1.33.1"), kubelet("b", "v1.29.0")];
+        assert_eq!(node_address_field(true, &current), "status.hostIPs");
+        assert_eq!(node_address_field(false, &current), "status.hostIP", "the API server decides first");
+        let skewed = [kubelet("a", "v1.33.1"), kubelet("b", "v1.28.9")];
+        assert_eq!(node_address_field(true, &skewed), "status.hostIP", "one older kubelet decides for all");
+        assert_eq!(node_address_field(true, &[kubelet("c", "unknown")]), "status.hostIP");
     }
 
     #[test]
@@ -476,14 +513,14 @@ mod tests {
     fn nodes_held_by_an_older_service_are_left_out_by_name() {
         let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
         let mut placement = Placement::for_service(&lb, false);
-        let none = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer));
+        let none = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer), "status.hostIP");
         let terms = |ds: &DaemonSet| {
             let affinity = pod(ds).affinity.clone().unwrap().node_affinity.unwrap();
             affinity.required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms
         };
         assert!(terms(&none)[0].match_fields.is_none());
         placement.excluded_nodes = ["n2".to_string(), "n1".to_string()].into();
-        let excluded = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer));
+        let excluded = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer), "status.hostIP");
         let fields = terms(&excluded)[0].match_fields.clone().unwrap();
         assert_eq!(
             (fields[0].key.as_str(), fields[0].operator.as_str(), fields[0].values.clone()),

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::ResourceExt;
 
 use crate::conflicts::held_by_older_services;
-use crate::daemonset::{config_hash_of, desired_daemonset};
+use crate::daemonset::{config_hash_of, desired_daemonset, node_address_field};
 use crate::events::{listed, Reason, Warning};
 use crate::index::Index;
 use crate::names;
@@ -156,7 +156,9 @@ fn plan_proxies(
         ));
         return Some(placement);
     }
-    let desired = desired_daemonset(lb, &placement, &settings.proxy);
+    let eligible = index.nodes.values().map(AsRef::as_ref).filter(|node| placement.admits(node));
+    let node_address = node_address_field(settings.proxy.server_has_host_ips, eligible);
+    let desired = desired_daemonset(lb, &placement, &settings.proxy, node_address);
     if needs_apply(observed.daemonset, &desired, observed.last_applied) {
         let ports = lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name()));
         let created = observed.daemonset.is_none();
@@ -263,7 +265,7 @@ mod tests {
 
     fn desired_for(service: &Service) -> DaemonSet {
         let lb = ServiceLb::from_service(service).unwrap();
-        desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy)
+        desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy, "status.hostIP")
     }
 
     #[test]

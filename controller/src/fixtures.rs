@@ -226,7 +226,7 @@ pub fn settings() -> crate::Settings {
             image_pull_policy: "IfNotPresent".into(),
             forwarding: crate::daemonset::ForwardingMode::InitContainer,
             default_priority_class: "hostlb-proxy".into(),
-            node_address_field: "status.hostIP",
+            server_has_host_ips: false,
             install_id: names::install_id(CLASS),
         },
         ports: crate::port_policy::PortPolicy {

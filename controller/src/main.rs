@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
-use hostlb_controller::daemonset::{node_address_field, ForwardingMode, ProxySettings};
+use hostlb_controller::daemonset::{has_host_ips, ForwardingMode, ProxySettings};
 use hostlb_controller::port_policy::{self, PortPolicy, PortRange};
 use hostlb_controller::status::AddressType;
 use hostlb_controller::tenancy::TenantPolicy;
@@ -133,7 +133,7 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
             image_pull_policy: args.lb_image_pull_policy,
             forwarding: args.forwarding_mode,
             default_priority_class: args.default_priority_class,
-            node_address_field: node_address_field(&server.major, &server.minor),
+            server_has_host_ips: has_host_ips(&server.major, &server.minor),
             install_id: names::install_id(&args.load_balancer_class),
         },
         load_balancer_class: args.load_balancer_class,
