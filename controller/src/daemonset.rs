@@ -41,11 +41,16 @@ pub struct ProxySettings {
     pub install_id: String,
 }
 
-/// Whether a Kubernetes version (`1`, `29+`, or a kubelet's `v1.29.3`) is 1.29 or later, the
-/// first to have the Pod field `status.hostIPs`.
-pub fn has_host_ips(major: &str, minor: &str) -> bool {
+/// Whether a Kubernetes version, as the API server (`1`, `29+`) or a kubelet (`v1`, `29`)
+/// gives it, is at least 1.`wanted_minor`.
+pub fn version_at_least(major: &str, minor: &str, wanted_minor: u32) -> bool {
     let number = |text: &str| text.trim_start_matches('v').trim_end_matches('+').parse::<u32>().ok();
-    matches!((number(major), number(minor)), (Some(major), Some(minor)) if major > 1 || minor >= 29)
+    matches!((number(major), number(minor)), (Some(major), Some(minor)) if major > 1 || minor >= wanted_minor)
+}
+
+/// Whether a version has the Pod field `status.hostIPs` (1.29 and later).
+pub fn has_host_ips(major: &str, minor: &str) -> bool {
+    version_at_least(major, minor, 29)
 }
 
 /// The downward-API field that gives a proxy pod its node's address(es) under

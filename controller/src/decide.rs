@@ -15,8 +15,8 @@ use crate::names;
 use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
 use crate::proxy_health::{creation_failure, failing_pods};
-use crate::service_lb::{declared_families, FieldError, ServiceLb};
-use crate::status::{desired_addresses, needs_update, published_addresses};
+use crate::service_lb::{declared_families, requested_ip_mode, FieldError, ServiceLb};
+use crate::status::{desired_addresses, needs_update, published_addresses, IpMode};
 use crate::Settings;
 
 /// What the executor read for this Service besides the index.
@@ -52,8 +52,10 @@ pub struct Serving {
     /// The finalizer goes on before anything is created, so that nothing can outlive the Service.
     pub add_finalizer: bool,
     pub daemonset: Option<DaemonSetAction>,
-    /// The addresses to publish, when they differ from those published.
+    /// The addresses to publish, when they (or their `ipMode`) differ from those published.
     pub publish: Option<Vec<IpAddr>>,
+    /// The `ipMode` to publish them with, where the API server keeps it.
+    pub ip_mode: Option<IpMode>,
     pub warnings: Vec<Warning>,
 }
 
@@ -120,10 +122,27 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         }
         None => Vec::new(),
     };
-    if needs_update(service, &addresses) {
+    serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
+    if needs_update(service, &addresses, serving.ip_mode) {
         serving.publish = Some(addresses);
     }
     serving
+}
+
+/// The Service's `ipMode` (VIP unless it asks for Proxy) where the API server keeps the field.
+fn ip_mode(service: &Service, settings: &Settings, warnings: &mut Vec<Warning>) -> Option<IpMode> {
+    let asked = requested_ip_mode(service).ok().flatten();
+    if settings.server_has_ip_mode {
+        return Some(asked.unwrap_or(IpMode::Vip));
+    }
+    if asked == Some(IpMode::Proxy) {
+        let message = format!(
+            "metadata.annotations[{}]: ipMode needs Kubernetes 1.30 or later; the addresses are published without it",
+            names::ANNOTATION_IP_MODE
+        );
+        warnings.push(Warning::new(Reason::OptionIgnored, message));
+    }
+    None
 }
 
 /// Decides the proxy DaemonSet of a valid Service; the nodes it may be published on, or
@@ -251,7 +270,8 @@ mod tests {
     }
 
     fn published(mut service: Service, addresses: &[&str]) -> Service {
-        let ingress = crate::status::ingress(&addresses.iter().map(|a| a.parse().unwrap()).collect::<Vec<_>>());
+        let addresses: Vec<IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
+        let ingress = crate::status::ingress(&addresses, Some(IpMode::Vip));
         service.status = Some(ServiceStatus {
             load_balancer: Some(LoadBalancerStatus { ingress: Some(ingress) }),
             ..Default::default()
@@ -401,6 +421,32 @@ mod tests {
         assert_eq!(reasons(&serving.warnings), vec![Reason::PortRefused]);
         assert!(matches!(serving.daemonset, Some(DaemonSetAction::Delete(_))));
         assert_eq!(serving.publish, Some(Vec::new()));
+    }
+
+    #[test]
+    fn ip_mode_proxy_is_published_where_the_api_server_keeps_it_and_otherwise_reported_as_ignored() {
+        let proxy = published(
+            with_finalizer(ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "Proxy").build()),
+            &["10.0.0.1"],
+        );
+        let existing = desired_for(&proxy);
+        let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build()];
+        let index = index_of(std::slice::from_ref(&proxy), &nodes, &[proxy_pod("p1", "n1", true)], &[]);
+        let serving = served(&proxy, &index, Some(&existing));
+        assert_eq!(serving.ip_mode, Some(IpMode::Proxy));
+        assert_eq!(serving.publish, Some(vec!["10.0.0.1".parse().unwrap()]), "VIP is published: rewrite as Proxy");
+
+        let mut old_server = settings();
+        old_server.server_has_ip_mode = false;
+        let observed = Observed { service: &proxy, daemonset: Some(&existing), last_applied: None };
+        let Decision::Serve(serving) = decide(&observed, &index, &old_server) else { panic!("expected to serve") };
+        assert_eq!(serving.ip_mode, None);
+        assert!(serving.publish.is_none());
+        assert_eq!(reasons(&serving.warnings), vec![Reason::OptionIgnored]);
+
+        let wrong = ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "proxy").build();
+        let serving = served(&wrong, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
     }
 
     #[test]

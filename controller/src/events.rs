@@ -38,10 +38,12 @@ pub enum Reason {
     ProxyPodFailing,
     /// The DaemonSet controller cannot create proxy pods (quota, unknown PriorityClass, ...).
     ProxyPodsNotCreated,
+    /// An option this cluster cannot honour; the Service is served without it.
+    OptionIgnored,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::DaemonSetApplied,
         Reason::DaemonSetDeleted,
         Reason::OrphanDeleted,
@@ -55,6 +57,7 @@ impl Reason {
         Reason::ApplyRefused,
         Reason::ProxyPodFailing,
         Reason::ProxyPodsNotCreated,
+        Reason::OptionIgnored,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl Reason {
             Reason::ApplyRefused => "ApplyRefused",
             Reason::ProxyPodFailing => "ProxyPodFailing",
             Reason::ProxyPodsNotCreated => "ProxyPodsNotCreated",
+            Reason::OptionIgnored => "OptionIgnored",
         }
     }
 

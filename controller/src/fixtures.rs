@@ -220,6 +220,7 @@ pub fn settings() -> crate::Settings {
         serve_unclassed: true,
         finalizer: names::FINALIZER.into(),
         address_type: crate::status::AddressType::Auto,
+        server_has_ip_mode: true,
         proxy: crate::daemonset::ProxySettings {
             namespace: "hostlb-system".into(),
             image: "example.org/hostlb/lb:1".into(),

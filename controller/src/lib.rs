@@ -57,6 +57,8 @@ pub struct Settings {
     /// This install's finalizer (`names::finalizer_for` its class).
     pub finalizer: String,
     pub address_type: status::AddressType,
+    /// Whether the API server keeps `status.loadBalancer.ingress[].ipMode` (1.30 and later).
+    pub server_has_ip_mode: bool,
     pub proxy: daemonset::ProxySettings,
     pub ports: port_policy::PortPolicy,
     pub tenants: tenancy::TenantPolicy,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
-use hostlb_controller::daemonset::{has_host_ips, ForwardingMode, ProxySettings};
+use hostlb_controller::daemonset::{has_host_ips, version_at_least, ForwardingMode, ProxySettings};
 use hostlb_controller::port_policy::{self, PortPolicy, PortRange};
 use hostlb_controller::status::AddressType;
 use hostlb_controller::tenancy::TenantPolicy;
@@ -120,6 +120,8 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
         finalizer: names::finalizer_for(&args.load_balancer_class),
         serve_unclassed: args.serve_unclassed,
         address_type: args.address_type,
+        // ipMode is kept from 1.30 on, where the LoadBalancerIPMode feature is on by default.
+        server_has_ip_mode: version_at_least(&server.major, &server.minor, 30),
         instance: args.instance,
         tenants: TenantPolicy {
             priority_classes: args.allowed_priority_classes,

@@ -35,6 +35,8 @@ pub const NODE_LABEL_OS: &str = "kubernetes.io/os";
 
 pub const ANNOTATION_TOLERATIONS: &str = "hostlb.io/tolerations";
 pub const ANNOTATION_PRIORITY_CLASS: &str = "hostlb.io/priority-class";
+/// `VIP` or `Proxy`: how kube-proxy treats the published addresses (Kubernetes 1.30 and later).
+pub const ANNOTATION_IP_MODE: &str = "hostlb.io/ip-mode";
 /// The pre-`spec.loadBalancerSourceRanges` way of asking for source ranges, still honoured by
 /// kube-proxy, so honoured here too.
 pub const ANNOTATION_LEGACY_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";

@@ -4,6 +4,7 @@
 //! the API server goes through this file.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -25,7 +26,7 @@ use crate::finalizer::finalizer_patch;
 use crate::index::{key_of, Index, Key};
 use crate::mapping::{orphaned, owning_service};
 use crate::metrics::Metrics;
-use crate::status::{ingress, published_addresses};
+use crate::status::{ingress, published_addresses, IpMode};
 use crate::{names, Settings};
 
 /// A resync now and then repairs anything a missed watch event left behind.
@@ -191,7 +192,7 @@ impl Context {
             serving.warnings.extend(refused.as_warning());
         }
         if let Some(addresses) = serving.publish {
-            self.write_status(service, &addresses).await?;
+            self.write_status(service, &addresses, serving.ip_mode).await?;
             let message = if addresses.is_empty() {
                 "no node is ready to serve".to_string()
             } else {
@@ -224,8 +225,9 @@ impl Context {
         Ok(())
     }
 
-    async fn write_status(&self, service: &Service, addresses: &[std::net::IpAddr]) -> Result<()> {
-        let load_balancer = if addresses.is_empty() { json!({}) } else { json!({ "ingress": ingress(addresses) }) };
+    async fn write_status(&self, service: &Service, addresses: &[IpAddr], ip_mode: Option<IpMode>) -> Result<()> {
+        let load_balancer =
+            if addresses.is_empty() { json!({}) } else { json!({ "ingress": ingress(addresses, ip_mode) }) };
         // Server-side apply: leaving `ingress` out when empty drops only what hostlb wrote.
         let patch = json!({
             "apiVersion": "v1",
@@ -269,7 +271,7 @@ impl Context {
             self.delete_proxies(service, &daemonset).await?;
         }
         if clear_status {
-            self.write_status(service, &[]).await?;
+            self.write_status(service, &[], None).await?;
         }
         self.set_finalizer(service, false).await?;
         self.events.forget(service);

@@ -212,7 +212,10 @@ async fn ready_proxy_pods_are_published_with_a_status_apply() {
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": { "name": "web" },
-            "status": { "loadBalancer": { "ingress": [{ "ip": "10.0.0.1" }, { "ip": "10.0.0.2" }] } },
+            "status": { "loadBalancer": { "ingress": [
+                { "ip": "10.0.0.1", "ipMode": "VIP" },
+                { "ip": "10.0.0.2", "ipMode": "VIP" },
+            ] } },
         })
     );
     let event = api.expect_event("shop", "StatusUpdated").await;
@@ -304,7 +307,7 @@ async fn a_refused_apply_is_warned_while_the_status_follows_the_running_proxies(
     let message = "DaemonSet.apps is invalid: spec.template.spec.tolerations[3].operator: Unsupported value";
     api.expect("PATCH", &daemonset_path(&service), 422, rejected(422, "Invalid", message)).await;
     let status = api.expect("PATCH", &format!("{SERVICE_PATH}/status"), 200, json_of(&service)).await;
-    assert_eq!(status.body["status"]["loadBalancer"]["ingress"], json!([{ "ip": "10.0.0.1" }]));
+    assert_eq!(status.body["status"]["loadBalancer"]["ingress"], json!([{ "ip": "10.0.0.1", "ipMode": "VIP" }]));
     api.expect_event("shop", "StatusUpdated").await;
     let warning = api.expect_event("shop", "ApplyRefused").await;
     assert_eq!(warning["type"], "Warning");

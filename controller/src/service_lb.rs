@@ -9,6 +9,7 @@ use hostlb_proxy_spec::{Cidr, Family, PortMap, Protocol};
 use k8s_openapi::api::core::v1::{Service, Toleration};
 
 use crate::names;
+use crate::status::IpMode;
 
 /// Whether an install of this class is responsible for the Service at all. Services without
 /// a class go to the install that serves unclassed ones.
@@ -54,6 +55,7 @@ pub struct ServiceLb {
     pub pool: Option<String>,
     pub extra_tolerations: Vec<Toleration>,
     pub priority_class: Option<String>,
+    pub ip_mode: Option<IpMode>,
     /// When the Service was created: of two Services on one host port, the older keeps it.
     pub created: Option<k8s_openapi::jiff::Timestamp>,
 }
@@ -114,6 +116,11 @@ impl ServiceLb {
             }
         });
 
+        let ip_mode = requested_ip_mode(service).unwrap_or_else(|error| {
+            errors.push(error);
+            None
+        });
+
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -128,9 +135,19 @@ impl ServiceLb {
             pool,
             extra_tolerations,
             priority_class,
+            ip_mode,
             created: meta.creation_timestamp.as_ref().map(|time| time.0),
         })
     }
+}
+
+/// The `ipMode` the Service asks for, if any.
+pub fn requested_ip_mode(service: &Service) -> Result<Option<IpMode>, FieldError> {
+    let annotations = service.metadata.annotations.as_ref();
+    let Some(value) = annotations.and_then(|a| a.get(names::ANNOTATION_IP_MODE)) else { return Ok(None) };
+    IpMode::from_api_name(value)
+        .map(Some)
+        .ok_or_else(|| annotation_error(names::ANNOTATION_IP_MODE, format!("{value:?} is neither VIP nor Proxy")))
 }
 
 /// The Service's IP families as far as they can be read, for a Service that is not valid as a

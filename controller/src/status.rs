@@ -8,6 +8,27 @@ use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Pod, Service};
 
 use crate::placement::Placement;
 
+/// `status.loadBalancer.ingress[].ipMode`: with `Vip`, kube-proxy takes traffic to the
+/// address on every node as its own; with `Proxy`, it leaves it to reach the node it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpMode {
+    Vip,
+    Proxy,
+}
+
+impl IpMode {
+    pub fn api_name(self) -> &'static str {
+        match self {
+            IpMode::Vip => "VIP",
+            IpMode::Proxy => "Proxy",
+        }
+    }
+
+    pub fn from_api_name(name: &str) -> Option<IpMode> {
+        [IpMode::Vip, IpMode::Proxy].into_iter().find(|mode| mode.api_name() == name)
+    }
+}
+
 /// Which of a node's addresses to publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AddressType {
@@ -109,20 +130,22 @@ pub fn published_addresses(service: &Service) -> Vec<IpAddr> {
     ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect()
 }
 
-/// Whether the published status must be rewritten: compares addresses only, because newer API
-/// servers fill in fields such as `ipMode` themselves.
-pub fn needs_update(service: &Service, desired: &[IpAddr]) -> bool {
-    let ingress_count = service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map_or(0, Vec::len);
-    published_addresses(service) != desired || ingress_count != desired.len()
+/// Whether the published status must be rewritten. `ipMode` is compared only when hostlb sets
+/// it: API servers that do not know it drop it, and newer ones fill it in themselves.
+pub fn needs_update(service: &Service, desired: &[IpAddr], ip_mode: Option<IpMode>) -> bool {
+    let published = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    let published = published.map_or(&[][..], Vec::as_slice);
+    let mode_differs =
+        ip_mode.is_some_and(|mode| published.iter().any(|i| i.ip_mode.as_deref() != Some(mode.api_name())));
+    published_addresses(service) != desired || published.len() != desired.len() || mode_differs
 }
 
-pub fn ingress(addresses: &[IpAddr]) -> Vec<LoadBalancerIngress> {
-    addresses.iter().map(|ip| LoadBalancerIngress { ip: Some(ip.to_string()), ..Default::default() }).collect()
+pub fn ingress(addresses: &[IpAddr], ip_mode: Option<IpMode>) -> Vec<LoadBalancerIngress> {
+    let ip_mode = ip_mode.map(|mode| mode.api_name().to_string());
+    addresses
+        .iter()
+        .map(|ip| LoadBalancerIngress { ip: Some(ip.to_string()), ip_mode: ip_mode.clone(), ..Default::default() })
+        .collect()
 }
 
 #[cfg(test)]
@@ -206,16 +229,17 @@ mod tests {
     #[test]
     fn update_is_needed_only_when_addresses_differ() {
         let mut service = ServiceBuilder::new("web").build();
-        assert!(!needs_update(&service, &[]));
-        assert!(needs_update(&service, &ips(&["10.0.0.1"])));
-        let mut published = ingress(&ips(&["10.0.0.1"]));
-        published[0].ip_mode = Some("VIP".into());
+        assert!(!needs_update(&service, &[], None));
+        assert!(needs_update(&service, &ips(&["10.0.0.1"]), None));
+        let published = ingress(&ips(&["10.0.0.1"]), Some(IpMode::Vip));
         service.status = Some(ServiceStatus {
             load_balancer: Some(LoadBalancerStatus { ingress: Some(published) }),
             ..Default::default()
         });
-        assert!(!needs_update(&service, &ips(&["10.0.0.1"])));
-        assert!(needs_update(&service, &ips(&["10.0.0.1", "10.0.0.2"])));
-        assert!(needs_update(&service, &[]));
+        assert!(!needs_update(&service, &ips(&["10.0.0.1"]), None), "a mode the server filled in is not ours");
+        assert!(!needs_update(&service, &ips(&["10.0.0.1"]), Some(IpMode::Vip)));
+        assert!(needs_update(&service, &ips(&["10.0.0.1"]), Some(IpMode::Proxy)));
+        assert!(needs_update(&service, &ips(&["10.0.0.1", "10.0.0.2"]), None));
+        assert!(needs_update(&service, &[], None));
     }
 }
