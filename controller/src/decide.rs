@@ -15,7 +15,7 @@ use crate::names;
 use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
 use crate::proxy_health::{creation_failure, failing_pods};
-use crate::service_lb::{declared_families, requested_ip_mode, FieldError, ServiceLb};
+use crate::service_lb::{declared_families, requested_ip_mode, Destination, FieldError, ServiceLb};
 use crate::status::{desired_addresses, needs_update, published_addresses, IpMode};
 use crate::Settings;
 
@@ -129,6 +129,32 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     serving
 }
 
+/// kube-proxy applies source ranges to the load balancer addresses only: a refused client can
+/// still reach `NODE_ADDRESS:nodePort`.
+fn node_ports_open(service: &Service, lb: &ServiceLb) -> Option<Warning> {
+    if lb.source_ranges.is_empty() {
+        return None;
+    }
+    let ports = service.spec.as_ref().and_then(|spec| spec.ports.as_ref());
+    let node_ports: Vec<String> = ports
+        .into_iter()
+        .flatten()
+        .filter_map(|port| Some(format!("{}/{}", port.node_port?, port.protocol.as_deref().unwrap_or("TCP"))))
+        .collect();
+    if node_ports.is_empty() {
+        return None;
+    }
+    let remedy = match lb.destination {
+        Destination::ClusterIps(_) => "set spec.allocateLoadBalancerNodePorts: false to close them",
+        Destination::NodeLocal { .. } => "externalTrafficPolicy: Local needs them; close them with a firewall",
+    };
+    let message = format!(
+        "spec.loadBalancerSourceRanges do not cover the NodePorts {}: any client reaches them on every node; {remedy}",
+        listed(node_ports)
+    );
+    Some(Warning::new(Reason::NodePortsOpen, message))
+}
+
 /// The Service's `ipMode` (VIP unless it asks for Proxy) where the API server keeps the field.
 fn ip_mode(service: &Service, settings: &Settings, warnings: &mut Vec<Warning>) -> Option<IpMode> {
     let asked = requested_ip_mode(service).ok().flatten();
@@ -159,6 +185,7 @@ fn plan_proxies(
         serving.daemonset = ours.map(|existing| DaemonSetAction::Delete(existing.clone()));
         return None;
     }
+    serving.warnings.extend(node_ports_open(observed.service, lb));
     let mut placement = Placement::for_service(lb, index.enablelb_in_use());
     if !index.nodes.values().any(|node| placement.admits(node)) {
         let nodes: Vec<&Node> = index.nodes.values().map(AsRef::as_ref).collect();
@@ -447,6 +474,20 @@ mod tests {
         let wrong = ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "proxy").build();
         let serving = served(&wrong, &index, None);
         assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
+    }
+
+    #[test]
+    fn source_ranges_with_node_ports_warn_that_the_node_ports_stay_open() {
+        let index = index_of(&[], &[NodeBuilder::new("n1").build()], &[], &[]);
+        let open = ServiceBuilder::new("web").port("TCP", 80, 31080).source_ranges(&["10.0.0.0/8"]).build();
+        let serving = served(&open, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::NodePortsOpen]);
+        assert!(serving.warnings[0].message.contains("NodePorts 31080/TCP"), "{:?}", serving.warnings);
+        assert!(serving.warnings[0].message.contains("allocateLoadBalancerNodePorts: false"));
+        let closed = ServiceBuilder::new("web").port("TCP", 80, 0).source_ranges(&["10.0.0.0/8"]).build();
+        assert!(served(&closed, &index, None).warnings.is_empty());
+        let unrestricted = ServiceBuilder::new("web").port("TCP", 80, 31080).build();
+        assert!(served(&unrestricted, &index, None).warnings.is_empty());
     }
 
     #[test]

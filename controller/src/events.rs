@@ -40,10 +40,12 @@ pub enum Reason {
     ProxyPodsNotCreated,
     /// An option this cluster cannot honour; the Service is served without it.
     OptionIgnored,
+    /// Source ranges are set, but NodePorts, which they do not cover, are open.
+    NodePortsOpen,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::DaemonSetApplied,
         Reason::DaemonSetDeleted,
         Reason::OrphanDeleted,
@@ -58,6 +60,7 @@ impl Reason {
         Reason::ProxyPodFailing,
         Reason::ProxyPodsNotCreated,
         Reason::OptionIgnored,
+        Reason::NodePortsOpen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Reason {
             Reason::ProxyPodFailing => "ProxyPodFailing",
             Reason::ProxyPodsNotCreated => "ProxyPodsNotCreated",
             Reason::OptionIgnored => "OptionIgnored",
+            Reason::NodePortsOpen => "NodePortsOpen",
         }
     }
 

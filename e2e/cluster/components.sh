@@ -33,7 +33,7 @@ ensure_apiserver() {
       --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
       --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
       --kubelet-preferred-address-types=InternalIP \
-      --feature-gates=MixedProtocolLBService=true \
+      --feature-gates=MixedProtocolLBService=true,ServiceLBNodePortControl=true \
       --profiling=false --v=1
   fi
   wait_for "kube-apiserver readiness" 120 curl_api /readyz

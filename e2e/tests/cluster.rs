@@ -351,6 +351,31 @@ async fn source_ranges_refuse_other_clients_on_both_paths() -> Result<()> {
 }
 
 #[tokio::test]
+async fn source_ranges_warn_of_open_node_ports_which_a_service_can_do_without() -> Result<()> {
+    let (cluster, ns, nodes) = setup("nodeports").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let elsewhere = json!({ "loadBalancerSourceRanges": ["192.0.2.0/24"] });
+    ns.load_balancer("open", "echo", &http(18131), elsewhere.clone()).await?;
+    let note = warned(&cluster, &ns.name, "open", Reason::NodePortsOpen).await?;
+    ensure!(note.contains("allocateLoadBalancerNodePorts: false"), "the Event gives no remedy: {note:?}");
+
+    // Needs the ServiceLBNodePortControl feature gate on 1.20, which the harness turns on.
+    let closed = json!({ "loadBalancerSourceRanges": ["192.0.2.0/24"], "allocateLoadBalancerNodePorts": false });
+    let service = ns.load_balancer("closed", "echo", &http(18132), closed).await?;
+    let node_ports: Vec<i32> =
+        service.spec.and_then(|s| s.ports).into_iter().flatten().filter_map(|p| p.node_port).collect();
+    ensure!(node_ports.is_empty(), "NodePorts {node_ports:?} were allocated");
+    cluster.wait_for_addresses(&ns.name, "closed", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    refused_http(&cluster, nodes.unpublished1, 18132).await.context("proxy pod path")?;
+    let client_range = format!("{}/24", cluster.var("CLIENT_IP")?);
+    ns.patch_service("closed", json!({ "spec": { "loadBalancerSourceRanges": [client_range] } })).await?;
+    answered_http(&cluster, nodes.unpublished1, 18132).await?;
+    answered_http(&cluster, nodes.ip1, 18132).await?;
+    ensure!(cluster.events(&ns.name, "closed", Reason::NodePortsOpen).await?.is_empty(), "a warning without NodePorts");
+    Ok(())
+}
+
+#[tokio::test]
 async fn local_policy_publishes_only_nodes_with_a_ready_endpoint_and_keeps_the_client_address() -> Result<()> {
     let (cluster, ns, nodes) = setup("local").await?;
     backend_on_node1(&cluster, &ns, &nodes).await?;
