@@ -857,6 +857,37 @@ async fn a_controller_that_cannot_list_its_objects_exits_naming_them() -> Result
 }
 
 #[tokio::test]
+async fn a_proxy_image_that_cannot_be_pulled_is_reported_on_the_service() -> Result<()> {
+    let (cluster, ns, _) = setup("badimage").await?;
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let installed = deployments.get("hostlb-controller").await?;
+    let containers = installed.spec.and_then(|s| s.template.spec).map(|s| s.containers).unwrap_or_default();
+    let env = containers.iter().find(|c| c.name == "controller").and_then(|c| c.env.clone()).unwrap_or_default();
+    let original = env.into_iter().find(|e| e.name == "HOSTLB_LB_IMAGE").context("no HOSTLB_LB_IMAGE")?;
+    let set_image = |value: serde_json::Value, value_from: serde_json::Value| {
+        let env = json!([{ "name": "HOSTLB_LB_IMAGE", "value": value, "valueFrom": value_from }]);
+        json!({ "spec": { "template": { "spec": { "containers": [{ "name": "controller", "env": env }] } } } })
+    };
+    let rollout = ["-n", SYSTEM_NAMESPACE, "rollout", "status", "deployment/hostlb-controller", "--timeout=120s"];
+
+    let missing = set_image(json!("localhost/hostlb/missing:dev"), json!(null));
+    deployments.patch("hostlb-controller", &PatchParams::default(), &Patch::Strategic(&missing)).await?;
+    let reported = async {
+        cluster.kubectl(&rollout)?;
+        ns.load_balancer("web", "echo", &http(18230), json!({})).await?;
+        let note = warned(&cluster, &ns.name, "web", Reason::ProxyPodFailing).await?;
+        ensure!(note.contains("ErrImagePull") || note.contains("ImagePullBackOff"), "{note:?}");
+        Ok(())
+    }
+    .await;
+    // Whatever happened, the next tests need the real image back.
+    let restored = set_image(json!(null), serde_json::to_value(&original.value_from)?);
+    deployments.patch("hostlb-controller", &PatchParams::default(), &Patch::Strategic(&restored)).await?;
+    cluster.kubectl(&rollout)?;
+    reported
+}
+
+#[tokio::test]
 async fn uninstall_releases_every_service_so_that_deletions_do_not_hang() -> Result<()> {
     let (cluster, ns, nodes) = setup("uninstall").await?;
     backend_on_node1(&cluster, &ns, &nodes).await?;
