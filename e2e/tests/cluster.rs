@@ -431,11 +431,12 @@ async fn ports_of_the_nodes_own_daemons_are_refused_and_the_other_ports_served()
     backend_on_node1(&cluster, &ns, &nodes).await?;
     let ports = [("ssh", "TCP", 22, ECHO_HTTP_PORT), ("http", "TCP", 18180, ECHO_HTTP_PORT)];
     ns.load_balancer("mixed", "echo", &ports, json!({})).await?;
-    ns.load_balancer("kubelet", "echo", &[("kubelet", "TCP", 10250, ECHO_HTTP_PORT)], json!({})).await?;
+    // The API server itself refuses 10250; the kubelet's read-only port is hostlb's to refuse.
+    ns.load_balancer("kubelet", "echo", &[("kubelet", "TCP", 10255, ECHO_HTTP_PORT)], json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "mixed", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     ensure!(host_ports(&cluster, &ns.name, "mixed").await? == vec![(18180, "TCP".into())]);
     answered_http(&cluster, nodes.unpublished1, 18180).await?;
-    for (service, port) in [("mixed", "port 22/TCP"), ("kubelet", "port 10250/TCP")] {
+    for (service, port) in [("mixed", "port 22/TCP"), ("kubelet", "port 10255/TCP")] {
         let note = warned(&cluster, &ns.name, service, Reason::PortRefused).await?;
         ensure!(note.contains(port) && note.contains("--denied-ports"), "the Event does not name {port}: {note:?}");
     }
@@ -636,8 +637,8 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
         hostile(&format!("n{}", "x".repeat(62)), 18317, json!({}), Expect::Served),
         Hostile { spec: json!({ "selector": null }), ..hostile("no-selector", 18318, json!({}), Expect::Served) },
         Hostile {
-            ports: vec![("kubelet".into(), "UDP", 10250, ECHO_UDP_PORT)],
-            ..hostile("udp-kubelet", 0, json!({}), Expect::Warning(Reason::PortRefused, "port 10250/UDP"))
+            ports: vec![("kubelet".into(), "UDP", 10255, ECHO_UDP_PORT)],
+            ..hostile("udp-kubelet", 0, json!({}), Expect::Warning(Reason::PortRefused, "port 10255/UDP"))
         },
         Hostile {
             ports: (0..100).map(|i| (format!("p{i}"), "TCP", 18400 + i, ECHO_HTTP_PORT)).collect(),
