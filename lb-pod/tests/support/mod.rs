@@ -400,8 +400,19 @@ pub struct Running {
 }
 
 impl Running {
+    /// A binary copied just before is briefly busy while a child that a parallel test forked
+    /// meanwhile still holds the copy's file until its exec closes it; that passes.
     pub fn spawn(mut command: Command) -> Running {
-        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starting hostlb-lb");
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut child = loop {
+            match command.spawn() {
+                Err(e) if e.kind() == ErrorKind::ExecutableFileBusy && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                started => break started.expect("starting hostlb-lb"),
+            }
+        };
         let stderr = BufReader::new(child.stderr.take().unwrap());
         Running { child, stderr, log: String::new() }
     }
