@@ -1,29 +1,14 @@
-//! `hostlb-lb`: runs in each proxy pod of a LoadBalancer Service, in the pod's own network
-//! namespace, and forwards the Service's ports to its ClusterIP (or, for
-//! `externalTrafficPolicy: Local`, to the node's address and NodePort).
-//!
-//! The command line is `hostlb_proxy_spec::Command`, the very type the controller writes it
-//! from. Layers: `plan` (the parsed arguments to a validated description), `rules` (the
-//! nftables objects for it), `rule_text` (a rule's nft spelling, read from its expressions),
-//! `netlink` (their bytes and the kernel's answers): all pure; `kernel`, `probe` and `hold` do
-//! the I/O.
-
-mod error;
-mod hold;
-mod kernel;
-mod netlink;
-mod plan;
-mod probe;
-mod rule_text;
-mod rules;
+//! `hostlb-lb`: parses its command line, runs the command with the library's layers, and turns
+//! the outcome into an exit code.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use hostlb_proxy_spec::{Command, Family, RuleArgs};
 
-use crate::error::Error;
-use crate::plan::{socket_text, Plan};
+use hostlb_lb::error::Error;
+use hostlb_lb::plan::{socket_text, Plan};
+use hostlb_lb::{hold, kernel, probe, rules};
 
 fn main() -> ExitCode {
     let command = match Command::try_parse() {

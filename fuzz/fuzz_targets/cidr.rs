@@ -1,0 +1,28 @@
+//! `Cidr::parse` on any text: never panics; what it accepts has a mask of exactly `prefix` leading
+//! ones, no host bits, and is written back as text that it reads as the same range.
+
+#![no_main]
+
+use hostlb_proxy_spec::{Cidr, Family};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|text: &str| {
+    let Ok(cidr) = Cidr::parse(text) else { return };
+    let (network, mask) = cidr.network_and_mask();
+    let len = match cidr.family() {
+        Family::V4 => 4,
+        Family::V6 => 16,
+    };
+    assert_eq!((network.len(), mask.len()), (len, len), "{text:?}");
+    assert!(usize::from(cidr.prefix) <= len * 8, "{text:?}: prefix {}", cidr.prefix);
+    assert_eq!(mask, leading_ones(len, cidr.prefix), "{text:?}");
+    assert!(network.iter().zip(&mask).all(|(byte, mask)| byte & !mask == 0), "{text:?} kept host bits: {cidr}");
+    let written = cidr.to_string();
+    assert_eq!(Cidr::parse(&written), Ok(cidr), "{text:?} was written as {written:?}");
+});
+
+/// `len` bytes whose first `ones` bits are set, counted bit by bit.
+fn leading_ones(len: usize, ones: u8) -> Vec<u8> {
+    let bits: Vec<bool> = (0..len * 8).map(|bit| bit < usize::from(ones)).collect();
+    bits.chunks(8).map(|byte| byte.iter().fold(0, |value, set| value << 1 | u8::from(*set))).collect()
+}

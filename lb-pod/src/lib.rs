@@ -1,0 +1,19 @@
+//! `hostlb-lb`: runs in each proxy pod of a LoadBalancer Service, in the pod's own network
+//! namespace, and forwards the Service's ports to its ClusterIP (or, for
+//! `externalTrafficPolicy: Local`, to the node's address and NodePort).
+//!
+//! The command line is `hostlb_proxy_spec::Command`, the very type the controller writes it
+//! from. Layers: `plan` (the parsed arguments to a validated description), `rules` (the
+//! nftables objects for it), `rule_text` (a rule's nft spelling, read from its expressions),
+//! `netlink` (their bytes and the kernel's answers): all pure; `kernel`, `probe` and `hold` do
+//! the I/O. A library beside the binary so that the pure layers can be driven from outside,
+//! as the fuzz targets do.
+
+pub mod error;
+pub mod hold;
+pub mod kernel;
+pub mod netlink;
+pub mod plan;
+pub mod probe;
+pub mod rule_text;
+pub mod rules;
