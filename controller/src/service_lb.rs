@@ -209,7 +209,12 @@ fn families(declared: &Option<Vec<String>>, cluster_ips: &[IpAddr], errors: &mut
         // Servers from before dual-stack do not fill ipFamilies; the ClusterIPs say it as well.
         _ => families.extend(cluster_ips.iter().map(Family::of)),
     }
-    families.dedup();
+    let mut seen = Vec::new();
+    families.retain(|family| {
+        let first = !seen.contains(family);
+        seen.push(*family);
+        first
+    });
     families
 }
 
@@ -239,8 +244,16 @@ fn ports(
             continue;
         };
         let target_port = if local {
-            match service_port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
-                Some(node_port) => node_port,
+            match service_port.node_port.map(|p| u16::try_from(p).ok().filter(|p| *p > 0)) {
+                Some(Some(node_port)) => node_port,
+                Some(None) => {
+                    let node_port = service_port.node_port.unwrap_or_default();
+                    errors.push(error(
+                        format!("spec.ports[{index}].nodePort"),
+                        format!("{node_port} is not a port number"),
+                    ));
+                    continue;
+                }
                 None => {
                     errors.push(error(
                         format!("spec.ports[{index}].nodePort"),
@@ -456,6 +469,20 @@ mod tests {
             ServiceLb::from_service(&bad).unwrap_err()[0].field,
             "metadata.annotations[hostlb.io/priority-class]"
         );
+    }
+
+    #[test]
+    fn repeated_families_count_once_in_their_first_place() {
+        let mut service = ServiceBuilder::new("web").cluster_ips(&["fd00::a", "10.96.0.10"]).build();
+        service.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into(), "IPv6".into()]);
+        assert_eq!(ServiceLb::from_service(&service).unwrap().families, vec![Family::V6, Family::V4]);
+    }
+
+    #[test]
+    fn a_node_port_out_of_range_is_named_as_such() {
+        let service = ServiceBuilder::new("web").port("TCP", 80, 70000).local(32100).build();
+        let errors = ServiceLb::from_service(&service).unwrap_err();
+        assert_eq!(errors[0].to_string(), "spec.ports[0].nodePort: 70000 is not a port number");
     }
 
     #[test]
