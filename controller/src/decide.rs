@@ -113,8 +113,9 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     serving.warnings.extend(unschedulable(&pods));
     serving.warnings.extend(failing_pods(&pods));
     if let Some(ours) = observed.daemonset.filter(|existing| made_by_hostlb_for(existing, &uid)) {
+        let eligible = placement.as_ref().map_or(0, |p| index.nodes.values().filter(|node| p.admits(node)).count());
         let failures = index.creation_failures.group(&ours.name_any()).map(AsRef::as_ref);
-        serving.warnings.extend(creation_failure(ours, failures));
+        serving.warnings.extend(creation_failure(ours, pods.len() < eligible, failures));
     }
     let addresses = match placement {
         Some(placement) => {

@@ -50,10 +50,16 @@ fn container_failure(container: &ContainerStatus) -> Option<String> {
 }
 
 /// The DaemonSet controller's latest reason for not creating proxy pods, while some are
-/// missing; older Events about a problem since fixed are not reported.
-pub fn creation_failure<'a>(daemonset: &DaemonSet, failures: impl Iterator<Item = &'a Event>) -> Option<Warning> {
-    let status = daemonset.status.as_ref()?;
-    if status.current_number_scheduled >= status.desired_number_scheduled {
+/// missing: fewer proxy pods exist than nodes they may run on (`fewer_pods_than_nodes`), or the
+/// DaemonSet's status says so. A DaemonSet whose pods cannot be created at all may never get
+/// a status, hence the count. Older Events about a problem since fixed are not reported.
+pub fn creation_failure<'a>(
+    daemonset: &DaemonSet,
+    fewer_pods_than_nodes: bool,
+    failures: impl Iterator<Item = &'a Event>,
+) -> Option<Warning> {
+    let status = daemonset.status.clone().unwrap_or_default();
+    if !fewer_pods_than_nodes && status.current_number_scheduled >= status.desired_number_scheduled {
         return None;
     }
     let latest = failures.max_by_key(|event| event.last_timestamp.as_ref().map(|time| time.0))?;
@@ -169,10 +175,13 @@ mod tests {
             failed_create(10, "Error creating: pods \"hostlb-web-1-aaaaa\" is forbidden: old reason"),
             failed_create(20, "Error creating: pods \"hostlb-web-1-bbbbb\" is forbidden: exceeded quota: q"),
         ];
-        let warning = creation_failure(&daemonset(2, 0), events.iter()).unwrap();
+        let warning = creation_failure(&daemonset(2, 0), false, events.iter()).unwrap();
         assert_eq!(warning.reason, Reason::ProxyPodsNotCreated);
         assert_eq!(warning.message, "DaemonSet hostlb-system/hostlb-web-1 cannot create proxy pods: exceeded quota: q");
-        assert!(creation_failure(&daemonset(2, 2), events.iter()).is_none(), "a fixed problem is not reported");
-        assert!(creation_failure(&daemonset(2, 0), [].iter()).is_none());
+        assert!(creation_failure(&daemonset(2, 2), false, events.iter()).is_none(), "a fixed problem is not reported");
+        assert!(creation_failure(&daemonset(2, 0), false, [].iter()).is_none());
+        let never_counted = daemonset(0, 0);
+        assert!(creation_failure(&never_counted, true, events.iter()).is_some(), "no status, but no pods either");
+        assert!(creation_failure(&never_counted, false, events.iter()).is_none());
     }
 }

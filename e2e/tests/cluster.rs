@@ -573,7 +573,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     let controller = controller_incarnation(&cluster).await?;
 
     let (tolerations, class, pool) = (names::ANNOTATION_TOLERATIONS, names::ANNOTATION_PRIORITY_CLASS, names::POOL);
-    let ranges = "service.beta.kubernetes.io/load-balancer-source-ranges";
+    let ip_mode = names::ANNOTATION_IP_MODE;
     let invalid = Reason::InvalidOption;
     let many_keys: Vec<serde_json::Value> =
         (0..60).map(|i| json!({ "key": format!("team-{i}.example.com/dedicated"), "operator": "Exists" })).collect();
@@ -632,8 +632,9 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             Expect::Warning(invalid, "disagrees"),
         ),
         hostile("pool-nowhere", 18314, annotated(pool, "nowhere"), Expect::Warning(Reason::NoEligibleNode, "nowhere")),
-        hostile("ranges-bad", 18315, annotated(ranges, "10.0.0.0/33"), Expect::Warning(invalid, ranges)),
-        hostile("ranges-junk", 18316, annotated(ranges, "everyone"), Expect::Warning(invalid, ranges)),
+        // The API server checks the source-range annotation itself; ipMode is hostlb's to check.
+        hostile("ip-mode-bad", 18315, annotated(ip_mode, "proxy"), Expect::Warning(invalid, ip_mode)),
+        hostile("ip-mode-old", 18316, annotated(ip_mode, "Proxy"), Expect::Warning(Reason::OptionIgnored, "1.30")),
         hostile(&format!("n{}", "x".repeat(62)), 18317, json!({}), Expect::Served),
         Hostile { spec: json!({ "selector": null }), ..hostile("no-selector", 18318, json!({}), Expect::Served) },
         Hostile {
