@@ -307,12 +307,14 @@ fn node_affinity(placement: &Placement) -> Affinity {
         operator: "DoesNotExist".into(),
         values: None,
     });
+    // The API server takes one value per field requirement; requirements of a term all hold.
     let excluded = (!placement.excluded_nodes.is_empty()).then(|| {
-        vec![NodeSelectorRequirement {
+        let not = |node: &String| NodeSelectorRequirement {
             key: "metadata.name".into(),
             operator: "NotIn".into(),
-            values: Some(placement.excluded_nodes.iter().cloned().collect()),
-        }]
+            values: Some(vec![node.clone()]),
+        };
+        placement.excluded_nodes.iter().map(not).collect()
     });
     Affinity {
         node_affinity: Some(NodeAffinity {
@@ -527,9 +529,14 @@ mod tests {
         placement.excluded_nodes = ["n2".to_string(), "n1".to_string()].into();
         let excluded = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer), "status.hostIP");
         let fields = terms(&excluded)[0].match_fields.clone().unwrap();
+        let fields: Vec<(&str, &str, Option<Vec<String>>)> =
+            fields.iter().map(|f| (f.key.as_str(), f.operator.as_str(), f.values.clone())).collect();
         assert_eq!(
-            (fields[0].key.as_str(), fields[0].operator.as_str(), fields[0].values.clone()),
-            ("metadata.name", "NotIn", Some(vec!["n1".to_string(), "n2".to_string()]))
+            fields,
+            vec![
+                ("metadata.name", "NotIn", Some(vec!["n1".to_string()])),
+                ("metadata.name", "NotIn", Some(vec!["n2".to_string()])),
+            ]
         );
     }
 
