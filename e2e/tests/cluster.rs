@@ -596,7 +596,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             "tol-many",
             18305,
             annotated(tolerations, &serde_json::to_string(&many_keys)?),
-            Expect::Warning(invalid, "more bytes"),
+            Expect::Warning(invalid, "--allowed-toleration-keys"),
         ),
         hostile(
             "tol-bad-operator",
