@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use crate::conflicts::held_by_older_services;
 use crate::daemonset::{config_hash_of, desired_daemonset, node_address_field};
 use crate::events::{listed, Reason, Warning};
-use crate::index::Index;
+use crate::index::{key_of, Index};
 use crate::names;
 use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
@@ -182,7 +182,7 @@ fn plan_proxies(
     settings: &Settings,
 ) -> Option<Placement> {
     if lb.ports.is_empty() {
-        let ours = observed.daemonset.filter(|existing| made_for(existing, lb));
+        let ours = observed.daemonset.filter(|existing| made_by_hostlb_for(existing, &lb.uid));
         serving.daemonset = ours.map(|existing| DaemonSetAction::Delete(existing.clone()));
         return None;
     }
@@ -196,10 +196,13 @@ fn plan_proxies(
     serving.warnings.extend(held.messages.into_iter().map(|m| Warning::new(Reason::PortConflict, m)));
     placement.excluded_nodes = held.nodes;
 
-    if let Some(existing) = observed.daemonset.filter(|existing| !made_for(existing, lb)) {
+    if let Some(existing) = observed.daemonset.filter(|existing| !made_by_hostlb_for(existing, &lb.uid)) {
         serving.warnings.push(Warning::new(
             Reason::DaemonSetNameTaken,
-            format!("DaemonSet {} exists and was not made by hostlb for this Service; it is left alone", key(existing)),
+            format!(
+                "DaemonSet {} exists and was not made by hostlb for this Service; it is left alone",
+                key_of(existing)
+            ),
         ));
         return Some(placement);
     }
@@ -226,10 +229,6 @@ pub fn admitted(service: &Service, settings: &Settings) -> Result<(ServiceLb, Ve
 }
 
 /// Whether the DaemonSet carries the labels hostlb gives the proxies of this very Service.
-fn made_for(daemonset: &DaemonSet, lb: &ServiceLb) -> bool {
-    made_by_hostlb_for(daemonset, &lb.uid)
-}
-
 fn made_by_hostlb_for(daemonset: &DaemonSet, service_uid: &str) -> bool {
     let labels = daemonset.labels();
     labels.get(names::LABEL_MANAGED_BY).map(String::as_str) == Some(names::MANAGED_BY)
@@ -262,14 +261,10 @@ fn unschedulable(pods: &[&Pod]) -> Vec<Warning> {
             let message = condition.message.as_deref().unwrap_or("no reason given");
             Some(Warning::new(
                 Reason::ProxyPodUnschedulable,
-                format!("proxy pod {} cannot be scheduled: {message}", key(*pod)),
+                format!("proxy pod {} cannot be scheduled: {message}", key_of(*pod)),
             ))
         })
         .collect()
-}
-
-fn key(object: &impl ResourceExt) -> String {
-    format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
 }
 
 #[cfg(test)]

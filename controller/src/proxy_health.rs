@@ -4,9 +4,9 @@
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
-use kube::ResourceExt;
 
 use crate::events::{Reason, Warning};
+use crate::index::key_of;
 
 /// Waiting reasons that do not pass by themselves; ContainerCreating and PodInitializing do.
 const STUCK: [&str; 7] = [
@@ -34,8 +34,7 @@ fn failure_of(pod: &Pod) -> Option<Warning> {
         init.chain(status.container_statuses.iter().flatten()).find_map(container_failure)
     }?;
     let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("no node yet");
-    let pod_name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-    Some(Warning::new(Reason::ProxyPodFailing, format!("proxy pod {pod_name} on {node}: {why}")))
+    Some(Warning::new(Reason::ProxyPodFailing, format!("proxy pod {} on {node}: {why}", key_of(pod))))
 }
 
 fn container_failure(container: &ContainerStatus) -> Option<String> {
@@ -66,8 +65,8 @@ pub fn creation_failure<'a>(
     let message = latest.message.as_deref().unwrap_or("no message");
     // "Error creating: pods "NAME" is forbidden: WHY": the pod name changes with every try.
     let why = message.split_once(" is forbidden: ").map_or(message, |(_, why)| why);
-    let name = format!("{}/{}", daemonset.namespace().unwrap_or_default(), daemonset.name_any());
-    Some(Warning::new(Reason::ProxyPodsNotCreated, format!("DaemonSet {name} cannot create proxy pods: {why}")))
+    let message = format!("DaemonSet {} cannot create proxy pods: {why}", key_of(daemonset));
+    Some(Warning::new(Reason::ProxyPodsNotCreated, message))
 }
 
 #[cfg(test)]
