@@ -8,14 +8,14 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::ResourceExt;
 
 use crate::conflicts::held_by_older_services;
-use crate::daemonset::{config_hash_of, desired_daemonset, node_address_field};
+use crate::daemonset::{config_hash_of, desired_daemonset};
 use crate::events::{listed, Reason, Warning};
 use crate::index::{key_of, Index};
 use crate::names;
 use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
 use crate::proxy_health::{creation_failure, failing_pods};
-use crate::service_lb::{declared_families, requested_ip_mode, Destination, FieldError, ServiceLb};
+use crate::service_lb::{declared_families, requested_ip_mode, FieldError, ServiceLb};
 use crate::status::{desired_addresses, needs_update, published_addresses, IpMode};
 use crate::Settings;
 
@@ -145,12 +145,9 @@ fn node_ports_open(service: &Service, lb: &ServiceLb) -> Option<Warning> {
     if node_ports.is_empty() {
         return None;
     }
-    let remedy = match lb.destination {
-        Destination::ClusterIps(_) => "set spec.allocateLoadBalancerNodePorts: false to close them",
-        Destination::NodeLocal { .. } => "externalTrafficPolicy: Local needs them; close them with a firewall",
-    };
     let message = format!(
-        "spec.loadBalancerSourceRanges do not cover the NodePorts {}: any client reaches them on every node; {remedy}",
+        "spec.loadBalancerSourceRanges do not cover the NodePorts {}: any client reaches them on every node; \
+         set spec.allocateLoadBalancerNodePorts: false to close them (hostlb needs no NodePorts)",
         listed(node_ports)
     );
     Some(Warning::new(Reason::NodePortsOpen, message))
@@ -206,9 +203,7 @@ fn plan_proxies(
         ));
         return Some(placement);
     }
-    let eligible = index.nodes.values().map(AsRef::as_ref).filter(|node| placement.admits(node));
-    let node_address = node_address_field(settings.proxy.server_has_host_ips, eligible);
-    let desired = desired_daemonset(lb, &placement, &settings.proxy, node_address);
+    let desired = desired_daemonset(lb, &placement, &settings.proxy);
     if needs_apply(observed.daemonset, &desired, observed.last_applied) {
         let ports = lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name()));
         let created = observed.daemonset.is_none();
@@ -308,7 +303,7 @@ mod tests {
 
     fn desired_for(service: &Service) -> DaemonSet {
         let lb = ServiceLb::from_service(service).unwrap();
-        desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy, "status.hostIP")
+        desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy)
     }
 
     #[test]

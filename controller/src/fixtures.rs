@@ -227,7 +227,7 @@ pub fn settings() -> crate::Settings {
             image_pull_policy: "IfNotPresent".into(),
             forwarding: crate::daemonset::ForwardingMode::InitContainer,
             default_priority_class: "hostlb-proxy".into(),
-            server_has_host_ips: false,
+            follower_image: "localhost/hostlb/controller:test".into(),
             install_id: names::install_id(CLASS),
         },
         ports: crate::port_policy::PortPolicy {

@@ -8,16 +8,21 @@
 //!   `mapping`: which Services a watched change affects;
 //! - `watches` (the streams and the controller loop), `reconcile` (the executor: every write)
 //!   and `events`.
+//!
+//! The same binary also runs in the proxy pods of `externalTrafficPolicy: Local` Services:
+//! `endpoint_follower` keeps their forwarding on the node's endpoints (`local_endpoints`).
 
 mod conflicts;
 pub mod daemonset;
 mod decide;
+mod endpoint_follower;
 mod error;
 pub mod events;
 mod finalizer;
 #[cfg(test)]
 mod fixtures;
 mod index;
+mod local_endpoints;
 mod mapping;
 pub mod metrics;
 pub mod names;
@@ -31,6 +36,7 @@ pub mod status;
 pub mod tenancy;
 mod watches;
 
+pub use endpoint_follower::follow;
 pub use error::Error;
 pub use events::Reason;
 pub use reconcile::uninstall;

@@ -8,15 +8,33 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
-use hostlb_controller::daemonset::{has_host_ips, version_at_least, ForwardingMode, ProxySettings};
+use hostlb_controller::daemonset::{version_at_least, ForwardingMode, ProxySettings};
 use hostlb_controller::port_policy::{self, PortPolicy, PortRange};
 use hostlb_controller::status::AddressType;
 use hostlb_controller::tenancy::TenantPolicy;
 use hostlb_controller::{metrics, names, server, Settings};
+use hostlb_proxy_spec::{FollowArgs, FOLLOW_ENDPOINTS};
 
 /// Serves Kubernetes Services of type LoadBalancer from the nodes' own addresses.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    proxy: Option<ProxyCommand>,
+    #[command(flatten)]
+    controller: Args,
+}
+
+/// What the binary does in proxy pods instead of controlling.
+#[derive(Debug, clap::Subcommand)]
+enum ProxyCommand {
+    /// Keep a proxy pod's forwarding on its node's ready endpoints of the Service
+    /// (externalTrafficPolicy: Local); needs NET_ADMIN in the pod's network namespace.
+    #[command(name = FOLLOW_ENDPOINTS)]
+    FollowEndpoints(FollowArgs),
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Namespace of the proxy DaemonSets.
     #[arg(long, env = "HOSTLB_NAMESPACE", default_value = names::DEFAULT_NAMESPACE)]
@@ -36,6 +54,10 @@ struct Args {
     lb_image: Option<String>,
     #[arg(long, env = "HOSTLB_LB_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
     lb_image_pull_policy: String,
+    /// This controller's own image: proxy pods of externalTrafficPolicy: Local Services run it
+    /// beside hostlb-lb to follow the endpoints on their node.
+    #[arg(long, env = "HOSTLB_CONTROLLER_IMAGE", required_unless_present = "uninstall")]
+    controller_image: Option<String>,
     /// How proxy pods turn on forwarding.
     #[arg(long, env = "HOSTLB_FORWARDING_MODE", value_enum, default_value_t = ForwardingMode::InitContainer)]
     forwarding_mode: ForwardingMode,
@@ -92,14 +114,19 @@ enum LogFormat {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let args = cli.controller;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
     match args.log_format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
-    match serve_and_control(args).await {
+    let outcome = match cli.proxy {
+        Some(ProxyCommand::FollowEndpoints(follow)) => follow_endpoints(follow).await,
+        None => serve_and_control(args).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // Through the logger, so that a JSON log stays JSON to the end.
@@ -109,12 +136,20 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve_and_control(args: Args) -> anyhow::Result<()> {
+async fn client() -> anyhow::Result<kube::Client> {
     // Without a read timeout, a list request whose answer never comes holds a watch forever.
     let mut config = kube::Config::infer().await.context("no Kubernetes client configuration")?;
     config.read_timeout = Some(API_READ_TIMEOUT);
     config.reset_reader_on_write = true;
-    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
+    kube::Client::try_from(config).context("cannot build the Kubernetes client")
+}
+
+async fn follow_endpoints(args: FollowArgs) -> anyhow::Result<()> {
+    Ok(hostlb_controller::follow(client().await?, args).await?)
+}
+
+async fn serve_and_control(args: Args) -> anyhow::Result<()> {
+    let client = client().await?;
     let server = client.apiserver_version().await.context("cannot read the API server's version")?;
     let settings = Settings {
         finalizer: names::finalizer_for(&args.load_balancer_class),
@@ -135,7 +170,7 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
             image_pull_policy: args.lb_image_pull_policy,
             forwarding: args.forwarding_mode,
             default_priority_class: args.default_priority_class,
-            server_has_host_ips: has_host_ips(&server.major, &server.minor),
+            follower_image: args.controller_image.unwrap_or_default(),
             install_id: names::install_id(&args.load_balancer_class),
         },
         load_balancer_class: args.load_balancer_class,

@@ -109,7 +109,7 @@ fn with_finalizer(mut service: Service) -> Service {
 
 fn ours(service: &Service, generation: i64) -> DaemonSet {
     let lb = ServiceLb::from_service(service).unwrap();
-    let mut daemonset = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy, "status.hostIP");
+    let mut daemonset = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy);
     daemonset.metadata.generation = Some(generation);
     daemonset.metadata.uid = Some("ds-uid".into());
     daemonset

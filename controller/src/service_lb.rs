@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use hostlb_proxy_spec::{Cidr, Family, PortMap, Protocol};
+use hostlb_proxy_spec::{Cidr, Family, NamedPort, PortMap, Protocol};
 use k8s_openapi::api::core::v1::{Service, Toleration};
 
 use crate::names;
@@ -23,10 +23,10 @@ pub fn is_handled(service: &Service, load_balancer_class: &str, serve_unclassed:
 pub enum Destination {
     /// `externalTrafficPolicy: Cluster`: the Service's ClusterIPs, one per family.
     ClusterIps(Vec<IpAddr>),
-    /// `externalTrafficPolicy: Local`: the proxy pod's own node, on the NodePorts, so that
-    /// kube-proxy only picks endpoints on that node. The health check port tells the proxy pod
-    /// whether the node has one.
-    NodeLocal { health_check_node_port: u16 },
+    /// `externalTrafficPolicy: Local`: the Service's ready endpoints on the proxy pod's own
+    /// node, found by the endpoint follower through the names of the Service ports. The health
+    /// check port tells the proxy pod whether the node has one.
+    NodeLocal { health_check_node_port: u16, port_names: Vec<NamedPort> },
 }
 
 /// A Service option or field that hostlb cannot honour, named the way the user wrote it.
@@ -80,15 +80,17 @@ impl ServiceLb {
         let cluster_ips = cluster_ips(&spec.cluster_ips, &spec.cluster_ip, &mut errors);
         let families = families(&spec.ip_families, &cluster_ips, &mut errors);
         let local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let ports = ports(&spec.ports.unwrap_or_default(), local, &mut errors);
+        let (ports, port_names) = ports(&spec.ports.unwrap_or_default(), &mut errors);
         let destination = if local {
-            match spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
-                Some(health_check_node_port) => Destination::NodeLocal { health_check_node_port },
-                None => {
+            let health_check_node_port = spec
+                .health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+                .unwrap_or_else(|| {
                     errors.push(error("spec.healthCheckNodePort", "is unset; externalTrafficPolicy: Local needs it"));
-                    Destination::NodeLocal { health_check_node_port: 0 }
-                }
-            }
+                    0
+                });
+            Destination::NodeLocal { health_check_node_port, port_names }
         } else {
             Destination::ClusterIps(cluster_ips)
         };
@@ -218,15 +220,15 @@ fn families(declared: &Option<Vec<String>>, cluster_ips: &[IpAddr], errors: &mut
     families
 }
 
+/// The listened ports, each to the same port of the ClusterIP, and the names of the named ones.
 fn ports(
     service_ports: &[k8s_openapi::api::core::v1::ServicePort],
-    local: bool,
     errors: &mut Vec<FieldError>,
-) -> Vec<PortMap> {
+) -> (Vec<PortMap>, Vec<NamedPort>) {
     if service_ports.is_empty() {
         errors.push(error("spec.ports", "a LoadBalancer Service needs at least one port"));
     }
-    let mut ports = Vec::new();
+    let (mut ports, mut names) = (Vec::new(), Vec::new());
     for (index, service_port) in service_ports.iter().enumerate() {
         let protocol_name = service_port.protocol.as_deref().unwrap_or("TCP");
         let Some(protocol) = Protocol::from_api_name(protocol_name) else {
@@ -243,31 +245,15 @@ fn ports(
             ));
             continue;
         };
-        let target_port = if local {
-            match service_port.node_port.map(|p| u16::try_from(p).ok().filter(|p| *p > 0)) {
-                Some(Some(node_port)) => node_port,
-                Some(None) => {
-                    let node_port = service_port.node_port.unwrap_or_default();
-                    errors.push(error(
-                        format!("spec.ports[{index}].nodePort"),
-                        format!("{node_port} is not a port number"),
-                    ));
-                    continue;
-                }
-                None => {
-                    errors.push(error(
-                        format!("spec.ports[{index}].nodePort"),
-                        "is unset (spec.allocateLoadBalancerNodePorts: false?); externalTrafficPolicy: Local forwards to node ports",
-                    ));
-                    continue;
-                }
+        if let Some(name) = service_port.name.as_deref().filter(|name| !name.is_empty()) {
+            match NamedPort::parse(&format!("{}:{port}:{name}", protocol.arg_name())) {
+                Ok(named) => names.push(named),
+                Err(message) => errors.push(error(format!("spec.ports[{index}].name"), message)),
             }
-        } else {
-            port
-        };
-        ports.push(PortMap { protocol, listen: port, target: target_port });
+        }
+        ports.push(PortMap { protocol, listen: port, target: port });
     }
-    ports
+    (ports, names)
 }
 
 fn source_ranges(
@@ -388,19 +374,27 @@ mod tests {
     }
 
     #[test]
-    fn local_policy_forwards_to_node_ports_and_keeps_the_health_check_port() {
-        let service = ServiceBuilder::new("web").port("TCP", 443, 31443).local(32000).build();
+    fn local_policy_keeps_the_port_names_and_the_health_check_port_and_needs_no_node_ports() {
+        let mut service = ServiceBuilder::new("web").port("TCP", 443, 0).port("UDP", 53, 0).local(32000).build();
+        service.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].name = Some("https".into());
         let lb = ServiceLb::from_service(&service).unwrap();
-        assert_eq!(lb.ports, vec![PortMap { protocol: Protocol::Tcp, listen: 443, target: 31443 }]);
-        assert_eq!(lb.destination, Destination::NodeLocal { health_check_node_port: 32000 });
+        assert_eq!(
+            lb.ports,
+            vec![
+                PortMap { protocol: Protocol::Tcp, listen: 443, target: 443 },
+                PortMap { protocol: Protocol::Udp, listen: 53, target: 53 }
+            ]
+        );
+        let https = NamedPort { protocol: Protocol::Tcp, listen: 443, name: "https".into() };
+        assert_eq!(lb.destination, Destination::NodeLocal { health_check_node_port: 32000, port_names: vec![https] });
     }
 
     #[test]
-    fn local_policy_without_node_ports_is_refused_naming_the_port() {
-        let service = ServiceBuilder::new("web").port("TCP", 443, 0).local(32000).build();
+    fn a_port_name_that_is_no_dns_label_is_named() {
+        let mut service = ServiceBuilder::new("web").port("TCP", 443, 0).build();
+        service.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].name = Some("HTTPS".into());
         let errors = ServiceLb::from_service(&service).unwrap_err();
-        assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].field, "spec.ports[0].nodePort");
+        assert_eq!(errors[0].field, "spec.ports[0].name");
     }
 
     #[test]
@@ -476,13 +470,6 @@ mod tests {
         let mut service = ServiceBuilder::new("web").cluster_ips(&["fd00::a", "10.96.0.10"]).build();
         service.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into(), "IPv6".into()]);
         assert_eq!(ServiceLb::from_service(&service).unwrap().families, vec![Family::V6, Family::V4]);
-    }
-
-    #[test]
-    fn a_node_port_out_of_range_is_named_as_such() {
-        let service = ServiceBuilder::new("web").port("TCP", 80, 70000).local(32100).build();
-        let errors = ServiceLb::from_service(&service).unwrap_err();
-        assert_eq!(errors[0].to_string(), "spec.ports[0].nodePort: 70000 is not a port number");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! namespace. Needs the harness's cluster (`make up`); run one test at a time
 //! (`--test-threads=1`): some change nodes that all tests share.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -402,6 +403,42 @@ async fn local_policy_publishes_only_nodes_with_a_ready_endpoint_and_keeps_the_c
     cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1], SETTLE).await?;
     report_timing("Local: endpoint back to address published", scaled.elapsed());
     answered_http(&cluster, nodes.ip1, 18140).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn local_policy_traffic_through_a_proxy_pod_stays_on_its_node() -> Result<()> {
+    let (cluster, ns, nodes) = setup("local-node").await?;
+    for (backend, node) in [("echo-1", &nodes.node1), ("echo-2", &nodes.node2)] {
+        ns.echo_backend(&cluster, backend, 1, Some(node)).await?;
+        ns.wait_ready(backend, 1, SETTLE).await?;
+    }
+    // One Service over both Deployments: an extra label on their pods, which their ReplicaSets keep.
+    cluster.kubectl(&["label", "pods", "-n", &ns.name, "-l", "app in (echo-1,echo-2)", "tier=echo"])?;
+    let local = json!({ "externalTrafficPolicy": "Local", "selector": { "tier": "echo" },
+                        "allocateLoadBalancerNodePorts": false });
+    let service = ns.load_balancer("web", "unused", &http(18145), local).await?;
+    let ports = service.spec.and_then(|spec| spec.ports).unwrap_or_default();
+    ensure!(ports.iter().all(|port| port.node_port.is_none()), "NodePorts were allocated: {ports:?}");
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+
+    // Each unpublished address exists on one node only: it enters through that node's proxy pod.
+    for (address, node) in [(nodes.unpublished1, &nodes.node1), (nodes.unpublished2, &nodes.node2)] {
+        answered_http(&cluster, address, 18145).await?;
+        let mut served_on = BTreeMap::new();
+        for _ in 0..20 {
+            let reply = answered_http(&cluster, address, 18145).await?;
+            *served_on.entry(reply.node).or_insert(0) += 1;
+        }
+        println!("Local, proxy pod path into {node}: 20 requests served on {served_on:?}");
+        ensure!(served_on.keys().eq([node]), "requests into {node} were served on {served_on:?}");
+    }
+
+    // Without an endpoint of its own, a node forwards nothing, rather than to another node.
+    ns.scale("echo-1", 0).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip2], SETTLE).await?;
+    refused_http(&cluster, nodes.unpublished1, 18145).await?;
+    answered_http(&cluster, nodes.unpublished2, 18145).await?;
     Ok(())
 }
 
