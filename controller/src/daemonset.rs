@@ -303,7 +303,7 @@ fn node_affinity(placement: &Placement) -> Affinity {
         values: None,
     });
     // The API server takes one value per field requirement; requirements of a term all hold.
-    let excluded = (!placement.excluded_nodes.is_empty()).then(|| {
+    let excluded: Option<Vec<NodeSelectorRequirement>> = (!placement.excluded_nodes.is_empty()).then(|| {
         let not = |node: &String| NodeSelectorRequirement {
             key: "metadata.name".into(),
             operator: "NotIn".into(),
@@ -311,14 +311,28 @@ fn node_affinity(placement: &Placement) -> Affinity {
         };
         placement.excluded_nodes.iter().map(not).collect()
     });
+    // Terms are alternatives: a node is in the pool through either of its two labels.
+    let pool_memberships = match &placement.pool {
+        None => vec![None],
+        Some(pool) => vec![
+            Some(NodeSelectorRequirement {
+                key: names::POOL.into(),
+                operator: "In".into(),
+                values: Some(vec![pool.clone()]),
+            }),
+            Some(NodeSelectorRequirement { key: names::pool_label(pool), operator: "Exists".into(), values: None }),
+        ],
+    };
+    let terms = pool_memberships
+        .into_iter()
+        .map(|membership| NodeSelectorTerm {
+            match_expressions: Some(membership.into_iter().chain(forbidden.clone()).collect()),
+            match_fields: excluded.clone(),
+        })
+        .collect();
     Affinity {
         node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                node_selector_terms: vec![NodeSelectorTerm {
-                    match_expressions: Some(forbidden.collect()),
-                    match_fields: excluded,
-                }],
-            }),
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: terms }),
             ..Default::default()
         }),
         ..Default::default()
@@ -516,25 +530,28 @@ mod tests {
     }
 
     #[test]
-    fn placement_becomes_node_selector_and_exclusion_affinity() {
+    fn a_pool_becomes_two_alternative_terms_each_keeping_the_exclusions() {
         let ds = build(ServiceBuilder::new("web").label(names::POOL, "edge"), ForwardingMode::InitContainer);
         let spec = pod(&ds);
-        assert_eq!(spec.node_selector.as_ref().unwrap()[names::POOL], "edge");
-        let term = &spec
-            .affinity
-            .as_ref()
-            .unwrap()
-            .node_affinity
-            .as_ref()
-            .unwrap()
-            .required_during_scheduling_ignored_during_execution
-            .as_ref()
-            .unwrap()
-            .node_selector_terms[0];
-        let requirement = &term.match_expressions.as_ref().unwrap()[0];
+        assert!(!spec.node_selector.as_ref().unwrap().contains_key(names::POOL));
+        let affinity = spec.affinity.clone().unwrap().node_affinity.unwrap();
+        let terms = affinity.required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms;
+        let described: Vec<Vec<String>> = terms
+            .iter()
+            .map(|term| {
+                let expressions = term.match_expressions.iter().flatten();
+                expressions
+                    .map(|r| format!("{} {} {:?}", r.key, r.operator, r.values.clone().unwrap_or_default()))
+                    .collect()
+            })
+            .collect();
+        let excluded = format!("{} DoesNotExist []", names::NODE_LABEL_EXCLUDE);
         assert_eq!(
-            (requirement.key.as_str(), requirement.operator.as_str()),
-            (names::NODE_LABEL_EXCLUDE, "DoesNotExist")
+            described,
+            vec![
+                vec![r#"hostlb.io/lbpool In ["edge"]"#.to_string(), excluded.clone()],
+                vec!["pool.hostlb.io/edge Exists []".to_string(), excluded],
+            ]
         );
     }
 

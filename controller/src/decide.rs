@@ -1,8 +1,6 @@
 //! The one decision of a reconcile: from a Service, what hostlb knows of the cluster (the index)
 //! and its settings, everything the executor must do. Pure: no client, no clock, no await.
 
-use std::net::IpAddr;
-
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::ResourceExt;
@@ -15,8 +13,8 @@ use crate::names;
 use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
 use crate::proxy_health::{creation_failure, failing_pods};
-use crate::service_lb::{declared_families, requested_ip_mode, FieldError, ServiceLb};
-use crate::status::{desired_addresses, needs_update, published_addresses, IpMode};
+use crate::service_lb::{address_options, declared_families, requested_ip_mode, FieldError, ServiceLb};
+use crate::status::{desired_addresses, needs_update, published_addresses, Address, IpMode, Publication};
 use crate::Settings;
 
 /// What the executor read for this Service besides the index.
@@ -53,7 +51,7 @@ pub struct Serving {
     pub add_finalizer: bool,
     pub daemonset: Option<DaemonSetAction>,
     /// The addresses to publish, when they (or their `ipMode`) differ from those published.
-    pub publish: Option<Vec<IpAddr>>,
+    pub publish: Option<Vec<Address>>,
     /// The `ipMode` to publish them with, where the API server keeps it.
     pub ip_mode: Option<IpMode>,
     pub warnings: Vec<Warning>,
@@ -87,7 +85,7 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
 fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving {
     let service = observed.service;
     let mut serving = Serving { add_finalizer: !settings.holds(service), ..Serving::default() };
-    let (placement, families) = match admitted(service, settings) {
+    let (placement, families, address_options) = match admitted(service, settings) {
         Ok((lb, refused)) => {
             serving.warnings.extend(refused.into_iter().map(|refused| {
                 let port = format!("{}/{}", refused.port.listen, refused.port.protocol.api_name());
@@ -96,7 +94,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
                     format!("spec.ports: port {port} is refused: {why}; an admin can allow it with --allowed-ports");
                 Warning::new(Reason::PortRefused, message)
             }));
-            (plan_proxies(&mut serving, observed, &lb, index, settings), lb.families)
+            (plan_proxies(&mut serving, observed, &lb, index, settings), lb.families, lb.addresses)
         }
         Err(errors) => {
             serving.warnings = errors
@@ -104,7 +102,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
                 .map(|e| Warning::new(Reason::InvalidOption, format!("{e}; the proxies are left as they were")))
                 .collect();
             // The proxies that run go on serving, so their nodes stay published while they can.
-            (Some(Placement::anywhere()), declared_families(service))
+            (Some(Placement::anywhere()), declared_families(service), address_options(service).0)
         }
     };
 
@@ -117,15 +115,16 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         let failures = index.creation_failures.group(&ours.name_any()).map(AsRef::as_ref);
         serving.warnings.extend(creation_failure(ours, pods.len() < eligible, failures));
     }
-    let addresses = match placement {
-        Some(placement) => {
-            desired_addresses(pods, |name| index.node(name), &placement, settings.address_type, &families)
-        }
-        None => Vec::new(),
+    let policy = address_options.policy(&settings.addresses);
+    let publication = match placement {
+        Some(placement) => desired_addresses(service, pods, |name| index.node(name), &placement, &policy, &families),
+        None => Publication::default(),
     };
+    let problems = publication.problems.into_iter().map(|problem| Warning::new(Reason::NodeAnnotationIgnored, problem));
+    serving.warnings.extend(problems);
     serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
-    if needs_update(service, &addresses, serving.ip_mode) {
-        serving.publish = Some(addresses);
+    if needs_update(service, &publication.addresses, serving.ip_mode) {
+        serving.publish = Some(publication.addresses);
     }
     serving
 }
@@ -287,9 +286,12 @@ mod tests {
         service
     }
 
+    fn ips(addresses: &[&str]) -> Vec<Address> {
+        addresses.iter().map(|a| Address::Ip(a.parse().unwrap())).collect()
+    }
+
     fn published(mut service: Service, addresses: &[&str]) -> Service {
-        let addresses: Vec<IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
-        let ingress = crate::status::ingress(&addresses, Some(IpMode::Vip));
+        let ingress = crate::status::ingress(&ips(addresses), Some(IpMode::Vip));
         service.status = Some(ServiceStatus {
             load_balancer: Some(LoadBalancerStatus { ingress: Some(ingress) }),
             ..Default::default()
@@ -334,7 +336,7 @@ mod tests {
         let serving = served(&service, &index, Some(&existing));
         assert!(!serving.add_finalizer);
         assert!(serving.daemonset.is_none());
-        assert_eq!(serving.publish, Some(vec!["10.0.0.1".parse().unwrap()]));
+        assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])));
 
         let already = published(service, &["10.0.0.1"]);
         assert!(served(&already, &index, Some(&existing)).publish.is_none());
@@ -373,7 +375,7 @@ mod tests {
         let serving = served(&service, &index, Some(&existing));
         assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
         assert!(serving.daemonset.is_none(), "the running proxies are left as they were");
-        assert_eq!(serving.publish, Some(vec!["10.0.0.1".parse().unwrap()]), "the dead node leaves the status");
+        assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])), "the dead node leaves the status");
     }
 
     #[test]
@@ -452,7 +454,7 @@ mod tests {
         let index = index_of(std::slice::from_ref(&proxy), &nodes, &[proxy_pod("p1", "n1", true)], &[]);
         let serving = served(&proxy, &index, Some(&existing));
         assert_eq!(serving.ip_mode, Some(IpMode::Proxy));
-        assert_eq!(serving.publish, Some(vec!["10.0.0.1".parse().unwrap()]), "VIP is published: rewrite as Proxy");
+        assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])), "VIP is published: rewrite as Proxy");
 
         let mut old_server = settings();
         old_server.server_has_ip_mode = false;

@@ -153,6 +153,15 @@ impl NodeBuilder {
         self.address("ExternalIP", address)
     }
 
+    pub fn hostname(self, name: &str) -> Self {
+        self.address("Hostname", name)
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.node.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
+        self
+    }
+
     pub fn label(mut self, key: &str, value: &str) -> Self {
         self.node.metadata.labels.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
         self
@@ -219,7 +228,11 @@ pub fn settings() -> crate::Settings {
         load_balancer_class: CLASS.into(),
         serve_unclassed: true,
         finalizer: names::FINALIZER.into(),
-        address_type: crate::status::AddressType::Auto,
+        addresses: crate::status::AddressPolicy {
+            address_type: crate::status::AddressType::Auto,
+            kinds: vec![crate::status::AddressKind::Ip],
+            max_nodes: None,
+        },
         server_has_ip_mode: true,
         proxy: crate::daemonset::ProxySettings {
             namespace: "hostlb-system".into(),

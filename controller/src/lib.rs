@@ -62,7 +62,8 @@ pub struct Settings {
     pub serve_unclassed: bool,
     /// This install's finalizer (`names::finalizer_for` its class).
     pub finalizer: String,
-    pub address_type: status::AddressType,
+    /// How addresses are chosen unless a Service asks otherwise.
+    pub addresses: status::AddressPolicy,
     /// Whether the API server keeps `status.loadBalancer.ingress[].ipMode` (1.30 and later).
     pub server_has_ip_mode: bool,
     pub proxy: daemonset::ProxySettings,

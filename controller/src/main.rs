@@ -10,7 +10,7 @@ use clap::Parser;
 
 use hostlb_controller::daemonset::{version_at_least, ForwardingMode, ProxySettings};
 use hostlb_controller::port_policy::{self, PortPolicy, PortRange};
-use hostlb_controller::status::AddressType;
+use hostlb_controller::status::{AddressKind, AddressPolicy, AddressType};
 use hostlb_controller::tenancy::TenantPolicy;
 use hostlb_controller::{metrics, names, server, Settings};
 use hostlb_proxy_spec::{FollowArgs, FOLLOW_ENDPOINTS};
@@ -64,6 +64,14 @@ struct Args {
     /// Which node addresses to publish.
     #[arg(long, env = "HOSTLB_ADDRESS_TYPE", value_enum, default_value_t = AddressType::Auto)]
     address_type: AddressType,
+    /// What of each serving node is published, unless a Service's hostlb.io/publish says
+    /// otherwise: its IP addresses, its hostname, or both (comma-separated).
+    #[arg(long, env = "HOSTLB_PUBLISH", value_enum, value_delimiter = ',', default_value = "ip")]
+    publish: Vec<AddressKind>,
+    /// At most this many nodes are published per Service unless its hostlb.io/max-nodes says
+    /// otherwise; 0 for all.
+    #[arg(long, env = "HOSTLB_MAX_NODES", default_value_t = 0)]
+    max_nodes: usize,
     /// PriorityClass of proxy pods unless a Service names another. The install's own class
     /// never preempts other pods.
     #[arg(long, env = "HOSTLB_DEFAULT_PRIORITY_CLASS", default_value = "hostlb-proxy")]
@@ -154,7 +162,16 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
     let settings = Settings {
         finalizer: names::finalizer_for(&args.load_balancer_class),
         serve_unclassed: args.serve_unclassed,
-        address_type: args.address_type,
+        addresses: AddressPolicy {
+            address_type: args.address_type,
+            kinds: {
+                let mut kinds = args.publish;
+                kinds.sort();
+                kinds.dedup();
+                kinds
+            },
+            max_nodes: Some(args.max_nodes).filter(|max| *max > 0),
+        },
         // ipMode is kept from 1.30 on, where the LoadBalancerIPMode feature is on by default.
         server_has_ip_mode: version_at_least(&server.major, &server.minor, 30),
         instance: args.instance,

@@ -31,6 +31,12 @@ pub const ANNOTATION_CONFIG_HASH: &str = "hostlb.io/config-hash";
 pub const NODE_LABEL_ENABLE_LB: &str = "hostlb.io/enablelb";
 /// Node label naming a pool; Service label or annotation choosing one.
 pub const POOL: &str = "hostlb.io/lbpool";
+/// Node labels `pool.hostlb.io/POOL` put a node in several pools.
+const POOL_LABEL_PREFIX: &str = "pool.hostlb.io/";
+
+pub fn pool_label(pool: &str) -> String {
+    format!("{POOL_LABEL_PREFIX}{pool}")
+}
 /// Well-known node label that keeps a node out of every load balancer.
 pub const NODE_LABEL_EXCLUDE: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 pub const NODE_LABEL_OS: &str = "kubernetes.io/os";
@@ -39,6 +45,14 @@ pub const ANNOTATION_TOLERATIONS: &str = "hostlb.io/tolerations";
 pub const ANNOTATION_PRIORITY_CLASS: &str = "hostlb.io/priority-class";
 /// `VIP` or `Proxy`: how kube-proxy treats the published addresses (Kubernetes 1.30 and later).
 pub const ANNOTATION_IP_MODE: &str = "hostlb.io/ip-mode";
+/// What of its nodes a Service publishes: `ip`, `hostname`, or both.
+pub const ANNOTATION_PUBLISH: &str = "hostlb.io/publish";
+/// At most this many nodes are published for the Service.
+pub const ANNOTATION_MAX_NODES: &str = "hostlb.io/max-nodes";
+/// On a node: the address(es) to publish for it instead of its own, one per family.
+pub const NODE_ANNOTATION_PUBLIC_ADDRESS: &str = "hostlb.io/public-address";
+/// On a node: the hostname to publish for it instead of its own.
+pub const NODE_ANNOTATION_PUBLIC_HOSTNAME: &str = "hostlb.io/public-hostname";
 /// The pre-`spec.loadBalancerSourceRanges` way of asking for source ranges, still honoured by
 /// kube-proxy, so honoured here too.
 pub const ANNOTATION_LEGACY_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";

@@ -4,7 +4,6 @@
 //! the API server goes through this file.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -26,7 +25,7 @@ use crate::finalizer::finalizer_patch;
 use crate::index::{key_of, Index, Key};
 use crate::mapping::{orphaned, owning_service};
 use crate::metrics::Metrics;
-use crate::status::{ingress, published_addresses, IpMode};
+use crate::status::{ingress, published_addresses, Address, IpMode};
 use crate::{names, Settings};
 
 /// A resync now and then repairs anything a missed watch event left behind.
@@ -225,7 +224,7 @@ impl Context {
         Ok(())
     }
 
-    async fn write_status(&self, service: &Service, addresses: &[IpAddr], ip_mode: Option<IpMode>) -> Result<()> {
+    async fn write_status(&self, service: &Service, addresses: &[Address], ip_mode: Option<IpMode>) -> Result<()> {
         let load_balancer =
             if addresses.is_empty() { json!({}) } else { json!({ "ingress": ingress(addresses, ip_mode) }) };
         // Server-side apply: leaving `ingress` out when empty drops only what hostlb wrote.

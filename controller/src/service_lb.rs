@@ -9,7 +9,7 @@ use hostlb_proxy_spec::{Cidr, Family, NamedPort, PortMap, Protocol};
 use k8s_openapi::api::core::v1::{Service, Toleration};
 
 use crate::names;
-use crate::status::IpMode;
+use crate::status::{AddressKind, AddressPolicy, IpMode};
 
 /// Whether an install of this class is responsible for the Service at all. Services without
 /// a class go to the install that serves unclassed ones.
@@ -56,6 +56,7 @@ pub struct ServiceLb {
     pub extra_tolerations: Vec<Toleration>,
     pub priority_class: Option<String>,
     pub ip_mode: Option<IpMode>,
+    pub addresses: AddressOptions,
     /// When the Service was created: of two Services on one host port, the older keeps it.
     pub created: Option<k8s_openapi::jiff::Timestamp>,
 }
@@ -122,6 +123,8 @@ impl ServiceLb {
             errors.push(error);
             None
         });
+        let (addresses, address_errors) = address_options(service);
+        errors.extend(address_errors);
 
         if !errors.is_empty() {
             return Err(errors);
@@ -138,9 +141,63 @@ impl ServiceLb {
             extra_tolerations,
             priority_class,
             ip_mode,
+            addresses,
             created: meta.creation_timestamp.as_ref().map(|time| time.0),
         })
     }
+}
+
+/// What a Service asks of its addresses; unset means the controller's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressOptions {
+    pub kinds: Option<Vec<AddressKind>>,
+    pub max_nodes: Option<usize>,
+}
+
+impl AddressOptions {
+    /// The controller's defaults with what the Service asks for.
+    pub fn policy(&self, defaults: &AddressPolicy) -> AddressPolicy {
+        AddressPolicy {
+            address_type: defaults.address_type,
+            kinds: self.kinds.clone().unwrap_or_else(|| defaults.kinds.clone()),
+            max_nodes: self.max_nodes.or(defaults.max_nodes),
+        }
+    }
+}
+
+/// The Service's `hostlb.io/publish` (`ip`, `hostname` or both, comma-separated) and
+/// `hostlb.io/max-nodes` (a positive number); what can be read of them, and what cannot. Read
+/// on its own too, so that a Service with some other invalid option keeps its address choice.
+pub fn address_options(service: &Service) -> (AddressOptions, Vec<FieldError>) {
+    let annotations = service.metadata.annotations.as_ref();
+    let get = |key: &str| annotations.and_then(|a| a.get(key));
+    let mut errors = Vec::new();
+    let kinds = get(names::ANNOTATION_PUBLISH).and_then(|text| {
+        let mut kinds = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            match AddressKind::from_name(part) {
+                Some(kind) => kinds.push(kind),
+                None => {
+                    errors.push(annotation_error(
+                        names::ANNOTATION_PUBLISH,
+                        format!("{part:?} is neither ip nor hostname"),
+                    ));
+                    return None;
+                }
+            }
+        }
+        kinds.sort();
+        kinds.dedup();
+        Some(kinds)
+    });
+    let max_nodes = get(names::ANNOTATION_MAX_NODES).and_then(|text| {
+        let max = text.trim().parse::<usize>().ok().filter(|max| *max > 0);
+        if max.is_none() {
+            errors.push(annotation_error(names::ANNOTATION_MAX_NODES, format!("{text:?} is not a positive number")));
+        }
+        max
+    });
+    (AddressOptions { kinds, max_nodes }, errors)
 }
 
 /// The `ipMode` the Service asks for, if any.
@@ -333,6 +390,7 @@ fn is_dns_subdomain(value: &str) -> bool {
 mod tests {
     use super::*;
     use crate::fixtures::ServiceBuilder;
+    use crate::status::AddressType;
 
     #[test]
     fn handles_unclassed_and_own_class_load_balancers_only() {
@@ -477,6 +535,40 @@ mod tests {
         let mut service = ServiceBuilder::new("web").cluster_ips(&["fd00::1"]).build();
         service.spec.as_mut().unwrap().ip_families = None;
         assert_eq!(ServiceLb::from_service(&service).unwrap().families, vec![Family::V6]);
+    }
+
+    #[test]
+    fn address_options_are_read_with_the_controllers_defaults_beneath() {
+        let defaults =
+            AddressPolicy { address_type: AddressType::Auto, kinds: vec![AddressKind::Ip], max_nodes: Some(5) };
+        let plain = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
+        assert_eq!(plain.addresses.policy(&defaults), defaults);
+        let asked = ServiceBuilder::new("web")
+            .annotation(names::ANNOTATION_PUBLISH, "hostname, ip,hostname")
+            .annotation(names::ANNOTATION_MAX_NODES, "3")
+            .build();
+        let policy = ServiceLb::from_service(&asked).unwrap().addresses.policy(&defaults);
+        assert_eq!(policy.kinds, vec![AddressKind::Ip, AddressKind::Hostname]);
+        assert_eq!(policy.max_nodes, Some(3));
+
+        let wrong = ServiceBuilder::new("web")
+            .annotation(names::ANNOTATION_PUBLISH, "ip,cname")
+            .annotation(names::ANNOTATION_MAX_NODES, "0")
+            .build();
+        let fields: Vec<String> =
+            ServiceLb::from_service(&wrong).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            fields,
+            vec![
+                r#"metadata.annotations[hostlb.io/publish]: "cname" is neither ip nor hostname"#,
+                r#"metadata.annotations[hostlb.io/max-nodes]: "0" is not a positive number"#,
+            ]
+        );
+        let with_other_error = ServiceBuilder::new("web")
+            .annotation(names::ANNOTATION_MAX_NODES, "2")
+            .annotation(names::ANNOTATION_TOLERATIONS, "nope")
+            .build();
+        assert_eq!(address_options(&with_other_error).0.max_nodes, Some(2), "kept while another option is wrong");
     }
 
     #[test]

@@ -1032,3 +1032,148 @@ async fn a_controller_restart_in_the_middle_of_a_change_gives_the_same_result() 
     answered_http(&cluster, nodes.unpublished1, 18163).await?;
     Ok(())
 }
+
+/// Runs `body` with a node patched, and undoes the patch whatever the outcome: every test
+/// shares the nodes.
+async fn with_node_patched<T>(
+    cluster: &Cluster,
+    node: &str,
+    (change, undo): (serde_json::Value, serde_json::Value),
+    body: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    patch_node(cluster, node, change).await?;
+    let outcome = body.await;
+    patch_node(cluster, node, undo).await?;
+    outcome
+}
+
+/// The hostnames a Service publishes, in order.
+async fn published_hostnames(ns: &TestNamespace, service: &str) -> Result<Vec<String>> {
+    let status = ns.services().get(service).await?.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress);
+    Ok(status.into_iter().flatten().filter_map(|entry| entry.hostname).collect())
+}
+
+#[tokio::test]
+async fn node_public_addresses_and_hostnames_are_published_as_asked() -> Result<()> {
+    let (cluster, ns, nodes) = setup("addresses").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("web", "echo", &http(18155), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let node2 = node_api(&cluster).await.get(&nodes.node2).await?;
+    let node2_hostname = node2.status.and_then(|s| s.addresses).into_iter().flatten().find(|a| a.type_ == "Hostname");
+    let node2_hostname = node2_hostname.context("node-2 reports no Hostname address")?.address;
+
+    let (address_key, hostname_key) = (names::NODE_ANNOTATION_PUBLIC_ADDRESS, names::NODE_ANNOTATION_PUBLIC_HOSTNAME);
+    let public = nodes.unpublished1.to_string();
+    let annotate = json!({ "metadata": { "annotations": { address_key: public, hostname_key: "node-1.lb.example" } } });
+    let remove = json!({ "metadata": { "annotations": { address_key: null, hostname_key: null } } });
+    with_node_patched(&cluster, &nodes.node1, (annotate, remove), async {
+        // The address behind 1:1 NAT reaches node-1 through its proxy pod.
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.unpublished1, nodes.ip2], SETTLE).await?;
+        answered_http(&cluster, nodes.unpublished1, 18155).await?;
+
+        let publish = |value: &str| json!({ "metadata": { "annotations": { names::ANNOTATION_PUBLISH: value } } });
+        ns.patch_service("web", publish("hostname")).await?;
+        let expected = vec!["node-1.lb.example".to_string(), node2_hostname.clone()];
+        eventually(SETTLE, || async {
+            let hostnames = published_hostnames(&ns, "web").await?;
+            ensure!(hostnames == expected, "hostnames {hostnames:?}, expected {expected:?}");
+            Ok(())
+        })
+        .await?;
+        cluster.wait_for_addresses(&ns.name, "web", &[], SETTLE).await?;
+        ns.patch_service("web", publish("ip,hostname")).await?;
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.unpublished1, nodes.ip2], SETTLE).await?;
+        ensure!(published_hostnames(&ns, "web").await? == expected, "hostnames went away beside the IPs");
+        ns.patch_service("web", publish("ip")).await
+    })
+    .await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+
+    let wrong = json!({ "metadata": { "annotations": { address_key: "gateway" } } });
+    let remove = json!({ "metadata": { "annotations": { address_key: null } } });
+    with_node_patched(&cluster, &nodes.node1, (wrong, remove), async {
+        let note = warned(&cluster, &ns.name, "web", Reason::NodeAnnotationIgnored).await?;
+        ensure!(note.contains("node node-1: metadata.annotations[hostlb.io/public-address]"), "{note}");
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await.map(|_| ())
+    })
+    .await
+}
+
+/// How many times the Service's status was written, as its StatusUpdated Events count them.
+async fn status_writes(cluster: &Cluster, ns: &str, service: &str) -> Result<i32> {
+    let events = cluster.events(ns, service, Reason::StatusUpdated).await?;
+    Ok(events.iter().map(|event| event.series.as_ref().map_or(1, |series| series.count)).sum())
+}
+
+#[tokio::test]
+async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_change() -> Result<()> {
+    let (cluster, ns, nodes) = setup("capped").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let capped = json!({ "annotations": { names::ANNOTATION_MAX_NODES: "1" } });
+    ns.load_balancer_with_metadata("web", "echo", &http(18156), json!({}), capped).await?;
+    let one_node = || async {
+        eventually(SETTLE, || async {
+            let addresses = published(&ns.services().get("web").await?);
+            ensure!(addresses.len() == 1, "publishes {addresses:?}, expected one node");
+            Ok(addresses.into_iter().collect::<Vec<IpAddr>>())
+        })
+        .await
+    };
+    let chosen = one_node().await?;
+    ensure!(chosen[0] == nodes.ip1 || chosen[0] == nodes.ip2, "{chosen:?} is no node address");
+    // Both proxy pods are ready before the status is checked for churn.
+    eventually(SETTLE, || async {
+        let pods = cluster.proxy_pods(&ns.name, "web").await?;
+        let ready = |pod: &&Pod| {
+            let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+            conditions.into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+        };
+        ensure!(pods.iter().filter(ready).count() == 2, "expected a ready proxy pod on each node");
+        Ok(())
+    })
+    .await?;
+
+    let writes = status_writes(&cluster, &ns.name, "web").await?;
+    for round in 0..3 {
+        let touch = json!({ "metadata": { "annotations": { "example.org/round": round.to_string() } } });
+        ns.patch_service("web", touch).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(status_writes(&cluster, &ns.name, "web").await? == writes, "the status was rewritten without a change");
+    cluster.wait_for_addresses(&ns.name, "web", &chosen, SETTLE).await?;
+
+    let cap = |max: &str| json!({ "metadata": { "annotations": { names::ANNOTATION_MAX_NODES: max } } });
+    ns.patch_service("web", cap("2")).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    ns.patch_service("web", cap("1")).await?;
+    let after = one_node().await?;
+    println!("capped at one node: {chosen:?} kept while nothing changed; {after:?} after the cap went to 2 and back");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_in_two_pools_serves_both() -> Result<()> {
+    let (cluster, ns, nodes) = setup("pools").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let blue = names::pool_label("e2e-blue");
+    let in_pools = |labels: serde_json::Value| json!({ "metadata": { "labels": labels } });
+    let node1 = (in_pools(json!({ &blue: "true" })), in_pools(json!({ &blue: null })));
+    let node2 = (
+        in_pools(json!({ names::POOL: "e2e-green", &blue: "true" })),
+        in_pools(json!({ names::POOL: null, &blue: null })),
+    );
+    with_node_patched(&cluster, &nodes.node1, node1, async {
+        with_node_patched(&cluster, &nodes.node2, node2, async {
+            let pool = |name: &str| json!({ "labels": { names::POOL: name } });
+            ns.load_balancer_with_metadata("blue", "echo", &http(18157), json!({}), pool("e2e-blue")).await?;
+            ns.load_balancer_with_metadata("green", "echo", &http(18158), json!({}), pool("e2e-green")).await?;
+            cluster.wait_for_addresses(&ns.name, "blue", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+            cluster.wait_for_addresses(&ns.name, "green", &[nodes.ip2], SETTLE).await?;
+            answered_http(&cluster, nodes.unpublished2, 18158).await?;
+            refused_http(&cluster, nodes.unpublished1, 18158).await
+        })
+        .await
+    })
+    .await
+}
