@@ -5,6 +5,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::ResourceExt;
 
+use crate::condition;
 use crate::conflicts::held_by_older_services;
 use crate::daemonset::{config_hash_of, desired_daemonset};
 use crate::events::{listed, Reason, Warning};
@@ -14,7 +15,7 @@ use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
 use crate::proxy_health::{creation_failure, failing_pods};
 use crate::service_lb::{address_options, declared_families, requested_ip_mode, FieldError, ServiceLb};
-use crate::status::{desired_addresses, needs_update, published_addresses, Address, IpMode, Publication};
+use crate::status::{desired_addresses, holds_status, needs_update, node_can_serve, Address, IpMode, Publication};
 use crate::Settings;
 
 /// What the executor read for this Service besides the index.
@@ -54,6 +55,8 @@ pub struct Serving {
     pub publish: Option<Vec<Address>>,
     /// The `ipMode` to publish them with, where the API server keeps it.
     pub ip_mode: Option<IpMode>,
+    /// hostlb's condition, when the Service does not have it yet.
+    pub condition: Option<condition::Ready>,
     pub warnings: Vec<Warning>,
 }
 
@@ -74,7 +77,7 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
     let deleting = service.metadata.deletion_timestamp.is_some();
     if !settings.serves(service) || deleting {
         return if settings.holds(service) {
-            Decision::CleanUp { clear_status: !deleting && !published_addresses(service).is_empty() }
+            Decision::CleanUp { clear_status: !deleting && holds_status(service) }
         } else {
             Decision::Ignore
         };
@@ -85,7 +88,9 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
 fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving {
     let service = observed.service;
     let mut serving = Serving { add_finalizer: !settings.holds(service), ..Serving::default() };
-    let (placement, families, address_options) = match admitted(service, settings) {
+    let admission = admitted(service, settings);
+    let valid = admission.is_ok();
+    let (placement, families, address_options) = match admission {
         Ok((lb, refused)) => {
             serving.warnings.extend(refused.into_iter().map(|refused| {
                 let port = format!("{}/{}", refused.port.listen, refused.port.protocol.api_name());
@@ -116,6 +121,10 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         serving.warnings.extend(creation_failure(ours, pods.len() < eligible, failures));
     }
     let policy = address_options.policy(&settings.addresses);
+    let eligible_nodes = placement.as_ref().map_or(0, |placement| {
+        index.nodes.values().filter(|node| placement.admits(node) && node_can_serve(node)).count()
+    });
+    let partly_held = placement.as_ref().is_some_and(|placement| !placement.excluded_nodes.is_empty());
     let publication = match placement {
         Some(placement) => desired_addresses(service, pods, |name| index.node(name), &placement, &policy, &families),
         None => Publication::default(),
@@ -123,6 +132,15 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let problems = publication.problems.into_iter().map(|problem| Warning::new(Reason::NodeAnnotationIgnored, problem));
     serving.warnings.extend(problems);
     serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
+    let findings = condition::Findings {
+        valid,
+        eligible_nodes,
+        serving_nodes: publication.serving_nodes,
+        partly_held: partly_held || serving.warnings.iter().any(|w| w.reason == Reason::PortRefused),
+        warnings: &serving.warnings,
+    };
+    let ready = condition::ready(service, &findings);
+    serving.condition = condition::differs(service, &ready).then_some(ready);
     if needs_update(service, &publication.addresses, serving.ip_mode) {
         serving.publish = Some(publication.addresses);
     }
@@ -338,8 +356,17 @@ mod tests {
         assert!(serving.daemonset.is_none());
         assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])));
 
-        let already = published(service, &["10.0.0.1"]);
-        assert!(served(&already, &index, Some(&existing)).publish.is_none());
+        let ready = serving.condition.clone().expect("a first condition");
+        assert_eq!(
+            (ready.ready, ready.reason, ready.message.as_str()),
+            (true, "PartiallyServing", "1 of 2 eligible nodes serve")
+        );
+
+        let mut already = published(service, &["10.0.0.1"]);
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+        already.status.as_mut().unwrap().conditions = Some(vec![condition::to_api(&ready, None, now)]);
+        let again = served(&already, &index, Some(&existing));
+        assert!(again.publish.is_none() && again.condition.is_none(), "nothing changed, nothing is written");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Layers, from pure to I/O:
 //! - what a Service asks for and what follows from it: `service_lb`, `placement`, `daemonset`,
-//!   `status`, `proxy_health`, `conflicts`, `port_policy`, `tenancy`, `finalizer`, and `decide`, the one decision per reconcile;
+//!   `status`, `condition`, `proxy_health`, `conflicts`, `port_policy`, `tenancy`, `finalizer`, and `decide`, the one decision per reconcile;
 //! - `index`: what the watches know of other objects, grouped for cheap look-ups;
 //!   `mapping`: which Services a watched change affects;
 //! - `watches` (the streams and the controller loop), `reconcile` (the executor: every write)
@@ -12,6 +12,7 @@
 //! The same binary also runs in the proxy pods of `externalTrafficPolicy: Local` Services:
 //! `endpoint_follower` keeps their forwarding on the node's endpoints (`local_endpoints`).
 
+pub mod condition;
 mod conflicts;
 pub mod daemonset;
 mod decide;

@@ -45,6 +45,8 @@ pub const ANNOTATION_TOLERATIONS: &str = "hostlb.io/tolerations";
 pub const ANNOTATION_PRIORITY_CLASS: &str = "hostlb.io/priority-class";
 /// `VIP` or `Proxy`: how kube-proxy treats the published addresses (Kubernetes 1.30 and later).
 pub const ANNOTATION_IP_MODE: &str = "hostlb.io/ip-mode";
+/// hostlb's condition on the Services it serves.
+pub const CONDITION_READY: &str = "hostlb.io/Ready";
 /// What of its nodes a Service publishes: `ip`, `hostname`, or both.
 pub const ANNOTATION_PUBLISH: &str = "hostlb.io/publish";
 /// At most this many nodes are published for the Service.

@@ -125,6 +125,21 @@ fn json_of(object: &impl serde::Serialize) -> Value {
     serde_json::to_value(object).unwrap()
 }
 
+/// Answers a status apply and returns its body with the condition's transition time, which is
+/// the clock's, checked and taken out.
+async fn expect_status_apply(api: &mut ApiServer, service: &Service) -> Value {
+    let mut status = api.expect("PATCH", &format!("{SERVICE_PATH}/status"), 200, json_of(service)).await;
+    assert!(status.query.contains("fieldManager=hostlb-controller") && status.query.contains("force=true"));
+    let condition = &mut status.body["status"]["conditions"][0];
+    let time = condition.as_object_mut().and_then(|c| c.remove("lastTransitionTime"));
+    assert!(time.as_ref().and_then(Value::as_str).is_some_and(|t| t.ends_with('Z')), "{time:?}");
+    status.body
+}
+
+fn condition(status: &str, reason: &str, message: &str) -> Value {
+    json!([{ "type": "hostlb.io/Ready", "status": status, "reason": reason, "message": message }])
+}
+
 fn rejected(code: u16, reason: &str, message: &str) -> Value {
     json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": message, "code": code })
 }
@@ -168,6 +183,9 @@ async fn a_new_service_gets_the_finalizer_before_its_daemonset_is_created() {
     let event = api.expect_event("shop", "DaemonSetApplied").await;
     assert_eq!(event["type"], "Normal");
     assert!(event["note"].as_str().unwrap().starts_with("created DaemonSet hostlb-system/hostlb-web-"), "{event}");
+    let status = expect_status_apply(&mut api, &service).await;
+    let pending = "0 of 1 eligible nodes serve: waiting for proxy pods to become ready";
+    assert_eq!(status["status"], json!({ "loadBalancer": {}, "conditions": condition("False", "Pending", pending) }));
     api.expect_nothing_more().await;
     finish(running).await.expect("the reconcile succeeds");
     let remembered = context.applied.lock().unwrap().get(&key_of(&ours(&service, 1))).cloned();
@@ -184,6 +202,9 @@ async fn a_foreign_daemonset_with_our_name_is_refused_with_a_warning() {
     let mut foreign = ours(&service, 7);
     foreign.metadata.labels = Some([("app".to_string(), "someone-elses".to_string())].into());
     api.expect("GET", &daemonset_path(&service), 200, json_of(&foreign)).await;
+    let status = expect_status_apply(&mut api, &service).await;
+    let conditions = &status["status"]["conditions"];
+    assert_eq!((&conditions[0]["status"], &conditions[0]["reason"]), (&json!("False"), &json!("DaemonSetNameTaken")));
     let event = api.expect_event("shop", "DaemonSetNameTaken").await;
     assert_eq!(event["type"], "Warning");
     assert!(event["note"].as_str().unwrap().contains("was not made by hostlb"), "{event}");
@@ -204,18 +225,20 @@ async fn ready_proxy_pods_are_published_with_a_status_apply() {
     context.applied.lock().unwrap().insert(key_of(&daemonset), applied);
     let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
 
-    let status = api.expect("PATCH", &format!("{SERVICE_PATH}/status"), 200, json_of(&service)).await;
-    assert!(status.query.contains("fieldManager=hostlb-controller") && status.query.contains("force=true"));
+    let status = expect_status_apply(&mut api, &service).await;
     assert_eq!(
-        status.body,
+        status,
         json!({
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": { "name": "web" },
-            "status": { "loadBalancer": { "ingress": [
-                { "ip": "10.0.0.1", "ipMode": "VIP" },
-                { "ip": "10.0.0.2", "ipMode": "VIP" },
-            ] } },
+            "status": {
+                "loadBalancer": { "ingress": [
+                    { "ip": "10.0.0.1", "ipMode": "VIP" },
+                    { "ip": "10.0.0.2", "ipMode": "VIP" },
+                ] },
+                "conditions": condition("True", "Serving", "2 of 2 eligible nodes serve"),
+            },
         })
     );
     let event = api.expect_event("shop", "StatusUpdated").await;

@@ -133,6 +133,8 @@ pub struct AddressPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Publication {
     pub addresses: Vec<Address>,
+    /// Nodes whose proxy pod is Ready and that may serve, before any cap.
+    pub serving_nodes: usize,
     /// Node annotations that could not be used, each naming the node and the field.
     pub problems: Vec<String>,
 }
@@ -260,6 +262,7 @@ pub fn desired_addresses<'a>(
             serving.insert(name, node);
         }
     }
+    let serving_nodes = serving.len();
     let mut problems = Vec::new();
     let mut candidates: Vec<(&str, Vec<Address>)> =
         serving.into_iter().map(|(name, node)| (name, node_addresses(node, policy, families, &mut problems))).collect();
@@ -282,7 +285,12 @@ pub fn desired_addresses<'a>(
         key(a).cmp(&key(b)).then_with(|| a.cmp(b))
     });
     addresses.dedup();
-    Publication { addresses, problems }
+    Publication { addresses, serving_nodes, problems }
+}
+
+/// Whether the Service carries addresses or a condition of hostlb's, to clear when hostlb lets it go.
+pub fn holds_status(service: &Service) -> bool {
+    !published_addresses(service).is_empty() || crate::condition::current(service).is_some()
 }
 
 /// The addresses a Service publishes now, in order.

@@ -1177,3 +1177,49 @@ async fn a_node_in_two_pools_serves_both() -> Result<()> {
     })
     .await
 }
+
+/// hostlb's condition on the Service: (status, reason, message).
+async fn ready_condition(ns: &TestNamespace, service: &str) -> Result<(String, String, String)> {
+    let status = ns.services().get(service).await?.status.and_then(|s| s.conditions).unwrap_or_default();
+    let condition = status.into_iter().find(|c| c.type_ == names::CONDITION_READY);
+    let condition = condition.with_context(|| format!("{service} has no {} condition", names::CONDITION_READY))?;
+    Ok((condition.status, condition.reason, condition.message))
+}
+
+#[tokio::test]
+async fn the_ready_condition_says_why_a_service_is_not_served() -> Result<()> {
+    let (cluster, ns, nodes) = setup("condition").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("first", "echo", &http(18160), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let waited = [&format!("--namespace={}", ns.name), "--timeout=60s"];
+    let wait = ["wait", "--for=condition=hostlb.io/Ready", "service/first", waited[0], waited[1]];
+    cluster.kubectl(&wait).context("kubectl wait for the condition")?;
+    let first = eventually(SETTLE, || async {
+        let condition = ready_condition(&ns, "first").await?;
+        ensure!(condition.1 == "Serving", "{condition:?}");
+        Ok(condition)
+    })
+    .await?;
+    println!("condition of the first Service on 18160: {first:?}");
+
+    ns.load_balancer("second", "echo", &http(18160), json!({})).await?;
+    let second = eventually(SETTLE, || async {
+        let condition = ready_condition(&ns, "second").await?;
+        ensure!(condition.0 == "False" && condition.1 == "PortConflict", "{condition:?}");
+        Ok(condition)
+    })
+    .await?;
+    ensure!(second.2.contains("port 18160/TCP is held on node-1, node-2"), "{second:?}");
+    println!("condition of a second Service on 18160: {second:?}");
+
+    ns.delete_service("first").await?;
+    let taken_over = eventually(SETTLE * 2, || async {
+        let condition = ready_condition(&ns, "second").await?;
+        ensure!(condition.1 == "Serving", "{condition:?}");
+        Ok(condition)
+    })
+    .await?;
+    println!("after the first is deleted: {taken_over:?}");
+    Ok(())
+}
