@@ -15,7 +15,7 @@ use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
 use crate::proxy_health::{creation_failure, failing_pods};
 use crate::service_lb::{address_options, declared_families, requested_ip_mode, FieldError, ServiceLb};
-use crate::status::{desired_addresses, holds_status, needs_update, node_can_serve, Address, IpMode, Publication};
+use crate::status::{desired_addresses, holds_status, needs_update, Address, IpMode, Publication};
 use crate::Settings;
 
 /// What the executor read for this Service besides the index.
@@ -122,11 +122,13 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     }
     let policy = address_options.policy(&settings.addresses);
     let eligible_nodes = placement.as_ref().map_or(0, |placement| {
-        index.nodes.values().filter(|node| placement.admits(node) && node_can_serve(node)).count()
+        index.nodes.values().filter(|node| placement.admits(node) && index.serves(node)).count()
     });
     let partly_held = placement.as_ref().is_some_and(|placement| !placement.excluded_nodes.is_empty());
     let publication = match placement {
-        Some(placement) => desired_addresses(service, pods, |name| index.node(name), &placement, &policy, &families),
+        Some(placement) => {
+            desired_addresses(service, pods, |name| index.serving_node(name), &placement, &policy, &families)
+        }
         None => Publication::default(),
     };
     let problems = publication.problems.into_iter().map(|problem| Warning::new(Reason::NodeAnnotationIgnored, problem));

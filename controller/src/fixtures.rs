@@ -253,5 +253,6 @@ pub fn settings() -> crate::Settings {
         },
         tenants: crate::tenancy::TenantPolicy::default(),
         instance: Some("test".into()),
+        node_lease_grace: Some(std::time::Duration::from_secs(10)),
     }
 }

@@ -27,6 +27,7 @@ mod local_endpoints;
 mod mapping;
 pub mod metrics;
 pub mod names;
+mod node_leases;
 mod placement;
 pub mod port_policy;
 mod proxy_health;
@@ -72,4 +73,7 @@ pub struct Settings {
     pub tenants: tenancy::TenantPolicy,
     /// Names this replica in the Events it publishes.
     pub instance: Option<String>,
+    /// A node whose kubelet misses a Lease renewal by more than this leaves every status;
+    /// None to wait for the node controller's NotReady.
+    pub node_lease_grace: Option<std::time::Duration>,
 }

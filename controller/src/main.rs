@@ -97,6 +97,10 @@ struct Args {
     #[arg(long, env = "HOSTLB_NODE_PORT_RANGE", value_parser = PortRange::parse,
           default_value = port_policy::DEFAULT_NODE_PORT_RANGE)]
     node_port_range: PortRange,
+    /// Seconds by which a kubelet may miss a renewal of its node Lease before the node leaves
+    /// every status (long before the node controller marks it NotReady); 0 to wait for NotReady.
+    #[arg(long, env = "HOSTLB_NODE_LEASE_GRACE_SECONDS", default_value_t = 10)]
+    node_lease_grace_seconds: u64,
     /// Address of the /livez, /readyz and /metrics endpoints.
     #[arg(long, env = "HOSTLB_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
     http_address: SocketAddr,
@@ -175,6 +179,7 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
         // ipMode is kept from 1.30 on, where the LoadBalancerIPMode feature is on by default.
         server_has_ip_mode: version_at_least(&server.major, &server.minor, 30),
         instance: args.instance,
+        node_lease_grace: Some(Duration::from_secs(args.node_lease_grace_seconds)).filter(|grace| !grace.is_zero()),
         tenants: TenantPolicy {
             priority_classes: args.allowed_priority_classes,
             toleration_keys: args.allowed_toleration_keys,

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector;
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -20,6 +22,7 @@ use crate::index::{key_of, Index};
 use crate::mapping::{owning_service, services_affected_by_node, NodeChangeFilter};
 use crate::metrics::Metrics;
 use crate::names;
+use crate::node_leases::NODE_LEASE_NAMESPACE;
 use crate::reconcile::{error_policy, reconcile, Context};
 use crate::Settings;
 
@@ -31,6 +34,42 @@ const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
 
 /// How often readiness looks whether the watches have listed.
 const SYNC_POLL: Duration = Duration::from_millis(100);
+
+/// How often node Leases are judged against the clock.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
+
+/// The nodes whose Lease went stale or came back, judged every `LEASE_CHECK` while the Lease
+/// watch (whose events only feed the index) runs; nothing changes in the API when a kubelet
+/// stops, so only the clock can tell.
+fn lease_liveness(
+    lease_events: impl Stream<Item = Result<watcher::Event<Lease>, watcher::Error>> + Send + 'static,
+    index: Arc<RwLock<Index>>,
+) -> impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static {
+    enum Tick {
+        Watched(Result<(), watcher::Error>),
+        Clock,
+    }
+    let watched = lease_events.map(|event| Tick::Watched(event.map(|_| ())));
+    let clock = futures::stream::unfold(tokio::time::interval(LEASE_CHECK), |mut interval| async move {
+        interval.tick().await;
+        Some((Tick::Clock, interval))
+    });
+    futures::stream::select(watched, clock).flat_map(move |tick| {
+        let changes: Vec<Result<Node, watcher::Error>> = match tick {
+            Tick::Watched(Ok(())) => Vec::new(),
+            Tick::Watched(Err(error)) => vec![Err(error)],
+            Tick::Clock => {
+                let flipped = index.write().expect("index lock").judge_leases(Timestamp::now());
+                for node in &flipped {
+                    let serves = index.read().expect("index lock").serves(node);
+                    info!(node = %node.name_any(), serves, "node Lease renewal judged anew");
+                }
+                flipped.into_iter().map(|node| Ok(node.as_ref().clone())).collect()
+            }
+        };
+        futures::stream::iter(changes)
+    })
+}
 
 /// Watches the cluster and reconciles every LoadBalancer Service until SIGTERM or SIGINT.
 pub async fn run(
@@ -73,6 +112,14 @@ pub async fn run(
     )
     .touched_objects();
 
+    let lease_events = indexed(
+        Api::<Lease>::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
+        all.clone(),
+        &index,
+        Index::apply_node_lease,
+    );
+    let liveness_changes = lease_liveness(lease_events, index.clone());
+
     let context =
         Arc::new(Context::new(client, settings.clone(), services.clone(), index.clone(), metrics, ready.clone()));
 
@@ -87,6 +134,9 @@ pub async fn run(
     let node_filter = Mutex::new(NodeChangeFilter::default());
     let settings_for_nodes = settings.clone();
     let services_for_nodes = services.clone();
+    let services_for_leases = services.clone();
+    let lease_mapper =
+        move |_: Node| services_affected_by_node(services_for_leases.state().iter().map(|s| s.as_ref()), &settings);
     let node_mapper = move |node: Node| {
         // The index has applied the event already: a node missing from it is gone.
         let current = index.read().expect("index lock").nodes.get(&key_of(&node)).cloned();
@@ -119,6 +169,7 @@ pub async fn run(
         .watches_stream(daemonset_events, |ds| owning_service(&ds))
         .watches_stream(pod_events, |pod| owning_service(&pod))
         .watches_stream(node_events, node_mapper)
+        .watches_stream(liveness_changes, lease_mapper)
         .watches_stream(failure_events, failure_mapper)
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
