@@ -83,7 +83,12 @@ if run_logged "$LOG_DIR/up.log" "${CLUSTER[@]}" up; then
   status=$?
   count_cargo "end-to-end suite" "$LOG_DIR/e2e.log" $status
   grep -oE 'timing: .*' "$LOG_DIR/e2e.log" || true
-  if [[ $status -ne 0 ]]; then "${CLUSTER[@]}" logs || true; fi
+  # The plugin's test runs the kubectl-hostlb binary, which no test build makes.
+  run_logged "$LOG_DIR/e2e-plugin.log" bash -c 'cargo build -p kubectl-hostlb &&
+    cargo test -p hostlb-e2e --test plugin --no-fail-fast -- --test-threads=1 --nocapture'
+  plugin_status=$?
+  count_cargo "kubectl hostlb on the cluster" "$LOG_DIR/e2e-plugin.log" $plugin_status
+  if [[ $status -ne 0 || $plugin_status -ne 0 ]]; then "${CLUSTER[@]}" logs || true; fi
 else
   count_step "cluster up" 1
   "${CLUSTER[@]}" logs || true
