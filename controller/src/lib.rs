@@ -6,18 +6,21 @@
 //!   `status`, `proxy_health`, `conflicts`, `port_policy`, `tenancy`, `finalizer`, and `decide`, the one decision per reconcile;
 //! - `index`: what the watches know of other objects, grouped for cheap look-ups;
 //!   `mapping`: which Services a watched change affects;
-//! - `watches` (the streams and the controller loop), `reconcile` (the executor: every write)
-//!   and `events`.
+//! - `lease`: who leads, from the Lease as read;
+//! - `watches` (the streams, and the controller loop while this replica leads), `election`
+//!   (reads and writes the Lease), `reconcile` (the executor: every other write) and `events`.
 
 mod conflicts;
 pub mod daemonset;
 mod decide;
+pub mod election;
 mod error;
 pub mod events;
 mod finalizer;
 #[cfg(test)]
 mod fixtures;
 mod index;
+pub mod lease;
 mod mapping;
 pub mod metrics;
 pub mod names;
