@@ -47,11 +47,7 @@ pub const LABEL_INSTALL: &str = "hostlb.io/install";
 
 /// Each install's own finalizer, so that two installs never release each other's Services.
 pub fn finalizer_for(load_balancer_class: &str) -> String {
-    if load_balancer_class == DEFAULT_LOAD_BALANCER_CLASS {
-        FINALIZER.to_string()
-    } else {
-        format!("{FINALIZER}-{}", install_id(load_balancer_class))
-    }
+    for_install(FINALIZER, load_balancer_class)
 }
 
 /// The Lease of the default install; `lease_name` gives every install its own.
@@ -59,10 +55,15 @@ pub const LEASE: &str = "hostlb-controller";
 
 /// Each install's own Lease, so that two installs in one namespace elect their leaders apart.
 pub fn lease_name(load_balancer_class: &str) -> String {
+    for_install(LEASE, load_balancer_class)
+}
+
+/// `name` itself for the default install, `name-ID` for the install of any other class.
+fn for_install(name: &str, load_balancer_class: &str) -> String {
     if load_balancer_class == DEFAULT_LOAD_BALANCER_CLASS {
-        LEASE.to_string()
+        name.to_string()
     } else {
-        format!("{LEASE}-{}", install_id(load_balancer_class))
+        format!("{name}-{}", install_id(load_balancer_class))
     }
 }
 
