@@ -111,3 +111,83 @@ impl Elector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::mock_api::{mock_api, rejected};
+
+    const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/hostlb-system/leases";
+
+    fn elector(client: Client) -> Elector {
+        let timing =
+            LeaseTiming::new(Duration::from_secs(15), Duration::from_secs(10), Duration::from_secs(1)).unwrap();
+        Elector::new(client, "hostlb-system", "hostlb-controller", "replica-a", timing)
+    }
+
+    fn lease_held_by(holder: &str) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": { "name": "hostlb-controller", "namespace": "hostlb-system", "resourceVersion": "7" },
+            "spec": { "holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": "2026-01-01T00:00:00.000000Z" }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_missing_lease_is_created_with_this_replica_as_its_holder() {
+        let (client, mut api) = mock_api();
+        let attempt = tokio::spawn(async move { elector(client).attempt(Instant::now()).await });
+        api.expect("GET", &format!("{LEASE_PATH}/hostlb-controller"), 404, rejected(404, "NotFound", "not found"))
+            .await;
+        let created = api.expect("POST", LEASE_PATH, 201, lease_held_by("replica-a")).await;
+        assert_eq!(created.body["metadata"]["name"], "hostlb-controller");
+        assert_eq!(created.body["spec"]["holderIdentity"], "replica-a");
+        assert_eq!(created.body["spec"]["leaseDurationSeconds"], 15);
+        assert_eq!(attempt.await.unwrap(), Outcome::Held);
+    }
+
+    #[tokio::test]
+    async fn a_lease_another_replica_holds_is_only_read() {
+        let (client, mut api) = mock_api();
+        let attempt = tokio::spawn(async move { elector(client).attempt(Instant::now()).await });
+        api.expect("GET", &format!("{LEASE_PATH}/hostlb-controller"), 200, lease_held_by("replica-b")).await;
+        assert_eq!(attempt.await.unwrap(), Outcome::HeldBy("replica-b".into()));
+        api.expect_nothing_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_free_lease_is_claimed_with_the_version_read_and_a_conflict_fails_the_attempt() {
+        let (client, mut api) = mock_api();
+        let attempt = tokio::spawn(async move { elector(client).attempt(Instant::now()).await });
+        api.expect("GET", &format!("{LEASE_PATH}/hostlb-controller"), 200, lease_held_by("")).await;
+        let claim = api
+            .expect("PUT", &format!("{LEASE_PATH}/hostlb-controller"), 409, rejected(409, "Conflict", "modified"))
+            .await;
+        assert_eq!(claim.body["metadata"]["resourceVersion"], "7");
+        assert_eq!(claim.body["spec"]["holderIdentity"], "replica-a");
+        assert_eq!(attempt.await.unwrap(), Outcome::Failed);
+    }
+
+    #[tokio::test]
+    async fn release_clears_the_holder_only_of_a_lease_this_replica_holds() {
+        let (client, mut api) = mock_api();
+        let releasing = tokio::spawn(async move { elector(client).release().await });
+        api.expect("GET", &format!("{LEASE_PATH}/hostlb-controller"), 200, lease_held_by("replica-a")).await;
+        let released = api.expect("PUT", &format!("{LEASE_PATH}/hostlb-controller"), 200, lease_held_by("")).await;
+        assert_eq!(released.body["metadata"]["resourceVersion"], "7");
+        assert_eq!(released.body["spec"].get("holderIdentity"), None, "{}", released.body);
+        assert_eq!(released.body["spec"]["leaseDurationSeconds"], 1);
+        releasing.await.unwrap();
+
+        let (client, mut api) = mock_api();
+        let releasing = tokio::spawn(async move { elector(client).release().await });
+        api.expect("GET", &format!("{LEASE_PATH}/hostlb-controller"), 200, lease_held_by("replica-b")).await;
+        releasing.await.unwrap();
+        api.expect_nothing_more().await;
+    }
+}

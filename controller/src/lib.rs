@@ -23,6 +23,8 @@ mod index;
 pub mod lease;
 mod mapping;
 pub mod metrics;
+#[cfg(test)]
+mod mock_api;
 pub mod names;
 mod placement;
 pub mod port_policy;
