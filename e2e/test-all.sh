@@ -89,6 +89,12 @@ if run_logged "$LOG_DIR/up.log" "${CLUSTER[@]}" up; then
   plugin_status=$?
   count_cargo "kubectl hostlb on the cluster" "$LOG_DIR/e2e-plugin.log" $plugin_status
   if [[ $status -ne 0 || $plugin_status -ne 0 ]]; then "${CLUSTER[@]}" logs || true; fi
+  # Faults injected into the same cluster: after the suites, which need it whole.
+  run_logged "$LOG_DIR/chaos.log" cargo test -p hostlb-e2e --test chaos --no-fail-fast -- --test-threads=1 --nocapture
+  status=$?
+  count_cargo "chaos suite" "$LOG_DIR/chaos.log" $status
+  grep -oE 'chaos: .*' "$LOG_DIR/chaos.log" || true
+  if [[ $status -ne 0 ]]; then "${CLUSTER[@]}" logs || true; fi
 else
   count_step "cluster up" 1
   "${CLUSTER[@]}" logs || true

@@ -6,8 +6,9 @@
 //!   `status`, `condition`, `proxy_health`, `conflicts`, `port_policy`, `tenancy`, `finalizer`, and `decide`, the one decision per reconcile;
 //! - `index`: what the watches know of other objects, grouped for cheap look-ups;
 //!   `mapping`: which Services a watched change affects;
-//! - `watches` (the streams and the controller loop), `reconcile` (the executor: every write)
-//!   and `events`.
+//! - `lease`: who leads, from the Lease as read;
+//! - `watches` (the streams, and the controller loop while this replica leads), `election`
+//!   (reads and writes the Lease), `reconcile` (the executor: every other write) and `events`.
 //!
 //! The same binary also runs in the proxy pods of `externalTrafficPolicy: Local` Services:
 //! `endpoint_follower` keeps their forwarding on the node's endpoints (`local_endpoints`).
@@ -16,6 +17,7 @@ pub mod condition;
 mod conflicts;
 pub mod daemonset;
 mod decide;
+pub mod election;
 mod endpoint_follower;
 mod error;
 pub mod events;
@@ -23,9 +25,12 @@ mod finalizer;
 #[cfg(test)]
 mod fixtures;
 mod index;
+pub mod lease;
 mod local_endpoints;
 mod mapping;
 pub mod metrics;
+#[cfg(test)]
+mod mock_api;
 pub mod names;
 mod node_leases;
 mod placement;

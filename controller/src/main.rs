@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use hostlb_controller::daemonset::{version_at_least, ForwardingMode, ProxySettings};
+use hostlb_controller::election::Elector;
+use hostlb_controller::lease::LeaseTiming;
 use hostlb_controller::port_policy::{self, PortPolicy, PortRange};
 use hostlb_controller::status::{AddressKind, AddressPolicy, AddressType};
 use hostlb_controller::tenancy::TenantPolicy;
@@ -113,6 +115,21 @@ struct Args {
     /// kubelet restarts a replica that cannot see the cluster.
     #[arg(long, env = "HOSTLB_SYNC_TIMEOUT_SECONDS", default_value_t = 120)]
     sync_timeout_seconds: u64,
+    /// The Lease (in --namespace) whose holder leads; only the leader writes. Default:
+    /// `hostlb-controller` for the default class, one per install for the others.
+    #[arg(long, env = "HOSTLB_LEASE_NAME")]
+    lease_name: Option<String>,
+    /// How long the leader's claim stands without renewal: the longest a failover takes
+    /// when the leader dies without releasing the Lease.
+    #[arg(long, env = "HOSTLB_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// How long a leader that cannot renew its claim goes on leading; below the lease duration.
+    #[arg(long, env = "HOSTLB_LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    lease_renew_deadline_seconds: u64,
+    /// How often the Lease is read and renewed: the longest a failover takes after the leader
+    /// released the Lease on shutdown.
+    #[arg(long, env = "HOSTLB_LEASE_RETRY_PERIOD_SECONDS", default_value_t = 1)]
+    lease_retry_period_seconds: u64,
 }
 
 /// The API server's own default --request-timeout: no answer but a watch takes longer.
@@ -202,14 +219,24 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
         tracing::info!("uninstalled: released {released} Services; deleted their proxy DaemonSets");
         return Ok(());
     }
+    let timing = LeaseTiming::new(
+        Duration::from_secs(args.lease_duration_seconds),
+        Duration::from_secs(args.lease_renew_deadline_seconds),
+        Duration::from_secs(args.lease_retry_period_seconds),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let lease_name = args.lease_name.unwrap_or_else(|| names::lease_name(&settings.load_balancer_class));
+    let identity = settings.instance.clone().unwrap_or_else(names::process_identity);
     tracing::info!(?settings, server = %server.git_version, "starting hostlb-controller {}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(lease = %lease_name, %identity, ?timing, "electing a leader");
+    let elector = Elector::new(client.clone(), &settings.proxy.namespace, &lease_name, &identity, timing);
     let sync_timeout = Duration::from_secs(args.sync_timeout_seconds);
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let health = server::Health { metrics: metrics.clone(), ready: ready.clone() };
     tokio::select! {
         served = server::serve(args.http_address, health) => served.context("HTTP server stopped")?,
-        ran = hostlb_controller::run(client, settings, metrics, ready, sync_timeout) => ran?,
+        ran = hostlb_controller::run(client, settings, metrics, ready, sync_timeout, elector) => ran?,
     }
     Ok(())
 }

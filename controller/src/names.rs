@@ -65,11 +65,31 @@ pub const LABEL_INSTALL: &str = "hostlb.io/install";
 
 /// Each install's own finalizer, so that two installs never release each other's Services.
 pub fn finalizer_for(load_balancer_class: &str) -> String {
+    for_install(FINALIZER, load_balancer_class)
+}
+
+/// The Lease of the default install; `lease_name` gives every install its own.
+pub const LEASE: &str = "hostlb-controller";
+
+/// Each install's own Lease, so that two installs in one namespace elect their leaders apart.
+pub fn lease_name(load_balancer_class: &str) -> String {
+    for_install(LEASE, load_balancer_class)
+}
+
+/// `name` itself for the default install, `name-ID` for the install of any other class.
+fn for_install(name: &str, load_balancer_class: &str) -> String {
     if load_balancer_class == DEFAULT_LOAD_BALANCER_CLASS {
-        FINALIZER.to_string()
+        name.to_string()
     } else {
-        format!("{FINALIZER}-{}", install_id(load_balancer_class))
+        format!("{name}-{}", install_id(load_balancer_class))
     }
+}
+
+/// Names this process in the Lease when no `--instance` is given: the host name (a pod's
+/// own name in Kubernetes) and the process id.
+pub fn process_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "hostlb-controller".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// A label value standing for the install serving this class.
@@ -115,6 +135,12 @@ mod tests {
         let other = finalizer_for("example.com/edge");
         assert!(other.starts_with("hostlb.io/cleanup-") && other.len() == FINALIZER.len() + 9, "{other}");
         assert_ne!(other, finalizer_for("example.com/core"));
+    }
+
+    #[test]
+    fn each_install_has_its_own_lease_and_the_default_one_a_fixed_name() {
+        assert_eq!(lease_name(DEFAULT_LOAD_BALANCER_CLASS), LEASE);
+        assert_eq!(lease_name("example.com/edge"), format!("{LEASE}-{}", install_id("example.com/edge")));
     }
 
     #[test]

@@ -341,6 +341,10 @@ impl Context {
     /// Deletes the proxy DaemonSets that no Service will clean up. Failures are only logged: the
     /// next sweep tries again.
     pub async fn delete_orphans(&self) {
+        // Before the Services have listed, every DaemonSet would look orphaned.
+        if !self.synced.load(Ordering::Acquire) {
+            return;
+        }
         let services = self.services.state();
         let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
         let daemonsets: Vec<Arc<DaemonSet>> = self.read_index().daemonsets.values().cloned().collect();

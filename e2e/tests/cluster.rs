@@ -2,7 +2,7 @@
 //! namespace. Needs the harness's cluster (`make up`); run one test at a time
 //! (`--test-threads=1`): some change nodes that all tests share.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -26,42 +26,11 @@ const ROLLED_ON_BOTH_NODES: Duration = POD_GONE.saturating_add(KUBELET_CONTAINER
 /// How long a refused request is retried before the test believes it is refused for good.
 const STAYS_REFUSED: Duration = Duration::from_secs(6);
 
-struct Nodes {
-    node1: String,
-    node2: String,
-    ip1: IpAddr,
-    ip2: IpAddr,
-    unpublished1: IpAddr,
-    unpublished2: IpAddr,
-}
-
-fn nodes(cluster: &Cluster) -> Result<Nodes> {
-    Ok(Nodes {
-        node1: cluster.var("NODE1_NAME")?.into(),
-        node2: cluster.var("NODE2_NAME")?.into(),
-        ip1: cluster.ip("NODE1_IP")?,
-        ip2: cluster.ip("NODE2_IP")?,
-        unpublished1: cluster.ip("NODE1_UNPUBLISHED_IP")?,
-        unpublished2: cluster.ip("NODE2_UNPUBLISHED_IP")?,
-    })
-}
-
-async fn setup(test: &str) -> Result<(Cluster, TestNamespace, Nodes)> {
-    let cluster = Cluster::connect().await?;
-    let namespace = cluster.namespace(test).await?;
-    let nodes = nodes(&cluster)?;
-    Ok((cluster, namespace, nodes))
-}
-
 /// The echo backend on node-1, so that the proxy pod there reaches it without the pod network's
 /// own masquerading between nodes.
 async fn backend_on_node1(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) -> Result<()> {
     ns.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
     ns.wait_ready("echo", 1, SETTLE).await
-}
-
-fn http(port: u16) -> Vec<(&'static str, &'static str, u16, u16)> {
-    vec![("http", "TCP", port, ECHO_HTTP_PORT)]
 }
 
 /// The note of the first Event with this reason about the Service, once there is one.
@@ -104,52 +73,6 @@ async fn proxy_pod_on(cluster: &Cluster, ns: &str, service: &str, node: &str) ->
 
 fn pod_ip(pod: &Pod) -> Option<IpAddr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
-}
-
-/// The Service's one proxy DaemonSet.
-async fn proxy_daemonset(cluster: &Cluster, ns: &str, service: &str) -> Result<DaemonSet> {
-    let mut daemonsets = cluster.proxy_daemonsets(ns, service).await?;
-    ensure!(daemonsets.len() == 1, "{ns}/{service} has {} proxy DaemonSets", daemonsets.len());
-    Ok(daemonsets.remove(0))
-}
-
-/// The (hostPort, protocol) pairs the DaemonSet's pod template claims, sorted.
-fn host_ports_of(daemonset: &DaemonSet) -> Result<Vec<(i32, String)>> {
-    let spec = daemonset.spec.as_ref().and_then(|s| s.template.spec.as_ref()).context("DaemonSet without pod spec")?;
-    let mut ports: Vec<(i32, String)> = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .map(|p| (p.host_port.unwrap_or(0), p.protocol.clone().unwrap_or_default()))
-        .collect();
-    ports.sort();
-    Ok(ports)
-}
-
-async fn host_ports(cluster: &Cluster, ns: &str, service: &str) -> Result<Vec<(i32, String)>> {
-    host_ports_of(&proxy_daemonset(cluster, ns, service).await?)
-}
-
-/// Waits until the Service's proxies claim `port` over TCP and every node runs a ready proxy pod
-/// of that template.
-async fn wait_rolled_to(cluster: &Cluster, ns: &str, service: &str, port: i32) -> Result<()> {
-    eventually(ROLLED_ON_BOTH_NODES, || async {
-        let daemonset = proxy_daemonset(cluster, ns, service).await?;
-        let ports = host_ports_of(&daemonset)?;
-        ensure!(ports == vec![(port, "TCP".to_string())], "host ports are {ports:?}");
-        let status = daemonset.status.unwrap_or_default();
-        let desired = status.desired_number_scheduled;
-        ensure!(
-            status.observed_generation == daemonset.metadata.generation
-                && status.updated_number_scheduled == Some(desired)
-                && status.number_ready == desired,
-            "not rolled yet: {} of {desired} updated, {} ready",
-            status.updated_number_scheduled.unwrap_or(0),
-            status.number_ready
-        );
-        Ok(())
-    })
-    .await
 }
 
 async fn wait_gone(cluster: &Cluster, ns: &str, service: &str) -> Result<Duration> {
@@ -233,7 +156,7 @@ async fn changing_the_service_port_rolls_the_proxies_and_traffic_follows() -> Re
     let changed = Instant::now();
     let ports = json!([{ "name": "http", "protocol": "TCP", "port": 18101, "targetPort": ECHO_HTTP_PORT }]);
     ns.patch_service("web", json!({ "spec": { "ports": ports } })).await?;
-    wait_rolled_to(&cluster, &ns.name, "web", 18101).await?;
+    wait_rolled_to(&cluster, &ns.name, "web", 18101, ROLLED_ON_BOTH_NODES).await?;
     answered_http(&cluster, nodes.unpublished1, 18101).await?;
     answered_http(&cluster, nodes.ip1, 18101).await?;
     report_timing("port change to traffic on the new port", changed.elapsed());
@@ -323,7 +246,7 @@ async fn the_first_service_on_a_port_keeps_every_node_through_its_rolls() -> Res
         })
         .await?;
         let started = Instant::now();
-        wait_rolled_to(&cluster, &ns.name, "first", 18120).await?;
+        wait_rolled_to(&cluster, &ns.name, "first", 18120, ROLLED_ON_BOTH_NODES).await?;
         println!("timing: roll {} of the first Service: {:.2}s", roll + 1, started.elapsed().as_secs_f64());
         cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
         second_left_out().await?;
@@ -591,13 +514,13 @@ fn annotated(key: &str, value: &str) -> serde_json::Value {
     json!({ "annotations": { key: value } })
 }
 
-/// The controller's pod name and restart count.
-async fn controller_incarnation(cluster: &Cluster) -> Result<(String, i32)> {
+/// Every controller pod's name and restart count.
+async fn controller_incarnations(cluster: &Cluster) -> Result<BTreeSet<(String, i32)>> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
     let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=controller")).await?;
-    let [pod] = &list.items[..] else { bail!("{} controller pods", list.items.len()) };
-    let restarts = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |c| c[0].restart_count);
-    Ok((pod.name_any(), restarts))
+    let restarts =
+        |pod: &Pod| pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |c| c[0].restart_count);
+    Ok(list.items.iter().map(|pod| (pod.name_any(), restarts(pod))).collect())
 }
 
 #[tokio::test]
@@ -607,7 +530,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     ns.load_balancer("healthy", "echo", &http(18300), json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18300).await?;
-    let controller = controller_incarnation(&cluster).await?;
+    let controllers = controller_incarnations(&cluster).await?;
 
     let (tolerations, class, pool) = (names::ANNOTATION_TOLERATIONS, names::ANNOTATION_PRIORITY_CLASS, names::POOL);
     let ip_mode = names::ANNOTATION_IP_MODE;
@@ -736,7 +659,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     let note = applied.first().and_then(|e| e.note.clone()).unwrap_or_default();
     ensure!(note.ends_with("18419/TCP and 80 more"), "the 100 ports are not summed up: {note:?}");
     cluster.daemonsets().delete(&foreign.name_any(), &Default::default()).await?;
-    ensure!(controller_incarnation(&cluster).await? == controller, "the controller restarted");
+    ensure!(controller_incarnations(&cluster).await? == controllers, "a controller restarted");
     cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18300).await?;
     println!(
@@ -936,7 +859,7 @@ async fn uninstall_releases_every_service_so_that_deletions_do_not_hang() -> Res
     cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "scale", "deployment/hostlb-controller", "--replicas=0"])?;
     let released = uninstall_and_check(&cluster, &ns).await;
     // Whatever happened, the next tests need the controller back.
-    cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "scale", "deployment/hostlb-controller", "--replicas=1"])?;
+    cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "scale", "deployment/hostlb-controller", "--replicas=2"])?;
     cluster.kubectl(&[
         "-n",
         SYSTEM_NAMESPACE,
@@ -1025,7 +948,7 @@ async fn a_controller_restart_in_the_middle_of_a_change_gives_the_same_result() 
     ns.load_balancer("added", "echo", &http(18163), json!({})).await?;
 
     cluster.wait_for_addresses(&ns.name, "added", &[nodes.ip1, nodes.ip2], SETTLE * 2).await?;
-    wait_rolled_to(&cluster, &ns.name, "moved", 18161).await?;
+    wait_rolled_to(&cluster, &ns.name, "moved", 18161, ROLLED_ON_BOTH_NODES).await?;
     wait_gone(&cluster, &ns.name, "removed").await?;
     cluster.wait_for_addresses(&ns.name, "moved", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18161).await?;
