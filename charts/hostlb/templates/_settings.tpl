@@ -17,6 +17,10 @@ nodePortRange: HOSTLB_NODE_PORT_RANGE
 logFormat: HOSTLB_LOG_FORMAT
 syncTimeoutSeconds: HOSTLB_SYNC_TIMEOUT_SECONDS
 nodeLeaseGraceSeconds: HOSTLB_NODE_LEASE_GRACE_SECONDS
+leaseName: HOSTLB_LEASE_NAME
+leaseDurationSeconds: HOSTLB_LEASE_DURATION_SECONDS
+leaseRenewDeadlineSeconds: HOSTLB_LEASE_RENEW_DEADLINE_SECONDS
+leaseRetryPeriodSeconds: HOSTLB_LEASE_RETRY_PERIOD_SECONDS
 {{- end -}}
 
 {{- define "hostlb.image" -}}
