@@ -795,7 +795,7 @@ async fn a_controller_that_cannot_list_its_objects_exits_naming_them() -> Result
                 "name": "controller",
                 "image": image,
                 "imagePullPolicy": "IfNotPresent",
-                "args": ["--lb-image=unused", "--sync-timeout-seconds=3", "--http-address=127.0.0.1:8080"]
+                "args": ["--lb-image=unused", "--controller-image=unused", "--sync-timeout-seconds=3", "--http-address=127.0.0.1:8080"]
             }]
         }
     }))?;
