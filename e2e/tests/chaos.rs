@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context as _, Result};
+use hostlb_controller::status::pod_is_ready;
 use hostlb_e2e::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -40,11 +41,6 @@ fn controller_pods(cluster: &Cluster) -> Api<Pod> {
     Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE)
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    let conditions = pod.status.as_ref().and_then(|status| status.conditions.as_ref());
-    conditions.into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
 /// The Lease's holder and when it was last renewed.
 async fn lease(cluster: &Cluster) -> Result<(Option<String>, Option<SystemTime>)> {
     let api: Api<Lease> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
@@ -58,8 +54,7 @@ async fn lease(cluster: &Cluster) -> Result<(Option<String>, Option<SystemTime>)
 async fn leader_with_a_standby(cluster: &Cluster, timeout: Duration) -> Result<Pod> {
     eventually(timeout, || async {
         let pods = controller_pods(cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
-        let ready: Vec<&Pod> =
-            pods.iter().filter(|pod| is_ready(pod) && pod.metadata.deletion_timestamp.is_none()).collect();
+        let ready: Vec<&Pod> = pods.iter().filter(|pod| pod_is_ready(pod)).collect();
         ensure!(ready.len() == 2, "{} of {} controller pods are Ready", ready.len(), pods.len());
         let (holder, _) = lease(cluster).await?;
         let holder = holder.context("nobody holds the Lease")?;
@@ -327,7 +322,7 @@ async fn a_leader_stopped_gracefully_hands_the_lease_over_within_seconds() -> Re
     let new_leader = leader_with_a_standby(&cluster, SETTLE).await?;
     ensure!(leader_gauge(&new_leader)? == "1", "the new leader's hostlb_leader is not 1");
     let pods = controller_pods(&cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
-    let followers = pods.iter().filter(|pod| pod.metadata.deletion_timestamp.is_none() && is_ready(pod));
+    let followers = pods.iter().filter(|pod| pod_is_ready(pod));
     for follower in followers.filter(|pod| pod.name_any() != new_leader.name_any()) {
         ensure!(leader_gauge(follower)? == "0", "follower {}'s hostlb_leader is not 0", follower.name_any());
     }
@@ -512,7 +507,8 @@ async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
     pods.delete(&victim.name_any(), &DeleteParams::default()).await?;
     let replacement = eventually(SETTLE, || async {
         let pods = cluster.proxy_pods(&ns.name, "struck").await?;
-        let back = pods.into_iter().find(|pod| on_node1(pod) && pod.name_any() != victim.name_any() && is_ready(pod));
+        let back =
+            pods.into_iter().find(|pod| on_node1(pod) && pod.name_any() != victim.name_any() && pod_is_ready(pod));
         back.context("no new Ready proxy pod on node-1 yet")
     })
     .await?;

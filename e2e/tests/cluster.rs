@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
+use hostlb_controller::status::pod_is_ready;
 use hostlb_e2e::*;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
@@ -1049,11 +1050,8 @@ async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_c
     // Both proxy pods are ready before the status is checked for churn.
     eventually(SETTLE, || async {
         let pods = cluster.proxy_pods(&ns.name, "web").await?;
-        let ready = |pod: &&Pod| {
-            let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-            conditions.into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
-        };
-        ensure!(pods.iter().filter(ready).count() == 2, "expected a ready proxy pod on each node");
+        let ready = pods.iter().filter(|pod| pod_is_ready(pod)).count();
+        ensure!(ready == 2, "expected a ready proxy pod on each node");
         Ok(())
     })
     .await?;
