@@ -119,16 +119,23 @@ pub struct PortMap {
 impl PortMap {
     /// Reads `PROTO:LISTEN:TARGET`; the error says what is wrong, without repeating the text.
     pub fn parse(text: &str) -> Result<PortMap, String> {
-        let parts: Vec<&str> = text.trim().split(':').collect();
-        let [protocol, listen, target] = parts[..] else {
-            return Err("expected PROTO:LISTEN:TARGET, such as tcp:443:8443".into());
-        };
-        let protocol = Protocol::from_arg(protocol)
-            .ok_or_else(|| format!("unknown protocol {protocol:?}; expected tcp, udp or sctp"))?;
-        let port =
-            |text: &str, what: &str| port_number(text).ok_or_else(|| format!("the {what} port must be 1 to 65535"));
-        Ok(PortMap { protocol, listen: port(listen, "listen")?, target: port(target, "target")? })
+        let (protocol, listen, target) = protocol_listen_and(text, "PROTO:LISTEN:TARGET, such as tcp:443:8443")?;
+        let target = port_number(target).ok_or("the target port must be 1 to 65535")?;
+        Ok(PortMap { protocol, listen, target })
     }
+}
+
+/// Splits `PROTO:LISTEN:REST` and reads the protocol and the listened port; `shape` is what
+/// the whole should look like, for the error.
+fn protocol_listen_and<'a>(text: &'a str, shape: &str) -> Result<(Protocol, u16, &'a str), String> {
+    let parts: Vec<&str> = text.trim().split(':').collect();
+    let [protocol, listen, rest] = parts[..] else {
+        return Err(format!("expected {shape}"));
+    };
+    let protocol = Protocol::from_arg(protocol)
+        .ok_or_else(|| format!("unknown protocol {protocol:?}; expected tcp, udp or sctp"))?;
+    let listen = port_number(listen).ok_or("the listen port must be 1 to 65535")?;
+    Ok((protocol, listen, rest))
 }
 
 /// The name of the Service port behind a listened port: EndpointSlices name their ports by it.
@@ -142,13 +149,7 @@ pub struct NamedPort {
 impl NamedPort {
     /// Reads `PROTO:LISTEN:NAME`, NAME a DNS label as Service port names are.
     pub fn parse(text: &str) -> Result<NamedPort, String> {
-        let parts: Vec<&str> = text.trim().split(':').collect();
-        let [protocol, listen, name] = parts[..] else {
-            return Err("expected PROTO:LISTEN:NAME, such as tcp:443:https".into());
-        };
-        let protocol = Protocol::from_arg(protocol)
-            .ok_or_else(|| format!("unknown protocol {protocol:?}; expected tcp, udp or sctp"))?;
-        let listen = port_number(listen).ok_or("the listen port must be 1 to 65535")?;
+        let (protocol, listen, name) = protocol_listen_and(text, "PROTO:LISTEN:NAME, such as tcp:443:https")?;
         let is_label_character = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
         if name.is_empty() || name.len() > 63 || !name.chars().all(is_label_character) {
             return Err(format!("{name:?} is not a port name (lower-case letters, digits and '-', at most 63)"));
