@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
@@ -135,6 +136,10 @@ pub struct CarriesEnableLb;
 /// A valid Service that hostlb serves, as other Services' reconciles see it.
 pub type Claim = Arc<ServiceLb>;
 
+fn key_of_claim(claim: &ServiceLb) -> Key {
+    format!("{}/{}", claim.namespace, claim.name)
+}
+
 pub struct Index {
     settings: Settings,
     pub nodes: Section<Arc<Node>, CarriesEnableLb>,
@@ -218,8 +223,37 @@ impl Index {
     }
 
     /// Services that are served, not being deleted and admitted claim the ports they are
-    /// allowed; the rest claim nothing.
-    pub fn apply_service(&mut self, event: &watcher::Event<Service>) {
+    /// allowed; the rest claim nothing. Returns the Services to reconcile: the one the event
+    /// is about while it exists, and, when its claim changed, every other Service that claims
+    /// one of its ports before or after, since a port it frees or takes changes where they run.
+    pub fn apply_service(&mut self, event: &watcher::Event<Service>) -> Vec<ObjectRef<Service>> {
+        let (changed, exists) = match event {
+            watcher::Event::Apply(service) | watcher::Event::InitApply(service) => (Some(service), true),
+            watcher::Event::Delete(service) => (Some(service), false),
+            watcher::Event::Init | watcher::Event::InitDone => (None, false),
+        };
+        let key = changed.map(key_of);
+        let before = key.as_deref().and_then(|key| self.claims.get(key).cloned());
+        self.index_claim(event);
+        let after = key.as_deref().and_then(|key| self.claims.get(key).cloned());
+
+        let mut triggers: Vec<ObjectRef<Service>> =
+            changed.filter(|_| exists).map(ObjectRef::from_obj).into_iter().collect();
+        if before != after {
+            let ports: BTreeSet<PortKey> =
+                before.iter().chain(&after).flat_map(|lb| lb.ports.iter().map(|p| (p.protocol, p.listen))).collect();
+            let neighbours: BTreeSet<(&str, &str)> = ports
+                .iter()
+                .flat_map(|port| self.claims.group(port))
+                .filter(|other| Some(key_of_claim(other)) != key)
+                .map(|other| (other.namespace.as_str(), other.name.as_str()))
+                .collect();
+            triggers.extend(neighbours.into_iter().map(|(namespace, name)| ObjectRef::new(name).within(namespace)));
+        }
+        triggers
+    }
+
+    fn index_claim(&mut self, event: &watcher::Event<Service>) {
         let settings = &self.settings;
         self.claims.apply(event, |service| {
             if !settings.serves(service) || service.metadata.deletion_timestamp.is_some() {
@@ -279,7 +313,7 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
         events
     }
     let mut index = Index::new(&crate::fixtures::settings());
-    listed(services).iter().for_each(|e| index.apply_service(e));
+    listed(services).iter().for_each(|e| drop(index.apply_service(e)));
     listed(nodes).iter().for_each(|e| index.apply_node(e));
     listed(pods).iter().for_each(|e| index.apply_proxy_pod(e));
     listed(daemonsets).iter().for_each(|e| index.apply_daemonset(e));
@@ -355,6 +389,37 @@ mod tests {
         index.apply_service(&watcher::Event::Delete(moved));
         assert!(index.claims.group_is_empty(&(Protocol::Tcp, 8080)));
         assert_eq!(index.claims.values().count(), 1);
+    }
+
+    fn triggered(triggers: Vec<ObjectRef<Service>>) -> Vec<String> {
+        triggers.into_iter().map(|service| service.name).collect()
+    }
+
+    #[test]
+    fn a_service_that_frees_or_takes_a_port_wakes_the_others_on_it() {
+        let first = ServiceBuilder::new("first").port("TCP", 80, 0).uid("1").build();
+        let second = ServiceBuilder::new("second").port("TCP", 80, 0).uid("2").build();
+        let elsewhere = ServiceBuilder::new("elsewhere").port("TCP", 81, 0).uid("3").build();
+        let mut index = index_of(&[first.clone(), second.clone(), elsewhere], &[], &[], &[]);
+
+        let status_only = watcher::Event::Apply(first.clone());
+        assert_eq!(triggered(index.apply_service(&status_only)), ["first"], "its claim did not change");
+
+        let moved = ServiceBuilder::new("first").port("TCP", 81, 0).uid("1").build();
+        assert_eq!(
+            triggered(index.apply_service(&watcher::Event::Apply(moved.clone()))),
+            ["first", "elsewhere", "second"]
+        );
+
+        let mut deleting = moved.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH));
+        assert_eq!(triggered(index.apply_service(&watcher::Event::Apply(deleting))), ["first", "elsewhere"]);
+        assert!(triggered(index.apply_service(&watcher::Event::Delete(moved))).is_empty(), "nothing left to free");
+
+        let back = watcher::Event::Apply(first);
+        assert_eq!(triggered(index.apply_service(&back)), ["first", "second"]);
+        assert_eq!(triggered(index.apply_service(&watcher::Event::Delete(second))), ["first"]);
     }
 
     #[test]

@@ -142,10 +142,10 @@ async fn watch_and_lead(
     let index = Arc::new(RwLock::new(Index::new(&settings)));
 
     let (services, service_writer) = reflector::store();
-    let service_triggers = indexed(Api::<Service>::all(client.clone()), all.clone(), &index, Index::apply_service)
+    let index_for_services = index.clone();
+    let service_triggers = watched(Api::<Service>::all(client.clone()), all.clone())
         .reflect(service_writer)
-        .applied_objects()
-        .map_ok(|service| vec![ObjectRef::from_obj(&service)]);
+        .map_ok(move |event| index_for_services.write().expect("index lock").apply_service(&event));
     let daemonset_triggers = indexed(
         Api::<DaemonSet>::namespaced(client.clone(), &namespace),
         proxy_daemonsets,
@@ -355,8 +355,7 @@ fn changed_services(
     .flatten()
 }
 
-/// A watch whose events update the index before anyone downstream sees them. Managed fields
-/// are dropped first: hostlb never reads them, and they are often the larger part of an object.
+/// A watch whose events update the index before anyone downstream sees them.
 fn indexed<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -367,10 +366,19 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let index = index.clone();
-    watcher(api, config)
-        .default_backoff()
-        .modify(|object: &mut K| object.managed_fields_mut().clear())
-        .inspect_ok(move |event| apply(&mut index.write().expect("index lock"), event))
+    watched(api, config).inspect_ok(move |event| apply(&mut index.write().expect("index lock"), event))
+}
+
+/// A watch that retries with backoff. Managed fields are dropped: hostlb never reads them, and
+/// they are often the larger part of an object.
+fn watched<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    watcher(api, config).default_backoff().modify(|object: &mut K| object.managed_fields_mut().clear())
 }
 
 /// Waits until every watch has listed its objects, or fails naming those that have not.

@@ -1135,5 +1135,13 @@ async fn the_ready_condition_says_why_a_service_is_not_served() -> Result<()> {
     ensure!(second.2.contains("port 18160/TCP is held on node-1, node-2"), "{second:?}");
     println!("condition of a second Service on 18160: {second:?}");
 
+    ns.delete_service("first").await?;
+    let taken_over = eventually(SETTLE * 2, || async {
+        let condition = ready_condition(&ns, "second").await?;
+        ensure!(condition.1 == "Serving", "{condition:?}");
+        Ok(condition)
+    })
+    .await?;
+    println!("after the first is deleted: {taken_over:?}");
     Ok(())
 }
