@@ -3,7 +3,7 @@
 //!
 //! Every write is a replace carrying the resourceVersion just read, so of two replicas that
 //! claim the same Lease at once, the API server accepts one and answers the other with a
-//! conflict.
+//! conflict. Each read and write is cut off at the renew deadline, as client-go's elector does.
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -42,8 +42,13 @@ impl Elector {
         loop {
             ticks.tick().await;
             let started = Instant::now();
-            let outcome = self.attempt(started).await;
-            let next = self.election.record(outcome, started);
+            // A request that hangs must not keep a leader leading past its renew deadline.
+            let deadline = self.election.timing().renew_deadline;
+            let outcome = tokio::time::timeout(deadline, self.attempt(started)).await.unwrap_or_else(|_| {
+                warn!(lease = %self.name, waited = ?deadline, "the Lease request did not finish");
+                Outcome::Failed
+            });
+            let next = self.election.record(outcome, started, Instant::now());
             if next != current {
                 match &next {
                     Leadership::Leading => info!(lease = %self.name, holder = self.election.identity(), "leading"),

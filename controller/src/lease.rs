@@ -148,11 +148,14 @@ impl Election {
         }
     }
 
-    /// Records how an attempt that started at `now` ended; returns the leadership that follows.
-    pub fn record(&mut self, outcome: Outcome, now: Instant) -> Leadership {
+    /// Records how an attempt that ran from `started` to `ended` ended; returns the leadership
+    /// that follows. A claim counts from when the attempt started, the latest its writing could
+    /// have been seen by others; a failure is judged when it is known, however long the attempt
+    /// took.
+    pub fn record(&mut self, outcome: Outcome, started: Instant, ended: Instant) -> Leadership {
         match outcome {
             Outcome::Held => {
-                self.renewed_at = Some(now);
+                self.renewed_at = Some(started);
                 self.last_holder = Some(self.identity.clone());
             }
             Outcome::HeldBy(holder) => {
@@ -162,7 +165,7 @@ impl Election {
             Outcome::Failed => {
                 let within_deadline = self
                     .renewed_at
-                    .is_some_and(|renewed| now.saturating_duration_since(renewed) < self.timing.renew_deadline);
+                    .is_some_and(|renewed| ended.saturating_duration_since(renewed) < self.timing.renew_deadline);
                 if !within_deadline {
                     self.renewed_at = None;
                     if self.last_holder.as_deref() == Some(self.identity.as_str()) {
@@ -284,22 +287,33 @@ mod tests {
     fn a_leader_leads_through_failed_renewals_until_the_renew_deadline() {
         let start = Instant::now();
         let mut election = Election::new("a", timing());
-        assert_eq!(election.record(Outcome::Failed, start), Leadership::Following { holder: None });
-        assert_eq!(election.record(Outcome::Held, start), Leadership::Leading);
-        assert_eq!(election.record(Outcome::Failed, start + 9 * SECOND), Leadership::Leading);
-        assert_eq!(election.record(Outcome::Failed, start + 10 * SECOND), Leadership::Following { holder: None });
+        assert_eq!(election.record(Outcome::Failed, start, start), Leadership::Following { holder: None });
+        assert_eq!(election.record(Outcome::Held, start, start), Leadership::Leading);
+        assert_eq!(election.record(Outcome::Failed, start + 9 * SECOND, start + 9 * SECOND), Leadership::Leading);
+        assert_eq!(
+            election.record(Outcome::Failed, start + 10 * SECOND, start + 10 * SECOND),
+            Leadership::Following { holder: None }
+        );
+        // An attempt that hangs past the deadline ends the leadership, however early it began.
+        let mut election = Election::new("a", timing());
+        assert!(election.record(Outcome::Held, start, start).is_leading());
+        let hung = election.record(Outcome::Failed, start + SECOND, start + 11 * SECOND);
+        assert_eq!(hung, Leadership::Following { holder: None });
         // A later failure does not bring the leadership back.
-        assert_eq!(election.record(Outcome::Failed, start + 11 * SECOND), Leadership::Following { holder: None });
+        assert_eq!(
+            election.record(Outcome::Failed, start + 11 * SECOND, start + 11 * SECOND),
+            Leadership::Following { holder: None }
+        );
     }
 
     #[test]
     fn a_leader_whose_lease_was_taken_follows_at_once() {
         let start = Instant::now();
         let mut election = Election::new("a", timing());
-        assert!(election.record(Outcome::Held, start).is_leading());
-        let following = election.record(Outcome::HeldBy("b".into()), start + SECOND);
+        assert!(election.record(Outcome::Held, start, start).is_leading());
+        let following = election.record(Outcome::HeldBy("b".into()), start + SECOND, start + SECOND);
         assert_eq!(following, Leadership::Following { holder: Some("b".into()) });
         // The holder is remembered through failed reads.
-        assert_eq!(election.record(Outcome::Failed, start + 2 * SECOND), following);
+        assert_eq!(election.record(Outcome::Failed, start + 2 * SECOND, start + 2 * SECOND), following);
     }
 }
