@@ -4,21 +4,23 @@
 # Not part of `make test`: the figures depend on the machine, so nothing here passes or fails
 # on a number. Method and latest figures: docs/BENCHMARKS.md.
 #
-#   HOSTLB_BENCH_PARTS   which parts to run (default "proxy"):
+#   HOSTLB_BENCH_PARTS   which parts to run (default "proxy cluster scale"):
 #     proxy    network namespaces only: data path, hostlb-lb init time, image size, memory
+#     cluster  the local two-node cluster (cluster.sh up ... down): 30 Services at once
+#     scale    its own API server on loopback with simulated nodes: 100, 300, 1000 Services
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 HERE=e2e/bench
 OUT=target/bench
-PARTS="${HOSTLB_BENCH_PARTS:-proxy}"
+PARTS="${HOSTLB_BENCH_PARTS:-proxy cluster scale}"
 TARGET=x86_64-unknown-linux-gnu
 mkdir -p "$OUT/parts"
 
 [[ $(id -u) == 0 ]] || { echo "make bench must run as root (network namespaces)" >&2; exit 1; }
 
-# iperf3 and HAProxy are the data path's load and userspace baseline.
-deps=(iperf3 haproxy jq iptables nftables iproute2)
+# iperf3 and HAProxy are the data path's load and userspace baseline; gnuplot draws the plots.
+deps=(iperf3 haproxy gnuplot-nox jq iptables nftables iproute2)
 missing=()
 for p in "${deps[@]}"; do
   dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing+=("$p")
@@ -39,7 +41,40 @@ if [[ " $PARTS " == *" proxy "* ]]; then
     cargo bench --locked -p hostlb-lb --bench proxy
 fi
 
+if [[ " $PARTS " == *" cluster "* ]]; then
+  cargo bench --locked -p hostlb-e2e --bench controller --no-run
+  # The cluster's state folder is fixed, so runs on one machine take turns: the lock is held
+  # from up to down (not inherited by the cluster's daemons), and down runs whatever the bench did.
+  exec 8>"${HOSTLB_CLUSTER_LOCK:-/run/hostlb-cluster.lock}"
+  flock 8
+  status=0
+  { bash e2e/cluster/cluster.sh up &&
+    HOSTLB_BENCH_OUT="$PWD/$OUT/parts/controller.json" cargo bench --locked -p hostlb-e2e --bench controller
+  } 8>&- || status=1
+  bash e2e/cluster/cluster.sh down 8>&- || status=1
+  flock -u 8
+  exec 8>&-
+  [[ $status == 0 ]] || { echo "the cluster part failed" >&2; exit 1; }
+fi
+
+if [[ " $PARTS " == *" scale "* ]]; then
+  cargo bench --locked -p hostlb-e2e --bench scale --no-run
+  scale_state="${HOSTLB_BENCH_SCALE_STATE:-/var/lib/hostlb-bench-scale}"
+  trap 'HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" down' EXIT
+  HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" up
+  HOSTLB_BENCH_OUT="$PWD/$OUT/parts/scale.json" HOSTLB_BENCH_LAGS="$PWD/$OUT/lags.tsv" HOSTLB_BENCH_STATE="$scale_state" \
+    HOSTLB_CONTROLLER_BINARY="$bin/hostlb-controller" cargo bench --locked -p hostlb-e2e --bench scale
+  HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" down
+  trap - EXIT
+fi
+
 jq -s 'add' "$OUT"/parts/*.json >"$OUT/results.json"
+
+if [[ -s $OUT/lags.tsv ]]; then
+  jq -r '"100\t\(.ctl_all_ready_s_100)", "300\t\(.ctl_all_ready_s_300)", "1000\t\(.ctl_all_ready_s)"' \
+    "$OUT/results.json" >"$OUT/all-ready.tsv"
+  gnuplot -e "dir='$OUT'" "$HERE/plot.gp"
+fi
 
 # One row per line of goals.tsv: goal, measured, baseline and, for raw figures, measured / baseline.
 jq -r --rawfile goals "$HERE/goals.tsv" '

@@ -12,6 +12,8 @@
 //!
 //! Needs root, iproute2, iperf3 and haproxy (`make bench` installs them).
 
+#[path = "../../e2e/bench/stats.rs"]
+mod stats;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use stats::{median, percentile, rounded};
 use support::{sh, Netns, LB};
 
 const CLIENT: &str = "10.126.1.2";
@@ -63,25 +66,6 @@ fn main() {
 }
 
 type Results = BTreeMap<&'static str, f64>;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn round(value: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
-}
 
 /// A command started on a thread that has entered `netns`, so that the child is born in it
 /// without `ip netns exec`'s own start-up in the timing.
@@ -141,9 +125,9 @@ fn program_time(lb: &str, results: &mut Results) {
     std::fs::remove_dir_all(&dir).unwrap();
     let (hostlb, iptables) = (median(hostlb), median(iptables));
     eprintln!("program: hostlb-lb init {hostlb:.2} ms, iptables-restore {iptables:.2} ms");
-    results.insert("lb_program_ms", round(hostlb, 3));
-    results.insert("lb_program_iptables_ms", round(iptables, 3));
-    results.insert("lb_program_ratio_vs_iptables", round(hostlb / iptables, 3));
+    results.insert("lb_program_ms", rounded(hostlb, 3));
+    results.insert("lb_program_iptables_ms", rounded(iptables, 3));
+    results.insert("lb_program_ratio_vs_iptables", rounded(hostlb / iptables, 3));
 }
 
 /// `lb_hold_rss_kib`: the resident memory of the long-running container's process.
@@ -400,18 +384,18 @@ fn data_path(lb: &str, results: &mut Results) {
     };
     let (p50_direct, p99_direct) = (latency_at("direct", 0.5), latency_at("direct", 0.99));
     let (p50_hostlb, p99_hostlb) = (latency_at("hostlb", 0.5), latency_at("hostlb", 0.99));
-    results.insert("dp_tcp_gbps_direct", round(gbps["direct"], 2));
-    results.insert("dp_tcp_gbps_hostlb", round(gbps["hostlb"], 2));
-    results.insert("dp_tcp_gbps_userspace", round(gbps["userspace"], 2));
-    results.insert("dp_tcp_ratio", round(gbps["hostlb"] / gbps["direct"], 3));
+    results.insert("dp_tcp_gbps_direct", rounded(gbps["direct"], 2));
+    results.insert("dp_tcp_gbps_hostlb", rounded(gbps["hostlb"], 2));
+    results.insert("dp_tcp_gbps_userspace", rounded(gbps["userspace"], 2));
+    results.insert("dp_tcp_ratio", rounded(gbps["hostlb"] / gbps["direct"], 3));
     results.insert("dp_rps_direct", rps["direct"].round());
     results.insert("dp_rps_hostlb", rps["hostlb"].round());
     results.insert("dp_rps_userspace", rps["userspace"].round());
-    results.insert("dp_rps_ratio", round(rps["hostlb"] / rps["direct"], 3));
-    results.insert("dp_p50_us_direct", round(p50_direct, 1));
-    results.insert("dp_p99_us_direct", round(p99_direct, 1));
-    results.insert("dp_p50_us_added", round(p50_hostlb - p50_direct, 1));
-    results.insert("dp_p99_us_added", round(p99_hostlb - p99_direct, 1));
-    results.insert("dp_userspace_ratio", round(gbps["hostlb"] / gbps["userspace"], 3));
-    results.insert("dp_userspace_rps_ratio", round(rps["hostlb"] / rps["userspace"], 3));
+    results.insert("dp_rps_ratio", rounded(rps["hostlb"] / rps["direct"], 3));
+    results.insert("dp_p50_us_direct", rounded(p50_direct, 1));
+    results.insert("dp_p99_us_direct", rounded(p99_direct, 1));
+    results.insert("dp_p50_us_added", rounded(p50_hostlb - p50_direct, 1));
+    results.insert("dp_p99_us_added", rounded(p99_hostlb - p99_direct, 1));
+    results.insert("dp_userspace_ratio", rounded(gbps["hostlb"] / gbps["userspace"], 3));
+    results.insert("dp_userspace_rps_ratio", rounded(rps["hostlb"] / rps["userspace"], 3));
 }
