@@ -95,6 +95,9 @@ async fn prepare(client: &Client) -> Result<BTreeMap<String, IpAddr>> {
             json!({ "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux" } } }),
         )?;
         nodes.create(&create, &node).await?;
+        // The API server taints a new node not-ready until the node lifecycle controller, which
+        // does not run here, sees it Ready.
+        nodes.patch(&name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "taints": null } }))).await?;
         nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(node_status(node_address(i, 0)))).await?;
         addresses.insert(name, node_address(i, 0));
     }
