@@ -16,6 +16,8 @@ OUT=target/bench
 PARTS="${HOSTLB_BENCH_PARTS:-proxy cluster scale}"
 TARGET=x86_64-unknown-linux-gnu
 mkdir -p "$OUT/parts"
+# A part that fails still leaves what it measured; the table shows it and the run exits 1.
+failed=()
 
 [[ $(id -u) == 0 ]] || { echo "make bench must run as root (network namespaces)" >&2; exit 1; }
 
@@ -54,7 +56,7 @@ if [[ " $PARTS " == *" cluster "* ]]; then
   bash e2e/cluster/cluster.sh down 8>&- || status=1
   flock -u 8
   exec 8>&-
-  [[ $status == 0 ]] || { echo "the cluster part failed" >&2; exit 1; }
+  [[ $status == 0 ]] || failed+=(cluster)
 fi
 
 if [[ " $PARTS " == *" scale "* ]]; then
@@ -63,7 +65,8 @@ if [[ " $PARTS " == *" scale "* ]]; then
   trap 'HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" down' EXIT
   HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" up
   HOSTLB_BENCH_OUT="$PWD/$OUT/parts/scale.json" HOSTLB_BENCH_LAGS="$PWD/$OUT/lags.tsv" HOSTLB_BENCH_STATE="$scale_state" \
-    HOSTLB_CONTROLLER_BINARY="$bin/hostlb-controller" cargo bench --locked -p hostlb-e2e --bench scale
+    HOSTLB_CONTROLLER_BINARY="$bin/hostlb-controller" cargo bench --locked -p hostlb-e2e --bench scale ||
+    failed+=(scale)
   HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" down
   trap - EXIT
 fi
@@ -96,3 +99,7 @@ jq -r --rawfile goals "$HERE/goals.tsv" '
      + " | \(met($goal; $value)) |")
 ' "$OUT/results.json" | tee "$OUT/table.md"
 echo "wrote $OUT/results.json and $OUT/table.md"
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "failed parts: ${failed[*]}" >&2
+  exit 1
+fi
