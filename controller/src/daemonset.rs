@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use hostlb_proxy_spec::{self as proxy, Family, LB_BINARY, NODE_ADDRESS_ENV, PROBE_ADDRESS_ENV};
+use hostlb_proxy_spec::{self as proxy, Family, LB_BINARY, NODE_NAME_ENV, PROBE_ADDRESS_ENV};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, Node, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Sysctl, Toleration,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Sysctl, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -35,8 +35,9 @@ pub struct ProxySettings {
     pub image_pull_policy: String,
     pub forwarding: ForwardingMode,
     pub default_priority_class: String,
-    /// Whether the API server has the Pod field `status.hostIPs` (Kubernetes 1.29 and later).
-    pub server_has_host_ips: bool,
+    /// The controller's own image, whose binary follows the endpoints in the proxy pods of
+    /// `externalTrafficPolicy: Local` Services.
+    pub follower_image: String,
     /// `names::install_id` of the install, labelled on its DaemonSets.
     pub install_id: String,
 }
@@ -46,28 +47,6 @@ pub struct ProxySettings {
 pub fn version_at_least(major: &str, minor: &str, wanted_minor: u32) -> bool {
     let number = |text: &str| text.trim_start_matches('v').trim_end_matches('+').parse::<u32>().ok();
     matches!((number(major), number(minor)), (Some(major), Some(minor)) if major > 1 || minor >= wanted_minor)
-}
-
-/// Whether a version has the Pod field `status.hostIPs` (1.29 and later).
-pub fn has_host_ips(major: &str, minor: &str) -> bool {
-    version_at_least(major, minor, 29)
-}
-
-/// The downward-API field that gives a proxy pod its node's address(es) under
-/// `externalTrafficPolicy: Local`: `status.hostIPs` (every family of a dual-stack node) when
-/// the API server and the kubelet of every node the proxies may run on have it, since an older
-/// kubelet fails a pod that asks for it; `status.hostIP` (the primary family only) otherwise.
-pub fn node_address_field<'a>(server_has_host_ips: bool, nodes: impl IntoIterator<Item = &'a Node>) -> &'static str {
-    let kubelet_has_host_ips = |node: &Node| {
-        let version = node.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|info| info.kubelet_version.as_str());
-        let mut parts = version.unwrap_or_default().split('.');
-        has_host_ips(parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
-    };
-    if server_has_host_ips && nodes.into_iter().all(kubelet_has_host_ips) {
-        "status.hostIPs"
-    } else {
-        "status.hostIP"
-    }
 }
 
 const UNPRIVILEGED_UID: i64 = 65534;
@@ -86,13 +65,7 @@ pub fn service_labels(lb: &ServiceLb, daemonset_name: &str) -> BTreeMap<String, 
 }
 
 /// The desired DaemonSet, carrying a hash of itself so an unchanged one need not be re-applied.
-/// `node_address_field`: see the function of that name.
-pub fn desired_daemonset(
-    lb: &ServiceLb,
-    placement: &Placement,
-    settings: &ProxySettings,
-    node_address_field: &'static str,
-) -> DaemonSet {
+pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> DaemonSet {
     let name = names::daemonset_name(&lb.name, &lb.uid);
     let labels = service_labels(lb, &name);
     let selector = BTreeMap::from([
@@ -117,7 +90,7 @@ pub fn desired_daemonset(
             selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
-                spec: Some(pod_spec(lb, placement, settings, node_address_field)),
+                spec: Some(pod_spec(lb, placement, settings)),
             },
             ..Default::default()
         }),
@@ -138,10 +111,9 @@ fn config_hash(daemonset: &DaemonSet) -> String {
     names::hex_digest(&json)[..16].to_string()
 }
 
-fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings, node_address_field: &str) -> PodSpec {
+fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> PodSpec {
     let rule_args = rule_args(lb);
-    let local = matches!(lb.destination, Destination::NodeLocal { .. });
-    let node_address_env = |name: &str, field_path: &str| EnvVar {
+    let field_env = |name: &str, field_path: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector { field_path: field_path.into(), ..Default::default() }),
@@ -159,20 +131,42 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings, nod
             ..Default::default()
         })
         .collect();
-    let readiness_probe = match lb.destination {
-        Destination::NodeLocal { health_check_node_port } => Some(Probe {
-            exec: Some(ExecAction {
-                command: Some(
-                    proxy::Command::Probe(proxy::ProbeArgs { port: health_check_node_port, address: None })
-                        .command_line(),
-                ),
-            }),
-            period_seconds: Some(5),
-            timeout_seconds: Some(2),
-            failure_threshold: Some(2),
-            ..Default::default()
-        }),
-        Destination::ClusterIps(_) => None,
+    let (readiness_probe, probe_env, follower) = match &lb.destination {
+        Destination::NodeLocal { health_check_node_port, port_names } => {
+            let probe = Probe {
+                exec: Some(ExecAction {
+                    command: Some(
+                        proxy::Command::Probe(proxy::ProbeArgs { port: *health_check_node_port, address: None })
+                            .command_line(),
+                    ),
+                }),
+                period_seconds: Some(5),
+                timeout_seconds: Some(2),
+                failure_threshold: Some(2),
+                ..Default::default()
+            };
+            // The health check answers on every node address; the primary one is enough.
+            let env = vec![field_env(PROBE_ADDRESS_ENV, "status.hostIP")];
+            let follow = proxy::FollowArgs {
+                namespace: lb.namespace.clone(),
+                service: lb.name.clone(),
+                node: String::new(),
+                port_names: port_names.clone(),
+                rules: rule_args.clone(),
+            };
+            let follower = Container {
+                name: "follow-endpoints".into(),
+                image: Some(settings.follower_image.clone()),
+                image_pull_policy: Some(settings.image_pull_policy.clone()),
+                command: Some(follow.command_line()),
+                env: Some(vec![field_env(NODE_NAME_ENV, "spec.nodeName")]),
+                security_context: Some(net_admin()),
+                resources: Some(resources("5m", "16Mi", "64Mi")),
+                ..Default::default()
+            };
+            (Some(probe), Some(env), Some(follower))
+        }
+        Destination::ClusterIps(_) => (None, None, None),
     };
     let base = Container {
         image: Some(settings.image.clone()),
@@ -180,61 +174,50 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings, nod
         command: Some(vec![LB_BINARY.into()]),
         ..Default::default()
     };
-    let mut env = Vec::new();
+    let hold = Container {
+        name: "hold".into(),
+        args: Some(proxy::Command::Hold.to_args()),
+        security_context: Some(unprivileged()),
+        ..base.clone()
+    };
     let (init_containers, main, sysctls) = match settings.forwarding {
         ForwardingMode::InitContainer => {
             let init = Container {
                 name: "install-rules".into(),
                 args: Some(proxy::Command::Init(rule_args).to_args()),
-                env: local.then(|| vec![node_address_env(NODE_ADDRESS_ENV, node_address_field)]),
                 security_context: Some(SecurityContext { privileged: Some(true), ..Default::default() }),
                 resources: Some(resources("10m", "16Mi", "64Mi")),
-                ..base.clone()
-            };
-            let hold = Container {
-                name: "hold".into(),
-                args: Some(proxy::Command::Hold.to_args()),
-                security_context: Some(unprivileged()),
                 ..base
             };
             (Some(vec![init]), hold, None)
         }
+        // The endpoint follower installs the rules itself: a `run` beside it could replace
+        // them after its first install.
+        ForwardingMode::Sysctls if follower.is_some() => (None, hold, Some(forwarding_sysctls(&lb.families))),
         ForwardingMode::Sysctls => {
-            if local {
-                env.push(node_address_env(NODE_ADDRESS_ENV, node_address_field));
-            }
             let run = Container {
                 name: "lb".into(),
                 args: Some(proxy::Command::Run(rule_args).to_args()),
-                security_context: Some(SecurityContext {
-                    capabilities: Some(Capabilities {
-                        add: Some(vec!["NET_ADMIN".into()]),
-                        drop: Some(vec!["ALL".into()]),
-                    }),
-                    allow_privilege_escalation: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    ..Default::default()
-                }),
+                security_context: Some(net_admin()),
                 ..base
             };
             (None, run, Some(forwarding_sysctls(&lb.families)))
         }
     };
-    if local {
-        // The health check answers on every node address; the primary one is enough.
-        env.push(node_address_env(PROBE_ADDRESS_ENV, "status.hostIP"));
-    }
     let main = Container {
         ports: Some(ports),
         readiness_probe,
-        env: (!env.is_empty()).then_some(env),
+        env: probe_env,
         resources: Some(resources("1m", "4Mi", "32Mi")),
         ..main
     };
+    let follows_endpoints = follower.is_some();
     PodSpec {
         init_containers,
-        containers: vec![main],
-        automount_service_account_token: Some(false),
+        containers: [main].into_iter().chain(follower).collect(),
+        // Only the endpoint follower talks to the API server.
+        automount_service_account_token: Some(follows_endpoints),
+        service_account_name: follows_endpoints.then(|| names::PROXY_SERVICE_ACCOUNT.into()),
         enable_service_links: Some(false),
         priority_class_name: Some(lb.priority_class.clone().unwrap_or_else(|| settings.default_priority_class.clone())),
         node_selector: Some(placement.required_labels.clone()),
@@ -250,12 +233,11 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings, nod
 fn rule_args(lb: &ServiceLb) -> proxy::RuleArgs {
     let to = match &lb.destination {
         Destination::ClusterIps(addresses) => addresses.iter().copied().map(proxy::Destination::Address).collect(),
-        Destination::NodeLocal { .. } => vec![proxy::Destination::NodeAddress],
+        Destination::NodeLocal { .. } => vec![proxy::Destination::NodeEndpoints],
     };
     proxy::RuleArgs {
         ports: lb.ports.clone(),
         to,
-        // A dual-stack node's hostIPs name both families; the Service's own decide what is forwarded.
         families: lb.families.clone(),
         source_ranges: lb.source_ranges.clone(),
     }
@@ -273,6 +255,19 @@ fn forwarding_sysctls(families: &[Family]) -> Vec<Sysctl> {
             value: "1".into(),
         })
         .collect()
+}
+
+/// Programming nftables in the pod's own network namespace needs NET_ADMIN there, and root:
+/// kubelet grants added capabilities to root only.
+fn net_admin() -> SecurityContext {
+    SecurityContext {
+        capabilities: Some(Capabilities { add: Some(vec!["NET_ADMIN".into()]), drop: Some(vec!["ALL".into()]) }),
+        run_as_user: Some(0),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 fn unprivileged() -> SecurityContext {
@@ -308,7 +303,7 @@ fn node_affinity(placement: &Placement) -> Affinity {
         values: None,
     });
     // The API server takes one value per field requirement; requirements of a term all hold.
-    let excluded = (!placement.excluded_nodes.is_empty()).then(|| {
+    let excluded: Option<Vec<NodeSelectorRequirement>> = (!placement.excluded_nodes.is_empty()).then(|| {
         let not = |node: &String| NodeSelectorRequirement {
             key: "metadata.name".into(),
             operator: "NotIn".into(),
@@ -316,14 +311,28 @@ fn node_affinity(placement: &Placement) -> Affinity {
         };
         placement.excluded_nodes.iter().map(not).collect()
     });
+    // Terms are alternatives: a node is in the pool through either of its two labels.
+    let pool_memberships = match &placement.pool {
+        None => vec![None],
+        Some(pool) => vec![
+            Some(NodeSelectorRequirement {
+                key: names::POOL.into(),
+                operator: "In".into(),
+                values: Some(vec![pool.clone()]),
+            }),
+            Some(NodeSelectorRequirement { key: names::pool_label(pool), operator: "Exists".into(), values: None }),
+        ],
+    };
+    let terms = pool_memberships
+        .into_iter()
+        .map(|membership| NodeSelectorTerm {
+            match_expressions: Some(membership.into_iter().chain(forbidden.clone()).collect()),
+            match_fields: excluded.clone(),
+        })
+        .collect();
     Affinity {
         node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                node_selector_terms: vec![NodeSelectorTerm {
-                    match_expressions: Some(forbidden.collect()),
-                    match_fields: excluded,
-                }],
-            }),
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector { node_selector_terms: terms }),
             ..Default::default()
         }),
         ..Default::default()
@@ -358,7 +367,7 @@ mod tests {
             image_pull_policy: "IfNotPresent".into(),
             forwarding,
             default_priority_class: "system-node-critical".into(),
-            server_has_host_ips: false,
+            follower_image: "example.org/hostlb/controller:1".into(),
             install_id: names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS),
         }
     }
@@ -366,7 +375,7 @@ mod tests {
     fn build(service: ServiceBuilder, forwarding: ForwardingMode) -> DaemonSet {
         let lb = ServiceLb::from_service(&service.build()).unwrap();
         let placement = Placement::for_service(&lb, false);
-        desired_daemonset(&lb, &placement, &settings(forwarding), "status.hostIP")
+        desired_daemonset(&lb, &placement, &settings(forwarding))
     }
 
     fn pod(daemonset: &DaemonSet) -> &PodSpec {
@@ -436,48 +445,75 @@ mod tests {
     }
 
     #[test]
-    fn local_policy_forwards_to_the_node_address_and_probes_the_health_check_port() {
-        let ds = build(ServiceBuilder::new("web").port("TCP", 80, 30080).local(32100), ForwardingMode::InitContainer);
+    fn local_policy_follows_the_node_endpoints_with_the_controller_image_and_probes_the_health_check() {
+        let mut service = ServiceBuilder::new("web").port("TCP", 80, 30080).port("UDP", 53, 0).local(32100).build();
+        service.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].name = Some("http".into());
+        let lb = ServiceLb::from_service(&service).unwrap();
+        let ds = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings(ForwardingMode::InitContainer));
         let spec = pod(&ds);
         let init = &spec.init_containers.as_ref().unwrap()[0];
         let args = init.args.as_ref().unwrap();
-        assert!(args.windows(2).any(|w| w == ["--port", "tcp:80:30080"]), "{args:?}");
-        assert!(args.windows(2).any(|w| w == ["--to", "$(HOSTLB_NODE_ADDRESS)"]), "{args:?}");
-        let init_env = init.env.as_ref().unwrap();
-        assert_eq!(init_env[0].name, "HOSTLB_NODE_ADDRESS");
-        assert_eq!(init_env[0].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "status.hostIP");
+        assert!(args.windows(2).any(|w| w == ["--port", "tcp:80:80"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--to", "node-endpoints"]), "{args:?}");
+        assert!(init.env.is_none());
         let hold = &spec.containers[0];
         let probe = hold.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap();
         assert_eq!(probe, &["/hostlb-lb", "probe", "--port", "32100"].map(String::from).to_vec());
         assert_eq!(hold.env.as_ref().unwrap()[0].name, "HOSTLB_PROBE_ADDRESS");
+        assert!(hold.security_context.as_ref().unwrap().capabilities.as_ref().unwrap().add.is_none());
+
+        let follower = &spec.containers[1];
+        assert_eq!(follower.image.as_deref(), Some("example.org/hostlb/controller:1"));
+        let command = follower.command.as_ref().unwrap();
+        assert_eq!(
+            command[..8],
+            [
+                "/hostlb-controller",
+                "follow-endpoints",
+                "--service-namespace",
+                "shop",
+                "--service-name",
+                "web",
+                "--port-name",
+                "tcp:80:http"
+            ]
+        );
+        assert!(command.windows(2).any(|w| w == ["--to", "node-endpoints"]), "{command:?}");
+        let env = &follower.env.as_ref().unwrap()[0];
+        assert_eq!(
+            (env.name.as_str(), env.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path.as_str()),
+            ("HOSTLB_NODE_NAME", "spec.nodeName")
+        );
+        let security = follower.security_context.as_ref().unwrap();
+        assert_eq!(security.capabilities.as_ref().unwrap().add.as_ref().unwrap(), &vec!["NET_ADMIN".to_string()]);
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert!(security.privileged.is_none());
+        assert_eq!(spec.automount_service_account_token, Some(true));
+        assert_eq!(spec.service_account_name.as_deref(), Some("hostlb-proxy"));
     }
 
     #[test]
-    fn dual_stack_node_addresses_come_from_host_ips_where_server_and_every_kubelet_have_it() {
-        for (major, minor, has) in [
+    fn local_policy_in_sysctls_mode_leaves_the_rules_to_the_follower() {
+        let ds = build(ServiceBuilder::new("web").local(32100), ForwardingMode::Sysctls);
+        let spec = pod(&ds);
+        assert!(spec.init_containers.is_none());
+        let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["hold", "follow-endpoints"]);
+        assert!(spec.security_context.as_ref().unwrap().sysctls.is_some());
+    }
+
+    #[test]
+    fn versions_compare_as_the_api_server_and_kubelets_write_them() {
+        for (major, minor, at_least_29) in [
             ("1", "20", false),
             ("1", "28+", false),
             ("1", "29", true),
-            ("1", "33+", true),
+            ("v1", "33", true),
             ("2", "0", true),
             ("", "x", false),
         ] {
-            assert_eq!(has_host_ips(major, minor), has, "{major}.{minor}");
+            assert_eq!(version_at_least(major, minor, 29), at_least_29, "{major}.{minor}");
         }
-        let kubelet = |name: &str, version: &str| {
-            let mut node = crate::fixtures::NodeBuilder::new(name).build();
-            node.status.as_mut().unwrap().node_info = Some(k8s_openapi::api::core::v1::NodeSystemInfo {
-                kubelet_version: version.into(),
-                ..Default::default()
-            });
-            node
-        };
-        let current = [kubelet("a", "v1.33.1"), kubelet("b", "v1.29.0")];
-        assert_eq!(node_address_field(true, &current), "status.hostIPs");
-        assert_eq!(node_address_field(false, &current), "status.hostIP", "the API server decides first");
-        let skewed = [kubelet("a", "v1.33.1"), kubelet("b", "v1.28.9")];
-        assert_eq!(node_address_field(true, &skewed), "status.hostIP", "one older kubelet decides for all");
-        assert_eq!(node_address_field(true, &[kubelet("c", "unknown")]), "status.hostIP");
     }
 
     #[test]
@@ -494,25 +530,28 @@ mod tests {
     }
 
     #[test]
-    fn placement_becomes_node_selector_and_exclusion_affinity() {
+    fn a_pool_becomes_two_alternative_terms_each_keeping_the_exclusions() {
         let ds = build(ServiceBuilder::new("web").label(names::POOL, "edge"), ForwardingMode::InitContainer);
         let spec = pod(&ds);
-        assert_eq!(spec.node_selector.as_ref().unwrap()[names::POOL], "edge");
-        let term = &spec
-            .affinity
-            .as_ref()
-            .unwrap()
-            .node_affinity
-            .as_ref()
-            .unwrap()
-            .required_during_scheduling_ignored_during_execution
-            .as_ref()
-            .unwrap()
-            .node_selector_terms[0];
-        let requirement = &term.match_expressions.as_ref().unwrap()[0];
+        assert!(!spec.node_selector.as_ref().unwrap().contains_key(names::POOL));
+        let affinity = spec.affinity.clone().unwrap().node_affinity.unwrap();
+        let terms = affinity.required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms;
+        let described: Vec<Vec<String>> = terms
+            .iter()
+            .map(|term| {
+                let expressions = term.match_expressions.iter().flatten();
+                expressions
+                    .map(|r| format!("{} {} {:?}", r.key, r.operator, r.values.clone().unwrap_or_default()))
+                    .collect()
+            })
+            .collect();
+        let excluded = format!("{} DoesNotExist []", names::NODE_LABEL_EXCLUDE);
         assert_eq!(
-            (requirement.key.as_str(), requirement.operator.as_str()),
-            (names::NODE_LABEL_EXCLUDE, "DoesNotExist")
+            described,
+            vec![
+                vec![r#"hostlb.io/lbpool In ["edge"]"#.to_string(), excluded.clone()],
+                vec!["pool.hostlb.io/edge Exists []".to_string(), excluded],
+            ]
         );
     }
 
@@ -520,14 +559,14 @@ mod tests {
     fn nodes_held_by_an_older_service_are_left_out_by_name() {
         let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
         let mut placement = Placement::for_service(&lb, false);
-        let none = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer), "status.hostIP");
+        let none = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer));
         let terms = |ds: &DaemonSet| {
             let affinity = pod(ds).affinity.clone().unwrap().node_affinity.unwrap();
             affinity.required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms
         };
         assert!(terms(&none)[0].match_fields.is_none());
         placement.excluded_nodes = ["n2".to_string(), "n1".to_string()].into();
-        let excluded = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer), "status.hostIP");
+        let excluded = desired_daemonset(&lb, &placement, &settings(ForwardingMode::InitContainer));
         let fields = terms(&excluded)[0].match_fields.clone().unwrap();
         let fields: Vec<(&str, &str, Option<Vec<String>>)> =
             fields.iter().map(|f| (f.key.as_str(), f.operator.as_str(), f.values.clone())).collect();

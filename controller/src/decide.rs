@@ -1,22 +1,21 @@
 //! The one decision of a reconcile: from a Service, what hostlb knows of the cluster (the index)
 //! and its settings, everything the executor must do. Pure: no client, no clock, no await.
 
-use std::net::IpAddr;
-
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::ResourceExt;
 
+use crate::condition;
 use crate::conflicts::held_by_older_services;
-use crate::daemonset::{config_hash_of, desired_daemonset, node_address_field};
+use crate::daemonset::{config_hash_of, desired_daemonset};
 use crate::events::{listed, Reason, Warning};
 use crate::index::{key_of, Index};
 use crate::names;
 use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
 use crate::proxy_health::{creation_failure, failing_pods};
-use crate::service_lb::{declared_families, requested_ip_mode, Destination, FieldError, ServiceLb};
-use crate::status::{desired_addresses, needs_update, published_addresses, IpMode};
+use crate::service_lb::{address_options, declared_families, requested_ip_mode, FieldError, ServiceLb};
+use crate::status::{desired_addresses, holds_status, needs_update, Address, IpMode, Publication};
 use crate::Settings;
 
 /// What the executor read for this Service besides the index.
@@ -53,9 +52,11 @@ pub struct Serving {
     pub add_finalizer: bool,
     pub daemonset: Option<DaemonSetAction>,
     /// The addresses to publish, when they (or their `ipMode`) differ from those published.
-    pub publish: Option<Vec<IpAddr>>,
+    pub publish: Option<Vec<Address>>,
     /// The `ipMode` to publish them with, where the API server keeps it.
     pub ip_mode: Option<IpMode>,
+    /// hostlb's condition, when the Service does not have it yet.
+    pub condition: Option<condition::Ready>,
     pub warnings: Vec<Warning>,
 }
 
@@ -76,7 +77,7 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
     let deleting = service.metadata.deletion_timestamp.is_some();
     if !settings.serves(service) || deleting {
         return if settings.holds(service) {
-            Decision::CleanUp { clear_status: !deleting && !published_addresses(service).is_empty() }
+            Decision::CleanUp { clear_status: !deleting && holds_status(service) }
         } else {
             Decision::Ignore
         };
@@ -87,7 +88,9 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
 fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving {
     let service = observed.service;
     let mut serving = Serving { add_finalizer: !settings.holds(service), ..Serving::default() };
-    let (placement, families) = match admitted(service, settings) {
+    let admission = admitted(service, settings);
+    let valid = admission.is_ok();
+    let (placement, families, address_options) = match admission {
         Ok((lb, refused)) => {
             serving.warnings.extend(refused.into_iter().map(|refused| {
                 let port = format!("{}/{}", refused.port.listen, refused.port.protocol.api_name());
@@ -96,7 +99,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
                     format!("spec.ports: port {port} is refused: {why}; an admin can allow it with --allowed-ports");
                 Warning::new(Reason::PortRefused, message)
             }));
-            (plan_proxies(&mut serving, observed, &lb, index, settings), lb.families)
+            (plan_proxies(&mut serving, observed, &lb, index, settings), lb.families, lb.addresses)
         }
         Err(errors) => {
             serving.warnings = errors
@@ -104,7 +107,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
                 .map(|e| Warning::new(Reason::InvalidOption, format!("{e}; the proxies are left as they were")))
                 .collect();
             // The proxies that run go on serving, so their nodes stay published while they can.
-            (Some(Placement::anywhere()), declared_families(service))
+            (Some(Placement::anywhere()), declared_families(service), address_options(service).0)
         }
     };
 
@@ -117,15 +120,31 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         let failures = index.creation_failures.group(&ours.name_any()).map(AsRef::as_ref);
         serving.warnings.extend(creation_failure(ours, pods.len() < eligible, failures));
     }
-    let addresses = match placement {
+    let policy = address_options.policy(&settings.addresses);
+    let eligible_nodes = placement.as_ref().map_or(0, |placement| {
+        index.nodes.values().filter(|node| placement.admits(node) && index.serves(node)).count()
+    });
+    let partly_held = placement.as_ref().is_some_and(|placement| !placement.excluded_nodes.is_empty());
+    let publication = match placement {
         Some(placement) => {
-            desired_addresses(pods, |name| index.node(name), &placement, settings.address_type, &families)
+            desired_addresses(service, pods, |name| index.serving_node(name), &placement, &policy, &families)
         }
-        None => Vec::new(),
+        None => Publication::default(),
     };
+    let problems = publication.problems.into_iter().map(|problem| Warning::new(Reason::NodeAnnotationIgnored, problem));
+    serving.warnings.extend(problems);
     serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
-    if needs_update(service, &addresses, serving.ip_mode) {
-        serving.publish = Some(addresses);
+    let findings = condition::Findings {
+        valid,
+        eligible_nodes,
+        serving_nodes: publication.serving_nodes,
+        partly_held: partly_held || serving.warnings.iter().any(|w| w.reason == Reason::PortRefused),
+        warnings: &serving.warnings,
+    };
+    let ready = condition::ready(service, &findings);
+    serving.condition = condition::differs(service, &ready).then_some(ready);
+    if needs_update(service, &publication.addresses, serving.ip_mode) {
+        serving.publish = Some(publication.addresses);
     }
     serving
 }
@@ -145,12 +164,9 @@ fn node_ports_open(service: &Service, lb: &ServiceLb) -> Option<Warning> {
     if node_ports.is_empty() {
         return None;
     }
-    let remedy = match lb.destination {
-        Destination::ClusterIps(_) => "set spec.allocateLoadBalancerNodePorts: false to close them",
-        Destination::NodeLocal { .. } => "externalTrafficPolicy: Local needs them; close them with a firewall",
-    };
     let message = format!(
-        "spec.loadBalancerSourceRanges do not cover the NodePorts {}: any client reaches them on every node; {remedy}",
+        "spec.loadBalancerSourceRanges do not cover the NodePorts {}: any client reaches them on every node; \
+         set spec.allocateLoadBalancerNodePorts: false to close them (hostlb needs no NodePorts)",
         listed(node_ports)
     );
     Some(Warning::new(Reason::NodePortsOpen, message))
@@ -206,9 +222,7 @@ fn plan_proxies(
         ));
         return Some(placement);
     }
-    let eligible = index.nodes.values().map(AsRef::as_ref).filter(|node| placement.admits(node));
-    let node_address = node_address_field(settings.proxy.server_has_host_ips, eligible);
-    let desired = desired_daemonset(lb, &placement, &settings.proxy, node_address);
+    let desired = desired_daemonset(lb, &placement, &settings.proxy);
     if needs_apply(observed.daemonset, &desired, observed.last_applied) {
         let ports = lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name()));
         let created = observed.daemonset.is_none();
@@ -292,9 +306,12 @@ mod tests {
         service
     }
 
+    fn ips(addresses: &[&str]) -> Vec<Address> {
+        addresses.iter().map(|a| Address::Ip(a.parse().unwrap())).collect()
+    }
+
     fn published(mut service: Service, addresses: &[&str]) -> Service {
-        let addresses: Vec<IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
-        let ingress = crate::status::ingress(&addresses, Some(IpMode::Vip));
+        let ingress = crate::status::ingress(&ips(addresses), Some(IpMode::Vip));
         service.status = Some(ServiceStatus {
             load_balancer: Some(LoadBalancerStatus { ingress: Some(ingress) }),
             ..Default::default()
@@ -308,7 +325,7 @@ mod tests {
 
     fn desired_for(service: &Service) -> DaemonSet {
         let lb = ServiceLb::from_service(service).unwrap();
-        desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy, "status.hostIP")
+        desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy)
     }
 
     #[test]
@@ -339,10 +356,19 @@ mod tests {
         let serving = served(&service, &index, Some(&existing));
         assert!(!serving.add_finalizer);
         assert!(serving.daemonset.is_none());
-        assert_eq!(serving.publish, Some(vec!["10.0.0.1".parse().unwrap()]));
+        assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])));
 
-        let already = published(service, &["10.0.0.1"]);
-        assert!(served(&already, &index, Some(&existing)).publish.is_none());
+        let ready = serving.condition.clone().expect("a first condition");
+        assert_eq!(
+            (ready.ready, ready.reason, ready.message.as_str()),
+            (true, "PartiallyServing", "1 of 2 eligible nodes serve")
+        );
+
+        let mut already = published(service, &["10.0.0.1"]);
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+        already.status.as_mut().unwrap().conditions = Some(vec![condition::to_api(&ready, None, now)]);
+        let again = served(&already, &index, Some(&existing));
+        assert!(again.publish.is_none() && again.condition.is_none(), "nothing changed, nothing is written");
     }
 
     #[test]
@@ -378,7 +404,7 @@ mod tests {
         let serving = served(&service, &index, Some(&existing));
         assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
         assert!(serving.daemonset.is_none(), "the running proxies are left as they were");
-        assert_eq!(serving.publish, Some(vec!["10.0.0.1".parse().unwrap()]), "the dead node leaves the status");
+        assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])), "the dead node leaves the status");
     }
 
     #[test]
@@ -457,7 +483,7 @@ mod tests {
         let index = index_of(std::slice::from_ref(&proxy), &nodes, &[proxy_pod("p1", "n1", true)], &[]);
         let serving = served(&proxy, &index, Some(&existing));
         assert_eq!(serving.ip_mode, Some(IpMode::Proxy));
-        assert_eq!(serving.publish, Some(vec!["10.0.0.1".parse().unwrap()]), "VIP is published: rewrite as Proxy");
+        assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])), "VIP is published: rewrite as Proxy");
 
         let mut old_server = settings();
         old_server.server_has_ip_mode = false;

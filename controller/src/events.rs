@@ -42,10 +42,12 @@ pub enum Reason {
     OptionIgnored,
     /// Source ranges are set, but NodePorts, which they do not cover, are open.
     NodePortsOpen,
+    /// A serving node's hostlb annotation cannot be used; the node's own address is published.
+    NodeAnnotationIgnored,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::DaemonSetApplied,
         Reason::DaemonSetDeleted,
         Reason::OrphanDeleted,
@@ -61,6 +63,7 @@ impl Reason {
         Reason::ProxyPodsNotCreated,
         Reason::OptionIgnored,
         Reason::NodePortsOpen,
+        Reason::NodeAnnotationIgnored,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +83,7 @@ impl Reason {
             Reason::ProxyPodsNotCreated => "ProxyPodsNotCreated",
             Reason::OptionIgnored => "OptionIgnored",
             Reason::NodePortsOpen => "NodePortsOpen",
+            Reason::NodeAnnotationIgnored => "NodeAnnotationIgnored",
         }
     }
 

@@ -153,6 +153,15 @@ impl NodeBuilder {
         self.address("ExternalIP", address)
     }
 
+    pub fn hostname(self, name: &str) -> Self {
+        self.address("Hostname", name)
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.node.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
+        self
+    }
+
     pub fn label(mut self, key: &str, value: &str) -> Self {
         self.node.metadata.labels.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
         self
@@ -219,7 +228,11 @@ pub fn settings() -> crate::Settings {
         load_balancer_class: CLASS.into(),
         serve_unclassed: true,
         finalizer: names::FINALIZER.into(),
-        address_type: crate::status::AddressType::Auto,
+        addresses: crate::status::AddressPolicy {
+            address_type: crate::status::AddressType::Auto,
+            kinds: vec![crate::status::AddressKind::Ip],
+            max_nodes: None,
+        },
         server_has_ip_mode: true,
         proxy: crate::daemonset::ProxySettings {
             namespace: "hostlb-system".into(),
@@ -227,7 +240,7 @@ pub fn settings() -> crate::Settings {
             image_pull_policy: "IfNotPresent".into(),
             forwarding: crate::daemonset::ForwardingMode::InitContainer,
             default_priority_class: "hostlb-proxy".into(),
-            server_has_host_ips: false,
+            follower_image: "localhost/hostlb/controller:test".into(),
             install_id: names::install_id(CLASS),
         },
         ports: crate::port_policy::PortPolicy {
@@ -240,5 +253,6 @@ pub fn settings() -> crate::Settings {
         },
         tenants: crate::tenancy::TenantPolicy::default(),
         instance: Some("test".into()),
+        node_lease_grace: Some(std::time::Duration::from_secs(10)),
     }
 }

@@ -4,19 +4,23 @@
 //! A reconcile reads only its own groups, so it costs what its own Service costs. Pure: the
 //! watches hand it their events; nothing here talks to the API server.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 use std::sync::Arc;
 
 use hostlb_proxy_spec::Protocol;
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use crate::decide::admitted;
 use crate::names;
+use crate::node_leases::{Renewal, NODE_LEASE_NAMESPACE};
 use crate::service_lb::ServiceLb;
+use crate::status::node_can_serve;
 use crate::Settings;
 
 /// `namespace/name`, or `name` for cluster-scoped objects.
@@ -98,6 +102,10 @@ impl<V: Clone, G: Clone + Eq + Hash> Section<V, G> {
         self.objects.get(key).map(|(value, _)| value)
     }
 
+    pub fn entries(&self) -> impl Iterator<Item = (&Key, &V)> {
+        self.objects.iter().map(|(key, (value, _))| (key, value))
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.objects.values().map(|(value, _)| value)
     }
@@ -138,6 +146,10 @@ pub struct Index {
     pub claims: Section<Claim, PortKey>,
     /// The DaemonSet controller's FailedCreate Events, grouped by DaemonSet name.
     pub creation_failures: Section<Arc<Event>, String>,
+    /// When each node's kubelet last renewed its Lease, under the Lease's key.
+    pub node_leases: Section<Renewal, ()>,
+    /// Nodes whose Lease was stale when the clock was last read (`judge_leases`).
+    stale_nodes: BTreeSet<String>,
 }
 
 impl Index {
@@ -149,7 +161,42 @@ impl Index {
             daemonsets: Section::default(),
             claims: Section::default(),
             creation_failures: Section::default(),
+            node_leases: Section::default(),
+            stale_nodes: BTreeSet::new(),
         }
+    }
+
+    pub fn apply_node_lease(&mut self, event: &watcher::Event<Lease>) {
+        self.node_leases.apply(event, |lease| Some((Renewal::of(lease)?, Vec::new())));
+    }
+
+    /// Judges every node's Lease at `now`; returns the nodes that went stale or came back.
+    pub fn judge_leases(&mut self, now: Timestamp) -> Vec<Arc<Node>> {
+        let stale: BTreeSet<String> = match self.settings.node_lease_grace {
+            Some(grace) => self
+                .node_leases
+                .entries()
+                .filter(|(_, renewal)| renewal.is_stale(now, grace))
+                .filter_map(|(key, _)| {
+                    Some(key.strip_prefix(NODE_LEASE_NAMESPACE)?.trim_start_matches('/').to_string())
+                })
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let flipped: Vec<Arc<Node>> =
+            stale.symmetric_difference(&self.stale_nodes).filter_map(|name| self.nodes.get(name).cloned()).collect();
+        self.stale_nodes = stale;
+        flipped
+    }
+
+    /// Whether the node can carry traffic: Ready, not cordoned, and its kubelet renewing its Lease.
+    pub fn serves(&self, node: &Node) -> bool {
+        node_can_serve(node) && node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
+    }
+
+    /// The node, if it `serves`.
+    pub fn serving_node(&self, name: &str) -> Option<&Node> {
+        self.node(name).filter(|node| self.serves(node))
     }
 
     pub fn apply_node(&mut self, event: &watcher::Event<Node>) {
@@ -213,6 +260,7 @@ impl Index {
             ("proxy pods", self.proxy_pods.synced()),
             ("proxy daemonsets", self.daemonsets.synced()),
             ("proxy creation failures", self.creation_failures.synced()),
+            ("node leases", self.node_leases.synced()),
         ]
         .into_iter()
         .filter(|(_, synced)| !synced)
@@ -236,6 +284,7 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
     listed(pods).iter().for_each(|e| index.apply_proxy_pod(e));
     listed(daemonsets).iter().for_each(|e| index.apply_daemonset(e));
     listed::<Event>(&[]).iter().for_each(|e| index.apply_creation_failure(e));
+    listed::<Lease>(&[]).iter().for_each(|e| index.apply_node_lease(e));
     index
 }
 
@@ -243,6 +292,47 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
 mod tests {
     use super::*;
     use crate::fixtures::{proxy_pod, NodeBuilder, ServiceBuilder, UID};
+
+    fn node_lease(node: &str, renewed_at_second: i64) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": node, "namespace": NODE_LEASE_NAMESPACE },
+            "spec": {
+                "holderIdentity": node,
+                "leaseDurationSeconds": 40,
+                "renewTime": Timestamp::from_second(renewed_at_second).unwrap().to_string(),
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn nodes_whose_lease_goes_stale_stop_serving_and_are_reported_once_each_way() {
+        let nodes = [NodeBuilder::new("n1").build(), NodeBuilder::new("n2").build()];
+        let mut index = index_of(&[], &nodes, &[], &[]);
+        for lease in [node_lease("n1", 1_000), node_lease("n2", 1_015)] {
+            index.apply_node_lease(&watcher::Event::Apply(lease));
+        }
+        let at = |second| Timestamp::from_second(second).unwrap();
+        let names = |flipped: Vec<Arc<Node>>| flipped.iter().map(|n| n.name_any()).collect::<Vec<_>>();
+        assert!(index.judge_leases(at(1_020)).is_empty(), "10 s renewal interval plus 10 s grace");
+        assert_eq!(names(index.judge_leases(at(1_021))), ["n1"]);
+        assert!(index.serving_node("n1").is_none() && index.serving_node("n2").is_some());
+        assert!(index.judge_leases(at(1_022)).is_empty(), "reported once");
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n1", 1_022)));
+        assert_eq!(names(index.judge_leases(at(1_036))), ["n1", "n2"], "n1 is back, n2 went stale");
+        assert!(index.serves(&nodes[0]) && !index.serves(&nodes[1]));
+    }
+
+    #[test]
+    fn without_a_grace_leases_are_not_judged() {
+        let mut settings = crate::fixtures::settings();
+        settings.node_lease_grace = None;
+        let mut index = Index::new(&settings);
+        index.apply_node(&watcher::Event::Apply(NodeBuilder::new("n1").build()));
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n1", 1_000)));
+        assert!(index.judge_leases(Timestamp::from_second(5_000).unwrap()).is_empty());
+        assert!(index.serving_node("n1").is_some());
+    }
 
     fn claimants(index: &Index, port: PortKey) -> Vec<String> {
         index.claims.group(&port).map(|lb| lb.name.clone()).collect()
@@ -318,10 +408,11 @@ mod tests {
     #[test]
     fn watches_count_as_synced_after_their_first_list() {
         let mut index = Index::new(&crate::fixtures::settings());
-        let all = ["services", "nodes", "proxy pods", "proxy daemonsets", "proxy creation failures"];
+        let all = ["services", "nodes", "proxy pods", "proxy daemonsets", "proxy creation failures", "node leases"];
         assert_eq!(index.unsynced(), all);
         index.apply_node(&watcher::Event::Init);
         index.apply_node(&watcher::Event::InitDone);
-        assert_eq!(index.unsynced(), ["services", "proxy pods", "proxy daemonsets", "proxy creation failures"]);
+        let rest = ["services", "proxy pods", "proxy daemonsets", "proxy creation failures", "node leases"];
+        assert_eq!(index.unsynced(), rest);
     }
 }

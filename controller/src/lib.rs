@@ -3,24 +3,36 @@
 //!
 //! Layers, from pure to I/O:
 //! - what a Service asks for and what follows from it: `service_lb`, `placement`, `daemonset`,
-//!   `status`, `proxy_health`, `conflicts`, `port_policy`, `tenancy`, `finalizer`, and `decide`, the one decision per reconcile;
+//!   `status`, `condition`, `proxy_health`, `conflicts`, `port_policy`, `tenancy`, `finalizer`, and `decide`, the one decision per reconcile;
 //! - `index`: what the watches know of other objects, grouped for cheap look-ups;
 //!   `mapping`: which Services a watched change affects;
-//! - `watches` (the streams and the controller loop), `reconcile` (the executor: every write)
-//!   and `events`.
+//! - `lease`: who leads, from the Lease as read;
+//! - `watches` (the streams, and the controller loop while this replica leads), `election`
+//!   (reads and writes the Lease), `reconcile` (the executor: every other write) and `events`.
+//!
+//! The same binary also runs in the proxy pods of `externalTrafficPolicy: Local` Services:
+//! `endpoint_follower` keeps their forwarding on the node's endpoints (`local_endpoints`).
 
+pub mod condition;
 mod conflicts;
 pub mod daemonset;
 mod decide;
+pub mod election;
+mod endpoint_follower;
 mod error;
 pub mod events;
 mod finalizer;
 #[cfg(test)]
 mod fixtures;
 mod index;
+pub mod lease;
+mod local_endpoints;
 mod mapping;
 pub mod metrics;
+#[cfg(test)]
+mod mock_api;
 pub mod names;
+mod node_leases;
 mod placement;
 pub mod port_policy;
 mod proxy_health;
@@ -31,6 +43,7 @@ pub mod status;
 pub mod tenancy;
 mod watches;
 
+pub use endpoint_follower::follow;
 pub use error::Error;
 pub use events::Reason;
 pub use reconcile::uninstall;
@@ -56,7 +69,8 @@ pub struct Settings {
     pub serve_unclassed: bool,
     /// This install's finalizer (`names::finalizer_for` its class).
     pub finalizer: String,
-    pub address_type: status::AddressType,
+    /// How addresses are chosen unless a Service asks otherwise.
+    pub addresses: status::AddressPolicy,
     /// Whether the API server keeps `status.loadBalancer.ingress[].ipMode` (1.30 and later).
     pub server_has_ip_mode: bool,
     pub proxy: daemonset::ProxySettings,
@@ -64,4 +78,7 @@ pub struct Settings {
     pub tenants: tenancy::TenantPolicy,
     /// Names this replica in the Events it publishes.
     pub instance: Option<String>,
+    /// A node whose kubelet misses a Lease renewal by more than this leaves every status;
+    /// None to wait for the node controller's NotReady.
+    pub node_lease_grace: Option<std::time::Duration>,
 }

@@ -8,15 +8,35 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
-use hostlb_controller::daemonset::{has_host_ips, version_at_least, ForwardingMode, ProxySettings};
+use hostlb_controller::daemonset::{version_at_least, ForwardingMode, ProxySettings};
+use hostlb_controller::election::Elector;
+use hostlb_controller::lease::LeaseTiming;
 use hostlb_controller::port_policy::{self, PortPolicy, PortRange};
-use hostlb_controller::status::AddressType;
+use hostlb_controller::status::{AddressKind, AddressPolicy, AddressType};
 use hostlb_controller::tenancy::TenantPolicy;
 use hostlb_controller::{metrics, names, server, Settings};
+use hostlb_proxy_spec::{FollowArgs, FOLLOW_ENDPOINTS};
 
 /// Serves Kubernetes Services of type LoadBalancer from the nodes' own addresses.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    proxy: Option<ProxyCommand>,
+    #[command(flatten)]
+    controller: Args,
+}
+
+/// What the binary does in proxy pods instead of controlling.
+#[derive(Debug, clap::Subcommand)]
+enum ProxyCommand {
+    /// Keep a proxy pod's forwarding on its node's ready endpoints of the Service
+    /// (externalTrafficPolicy: Local); needs NET_ADMIN in the pod's network namespace.
+    #[command(name = FOLLOW_ENDPOINTS)]
+    FollowEndpoints(FollowArgs),
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Namespace of the proxy DaemonSets.
     #[arg(long, env = "HOSTLB_NAMESPACE", default_value = names::DEFAULT_NAMESPACE)]
@@ -36,12 +56,24 @@ struct Args {
     lb_image: Option<String>,
     #[arg(long, env = "HOSTLB_LB_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
     lb_image_pull_policy: String,
+    /// This controller's own image: proxy pods of externalTrafficPolicy: Local Services run it
+    /// beside hostlb-lb to follow the endpoints on their node.
+    #[arg(long, env = "HOSTLB_CONTROLLER_IMAGE", required_unless_present = "uninstall")]
+    controller_image: Option<String>,
     /// How proxy pods turn on forwarding.
     #[arg(long, env = "HOSTLB_FORWARDING_MODE", value_enum, default_value_t = ForwardingMode::InitContainer)]
     forwarding_mode: ForwardingMode,
     /// Which node addresses to publish.
     #[arg(long, env = "HOSTLB_ADDRESS_TYPE", value_enum, default_value_t = AddressType::Auto)]
     address_type: AddressType,
+    /// What of each serving node is published, unless a Service's hostlb.io/publish says
+    /// otherwise: its IP addresses, its hostname, or both (comma-separated).
+    #[arg(long, env = "HOSTLB_PUBLISH", value_enum, value_delimiter = ',', default_value = "ip")]
+    publish: Vec<AddressKind>,
+    /// At most this many nodes are published per Service unless its hostlb.io/max-nodes says
+    /// otherwise; 0 for all.
+    #[arg(long, env = "HOSTLB_MAX_NODES", default_value_t = 0)]
+    max_nodes: usize,
     /// PriorityClass of proxy pods unless a Service names another. The install's own class
     /// never preempts other pods.
     #[arg(long, env = "HOSTLB_DEFAULT_PRIORITY_CLASS", default_value = "hostlb-proxy")]
@@ -67,6 +99,10 @@ struct Args {
     #[arg(long, env = "HOSTLB_NODE_PORT_RANGE", value_parser = PortRange::parse,
           default_value = port_policy::DEFAULT_NODE_PORT_RANGE)]
     node_port_range: PortRange,
+    /// Seconds by which a kubelet may miss a renewal of its node Lease before the node leaves
+    /// every status (long before the node controller marks it NotReady); 0 to wait for NotReady.
+    #[arg(long, env = "HOSTLB_NODE_LEASE_GRACE_SECONDS", default_value_t = 10)]
+    node_lease_grace_seconds: u64,
     /// Address of the /livez, /readyz and /metrics endpoints.
     #[arg(long, env = "HOSTLB_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
     http_address: SocketAddr,
@@ -79,6 +115,21 @@ struct Args {
     /// kubelet restarts a replica that cannot see the cluster.
     #[arg(long, env = "HOSTLB_SYNC_TIMEOUT_SECONDS", default_value_t = 120)]
     sync_timeout_seconds: u64,
+    /// The Lease (in --namespace) whose holder leads; only the leader writes. Default:
+    /// `hostlb-controller` for the default class, one per install for the others.
+    #[arg(long, env = "HOSTLB_LEASE_NAME")]
+    lease_name: Option<String>,
+    /// How long the leader's claim stands without renewal: the longest a failover takes
+    /// when the leader dies without releasing the Lease.
+    #[arg(long, env = "HOSTLB_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// How long a leader that cannot renew its claim goes on leading; below the lease duration.
+    #[arg(long, env = "HOSTLB_LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    lease_renew_deadline_seconds: u64,
+    /// How often the Lease is read and renewed: the longest a failover takes after the leader
+    /// released the Lease on shutdown.
+    #[arg(long, env = "HOSTLB_LEASE_RETRY_PERIOD_SECONDS", default_value_t = 1)]
+    lease_retry_period_seconds: u64,
 }
 
 /// The API server's own default --request-timeout: no answer but a watch takes longer.
@@ -92,14 +143,19 @@ enum LogFormat {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let args = cli.controller;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
     match args.log_format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
-    match serve_and_control(args).await {
+    let outcome = match cli.proxy {
+        Some(ProxyCommand::FollowEndpoints(follow)) => follow_endpoints(follow).await,
+        None => serve_and_control(args).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // Through the logger, so that a JSON log stays JSON to the end.
@@ -109,20 +165,38 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve_and_control(args: Args) -> anyhow::Result<()> {
+async fn client() -> anyhow::Result<kube::Client> {
     // Without a read timeout, a list request whose answer never comes holds a watch forever.
     let mut config = kube::Config::infer().await.context("no Kubernetes client configuration")?;
     config.read_timeout = Some(API_READ_TIMEOUT);
     config.reset_reader_on_write = true;
-    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
+    kube::Client::try_from(config).context("cannot build the Kubernetes client")
+}
+
+async fn follow_endpoints(args: FollowArgs) -> anyhow::Result<()> {
+    Ok(hostlb_controller::follow(client().await?, args).await?)
+}
+
+async fn serve_and_control(args: Args) -> anyhow::Result<()> {
+    let client = client().await?;
     let server = client.apiserver_version().await.context("cannot read the API server's version")?;
     let settings = Settings {
         finalizer: names::finalizer_for(&args.load_balancer_class),
         serve_unclassed: args.serve_unclassed,
-        address_type: args.address_type,
+        addresses: AddressPolicy {
+            address_type: args.address_type,
+            kinds: {
+                let mut kinds = args.publish;
+                kinds.sort();
+                kinds.dedup();
+                kinds
+            },
+            max_nodes: Some(args.max_nodes).filter(|max| *max > 0),
+        },
         // ipMode is kept from 1.30 on, where the LoadBalancerIPMode feature is on by default.
         server_has_ip_mode: version_at_least(&server.major, &server.minor, 30),
         instance: args.instance,
+        node_lease_grace: Some(Duration::from_secs(args.node_lease_grace_seconds)).filter(|grace| !grace.is_zero()),
         tenants: TenantPolicy {
             priority_classes: args.allowed_priority_classes,
             toleration_keys: args.allowed_toleration_keys,
@@ -135,7 +209,7 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
             image_pull_policy: args.lb_image_pull_policy,
             forwarding: args.forwarding_mode,
             default_priority_class: args.default_priority_class,
-            server_has_host_ips: has_host_ips(&server.major, &server.minor),
+            follower_image: args.controller_image.unwrap_or_default(),
             install_id: names::install_id(&args.load_balancer_class),
         },
         load_balancer_class: args.load_balancer_class,
@@ -145,14 +219,24 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
         tracing::info!("uninstalled: released {released} Services; deleted their proxy DaemonSets");
         return Ok(());
     }
+    let timing = LeaseTiming::new(
+        Duration::from_secs(args.lease_duration_seconds),
+        Duration::from_secs(args.lease_renew_deadline_seconds),
+        Duration::from_secs(args.lease_retry_period_seconds),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let lease_name = args.lease_name.unwrap_or_else(|| names::lease_name(&settings.load_balancer_class));
+    let identity = settings.instance.clone().unwrap_or_else(names::process_identity);
     tracing::info!(?settings, server = %server.git_version, "starting hostlb-controller {}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(lease = %lease_name, %identity, ?timing, "electing a leader");
+    let elector = Elector::new(client.clone(), &settings.proxy.namespace, &lease_name, &identity, timing);
     let sync_timeout = Duration::from_secs(args.sync_timeout_seconds);
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let health = server::Health { metrics: metrics.clone(), ready: ready.clone() };
     tokio::select! {
         served = server::serve(args.http_address, health) => served.context("HTTP server stopped")?,
-        ran = hostlb_controller::run(client, settings, metrics, ready, sync_timeout) => ran?,
+        ran = hostlb_controller::run(client, settings, metrics, ready, sync_timeout, elector) => ran?,
     }
     Ok(())
 }

@@ -62,6 +62,9 @@ pub fn node_fingerprint(node: &Node) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     node.metadata.name.hash(&mut hasher);
     node.metadata.labels.hash(&mut hasher);
+    for key in [names::NODE_ANNOTATION_PUBLIC_ADDRESS, names::NODE_ANNOTATION_PUBLIC_HOSTNAME] {
+        node.metadata.annotations.as_ref().and_then(|a| a.get(key)).hash(&mut hasher);
+    }
     node.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     node.spec.as_ref().and_then(|s| s.unschedulable).hash(&mut hasher);
     if let Some(status) = &node.status {
@@ -146,7 +149,7 @@ mod tests {
     }
 
     #[test]
-    fn node_fingerprint_ignores_heartbeats_but_sees_addresses_labels_readiness_and_cordons() {
+    fn node_fingerprint_ignores_heartbeats_but_sees_addresses_labels_our_annotations_readiness_and_cordons() {
         let base = NodeBuilder::new("n1").internal("10.0.0.1").build();
         let mut heartbeat = base.clone();
         heartbeat.status.as_mut().unwrap().conditions.as_mut().unwrap().push(NodeCondition {
@@ -155,6 +158,7 @@ mod tests {
             ..Default::default()
         });
         heartbeat.metadata.resource_version = Some("999".into());
+        heartbeat.metadata.annotations = Some([("node.alpha.kubernetes.io/ttl".to_string(), "0".to_string())].into());
         assert_eq!(node_fingerprint(&base), node_fingerprint(&heartbeat));
 
         for changed in [
@@ -162,6 +166,14 @@ mod tests {
             NodeBuilder::new("n1").internal("10.0.0.1").label(names::POOL, "edge").build(),
             NodeBuilder::new("n1").internal("10.0.0.1").not_ready().build(),
             NodeBuilder::new("n1").internal("10.0.0.1").unschedulable().build(),
+            NodeBuilder::new("n1")
+                .internal("10.0.0.1")
+                .annotation(names::NODE_ANNOTATION_PUBLIC_ADDRESS, "1.2.3.4")
+                .build(),
+            NodeBuilder::new("n1")
+                .internal("10.0.0.1")
+                .annotation(names::NODE_ANNOTATION_PUBLIC_HOSTNAME, "a.b")
+                .build(),
         ] {
             assert_ne!(node_fingerprint(&base), node_fingerprint(&changed));
         }

@@ -5,6 +5,7 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -30,6 +31,8 @@ pub struct Metrics {
     pub daemonset_deletes: Counter,
     pub status_updates: Counter,
     warnings: Family<ReasonLabels, Counter>,
+    /// 1 while this replica holds the Lease and reconciles, else 0.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -43,6 +46,7 @@ impl Default for Metrics {
             daemonset_deletes: Counter::default(),
             status_updates: Counter::default(),
             warnings: Family::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("reconciliations", "Reconciliations of Services", metrics.reconciliations.clone());
@@ -56,6 +60,11 @@ impl Default for Metrics {
         registry.register("daemonset_deletes", "Proxy DaemonSets deleted", metrics.daemonset_deletes.clone());
         registry.register("status_updates", "Writes of status.loadBalancer", metrics.status_updates.clone());
         registry.register("warnings", "Warning Events published on Services, by reason", metrics.warnings.clone());
+        registry.register(
+            "leader",
+            "Whether this replica leads (holds the Lease and reconciles)",
+            metrics.leader.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 }
@@ -105,10 +114,12 @@ mod tests {
             kube::core::Status { code: 409, ..kube::core::Status::failure("modified meanwhile", "Conflict") };
         metrics.reconcile_failed(&Error::kube("applying")(kube::Error::Api(conflict.boxed())));
         metrics.warned(Reason::PortConflict);
+        metrics.leader.set(1);
         let text = metrics.render();
         assert!(text.contains("hostlb_reconciliations_total 1"), "{text}");
         assert!(text.contains("hostlb_reconcile_failures_total{error=\"conflict\"} 1"), "{text}");
         assert!(text.contains("hostlb_reconcile_duration_seconds_count 1"), "{text}");
         assert!(text.contains("hostlb_warnings_total{reason=\"PortConflict\"} 1"), "{text}");
+        assert!(text.contains("hostlb_leader 1"), "{text}");
     }
 }

@@ -10,6 +10,8 @@ pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "hostlb.io/hostlb";
 pub const FINALIZER: &str = "hostlb.io/cleanup";
 /// Where the install puts the controller and the proxy DaemonSets unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "hostlb-system";
+/// The ServiceAccount of proxy pods that follow endpoints; the manifests let it read EndpointSlices.
+pub const PROXY_SERVICE_ACCOUNT: &str = "hostlb-proxy";
 
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
@@ -29,6 +31,12 @@ pub const ANNOTATION_CONFIG_HASH: &str = "hostlb.io/config-hash";
 pub const NODE_LABEL_ENABLE_LB: &str = "hostlb.io/enablelb";
 /// Node label naming a pool; Service label or annotation choosing one.
 pub const POOL: &str = "hostlb.io/lbpool";
+/// Node labels `pool.hostlb.io/POOL` put a node in several pools.
+const POOL_LABEL_PREFIX: &str = "pool.hostlb.io/";
+
+pub fn pool_label(pool: &str) -> String {
+    format!("{POOL_LABEL_PREFIX}{pool}")
+}
 /// Well-known node label that keeps a node out of every load balancer.
 pub const NODE_LABEL_EXCLUDE: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 pub const NODE_LABEL_OS: &str = "kubernetes.io/os";
@@ -37,6 +45,16 @@ pub const ANNOTATION_TOLERATIONS: &str = "hostlb.io/tolerations";
 pub const ANNOTATION_PRIORITY_CLASS: &str = "hostlb.io/priority-class";
 /// `VIP` or `Proxy`: how kube-proxy treats the published addresses (Kubernetes 1.30 and later).
 pub const ANNOTATION_IP_MODE: &str = "hostlb.io/ip-mode";
+/// hostlb's condition on the Services it serves.
+pub const CONDITION_READY: &str = "hostlb.io/Ready";
+/// What of its nodes a Service publishes: `ip`, `hostname`, or both.
+pub const ANNOTATION_PUBLISH: &str = "hostlb.io/publish";
+/// At most this many nodes are published for the Service.
+pub const ANNOTATION_MAX_NODES: &str = "hostlb.io/max-nodes";
+/// On a node: the address(es) to publish for it instead of its own, one per family.
+pub const NODE_ANNOTATION_PUBLIC_ADDRESS: &str = "hostlb.io/public-address";
+/// On a node: the hostname to publish for it instead of its own.
+pub const NODE_ANNOTATION_PUBLIC_HOSTNAME: &str = "hostlb.io/public-hostname";
 /// The pre-`spec.loadBalancerSourceRanges` way of asking for source ranges, still honoured by
 /// kube-proxy, so honoured here too.
 pub const ANNOTATION_LEGACY_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
@@ -47,11 +65,31 @@ pub const LABEL_INSTALL: &str = "hostlb.io/install";
 
 /// Each install's own finalizer, so that two installs never release each other's Services.
 pub fn finalizer_for(load_balancer_class: &str) -> String {
+    for_install(FINALIZER, load_balancer_class)
+}
+
+/// The Lease of the default install; `lease_name` gives every install its own.
+pub const LEASE: &str = "hostlb-controller";
+
+/// Each install's own Lease, so that two installs in one namespace elect their leaders apart.
+pub fn lease_name(load_balancer_class: &str) -> String {
+    for_install(LEASE, load_balancer_class)
+}
+
+/// `name` itself for the default install, `name-ID` for the install of any other class.
+fn for_install(name: &str, load_balancer_class: &str) -> String {
     if load_balancer_class == DEFAULT_LOAD_BALANCER_CLASS {
-        FINALIZER.to_string()
+        name.to_string()
     } else {
-        format!("{FINALIZER}-{}", install_id(load_balancer_class))
+        format!("{name}-{}", install_id(load_balancer_class))
     }
+}
+
+/// Names this process in the Lease when no `--instance` is given: the host name (a pod's
+/// own name in Kubernetes) and the process id.
+pub fn process_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "hostlb-controller".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// A label value standing for the install serving this class.
@@ -97,6 +135,12 @@ mod tests {
         let other = finalizer_for("example.com/edge");
         assert!(other.starts_with("hostlb.io/cleanup-") && other.len() == FINALIZER.len() + 9, "{other}");
         assert_ne!(other, finalizer_for("example.com/core"));
+    }
+
+    #[test]
+    fn each_install_has_its_own_lease_and_the_default_one_a_fixed_name() {
+        assert_eq!(lease_name(DEFAULT_LOAD_BALANCER_CLASS), LEASE);
+        assert_eq!(lease_name("example.com/edge"), format!("{LEASE}-{}", install_id("example.com/edge")));
     }
 
     #[test]

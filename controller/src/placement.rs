@@ -12,6 +12,8 @@ use crate::service_lb::ServiceLb;
 pub struct Placement {
     /// Labels a node must carry, with these values.
     pub required_labels: BTreeMap<String, String>,
+    /// The pool a node must be in (`in_pool`).
+    pub pool: Option<String>,
     /// Labels a node must not carry at all.
     pub forbidden_labels: Vec<String>,
     /// Nodes where an older Service holds one of this Service's host ports.
@@ -26,11 +28,9 @@ impl Placement {
         if enablelb_in_use {
             required_labels.insert(names::NODE_LABEL_ENABLE_LB.into(), "true".into());
         }
-        if let Some(pool) = &lb.pool {
-            required_labels.insert(names::POOL.into(), pool.clone());
-        }
         Placement {
             required_labels,
+            pool: lb.pool.clone(),
             forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()],
             excluded_nodes: BTreeSet::new(),
         }
@@ -41,6 +41,7 @@ impl Placement {
     pub fn anywhere() -> Self {
         Placement {
             required_labels: BTreeMap::new(),
+            pool: None,
             forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()],
             excluded_nodes: BTreeSet::new(),
         }
@@ -50,23 +51,31 @@ impl Placement {
         let empty = BTreeMap::new();
         let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
         self.required_labels.iter().all(|(key, value)| labels.get(key) == Some(value))
+            && self.pool.as_ref().is_none_or(|pool| in_pool(labels, pool))
             && self.forbidden_labels.iter().all(|key| !labels.contains_key(key))
             && node.metadata.name.as_ref().is_none_or(|name| !self.excluded_nodes.contains(name))
     }
 
     /// Why no node is admitted, in terms a user can act on.
     pub fn explain_empty(&self, lb: &ServiceLb, nodes: &[&Node]) -> String {
-        let has = |key: &str, value: &str| {
-            nodes.iter().any(|n| n.metadata.labels.as_ref().and_then(|l| l.get(key)).is_some_and(|v| v == value))
-        };
         if let Some(pool) = &lb.pool {
-            if !has(names::POOL, pool) {
-                return format!("no node has label {}={pool}", names::POOL);
+            if !nodes.iter().any(|n| n.metadata.labels.as_ref().is_some_and(|labels| in_pool(labels, pool))) {
+                return format!(
+                    "no node is in pool {pool} (label {}={pool} or {})",
+                    names::POOL,
+                    names::pool_label(pool)
+                );
             }
         }
         let wanted: Vec<String> = self.required_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!("no node has all of the labels {} without {}", wanted.join(", "), self.forbidden_labels.join(", "))
     }
+}
+
+/// A node is in a pool through `hostlb.io/lbpool=POOL`, or, to be in several, through a label
+/// `pool.hostlb.io/POOL` per pool (any value).
+pub fn in_pool(labels: &BTreeMap<String, String>, pool: &str) -> bool {
+    labels.get(names::POOL).is_some_and(|value| value == pool) || labels.contains_key(&names::pool_label(pool))
 }
 
 #[cfg(test)]
@@ -114,10 +123,25 @@ mod tests {
     }
 
     #[test]
+    fn a_node_may_be_in_several_pools_through_one_label_per_pool() {
+        let both = NodeBuilder::new("a").label("pool.hostlb.io/edge", "true").label("pool.hostlb.io/core", "").build();
+        let mixed = NodeBuilder::new("b").label(names::POOL, "core").label("pool.hostlb.io/edge", "true").build();
+        for pool in ["edge", "core"] {
+            let placement = Placement::for_service(&lb(Some(pool)), false);
+            assert!(placement.admits(&both), "{pool}");
+            assert!(placement.admits(&mixed), "{pool}");
+        }
+        assert!(!Placement::for_service(&lb(Some("lab")), false).admits(&both));
+    }
+
+    #[test]
     fn an_unknown_pool_is_explained_by_name() {
         let lb = lb(Some("edge"));
         let placement = Placement::for_service(&lb, false);
         let node = NodeBuilder::new("a").label(names::POOL, "core").build();
-        assert_eq!(placement.explain_empty(&lb, &[&node]), "no node has label hostlb.io/lbpool=edge");
+        assert_eq!(
+            placement.explain_empty(&lb, &[&node]),
+            "no node is in pool edge (label hostlb.io/lbpool=edge or pool.hostlb.io/edge)"
+        );
     }
 }

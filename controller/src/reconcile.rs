@@ -4,13 +4,14 @@
 //! the API server goes through this file.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -18,6 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::condition;
 use crate::daemonset::config_hash_of;
 use crate::decide::{decide, Applied, DaemonSetAction, Decision, Observed, Serving};
 use crate::error::{Error, Result};
@@ -26,7 +28,7 @@ use crate::finalizer::finalizer_patch;
 use crate::index::{key_of, Index, Key};
 use crate::mapping::{orphaned, owning_service};
 use crate::metrics::Metrics;
-use crate::status::{ingress, published_addresses, IpMode};
+use crate::status::{holds_status, ingress, published_addresses, Address, IpMode};
 use crate::{names, Settings};
 
 /// A resync now and then repairs anything a missed watch event left behind.
@@ -112,7 +114,7 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
     let all = Api::<Service>::all(client).list(&ListParams::default()).await.map_err(Error::kube("list Services"))?;
     let mut released = 0;
     for service in all.items.iter().filter(|service| context.settings.holds(service)) {
-        let clear_status = service.metadata.deletion_timestamp.is_none() && !published_addresses(service).is_empty();
+        let clear_status = service.metadata.deletion_timestamp.is_none() && holds_status(service);
         context.clean_up(service, clear_status).await?;
         info!(service = %ObjectRef::from_obj(service), "released");
         released += 1;
@@ -191,8 +193,16 @@ impl Context {
         if let Err(refused) = &proxies {
             serving.warnings.extend(refused.as_warning());
         }
+        if serving.publish.is_some() || serving.condition.is_some() {
+            // Every apply carries hostlb's condition: one without it would drop it.
+            let existing = condition::current(service);
+            let now = Time(Timestamp::now());
+            let ready = serving.condition.as_ref().map(|ready| condition::to_api(ready, existing, now));
+            let ready = ready.or_else(|| existing.cloned());
+            let addresses = serving.publish.clone().unwrap_or_else(|| published_addresses(service));
+            self.write_status(service, &addresses, serving.ip_mode, ready).await?;
+        }
         if let Some(addresses) = serving.publish {
-            self.write_status(service, &addresses, serving.ip_mode).await?;
             let message = if addresses.is_empty() {
                 "no node is ready to serve".to_string()
             } else {
@@ -225,15 +235,26 @@ impl Context {
         Ok(())
     }
 
-    async fn write_status(&self, service: &Service, addresses: &[IpAddr], ip_mode: Option<IpMode>) -> Result<()> {
+    async fn write_status(
+        &self,
+        service: &Service,
+        addresses: &[Address],
+        ip_mode: Option<IpMode>,
+        ready: Option<Condition>,
+    ) -> Result<()> {
         let load_balancer =
             if addresses.is_empty() { json!({}) } else { json!({ "ingress": ingress(addresses, ip_mode) }) };
-        // Server-side apply: leaving `ingress` out when empty drops only what hostlb wrote.
+        // Server-side apply: leaving `ingress` or the condition out drops only what hostlb
+        // wrote; conditions are a map by type, so other writers' conditions stay.
+        let mut status = json!({ "loadBalancer": load_balancer });
+        if let Some(ready) = ready {
+            status["conditions"] = json!([ready]);
+        }
         let patch = json!({
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": { "name": service.name_any() },
-            "status": { "loadBalancer": load_balancer },
+            "status": status,
         });
         self.service_api(service)
             .patch_status(&service.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(&patch))
@@ -271,7 +292,7 @@ impl Context {
             self.delete_proxies(service, &daemonset).await?;
         }
         if clear_status {
-            self.write_status(service, &[], None).await?;
+            self.write_status(service, &[], None, None).await?;
         }
         self.set_finalizer(service, false).await?;
         self.events.forget(service);
@@ -320,6 +341,10 @@ impl Context {
     /// Deletes the proxy DaemonSets that no Service will clean up. Failures are only logged: the
     /// next sweep tries again.
     pub async fn delete_orphans(&self) {
+        // Before the Services have listed, every DaemonSet would look orphaned.
+        if !self.synced.load(Ordering::Acquire) {
+            return;
+        }
         let services = self.services.state();
         let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
         let daemonsets: Vec<Arc<DaemonSet>> = self.read_index().daemonsets.values().cloned().collect();

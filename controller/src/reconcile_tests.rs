@@ -5,14 +5,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use http::{Request, Response};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Service;
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use super::{error_policy, reconcile, retry_delay, Context};
@@ -21,72 +19,13 @@ use crate::decide::Applied;
 use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
 use crate::index::{index_of, key_of};
 use crate::metrics::Metrics;
+use crate::mock_api::{mock_api, rejected, ApiServer};
 use crate::names;
 use crate::placement::Placement;
 use crate::service_lb::ServiceLb;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-/// The API server's side of the conversation.
-struct ApiServer(Handle);
-
-/// One request as the API server saw it.
-struct Seen {
-    path: String,
-    query: String,
-    body: Value,
-}
-
-impl ApiServer {
-    /// Waits for the next request, checks its method and path, and answers `status` with `reply`.
-    async fn expect(&mut self, method: &str, path: &str, status: u16, reply: Value) -> Seen {
-        let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
-        let (request, respond) =
-            next.unwrap_or_else(|_| panic!("no request came; expected {method} {path}")).expect("the client is gone");
-        assert_eq!(request.method().as_str(), method, "for {}", request.uri());
-        let seen = Seen {
-            path: request.uri().path().to_string(),
-            query: request.uri().query().unwrap_or_default().to_string(),
-            body: json_body(request.into_body()).await,
-        };
-        assert_eq!(seen.path, path, "expected {method} {path}");
-        let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap()));
-        respond.send_response(response.unwrap());
-        seen
-    }
-
-    /// Answers an Event's creation and returns the Event.
-    async fn expect_event(&mut self, namespace: &str, reason: &str) -> Value {
-        let path = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events");
-        let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
-        let (request, respond) = next.expect("an Event").expect("the client is gone");
-        assert_eq!((request.method().as_str(), request.uri().path()), ("POST", path.as_str()));
-        let event = json_body(request.into_body()).await;
-        assert_eq!(event["reason"], reason, "{event}");
-        respond.send_response(Response::builder().body(Body::from(serde_json::to_vec(&event).unwrap())).unwrap());
-        event
-    }
-
-    async fn expect_nothing_more(&mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(50), self.0.next_request()).await;
-        if let Ok(Some((request, _))) = next {
-            panic!("unexpected request {} {}", request.method(), request.uri());
-        }
-    }
-}
-
-async fn json_body(body: Body) -> Value {
-    let bytes = body.collect_bytes().await.expect("a readable body");
-    if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("a JSON body")
-    }
-}
-
 fn context(services: &[Service], index: crate::index::Index) -> (Arc<Context>, ApiServer) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    let (client, api_server) = mock_api();
     let (store, mut writer) = reflector::store();
     for service in services {
         writer.apply_watcher_event(&watcher::Event::Apply(service.clone()));
@@ -99,7 +38,7 @@ fn context(services: &[Service], index: crate::index::Index) -> (Arc<Context>, A
         Arc::new(Metrics::default()),
         Arc::new(AtomicBool::new(true)),
     );
-    (Arc::new(context), ApiServer(handle))
+    (Arc::new(context), api_server)
 }
 
 fn with_finalizer(mut service: Service) -> Service {
@@ -109,7 +48,7 @@ fn with_finalizer(mut service: Service) -> Service {
 
 fn ours(service: &Service, generation: i64) -> DaemonSet {
     let lb = ServiceLb::from_service(service).unwrap();
-    let mut daemonset = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy, "status.hostIP");
+    let mut daemonset = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy);
     daemonset.metadata.generation = Some(generation);
     daemonset.metadata.uid = Some("ds-uid".into());
     daemonset
@@ -125,8 +64,19 @@ fn json_of(object: &impl serde::Serialize) -> Value {
     serde_json::to_value(object).unwrap()
 }
 
-fn rejected(code: u16, reason: &str, message: &str) -> Value {
-    json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": message, "code": code })
+/// Answers a status apply and returns its body with the condition's transition time, which is
+/// the clock's, checked and taken out.
+async fn expect_status_apply(api: &mut ApiServer, service: &Service) -> Value {
+    let mut status = api.expect("PATCH", &format!("{SERVICE_PATH}/status"), 200, json_of(service)).await;
+    assert!(status.query.contains("fieldManager=hostlb-controller") && status.query.contains("force=true"));
+    let condition = &mut status.body["status"]["conditions"][0];
+    let time = condition.as_object_mut().and_then(|c| c.remove("lastTransitionTime"));
+    assert!(time.as_ref().and_then(Value::as_str).is_some_and(|t| t.ends_with('Z')), "{time:?}");
+    status.body
+}
+
+fn condition(status: &str, reason: &str, message: &str) -> Value {
+    json!([{ "type": "hostlb.io/Ready", "status": status, "reason": reason, "message": message }])
 }
 
 async fn finish(running: tokio::task::JoinHandle<crate::error::Result<Action>>) -> crate::error::Result<Action> {
@@ -168,6 +118,9 @@ async fn a_new_service_gets_the_finalizer_before_its_daemonset_is_created() {
     let event = api.expect_event("shop", "DaemonSetApplied").await;
     assert_eq!(event["type"], "Normal");
     assert!(event["note"].as_str().unwrap().starts_with("created DaemonSet hostlb-system/hostlb-web-"), "{event}");
+    let status = expect_status_apply(&mut api, &service).await;
+    let pending = "0 of 1 eligible nodes serve: waiting for proxy pods to become ready";
+    assert_eq!(status["status"], json!({ "loadBalancer": {}, "conditions": condition("False", "Pending", pending) }));
     api.expect_nothing_more().await;
     finish(running).await.expect("the reconcile succeeds");
     let remembered = context.applied.lock().unwrap().get(&key_of(&ours(&service, 1))).cloned();
@@ -184,6 +137,9 @@ async fn a_foreign_daemonset_with_our_name_is_refused_with_a_warning() {
     let mut foreign = ours(&service, 7);
     foreign.metadata.labels = Some([("app".to_string(), "someone-elses".to_string())].into());
     api.expect("GET", &daemonset_path(&service), 200, json_of(&foreign)).await;
+    let status = expect_status_apply(&mut api, &service).await;
+    let conditions = &status["status"]["conditions"];
+    assert_eq!((&conditions[0]["status"], &conditions[0]["reason"]), (&json!("False"), &json!("DaemonSetNameTaken")));
     let event = api.expect_event("shop", "DaemonSetNameTaken").await;
     assert_eq!(event["type"], "Warning");
     assert!(event["note"].as_str().unwrap().contains("was not made by hostlb"), "{event}");
@@ -204,18 +160,20 @@ async fn ready_proxy_pods_are_published_with_a_status_apply() {
     context.applied.lock().unwrap().insert(key_of(&daemonset), applied);
     let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
 
-    let status = api.expect("PATCH", &format!("{SERVICE_PATH}/status"), 200, json_of(&service)).await;
-    assert!(status.query.contains("fieldManager=hostlb-controller") && status.query.contains("force=true"));
+    let status = expect_status_apply(&mut api, &service).await;
     assert_eq!(
-        status.body,
+        status,
         json!({
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": { "name": "web" },
-            "status": { "loadBalancer": { "ingress": [
-                { "ip": "10.0.0.1", "ipMode": "VIP" },
-                { "ip": "10.0.0.2", "ipMode": "VIP" },
-            ] } },
+            "status": {
+                "loadBalancer": { "ingress": [
+                    { "ip": "10.0.0.1", "ipMode": "VIP" },
+                    { "ip": "10.0.0.2", "ipMode": "VIP" },
+                ] },
+                "conditions": condition("True", "Serving", "2 of 2 eligible nodes serve"),
+            },
         })
     );
     let event = api.expect_event("shop", "StatusUpdated").await;

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use hostlb_proxy_spec::{Cidr, Family, PortMap, Protocol};
+use hostlb_proxy_spec::{Cidr, Family, NamedPort, PortMap, Protocol};
 use k8s_openapi::api::core::v1::{Service, Toleration};
 
 use crate::names;
-use crate::status::IpMode;
+use crate::status::{AddressKind, AddressPolicy, IpMode};
 
 /// Whether an install of this class is responsible for the Service at all. Services without
 /// a class go to the install that serves unclassed ones.
@@ -23,10 +23,10 @@ pub fn is_handled(service: &Service, load_balancer_class: &str, serve_unclassed:
 pub enum Destination {
     /// `externalTrafficPolicy: Cluster`: the Service's ClusterIPs, one per family.
     ClusterIps(Vec<IpAddr>),
-    /// `externalTrafficPolicy: Local`: the proxy pod's own node, on the NodePorts, so that
-    /// kube-proxy only picks endpoints on that node. The health check port tells the proxy pod
-    /// whether the node has one.
-    NodeLocal { health_check_node_port: u16 },
+    /// `externalTrafficPolicy: Local`: the Service's ready endpoints on the proxy pod's own
+    /// node, found by the endpoint follower through the names of the Service ports. The health
+    /// check port tells the proxy pod whether the node has one.
+    NodeLocal { health_check_node_port: u16, port_names: Vec<NamedPort> },
 }
 
 /// A Service option or field that hostlb cannot honour, named the way the user wrote it.
@@ -56,6 +56,7 @@ pub struct ServiceLb {
     pub extra_tolerations: Vec<Toleration>,
     pub priority_class: Option<String>,
     pub ip_mode: Option<IpMode>,
+    pub addresses: AddressOptions,
     /// When the Service was created: of two Services on one host port, the older keeps it.
     pub created: Option<k8s_openapi::jiff::Timestamp>,
 }
@@ -80,15 +81,17 @@ impl ServiceLb {
         let cluster_ips = cluster_ips(&spec.cluster_ips, &spec.cluster_ip, &mut errors);
         let families = families(&spec.ip_families, &cluster_ips, &mut errors);
         let local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let ports = ports(&spec.ports.unwrap_or_default(), local, &mut errors);
+        let (ports, port_names) = ports(&spec.ports.unwrap_or_default(), &mut errors);
         let destination = if local {
-            match spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) {
-                Some(health_check_node_port) => Destination::NodeLocal { health_check_node_port },
-                None => {
+            let health_check_node_port = spec
+                .health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+                .unwrap_or_else(|| {
                     errors.push(error("spec.healthCheckNodePort", "is unset; externalTrafficPolicy: Local needs it"));
-                    Destination::NodeLocal { health_check_node_port: 0 }
-                }
-            }
+                    0
+                });
+            Destination::NodeLocal { health_check_node_port, port_names }
         } else {
             Destination::ClusterIps(cluster_ips)
         };
@@ -120,6 +123,8 @@ impl ServiceLb {
             errors.push(error);
             None
         });
+        let (addresses, address_errors) = address_options(service);
+        errors.extend(address_errors);
 
         if !errors.is_empty() {
             return Err(errors);
@@ -136,9 +141,63 @@ impl ServiceLb {
             extra_tolerations,
             priority_class,
             ip_mode,
+            addresses,
             created: meta.creation_timestamp.as_ref().map(|time| time.0),
         })
     }
+}
+
+/// What a Service asks of its addresses; unset means the controller's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressOptions {
+    pub kinds: Option<Vec<AddressKind>>,
+    pub max_nodes: Option<usize>,
+}
+
+impl AddressOptions {
+    /// The controller's defaults with what the Service asks for.
+    pub fn policy(&self, defaults: &AddressPolicy) -> AddressPolicy {
+        AddressPolicy {
+            address_type: defaults.address_type,
+            kinds: self.kinds.clone().unwrap_or_else(|| defaults.kinds.clone()),
+            max_nodes: self.max_nodes.or(defaults.max_nodes),
+        }
+    }
+}
+
+/// The Service's `hostlb.io/publish` (`ip`, `hostname` or both, comma-separated) and
+/// `hostlb.io/max-nodes` (a positive number); what can be read of them, and what cannot. Read
+/// on its own too, so that a Service with some other invalid option keeps its address choice.
+pub fn address_options(service: &Service) -> (AddressOptions, Vec<FieldError>) {
+    let annotations = service.metadata.annotations.as_ref();
+    let get = |key: &str| annotations.and_then(|a| a.get(key));
+    let mut errors = Vec::new();
+    let kinds = get(names::ANNOTATION_PUBLISH).and_then(|text| {
+        let mut kinds = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            match AddressKind::from_name(part) {
+                Some(kind) => kinds.push(kind),
+                None => {
+                    errors.push(annotation_error(
+                        names::ANNOTATION_PUBLISH,
+                        format!("{part:?} is neither ip nor hostname"),
+                    ));
+                    return None;
+                }
+            }
+        }
+        kinds.sort();
+        kinds.dedup();
+        Some(kinds)
+    });
+    let max_nodes = get(names::ANNOTATION_MAX_NODES).and_then(|text| {
+        let max = text.trim().parse::<usize>().ok().filter(|max| *max > 0);
+        if max.is_none() {
+            errors.push(annotation_error(names::ANNOTATION_MAX_NODES, format!("{text:?} is not a positive number")));
+        }
+        max
+    });
+    (AddressOptions { kinds, max_nodes }, errors)
 }
 
 /// The `ipMode` the Service asks for, if any.
@@ -218,15 +277,15 @@ fn families(declared: &Option<Vec<String>>, cluster_ips: &[IpAddr], errors: &mut
     families
 }
 
+/// The listened ports, each to the same port of the ClusterIP, and the names of the named ones.
 fn ports(
     service_ports: &[k8s_openapi::api::core::v1::ServicePort],
-    local: bool,
     errors: &mut Vec<FieldError>,
-) -> Vec<PortMap> {
+) -> (Vec<PortMap>, Vec<NamedPort>) {
     if service_ports.is_empty() {
         errors.push(error("spec.ports", "a LoadBalancer Service needs at least one port"));
     }
-    let mut ports = Vec::new();
+    let (mut ports, mut names) = (Vec::new(), Vec::new());
     for (index, service_port) in service_ports.iter().enumerate() {
         let protocol_name = service_port.protocol.as_deref().unwrap_or("TCP");
         let Some(protocol) = Protocol::from_api_name(protocol_name) else {
@@ -243,31 +302,15 @@ fn ports(
             ));
             continue;
         };
-        let target_port = if local {
-            match service_port.node_port.map(|p| u16::try_from(p).ok().filter(|p| *p > 0)) {
-                Some(Some(node_port)) => node_port,
-                Some(None) => {
-                    let node_port = service_port.node_port.unwrap_or_default();
-                    errors.push(error(
-                        format!("spec.ports[{index}].nodePort"),
-                        format!("{node_port} is not a port number"),
-                    ));
-                    continue;
-                }
-                None => {
-                    errors.push(error(
-                        format!("spec.ports[{index}].nodePort"),
-                        "is unset (spec.allocateLoadBalancerNodePorts: false?); externalTrafficPolicy: Local forwards to node ports",
-                    ));
-                    continue;
-                }
+        if let Some(name) = service_port.name.as_deref().filter(|name| !name.is_empty()) {
+            match NamedPort::parse(&format!("{}:{port}:{name}", protocol.arg_name())) {
+                Ok(named) => names.push(named),
+                Err(message) => errors.push(error(format!("spec.ports[{index}].name"), message)),
             }
-        } else {
-            port
-        };
-        ports.push(PortMap { protocol, listen: port, target: target_port });
+        }
+        ports.push(PortMap { protocol, listen: port, target: port });
     }
-    ports
+    (ports, names)
 }
 
 fn source_ranges(
@@ -347,6 +390,7 @@ fn is_dns_subdomain(value: &str) -> bool {
 mod tests {
     use super::*;
     use crate::fixtures::ServiceBuilder;
+    use crate::status::AddressType;
 
     #[test]
     fn handles_unclassed_and_own_class_load_balancers_only() {
@@ -388,19 +432,27 @@ mod tests {
     }
 
     #[test]
-    fn local_policy_forwards_to_node_ports_and_keeps_the_health_check_port() {
-        let service = ServiceBuilder::new("web").port("TCP", 443, 31443).local(32000).build();
+    fn local_policy_keeps_the_port_names_and_the_health_check_port_and_needs_no_node_ports() {
+        let mut service = ServiceBuilder::new("web").port("TCP", 443, 0).port("UDP", 53, 0).local(32000).build();
+        service.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].name = Some("https".into());
         let lb = ServiceLb::from_service(&service).unwrap();
-        assert_eq!(lb.ports, vec![PortMap { protocol: Protocol::Tcp, listen: 443, target: 31443 }]);
-        assert_eq!(lb.destination, Destination::NodeLocal { health_check_node_port: 32000 });
+        assert_eq!(
+            lb.ports,
+            vec![
+                PortMap { protocol: Protocol::Tcp, listen: 443, target: 443 },
+                PortMap { protocol: Protocol::Udp, listen: 53, target: 53 }
+            ]
+        );
+        let https = NamedPort { protocol: Protocol::Tcp, listen: 443, name: "https".into() };
+        assert_eq!(lb.destination, Destination::NodeLocal { health_check_node_port: 32000, port_names: vec![https] });
     }
 
     #[test]
-    fn local_policy_without_node_ports_is_refused_naming_the_port() {
-        let service = ServiceBuilder::new("web").port("TCP", 443, 0).local(32000).build();
+    fn a_port_name_that_is_no_dns_label_is_named() {
+        let mut service = ServiceBuilder::new("web").port("TCP", 443, 0).build();
+        service.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].name = Some("HTTPS".into());
         let errors = ServiceLb::from_service(&service).unwrap_err();
-        assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].field, "spec.ports[0].nodePort");
+        assert_eq!(errors[0].field, "spec.ports[0].name");
     }
 
     #[test]
@@ -479,17 +531,44 @@ mod tests {
     }
 
     #[test]
-    fn a_node_port_out_of_range_is_named_as_such() {
-        let service = ServiceBuilder::new("web").port("TCP", 80, 70000).local(32100).build();
-        let errors = ServiceLb::from_service(&service).unwrap_err();
-        assert_eq!(errors[0].to_string(), "spec.ports[0].nodePort: 70000 is not a port number");
-    }
-
-    #[test]
     fn families_fall_back_to_cluster_ips_on_servers_without_ip_families() {
         let mut service = ServiceBuilder::new("web").cluster_ips(&["fd00::1"]).build();
         service.spec.as_mut().unwrap().ip_families = None;
         assert_eq!(ServiceLb::from_service(&service).unwrap().families, vec![Family::V6]);
+    }
+
+    #[test]
+    fn address_options_are_read_with_the_controllers_defaults_beneath() {
+        let defaults =
+            AddressPolicy { address_type: AddressType::Auto, kinds: vec![AddressKind::Ip], max_nodes: Some(5) };
+        let plain = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
+        assert_eq!(plain.addresses.policy(&defaults), defaults);
+        let asked = ServiceBuilder::new("web")
+            .annotation(names::ANNOTATION_PUBLISH, "hostname, ip,hostname")
+            .annotation(names::ANNOTATION_MAX_NODES, "3")
+            .build();
+        let policy = ServiceLb::from_service(&asked).unwrap().addresses.policy(&defaults);
+        assert_eq!(policy.kinds, vec![AddressKind::Ip, AddressKind::Hostname]);
+        assert_eq!(policy.max_nodes, Some(3));
+
+        let wrong = ServiceBuilder::new("web")
+            .annotation(names::ANNOTATION_PUBLISH, "ip,cname")
+            .annotation(names::ANNOTATION_MAX_NODES, "0")
+            .build();
+        let fields: Vec<String> =
+            ServiceLb::from_service(&wrong).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            fields,
+            vec![
+                r#"metadata.annotations[hostlb.io/publish]: "cname" is neither ip nor hostname"#,
+                r#"metadata.annotations[hostlb.io/max-nodes]: "0" is not a positive number"#,
+            ]
+        );
+        let with_other_error = ServiceBuilder::new("web")
+            .annotation(names::ANNOTATION_MAX_NODES, "2")
+            .annotation(names::ANNOTATION_TOLERATIONS, "nope")
+            .build();
+        assert_eq!(address_options(&with_other_error).0.max_nodes, Some(2), "kept while another option is wrong");
     }
 
     #[test]

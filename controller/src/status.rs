@@ -1,11 +1,13 @@
 //! The addresses a Service is published on: those of nodes whose proxy pod is Ready.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::IpAddr;
 
 use hostlb_proxy_spec::Family;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Pod, Service};
 
+use crate::names;
 use crate::placement::Placement;
 
 /// `status.loadBalancer.ingress[].ipMode`: with `Vip`, kube-proxy takes traffic to the
@@ -77,74 +79,255 @@ impl HasTypeAndStatus for k8s_openapi::api::core::v1::PodCondition {
     }
 }
 
-/// The addresses of one node to publish, per the address type, in the Service's families.
-pub fn node_addresses(node: &Node, address_type: AddressType, families: &[Family]) -> Vec<IpAddr> {
-    let mut by_kind: BTreeMap<(&str, Family), Vec<IpAddr>> = BTreeMap::new();
-    for address in node.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
-        if let Ok(ip) = address.address.parse::<IpAddr>() {
-            by_kind.entry((address.type_.as_str(), Family::of(&ip))).or_default().push(ip);
+/// One entry of `status.loadBalancer.ingress`: what clients, and ExternalDNS, use. ExternalDNS
+/// makes an A or AAAA record of every address and a CNAME of every hostname, so only what
+/// clients should reach belongs here.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Address {
+    Ip(IpAddr),
+    Hostname(String),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Ip(ip) => ip.fmt(f),
+            Address::Hostname(name) => f.write_str(name),
         }
     }
+}
+
+/// What of a node is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum AddressKind {
+    /// Its addresses, one per family of the Service.
+    Ip,
+    /// Its hostname.
+    Hostname,
+}
+
+impl AddressKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AddressKind::Ip => "ip",
+            AddressKind::Hostname => "hostname",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<AddressKind> {
+        [AddressKind::Ip, AddressKind::Hostname].into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+/// How a Service's addresses are chosen: the controller's defaults, or the Service's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressPolicy {
+    pub address_type: AddressType,
+    /// Sorted, without repeats, never empty.
+    pub kinds: Vec<AddressKind>,
+    /// At most this many nodes are published; None for all.
+    pub max_nodes: Option<usize>,
+}
+
+/// The published addresses and what stood in the way of some.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Publication {
+    pub addresses: Vec<Address>,
+    /// Nodes whose proxy pod is Ready and that may serve, before any cap.
+    pub serving_nodes: usize,
+    /// Node annotations that could not be used, each naming the node and the field.
+    pub problems: Vec<String>,
+}
+
+/// A node's addresses of the Service's families and of the policy's kinds. An IP family named
+/// by the node's `hostlb.io/public-address` annotation is published as the annotation says
+/// (a VM behind 1:1 NAT has no ExternalIP); other families per the address type. The hostname
+/// is the node's `hostlb.io/public-hostname` annotation, else its `Hostname` address.
+fn node_addresses(
+    node: &Node,
+    policy: &AddressPolicy,
+    families: &[Family],
+    problems: &mut Vec<String>,
+) -> Vec<Address> {
+    let reported = node.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten();
+    let annotations = node.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    let name = node.metadata.name.as_deref().unwrap_or_default();
     let mut chosen = Vec::new();
-    for family in families {
-        let of = |kind: &str| by_kind.get(&(kind, *family)).cloned().unwrap_or_default();
-        chosen.extend(match address_type {
-            AddressType::ExternalIp => of("ExternalIP"),
-            AddressType::InternalIp => of("InternalIP"),
-            AddressType::Auto => {
-                let external = of("ExternalIP");
-                if external.is_empty() {
-                    of("InternalIP")
-                } else {
-                    external
-                }
+    if policy.kinds.contains(&AddressKind::Ip) {
+        let mut by_kind: BTreeMap<(&str, Family), Vec<IpAddr>> = BTreeMap::new();
+        for address in reported.clone() {
+            if let Ok(ip) = address.address.parse::<IpAddr>() {
+                by_kind.entry((address.type_.as_str(), Family::of(&ip))).or_default().push(ip);
             }
-        });
+        }
+        let overrides = annotation(names::NODE_ANNOTATION_PUBLIC_ADDRESS)
+            .map(|text| {
+                public_addresses(text)
+                    .map_err(|why| node_problem(name, names::NODE_ANNOTATION_PUBLIC_ADDRESS, text, &why))
+            })
+            .transpose()
+            .unwrap_or_else(|problem| {
+                problems.push(problem);
+                None
+            })
+            .unwrap_or_default();
+        for family in families {
+            if let Some(ip) = overrides.get(family) {
+                chosen.push(Address::Ip(*ip));
+                continue;
+            }
+            let of = |kind: &str| by_kind.get(&(kind, *family)).cloned().unwrap_or_default();
+            let ips = match policy.address_type {
+                AddressType::ExternalIp => of("ExternalIP"),
+                AddressType::InternalIp => of("InternalIP"),
+                AddressType::Auto => {
+                    Some(of("ExternalIP")).filter(|ips| !ips.is_empty()).unwrap_or_else(|| of("InternalIP"))
+                }
+            };
+            chosen.extend(ips.into_iter().map(Address::Ip));
+        }
+    }
+    if policy.kinds.contains(&AddressKind::Hostname) {
+        let own = reported.filter(|a| a.type_ == "Hostname").map(|a| a.address.as_str()).next();
+        let hostname = match annotation(names::NODE_ANNOTATION_PUBLIC_HOSTNAME) {
+            Some(text) if is_dns_name(text) => Some(text),
+            Some(text) => {
+                problems.push(node_problem(name, names::NODE_ANNOTATION_PUBLIC_HOSTNAME, text, "is not a DNS name"));
+                own
+            }
+            None => own,
+        };
+        chosen.extend(hostname.filter(|h| is_dns_name(h)).map(|h| Address::Hostname(h.to_string())));
     }
     chosen
 }
 
-/// Addresses to publish, sorted and without duplicates, so equal inputs give equal statuses.
+fn node_problem(node: &str, key: &str, value: &str, why: &str) -> String {
+    format!("node {node}: metadata.annotations[{key}]: {value:?} {why}; the node's own is published")
+}
+
+/// `ADDRESS[,ADDRESS]`, at most one per family.
+fn public_addresses(text: &str) -> Result<BTreeMap<Family, IpAddr>, String> {
+    let mut addresses = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        let ip: IpAddr = part.parse().map_err(|_| format!("has {part:?}, which is not an IP address"))?;
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+            return Err(format!("has {ip}, which no client can reach"));
+        }
+        if addresses.insert(Family::of(&ip), ip).is_some() {
+            return Err("names two addresses of one family".into());
+        }
+    }
+    if addresses.is_empty() {
+        return Err("names no address".into());
+    }
+    Ok(addresses)
+}
+
+/// A fully qualified or single-label DNS name, as ingress hostnames must be.
+fn is_dns_name(text: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    text.len() <= 253 && text.split('.').all(label)
+}
+
+/// What to publish: the addresses of nodes whose proxy pod is Ready, that can serve and that
+/// the placement admits; at most `max_nodes` of them, keeping those already published while
+/// they can serve and choosing others by a hash of the Service and the node, so that DNS does
+/// not churn and Services spread over the nodes. IPs come first, in the order of the Service's
+/// families, each family sorted; then hostnames, sorted. Equal inputs in any order give equal
+/// results, so only a real change is written.
 pub fn desired_addresses<'a>(
+    service: &Service,
     proxy_pods: impl IntoIterator<Item = &'a Pod>,
     node: impl Fn(&str) -> Option<&'a Node>,
     placement: &Placement,
-    address_type: AddressType,
+    policy: &AddressPolicy,
     families: &[Family],
-) -> Vec<IpAddr> {
-    let mut addresses = BTreeSet::new();
+) -> Publication {
+    let mut serving: BTreeMap<&str, &Node> = BTreeMap::new();
     for pod in proxy_pods.into_iter().filter(|pod| pod_is_ready(pod)) {
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|name| node(name)) else {
+        let Some((name, node)) =
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| Some((n, node(n)?)))
+        else {
             continue;
         };
         if node_can_serve(node) && placement.admits(node) {
-            addresses.extend(node_addresses(node, address_type, families));
+            serving.insert(name, node);
         }
     }
-    addresses.into_iter().collect()
+    let serving_nodes = serving.len();
+    let mut problems = Vec::new();
+    let mut candidates: Vec<(&str, Vec<Address>)> =
+        serving.into_iter().map(|(name, node)| (name, node_addresses(node, policy, families, &mut problems))).collect();
+    if let Some(max) = policy.max_nodes.filter(|max| candidates.len() > *max) {
+        let published: BTreeSet<Address> = published_addresses(service).into_iter().collect();
+        let uid = service.metadata.uid.as_deref().unwrap_or_default();
+        candidates.sort_by_cached_key(|(name, addresses)| {
+            let already = addresses.iter().any(|a| published.contains(a));
+            (!already, names::hex_digest(format!("{uid}/{name}").as_bytes()))
+        });
+        candidates.truncate(max);
+    }
+    let family_rank = |ip: &IpAddr| families.iter().position(|f| *f == Family::of(ip)).unwrap_or(families.len());
+    let mut addresses: Vec<Address> = candidates.into_iter().flat_map(|(_, addresses)| addresses).collect();
+    addresses.sort_by(|a, b| {
+        let key = |address: &Address| match address {
+            Address::Ip(ip) => (0, family_rank(ip)),
+            Address::Hostname(_) => (1, 0),
+        };
+        key(a).cmp(&key(b)).then_with(|| a.cmp(b))
+    });
+    addresses.dedup();
+    Publication { addresses, serving_nodes, problems }
 }
 
-/// The addresses currently published by a Service, in the form `desired_addresses` returns.
-pub fn published_addresses(service: &Service) -> Vec<IpAddr> {
+/// Whether the Service carries addresses or a condition of hostlb's, to clear when hostlb lets it go.
+pub fn holds_status(service: &Service) -> bool {
+    !published_addresses(service).is_empty() || crate::condition::current(service).is_some()
+}
+
+/// The addresses a Service publishes now, in order.
+pub fn published_addresses(service: &Service) -> Vec<Address> {
     let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-    ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect()
+    ingress.into_iter().flatten().filter_map(entry_address).collect()
+}
+
+fn entry_address(entry: &LoadBalancerIngress) -> Option<Address> {
+    match (&entry.ip, &entry.hostname) {
+        (Some(ip), _) => ip.parse().ok().map(Address::Ip),
+        (None, Some(hostname)) => Some(Address::Hostname(hostname.clone())),
+        (None, None) => None,
+    }
 }
 
 /// Whether the published status must be rewritten. `ipMode` is compared only when hostlb sets
 /// it: API servers that do not know it drop it, and newer ones fill it in themselves.
-pub fn needs_update(service: &Service, desired: &[IpAddr], ip_mode: Option<IpMode>) -> bool {
+pub fn needs_update(service: &Service, desired: &[Address], ip_mode: Option<IpMode>) -> bool {
     let published = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
     let published = published.map_or(&[][..], Vec::as_slice);
-    let mode_differs =
-        ip_mode.is_some_and(|mode| published.iter().any(|i| i.ip_mode.as_deref() != Some(mode.api_name())));
+    let mode_differs = ip_mode
+        .is_some_and(|mode| published.iter().any(|i| i.ip.is_some() && i.ip_mode.as_deref() != Some(mode.api_name())));
     published_addresses(service) != desired || published.len() != desired.len() || mode_differs
 }
 
-pub fn ingress(addresses: &[IpAddr], ip_mode: Option<IpMode>) -> Vec<LoadBalancerIngress> {
+/// The ingress entries; `ipMode` goes with IPs only, as the API requires.
+pub fn ingress(addresses: &[Address], ip_mode: Option<IpMode>) -> Vec<LoadBalancerIngress> {
     let ip_mode = ip_mode.map(|mode| mode.api_name().to_string());
     addresses
         .iter()
-        .map(|ip| LoadBalancerIngress { ip: Some(ip.to_string()), ip_mode: ip_mode.clone(), ..Default::default() })
+        .map(|address| match address {
+            Address::Ip(ip) => {
+                LoadBalancerIngress { ip: Some(ip.to_string()), ip_mode: ip_mode.clone(), ..Default::default() }
+            }
+            Address::Hostname(name) => LoadBalancerIngress { hostname: Some(name.clone()), ..Default::default() },
+        })
         .collect()
 }
 
@@ -156,15 +339,40 @@ mod tests {
     use crate::service_lb::ServiceLb;
     use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServiceStatus};
 
-    fn ips(list: &[&str]) -> Vec<IpAddr> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
+    fn ips(list: &[&str]) -> Vec<Address> {
+        list.iter().map(|s| Address::Ip(s.parse().unwrap())).collect()
     }
 
-    fn compute(nodes: &[Node], pods: &[Pod], address_type: AddressType, families: &[Family]) -> Vec<IpAddr> {
+    fn policy(address_type: AddressType) -> AddressPolicy {
+        AddressPolicy { address_type, kinds: vec![AddressKind::Ip], max_nodes: None }
+    }
+
+    fn publication(
+        service: &Service,
+        nodes: &[Node],
+        pods: &[Pod],
+        policy: &AddressPolicy,
+        families: &[Family],
+    ) -> Publication {
         let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
         let placement = Placement::for_service(&lb, false);
         let node = |name: &str| nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name));
-        desired_addresses(pods, node, &placement, address_type, families)
+        desired_addresses(service, pods, node, &placement, policy, families)
+    }
+
+    fn compute(nodes: &[Node], pods: &[Pod], address_type: AddressType, families: &[Family]) -> Vec<Address> {
+        let service = ServiceBuilder::new("web").build();
+        let publication = publication(&service, nodes, pods, &policy(address_type), families);
+        assert!(publication.problems.is_empty(), "{:?}", publication.problems);
+        publication.addresses
+    }
+
+    fn with_status(mut service: Service, addresses: &[Address]) -> Service {
+        service.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus { ingress: Some(ingress(addresses, None)) }),
+            ..Default::default()
+        });
+        service
     }
 
     #[test]
@@ -196,7 +404,8 @@ mod tests {
         let pods = [proxy_pod("p1", "n1", true)];
         assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V4]), ips(&["10.0.0.1"]));
         assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V6]), ips(&["fd00::1"]));
-        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V6, Family::V4]), ips(&["10.0.0.1", "fd00::1"]));
+        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V6, Family::V4]), ips(&["fd00::1", "10.0.0.1"]));
+        assert_eq!(compute(&nodes, &pods, AddressType::Auto, &[Family::V4, Family::V6]), ips(&["10.0.0.1", "fd00::1"]));
     }
 
     #[test]
@@ -227,7 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn update_is_needed_only_when_addresses_differ() {
+    fn update_is_needed_only_when_addresses_or_their_order_differ() {
         let mut service = ServiceBuilder::new("web").build();
         assert!(!needs_update(&service, &[], None));
         assert!(needs_update(&service, &ips(&["10.0.0.1"]), None));
@@ -241,5 +450,126 @@ mod tests {
         assert!(needs_update(&service, &ips(&["10.0.0.1"]), Some(IpMode::Proxy)));
         assert!(needs_update(&service, &ips(&["10.0.0.1", "10.0.0.2"]), None));
         assert!(needs_update(&service, &[], None));
+        let two = with_status(ServiceBuilder::new("web").build(), &ips(&["10.0.0.2", "10.0.0.1"]));
+        assert!(needs_update(&two, &ips(&["10.0.0.1", "10.0.0.2"]), None), "an old order is put right once");
+    }
+
+    #[test]
+    fn the_order_of_nodes_and_pods_does_not_change_the_result() {
+        let nodes = [
+            NodeBuilder::new("n1").internal("10.0.0.2").internal("fd00::2").build(),
+            NodeBuilder::new("n2").internal("10.0.0.1").internal("fd00::1").build(),
+        ];
+        let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)];
+        let families = [Family::V6, Family::V4];
+        let forward = compute(&nodes, &pods, AddressType::Auto, &families);
+        let reversed_nodes: Vec<Node> = nodes.iter().rev().cloned().collect();
+        let reversed_pods: Vec<Pod> = pods.iter().rev().cloned().collect();
+        assert_eq!(compute(&reversed_nodes, &reversed_pods, AddressType::Auto, &families), forward);
+        assert_eq!(forward, ips(&["fd00::1", "fd00::2", "10.0.0.1", "10.0.0.2"]));
+        let service = with_status(ServiceBuilder::new("web").build(), &forward);
+        assert!(!needs_update(&service, &compute(&reversed_nodes, &reversed_pods, AddressType::Auto, &families), None));
+    }
+
+    #[test]
+    fn a_public_address_annotation_replaces_the_nodes_own_in_its_family() {
+        let natted = NodeBuilder::new("vm")
+            .internal("10.0.0.1")
+            .internal("fd00::1")
+            .annotation(names::NODE_ANNOTATION_PUBLIC_ADDRESS, "203.0.113.7")
+            .build();
+        let pods = [proxy_pod("p1", "vm", true)];
+        let both = [Family::V4, Family::V6];
+        assert_eq!(compute(&[natted], &pods, AddressType::InternalIp, &both), ips(&["203.0.113.7", "fd00::1"]));
+
+        let service = ServiceBuilder::new("web").build();
+        for (value, why) in [
+            ("203.0.113.7,203.0.113.8", "names two addresses of one family"),
+            ("gateway", "\"gateway\", which is not an IP address"),
+            ("127.0.0.1", "no client can reach"),
+            (" , ", "names no address"),
+        ] {
+            let node = NodeBuilder::new("vm")
+                .internal("10.0.0.1")
+                .annotation(names::NODE_ANNOTATION_PUBLIC_ADDRESS, value)
+                .build();
+            let result = publication(&service, &[node], &pods, &policy(AddressType::Auto), &[Family::V4]);
+            assert_eq!(result.addresses, ips(&["10.0.0.1"]), "{value}: the node's own address instead");
+            assert_eq!(result.problems.len(), 1, "{value}");
+            let problem = &result.problems[0];
+            assert!(problem.starts_with("node vm: metadata.annotations[hostlb.io/public-address]: "), "{problem}");
+            assert!(problem.contains(why), "{value}: {problem}");
+        }
+    }
+
+    #[test]
+    fn hostnames_are_published_instead_of_or_after_the_ips() {
+        let nodes = [
+            NodeBuilder::new("n1")
+                .internal("10.0.0.1")
+                .hostname("n1.internal")
+                .annotation(names::NODE_ANNOTATION_PUBLIC_HOSTNAME, "edge-1.example.org")
+                .build(),
+            NodeBuilder::new("n2").internal("10.0.0.2").hostname("n2").build(),
+            NodeBuilder::new("n3")
+                .internal("10.0.0.3")
+                .annotation(names::NODE_ANNOTATION_PUBLIC_HOSTNAME, "Bad_Name")
+                .build(),
+        ];
+        let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true), proxy_pod("p3", "n3", true)];
+        let service = ServiceBuilder::new("web").build();
+        let hostname = |name: &str| Address::Hostname(name.into());
+        let only = AddressPolicy { kinds: vec![AddressKind::Hostname], ..policy(AddressType::Auto) };
+        let result = publication(&service, &nodes, &pods, &only, &[Family::V4]);
+        assert_eq!(result.addresses, vec![hostname("edge-1.example.org"), hostname("n2")]);
+        assert_eq!(result.problems.len(), 1, "n3's annotation is no DNS name and it has no Hostname address");
+        let both = AddressPolicy { kinds: vec![AddressKind::Ip, AddressKind::Hostname], ..only };
+        let result = publication(&service, &nodes, &pods, &both, &[Family::V4]);
+        let mut expected = ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        expected.extend([hostname("edge-1.example.org"), hostname("n2")]);
+        assert_eq!(result.addresses, expected);
+        let entries = ingress(&result.addresses, Some(IpMode::Vip));
+        assert_eq!(entries[3].hostname.as_deref(), Some("edge-1.example.org"));
+        assert_eq!(entries[3].ip_mode, None, "ipMode goes with IPs only");
+        assert_eq!(published_addresses(&with_status(service, &result.addresses)), result.addresses);
+    }
+
+    #[test]
+    fn a_cap_keeps_the_published_nodes_while_they_serve_and_fills_up_stably() {
+        let nodes: Vec<Node> =
+            (1..=6).map(|i| NodeBuilder::new(&format!("n{i}")).internal(&format!("10.0.0.{i}")).build()).collect();
+        let pods: Vec<Pod> = (1..=6).map(|i| proxy_pod(&format!("p{i}"), &format!("n{i}"), true)).collect();
+        let capped = AddressPolicy { max_nodes: Some(2), ..policy(AddressType::Auto) };
+        let fresh = ServiceBuilder::new("web").build();
+        let first = publication(&fresh, &nodes, &pods, &capped, &[Family::V4]).addresses;
+        assert_eq!(first.len(), 2);
+        assert_eq!(
+            publication(&fresh, &nodes, &pods, &capped, &[Family::V4]).addresses,
+            first,
+            "the same choice again"
+        );
+
+        let other = ServiceBuilder::new("api").uid("5b6c7d8e-0000-4000-8000-000000000002").build();
+        let choices: BTreeSet<Vec<Address>> = (3..=12)
+            .map(|i| {
+                let service =
+                    ServiceBuilder::new("svc").uid(&format!("5b6c7d8e-0000-4000-8000-0000000000{i:02}")).build();
+                publication(&service, &nodes, &pods, &capped, &[Family::V4]).addresses
+            })
+            .chain([publication(&other, &nodes, &pods, &capped, &[Family::V4]).addresses])
+            .collect();
+        assert!(choices.len() > 1, "Services spread over the nodes: {choices:?}");
+
+        // A published node stays while it serves, even where the hash prefers others.
+        let kept = with_status(fresh.clone(), &ips(&["10.0.0.5", "10.0.0.6"]));
+        assert_eq!(publication(&kept, &nodes, &pods, &capped, &[Family::V4]).addresses, ips(&["10.0.0.5", "10.0.0.6"]));
+        let mut without_6 = pods.clone();
+        without_6.pop();
+        let refilled = publication(&kept, &nodes, &without_6, &capped, &[Family::V4]).addresses;
+        assert_eq!(refilled.len(), 2);
+        assert!(
+            refilled.contains(&ips(&["10.0.0.5"])[0]) && !refilled.contains(&ips(&["10.0.0.6"])[0]),
+            "{refilled:?}"
+        );
     }
 }

@@ -8,6 +8,9 @@
 #   cluster.sh logs                  the tail of every component's log
 #   cluster.sh kubelet stop|start NODE
 #   cluster.sh set-node-ip NODE IP   the node's kubelet reports IP as its InternalIP from now on
+#   cluster.sh restart-control-plane stop kube-apiserver and etcd, then start them again
+#   cluster.sh node stop|start NODE  the node's kubelet and containerd (its containers keep running)
+#   cluster.sh kill-container NODE ID  SIGKILL to a container of the node, through its containerd
 #
 # Topology, names and addresses: lib.sh and network.sh. When up, $HOSTLB_E2E_STATE/cluster.env
 # (default /var/lib/hostlb-e2e) describes the cluster to the Rust suite.
@@ -168,7 +171,9 @@ hostlb_diagnostics() {
 }
 
 install_hostlb() {
-  k apply -k "$HERE/install/" >&2
+  # 1.20 serves PodDisruptionBudgets only as policy/v1beta1 (v1 came in 1.21); the spec the
+  # manifests use means the same in both.
+  k kustomize "$HERE/install/" | sed 's#^apiVersion: policy/v1$#apiVersion: policy/v1beta1#' | k apply -f - >&2
   if grep -qx controller "$STATE/images-changed" 2>/dev/null; then
     log "the controller image changed: restarting the controller"
     k -n hostlb-system rollout restart deployment/hostlb-controller >&2
@@ -268,17 +273,23 @@ cmd_logs() {
   done
 }
 
-cmd_kubelet() {
-  local action=${1:-} n
-  [[ $# -eq 2 ]] || die "usage: cluster.sh kubelet stop|start NODE"
-  n=$(node_index "$2")
+# `kubelet stop|start NODE` or `node stop|start NODE` (its kubelet and containerd).
+cmd_node_daemons() {
+  local scope=$1 action=${2:-} n
+  [[ $# -eq 3 && $action =~ ^(stop|start)$ ]] || die "usage: cluster.sh $scope stop|start NODE"
+  n=$(node_index "$3")
   [[ -d $STATE ]] || die "no cluster ($STATE is missing)"
   lock
-  case "$action" in
-    stop) stop_daemon "kubelet-node-$n" 30 ;;
-    start) ensure_kubelet "$n" ;;
-    *) die "usage: cluster.sh kubelet stop|start NODE" ;;
-  esac
+  if [[ $action == stop ]]; then
+    stop_daemon "kubelet-node-$n" 30
+    if [[ $scope == node ]]; then stop_daemon "containerd-node-$n" 30; fi
+  else
+    if [[ $scope == node ]]; then
+      ensure_containerd "$n"
+      wait_containerd "$n"
+    fi
+    ensure_kubelet "$n"
+  fi
 }
 
 cmd_set_node_ip() {
@@ -298,6 +309,27 @@ cmd_set_node_ip() {
   ensure_kubelet "$n"
 }
 
+cmd_restart_control_plane() {
+  [[ $# -eq 0 ]] || die "usage: cluster.sh restart-control-plane"
+  [[ -d $STATE ]] || die "no cluster ($STATE is missing)"
+  lock
+  local started=$SECONDS
+  # A crash more than a shutdown: the API server would wait up to a minute for its watches.
+  stop_daemon kube-apiserver 3
+  stop_daemon etcd 30
+  ensure_etcd
+  ensure_apiserver
+  log "kube-apiserver and etcd restarted; the API was away for $((SECONDS - started))s"
+}
+
+cmd_kill_container() {
+  [[ $# -eq 2 ]] || die "usage: cluster.sh kill-container NODE CONTAINER_ID"
+  local n id=${2#containerd://}
+  n=$(node_index "$1")
+  [[ $id =~ ^[0-9a-f]{64}$ ]] || die "'$2' is not a containerd container id"
+  ctr_node "$n" tasks kill --signal SIGKILL "$id"
+}
+
 main() {
   local cmd=${1:-}
   [[ $# -gt 0 ]] && shift
@@ -306,12 +338,14 @@ main() {
     down) lock; do_down ;;
     status) cmd_status ;;
     logs) cmd_logs ;;
-    kubelet) cmd_kubelet "$@" ;;
+    kubelet | node) cmd_node_daemons "$cmd" "$@" ;;
     set-node-ip) cmd_set_node_ip "$@" ;;
+    restart-control-plane) cmd_restart_control_plane "$@" ;;
+    kill-container) cmd_kill_container "$@" ;;
     __up-attempt) up_attempt ;;
     __down) do_down ;;
     *)
-      sed -n '2,17p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+      sed -n '2,20p' "$SELF" | sed 's/^# \{0,1\}//' >&2
       exit 2
       ;;
   esac

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -140,6 +140,41 @@ impl Cluster {
             })
             .collect())
     }
+}
+
+/// The two real nodes of the cluster: names, published addresses, and the second address of
+/// each that the cluster does not know (the proxy pods' own path).
+pub struct Nodes {
+    pub node1: String,
+    pub node2: String,
+    pub ip1: IpAddr,
+    pub ip2: IpAddr,
+    pub unpublished1: IpAddr,
+    pub unpublished2: IpAddr,
+}
+
+pub fn nodes(cluster: &Cluster) -> Result<Nodes> {
+    Ok(Nodes {
+        node1: cluster.var("NODE1_NAME")?.into(),
+        node2: cluster.var("NODE2_NAME")?.into(),
+        ip1: cluster.ip("NODE1_IP")?,
+        ip2: cluster.ip("NODE2_IP")?,
+        unpublished1: cluster.ip("NODE1_UNPUBLISHED_IP")?,
+        unpublished2: cluster.ip("NODE2_UNPUBLISHED_IP")?,
+    })
+}
+
+/// The cluster, a fresh namespace for the test, and the nodes.
+pub async fn setup(test: &str) -> Result<(Cluster, TestNamespace, Nodes)> {
+    let cluster = Cluster::connect().await?;
+    let namespace = cluster.namespace(test).await?;
+    let nodes = nodes(&cluster)?;
+    Ok((cluster, namespace, nodes))
+}
+
+/// One TCP port of a Service, to the echo backend's HTTP port.
+pub fn http(port: u16) -> Vec<(&'static str, &'static str, u16, u16)> {
+    vec![("http", "TCP", port, ECHO_HTTP_PORT)]
 }
 
 /// Selects the proxy objects of the named Service.
@@ -386,6 +421,52 @@ pub async fn eventually_blocking<T: Send + 'static>(
     eventually(timeout, || {
         let check = check.clone();
         async move { tokio::task::spawn_blocking(check).await? }
+    })
+    .await
+}
+
+/// The Service's one proxy DaemonSet.
+pub async fn proxy_daemonset(cluster: &Cluster, ns: &str, service: &str) -> Result<DaemonSet> {
+    let mut daemonsets = cluster.proxy_daemonsets(ns, service).await?;
+    ensure!(daemonsets.len() == 1, "{ns}/{service} has {} proxy DaemonSets", daemonsets.len());
+    Ok(daemonsets.remove(0))
+}
+
+/// The (hostPort, protocol) pairs the DaemonSet's pod template claims, sorted.
+pub fn host_ports_of(daemonset: &DaemonSet) -> Result<Vec<(i32, String)>> {
+    let spec = daemonset.spec.as_ref().and_then(|s| s.template.spec.as_ref()).context("DaemonSet without pod spec")?;
+    let mut ports: Vec<(i32, String)> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .map(|p| (p.host_port.unwrap_or(0), p.protocol.clone().unwrap_or_default()))
+        .collect();
+    ports.sort();
+    Ok(ports)
+}
+
+pub async fn host_ports(cluster: &Cluster, ns: &str, service: &str) -> Result<Vec<(i32, String)>> {
+    host_ports_of(&proxy_daemonset(cluster, ns, service).await?)
+}
+
+/// Waits until the Service's proxies claim `port` over TCP and every node runs a ready proxy pod
+/// of that template.
+pub async fn wait_rolled_to(cluster: &Cluster, ns: &str, service: &str, port: i32, timeout: Duration) -> Result<()> {
+    eventually(timeout, || async {
+        let daemonset = proxy_daemonset(cluster, ns, service).await?;
+        let ports = host_ports_of(&daemonset)?;
+        ensure!(ports == vec![(port, "TCP".to_string())], "host ports are {ports:?}");
+        let status = daemonset.status.unwrap_or_default();
+        let desired = status.desired_number_scheduled;
+        ensure!(
+            status.observed_generation == daemonset.metadata.generation
+                && status.updated_number_scheduled == Some(desired)
+                && status.number_ready == desired,
+            "not rolled yet: {} of {desired} updated, {} ready",
+            status.updated_number_scheduled.unwrap_or(0),
+            status.number_ready
+        );
+        Ok(())
     })
     .await
 }

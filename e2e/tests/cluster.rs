@@ -2,10 +2,12 @@
 //! namespace. Needs the harness's cluster (`make up`); run one test at a time
 //! (`--test-threads=1`): some change nodes that all tests share.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
+use hostlb_controller::status::pod_is_ready;
 use hostlb_e2e::*;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
@@ -25,42 +27,11 @@ const ROLLED_ON_BOTH_NODES: Duration = POD_GONE.saturating_add(KUBELET_CONTAINER
 /// How long a refused request is retried before the test believes it is refused for good.
 const STAYS_REFUSED: Duration = Duration::from_secs(6);
 
-struct Nodes {
-    node1: String,
-    node2: String,
-    ip1: IpAddr,
-    ip2: IpAddr,
-    unpublished1: IpAddr,
-    unpublished2: IpAddr,
-}
-
-fn nodes(cluster: &Cluster) -> Result<Nodes> {
-    Ok(Nodes {
-        node1: cluster.var("NODE1_NAME")?.into(),
-        node2: cluster.var("NODE2_NAME")?.into(),
-        ip1: cluster.ip("NODE1_IP")?,
-        ip2: cluster.ip("NODE2_IP")?,
-        unpublished1: cluster.ip("NODE1_UNPUBLISHED_IP")?,
-        unpublished2: cluster.ip("NODE2_UNPUBLISHED_IP")?,
-    })
-}
-
-async fn setup(test: &str) -> Result<(Cluster, TestNamespace, Nodes)> {
-    let cluster = Cluster::connect().await?;
-    let namespace = cluster.namespace(test).await?;
-    let nodes = nodes(&cluster)?;
-    Ok((cluster, namespace, nodes))
-}
-
 /// The echo backend on node-1, so that the proxy pod there reaches it without the pod network's
 /// own masquerading between nodes.
 async fn backend_on_node1(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) -> Result<()> {
     ns.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
     ns.wait_ready("echo", 1, SETTLE).await
-}
-
-fn http(port: u16) -> Vec<(&'static str, &'static str, u16, u16)> {
-    vec![("http", "TCP", port, ECHO_HTTP_PORT)]
 }
 
 /// The note of the first Event with this reason about the Service, once there is one.
@@ -103,52 +74,6 @@ async fn proxy_pod_on(cluster: &Cluster, ns: &str, service: &str, node: &str) ->
 
 fn pod_ip(pod: &Pod) -> Option<IpAddr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
-}
-
-/// The Service's one proxy DaemonSet.
-async fn proxy_daemonset(cluster: &Cluster, ns: &str, service: &str) -> Result<DaemonSet> {
-    let mut daemonsets = cluster.proxy_daemonsets(ns, service).await?;
-    ensure!(daemonsets.len() == 1, "{ns}/{service} has {} proxy DaemonSets", daemonsets.len());
-    Ok(daemonsets.remove(0))
-}
-
-/// The (hostPort, protocol) pairs the DaemonSet's pod template claims, sorted.
-fn host_ports_of(daemonset: &DaemonSet) -> Result<Vec<(i32, String)>> {
-    let spec = daemonset.spec.as_ref().and_then(|s| s.template.spec.as_ref()).context("DaemonSet without pod spec")?;
-    let mut ports: Vec<(i32, String)> = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .map(|p| (p.host_port.unwrap_or(0), p.protocol.clone().unwrap_or_default()))
-        .collect();
-    ports.sort();
-    Ok(ports)
-}
-
-async fn host_ports(cluster: &Cluster, ns: &str, service: &str) -> Result<Vec<(i32, String)>> {
-    host_ports_of(&proxy_daemonset(cluster, ns, service).await?)
-}
-
-/// Waits until the Service's proxies claim `port` over TCP and every node runs a ready proxy pod
-/// of that template.
-async fn wait_rolled_to(cluster: &Cluster, ns: &str, service: &str, port: i32) -> Result<()> {
-    eventually(ROLLED_ON_BOTH_NODES, || async {
-        let daemonset = proxy_daemonset(cluster, ns, service).await?;
-        let ports = host_ports_of(&daemonset)?;
-        ensure!(ports == vec![(port, "TCP".to_string())], "host ports are {ports:?}");
-        let status = daemonset.status.unwrap_or_default();
-        let desired = status.desired_number_scheduled;
-        ensure!(
-            status.observed_generation == daemonset.metadata.generation
-                && status.updated_number_scheduled == Some(desired)
-                && status.number_ready == desired,
-            "not rolled yet: {} of {desired} updated, {} ready",
-            status.updated_number_scheduled.unwrap_or(0),
-            status.number_ready
-        );
-        Ok(())
-    })
-    .await
 }
 
 async fn wait_gone(cluster: &Cluster, ns: &str, service: &str) -> Result<Duration> {
@@ -232,7 +157,7 @@ async fn changing_the_service_port_rolls_the_proxies_and_traffic_follows() -> Re
     let changed = Instant::now();
     let ports = json!([{ "name": "http", "protocol": "TCP", "port": 18101, "targetPort": ECHO_HTTP_PORT }]);
     ns.patch_service("web", json!({ "spec": { "ports": ports } })).await?;
-    wait_rolled_to(&cluster, &ns.name, "web", 18101).await?;
+    wait_rolled_to(&cluster, &ns.name, "web", 18101, ROLLED_ON_BOTH_NODES).await?;
     answered_http(&cluster, nodes.unpublished1, 18101).await?;
     answered_http(&cluster, nodes.ip1, 18101).await?;
     report_timing("port change to traffic on the new port", changed.elapsed());
@@ -322,7 +247,7 @@ async fn the_first_service_on_a_port_keeps_every_node_through_its_rolls() -> Res
         })
         .await?;
         let started = Instant::now();
-        wait_rolled_to(&cluster, &ns.name, "first", 18120).await?;
+        wait_rolled_to(&cluster, &ns.name, "first", 18120, ROLLED_ON_BOTH_NODES).await?;
         println!("timing: roll {} of the first Service: {:.2}s", roll + 1, started.elapsed().as_secs_f64());
         cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
         second_left_out().await?;
@@ -402,6 +327,42 @@ async fn local_policy_publishes_only_nodes_with_a_ready_endpoint_and_keeps_the_c
     cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1], SETTLE).await?;
     report_timing("Local: endpoint back to address published", scaled.elapsed());
     answered_http(&cluster, nodes.ip1, 18140).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn local_policy_traffic_through_a_proxy_pod_stays_on_its_node() -> Result<()> {
+    let (cluster, ns, nodes) = setup("local-node").await?;
+    for (backend, node) in [("echo-1", &nodes.node1), ("echo-2", &nodes.node2)] {
+        ns.echo_backend(&cluster, backend, 1, Some(node)).await?;
+        ns.wait_ready(backend, 1, SETTLE).await?;
+    }
+    // One Service over both Deployments: an extra label on their pods, which their ReplicaSets keep.
+    cluster.kubectl(&["label", "pods", "-n", &ns.name, "-l", "app in (echo-1,echo-2)", "tier=echo"])?;
+    let local = json!({ "externalTrafficPolicy": "Local", "selector": { "tier": "echo" },
+                        "allocateLoadBalancerNodePorts": false });
+    let service = ns.load_balancer("web", "unused", &http(18145), local).await?;
+    let ports = service.spec.and_then(|spec| spec.ports).unwrap_or_default();
+    ensure!(ports.iter().all(|port| port.node_port.is_none()), "NodePorts were allocated: {ports:?}");
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+
+    // Each unpublished address exists on one node only: it enters through that node's proxy pod.
+    for (address, node) in [(nodes.unpublished1, &nodes.node1), (nodes.unpublished2, &nodes.node2)] {
+        answered_http(&cluster, address, 18145).await?;
+        let mut served_on = BTreeMap::new();
+        for _ in 0..20 {
+            let reply = answered_http(&cluster, address, 18145).await?;
+            *served_on.entry(reply.node).or_insert(0) += 1;
+        }
+        println!("Local, proxy pod path into {node}: 20 requests served on {served_on:?}");
+        ensure!(served_on.keys().eq([node]), "requests into {node} were served on {served_on:?}");
+    }
+
+    // Without an endpoint of its own, a node forwards nothing, rather than to another node.
+    ns.scale("echo-1", 0).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip2], SETTLE).await?;
+    refused_http(&cluster, nodes.unpublished1, 18145).await?;
+    answered_http(&cluster, nodes.unpublished2, 18145).await?;
     Ok(())
 }
 
@@ -554,13 +515,13 @@ fn annotated(key: &str, value: &str) -> serde_json::Value {
     json!({ "annotations": { key: value } })
 }
 
-/// The controller's pod name and restart count.
-async fn controller_incarnation(cluster: &Cluster) -> Result<(String, i32)> {
+/// Every controller pod's name and restart count.
+async fn controller_incarnations(cluster: &Cluster) -> Result<BTreeSet<(String, i32)>> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
     let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=controller")).await?;
-    let [pod] = &list.items[..] else { bail!("{} controller pods", list.items.len()) };
-    let restarts = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |c| c[0].restart_count);
-    Ok((pod.name_any(), restarts))
+    let restarts =
+        |pod: &Pod| pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |c| c[0].restart_count);
+    Ok(list.items.iter().map(|pod| (pod.name_any(), restarts(pod))).collect())
 }
 
 #[tokio::test]
@@ -570,7 +531,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     ns.load_balancer("healthy", "echo", &http(18300), json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18300).await?;
-    let controller = controller_incarnation(&cluster).await?;
+    let controllers = controller_incarnations(&cluster).await?;
 
     let (tolerations, class, pool) = (names::ANNOTATION_TOLERATIONS, names::ANNOTATION_PRIORITY_CLASS, names::POOL);
     let ip_mode = names::ANNOTATION_IP_MODE;
@@ -699,7 +660,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     let note = applied.first().and_then(|e| e.note.clone()).unwrap_or_default();
     ensure!(note.ends_with("18419/TCP and 80 more"), "the 100 ports are not summed up: {note:?}");
     cluster.daemonsets().delete(&foreign.name_any(), &Default::default()).await?;
-    ensure!(controller_incarnation(&cluster).await? == controller, "the controller restarted");
+    ensure!(controller_incarnations(&cluster).await? == controllers, "a controller restarted");
     cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18300).await?;
     println!(
@@ -835,7 +796,7 @@ async fn a_controller_that_cannot_list_its_objects_exits_naming_them() -> Result
                 "name": "controller",
                 "image": image,
                 "imagePullPolicy": "IfNotPresent",
-                "args": ["--lb-image=unused", "--sync-timeout-seconds=3", "--http-address=127.0.0.1:8080"]
+                "args": ["--lb-image=unused", "--controller-image=unused", "--sync-timeout-seconds=3", "--http-address=127.0.0.1:8080"]
             }]
         }
     }))?;
@@ -851,7 +812,8 @@ async fn a_controller_that_cannot_list_its_objects_exits_naming_them() -> Result
     let logs = pods.logs("blind-controller", &LogParams::default()).await?;
     ensure!(
         logs.contains(
-            "the watches of services, nodes, proxy pods, proxy daemonsets, proxy creation failures did not list their objects within 3s"
+            "the watches of services, nodes, proxy pods, proxy daemonsets, proxy creation failures, node leases did not list their \
+             objects within 3s"
         ),
         "the log does not name the watches:\n{logs}"
     );
@@ -899,7 +861,7 @@ async fn uninstall_releases_every_service_so_that_deletions_do_not_hang() -> Res
     cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "scale", "deployment/hostlb-controller", "--replicas=0"])?;
     let released = uninstall_and_check(&cluster, &ns).await;
     // Whatever happened, the next tests need the controller back.
-    cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "scale", "deployment/hostlb-controller", "--replicas=1"])?;
+    cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "scale", "deployment/hostlb-controller", "--replicas=2"])?;
     cluster.kubectl(&[
         "-n",
         SYSTEM_NAMESPACE,
@@ -988,10 +950,190 @@ async fn a_controller_restart_in_the_middle_of_a_change_gives_the_same_result() 
     ns.load_balancer("added", "echo", &http(18163), json!({})).await?;
 
     cluster.wait_for_addresses(&ns.name, "added", &[nodes.ip1, nodes.ip2], SETTLE * 2).await?;
-    wait_rolled_to(&cluster, &ns.name, "moved", 18161).await?;
+    wait_rolled_to(&cluster, &ns.name, "moved", 18161, ROLLED_ON_BOTH_NODES).await?;
     wait_gone(&cluster, &ns.name, "removed").await?;
     cluster.wait_for_addresses(&ns.name, "moved", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18161).await?;
     answered_http(&cluster, nodes.unpublished1, 18163).await?;
+    Ok(())
+}
+
+/// Runs `body` with a node patched, and undoes the patch whatever the outcome: every test
+/// shares the nodes.
+async fn with_node_patched<T>(
+    cluster: &Cluster,
+    node: &str,
+    (change, undo): (serde_json::Value, serde_json::Value),
+    body: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    patch_node(cluster, node, change).await?;
+    let outcome = body.await;
+    patch_node(cluster, node, undo).await?;
+    outcome
+}
+
+/// The hostnames a Service publishes, in order.
+async fn published_hostnames(ns: &TestNamespace, service: &str) -> Result<Vec<String>> {
+    let status = ns.services().get(service).await?.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress);
+    Ok(status.into_iter().flatten().filter_map(|entry| entry.hostname).collect())
+}
+
+#[tokio::test]
+async fn node_public_addresses_and_hostnames_are_published_as_asked() -> Result<()> {
+    let (cluster, ns, nodes) = setup("addresses").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("web", "echo", &http(18155), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let node2 = node_api(&cluster).await.get(&nodes.node2).await?;
+    let node2_hostname = node2.status.and_then(|s| s.addresses).into_iter().flatten().find(|a| a.type_ == "Hostname");
+    let node2_hostname = node2_hostname.context("node-2 reports no Hostname address")?.address;
+
+    let (address_key, hostname_key) = (names::NODE_ANNOTATION_PUBLIC_ADDRESS, names::NODE_ANNOTATION_PUBLIC_HOSTNAME);
+    let public = nodes.unpublished1.to_string();
+    let annotate = json!({ "metadata": { "annotations": { address_key: public, hostname_key: "node-1.lb.example" } } });
+    let remove = json!({ "metadata": { "annotations": { address_key: null, hostname_key: null } } });
+    with_node_patched(&cluster, &nodes.node1, (annotate, remove), async {
+        // The address behind 1:1 NAT reaches node-1 through its proxy pod.
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.unpublished1, nodes.ip2], SETTLE).await?;
+        answered_http(&cluster, nodes.unpublished1, 18155).await?;
+
+        let publish = |value: &str| json!({ "metadata": { "annotations": { names::ANNOTATION_PUBLISH: value } } });
+        ns.patch_service("web", publish("hostname")).await?;
+        let expected = vec!["node-1.lb.example".to_string(), node2_hostname.clone()];
+        eventually(SETTLE, || async {
+            let hostnames = published_hostnames(&ns, "web").await?;
+            ensure!(hostnames == expected, "hostnames {hostnames:?}, expected {expected:?}");
+            Ok(())
+        })
+        .await?;
+        cluster.wait_for_addresses(&ns.name, "web", &[], SETTLE).await?;
+        ns.patch_service("web", publish("ip,hostname")).await?;
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.unpublished1, nodes.ip2], SETTLE).await?;
+        ensure!(published_hostnames(&ns, "web").await? == expected, "hostnames went away beside the IPs");
+        ns.patch_service("web", publish("ip")).await
+    })
+    .await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+
+    let wrong = json!({ "metadata": { "annotations": { address_key: "gateway" } } });
+    let remove = json!({ "metadata": { "annotations": { address_key: null } } });
+    with_node_patched(&cluster, &nodes.node1, (wrong, remove), async {
+        let note = warned(&cluster, &ns.name, "web", Reason::NodeAnnotationIgnored).await?;
+        ensure!(note.contains("node node-1: metadata.annotations[hostlb.io/public-address]"), "{note}");
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await.map(|_| ())
+    })
+    .await
+}
+
+/// How many times the Service's status was written, as its StatusUpdated Events count them.
+async fn status_writes(cluster: &Cluster, ns: &str, service: &str) -> Result<i32> {
+    let events = cluster.events(ns, service, Reason::StatusUpdated).await?;
+    Ok(events.iter().map(|event| event.series.as_ref().map_or(1, |series| series.count)).sum())
+}
+
+#[tokio::test]
+async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_change() -> Result<()> {
+    let (cluster, ns, nodes) = setup("capped").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let capped = json!({ "annotations": { names::ANNOTATION_MAX_NODES: "1" } });
+    ns.load_balancer_with_metadata("web", "echo", &http(18156), json!({}), capped).await?;
+    let one_node = || async {
+        eventually(SETTLE, || async {
+            let addresses = published(&ns.services().get("web").await?);
+            ensure!(addresses.len() == 1, "publishes {addresses:?}, expected one node");
+            Ok(addresses.into_iter().collect::<Vec<IpAddr>>())
+        })
+        .await
+    };
+    let chosen = one_node().await?;
+    ensure!(chosen[0] == nodes.ip1 || chosen[0] == nodes.ip2, "{chosen:?} is no node address");
+    // Both proxy pods are ready before the status is checked for churn.
+    eventually(SETTLE, || async {
+        let pods = cluster.proxy_pods(&ns.name, "web").await?;
+        let ready = pods.iter().filter(|pod| pod_is_ready(pod)).count();
+        ensure!(ready == 2, "expected a ready proxy pod on each node");
+        Ok(())
+    })
+    .await?;
+
+    let writes = status_writes(&cluster, &ns.name, "web").await?;
+    for round in 0..3 {
+        let touch = json!({ "metadata": { "annotations": { "example.org/round": round.to_string() } } });
+        ns.patch_service("web", touch).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(status_writes(&cluster, &ns.name, "web").await? == writes, "the status was rewritten without a change");
+    cluster.wait_for_addresses(&ns.name, "web", &chosen, SETTLE).await?;
+
+    let cap = |max: &str| json!({ "metadata": { "annotations": { names::ANNOTATION_MAX_NODES: max } } });
+    ns.patch_service("web", cap("2")).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    ns.patch_service("web", cap("1")).await?;
+    let after = one_node().await?;
+    println!("capped at one node: {chosen:?} kept while nothing changed; {after:?} after the cap went to 2 and back");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_in_two_pools_serves_both() -> Result<()> {
+    let (cluster, ns, nodes) = setup("pools").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let blue = names::pool_label("e2e-blue");
+    let in_pools = |labels: serde_json::Value| json!({ "metadata": { "labels": labels } });
+    let node1 = (in_pools(json!({ &blue: "true" })), in_pools(json!({ &blue: null })));
+    let node2 = (
+        in_pools(json!({ names::POOL: "e2e-green", &blue: "true" })),
+        in_pools(json!({ names::POOL: null, &blue: null })),
+    );
+    with_node_patched(&cluster, &nodes.node1, node1, async {
+        with_node_patched(&cluster, &nodes.node2, node2, async {
+            let pool = |name: &str| json!({ "labels": { names::POOL: name } });
+            ns.load_balancer_with_metadata("blue", "echo", &http(18157), json!({}), pool("e2e-blue")).await?;
+            ns.load_balancer_with_metadata("green", "echo", &http(18158), json!({}), pool("e2e-green")).await?;
+            cluster.wait_for_addresses(&ns.name, "blue", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+            cluster.wait_for_addresses(&ns.name, "green", &[nodes.ip2], SETTLE).await?;
+            answered_http(&cluster, nodes.unpublished2, 18158).await?;
+            refused_http(&cluster, nodes.unpublished1, 18158).await
+        })
+        .await
+    })
+    .await
+}
+
+/// hostlb's condition on the Service: (status, reason, message).
+async fn ready_condition(ns: &TestNamespace, service: &str) -> Result<(String, String, String)> {
+    let status = ns.services().get(service).await?.status.and_then(|s| s.conditions).unwrap_or_default();
+    let condition = status.into_iter().find(|c| c.type_ == names::CONDITION_READY);
+    let condition = condition.with_context(|| format!("{service} has no {} condition", names::CONDITION_READY))?;
+    Ok((condition.status, condition.reason, condition.message))
+}
+
+#[tokio::test]
+async fn the_ready_condition_says_why_a_service_is_not_served() -> Result<()> {
+    let (cluster, ns, nodes) = setup("condition").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.load_balancer("first", "echo", &http(18160), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let waited = [&format!("--namespace={}", ns.name), "--timeout=60s"];
+    let wait = ["wait", "--for=condition=hostlb.io/Ready", "service/first", waited[0], waited[1]];
+    cluster.kubectl(&wait).context("kubectl wait for the condition")?;
+    let first = eventually(SETTLE, || async {
+        let condition = ready_condition(&ns, "first").await?;
+        ensure!(condition.1 == "Serving", "{condition:?}");
+        Ok(condition)
+    })
+    .await?;
+    println!("condition of the first Service on 18160: {first:?}");
+
+    ns.load_balancer("second", "echo", &http(18160), json!({})).await?;
+    let second = eventually(SETTLE, || async {
+        let condition = ready_condition(&ns, "second").await?;
+        ensure!(condition.0 == "False" && condition.1 == "PortConflict", "{condition:?}");
+        Ok(condition)
+    })
+    .await?;
+    ensure!(second.2.contains("port 18160/TCP is held on node-1, node-2"), "{second:?}");
+    println!("condition of a second Service on 18160: {second:?}");
+
     Ok(())
 }

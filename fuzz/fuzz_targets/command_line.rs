@@ -16,8 +16,8 @@ use hostlb_lb::netlink::{encode_batch, Sequence};
 use hostlb_lb::plan::Plan;
 use hostlb_lb::rules::{ruleset, Step, CHAIN_DNAT};
 use hostlb_proxy_spec::{
-    flag, Command, Destination, RuleArgs, FAMILIES_ENV, LB_BINARY, NODE_ADDRESS_ENV, PORTS_ENV, PROBE_ADDRESS_ENV,
-    PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV,
+    flag, Command, Destination, RuleArgs, FAMILIES_ENV, LB_BINARY, PORTS_ENV, PROBE_ADDRESS_ENV, PROBE_PORT_ENV,
+    SOURCE_RANGES_ENV, TO_ENV,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -58,7 +58,7 @@ enum Value {
     /// IPv6 if true; spelled in either case, as `--family` takes both.
     Family(bool),
     Range(Address, u8),
-    NodeAddress,
+    NodeEndpoints,
     Text(String),
 }
 
@@ -133,7 +133,7 @@ impl Value {
             Value::Address(address) => address.text(),
             Value::Range(address, prefix) => format!("{}/{prefix}", address.text()),
             Value::Family(v6) => if v6 { "ipv6" } else { "IPv4" }.into(),
-            Value::NodeAddress => Destination::NodeAddress.to_string(),
+            Value::NodeEndpoints => Destination::NodeEndpoints.to_string(),
             Value::Text(text) => text,
         }
     }
@@ -160,8 +160,7 @@ impl Address {
 }
 
 /// clap falls back to these variables: removed, so that the arguments alone decide each run.
-const LB_ENV: [&str; 7] =
-    [PORTS_ENV, TO_ENV, FAMILIES_ENV, SOURCE_RANGES_ENV, PROBE_PORT_ENV, PROBE_ADDRESS_ENV, NODE_ADDRESS_ENV];
+const LB_ENV: [&str; 6] = [PORTS_ENV, TO_ENV, FAMILIES_ENV, SOURCE_RANGES_ENV, PROBE_PORT_ENV, PROBE_ADDRESS_ENV];
 
 fuzz_target!(
     init: {
@@ -196,9 +195,10 @@ fn check_plan(args: &RuleArgs) {
     assert!(!plan.ports.is_empty(), "{args:?}");
     assert!(plan.ports.windows(2).all(|pair| (pair[0].protocol, pair[0].listen) < (pair[1].protocol, pair[1].listen)));
     assert!(plan.source_ranges.windows(2).all(|pair| pair[0] < pair[1]), "{args:?}");
-    assert!(plan.destinations().count() > 0, "{args:?}");
-    for (_, destination) in plan.destinations() {
-        assert!(!destination.is_unspecified() && !destination.is_loopback() && !destination.is_multicast());
+    assert!(!plan.forwards.is_empty(), "{args:?}");
+    for backend in plan.forwards.values().flatten().flat_map(|forward| &forward.backends) {
+        let address = backend.ip();
+        assert!(!address.is_unspecified() && !address.is_loopback() && !address.is_multicast());
     }
     let steps = ruleset(&plan);
     for step in &steps {
@@ -207,7 +207,13 @@ fn check_plan(args: &RuleArgs) {
         assert!(!["reg ", "0x", "@"].iter().any(|raw| text.contains(raw)), "{text}");
     }
     let dnat_rules = steps.iter().filter(|step| matches!(step, Step::AddRule { chain: CHAIN_DNAT, .. })).count();
-    assert_eq!(dnat_rules, plan.ports.len() * plan.destinations().count());
+    let backends: usize = plan.forwards.values().flatten().map(|forward| forward.backends.len()).sum();
+    assert_eq!(dnat_rules, backends);
+    if plan.follows_endpoints {
+        assert_eq!(dnat_rules, 0, "{args:?}");
+    } else {
+        assert_eq!(dnat_rules, plan.ports.len() * plan.forwards.len(), "{args:?}");
+    }
     let batch = encode_batch(&steps, Sequence { first: 1 });
     let mut messages = 0;
     let mut rest = &batch[..];

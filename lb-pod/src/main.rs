@@ -47,7 +47,7 @@ fn run(command: Command) -> Result<(), Error> {
 fn install(args: &RuleArgs) -> Result<(), Error> {
     let plan = Plan::new(args)?;
     let steps = rules::ruleset(&plan);
-    for (family, _) in plan.destinations() {
+    for family in plan.families() {
         let path = kernel::forwarding_sysctl(family);
         if kernel::enable_forwarding(family)? {
             eprintln!("forwarding: wrote 1 to {path}");
@@ -56,12 +56,15 @@ fn install(args: &RuleArgs) -> Result<(), Error> {
         }
     }
     kernel::apply(&steps)?;
-    for (family, destination) in plan.destinations() {
-        for port in &plan.ports {
-            eprintln!("{} {} -> {}", port.protocol.arg_name(), port.listen, socket_text(destination, port.target));
+    for (family, forwards) in &plan.forwards {
+        if plan.follows_endpoints {
+            eprintln!("{}: nothing forwarded until the endpoint follower finds the node's endpoints", family.name());
+        }
+        for forward in forwards {
+            eprintln!("{forward}");
         }
         if plan.restricts_sources() {
-            let ranges: Vec<String> = plan.ranges(family).map(ToString::to_string).collect();
+            let ranges: Vec<String> = plan.ranges(*family).map(ToString::to_string).collect();
             if ranges.is_empty() {
                 eprintln!("{}: no source range given, every packet to these ports is dropped", family.name());
             } else {
@@ -69,7 +72,7 @@ fn install(args: &RuleArgs) -> Result<(), Error> {
             }
         }
     }
-    for family in Family::ALL.into_iter().filter(|f| plan.destination(*f).is_none()) {
+    for family in Family::ALL.into_iter().filter(|f| !plan.forwards.contains_key(f)) {
         eprintln!("{}: no destination, no rules", family.name());
     }
     eprintln!("installed {} nftables changes in one transaction (table {})", steps.len(), rules::TABLE);

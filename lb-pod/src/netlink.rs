@@ -65,6 +65,10 @@ const NFT_META_L4PROTO: u32 = 16;
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
 const NFT_CT_DIRECTION: u32 = 1;
+const NFTA_NG_DREG: u16 = 1;
+const NFTA_NG_MODULUS: u16 = 2;
+const NFTA_NG_TYPE: u16 = 3;
+const NFT_NG_RANDOM: u32 = 1;
 const NFTA_PAYLOAD_DREG: u16 = 1;
 const NFTA_PAYLOAD_BASE: u16 = 2;
 const NFTA_PAYLOAD_OFFSET: u16 = 3;
@@ -207,6 +211,7 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
         Expr::CmpEq { .. } => "cmp",
         Expr::Bitwise { .. } => "bitwise",
         Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
+        Expr::Numgen { .. } => "numgen",
         Expr::Dnat { .. } => "nat",
         Expr::Masquerade => "masq",
     };
@@ -264,6 +269,11 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
             }
             w.end_nest(inner);
             w.end_nest(outer);
+        }
+        Expr::Numgen { dreg, modulus } => {
+            w.attr_be32(NFTA_NG_DREG, dreg.number());
+            w.attr_be32(NFTA_NG_MODULUS, *modulus);
+            w.attr_be32(NFTA_NG_TYPE, NFT_NG_RANDOM);
         }
         Expr::Dnat { family, addr, port } => {
             w.attr_be32(NFTA_NAT_TYPE, NFT_NAT_DNAT);

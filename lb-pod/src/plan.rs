@@ -1,64 +1,108 @@
 //! What to forward where, validated from the parsed arguments: no I/O.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
-use hostlb_proxy_spec::{
-    flag, Cidr, Destination, Family, PortMap, Protocol, RuleArgs, NODE_ADDRESS_ENV, PORTS_ENV, TO_ENV,
-};
+use hostlb_proxy_spec::{flag, Cidr, Destination, Family, PortMap, Protocol, RuleArgs, PORTS_ENV, TO_ENV};
 
 use crate::error::Error;
+
+/// Where the packets of one family to one listened port go.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Forward {
+    pub protocol: Protocol,
+    pub listen: u16,
+    /// Spread evenly over new connections; sorted, without repeats. None: no forwarding (the
+    /// node has no ready endpoint for the port), so the packets meet the pod's closed port.
+    pub backends: Vec<SocketAddr>,
+}
+
+impl fmt::Display for Forward {
+    /// `tcp 80 -> 10.0.0.1:8080, 10.0.0.2:8080`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backends: Vec<String> = self.backends.iter().map(|b| socket_text(b.ip(), b.port())).collect();
+        write!(f, "{} {} -> {}", self.protocol.arg_name(), self.listen, backends.join(", "))
+    }
+}
 
 /// Everything `init` installs, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Sorted, without duplicates.
     pub ports: Vec<PortMap>,
-    pub to_v4: Option<Ipv4Addr>,
-    pub to_v6: Option<Ipv6Addr>,
+    /// The families that get a table, each with its forwards (sorted by protocol and port).
+    pub forwards: BTreeMap<Family, Vec<Forward>>,
+    /// Whether the forwards are the node's endpoints, kept by the endpoint follower, rather
+    /// than addresses given on the command line.
+    pub follows_endpoints: bool,
     /// Sorted, without duplicates. Empty means every source is allowed.
     pub source_ranges: Vec<Cidr>,
 }
 
 impl Plan {
     /// Checks what the arguments' types cannot: that there is something to forward, to one
-    /// destination per family. Destinations of families the Service does not have are dropped:
-    /// kubelet's `status.hostIPs` names every family of a dual-stack node, while a single-stack
-    /// Service's NodePort is served in its own family only. No `--family` at all keeps every
-    /// family.
+    /// destination per family. Destinations of families the Service does not have are dropped,
+    /// and no `--family` at all keeps every family. With `node-endpoints` as destination the
+    /// tables are those of the given families (both if none), with no forwards yet.
     pub fn new(args: &RuleArgs) -> Result<Plan, Error> {
         let ports = distinct_ports(&args.ports)?;
-        let (mut to_v4, mut to_v6) = one_address_per_family(&args.to)?;
-        if !args.families.is_empty() {
-            if !args.families.contains(&Family::V4) {
-                to_v4 = None;
-            }
-            if !args.families.contains(&Family::V6) {
-                to_v6 = None;
-            }
-            if to_v4.is_none() && to_v6.is_none() {
-                let names: Vec<&str> = args.families.iter().map(|f| f.name()).collect();
-                return Err(Error::missing(
+        let wanted = |family: &Family| args.families.is_empty() || args.families.contains(family);
+        let follows_endpoints = args.to.contains(&Destination::NodeEndpoints);
+        let forwards: BTreeMap<Family, Vec<Forward>> = if follows_endpoints {
+            if let Some(address) = args.to.iter().find(|to| **to != Destination::NodeEndpoints) {
+                return Err(Error::bad(
                     flag::TO,
-                    format!("no destination address of the families {}", names.join(", ")),
+                    address.to_string(),
+                    "an address besides node-endpoints; give one or the other",
                 ));
             }
+            Family::ALL.into_iter().filter(wanted).map(|family| (family, Vec::new())).collect()
+        } else {
+            one_address_per_family(&args.to)?
+                .into_iter()
+                .filter(|(family, _)| wanted(family))
+                .map(|(family, address)| (family, forwards_to(&ports, address)))
+                .collect()
+        };
+        if forwards.is_empty() {
+            let names: Vec<&str> = args.families.iter().map(|f| f.name()).collect();
+            return Err(Error::missing(
+                flag::TO,
+                format!("no destination address of the families {}", names.join(", ")),
+            ));
         }
         let mut source_ranges = args.source_ranges.clone();
         source_ranges.sort();
         source_ranges.dedup();
-        Ok(Plan { ports, to_v4, to_v6, source_ranges })
+        Ok(Plan { ports, forwards, follows_endpoints, source_ranges })
     }
 
-    pub fn destination(&self, family: Family) -> Option<IpAddr> {
-        match family {
-            Family::V4 => self.to_v4.map(IpAddr::V4),
-            Family::V6 => self.to_v6.map(IpAddr::V6),
-        }
+    /// This plan with the node's endpoints as the forwards of its families; forwards of other
+    /// families or of ports the plan does not listen on are left out.
+    pub fn with_endpoints(&self, mut endpoints: BTreeMap<Family, Vec<Forward>>) -> Plan {
+        let listened =
+            |forward: &Forward| self.ports.iter().any(|p| (p.protocol, p.listen) == (forward.protocol, forward.listen));
+        let forwards = self
+            .forwards
+            .keys()
+            .map(|family| {
+                let mut forwards: Vec<Forward> = endpoints.remove(family).unwrap_or_default();
+                forwards.retain(listened);
+                for forward in &mut forwards {
+                    forward.backends.sort();
+                    forward.backends.dedup();
+                }
+                forwards.sort();
+                (*family, forwards)
+            })
+            .collect();
+        Plan { forwards, ..self.clone() }
     }
 
-    /// The families that get rules, with their destination.
-    pub fn destinations(&self) -> impl Iterator<Item = (Family, IpAddr)> + '_ {
-        Family::ALL.into_iter().filter_map(|family| Some((family, self.destination(family)?)))
+    /// The families that get a table.
+    pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
+        self.forwards.keys().copied()
     }
 
     /// Whether sources are restricted at all (`loadBalancerSourceRanges` is an allow list).
@@ -71,14 +115,16 @@ impl Plan {
     pub fn ranges(&self, family: Family) -> impl Iterator<Item = &Cidr> + '_ {
         self.source_ranges.iter().filter(move |range| range.family() == family)
     }
+}
 
-    /// The forwarded ports' distinct (protocol, target) pairs: what gets masqueraded.
-    pub fn targets(&self) -> Vec<(Protocol, u16)> {
-        let mut targets: Vec<(Protocol, u16)> = self.ports.iter().map(|p| (p.protocol, p.target)).collect();
-        targets.sort();
-        targets.dedup();
-        targets
-    }
+/// Each port to its target at `address`.
+fn forwards_to(ports: &[PortMap], address: IpAddr) -> Vec<Forward> {
+    let forward = |port: &PortMap| Forward {
+        protocol: port.protocol,
+        listen: port.listen,
+        backends: vec![SocketAddr::new(address, port.target)],
+    };
+    ports.iter().map(forward).collect()
 }
 
 /// `ip:port`, with brackets for IPv6, as people write socket addresses.
@@ -120,23 +166,11 @@ fn distinct_ports(maps: &[PortMap]) -> Result<Vec<PortMap>, Error> {
     Ok(ports)
 }
 
-/// The destination of each family, at least one; the node address must have been expanded.
-fn one_address_per_family(destinations: &[Destination]) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), Error> {
-    let (mut to_v4, mut to_v6) = (None, None);
+/// The destination address of each family, at least one.
+fn one_address_per_family(destinations: &[Destination]) -> Result<BTreeMap<Family, IpAddr>, Error> {
+    let mut addresses = BTreeMap::new();
     for destination in destinations {
-        let address = match destination {
-            Destination::Address(address) => *address,
-            Destination::NodeAddress => {
-                return Err(Error::bad(
-                    flag::TO,
-                    destination.to_string(),
-                    format!(
-                        "kubelet did not replace it with the node's address: the container has no \
-                         {NODE_ADDRESS_ENV} environment variable (filled from the downward API)"
-                    ),
-                ))
-            }
-        };
+        let Destination::Address(address) = *destination else { continue };
         if address.is_unspecified() || address.is_loopback() || address.is_multicast() {
             return Err(Error::bad(
                 flag::TO,
@@ -144,27 +178,22 @@ fn one_address_per_family(destinations: &[Destination]) -> Result<(Option<Ipv4Ad
                 "an unspecified, loopback or multicast address cannot be a destination",
             ));
         }
-        let existing = match address {
-            IpAddr::V4(_) => to_v4.map(IpAddr::V4),
-            IpAddr::V6(_) => to_v6.map(IpAddr::V6),
-        };
-        if let Some(existing) = existing.filter(|existing| *existing != address) {
-            let family = Family::of(&address).name();
-            return Err(Error::bad(
-                flag::TO,
-                address.to_string(),
-                format!("a second {family} destination besides {existing}; give at most one per family"),
-            ));
-        }
-        match address {
-            IpAddr::V4(a) => to_v4 = Some(a),
-            IpAddr::V6(a) => to_v6 = Some(a),
+        let family = Family::of(&address);
+        match addresses.insert(family, address) {
+            Some(existing) if existing != address => {
+                return Err(Error::bad(
+                    flag::TO,
+                    address.to_string(),
+                    format!("a second {} destination besides {existing}; give at most one per family", family.name()),
+                ))
+            }
+            _ => {}
         }
     }
-    if to_v4.is_none() && to_v6.is_none() {
+    if addresses.is_empty() {
         return Err(Error::missing(flag::TO, format!("no destination address given (nor {TO_ENV})")));
     }
-    Ok((to_v4, to_v6))
+    Ok(addresses)
 }
 
 #[cfg(test)]
@@ -203,9 +232,9 @@ pub mod tests {
         let dual = rule_args(&["tcp:80:30080"], &["10.0.0.1", "fd00::1"], &[]);
         let only = |families: &[Family]| Plan::new(&RuleArgs { families: families.to_vec(), ..dual.clone() });
         let v4 = only(&[Family::V4]).unwrap();
-        assert_eq!(v4.destinations().map(|(f, _)| f).collect::<Vec<_>>(), vec![Family::V4]);
+        assert_eq!(v4.families().collect::<Vec<_>>(), vec![Family::V4]);
         let v6 = only(&[Family::V6]).unwrap();
-        assert_eq!(v6.destinations().map(|(f, _)| f).collect::<Vec<_>>(), vec![Family::V6]);
+        assert_eq!(v6.families().collect::<Vec<_>>(), vec![Family::V6]);
         assert_eq!(only(&[]).unwrap(), only(&[Family::V4, Family::V6]).unwrap());
         let v4_only = RuleArgs { families: vec![Family::V6], ..rule_args(&["tcp:80:30080"], &["10.0.0.1"], &[]) };
         assert_eq!(message(Plan::new(&v4_only)), "--to: no destination address of the families IPv6");
@@ -222,8 +251,13 @@ pub mod tests {
                 PortMap { protocol: Protocol::Sctp, listen: 9, target: 9 },
             ]
         );
-        assert_eq!(plan.to_v4, Some(Ipv4Addr::new(10, 96, 0, 10)));
-        assert_eq!(plan.to_v6, None);
+        let backends = |forwards: &[Forward]| forwards.iter().map(|f| f.backends.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            backends(&plan.forwards[&Family::V4]),
+            [["10.96.0.10:8080"], ["10.96.0.10:5353"], ["10.96.0.10:9"]]
+                .map(|b| b.map(|a| a.parse().unwrap()).to_vec())
+        );
+        assert!(!plan.forwards.contains_key(&Family::V6));
         assert!(!plan.restricts_sources());
     }
 
@@ -235,7 +269,7 @@ pub mod tests {
         );
         let plan = plan(&["tcp:80:8080", "tcp:80:8080", "udp:80:8080"], &["10.0.0.1"], &[]);
         assert_eq!(plan.ports.len(), 2);
-        assert_eq!(plan.targets(), vec![(Protocol::Tcp, 8080), (Protocol::Udp, 8080)]);
+        assert_eq!(plan.forwards[&Family::V4].len(), 2);
     }
 
     #[test]
@@ -252,7 +286,7 @@ pub mod tests {
         );
         assert!(message(checked(&["tcp:80:80"], &["fd00::1", "fd00::2"], &[])).contains("second IPv6"));
         let same_twice = plan(&["tcp:80:80"], &["10.0.0.1", "10.0.0.1"], &[]);
-        assert_eq!(same_twice.to_v4, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(same_twice.forwards[&Family::V4][0].backends, vec!["10.0.0.1:80".parse().unwrap()]);
     }
 
     #[test]
@@ -263,18 +297,55 @@ pub mod tests {
     }
 
     #[test]
-    fn an_unexpanded_node_address_names_the_missing_variable() {
-        let error = message(checked(&["tcp:80:80"], &["$(HOSTLB_NODE_ADDRESS)"], &[]));
-        assert!(error.starts_with(r#"--to "$(HOSTLB_NODE_ADDRESS)": kubelet did not replace it"#), "{error}");
-        assert!(error.contains("no HOSTLB_NODE_ADDRESS environment variable"), "{error}");
+    fn node_endpoints_give_tables_without_forwards_until_the_follower_fills_them() {
+        let args =
+            RuleArgs { families: vec![Family::V6], ..rule_args(&["tcp:80:80", "udp:53:53"], &["node-endpoints"], &[]) };
+        let waiting = Plan::new(&args).unwrap();
+        assert!(waiting.follows_endpoints);
+        assert_eq!(waiting.forwards, BTreeMap::from([(Family::V6, Vec::new())]));
+        let both = plan(&["tcp:80:80"], &["node-endpoints"], &[]);
+        assert_eq!(both.families().collect::<Vec<_>>(), Family::ALL);
+
+        let forward = |protocol, listen, backends: &[&str]| Forward {
+            protocol,
+            listen,
+            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+        };
+        let endpoints = BTreeMap::from([
+            (Family::V4, vec![forward(Protocol::Tcp, 80, &["10.1.0.9:8080"])]),
+            (
+                Family::V6,
+                vec![
+                    forward(Protocol::Udp, 53, &["[fd00::9]:5353"]),
+                    forward(Protocol::Tcp, 80, &["[fd00::9]:8080", "[fd00::8]:8080", "[fd00::9]:8080"]),
+                    forward(Protocol::Tcp, 8443, &["[fd00::9]:8443"]),
+                ],
+            ),
+        ]);
+        let filled = waiting.with_endpoints(endpoints);
+        assert_eq!(
+            filled.forwards,
+            BTreeMap::from([(
+                Family::V6,
+                vec![
+                    forward(Protocol::Tcp, 80, &["[fd00::8]:8080", "[fd00::9]:8080"]),
+                    forward(Protocol::Udp, 53, &["[fd00::9]:5353"]),
+                ]
+            )]),
+            "sorted, repeats merged; the IPv4 family and the port not listened on are left out"
+        );
+        assert_eq!(
+            message(checked(&["tcp:80:80"], &["node-endpoints", "10.0.0.1"], &[])),
+            r#"--to "10.0.0.1": an address besides node-endpoints; give one or the other"#
+        );
     }
 
     #[test]
     fn a_family_without_destination_has_no_rules() {
         let v6_only = plan(&["tcp:80:80"], &["fd00::a"], &[]);
-        assert_eq!(v6_only.destinations().map(|(f, _)| f).collect::<Vec<_>>(), vec![Family::V6]);
+        assert_eq!(v6_only.families().collect::<Vec<_>>(), vec![Family::V6]);
         let dual = plan(&["tcp:80:80"], &["fd00::a", "10.0.0.1"], &[]);
-        assert_eq!(dual.destinations().map(|(f, _)| f).collect::<Vec<_>>(), vec![Family::V4, Family::V6]);
+        assert_eq!(dual.families().collect::<Vec<_>>(), vec![Family::V4, Family::V6]);
     }
 
     #[test]

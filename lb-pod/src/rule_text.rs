@@ -35,6 +35,8 @@ enum Held<'a> {
     Field(Field),
     Masked(Field, &'a [u8]),
     Data(&'a [u8]),
+    /// `numgen random mod` this modulus.
+    Random(u32),
 }
 
 struct Reader<'a> {
@@ -63,6 +65,7 @@ impl<'a> Reader<'a> {
             }
             Expr::CmpEq { sreg, data } => self.compare(*sreg, data),
             Expr::Immediate { dreg, data } => self.load(*dreg, Some(Held::Data(data))),
+            Expr::Numgen { dreg, modulus } => self.load(*dreg, Some(Held::Random(*modulus))),
             Expr::Verdict(Verdict::Accept) => self.push("accept".into()),
             Expr::Verdict(Verdict::Drop) => self.push("drop".into()),
             Expr::Verdict(Verdict::Jump(chain)) => self.push(format!("jump {chain}")),
@@ -99,6 +102,11 @@ impl<'a> Reader<'a> {
                 [DIRECTION_ORIGINAL] => "ct direction original".into(),
                 [DIRECTION_REPLY] => "ct direction reply".into(),
                 _ => format!("ct direction {}", value(data)),
+            },
+            // The kernel stores the number in host order.
+            (Some(Held::Random(modulus)), _) => match <[u8; 4]>::try_from(data) {
+                Ok(bytes) => format!("numgen random mod {modulus} {}", u32::from_ne_bytes(bytes)),
+                Err(_) => format!("numgen random mod {modulus} {}", value(data)),
             },
             (Some(Held::Field(field @ Field::Raw { .. })), _) => format!("{} {}", self.field_name(field), hex(data)),
             (Some(Held::Field(field)), _) => format!("{} {}", self.field_name(field), value(data)),

@@ -5,8 +5,10 @@
 //! the rules need no `meta nfproto` guard. Both tables are replaced in the same batch, so the
 //! change stays atomic. Each table has:
 //!
-//! - `prerouting`, nat hook prerouting priority dstnat (-100): `PROTO dport LISTEN dnat to DEST:TARGET`;
-//! - `postrouting`, nat hook postrouting priority srcnat (100): `daddr DEST PROTO dport TARGET masquerade`;
+//! - `prerouting`, nat hook prerouting priority dstnat (-100): `PROTO dport LISTEN dnat to BACKEND`,
+//!   one rule per backend, each but the last behind a `numgen random` draw when there are several;
+//! - `postrouting`, nat hook postrouting priority srcnat (100): `daddr ADDRESS PROTO dport PORT
+//!   masquerade` per backend;
 //! - when source ranges are given, `source-filter`, filter hook prerouting priority -150 (before
 //!   DNAT, so it sees the listened port): `ct direction original PROTO dport LISTEN jump
 //!   allowed-sources`, and the regular chain `allowed-sources`: one `saddr RANGE accept` per range
@@ -18,7 +20,7 @@ use std::net::IpAddr;
 
 use hostlb_proxy_spec::{address_bytes, Cidr, Family, Protocol};
 
-use crate::plan::Plan;
+use crate::plan::{Forward, Plan};
 use crate::rule_text::nft_text;
 
 pub const TABLE: &str = "hostlb";
@@ -121,6 +123,11 @@ pub enum Expr {
         data: Vec<u8>,
     },
     Verdict(Verdict),
+    /// `numgen random mod MODULUS` into a register: a 32-bit number below the modulus.
+    Numgen {
+        dreg: Reg,
+        modulus: u32,
+    },
     Dnat {
         family: Family,
         addr: Reg,
@@ -196,14 +203,14 @@ pub fn ruleset(plan: &Plan) -> Vec<Step> {
         steps.push(Step::EnsureTable(family));
         steps.push(Step::DeleteTable(family));
     }
-    for (family, destination) in plan.destinations() {
-        steps.push(Step::AddTable(family));
-        steps.extend(table(plan, family, destination));
+    for (family, forwards) in &plan.forwards {
+        steps.push(Step::AddTable(*family));
+        steps.extend(table(plan, *family, forwards));
     }
     steps
 }
 
-fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
+fn table(plan: &Plan, family: Family, forwards: &[Forward]) -> Vec<Step> {
     let chain = |name, base| Step::AddChain { family, name, base };
     let rule = |chain, exprs| Step::AddRule { family, chain, exprs };
     let mut steps = vec![
@@ -234,20 +241,36 @@ fn table(plan: &Plan, family: Family, destination: IpAddr) -> Vec<Step> {
         }
         steps.push(rule(CHAIN_ALLOWED_SOURCES, vec![Expr::Verdict(Verdict::Drop)]));
     }
-    for port in &plan.ports {
-        let exprs = [
-            protocol_and_port(port.protocol, port.listen),
-            vec![
-                Expr::Immediate { dreg: Reg::R1, data: address_bytes(&destination) },
-                Expr::Immediate { dreg: Reg::R2, data: port.target.to_be_bytes().to_vec() },
-                Expr::Dnat { family, addr: Reg::R1, port: Reg::R2 },
-            ],
-        ]
-        .concat();
-        steps.push(rule(CHAIN_DNAT, exprs));
+    for forward in forwards {
+        // A connection goes to backend i with probability 1/(n-i) among those left: evenly
+        // over n. NAT rules see only a connection's first packet.
+        let count = forward.backends.len();
+        for (index, backend) in forward.backends.iter().enumerate() {
+            let left = (count - index) as u32;
+            let pick = (left > 1).then(|| {
+                vec![Expr::Numgen { dreg: Reg::R1, modulus: left }, Expr::CmpEq { sreg: Reg::R1, data: vec![0; 4] }]
+            });
+            let exprs = [
+                protocol_and_port(forward.protocol, forward.listen),
+                pick.unwrap_or_default(),
+                vec![
+                    Expr::Immediate { dreg: Reg::R1, data: address_bytes(&backend.ip()) },
+                    Expr::Immediate { dreg: Reg::R2, data: backend.port().to_be_bytes().to_vec() },
+                    Expr::Dnat { family, addr: Reg::R1, port: Reg::R2 },
+                ],
+            ]
+            .concat();
+            steps.push(rule(CHAIN_DNAT, exprs));
+        }
     }
-    for (protocol, target) in plan.targets() {
-        let exprs = [destination_is(destination), protocol_and_port(protocol, target), vec![Expr::Masquerade]].concat();
+    let mut masqueraded: Vec<(IpAddr, Protocol, u16)> = forwards
+        .iter()
+        .flat_map(|forward| forward.backends.iter().map(|backend| (backend.ip(), forward.protocol, backend.port())))
+        .collect();
+    masqueraded.sort();
+    masqueraded.dedup();
+    for (address, protocol, port) in masqueraded {
+        let exprs = [destination_is(address), protocol_and_port(protocol, port), vec![Expr::Masquerade]].concat();
         steps.push(rule(CHAIN_MASQUERADE, exprs));
     }
     steps
@@ -311,6 +334,8 @@ fn source_in(range: &Cidr) -> Vec<Expr> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::plan::tests::plan;
 
@@ -347,6 +372,30 @@ mod tests {
         assert!(text.contains(&"add rule ip6 hostlb prerouting tcp dport 443 dnat ip6 to [fd00::10]:443".to_string()));
         assert!(text.contains(&"add rule ip6 hostlb postrouting ip6 daddr fd00::10 tcp dport 443 masquerade".into()));
         assert_eq!(steps.iter().filter(|s| matches!(s, Step::AddTable(_))).count(), 2);
+    }
+
+    #[test]
+    fn several_backends_share_new_connections_evenly_and_none_means_no_forwarding() {
+        let waiting = plan(&["tcp:80:80", "udp:53:53"], &["node-endpoints"], &[]);
+        let text = described(&ruleset(&waiting));
+        assert!(text.iter().all(|line| !line.contains("add rule")), "no endpoint yet, no rule: {text:?}");
+        assert!(text.contains(&"add chain ip6 hostlb prerouting { type nat hook prerouting priority -100; }".into()));
+
+        let backends = ["10.1.0.9:8080", "10.1.0.7:8080", "10.1.0.8:8080"].map(|b| b.parse().unwrap()).to_vec();
+        let forward = Forward { protocol: Protocol::Tcp, listen: 80, backends };
+        let filled = waiting.with_endpoints(BTreeMap::from([(Family::V4, vec![forward])]));
+        let rules: Vec<String> = described(&ruleset(&filled)).into_iter().filter(|l| l.contains("add rule")).collect();
+        assert_eq!(
+            rules,
+            vec![
+                "add rule ip hostlb prerouting tcp dport 80 numgen random mod 3 0 dnat ip to 10.1.0.7:8080",
+                "add rule ip hostlb prerouting tcp dport 80 numgen random mod 2 0 dnat ip to 10.1.0.8:8080",
+                "add rule ip hostlb prerouting tcp dport 80 dnat ip to 10.1.0.9:8080",
+                "add rule ip hostlb postrouting ip daddr 10.1.0.7 tcp dport 8080 masquerade",
+                "add rule ip hostlb postrouting ip daddr 10.1.0.8 tcp dport 8080 masquerade",
+                "add rule ip hostlb postrouting ip daddr 10.1.0.9 tcp dport 8080 masquerade",
+            ]
+        );
     }
 
     #[test]

@@ -176,3 +176,36 @@ fn hundreds_of_ports_install_in_one_batch_with_every_step_acknowledged() {
     assert_eq!(t.tcp(t.pod_v4(), 1299), Ok(t.pod_back_v4().to_string()));
     assert!(t.udp(t.pod_v6(), 1000).is_err(), "IPv6 has no allowed source range");
 }
+
+#[test]
+fn node_endpoints_forward_nothing_until_installed_then_share_new_connections() {
+    use std::collections::BTreeMap;
+
+    use hostlb_lb::plan::{Forward, Plan};
+    use hostlb_lb::{kernel, rules};
+    use hostlb_proxy_spec::{Destination, Family, PortMap, Protocol, RuleArgs};
+
+    let mut t = Topology::new();
+    // Only the first backend answers: the second refuses, so each connection tells where it went.
+    t.serve(8080);
+    let log = t.pod.lb_ok(&["init", "--port", "tcp:80:80", "--to", "node-endpoints", "--family", "ipv4"]);
+    assert!(log.contains("nothing forwarded until the endpoint follower"), "{log}");
+    assert!(t.tcp(t.pod_v4(), 80).is_err(), "no endpoint yet, so nothing is forwarded");
+
+    let args = RuleArgs {
+        ports: vec![PortMap { protocol: Protocol::Tcp, listen: 80, target: 80 }],
+        to: vec![Destination::NodeEndpoints],
+        families: vec![Family::V4],
+        source_ranges: Vec::new(),
+    };
+    let backends = [8080, 8081].map(|port| std::net::SocketAddr::new(t.backend_v4(), port)).to_vec();
+    let endpoints = BTreeMap::from([(Family::V4, vec![Forward { protocol: Protocol::Tcp, listen: 80, backends }])]);
+    let steps = rules::ruleset(&Plan::new(&args).unwrap().with_endpoints(endpoints));
+    t.pod.run(move || kernel::apply(&steps)).unwrap();
+    assert!(t.pod.ruleset().contains("numgen random mod 2"), "{}", t.pod.ruleset());
+
+    let attempts = 40;
+    let answered = (0..attempts).filter(|_| t.tcp(t.pod_v4(), 80).is_ok()).count();
+    // Binomial(40, 1/2): outside 5..=35 with a probability under one in a million.
+    assert!((5..=35).contains(&answered), "{answered} of {attempts} connections reached the answering backend");
+}

@@ -5,12 +5,16 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::{port_number, Cidr, Destination, Family, PortMap};
+use crate::{port_number, Cidr, Destination, Family, NamedPort, PortMap};
 
 /// Where the proxy image has the binary.
 pub const LB_BINARY: &str = "/hostlb-lb";
-/// Filled in by kubelet from the downward API; `Destination::NodeAddress` refers to it.
-pub const NODE_ADDRESS_ENV: &str = "HOSTLB_NODE_ADDRESS";
+/// Where the controller's image has its binary, which also follows endpoints in proxy pods.
+pub const CONTROLLER_BINARY: &str = "/hostlb-controller";
+/// The controller binary's subcommand that runs `FollowArgs`.
+pub const FOLLOW_ENDPOINTS: &str = "follow-endpoints";
+/// Filled in by kubelet from the downward API (`spec.nodeName`).
+pub const NODE_NAME_ENV: &str = "HOSTLB_NODE_NAME";
 /// kubelet does not expand downward-API variables in exec probes, so the probe reads its own.
 pub const PROBE_ADDRESS_ENV: &str = "HOSTLB_PROBE_ADDRESS";
 pub const PROBE_PORT_ENV: &str = "HOSTLB_PROBE_PORT";
@@ -27,6 +31,10 @@ pub mod flag {
     pub const FAMILY: &str = "family";
     pub const SOURCE_RANGE: &str = "source-range";
     pub const ADDRESS: &str = "address";
+    pub const SERVICE_NAMESPACE: &str = "service-namespace";
+    pub const SERVICE_NAME: &str = "service-name";
+    pub const NODE: &str = "node";
+    pub const PORT_NAME: &str = "port-name";
 }
 
 const INIT: &str = "init";
@@ -138,6 +146,47 @@ impl ProbeArgs {
     }
 }
 
+/// What the endpoint follower keeps installed in a proxy pod of an `externalTrafficPolicy:
+/// Local` Service: the rules of `rules`, whose destination is `Destination::NodeEndpoints`,
+/// with each listened port forwarded to the ready endpoints, on `node`, of the Service port
+/// of the same name. The follower runs from the controller's image (`CONTROLLER_BINARY
+/// FOLLOW_ENDPOINTS`), which has the Kubernetes client that `hostlb-lb` goes without.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct FollowArgs {
+    #[arg(long = flag::SERVICE_NAMESPACE, value_name = "NAMESPACE")]
+    pub namespace: String,
+    #[arg(long = flag::SERVICE_NAME, value_name = "NAME")]
+    pub service: String,
+    /// The proxy pod's node.
+    #[arg(long = flag::NODE, value_name = "NODE", env = NODE_NAME_ENV)]
+    pub node: String,
+    /// The name of a listened port's Service port; a port without one is the unnamed port.
+    #[arg(long = flag::PORT_NAME, value_name = "PROTO:LISTEN:NAME", value_parser = NamedPort::parse)]
+    pub port_names: Vec<NamedPort>,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+}
+
+impl FollowArgs {
+    /// The container's command: the controller binary, the subcommand and one flag per value.
+    /// The node is left to `NODE_NAME_ENV`.
+    pub fn command_line(&self) -> Vec<String> {
+        [CONTROLLER_BINARY.to_string(), FOLLOW_ENDPOINTS.to_string()]
+            .into_iter()
+            .chain(flag_values(flag::SERVICE_NAMESPACE, [&self.namespace]))
+            .chain(flag_values(flag::SERVICE_NAME, [&self.service]))
+            .chain(flag_values(flag::PORT_NAME, &self.port_names))
+            .chain(self.rules.to_args())
+            .collect()
+    }
+
+    /// The Service port name of a listened port: "" for the unnamed one.
+    pub fn port_name(&self, port: &PortMap) -> &str {
+        let named = |named: &&NamedPort| (named.protocol, named.listen) == (port.protocol, port.listen);
+        self.port_names.iter().find(named).map_or("", |named| named.name.as_str())
+    }
+}
+
 fn flag_values<T: fmt::Display>(
     flag: &'static str,
     values: impl IntoIterator<Item = T>,
@@ -206,7 +255,7 @@ mod tests {
 
     #[test]
     fn every_subcommand_reads_back_what_it_writes() {
-        let local = RuleArgs { to: vec![Destination::NodeAddress], families: vec![Family::V6], ..cluster_rules() };
+        let local = RuleArgs { to: vec![Destination::NodeEndpoints], families: vec![Family::V6], ..cluster_rules() };
         reads_back(Command::Init(cluster_rules()));
         reads_back(Command::Run(cluster_rules()));
         reads_back(Command::Init(local.clone()));
@@ -221,7 +270,7 @@ mod tests {
     fn arguments_are_written_one_flag_per_value_in_a_fixed_order() {
         let rules = RuleArgs {
             ports: vec![PortMap { protocol: Protocol::Udp, listen: 53, target: 30053 }],
-            to: vec![Destination::NodeAddress],
+            to: vec![Destination::NodeEndpoints],
             families: vec![Family::V4],
             source_ranges: vec![Cidr::parse("10.250.0.0/24").unwrap()],
         };
@@ -232,7 +281,7 @@ mod tests {
                 "--port",
                 "udp:53:30053",
                 "--to",
-                "$(HOSTLB_NODE_ADDRESS)",
+                "node-endpoints",
                 "--family",
                 "ipv4",
                 "--source-range",
@@ -243,6 +292,36 @@ mod tests {
             Command::Probe(ProbeArgs { port: 32100, address: None }).command_line(),
             ["/hostlb-lb", "probe", "--port", "32100"]
         );
+    }
+
+    /// The controller binary's view of the follower's command line.
+    #[derive(Debug, clap::Parser)]
+    enum FollowerCommand {
+        #[command(name = FOLLOW_ENDPOINTS)]
+        Follow(FollowArgs),
+    }
+
+    #[test]
+    fn the_follower_reads_back_what_it_writes_with_the_node_from_the_environment() {
+        let follow = FollowArgs {
+            namespace: "shop".into(),
+            service: "web".into(),
+            node: "$(HOSTLB_NODE_NAME)".into(),
+            port_names: vec![NamedPort { protocol: Protocol::Tcp, listen: 443, name: "https".into() }],
+            rules: RuleArgs { to: vec![Destination::NodeEndpoints], ..cluster_rules() },
+        };
+        let line = follow.command_line();
+        assert_eq!(
+            line[..6],
+            ["/hostlb-controller", "follow-endpoints", "--service-namespace", "shop", "--service-name", "web"]
+        );
+        assert!(!line.contains(&"--node".to_string()), "{line:?}");
+        let with_node: Vec<String> = line.iter().cloned().chain(["--node".into(), follow.node.clone()]).collect();
+        let FollowerCommand::Follow(parsed) = FollowerCommand::try_parse_from(&with_node).unwrap();
+        assert_eq!(parsed, follow);
+        let https = PortMap { protocol: Protocol::Tcp, listen: 443, target: 443 };
+        assert_eq!(parsed.port_name(&https), "https");
+        assert_eq!(parsed.port_name(&PortMap { listen: 80, ..https }), "", "a port without a name");
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use command::{
-    flag, Command, ProbeArgs, RuleArgs, FAMILIES_ENV, LB_BINARY, NODE_ADDRESS_ENV, PORTS_ENV, PROBE_ADDRESS_ENV,
-    PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV,
+    flag, Command, FollowArgs, ProbeArgs, RuleArgs, CONTROLLER_BINARY, FAMILIES_ENV, FOLLOW_ENDPOINTS, LB_BINARY,
+    NODE_NAME_ENV, PORTS_ENV, PROBE_ADDRESS_ENV, PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,22 +111,56 @@ pub struct PortMap {
     pub protocol: Protocol,
     /// The Service port, claimed as hostPort on every selected node.
     pub listen: u16,
-    /// The Service port on the ClusterIP, or the NodePort for `externalTrafficPolicy: Local`.
+    /// The Service port on the ClusterIP; unused when the destination is the node's endpoints,
+    /// whose ports come from their EndpointSlices.
     pub target: u16,
 }
 
 impl PortMap {
     /// Reads `PROTO:LISTEN:TARGET`; the error says what is wrong, without repeating the text.
     pub fn parse(text: &str) -> Result<PortMap, String> {
-        let parts: Vec<&str> = text.trim().split(':').collect();
-        let [protocol, listen, target] = parts[..] else {
-            return Err("expected PROTO:LISTEN:TARGET, such as tcp:443:8443".into());
-        };
-        let protocol = Protocol::from_arg(protocol)
-            .ok_or_else(|| format!("unknown protocol {protocol:?}; expected tcp, udp or sctp"))?;
-        let port =
-            |text: &str, what: &str| port_number(text).ok_or_else(|| format!("the {what} port must be 1 to 65535"));
-        Ok(PortMap { protocol, listen: port(listen, "listen")?, target: port(target, "target")? })
+        let (protocol, listen, target) = protocol_listen_and(text, "PROTO:LISTEN:TARGET, such as tcp:443:8443")?;
+        let target = port_number(target).ok_or("the target port must be 1 to 65535")?;
+        Ok(PortMap { protocol, listen, target })
+    }
+}
+
+/// Splits `PROTO:LISTEN:REST` and reads the protocol and the listened port; `shape` is what
+/// the whole should look like, for the error.
+fn protocol_listen_and<'a>(text: &'a str, shape: &str) -> Result<(Protocol, u16, &'a str), String> {
+    let parts: Vec<&str> = text.trim().split(':').collect();
+    let [protocol, listen, rest] = parts[..] else {
+        return Err(format!("expected {shape}"));
+    };
+    let protocol = Protocol::from_arg(protocol)
+        .ok_or_else(|| format!("unknown protocol {protocol:?}; expected tcp, udp or sctp"))?;
+    let listen = port_number(listen).ok_or("the listen port must be 1 to 65535")?;
+    Ok((protocol, listen, rest))
+}
+
+/// The name of the Service port behind a listened port: EndpointSlices name their ports by it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamedPort {
+    pub protocol: Protocol,
+    pub listen: u16,
+    pub name: String,
+}
+
+impl NamedPort {
+    /// Reads `PROTO:LISTEN:NAME`, NAME a DNS label as Service port names are.
+    pub fn parse(text: &str) -> Result<NamedPort, String> {
+        let (protocol, listen, name) = protocol_listen_and(text, "PROTO:LISTEN:NAME, such as tcp:443:https")?;
+        let is_label_character = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        if name.is_empty() || name.len() > 63 || !name.chars().all(is_label_character) {
+            return Err(format!("{name:?} is not a port name (lower-case letters, digits and '-', at most 63)"));
+        }
+        Ok(NamedPort { protocol, listen, name: name.to_string() })
+    }
+}
+
+impl fmt::Display for NamedPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.protocol.arg_name(), self.listen, self.name)
     }
 }
 
@@ -145,21 +179,26 @@ impl fmt::Display for PortMap {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Destination {
     Address(IpAddr),
-    /// The proxy pod's own node (`externalTrafficPolicy: Local`). Written as a reference to
-    /// `NODE_ADDRESS_ENV`, which kubelet replaces with the node's address(es) before
-    /// `hostlb-lb` starts; `hostlb-lb` reads it back only when the container lacks the variable.
-    NodeAddress,
+    /// The Service's ready endpoints on the proxy pod's own node (`externalTrafficPolicy:
+    /// Local`), which change while the pod runs: `hostlb-lb` installs the source filter and no
+    /// forwarding, and the endpoint follower (`FollowArgs`) installs the forwarding as the
+    /// endpoints come and go.
+    NodeEndpoints,
 }
 
 impl Destination {
-    /// Reads an address or the node address reference; the error says what is wrong, without
-    /// repeating the text.
+    const NODE_ENDPOINTS: &'static str = "node-endpoints";
+
+    /// Reads an address or `node-endpoints`; the error says what is wrong, without repeating
+    /// the text.
     pub fn parse(text: &str) -> Result<Destination, String> {
         let text = text.trim();
-        if text == Destination::NodeAddress.to_string() {
-            return Ok(Destination::NodeAddress);
+        if text == Destination::NODE_ENDPOINTS {
+            return Ok(Destination::NodeEndpoints);
         }
-        text.parse().map(Destination::Address).map_err(|_| "not an IPv4 or IPv6 address".into())
+        text.parse()
+            .map(Destination::Address)
+            .map_err(|_| format!("not an IPv4 or IPv6 address, nor {}", Destination::NODE_ENDPOINTS))
     }
 }
 
@@ -167,7 +206,7 @@ impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Destination::Address(address) => address.fmt(f),
-            Destination::NodeAddress => write!(f, "$({NODE_ADDRESS_ENV})"),
+            Destination::NodeEndpoints => f.write_str(Destination::NODE_ENDPOINTS),
         }
     }
 }
@@ -288,12 +327,26 @@ mod tests {
     }
 
     #[test]
-    fn destinations_are_addresses_or_the_node_address_reference() {
+    fn destinations_are_addresses_or_the_node_endpoints() {
         assert_eq!(Destination::parse(" fd00::1 "), Ok(Destination::Address("fd00::1".parse().unwrap())));
-        assert_eq!(Destination::parse("$(HOSTLB_NODE_ADDRESS)"), Ok(Destination::NodeAddress));
-        assert_eq!(Destination::NodeAddress.to_string(), "$(HOSTLB_NODE_ADDRESS)");
-        assert_eq!(Destination::parse("$(HOSTLB_OTHER)"), Err("not an IPv4 or IPv6 address".into()));
-        assert_eq!(Destination::parse("10.0.0.1:80"), Err("not an IPv4 or IPv6 address".into()));
+        assert_eq!(Destination::parse("node-endpoints"), Ok(Destination::NodeEndpoints));
+        assert_eq!(Destination::NodeEndpoints.to_string(), "node-endpoints");
+        let refused = Err("not an IPv4 or IPv6 address, nor node-endpoints".into());
+        assert_eq!(Destination::parse("endpoints"), refused);
+        assert_eq!(Destination::parse("10.0.0.1:80"), refused);
+    }
+
+    #[test]
+    fn named_ports_read_back_and_names_are_dns_labels() {
+        let named = NamedPort::parse(" udp:53:dns-udp ").unwrap();
+        assert_eq!(named, NamedPort { protocol: Protocol::Udp, listen: 53, name: "dns-udp".into() });
+        assert_eq!(NamedPort::parse(&named.to_string()), Ok(named));
+        assert_eq!(NamedPort::parse("tcp:80"), Err("expected PROTO:LISTEN:NAME, such as tcp:443:https".into()));
+        assert_eq!(NamedPort::parse("tcp:0:http"), Err("the listen port must be 1 to 65535".into()));
+        for name in ["", "HTTP", "a,b", &"x".repeat(64)] {
+            let error = NamedPort::parse(&format!("tcp:80:{name}")).unwrap_err();
+            assert!(error.contains("is not a port name"), "{name}: {error}");
+        }
     }
 
     #[test]

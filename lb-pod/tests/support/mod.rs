@@ -15,17 +15,14 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hostlb_proxy_spec::{
-    FAMILIES_ENV, NODE_ADDRESS_ENV, PORTS_ENV, PROBE_ADDRESS_ENV, PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV,
-};
+use hostlb_proxy_spec::{FAMILIES_ENV, PORTS_ENV, PROBE_ADDRESS_ENV, PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV};
 use nix::sched::{setns, CloneFlags};
 
 pub const LB: &str = env!("CARGO_BIN_EXE_hostlb-lb");
 
 /// Environment variables the binary reads; cleared so that the caller's environment cannot
 /// change a test.
-const LB_ENV: [&str; 7] =
-    [PORTS_ENV, TO_ENV, FAMILIES_ENV, SOURCE_RANGES_ENV, PROBE_PORT_ENV, PROBE_ADDRESS_ENV, NODE_ADDRESS_ENV];
+const LB_ENV: [&str; 6] = [PORTS_ENV, TO_ENV, FAMILIES_ENV, SOURCE_RANGES_ENV, PROBE_PORT_ENV, PROBE_ADDRESS_ENV];
 
 /// Fails the test unless it runs as root with `ip` available.
 pub fn require_root_and_ip() {

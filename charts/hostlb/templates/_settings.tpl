@@ -1,0 +1,28 @@
+{{/* The environment variable of each controller setting in values.yaml. */}}
+{{- define "hostlb.settingEnvs" -}}
+loadBalancerClass: HOSTLB_LOAD_BALANCER_CLASS
+serveUnclassed: HOSTLB_SERVE_UNCLASSED
+lbImagePullPolicy: HOSTLB_LB_IMAGE_PULL_POLICY
+forwardingMode: HOSTLB_FORWARDING_MODE
+addressType: HOSTLB_ADDRESS_TYPE
+publish: HOSTLB_PUBLISH
+maxNodes: HOSTLB_MAX_NODES
+defaultPriorityClass: HOSTLB_DEFAULT_PRIORITY_CLASS
+allowedPriorityClasses: HOSTLB_ALLOWED_PRIORITY_CLASSES
+allowedTolerationKeys: HOSTLB_ALLOWED_TOLERATION_KEYS
+trustedNamespaces: HOSTLB_TRUSTED_NAMESPACES
+deniedPorts: HOSTLB_DENIED_PORTS
+allowedPorts: HOSTLB_ALLOWED_PORTS
+nodePortRange: HOSTLB_NODE_PORT_RANGE
+logFormat: HOSTLB_LOG_FORMAT
+syncTimeoutSeconds: HOSTLB_SYNC_TIMEOUT_SECONDS
+nodeLeaseGraceSeconds: HOSTLB_NODE_LEASE_GRACE_SECONDS
+leaseName: HOSTLB_LEASE_NAME
+leaseDurationSeconds: HOSTLB_LEASE_DURATION_SECONDS
+leaseRenewDeadlineSeconds: HOSTLB_LEASE_RENEW_DEADLINE_SECONDS
+leaseRetryPeriodSeconds: HOSTLB_LEASE_RETRY_PERIOD_SECONDS
+{{- end -}}
+
+{{- define "hostlb.image" -}}
+{{ .repository }}:{{ .tag }}
+{{- end -}}

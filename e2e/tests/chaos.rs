@@ -1,0 +1,555 @@
+//! Faults injected into the local cluster while hostlb serves: its leader killed during churn
+//! or stopped gracefully, the API server and etcd restarted, the controller away, a proxy pod
+//! killed, a node's kubelet and containerd restarted. Each test says what it broke and
+//! checks that nothing was lost; the figures are printed as `chaos:` lines.
+//!
+//! The faults go through the harness (`cluster.sh`), which signals only the processes it
+//! started. Run with `--test-threads=1`: the tests share the controller.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use hostlb_controller::status::pod_is_ready;
+use hostlb_e2e::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+/// The controller's settings in the manifests: how long a dead leader's claim stands, and how
+/// often a follower reads the Lease.
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+const RETRY_PERIOD: Duration = Duration::from_secs(1);
+/// Room for a busy two-core machine on top of the bounds the settings give.
+const MARGIN: Duration = Duration::from_secs(10);
+const SETTLE: Duration = Duration::from_secs(300);
+const CONTROLLER_SELECTOR: &str = "app.kubernetes.io/component=controller";
+/// A pool only node-2 joins during the churn, and one no node is in.
+const POOL_NODE2: &str = "chaos-node2";
+const POOL_NOWHERE: &str = "chaos-nowhere";
+
+fn say(line: String) {
+    println!("chaos: {line}");
+}
+
+fn controller_pods(cluster: &Cluster) -> Api<Pod> {
+    Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE)
+}
+
+/// The Lease's holder and when it was last renewed.
+async fn lease(cluster: &Cluster) -> Result<(Option<String>, Option<SystemTime>)> {
+    let api: Api<Lease> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let spec = api.get(names::LEASE).await?.spec.unwrap_or_default();
+    let renewed = spec.renew_time.map(|time| SystemTime::from(time.0));
+    Ok((spec.holder_identity.filter(|holder| !holder.is_empty()), renewed))
+}
+
+/// Waits until both controller replicas are Ready and one of them holds the Lease; returns
+/// the leader's pod.
+async fn leader_with_a_standby(cluster: &Cluster, timeout: Duration) -> Result<Pod> {
+    eventually(timeout, || async {
+        let pods = controller_pods(cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
+        let ready: Vec<&Pod> = pods.iter().filter(|pod| pod_is_ready(pod)).collect();
+        ensure!(ready.len() == 2, "{} of {} controller pods are Ready", ready.len(), pods.len());
+        let (holder, _) = lease(cluster).await?;
+        let holder = holder.context("nobody holds the Lease")?;
+        ready
+            .into_iter()
+            .find(|pod| pod.name_any() == holder)
+            .cloned()
+            .with_context(|| format!("{holder} leads but is not Ready"))
+    })
+    .await
+}
+
+/// How long after `since` (wall clock) a live replica renewed the Lease; returns that and the holder.
+async fn next_renewal_after(cluster: &Cluster, since: SystemTime, timeout: Duration) -> Result<(Duration, String)> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Ok((Some(holder), Some(renewed))) = lease(cluster).await {
+            if renewed > since {
+                return Ok((started.elapsed(), holder));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("nobody renewed the Lease within {timeout:?}")
+}
+
+/// SIGKILL to the leader's container through its node's containerd; returns the time until
+/// a replica led again, the replica killed and the one that leads.
+async fn kill_leader(cluster: &Cluster) -> Result<(Duration, String, String)> {
+    // A pod's status may still name a container the kubelet has replaced: read it again then.
+    let (leader, killed_at) = eventually(SETTLE, || async {
+        let leader = leader_with_a_standby(cluster, SETTLE).await?;
+        let node = leader.spec.as_ref().and_then(|spec| spec.node_name.clone()).context("leader pod without node")?;
+        let statuses = leader.status.as_ref().and_then(|status| status.container_statuses.as_ref());
+        let running =
+            statuses.into_iter().flatten().find(|s| s.ready && s.state.as_ref().is_some_and(|s| s.running.is_some()));
+        let container = running.and_then(|s| s.container_id.clone()).context("no running container")?;
+        cluster.harness(&["kill-container", &node, &container])?;
+        // Taken once the signal is delivered: a renewal stamped before it is the dead leader's.
+        Ok((leader, SystemTime::now()))
+    })
+    .await?;
+    let (took, holder) = next_renewal_after(cluster, killed_at, LEASE_DURATION + MARGIN).await?;
+    Ok((took, leader.name_any(), holder))
+}
+
+fn summary(durations: &[Duration]) -> String {
+    let max = durations.iter().max().copied().unwrap_or_default();
+    let listed: Vec<String> = durations.iter().map(|d| format!("{:.1}s", d.as_secs_f64())).collect();
+    format!("max {:.1}s ({})", max.as_secs_f64(), listed.join(", "))
+}
+
+/// What a churned Service should end up as.
+#[derive(Clone, Debug)]
+struct Churned {
+    port: u16,
+    local: bool,
+    pool: Option<&'static str>,
+    deleted: bool,
+}
+
+impl Churned {
+    fn expected(&self, nodes: &Nodes) -> BTreeSet<IpAddr> {
+        match (self.pool, self.local) {
+            (Some(POOL_NOWHERE), _) => BTreeSet::new(),
+            (Some(_), _) => BTreeSet::from([nodes.ip2]),
+            // The only backend runs on node-1.
+            (None, true) => BTreeSet::from([nodes.ip1]),
+            (None, false) => BTreeSet::from([nodes.ip1, nodes.ip2]),
+        }
+    }
+}
+
+fn churn_name(i: usize) -> String {
+    format!("churn-{i:02}")
+}
+
+async fn create_churned(ns: &TestNamespace, name: &str, service: &Churned) -> Result<()> {
+    let metadata = match service.pool {
+        Some(pool) => json!({ "annotations": { names::POOL: pool } }),
+        None => json!({}),
+    };
+    ns.load_balancer_with_metadata(name, "echo", &http(service.port), json!({}), metadata).await?;
+    Ok(())
+}
+
+/// Every remaining churned Service publishes what it should and its proxies claim its port;
+/// every deleted one is gone; no proxy DaemonSet of the install is left without its Service.
+async fn settled(
+    cluster: &Cluster,
+    ns: &TestNamespace,
+    nodes: &Nodes,
+    churned: &BTreeMap<String, Churned>,
+) -> Result<()> {
+    let live: BTreeMap<String, Service> =
+        ns.services().list(&ListParams::default()).await?.items.into_iter().map(|s| (s.name_any(), s)).collect();
+    for (name, wanted) in churned {
+        let Some(service) = live.get(name) else {
+            ensure!(wanted.deleted, "{name} is gone but was not deleted");
+            continue;
+        };
+        ensure!(!wanted.deleted, "{name} was deleted but is still there (finalizers {:?})", service.finalizers());
+        let expected = wanted.expected(nodes);
+        ensure!(published(service) == expected, "{name} publishes {:?}, expected {expected:?}", published(service));
+        if !expected.is_empty() {
+            let ports = host_ports(cluster, &ns.name, name).await?;
+            ensure!(ports == vec![(i32::from(wanted.port), "TCP".into())], "{name}'s proxies claim {ports:?}");
+        }
+    }
+    let uids: BTreeSet<String> = Api::<Service>::all(cluster.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|service| service.uid())
+        .collect();
+    for daemonset in cluster.daemonsets().list(&ListParams::default().labels(names::LABEL_SERVICE_UID)).await?.items {
+        let owner = daemonset.labels().get(names::LABEL_SERVICE_UID).cloned().unwrap_or_default();
+        ensure!(uids.contains(&owner), "DaemonSet {} is orphaned (Service {owner} is gone)", daemonset.name_any());
+    }
+    Ok(())
+}
+
+async fn label_node(cluster: &Cluster, node: &str, pool: Option<&str>) -> Result<()> {
+    let patch = json!({ "metadata": { "labels": { names::POOL: pool } } });
+    Api::<Node>::all(cluster.client.clone()).patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// At least this many Services go through the churn.
+const CHURNED: usize = 66;
+/// Of those, the ones created while the churn is under way.
+const CREATED_LATE: usize = 6;
+const MIN_KILLS: usize = 4;
+
+#[tokio::test]
+async fn leader_killed_again_and_again_during_churn_loses_nothing() -> Result<()> {
+    let (cluster, ns, nodes) = with_backend("churn").await?;
+    label_node(&cluster, &nodes.node2, Some(POOL_NODE2)).await?;
+    let outcome = churn_while_killing_the_leader(&cluster, &ns, &nodes).await;
+    label_node(&cluster, &nodes.node2, None).await?;
+    outcome
+}
+
+async fn churn_while_killing_the_leader(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) -> Result<()> {
+    // A third everywhere, a third on node-2's pool, a third in a pool no node is in.
+    let mut churned: BTreeMap<String, Churned> = (0..CHURNED)
+        .map(|i| {
+            let pool = [None, Some(POOL_NODE2), Some(POOL_NOWHERE)][i % 3];
+            (churn_name(i), Churned { port: 19000 + i as u16, local: false, pool, deleted: false })
+        })
+        .collect();
+    for (name, service) in churned.iter().take(CHURNED - CREATED_LATE) {
+        create_churned(ns, name, service).await?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let killing = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let cluster = Cluster::connect().await?;
+            let mut failovers = Vec::new();
+            while failovers.len() < MIN_KILLS || !stop.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let (took, killed, successor) = kill_leader(&cluster).await?;
+                say(format!("SIGKILL to leader {killed}: {successor} led {:.1}s later", took.as_secs_f64()));
+                failovers.push(took);
+            }
+            anyhow::Ok(failovers)
+        }
+    });
+
+    let (mut changed, mut deleted) = (0, 0);
+    for i in 0..CHURNED {
+        let name = churn_name(i);
+        if i >= CHURNED - CREATED_LATE {
+            create_churned(ns, &name, &churned[&name]).await?;
+        }
+        let service = churned.get_mut(&name).expect("every churned Service is listed");
+        let patch = match i % 3 {
+            0 if i % 2 == 0 => {
+                service.local = true;
+                Some(json!({ "spec": { "externalTrafficPolicy": "Local" } }))
+            }
+            1 if i % 2 == 1 => {
+                service.port += 500;
+                let ports =
+                    json!([{ "name": "http", "protocol": "TCP", "port": service.port, "targetPort": ECHO_HTTP_PORT }]);
+                Some(json!({ "spec": { "ports": ports } }))
+            }
+            2 if i % 2 == 0 => {
+                service.pool = Some(POOL_NODE2);
+                Some(json!({ "metadata": { "annotations": { names::POOL: POOL_NODE2 } } }))
+            }
+            _ => None,
+        };
+        if let Some(patch) = patch {
+            ns.patch_service(&name, patch).await?;
+            changed += 1;
+        }
+        if i % 5 == 4 {
+            ns.services().delete(&name, &DeleteParams::default()).await?;
+            service.deleted = true;
+            deleted += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    stop.store(true, Ordering::Release);
+    let failovers = killing.await??;
+    let churn_over = Instant::now();
+    let bound = LEASE_DURATION + MARGIN;
+    ensure!(failovers.iter().all(|took| *took <= bound), "a failover after SIGKILL took over {bound:?}");
+
+    eventually(SETTLE, || settled(cluster, ns, nodes, &churned)).await?;
+    let remaining = churned.values().filter(|s| !s.deleted).count();
+    let serving = churned.values().filter(|s| !s.deleted && !s.expected(nodes).is_empty()).count();
+    say(format!(
+        "churn: {CHURNED} Services created, {changed} changed, {deleted} deleted, {remaining} remain ({serving} with proxies); \
+         {} leader kills; settled {:.1}s after the churn; 0 wrong statuses, 0 orphaned DaemonSets, 0 Services stuck on the finalizer",
+        failovers.len(),
+        churn_over.elapsed().as_secs_f64()
+    ));
+    say(format!("failover after SIGKILL: {}", summary(&failovers)));
+    Ok(())
+}
+
+/// The figure the metrics endpoint of a controller pod shows for `hostlb_leader`.
+fn leader_gauge(pod: &Pod) -> Result<String> {
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("controller pod without address")?;
+    let output = std::process::Command::new("curl")
+        .args(["-fsS", "--max-time", "3", &format!("http://{ip}:8080/metrics")])
+        .output()?;
+    ensure!(output.status.success(), "metrics of {}: {}", pod.name_any(), String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line =
+        text.lines().find(|line| line.starts_with("hostlb_leader ")).context("no hostlb_leader in the metrics")?;
+    Ok(line.trim_start_matches("hostlb_leader ").to_string())
+}
+
+#[tokio::test]
+async fn a_leader_stopped_gracefully_hands_the_lease_over_within_seconds() -> Result<()> {
+    let cluster = Cluster::connect().await?;
+    let leader = leader_with_a_standby(&cluster, SETTLE).await?;
+    ensure!(leader_gauge(&leader)? == "1", "the leader's hostlb_leader is not 1");
+    let stopped_at = Instant::now();
+    controller_pods(&cluster).delete(&leader.name_any(), &DeleteParams::default()).await?;
+    let successor = loop {
+        if let (Some(holder), _) = lease(&cluster).await? {
+            if holder != leader.name_any() {
+                break holder;
+            }
+        }
+        ensure!(stopped_at.elapsed() < LEASE_DURATION + MARGIN, "nobody took the Lease over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = stopped_at.elapsed();
+    say(format!(
+        "failover after SIGTERM: {successor} led {:.2}s after {} was deleted",
+        took.as_secs_f64(),
+        leader.name_any()
+    ));
+    // A follower reads the Lease once per retry period; the rest is the kubelet and the API server.
+    let bound = RETRY_PERIOD + Duration::from_secs(4);
+    ensure!(took <= bound, "the Lease was handed over after {took:?}, not within {bound:?}");
+    let new_leader = leader_with_a_standby(&cluster, SETTLE).await?;
+    ensure!(leader_gauge(&new_leader)? == "1", "the new leader's hostlb_leader is not 1");
+    let pods = controller_pods(&cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
+    let followers = pods.iter().filter(|pod| pod_is_ready(pod));
+    for follower in followers.filter(|pod| pod.name_any() != new_leader.name_any()) {
+        ensure!(leader_gauge(follower)? == "0", "follower {}'s hostlb_leader is not 0", follower.name_any());
+    }
+    Ok(())
+}
+
+/// Each controller pod's restart count.
+async fn controller_restarts(cluster: &Cluster) -> Result<BTreeMap<String, i32>> {
+    let pods = controller_pods(cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
+    let restarts = |pod: &Pod| {
+        let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+        statuses.and_then(|s| s.first()).map_or(0, |s| s.restart_count)
+    };
+    Ok(pods.iter().map(|pod| (pod.name_any(), restarts(pod))).collect())
+}
+
+/// Waits until every node runs a Ready proxy pod of the Service claiming `port`, and the
+/// Service publishes both nodes.
+async fn serves_on_both_nodes(
+    cluster: &Cluster,
+    ns: &TestNamespace,
+    nodes: &Nodes,
+    name: &str,
+    port: u16,
+) -> Result<()> {
+    wait_rolled_to(cluster, &ns.name, name, i32::from(port), SETTLE).await?;
+    cluster.wait_for_addresses(&ns.name, name, &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    Ok(())
+}
+
+/// A test's namespace with the echo backend Ready on node-1.
+async fn with_backend(test: &str) -> Result<(Cluster, TestNamespace, Nodes)> {
+    let (cluster, ns, nodes) = setup(test).await?;
+    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("echo", 1, SETTLE).await?;
+    Ok((cluster, ns, nodes))
+}
+
+/// A test's namespace with a LoadBalancer Service for the echo backend, served on both nodes.
+async fn serving(test: &str, service: &str, port: u16) -> Result<(Cluster, TestNamespace, Nodes)> {
+    let (cluster, ns, nodes) = with_backend(test).await?;
+    ns.load_balancer(service, "echo", &http(port), json!({})).await?;
+    serves_on_both_nodes(&cluster, &ns, &nodes, service, port).await?;
+    Ok((cluster, ns, nodes))
+}
+
+async fn answers(cluster: &Cluster, address: IpAddr, port: u16, timeout: Duration) -> Result<EchoReply> {
+    let client = cluster.client()?;
+    eventually_blocking(timeout, move || client.http_get(address, port)).await
+}
+
+#[tokio::test]
+async fn api_server_and_etcd_restarted_in_the_middle_of_a_change_the_change_completes() -> Result<()> {
+    let (cluster, ns, nodes) = serving("api-restart", "moving", 19600).await?;
+    leader_with_a_standby(&cluster, SETTLE).await?;
+    let restarts = controller_restarts(&cluster).await?;
+
+    let ports = json!([{ "name": "http", "protocol": "TCP", "port": 19601, "targetPort": ECHO_HTTP_PORT }]);
+    ns.patch_service("moving", json!({ "spec": { "ports": ports } })).await?;
+    let changed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.harness(&["restart-control-plane"])?;
+    let back_after = changed_at.elapsed();
+    serves_on_both_nodes(&cluster, &ns, &nodes, "moving", 19601).await?;
+    answers(&cluster, nodes.unpublished1, 19601, SETTLE).await?;
+    answers(&cluster, nodes.ip1, 19601, SETTLE).await?;
+    say(format!(
+        "API server and etcd restarted 0.5s into a port change: API back after {:.1}s, change complete after {:.1}s",
+        back_after.as_secs_f64(),
+        changed_at.elapsed().as_secs_f64()
+    ));
+    ensure!(controller_restarts(&cluster).await? == restarts, "a controller restarted");
+    Ok(())
+}
+
+/// One probe round: which of the paths answered.
+async fn probe_all(cluster: &Cluster, targets: &[(IpAddr, u16)]) -> Result<Vec<bool>> {
+    let client = cluster.client()?;
+    let targets = targets.to_vec();
+    tokio::task::spawn_blocking(move || targets.iter().map(|(ip, port)| client.http_get(*ip, *port).is_ok()).collect())
+        .await
+        .map_err(Into::into)
+}
+
+async fn scale_controller(cluster: &Cluster, replicas: u8) -> Result<()> {
+    cluster.kubectl(&[
+        "-n",
+        SYSTEM_NAMESPACE,
+        "scale",
+        "deployment/hostlb-controller",
+        &format!("--replicas={replicas}"),
+    ])?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn services_keep_answering_on_both_paths_while_the_controller_is_away() -> Result<()> {
+    let (cluster, _namespace, nodes) = serving("away", "steady", 19610).await?;
+    let targets = [(nodes.ip1, 19610), (nodes.ip2, 19610), (nodes.unpublished1, 19610), (nodes.unpublished2, 19610)];
+    for (ip, port) in targets {
+        answers(&cluster, ip, port, SETTLE).await?;
+    }
+
+    scale_controller(&cluster, 0).await?;
+    let away = async {
+        eventually(SETTLE, || async {
+            let left =
+                controller_pods(&cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items.len();
+            ensure!(left == 0, "{left} controller pods are still there");
+            Ok(())
+        })
+        .await?;
+        let started = Instant::now();
+        let (mut answered, mut failed) = (0, Vec::new());
+        while started.elapsed() < Duration::from_secs(60) {
+            for (answer, target) in probe_all(&cluster, &targets).await?.into_iter().zip(targets) {
+                if answer {
+                    answered += 1;
+                } else {
+                    failed.push(target);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        anyhow::Ok((answered, failed))
+    }
+    .await;
+    // Whatever happened, the next tests need the controller back.
+    scale_controller(&cluster, 2).await?;
+    let (answered, failed) = away?;
+    leader_with_a_standby(&cluster, SETTLE).await?;
+    say(format!(
+        "controller scaled to 0 for 60s: {answered} requests answered, {} failed, over the published and the proxy path of both nodes",
+        failed.len()
+    ));
+    ensure!(failed.is_empty(), "requests failed while the controller was away: {failed:?}");
+    Ok(())
+}
+
+/// Sends a request every `PROBE_EVERY` until `stop`; returns the longest run of failures as
+/// time from the first failed to the next answered request.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+
+async fn longest_gap(cluster: &Cluster, target: (IpAddr, u16), stop: Arc<AtomicBool>) -> Result<Duration> {
+    let (mut longest, mut failing_since) = (Duration::ZERO, None::<Instant>);
+    while !stop.load(Ordering::Acquire) || failing_since.is_some() {
+        let answered = probe_all(cluster, &[target]).await?[0];
+        match (answered, failing_since) {
+            (false, None) => failing_since = Some(Instant::now()),
+            (true, Some(since)) => {
+                longest = longest.max(since.elapsed());
+                failing_since = None;
+            }
+            _ => {}
+        }
+        if failing_since.is_some_and(|since| since.elapsed() > SETTLE) {
+            bail!("{}:{} has not answered for {SETTLE:?}", target.0, target.1);
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+    Ok(longest)
+}
+
+#[tokio::test]
+async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
+    let (cluster, ns, nodes) = serving("proxy-kill", "struck", 19620).await?;
+    let proxy_path = (nodes.unpublished1, 19620);
+    let published_path = (nodes.ip1, 19620);
+    answers(&cluster, proxy_path.0, proxy_path.1, SETTLE).await?;
+
+    let on_node1 = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(nodes.node1.as_str());
+    let victim =
+        cluster.proxy_pods(&ns.name, "struck").await?.into_iter().find(on_node1).context("no proxy pod on node-1")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let probes = [proxy_path, published_path].map(|target| {
+        let stop = stop.clone();
+        tokio::spawn(async move { longest_gap(&Cluster::connect().await?, target, stop).await })
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed_at = Instant::now();
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    pods.delete(&victim.name_any(), &DeleteParams::default()).await?;
+    let replacement = eventually(SETTLE, || async {
+        let pods = cluster.proxy_pods(&ns.name, "struck").await?;
+        let back =
+            pods.into_iter().find(|pod| on_node1(pod) && pod.name_any() != victim.name_any() && pod_is_ready(pod));
+        back.context("no new Ready proxy pod on node-1 yet")
+    })
+    .await?;
+    let back_after = killed_at.elapsed();
+    cluster.wait_for_addresses(&ns.name, "struck", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    answers(&cluster, proxy_path.0, proxy_path.1, SETTLE).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Release);
+    let [proxy_gap, published_gap] = probes;
+    let (proxy_gap, published_gap) = (proxy_gap.await??, published_gap.await??);
+    say(format!(
+        "proxy pod {} deleted: {} Ready {:.1}s later; traffic gap {:.1}s through the proxy pod, {:.1}s to the published address",
+        victim.name_any(),
+        replacement.name_any(),
+        back_after.as_secs_f64(),
+        proxy_gap.as_secs_f64(),
+        published_gap.as_secs_f64()
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_node_gets_its_proxies_and_its_address_back() -> Result<()> {
+    let (cluster, ns, nodes) = serving("node-restart", "rebooted", 19630).await?;
+
+    let stopped_at = Instant::now();
+    cluster.harness(&["node", "stop", &nodes.node2])?;
+    // Whatever happens, the next tests need node-2 back.
+    let withdrawn = cluster.wait_for_addresses(&ns.name, "rebooted", &[nodes.ip1], SETTLE).await;
+    let started_at = Instant::now();
+    cluster.harness(&["node", "start", &nodes.node2])?;
+    let withdrawn = withdrawn?;
+    let returned = cluster.wait_for_addresses(&ns.name, "rebooted", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    answers(&cluster, nodes.unpublished2, 19630, SETTLE).await?;
+    answers(&cluster, nodes.ip2, 19630, SETTLE).await?;
+    say(format!(
+        "node-2's kubelet and containerd stopped: its address left the status after {:.1}s; restarted after {:.1}s, \
+         its proxy was Ready and its address back in the status {:.1}s later",
+        withdrawn.as_secs_f64(),
+        started_at.duration_since(stopped_at).as_secs_f64(),
+        returned.as_secs_f64()
+    ));
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! The only part that talks to the API server: lists what a report is made of, all at once.
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+use hostlb_controller::names;
+
+use crate::report::Observed;
+
+/// `namespace`: the Services' namespace, or every namespace. `hostlb_namespace`: where the
+/// controller puts the proxy DaemonSets.
+pub async fn observe(client: &Client, namespace: Option<&str>, hostlb_namespace: &str) -> kube::Result<Observed> {
+    let (services, events): (Api<Service>, Api<Event>) = match namespace {
+        Some(namespace) => (Api::namespaced(client.clone(), namespace), Api::namespaced(client.clone(), namespace)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let nodes: Api<Node> = Api::all(client.clone());
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), hostlb_namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), hostlb_namespace);
+    let everything = ListParams::default();
+    let proxies = ListParams::default().labels(&names::managed_selector());
+    let warnings = ListParams::default().fields("type=Warning,involvedObject.kind=Service");
+    let (services, nodes, daemonsets, pods, warnings) = tokio::try_join!(
+        services.list(&everything),
+        nodes.list(&everything),
+        daemonsets.list(&proxies),
+        pods.list(&proxies),
+        events.list(&warnings),
+    )?;
+    Ok(Observed {
+        services: services.items,
+        nodes: nodes.items,
+        daemonsets: daemonsets.items,
+        pods: pods.items,
+        warnings: warnings.items,
+    })
+}
