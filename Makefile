@@ -1,11 +1,15 @@
 # The two commands of the README: `make demo` and `make test`. The rest are their parts.
-.PHONY: demo test up down status logs images unit
+.PHONY: demo test bench up down status logs images unit
 
 demo:
 	bash e2e/demo.sh
 
 test:
 	bash e2e/test-all.sh
+
+# Measurements beside baselines; not part of `make test` (see docs/BENCHMARKS.md).
+bench:
+	bash e2e/bench/bench.sh
 
 unit:
 	cargo test --workspace --exclude hostlb-e2e

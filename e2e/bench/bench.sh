@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# `make bench`: measures hostlb beside a baseline taken in the same run, prints a table and
+# writes target/bench/results.json (flat keys, numbers only) and target/bench/table.md.
+# Not part of `make test`: the figures depend on the machine, so nothing here passes or fails
+# on a number. Method and latest figures: docs/BENCHMARKS.md.
+#
+#   HOSTLB_BENCH_PARTS   which parts to run (default "proxy cluster scale"):
+#     proxy    network namespaces only: data path, hostlb-lb init time, image size, memory
+#     cluster  the local two-node cluster (cluster.sh up ... down): 30 Services at once
+#     scale    its own API server on loopback with simulated nodes: 100, 300, 1000 Services
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+HERE=e2e/bench
+OUT=target/bench
+PARTS="${HOSTLB_BENCH_PARTS:-proxy cluster scale}"
+TARGET=x86_64-unknown-linux-gnu
+mkdir -p "$OUT/parts"
+# A part that fails still leaves what it measured; the table shows it and the run exits 1.
+failed=()
+
+[[ $(id -u) == 0 ]] || { echo "make bench must run as root (network namespaces)" >&2; exit 1; }
+
+# iperf3 and HAProxy are the data path's load and userspace baseline; gnuplot draws the plots.
+deps=(iperf3 haproxy gnuplot-nox jq iptables nftables iproute2)
+missing=()
+for p in "${deps[@]}"; do
+  dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null ||
+    { apt-get update -qq </dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null; }
+fi
+
+# The images' static binaries are what runs in a cluster, so they are what is measured.
+bash images/build.sh
+bin="$PWD/target/$TARGET/release"
+
+if [[ " $PARTS " == *" proxy "* ]]; then
+  jq -n --argjson bytes "$(stat -c %s _out/images/lb.tar)" '{lb_image_bytes: $bytes}' >"$OUT/parts/image.json"
+  HOSTLB_BENCH_OUT="$PWD/$OUT/parts/proxy.json" HOSTLB_LB_BINARY="$bin/hostlb-lb" \
+    cargo bench --locked -p hostlb-lb --bench proxy
+fi
+
+if [[ " $PARTS " == *" cluster "* ]]; then
+  cargo bench --locked -p hostlb-e2e --bench controller --no-run
+  # The cluster's state folder is fixed, so runs on one machine take turns: the lock is held
+  # from up to down (not inherited by the cluster's daemons), and down runs whatever the bench did.
+  exec 8>"${HOSTLB_CLUSTER_LOCK:-/run/hostlb-cluster.lock}"
+  flock 8
+  status=0
+  { bash e2e/cluster/cluster.sh up &&
+    HOSTLB_BENCH_OUT="$PWD/$OUT/parts/controller.json" cargo bench --locked -p hostlb-e2e --bench controller
+  } 8>&- || status=1
+  bash e2e/cluster/cluster.sh down 8>&- || status=1
+  flock -u 8
+  exec 8>&-
+  [[ $status == 0 ]] || failed+=(cluster)
+fi
+
+if [[ " $PARTS " == *" scale "* ]]; then
+  cargo bench --locked -p hostlb-e2e --bench scale --no-run
+  scale_state="${HOSTLB_BENCH_SCALE_STATE:-/var/lib/hostlb-bench-scale}"
+  trap 'HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" down' EXIT
+  HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" up
+  HOSTLB_BENCH_OUT="$PWD/$OUT/parts/scale.json" HOSTLB_BENCH_LAGS="$PWD/$OUT/lags.tsv" HOSTLB_BENCH_STATE="$scale_state" \
+    HOSTLB_CONTROLLER_BINARY="$bin/hostlb-controller" cargo bench --locked -p hostlb-e2e --bench scale ||
+    failed+=(scale)
+  HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" down
+  trap - EXIT
+fi
+
+jq -s 'add' "$OUT"/parts/*.json >"$OUT/results.json"
+
+if [[ -s $OUT/lags.tsv ]]; then
+  jq -r '"100\t\(.ctl_all_ready_s_100)", "300\t\(.ctl_all_ready_s_300)", "1000\t\(.ctl_all_ready_s)"' \
+    "$OUT/results.json" >"$OUT/all-ready.tsv"
+  gnuplot -e "dir='$OUT'" "$HERE/plot.gp"
+fi
+
+# One row per line of goals.tsv: goal, measured, baseline and, for raw figures, measured / baseline.
+jq -r --rawfile goals "$HERE/goals.tsv" '
+  . as $r
+  | def show: if . == null then "-" elif (. | floor) == . then tostring else (. * 1000 | round / 1000 | tostring) end;
+    def met($goal; $value):
+      if $goal == "-" or $value == null then "-"
+      else ($goal | split(" ")) as [$op, $n] | ($n | tonumber) as $n
+        | if ($op == "<=" and $value <= $n) or ($op == ">=" and $value >= $n) then "yes" else "no" end
+      end;
+  "| key | goal | measured | baseline | ratio | goal met |",
+  "|---|---|---|---|---|---|",
+  ($goals | split("\n")[] | select(length > 0 and (startswith("#") | not)) | split("\t")
+   | . as [$key, $goal, $base, $what]
+   | $r[$key] as $value | (if $base == "-" then null else $r[$base] end) as $b
+   | "| `\($key)` (\($what)) | \($goal) | \($value | show) | "
+     + (if $b == null then "-" else "\($b | show) (`\($base)`)" end) + " | "
+     + (if $b == null or $b == 0 or $value == null or ($key | endswith("_ratio")) then "-" else ($value / $b | show) end)
+     + " | \(met($goal; $value)) |")
+' "$OUT/results.json" | tee "$OUT/table.md"
+echo "wrote $OUT/results.json and $OUT/table.md"
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "failed parts: ${failed[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,25 @@
+//! Small statistics shared by `make bench`'s programs (included with `#[path]`, as they live in
+//! two crates).
+
+#![allow(dead_code)] // each program uses a different part
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// The value at `p` (0 to 1) of values sorted in ascending order.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `value` rounded to `digits` decimals, for results that a reader compares by eye.
+pub fn rounded(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
