@@ -1,8 +1,12 @@
 //! The one decision of a reconcile: from a Service, what hostlb knows of the cluster (the index)
-//! and its settings, everything the executor must do. Pure: no client, no clock, no await.
+//! and its settings, everything the executor must do. Pure: no client, no clock (the time is
+//! one of the inputs), no await.
+
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::condition;
@@ -15,7 +19,9 @@ use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
 use crate::proxy_health::{creation_failure, failing_pods};
 use crate::service_lb::{address_options, declared_families, requested_ip_mode, FieldError, ServiceLb};
-use crate::status::{desired_addresses, holds_status, needs_update, Address, IpMode, Publication};
+use crate::status::{
+    desired_addresses, holds_status, needs_update, pod_is_ready, published_addresses, Address, IpMode, Publication,
+};
 use crate::Settings;
 
 /// What the executor read for this Service besides the index.
@@ -25,7 +31,13 @@ pub struct Observed<'a> {
     pub daemonset: Option<&'a DaemonSet>,
     /// What hostlb itself last wrote to that DaemonSet, if this replica remembers it.
     pub last_applied: Option<&'a Applied>,
+    pub now: Timestamp,
 }
+
+/// How long proxies that are starting hold back a status write that would only add to what is
+/// published, so that proxies started together are published together, in one write, rather
+/// than one node at a time. Withdrawals and problems are written at once.
+pub const STARTING_PROXIES_WINDOW: Duration = Duration::from_secs(5);
 
 /// A DaemonSet as hostlb's own apply left it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +70,9 @@ pub struct Serving {
     /// hostlb's condition, when the Service does not have it yet.
     pub condition: Option<condition::Ready>,
     pub warnings: Vec<Warning>,
+    /// Proxies are starting: the status is left as it is for now, and looked at again after
+    /// this long at the latest (their pods' changes bring the next look sooner).
+    pub hold: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -125,6 +140,19 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         index.nodes.values().filter(|node| placement.admits(node) && index.serves(node)).count()
     });
     let partly_held = placement.as_ref().is_some_and(|placement| !placement.excluded_nodes.is_empty());
+    let starting = placement.as_ref().and_then(|placement| {
+        let daemonset_since = match (&serving.daemonset, observed.daemonset) {
+            (Some(DaemonSetAction::Apply { created: true, .. }), _) => Some(observed.now),
+            (_, Some(daemonset)) => daemonset.metadata.creation_timestamp.as_ref().map(|time| time.0),
+            _ => None,
+        };
+        let podless = index
+            .nodes
+            .values()
+            .filter(|node| placement.admits(node) && index.serves(node))
+            .any(|node| pods.iter().all(|pod| pod_node(pod) != node.metadata.name.as_deref()));
+        starting_until(&pods, daemonset_since.filter(|_| podless), observed.now)
+    });
     let publication = match placement {
         Some(placement) => {
             desired_addresses(service, pods, |name| index.serving_node(name), &placement, &policy, &families)
@@ -142,11 +170,38 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         warnings: &serving.warnings,
     };
     let ready = condition::ready(service, &findings);
+    let adds_only = published_addresses(service).iter().all(|address| publication.addresses.contains(address));
+    if let Some(until) = starting.filter(|_| adds_only && serving.warnings.is_empty()) {
+        let millis = until.as_millisecond().saturating_sub(observed.now.as_millisecond());
+        serving.hold = Some(Duration::from_millis(u64::try_from(millis).unwrap_or_default()));
+        return serving;
+    }
     serving.condition = condition::differs(service, &ready).then_some(ready);
     if needs_update(service, &publication.addresses, serving.ip_mode) {
         serving.publish = Some(publication.addresses);
     }
     serving
+}
+
+fn pod_node(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref())
+}
+
+/// When the last of the proxies still starting stops counting as starting: pods not Ready yet
+/// that were created within the window, and, while the DaemonSet is that young
+/// (`daemonset_since`, given when eligible nodes have no pod yet), the pods still to come.
+/// `None` when nothing is starting.
+fn starting_until(pods: &[&Pod], daemonset_since: Option<Timestamp>, now: Timestamp) -> Option<Timestamp> {
+    let pods_since = pods
+        .iter()
+        .filter(|pod| !pod_is_ready(pod) && pod.metadata.deletion_timestamp.is_none())
+        .filter_map(|pod| pod.metadata.creation_timestamp.as_ref().map(|time| time.0));
+    let window = k8s_openapi::jiff::SignedDuration::try_from(STARTING_PROXIES_WINDOW).ok()?;
+    pods_since
+        .chain(daemonset_since)
+        .filter_map(|since| since.checked_add(window).ok())
+        .filter(|until| *until > now)
+        .max()
 }
 
 /// kube-proxy applies source ranges to the load balancer addresses only: a refused client can
@@ -294,7 +349,7 @@ mod tests {
             generation: d.metadata.generation.unwrap_or_default(),
             config_hash: config_hash_of(d).unwrap_or_default().into(),
         });
-        let observed = Observed { service, daemonset, last_applied: last_applied.as_ref() };
+        let observed = Observed { service, daemonset, last_applied: last_applied.as_ref(), now: Timestamp::now() };
         match decide(&observed, index, &settings()) {
             Decision::Serve(serving) => *serving,
             other => panic!("expected to serve, got {other:?}"),
@@ -369,6 +424,50 @@ mod tests {
         already.status.as_mut().unwrap().conditions = Some(vec![condition::to_api(&ready, None, now)]);
         let again = served(&already, &index, Some(&existing));
         assert!(again.publish.is_none() && again.condition.is_none(), "nothing changed, nothing is written");
+    }
+
+    fn created_at(mut pod: Pod, at: Timestamp) -> Pod {
+        pod.metadata.creation_timestamp = Some(Time(at));
+        pod
+    }
+
+    #[test]
+    fn proxies_that_are_starting_hold_back_additions_but_not_withdrawals() {
+        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let nodes =
+            [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
+        let now = Timestamp::now();
+        let second = k8s_openapi::jiff::SignedDuration::from_secs(1);
+        let existing = desired_for(&service);
+        let decide_with = |service: &Service, pods: &[Pod]| {
+            let index = index_of(std::slice::from_ref(service), &nodes, pods, std::slice::from_ref(&existing));
+            let applied = Applied {
+                generation: existing.metadata.generation.unwrap_or_default(),
+                config_hash: config_hash_of(&existing).unwrap_or_default().into(),
+            };
+            let observed = Observed { service, daemonset: Some(&existing), last_applied: Some(&applied), now };
+            match decide(&observed, &index, &settings()) {
+                Decision::Serve(serving) => *serving,
+                other => panic!("expected to serve, got {other:?}"),
+            }
+        };
+        let ready_one = created_at(proxy_pod("p1", "n1", true), now - 3 * second);
+        let starting = created_at(proxy_pod("p2", "n2", false), now - 2 * second);
+
+        let held = decide_with(&service, &[ready_one.clone(), starting.clone()]);
+        assert_eq!(held.hold, Some(Duration::from_secs(3)), "until the starting pod is 5 s old");
+        assert!(held.publish.is_none() && held.condition.is_none());
+
+        let slow = created_at(proxy_pod("p2", "n2", false), now - 6 * second);
+        let waited = decide_with(&service, &[ready_one.clone(), slow]);
+        assert_eq!((waited.hold, waited.publish), (None, Some(ips(&["10.0.0.1"]))), "a slow pod holds back no more");
+
+        let both = decide_with(&service, &[ready_one.clone(), created_at(proxy_pod("p2", "n2", true), now)]);
+        assert_eq!((both.hold, both.publish), (None, Some(ips(&["10.0.0.1", "10.0.0.2"]))), "all ready: one write");
+
+        let was_on_both = published(service, &["10.0.0.1", "10.0.0.2"]);
+        let withdrawn = decide_with(&was_on_both, &[ready_one, starting]);
+        assert_eq!((withdrawn.hold, withdrawn.publish), (None, Some(ips(&["10.0.0.1"]))), "withdrawn at once");
     }
 
     #[test]
@@ -487,7 +586,8 @@ mod tests {
 
         let mut old_server = settings();
         old_server.server_has_ip_mode = false;
-        let observed = Observed { service: &proxy, daemonset: Some(&existing), last_applied: None };
+        let observed =
+            Observed { service: &proxy, daemonset: Some(&existing), last_applied: None, now: Timestamp::now() };
         let Decision::Serve(serving) = decide(&observed, &index, &old_server) else { panic!("expected to serve") };
         assert_eq!(serving.ip_mode, None);
         assert!(serving.publish.is_none());
@@ -552,8 +652,13 @@ mod tests {
     #[test]
     fn services_no_longer_served_are_cleaned_up_once() {
         let index = index_of(&[], &[], &[], &[]);
-        let decide_for =
-            |service: &Service| decide(&Observed { service, daemonset: None, last_applied: None }, &index, &settings());
+        let decide_for = |service: &Service| {
+            decide(
+                &Observed { service, daemonset: None, last_applied: None, now: Timestamp::now() },
+                &index,
+                &settings(),
+            )
+        };
         let changed_type =
             published(with_finalizer(ServiceBuilder::new("web").type_("ClusterIP").build()), &["10.0.0.1"]);
         assert!(matches!(decide_for(&changed_type), Decision::CleanUp { clear_status: true }));

@@ -138,7 +138,8 @@ pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<A
         let key = daemonset.as_deref().map(key_of);
         let applied = context.applied.lock().expect("applied lock");
         let last_applied = key.and_then(|key| applied.get(&key));
-        let observed = Observed { service: &service, daemonset: daemonset.as_deref(), last_applied };
+        let observed =
+            Observed { service: &service, daemonset: daemonset.as_deref(), last_applied, now: Timestamp::now() };
         decide(&observed, &context.read_index(), &context.settings)
     };
     let action = match decision {
@@ -150,8 +151,9 @@ pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<A
         }
         Decision::Serve(serving) => {
             let _timer = context.metrics.reconcile_started();
+            let next = serving.hold.unwrap_or(RESYNC);
             context.serve(&service, *serving).await?;
-            Action::requeue(RESYNC)
+            Action::requeue(next)
         }
     };
     context.failures.lock().expect("failures lock").remove(&ObjectRef::from_obj(service.as_ref()));

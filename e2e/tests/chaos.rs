@@ -70,15 +70,27 @@ async fn leader_with_a_standby(cluster: &Cluster, timeout: Duration) -> Result<P
 /// How long after `since` (wall clock) a live replica renewed the Lease; returns that and the holder.
 async fn next_renewal_after(cluster: &Cluster, since: SystemTime, timeout: Duration) -> Result<(Duration, String)> {
     let started = Instant::now();
+    let mut last_read = None;
     while started.elapsed() < timeout {
-        if let Ok((Some(holder), Some(renewed))) = lease(cluster).await {
-            if renewed > since {
-                return Ok((started.elapsed(), holder));
-            }
+        match lease(cluster).await {
+            Ok((Some(holder), Some(renewed))) if renewed > since => return Ok((started.elapsed(), holder)),
+            read => last_read = Some(read),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("nobody renewed the Lease within {timeout:?}")
+    let pods = controller_pods(cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
+    let states: Vec<String> = pods
+        .iter()
+        .map(|pod| {
+            let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
+            let restarts: i32 = statuses.iter().map(|s| s.restart_count).sum();
+            format!("{} (ready {}, {restarts} restarts)", pod.name_any(), pod_is_ready(pod))
+        })
+        .collect();
+    bail!(
+        "nobody renewed the Lease within {timeout:?}; last read {last_read:?}; controller pods: {}",
+        states.join(", ")
+    )
 }
 
 /// SIGKILL to the leader's container through its node's containerd; returns the time until
