@@ -130,21 +130,27 @@ fn program_time(lb: &str, results: &mut Results) {
     results.insert("lb_program_ratio_vs_iptables", rounded(hostlb / iptables, 3));
 }
 
-/// `lb_hold_rss_kib`: the resident memory of the long-running container's process.
+/// `lb_hold_rss_kib`: the resident memory of the long-running container's process, and of it
+/// `lb_hold_rss_anon_kib`, the part that is the process's own; the rest are pages of the
+/// binary, shared through the page cache by every proxy pod on the node.
 fn hold_rss(lb: &str, results: &mut Results) {
     let mut hold = Command::new(lb).arg("hold").stderr(Stdio::null()).spawn().expect("starting hostlb-lb hold");
     std::thread::sleep(Duration::from_millis(300));
     let status = std::fs::read_to_string(format!("/proc/{}/status", hold.id())).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .expect("VmRSS in /proc/PID/status");
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+    };
+    let (rss, anon) = (kib("VmRSS:"), kib("RssAnon:"));
     kill(Pid::from_raw(hold.id() as i32), Signal::SIGTERM).unwrap();
     let exit = hold.wait().unwrap();
     assert!(exit.success(), "hostlb-lb hold exits 0 on SIGTERM: {exit}");
-    eprintln!("hold: {rss} KiB resident");
+    eprintln!("hold: {rss} KiB resident, {anon} KiB of it anonymous");
     results.insert("lb_hold_rss_kib", rss);
+    results.insert("lb_hold_rss_anon_kib", anon);
 }
 
 /// The four namespaces, linked and routed, and what runs in them; all stopped and deleted on drop.

@@ -11,10 +11,14 @@ use hostlb_lb::plan::{socket_text, Plan};
 use hostlb_lb::{hold, kernel, probe, rules};
 
 fn main() -> ExitCode {
-    let command = match Command::try_parse() {
-        Ok(command) => command,
-        // Usage errors exit 2, --help and --version 0.
-        Err(error) => error.exit(),
+    let command = if Command::is_hold(std::env::args_os().skip(1)) {
+        Command::Hold
+    } else {
+        match Command::try_parse() {
+            Ok(command) => command,
+            // Usage errors exit 2, --help and --version 0.
+            Err(error) => error.exit(),
+        }
     };
     match run(command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,6 +66,14 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the arguments after the binary are exactly `hold`. The holder runs for the pod's
+    /// whole life, so `hostlb-lb` takes it without the parser, whose code pages then never
+    /// become part of the holder's resident memory.
+    pub fn is_hold<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> bool {
+        let mut args = args.into_iter();
+        args.next().is_some_and(|first| first.as_ref() == HOLD) && args.next().is_none()
+    }
+
     /// The container's arguments, after `LB_BINARY` as its command.
     pub fn to_args(&self) -> Vec<String> {
         let (name, args) = match self {
@@ -262,6 +270,8 @@ mod tests {
         reads_back(Command::Run(local));
         reads_back(Command::Init(RuleArgs::default()));
         reads_back(Command::Hold);
+        assert!(Command::is_hold(Command::Hold.to_args()));
+        assert!(!Command::is_hold(["hold", "--help"]) && !Command::is_hold(["init"]) && !Command::is_hold([""; 0]));
         reads_back(Command::Probe(ProbeArgs { port: 32100, address: None }));
         reads_back(Command::Probe(ProbeArgs { port: 1, address: Some("fd00::1".parse().unwrap()) }));
     }
