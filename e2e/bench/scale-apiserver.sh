@@ -10,7 +10,7 @@
 #   scale-apiserver.sh down   stop exactly the processes `up` started, remove the state folder
 set -euo pipefail
 
-HOSTLB_E2E_STATE="${HOSTLB_BENCH_SCALE_STATE:-/var/lib/hostlb-bench-scale}"
+HOSTLB_E2E_STATE="${HOSTLB_BENCH_SCALE_STATE:-/dev/shm/hostlb-bench-scale}"
 export HOSTLB_E2E_STATE
 # shellcheck source=../cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../cluster/lib.sh"

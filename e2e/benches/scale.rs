@@ -238,7 +238,7 @@ impl Controller {
     }
 }
 
-/// The controller's writes (create, update, patch, delete) in the audit log from `offset` on.
+/// The controller's writes (create, update, patch, delete) in the audit log.
 struct AuditLog {
     path: String,
 }
@@ -248,18 +248,30 @@ impl AuditLog {
         Ok(std::fs::metadata(&self.path)?.len())
     }
 
-    fn controller_writes_since(&self, offset: u64) -> Result<usize> {
+    /// From `offset` on: the writes for Services and their proxies, and apart from them the
+    /// renewals of the controller's own Lease, which go on while it leads whatever happens.
+    fn controller_writes_since(&self, offset: u64) -> Result<ControllerWrites> {
         let mut file = std::fs::File::open(&self.path)?;
         file.seek(SeekFrom::Start(offset))?;
-        let mut writes = 0;
+        let mut writes = ControllerWrites::default();
         for line in BufReader::new(file).lines() {
             let event: Value = serde_json::from_str(&line?)?;
             if event["user"]["username"] == CONTROLLER_USER && event["stage"] == "ResponseComplete" {
-                writes += 1;
+                if event["objectRef"]["resource"] == "leases" {
+                    writes.lease += 1;
+                } else {
+                    writes.services += 1;
+                }
             }
         }
         Ok(writes)
     }
+}
+
+#[derive(Debug, Default)]
+struct ControllerWrites {
+    services: usize,
+    lease: usize,
 }
 
 /// Creates `count` LoadBalancer Services from port `first_port` on in a new namespace, and waits
@@ -383,13 +395,17 @@ async fn measure(
     let offset = audit.end()?;
     tokio::time::sleep(IDLE_WINDOW).await;
     let idle = audit.controller_writes_since(offset)?;
-    results.insert("ctl_idle_writes_per_min", rounded(idle as f64 * 60.0 / IDLE_WINDOW.as_secs_f64(), 1));
+    let per_minute = |writes: usize| rounded(writes as f64 * 60.0 / IDLE_WINDOW.as_secs_f64(), 1);
+    results.insert("ctl_idle_writes_per_min", per_minute(idle.services));
+    results.insert("ctl_idle_lease_writes_per_min", per_minute(idle.lease));
 
     // One more Service, alone: every write the controller makes for it until it settles.
     let offset = audit.end()?;
     round(client, "scale-one", 1, first_port).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    results.insert("ctl_writes_per_service", audit.controller_writes_since(offset)? as f64);
+    let one = audit.controller_writes_since(offset)?;
+    eprintln!("scale: writes for one more Service: {one:?}");
+    results.insert("ctl_writes_per_service", one.services as f64);
 
     let timeline = last_timeline.context("no 1,000 round")?;
     results.insert("ctl_node_addr_change_s", rounded(node_address_change(client, addresses, &timeline).await?, 2));
