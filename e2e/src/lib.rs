@@ -385,8 +385,18 @@ impl TestNamespace {
         Ok(self.services().create(&PostParams::default(), &service).await?)
     }
 
+    /// A merge patch. The 1.20 API server's Service storage can answer a patch with 409 Conflict
+    /// when another write (the controller's status or finalizer) lands at the same moment, even
+    /// though the patch names no resourceVersion; a conflict is retried, as kubectl's patch does.
     pub async fn patch_service(&self, name: &str, patch: Value) -> Result<Service> {
-        Ok(self.services().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
+        let mut attempts = 0;
+        loop {
+            match self.services().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Err(kube::Error::Api(status)) if status.code == 409 && attempts < 5 => attempts += 1,
+                patched => return Ok(patched?),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn delete_service(&self, name: &str) -> Result<()> {
