@@ -345,11 +345,15 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn served(service: &Service, index: &Index, daemonset: Option<&DaemonSet>) -> Serving {
+        served_at(service, index, daemonset, Timestamp::now())
+    }
+
+    fn served_at(service: &Service, index: &Index, daemonset: Option<&DaemonSet>, now: Timestamp) -> Serving {
         let last_applied = daemonset.map(|d| Applied {
             generation: d.metadata.generation.unwrap_or_default(),
             config_hash: config_hash_of(d).unwrap_or_default().into(),
         });
-        let observed = Observed { service, daemonset, last_applied: last_applied.as_ref(), now: Timestamp::now() };
+        let observed = Observed { service, daemonset, last_applied: last_applied.as_ref(), now };
         match decide(&observed, index, &settings()) {
             Decision::Serve(serving) => *serving,
             other => panic!("expected to serve, got {other:?}"),
@@ -441,15 +445,7 @@ mod tests {
         let existing = desired_for(&service);
         let decide_with = |service: &Service, pods: &[Pod]| {
             let index = index_of(std::slice::from_ref(service), &nodes, pods, std::slice::from_ref(&existing));
-            let applied = Applied {
-                generation: existing.metadata.generation.unwrap_or_default(),
-                config_hash: config_hash_of(&existing).unwrap_or_default().into(),
-            };
-            let observed = Observed { service, daemonset: Some(&existing), last_applied: Some(&applied), now };
-            match decide(&observed, &index, &settings()) {
-                Decision::Serve(serving) => *serving,
-                other => panic!("expected to serve, got {other:?}"),
-            }
+            served_at(service, &index, Some(&existing), now)
         };
         let ready_one = created_at(proxy_pod("p1", "n1", true), now - 3 * second);
         let starting = created_at(proxy_pod("p2", "n2", false), now - 2 * second);
