@@ -63,6 +63,12 @@ async fn main() -> Result<()> {
     controller.stop();
     std::fs::write(&out, serde_json::to_string_pretty(&results)? + "\n")?;
     eprintln!("wrote {out}");
+    if measured.is_err() {
+        // The state folder goes with the control plane; the controller's last words stay here.
+        let log = std::fs::read_to_string(format!("{state}/controller.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        eprintln!("the controller's last log lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
     measured
 }
 
@@ -190,6 +196,8 @@ impl Controller {
     fn start(state: &str) -> Result<Controller> {
         let binary = std::env::var("HOSTLB_CONTROLLER_BINARY").context("HOSTLB_CONTROLLER_BINARY is not set")?;
         let image = std::env::var("HOSTLB_LB_IMAGE").unwrap_or_else(|_| "localhost/hostlb/lb:dev".into());
+        // Written into Local Services' proxy pods only; the bench's Services are Cluster.
+        let controller_image = "localhost/hostlb/controller:dev";
         let log = std::fs::File::create(format!("{state}/controller.log"))?;
         let mut command = Command::new(binary);
         // SAFETY: one system call between fork and exec. The controller ends with this program,
@@ -198,7 +206,8 @@ impl Controller {
             command.pre_exec(|| Ok(nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?));
         }
         let child = command
-            .args(["--lb-image", &image, "--http-address", "127.0.0.1:18090", "--instance", "bench"])
+            .args(["--lb-image", &image, "--controller-image", controller_image])
+            .args(["--http-address", "127.0.0.1:18090", "--instance", "bench"])
             .env("KUBECONFIG", format!("{state}/controller.kubeconfig"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
