@@ -11,7 +11,8 @@ use std::sync::Arc;
 use hostlb_proxy_spec::Protocol;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ContainerStatus, Event, Node, Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -140,6 +141,49 @@ fn key_of_claim(claim: &ServiceLb) -> Key {
     format!("{}/{}", claim.namespace, claim.name)
 }
 
+/// What reconciles read of a proxy pod: who it is, its labels and node, when it was created or
+/// deleted, and the status that tells Ready, scheduling and failures. The rest (the spec hostlb
+/// wrote, the images, IDs and addresses the kubelet reports) is most of a pod, and an install
+/// with many Services on many nodes keeps thousands of them.
+fn proxy_pod_essentials(pod: &Pod) -> Pod {
+    let meta = &pod.metadata;
+    let metadata = ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        labels: meta.labels.clone(),
+        creation_timestamp: meta.creation_timestamp.clone(),
+        deletion_timestamp: meta.deletion_timestamp.clone(),
+        ..ObjectMeta::default()
+    };
+    let spec = pod.spec.as_ref().map(|spec| PodSpec { node_name: spec.node_name.clone(), ..PodSpec::default() });
+    let containers = |statuses: &Option<Vec<ContainerStatus>>| {
+        statuses.as_ref().map(|statuses| {
+            statuses
+                .iter()
+                .map(|container| ContainerStatus {
+                    name: container.name.clone(),
+                    ready: container.ready,
+                    restart_count: container.restart_count,
+                    state: container.state.clone(),
+                    last_state: container.last_state.clone(),
+                    ..ContainerStatus::default()
+                })
+                .collect()
+        })
+    };
+    let status = pod.status.as_ref().map(|status| PodStatus {
+        phase: status.phase.clone(),
+        reason: status.reason.clone(),
+        message: status.message.clone(),
+        conditions: status.conditions.clone(),
+        init_container_statuses: containers(&status.init_container_statuses),
+        container_statuses: containers(&status.container_statuses),
+        ..PodStatus::default()
+    });
+    Pod { metadata, spec, status }
+}
+
 pub struct Index {
     settings: Settings,
     pub nodes: Section<Arc<Node>, CarriesEnableLb>,
@@ -214,7 +258,7 @@ impl Index {
     pub fn apply_proxy_pod(&mut self, event: &watcher::Event<Pod>) {
         self.proxy_pods.apply(event, |pod| {
             let uid = pod.labels().get(names::LABEL_SERVICE_UID)?.clone();
-            Some((Arc::new(pod.clone()), vec![uid]))
+            Some((Arc::new(proxy_pod_essentials(pod)), vec![uid]))
         });
     }
 
@@ -326,6 +370,7 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
 mod tests {
     use super::*;
     use crate::fixtures::{proxy_pod, NodeBuilder, ServiceBuilder, UID};
+    use crate::proxy_health::failing_pods;
 
     fn node_lease(node: &str, renewed_at_second: i64) -> Lease {
         serde_json::from_value(serde_json::json!({
@@ -443,6 +488,31 @@ mod tests {
         assert_eq!(names, vec!["p1", "p2"]);
         assert_eq!(index.proxy_pods_of("other").count(), 1);
         assert_eq!(index.proxy_pods_of("none").count(), 0);
+    }
+
+    #[test]
+    fn proxy_pods_are_kept_with_only_what_reconciles_read() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "p1", "namespace": "hostlb-system", "annotations": { "big": "x" },
+                          "labels": { (names::LABEL_SERVICE_UID): UID } },
+            "spec": { "nodeName": "n1", "containers": [{ "name": "lb", "image": "hostlb/lb:1" }] },
+            "status": {
+                "phase": "Pending", "hostIP": "10.0.0.1", "podIP": "10.1.0.1",
+                "conditions": [{ "type": "Ready", "status": "False" }],
+                "containerStatuses": [{ "name": "lb", "image": "hostlb/lb:1", "imageID": "sha256:1", "ready": false,
+                    "restartCount": 3, "state": { "waiting": { "reason": "CrashLoopBackOff" } } }]
+            }
+        }))
+        .unwrap();
+        let index = index_of(&[], &[], std::slice::from_ref(&pod), &[]);
+        let kept = index.proxy_pods_of(UID).next().expect("the pod is indexed");
+        assert_eq!(kept.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
+        assert_eq!(failing_pods(&[kept]), failing_pods(&[&pod]), "failures read the same");
+        assert!(!failing_pods(&[kept]).is_empty());
+        assert_eq!(kept.status.as_ref().unwrap().conditions, pod.status.as_ref().unwrap().conditions);
+        assert!(kept.spec.as_ref().unwrap().containers.is_empty() && kept.metadata.annotations.is_none());
+        assert!(kept.status.as_ref().unwrap().host_ip.is_none());
+        assert_eq!(kept.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].image, "");
     }
 
     #[test]

@@ -266,10 +266,15 @@ impl AuditLog {
         for line in BufReader::new(file).lines() {
             let event: Value = serde_json::from_str(&line?)?;
             if event["user"]["username"] == CONTROLLER_USER && event["stage"] == "ResponseComplete" {
-                if event["objectRef"]["resource"] == "leases" {
+                let object = &event["objectRef"];
+                if object["resource"] == "leases" {
                     writes.lease += 1;
                 } else {
                     writes.services += 1;
+                    let what = [&event["verb"], &object["resource"], &object["subresource"]]
+                        .map(|field| field.as_str().unwrap_or_default().to_string())
+                        .join(" ");
+                    *writes.kinds.entry(what.trim_end().to_string()).or_default() += 1;
                 }
             }
         }
@@ -280,6 +285,8 @@ impl AuditLog {
 #[derive(Debug, Default)]
 struct ControllerWrites {
     services: usize,
+    /// The `services` writes by verb, resource and subresource.
+    kinds: BTreeMap<String, usize>,
     lease: usize,
 }
 
