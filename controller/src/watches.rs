@@ -14,7 +14,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::runtime::{controller, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, watch};
@@ -44,6 +44,11 @@ const SYNC_POLL: Duration = Duration::from_millis(100);
 const PENDING_TRIGGERS: usize = 4096;
 
 type Triggers = Result<Vec<ObjectRef<Service>>, watcher::Error>;
+
+/// Reconciles under way at once. A change that touches every Service (a node's address) would
+/// otherwise send the API server a request per Service at the same moment: more connections,
+/// more load and refusals (429) to retry, where a bounded number in flight is as fast.
+const RECONCILE_CONCURRENCY: u16 = 32;
 
 /// How often node Leases are judged against the clock.
 const LEASE_CHECK: Duration = Duration::from_secs(1);
@@ -289,6 +294,7 @@ impl Leader {
         // Subscribed before the Services are listed, so that no change falls in between.
         let changed = changed_services(self.trigger_sender.subscribe(), self.services.clone());
         let reconciling = Controller::for_stream(stream::empty(), self.services.clone())
+            .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
             .reconcile_all_on(stream::once(std::future::ready(())))
             .reconcile_on(changed)
             .graceful_shutdown_on(over())
