@@ -20,7 +20,8 @@ use crate::port_policy::RefusedPort;
 use crate::proxy_health::{creation_failure, failing_pods};
 use crate::service_lb::{address_options, declared_families, requested_ip_mode, FieldError, ServiceLb};
 use crate::status::{
-    desired_addresses, holds_status, needs_update, pod_is_ready, published_addresses, Address, IpMode, Publication,
+    desired_addresses, holds_status, needs_update, pod_is_ready, pod_node, published_addresses, Address, IpMode,
+    Publication,
 };
 use crate::Settings;
 
@@ -181,10 +182,6 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         serving.publish = Some(publication.addresses);
     }
     serving
-}
-
-fn pod_node(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref())
 }
 
 /// When the last of the proxies still starting stops counting as starting: pods not Ready yet

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 
 use crate::events::{Reason, Warning};
 use crate::index::key_of;
+use crate::status::pod_node;
 
 /// Waiting reasons that do not pass by themselves; ContainerCreating and PodInitializing do.
 const STUCK: [&str; 7] = [
@@ -33,7 +34,7 @@ fn failure_of(pod: &Pod) -> Option<Warning> {
         let init = status.init_container_statuses.iter().flatten();
         init.chain(status.container_statuses.iter().flatten()).find_map(container_failure)
     }?;
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("no node yet");
+    let node = pod_node(pod).unwrap_or("no node yet");
     Some(Warning::new(Reason::ProxyPodFailing, format!("proxy pod {} on {node}: {why}", key_of(pod))))
 }
 

@@ -47,6 +47,11 @@ pub fn node_can_serve(node: &Node) -> bool {
     schedulable && condition_true(node.status.as_ref().and_then(|s| s.conditions.as_ref()), "Ready")
 }
 
+/// The node the pod is bound to, if any yet.
+pub fn pod_node(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref())
+}
+
 pub fn pod_is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && condition_true(pod.status.as_ref().and_then(|s| s.conditions.as_ref()), "Ready")
@@ -253,9 +258,7 @@ pub fn desired_addresses<'a>(
 ) -> Publication {
     let mut serving: BTreeMap<&str, &Node> = BTreeMap::new();
     for pod in proxy_pods.into_iter().filter(|pod| pod_is_ready(pod)) {
-        let Some((name, node)) =
-            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| Some((n, node(n)?)))
-        else {
+        let Some((name, node)) = pod_node(pod).and_then(|n| Some((n, node(n)?))) else {
             continue;
         };
         if node_can_serve(node) && placement.admits(node) {

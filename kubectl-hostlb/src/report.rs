@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use hostlb_controller::names;
 use hostlb_controller::service_lb::is_handled;
-use hostlb_controller::status::{node_can_serve, pod_is_ready, published_addresses};
+use hostlb_controller::status::{node_can_serve, pod_is_ready, pod_node, published_addresses};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ContainerPort, ContainerStatus, Event, Node, Pod, PodSpec, Service};
 use k8s_openapi::jiff::Timestamp;
@@ -198,7 +198,7 @@ fn host_ports(spec: &PodSpec) -> Vec<(i32, String)> {
 
 /// Other Services' proxy pods on the node that hold one of these host ports.
 fn holders(node: &str, uid: &str, claimed: &[(i32, String)], pods: &[Pod]) -> Vec<Conflict> {
-    let on_node = pods.iter().filter(|pod| node_of(pod) == Some(node) && !serves(pod.labels(), uid));
+    let on_node = pods.iter().filter(|pod| pod_node(pod) == Some(node) && !serves(pod.labels(), uid));
     let mut conflicts = Vec::new();
     for pod in on_node {
         let held = pod.spec.as_ref().map(host_ports).unwrap_or_default();
@@ -216,16 +216,12 @@ fn holders(node: &str, uid: &str, claimed: &[(i32, String)], pods: &[Pod]) -> Ve
     conflicts
 }
 
-fn node_of(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
-}
-
 fn node_report(node: &Node, template: Option<&PodSpec>, pods: &[&Pod], local: bool) -> NodeReport {
     let name = node.name_any();
     // Of a pod being replaced, the new one tells what comes next.
     let pod = pods
         .iter()
-        .filter(|pod| node_of(pod) == Some(name.as_str()))
+        .filter(|pod| pod_node(pod) == Some(name.as_str()))
         .min_by_key(|pod| (pod.metadata.deletion_timestamp.is_some(), !pod_is_ready(pod)));
     let (state, reason) = node_state(node, template, pod.copied(), local);
     NodeReport { name, serving: state == NodeState::Serving, state, reason }
