@@ -137,10 +137,6 @@ pub struct CarriesEnableLb;
 /// A valid Service that hostlb serves, as other Services' reconciles see it.
 pub type Claim = Arc<ServiceLb>;
 
-fn key_of_claim(claim: &ServiceLb) -> Key {
-    format!("{}/{}", claim.namespace, claim.name)
-}
-
 /// What reconciles read of a proxy pod: who it is, its labels and node, when it was created or
 /// deleted, and the status that tells Ready, scheduling and failures. The rest (the spec hostlb
 /// wrote, the images, IDs and addresses the kubelet reports) is most of a pod, and an install
@@ -280,6 +276,7 @@ impl Index {
         let before = key.as_deref().and_then(|key| self.claims.get(key).cloned());
         self.index_claim(event);
         let after = key.as_deref().and_then(|key| self.claims.get(key).cloned());
+        let own_uid = changed.and_then(|service| service.metadata.uid.as_deref());
 
         let mut triggers: Vec<ObjectRef<Service>> =
             changed.filter(|_| exists).map(ObjectRef::from_obj).into_iter().collect();
@@ -289,7 +286,7 @@ impl Index {
             let neighbours: BTreeSet<(&str, &str)> = ports
                 .iter()
                 .flat_map(|port| self.claims.group(port))
-                .filter(|other| Some(key_of_claim(other)) != key)
+                .filter(|other| Some(other.uid.as_str()) != own_uid)
                 .map(|other| (other.namespace.as_str(), other.name.as_str()))
                 .collect();
             triggers.extend(neighbours.into_iter().map(|(namespace, name)| ObjectRef::new(name).within(namespace)));
@@ -506,7 +503,7 @@ mod tests {
         .unwrap();
         let index = index_of(&[], &[], std::slice::from_ref(&pod), &[]);
         let kept = index.proxy_pods_of(UID).next().expect("the pod is indexed");
-        assert_eq!(kept.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
+        assert_eq!(crate::status::pod_node(kept), Some("n1"));
         assert_eq!(failing_pods(&[kept]), failing_pods(&[&pod]), "failures read the same");
         assert!(!failing_pods(&[kept]).is_empty());
         assert_eq!(kept.status.as_ref().unwrap().conditions, pod.status.as_ref().unwrap().conditions);
