@@ -47,6 +47,12 @@ impl Error {
         Error::BadArgument { arg, value: None, reason: reason.into() }
     }
 
+    /// The kernel refused a batch because something it adds exclusively (a table of ours) is
+    /// already there.
+    pub fn is_already_there(&self) -> bool {
+        matches!(self, Error::Refused { errno: Errno::EEXIST, .. })
+    }
+
     /// 2 for bad arguments (as clap does for usage errors), 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {

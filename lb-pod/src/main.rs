@@ -50,7 +50,6 @@ fn run(command: Command) -> Result<(), Error> {
 
 fn install(args: &RuleArgs) -> Result<(), Error> {
     let plan = Plan::new(args)?;
-    let steps = rules::ruleset(&plan);
     for family in plan.families() {
         let path = kernel::forwarding_sysctl(family);
         if kernel::enable_forwarding(family)? {
@@ -59,7 +58,16 @@ fn install(args: &RuleArgs) -> Result<(), Error> {
             eprintln!("forwarding: {path} is already 1");
         }
     }
-    kernel::apply(&steps)?;
+    let mut steps = rules::fresh_ruleset(&plan);
+    if let Err(error) = kernel::apply(&steps) {
+        if !error.is_already_there() {
+            return Err(error);
+        }
+        // Only a second run in the same pod (an init container restarted) finds one.
+        eprintln!("table {} is already there ({error}): replacing it", rules::TABLE);
+        steps = rules::ruleset(&plan);
+        kernel::apply(&steps)?;
+    }
     for (family, forwards) in &plan.forwards {
         if plan.follows_endpoints {
             eprintln!("{}: nothing forwarded until the endpoint follower finds the node's endpoints", family.name());
