@@ -7,6 +7,8 @@
 //! portmap does for a hostPort. The pod runs `hostlb-lb init` (DNAT to the backend and
 //! MASQUERADE), so hostlb's traffic crosses the node twice, as it does in a cluster.
 //! - direct: the client talks to the backend through the node, no NAT;
+//! - hostport: the node DNATs a port of its own straight to the backend: what the node's part
+//!   of the path (CNI's portmap) costs alone;
 //! - hostlb: the client talks to the node's hostPorts, forwarded by the pod's rules;
 //! - userspace: the same ports forwarded by HAProxy in the pod (mode tcp).
 //!
@@ -21,6 +23,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +31,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -38,11 +42,37 @@ const CLIENT: &str = "10.126.1.2";
 const NODE: &str = "10.126.1.1";
 const POD: &str = "10.126.2.2";
 const BACKEND: &str = "10.126.3.2";
-const HTTP_PORT: u16 = 8080;
 const IPERF_PORT: u16 = 5201;
-/// hostlb's ports on the node and the pod; HAProxy's are these plus one.
+/// hostlb's ports on the node and the pod; HAProxy's are these plus one, and the node's own
+/// DNAT to the backend these plus two.
 const HOSTLB_HTTP: u16 = 80;
 const HOSTLB_IPERF: u16 = 5301;
+
+/// One way from the client to the backend's HTTP server and iperf3.
+#[derive(Clone, Copy)]
+struct Path {
+    name: &'static str,
+    to: &'static str,
+    http: u16,
+    iperf: u16,
+    /// The backend's HTTP port for this path alone. The backend closes first, so it keeps each
+    /// connection in TIME_WAIT for a minute; a new connection of another path that lands on one
+    /// of those sockets, its timestamps on another clock, is refused and only retried a second
+    /// later. The shared port made hostlb's requests per second fall round by round after
+    /// HAProxy's.
+    backend_http: u16,
+}
+
+const PATHS: [Path; 4] = [
+    Path { name: "direct", to: BACKEND, http: 8080, iperf: IPERF_PORT, backend_http: 8080 },
+    Path { name: "hostport", to: NODE, http: HOSTLB_HTTP + 2, iperf: HOSTLB_IPERF + 2, backend_http: 8083 },
+    Path { name: "hostlb", to: NODE, http: HOSTLB_HTTP, iperf: HOSTLB_IPERF, backend_http: 8081 },
+    Path { name: "userspace", to: NODE, http: HOSTLB_HTTP + 1, iperf: HOSTLB_IPERF + 1, backend_http: 8082 },
+];
+
+fn path(name: &str) -> Path {
+    *PATHS.iter().find(|path| path.name == name).expect("a known path")
+}
 
 const ROUNDS: usize = 5;
 const IPERF_SECONDS: &str = "2";
@@ -197,14 +227,18 @@ impl Bench {
         in_netns(&client, &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1"]);
         let hostports = [HOSTLB_HTTP, HOSTLB_IPERF, HOSTLB_HTTP + 1, HOSTLB_IPERF + 1];
         let ports = hostports.map(|port| port.to_string()).join(", ");
+        let own = path("hostport");
         let portmap = format!(
             "add table ip hostport {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
-             ip daddr {NODE} tcp dport {{ {ports} }} dnat to {POD}; }}; }}"
+             ip daddr {NODE} tcp dport {{ {ports} }} dnat to {POD}; \
+             ip daddr {NODE} tcp dport {} dnat to {BACKEND}:{}; \
+             ip daddr {NODE} tcp dport {} dnat to {BACKEND}:{IPERF_PORT}; }}; }}",
+            own.http, own.backend_http, own.iperf
         );
         in_netns(&node, &["nft", &portmap]);
         let mut init = Command::new("ip");
         init.args(["netns", "exec", &pod.name, lb, "init", "--to", BACKEND]);
-        init.args(["--port", &format!("tcp:{HOSTLB_HTTP}:{HTTP_PORT}")]);
+        init.args(["--port", &format!("tcp:{HOSTLB_HTTP}:{}", path("hostlb").backend_http)]);
         init.args(["--port", &format!("tcp:{HOSTLB_IPERF}:{IPERF_PORT}")]);
         let output = init.output().expect("running hostlb-lb init");
         assert!(output.status.success(), "hostlb-lb init: {}", String::from_utf8_lossy(&output.stderr));
@@ -216,7 +250,7 @@ impl Bench {
         let config = format!(
             "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  \
              timeout server 30s\n{}{}",
-            listen("http", HOSTLB_HTTP + 1, HTTP_PORT),
+            listen("http", HOSTLB_HTTP + 1, path("userspace").backend_http),
             listen("iperf", HOSTLB_IPERF + 1, IPERF_PORT)
         );
         std::fs::write(&haproxy_config, config).unwrap();
@@ -226,8 +260,12 @@ impl Bench {
         bench.spawn_in_pod(&["haproxy", "-db", "-f", &config]);
         let iperf_port = IPERF_PORT.to_string();
         bench.spawn_in_backend(&["iperf3", "--server", "--port", &iperf_port]);
-        let listener = bench.backend.run(|| TcpListener::bind((BACKEND, HTTP_PORT)).expect("binding the HTTP server"));
-        bench.servers.push(http_server(listener));
+        for path in PATHS {
+            let port = path.backend_http;
+            let listener =
+                bench.backend.run(move || TcpListener::bind((BACKEND, port)).expect("binding an HTTP server"));
+            bench.servers.push(http_server(listener));
+        }
         std::thread::sleep(Duration::from_millis(500));
         bench
     }
@@ -333,10 +371,14 @@ fn http_server(listener: TcpListener) -> StoppableThreads {
             let (listener, stop) = (listener.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    let Ok((mut stream, _)) = listener.accept() else {
-                        std::thread::sleep(Duration::from_micros(200));
+                    // Woken by a connection at once (a sleep between tries would be in every
+                    // request's time), and now and then to see whether to stop.
+                    let mut ready = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                    if !matches!(poll(&mut ready, PollTimeout::from(100u8)), Ok(n) if n > 0) {
                         continue;
-                    };
+                    }
+                    // Another thread may have taken it.
+                    let Ok((mut stream, _)) = listener.accept() else { continue };
                     let _ = stream.set_nonblocking(false);
                     let mut head = Vec::new();
                     let mut buf = [0u8; 512];
@@ -354,23 +396,18 @@ fn http_server(listener: TcpListener) -> StoppableThreads {
     StoppableThreads { stop, threads }
 }
 
-/// Direct, hostlb and HAProxy interleaved round by round, so that noise hits all three alike.
+/// The paths interleaved round by round, so that noise hits them all alike.
 fn data_path(lb: &str, results: &mut Results) {
     let bench = Bench::new(lb);
-    let paths = [
-        ("direct", BACKEND, HTTP_PORT, IPERF_PORT),
-        ("hostlb", NODE, HOSTLB_HTTP, HOSTLB_IPERF),
-        ("userspace", NODE, HOSTLB_HTTP + 1, HOSTLB_IPERF + 1),
-    ];
     // Warm-up: neighbours resolved, conntrack and HAProxy started.
-    for (_, to, http, _) in paths {
-        bench.http_load(to, http, 1, Duration::from_millis(200));
+    for path in PATHS {
+        bench.http_load(path.to, path.http, 1, Duration::from_millis(200));
     }
     let mut gbps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut rps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut latency: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..ROUNDS {
-        for (name, to, http, iperf) in paths {
+        for Path { name, to, http, iperf, .. } in PATHS {
             let rate = bench.iperf_gbps(to, iperf);
             let (requests, _) = bench.http_load(to, http, RPS_CLIENTS, RPS_WINDOW);
             // One request at a time, so that the times are the path's, not a queue's.
@@ -381,8 +418,6 @@ fn data_path(lb: &str, results: &mut Results) {
             latency.entry(name).or_default().extend(times);
         }
     }
-    let gbps: BTreeMap<&str, f64> = gbps.into_iter().map(|(name, runs)| (name, median(runs))).collect();
-    let rps: BTreeMap<&str, f64> = rps.into_iter().map(|(name, runs)| (name, median(runs))).collect();
     let mut latency_at = |name: &str, p: f64| {
         let times = latency.get_mut(name).unwrap();
         times.sort_by(f64::total_cmp);
@@ -390,18 +425,42 @@ fn data_path(lb: &str, results: &mut Results) {
     };
     let (p50_direct, p99_direct) = (latency_at("direct", 0.5), latency_at("direct", 0.99));
     let (p50_hostlb, p99_hostlb) = (latency_at("hostlb", 0.5), latency_at("hostlb", 0.99));
-    results.insert("dp_tcp_gbps_direct", rounded(gbps["direct"], 2));
-    results.insert("dp_tcp_gbps_hostlb", rounded(gbps["hostlb"], 2));
-    results.insert("dp_tcp_gbps_userspace", rounded(gbps["userspace"], 2));
-    results.insert("dp_tcp_ratio", rounded(gbps["hostlb"] / gbps["direct"], 3));
-    results.insert("dp_rps_direct", rps["direct"].round());
-    results.insert("dp_rps_hostlb", rps["hostlb"].round());
-    results.insert("dp_rps_userspace", rps["userspace"].round());
-    results.insert("dp_rps_ratio", rounded(rps["hostlb"] / rps["direct"], 3));
+    // A ratio is the median of the rounds' own ratios: both figures of a round share its noise.
+    let ratio = |runs: &BTreeMap<&str, Vec<f64>>, of: &str, to: &str| {
+        rounded(median(runs[of].iter().zip(&runs[to]).map(|(of, to)| of / to).collect()), 3)
+    };
+    for (key, of, to) in [
+        ("dp_tcp_ratio", "hostlb", "direct"),
+        ("dp_tcp_ratio_vs_hostport", "hostlb", "hostport"),
+        ("dp_userspace_ratio", "hostlb", "userspace"),
+    ] {
+        results.insert(key, ratio(&gbps, of, to));
+    }
+    for (key, of, to) in [
+        ("dp_rps_ratio", "hostlb", "direct"),
+        ("dp_rps_ratio_vs_hostport", "hostlb", "hostport"),
+        ("dp_userspace_rps_ratio", "hostlb", "userspace"),
+    ] {
+        results.insert(key, ratio(&rps, of, to));
+    }
+    for (key, path) in [
+        ("dp_tcp_gbps_direct", "direct"),
+        ("dp_tcp_gbps_hostport", "hostport"),
+        ("dp_tcp_gbps_hostlb", "hostlb"),
+        ("dp_tcp_gbps_userspace", "userspace"),
+    ] {
+        results.insert(key, rounded(median(gbps[path].clone()), 2));
+    }
+    for (key, path) in [
+        ("dp_rps_direct", "direct"),
+        ("dp_rps_hostport", "hostport"),
+        ("dp_rps_hostlb", "hostlb"),
+        ("dp_rps_userspace", "userspace"),
+    ] {
+        results.insert(key, median(rps[path].clone()).round());
+    }
     results.insert("dp_p50_us_direct", rounded(p50_direct, 1));
     results.insert("dp_p99_us_direct", rounded(p99_direct, 1));
     results.insert("dp_p50_us_added", rounded(p50_hostlb - p50_direct, 1));
     results.insert("dp_p99_us_added", rounded(p99_hostlb - p99_direct, 1));
-    results.insert("dp_userspace_ratio", rounded(gbps["hostlb"] / gbps["userspace"], 3));
-    results.insert("dp_userspace_rps_ratio", rounded(rps["hostlb"] / rps["userspace"], 3));
 }
