@@ -180,6 +180,12 @@ fn proxy_pod_essentials(pod: &Pod) -> Pod {
     Pod { metadata, spec, status }
 }
 
+/// What reconciles read of a proxy DaemonSet: its metadata (labels, configuration hash,
+/// generation) and status. Its spec, the pod template hostlb wrote, is most of it.
+fn proxy_daemonset_essentials(daemonset: &DaemonSet) -> DaemonSet {
+    DaemonSet { metadata: daemonset.metadata.clone(), spec: None, status: daemonset.status.clone() }
+}
+
 pub struct Index {
     settings: Settings,
     pub nodes: Section<Arc<Node>, CarriesEnableLb>,
@@ -259,7 +265,7 @@ impl Index {
     }
 
     pub fn apply_daemonset(&mut self, event: &watcher::Event<DaemonSet>) {
-        self.daemonsets.apply(event, |daemonset| Some((Arc::new(daemonset.clone()), Vec::new())));
+        self.daemonsets.apply(event, |daemonset| Some((Arc::new(proxy_daemonset_essentials(daemonset)), Vec::new())));
     }
 
     /// Services that are served, not being deleted and admitted claim the ports they are
@@ -408,6 +414,30 @@ mod tests {
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n1", 1_000)));
         assert!(index.judge_leases(Timestamp::from_second(5_000).unwrap()).is_empty());
         assert!(index.serving_node("n1").is_some());
+    }
+
+    #[test]
+    fn a_proxy_daemonset_is_kept_without_its_pod_template_and_still_counts_as_applied() {
+        use crate::daemonset::{config_hash_of, desired_daemonset};
+        use crate::decide::{needs_apply, Applied};
+        use crate::placement::Placement;
+        use k8s_openapi::api::apps::v1::DaemonSetStatus;
+
+        let settings = crate::fixtures::settings();
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").port("TCP", 80, 0).build()).unwrap();
+        let desired = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings.proxy);
+        let mut existing = desired.clone();
+        existing.metadata.generation = Some(3);
+        existing.status = Some(DaemonSetStatus { desired_number_scheduled: 2, ..DaemonSetStatus::default() });
+        let mut index = Index::new(&settings);
+        index.apply_daemonset(&watcher::Event::Apply(existing.clone()));
+
+        let kept = index.daemonsets.get(&key_of(&existing)).expect("indexed");
+        assert!(kept.spec.is_none());
+        assert_eq!((&kept.metadata, &kept.status), (&existing.metadata, &existing.status));
+        let applied = Applied { generation: 3, config_hash: config_hash_of(&desired).unwrap().into() };
+        assert!(!needs_apply(Some(kept), &desired, Some(&applied)));
+        assert!(needs_apply(Some(kept), &desired, None), "a replica that has not applied it yet applies it once");
     }
 
     fn claimants(index: &Index, port: PortKey) -> Vec<String> {

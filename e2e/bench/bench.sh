@@ -68,6 +68,8 @@ if [[ " $PARTS " == *" scale "* ]]; then
   HOSTLB_BENCH_OUT="$PWD/$OUT/parts/scale.json" HOSTLB_BENCH_LAGS="$PWD/$OUT/lags.tsv" HOSTLB_BENCH_STATE="$scale_state" \
     HOSTLB_CONTROLLER_BINARY="$bin/hostlb-controller" cargo bench --locked -p hostlb-e2e --bench scale ||
     failed+=(scale)
+  # Kept for reading what the controller did; the state folder goes with the API server.
+  cp "$scale_state/controller.log" "$OUT/scale-controller.log" 2>/dev/null || true
   HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" down
   trap - EXIT
 fi
