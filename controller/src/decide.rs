@@ -152,7 +152,11 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
             .values()
             .filter(|node| placement.admits(node) && index.serves(node))
             .any(|node| pods.iter().all(|pod| pod_node(pod) != node.metadata.name.as_deref()));
-        starting_until(&pods, daemonset_since.filter(|_| podless), observed.now)
+        // The DaemonSet controller creates pods in growing batches, the first of one pod: while
+        // nodes wait for theirs, the newest pod tells that it is still at work.
+        let newest_pod =
+            pods.iter().filter_map(|pod| pod.metadata.creation_timestamp.as_ref().map(|time| time.0)).max();
+        starting_until(&pods, daemonset_since.max(newest_pod).filter(|_| podless), observed.now)
     });
     let publication = match placement {
         Some(placement) => {
@@ -185,17 +189,17 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
 }
 
 /// When the last of the proxies still starting stops counting as starting: pods not Ready yet
-/// that were created within the window, and, while the DaemonSet is that young
-/// (`daemonset_since`, given when eligible nodes have no pod yet), the pods still to come.
+/// that were created within the window, and, while the DaemonSet or its newest pod is that
+/// young (`pods_to_come_since`, given when eligible nodes have no pod yet), the pods still to come.
 /// `None` when nothing is starting.
-fn starting_until(pods: &[&Pod], daemonset_since: Option<Timestamp>, now: Timestamp) -> Option<Timestamp> {
+fn starting_until(pods: &[&Pod], pods_to_come_since: Option<Timestamp>, now: Timestamp) -> Option<Timestamp> {
     let pods_since = pods
         .iter()
         .filter(|pod| !pod_is_ready(pod) && pod.metadata.deletion_timestamp.is_none())
         .filter_map(|pod| pod.metadata.creation_timestamp.as_ref().map(|time| time.0));
     let window = k8s_openapi::jiff::SignedDuration::try_from(STARTING_PROXIES_WINDOW).ok()?;
     pods_since
-        .chain(daemonset_since)
+        .chain(pods_to_come_since)
         .filter_map(|since| since.checked_add(window).ok())
         .filter(|until| *until > now)
         .max()
@@ -457,6 +461,13 @@ mod tests {
 
         let both = decide_with(&service, &[ready_one.clone(), created_at(proxy_pod("p2", "n2", true), now)]);
         assert_eq!((both.hold, both.publish), (None, Some(ips(&["10.0.0.1", "10.0.0.2"]))), "all ready: one write");
+
+        // n2 has no pod yet: the DaemonSet is older than the window, but its first pod is not.
+        let first = created_at(proxy_pod("p1", "n1", true), now - 2 * second);
+        let first_batch = decide_with(&service, std::slice::from_ref(&first));
+        assert_eq!((first_batch.hold, first_batch.publish), (Some(Duration::from_secs(3)), None), "more to come");
+        let lone = decide_with(&service, &[created_at(proxy_pod("p1", "n1", true), now - 6 * second)]);
+        assert_eq!((lone.hold, lone.publish), (None, Some(ips(&["10.0.0.1"]))), "no pod came for n2 in 5 s");
 
         let was_on_both = published(service, &["10.0.0.1", "10.0.0.2"]);
         let withdrawn = decide_with(&was_on_both, &[ready_one, starting]);
