@@ -5,10 +5,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Service;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -155,6 +158,21 @@ pub fn bounded(note: String) -> String {
     format!("{} ... ({} more bytes)", &note[..cut], note.len() - cut)
 }
 
+/// How many one-off Events may wait for the API server; past that they are dropped (and
+/// logged), as client-go's event broadcaster drops them.
+const QUEUED_EVENTS: usize = 4096;
+
+/// How many queued Events are written at once: few, so that status writes, which clients read,
+/// keep most of the API server when every Service changes at once.
+const EVENTS_IN_FLIGHT: usize = 4;
+
+/// A one-off Event waiting for the API server.
+struct Queued {
+    regarding: ObjectReference,
+    reason: Reason,
+    note: String,
+}
+
 /// Publishes Events and remembers which warnings each Service has been told of.
 pub struct Events {
     client: Client,
@@ -163,12 +181,35 @@ pub struct Events {
     /// One recorder per warning and Service, so that a warning that comes back counts up on
     /// its earlier Event (a series) instead of adding another.
     recorders: Mutex<HashMap<(ObjectRef<Service>, Warning), Recorder>>,
+    /// One-off Events go out from a task of their own, so that no reconcile waits for one;
+    /// both are taken by `flush`.
+    queue: Mutex<Option<mpsc::Sender<Queued>>>,
+    sender: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Events {
+    /// Starts the task that writes one-off Events: needs a Tokio runtime.
     pub fn new(client: Client, instance: Option<String>) -> Self {
         let reporter = Reporter { controller: names::MANAGER.into(), instance };
-        Events { client, reporter, reported: Mutex::default(), recorders: Mutex::default() }
+        let (queue, queued) = mpsc::channel(QUEUED_EVENTS);
+        let sender = tokio::spawn(send_queued(client.clone(), reporter.clone(), queued));
+        Events {
+            client,
+            reporter,
+            reported: Mutex::default(),
+            recorders: Mutex::default(),
+            queue: Mutex::new(Some(queue)),
+            sender: Mutex::new(Some(sender)),
+        }
+    }
+
+    /// Writes the Events still queued and stops taking more: for a process about to exit.
+    pub async fn flush(&self) {
+        drop(self.queue.lock().expect("queue lock").take());
+        let sender = self.sender.lock().expect("sender lock").take();
+        if let Some(sender) = sender {
+            let _ = sender.await;
+        }
     }
 
     /// Publishes the warnings not yet published for this Service; forgets the ones that went
@@ -183,7 +224,8 @@ impl Events {
             warn!(service = %key, reason = %warning.reason, "{}", warning.message);
             metrics.warned(warning.reason);
             let recorder = self.recorder_for(&key, warning);
-            if self.publish_with(&recorder, service, warning.reason, warning.message.clone()).await {
+            let regarding = service.object_ref(&());
+            if publish_with(&recorder, &regarding, warning.reason, warning.message.clone()).await {
                 reported.insert(warning.clone());
             }
         }
@@ -203,40 +245,52 @@ impl Events {
         recorders.entry(key).or_insert_with(|| Recorder::new(self.client.clone(), self.reporter.clone())).clone()
     }
 
-    /// Publishes a one-off Event, with a recorder of its own: a shared one would fold different
-    /// notes with the same reason into one series and hide all but the first.
-    pub async fn publish<K: Resource<DynamicType = ()>>(&self, regarding: &K, reason: Reason, note: String) {
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        self.publish_with(&recorder, regarding, reason, note).await;
+    /// Queues a one-off Event. Each is written with a recorder of its own: a shared one would
+    /// fold different notes with the same reason into one series and hide all but the first.
+    pub fn publish<K: Resource<DynamicType = ()>>(&self, regarding: &K, reason: Reason, note: String) {
+        let queued = Queued { regarding: regarding.object_ref(&()), reason, note };
+        let queue = self.queue.lock().expect("queue lock");
+        let Some(queue) = queue.as_ref() else { return };
+        if let Err(error) = queue.try_send(queued) {
+            let dropped = match &error {
+                mpsc::error::TrySendError::Full(queued) | mpsc::error::TrySendError::Closed(queued) => queued,
+            };
+            warn!(regarding = ?dropped.regarding.name, reason = %dropped.reason, "Event dropped: {error}");
+        }
     }
+}
 
-    /// Whether the Event was published (or needs not be: its namespace is going away).
-    async fn publish_with<K: Resource<DynamicType = ()>>(
-        &self,
-        recorder: &Recorder,
-        regarding: &K,
-        reason: Reason,
-        note: String,
-    ) -> bool {
-        let type_ = if reason.is_warning() { EventType::Warning } else { EventType::Normal };
-        let event = Event {
-            type_,
-            reason: reason.as_str().into(),
-            note: Some(bounded(note)),
-            action: reason.action().into(),
-            secondary: None,
-        };
-        match recorder.publish(&event, &regarding.object_ref(&())).await {
-            Ok(()) => true,
-            // The Service's namespace is being deleted: nobody is left to read the Event.
-            Err(kube::Error::Api(status)) if namespace_terminating(&status) => {
-                debug!(%reason, "no Event: the namespace is being deleted");
-                true
+async fn send_queued(client: Client, reporter: Reporter, mut queued: mpsc::Receiver<Queued>) {
+    futures::stream::poll_fn(|cx| queued.poll_recv(cx))
+        .for_each_concurrent(EVENTS_IN_FLIGHT, |Queued { regarding, reason, note }| {
+            let recorder = Recorder::new(client.clone(), reporter.clone());
+            async move {
+                publish_with(&recorder, &regarding, reason, note).await;
             }
-            Err(error) => {
-                warn!(%error, %reason, "could not publish Event");
-                false
-            }
+        })
+        .await;
+}
+
+/// Whether the Event was published (or needs not be: its namespace is going away).
+async fn publish_with(recorder: &Recorder, regarding: &ObjectReference, reason: Reason, note: String) -> bool {
+    let type_ = if reason.is_warning() { EventType::Warning } else { EventType::Normal };
+    let event = Event {
+        type_,
+        reason: reason.as_str().into(),
+        note: Some(bounded(note)),
+        action: reason.action().into(),
+        secondary: None,
+    };
+    match recorder.publish(&event, regarding).await {
+        Ok(()) => true,
+        // The Service's namespace is being deleted: nobody is left to read the Event.
+        Err(kube::Error::Api(status)) if namespace_terminating(&status) => {
+            debug!(%reason, "no Event: the namespace is being deleted");
+            true
+        }
+        Err(error) => {
+            warn!(%error, %reason, "could not publish Event");
+            false
         }
     }
 }
@@ -248,6 +302,26 @@ fn namespace_terminating(status: &kube::core::Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::ServiceBuilder;
+    use crate::mock_api::mock_api;
+
+    #[tokio::test]
+    async fn one_off_events_are_written_in_the_background_and_flush_waits_for_them() {
+        let (client, mut api) = mock_api();
+        let events = Events::new(client, None);
+        let service = ServiceBuilder::new("web").build();
+        events.publish(&service, Reason::DaemonSetApplied, "created DaemonSet x".into());
+        events.publish(&service, Reason::StatusUpdated, "10.0.0.1".into());
+        let flushed = tokio::spawn(async move {
+            events.flush().await;
+            events.publish(&service, Reason::StatusUpdated, "after the flush: dropped".into());
+        });
+        let applied = api.expect_event("shop", "DaemonSetApplied").await;
+        assert_eq!((&applied["note"], &applied["type"]), (&serde_json::json!("created DaemonSet x"), &"Normal".into()));
+        api.expect_event("shop", "StatusUpdated").await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), flushed).await.unwrap().unwrap();
+        api.expect_nothing_more().await;
+    }
 
     #[test]
     fn long_lists_name_the_first_items_and_count_the_rest() {

@@ -1,5 +1,7 @@
 //! A mock API server for the executors' tests: each test plays the API server's side of the
-//! conversation, request by request, asserting the method, URL and body hostlb sends.
+//! conversation, request by request, asserting the method, URL and body hostlb sends. One-off
+//! Events go out from a task of their own, so they may come between other requests: the mock
+//! answers them when they come and keeps them for `expect_event`.
 
 use std::time::Duration;
 
@@ -11,7 +13,11 @@ use serde_json::{json, Value};
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// The API server's side of the conversation.
-pub struct ApiServer(Handle);
+pub struct ApiServer {
+    handle: Handle,
+    /// Events that came while another request was expected, in the order they came.
+    events: Vec<Value>,
+}
 
 /// One request as the API server saw it.
 pub struct Seen {
@@ -21,11 +27,20 @@ pub struct Seen {
 }
 
 impl ApiServer {
-    /// Waits for the next request, checks its method and path, and answers `status` with `reply`.
+    /// Waits for the next request other than an Event, checks its method and path, and answers
+    /// `status` with `reply`.
     pub async fn expect(&mut self, method: &str, path: &str, status: u16, reply: Value) -> Seen {
-        let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
-        let (request, respond) =
-            next.unwrap_or_else(|_| panic!("no request came; expected {method} {path}")).expect("the client is gone");
+        let (request, respond) = loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request()).await;
+            let (request, respond) = next
+                .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
+                .expect("the client is gone");
+            if !is_event(&request) {
+                break (request, respond);
+            }
+            let event = answer_event(request, respond).await;
+            self.events.push(event);
+        };
         assert_eq!(request.method().as_str(), method, "for {}", request.uri());
         let seen = Seen {
             path: request.uri().path().to_string(),
@@ -38,24 +53,47 @@ impl ApiServer {
         seen
     }
 
-    /// Answers an Event's creation and returns the Event.
+    /// The Event with this reason, from those that came already or the next requests, which
+    /// must be Events; returns it as created in `namespace`.
     pub async fn expect_event(&mut self, namespace: &str, reason: &str) -> Value {
-        let path = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events");
-        let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
-        let (request, respond) = next.expect("an Event").expect("the client is gone");
-        assert_eq!((request.method().as_str(), request.uri().path()), ("POST", path.as_str()));
-        let event = json_body(request.into_body()).await;
-        assert_eq!(event["reason"], reason, "{event}");
-        respond.send_response(Response::builder().body(Body::from(serde_json::to_vec(&event).unwrap())).unwrap());
+        let event = match self.events.iter().position(|event| event["reason"] == reason) {
+            Some(index) => self.events.remove(index),
+            None => loop {
+                let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request()).await;
+                let (request, respond) =
+                    next.unwrap_or_else(|_| panic!("no {reason} Event came")).expect("the client is gone");
+                assert!(is_event(&request), "expected an Event, got {} {}", request.method(), request.uri());
+                let event = answer_event(request, respond).await;
+                if event["reason"] == reason {
+                    break event;
+                }
+                self.events.push(event);
+            },
+        };
+        assert_eq!(event["metadata"]["namespace"], namespace, "{event}");
         event
     }
 
     pub async fn expect_nothing_more(&mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(50), self.0.next_request()).await;
+        assert!(self.events.is_empty(), "unexpected Events: {:?}", self.events);
+        let next = tokio::time::timeout(Duration::from_millis(50), self.handle.next_request()).await;
         if let Ok(Some((request, _))) = next {
             panic!("unexpected request {} {}", request.method(), request.uri());
         }
     }
+}
+
+fn is_event(request: &Request<Body>) -> bool {
+    request.method() == http::Method::POST && request.uri().path().starts_with("/apis/events.k8s.io/v1/namespaces/")
+}
+
+/// Answers an Event's creation with the Event, and returns it with its namespace from the path.
+async fn answer_event(request: Request<Body>, respond: tower_test::mock::SendResponse<Response<Body>>) -> Value {
+    let namespace = request.uri().path().split('/').nth(5).unwrap_or_default().to_string();
+    let mut event = json_body(request.into_body()).await;
+    respond.send_response(Response::builder().body(Body::from(serde_json::to_vec(&event).unwrap())).unwrap());
+    event["metadata"]["namespace"] = Value::String(namespace);
+    event
 }
 
 async fn json_body(body: Body) -> Value {
@@ -70,7 +108,7 @@ async fn json_body(body: Body) -> Value {
 /// A client whose every request goes to the returned mock API server.
 pub fn mock_api() -> (Client, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), ApiServer(handle))
+    (Client::new(service, "default"), ApiServer { handle, events: Vec::new() })
 }
 
 pub fn rejected(code: u16, reason: &str, message: &str) -> Value {

@@ -123,6 +123,7 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
         let action = format!("delete DaemonSet {}", key_of(&daemonset));
         context.delete_daemonset(&daemonset).await.map_err(Error::kube(action))?;
     }
+    context.events.flush().await;
     Ok(released)
 }
 
@@ -211,7 +212,7 @@ impl Context {
                 listed(addresses.iter().map(ToString::to_string))
             };
             info!(addresses = %message, "published load balancer status");
-            self.events.publish(service, Reason::StatusUpdated, message).await;
+            self.events.publish(service, Reason::StatusUpdated, message);
         }
         self.events.report(service, serving.warnings, &self.metrics).await;
         proxies
@@ -233,7 +234,7 @@ impl Context {
         let verb = if created { "created" } else { "updated" };
         info!(daemonset = %key, verb, "applied proxy DaemonSet");
         let message = format!("{verb} DaemonSet {key} for ports {ports}");
-        self.events.publish(service, Reason::DaemonSetApplied, message).await;
+        self.events.publish(service, Reason::DaemonSetApplied, message);
         Ok(())
     }
 
@@ -316,7 +317,7 @@ impl Context {
         let action = format!("delete DaemonSet {}", key_of(daemonset));
         if let Some(deleted) = self.delete_daemonset(daemonset).await.map_err(Error::kube(action))? {
             info!(daemonset = %deleted, "deleted proxy DaemonSet");
-            self.events.publish(service, Reason::DaemonSetDeleted, format!("deleted DaemonSet {deleted}")).await;
+            self.events.publish(service, Reason::DaemonSetDeleted, format!("deleted DaemonSet {deleted}"));
         }
         Ok(())
     }
@@ -356,7 +357,7 @@ impl Context {
                 Ok(Some(deleted)) => {
                     info!(daemonset = %deleted, %service, "deleted orphaned proxy DaemonSet");
                     let note = format!("deleted DaemonSet {deleted}: {service} no longer needs it");
-                    self.events.publish(daemonset, Reason::OrphanDeleted, note).await;
+                    self.events.publish(daemonset, Reason::OrphanDeleted, note);
                 }
                 Ok(None) => {}
                 Err(error) => {

@@ -210,7 +210,6 @@ async fn a_type_change_deletes_the_proxies_clears_the_status_and_releases_the_fi
     let deleted = api.expect("DELETE", &daemonset_path(&service), 200, json_of(&daemonset)).await;
     assert_eq!(deleted.body["preconditions"], json!({ "uid": "ds-uid" }));
     assert_eq!(deleted.body["propagationPolicy"], "Background");
-    api.expect_event("shop", "DaemonSetDeleted").await;
     let cleared = api.expect("PATCH", &format!("{SERVICE_PATH}/status"), 200, json_of(&service)).await;
     assert_eq!(cleared.body["status"], json!({ "loadBalancer": {} }));
     let released = api.expect("PATCH", SERVICE_PATH, 200, json_of(&service)).await;
@@ -221,6 +220,7 @@ async fn a_type_change_deletes_the_proxies_clears_the_status_and_releases_the_fi
             { "op": "remove", "path": "/metadata/finalizers/0" },
         ])
     );
+    api.expect_event("shop", "DaemonSetDeleted").await;
     api.expect_nothing_more().await;
     finish(running).await.expect("the clean-up succeeds");
 }
