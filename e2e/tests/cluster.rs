@@ -34,7 +34,8 @@ async fn backend_on_node1(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) 
     ns.wait_ready("echo", 1, SETTLE).await
 }
 
-/// The note of the first Event with this reason about the Service, once there is one.
+/// The note of the first Event with this reason about the Service, once there is one (Normal
+/// Events too, which follow what they tell of from a queue of their own).
 async fn warned(cluster: &Cluster, namespace: &str, service: &str, reason: Reason) -> Result<String> {
     let events = eventually(SETTLE, || async {
         let events = cluster.events(namespace, service, reason).await?;
@@ -209,9 +210,13 @@ async fn proxies_left_behind_by_a_finalizer_removed_by_hand_are_deleted() -> Res
         .await?;
     report_timing("finalizer removed by hand to proxies gone", wait_gone(&cluster, &ns.name, "released").await?);
     refused_http(&cluster, nodes.unpublished1, 18115).await?;
-    let events = cluster.events(SYSTEM_NAMESPACE, &daemonset, Reason::OrphanDeleted).await?;
-    ensure!(events.len() == 1, "expected one OrphanDeleted Event about {daemonset}, found {}", events.len());
-    Ok(())
+    // Normal Events follow what they tell of from a queue of their own.
+    eventually(SETTLE, || async {
+        let events = cluster.events(SYSTEM_NAMESPACE, &daemonset, Reason::OrphanDeleted).await?;
+        ensure!(events.len() == 1, "expected one OrphanDeleted Event about {daemonset}, found {}", events.len());
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -656,8 +661,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
         let length = event.note.as_deref().map_or(0, str::len);
         ensure!(length <= 1024, "an Event note of {length} bytes: {:?}", event.note);
     }
-    let applied = cluster.events(&ns.name, "hundred-ports", Reason::DaemonSetApplied).await?;
-    let note = applied.first().and_then(|e| e.note.clone()).unwrap_or_default();
+    let note = warned(&cluster, &ns.name, "hundred-ports", Reason::DaemonSetApplied).await?;
     ensure!(note.ends_with("18419/TCP and 80 more"), "the 100 ports are not summed up: {note:?}");
     cluster.daemonsets().delete(&foreign.name_any(), &Default::default()).await?;
     ensure!(controller_incarnations(&cluster).await? == controllers, "a controller restarted");
@@ -1056,7 +1060,13 @@ async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_c
     })
     .await?;
 
-    let writes = status_writes(&cluster, &ns.name, "web").await?;
+    // The StatusUpdated Event follows the status from a queue of its own.
+    let writes = eventually(SETTLE, || async {
+        let writes = status_writes(&cluster, &ns.name, "web").await?;
+        ensure!(writes > 0, "no StatusUpdated Event yet");
+        Ok(writes)
+    })
+    .await?;
     for round in 0..3 {
         let touch = json!({ "metadata": { "annotations": { "example.org/round": round.to_string() } } });
         ns.patch_service("web", touch).await?;
