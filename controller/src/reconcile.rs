@@ -271,19 +271,37 @@ impl Context {
     /// cleans up Services whose type or class changed, so it writes its own patches (with the
     /// same guarded JSON patch the helper uses).
     async fn set_finalizer(&self, service: &Service, present: bool) -> Result<()> {
-        let Some(patch) = finalizer_patch(service.finalizers(), &self.settings.finalizer, present) else {
-            return Ok(());
+        let action = if present { "add finalizer" } else { "remove finalizer" };
+        let outcome = match self.patch_finalizers(service, service.finalizers(), present).await {
+            // The patch tests the finalizers as the cache had them, and the cache can be behind
+            // (a reconcile right after the one that added it, before the watch brought that
+            // write): the test fails with 422. One fresh read settles it.
+            Err(kube::Error::Api(status)) if status.code == 422 => {
+                let current = self.service_api(service).get_opt(&service.name_any()).await;
+                match current.map_err(Error::kube(action))? {
+                    Some(current) if current.uid() == service.uid() => {
+                        self.patch_finalizers(service, current.finalizers(), present).await
+                    }
+                    // Gone, or another Service of the same name: nothing of this one to change.
+                    _ => Ok(()),
+                }
+            }
+            outcome => outcome,
         };
-        match self
-            .service_api(service)
-            .patch(&service.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch))
-            .await
-        {
-            Ok(_) => Ok(()),
+        match outcome {
+            Ok(()) => Ok(()),
             // Gone: its finalizer was the last one, removed by an earlier reconciliation.
             Err(kube::Error::Api(status)) if !present && status.is_not_found() => Ok(()),
-            Err(error) => Err(Error::kube(if present { "add finalizer" } else { "remove finalizer" })(error)),
+            Err(error) => Err(Error::kube(action)(error)),
         }
+    }
+
+    async fn patch_finalizers(&self, service: &Service, current: &[String], present: bool) -> kube::Result<()> {
+        let Some(patch) = finalizer_patch(current, &self.settings.finalizer, present) else {
+            return Ok(());
+        };
+        let api = self.service_api(service);
+        api.patch(&service.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await.map(drop)
     }
 
     /// Removes everything hostlb made for a Service that is deleted or no longer ours. Lists

@@ -128,6 +128,24 @@ async fn a_new_service_gets_the_finalizer_before_its_daemonset_is_created() {
 }
 
 #[tokio::test]
+async fn a_finalizer_the_cache_has_not_seen_yet_is_read_afresh_and_not_added_twice() {
+    let service = ServiceBuilder::new("web").build();
+    let index =
+        index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
+    let (context, mut api) = context(std::slice::from_ref(&service), index);
+    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
+
+    api.expect("GET", &daemonset_path(&service), 404, rejected(404, "NotFound", "not found")).await;
+    let failed_test = rejected(422, "Invalid", "the server rejected our request due to an error in our request");
+    api.expect("PATCH", SERVICE_PATH, 422, failed_test).await;
+    api.expect("GET", SERVICE_PATH, 200, json_of(&with_finalizer(service.clone()))).await;
+    api.expect("PATCH", &daemonset_path(&service), 200, json_of(&ours(&service, 1))).await;
+    api.expect_event("shop", "DaemonSetApplied").await;
+    api.expect_nothing_more().await;
+    finish(running).await.expect("the reconcile succeeds");
+}
+
+#[tokio::test]
 async fn a_foreign_daemonset_with_our_name_is_refused_with_a_warning() {
     let service = with_finalizer(ServiceBuilder::new("web").build());
     let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);

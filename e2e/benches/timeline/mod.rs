@@ -6,12 +6,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures::TryStreamExt;
+use futures::StreamExt;
 use hostlb_e2e::{names, published, SYSTEM_NAMESPACE};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 /// When this program first saw each step of one Service.
 #[derive(Default, Debug)]
@@ -55,30 +55,25 @@ pub fn watch(client: &Client, namespace: &str, addresses: usize) -> Timeline {
     let config = watcher::Config::default().labels(&selector);
     let service_of = |labels: &BTreeMap<String, String>| labels.get(names::LABEL_SERVICE_NAME).cloned();
 
-    let services = watcher(Api::<Service>::namespaced(client.clone(), namespace), watcher::Config::default());
     let t = timeline.clone();
-    tokio::spawn(services.applied_objects().try_for_each(move |service| {
+    follow(Api::<Service>::namespaced(client.clone(), namespace), watcher::Config::default(), move |service| {
         let mut timeline = t.lock().unwrap();
         let steps = timeline.entry(service.name_any()).or_default();
         steps.published = published(&service);
         if steps.published.len() >= addresses {
             first(&mut steps.status);
         }
-        futures::future::ready(Ok(()))
-    }));
+    });
 
-    let daemonsets = watcher(Api::<DaemonSet>::namespaced(client.clone(), SYSTEM_NAMESPACE), config.clone());
     let t = timeline.clone();
-    tokio::spawn(daemonsets.applied_objects().try_for_each(move |daemonset| {
+    follow(Api::<DaemonSet>::namespaced(client.clone(), SYSTEM_NAMESPACE), config.clone(), move |daemonset| {
         if let Some(service) = service_of(daemonset.labels()) {
             first(&mut t.lock().unwrap().entry(service).or_default().daemonset);
         }
-        futures::future::ready(Ok(()))
-    }));
+    });
 
-    let pods = watcher(Api::<Pod>::namespaced(client.clone(), SYSTEM_NAMESPACE), config);
     let t = timeline.clone();
-    tokio::spawn(pods.applied_objects().try_for_each(move |pod| {
+    follow(Api::<Pod>::namespaced(client.clone(), SYSTEM_NAMESPACE), config, move |pod| {
         if let Some(service) = service_of(pod.labels()) {
             let mut timeline = t.lock().unwrap();
             let steps = timeline.entry(service).or_default().pods.entry(pod.name_any()).or_default();
@@ -91,9 +86,23 @@ pub fn watch(client: &Client, namespace: &str, addresses: usize) -> Timeline {
                 first(&mut steps.ready);
             }
         }
-        futures::future::ready(Ok(()))
-    }));
+    });
     timeline
+}
+
+/// Runs `apply` on every object the watch reports, for as long as this program runs, riding out
+/// the watch's errors (printed) with kube's back-off rather than stopping at the first.
+fn follow<K>(api: Api<K>, config: watcher::Config, mut apply: impl FnMut(K) + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::spawn(watcher(api, config).default_backoff().applied_objects().for_each(move |object| {
+        match object {
+            Ok(object) => apply(object),
+            Err(error) => eprintln!("timeline: watch of {}: {error}", K::plural(&())),
+        }
+        futures::future::ready(())
+    }));
 }
 
 pub fn pod_ready(pod: &Pod) -> bool {
