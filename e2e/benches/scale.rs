@@ -420,6 +420,8 @@ async fn measure(
     let one = audit.controller_writes_since(offset)?;
     eprintln!("scale: writes for one more Service: {one:?}");
     results.insert("ctl_writes_per_service", one.services as f64);
+    let events = one.kinds.iter().filter(|(kind, _)| kind.ends_with(" events")).map(|(_, count)| count).sum::<usize>();
+    results.insert("ctl_event_writes_per_service", events as f64);
 
     let namespace = format!("scale-{}", ROUNDS[ROUNDS.len() - 1]);
     results.insert("ctl_node_addr_change_s", rounded(node_address_change(client, addresses, &namespace).await?, 2));
