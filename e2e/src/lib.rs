@@ -142,6 +142,54 @@ impl Cluster {
     }
 }
 
+/// Each controller pod's container restart count, by pod name.
+pub type ControllerRestarts = BTreeMap<String, i32>;
+
+impl Cluster {
+    pub async fn controller_restarts(&self) -> Result<ControllerRestarts> {
+        Ok(self.controller_pods().await?.iter().map(|pod| (pod_name(pod), restart_count(pod))).collect())
+    }
+
+    /// Fails when a controller pod came or went or restarted since `before`, quoting why each
+    /// restarted one last exited and the end of its previous log.
+    pub async fn ensure_no_controller_restarted(&self, before: &ControllerRestarts) -> Result<()> {
+        let pods = self.controller_pods().await?;
+        let now: ControllerRestarts = pods.iter().map(|pod| (pod_name(pod), restart_count(pod))).collect();
+        if &now == before {
+            return Ok(());
+        }
+        let mut report = format!("a controller restarted: restart counts {before:?} became {now:?}");
+        for pod in pods.iter().filter(|pod| before.get(&pod_name(pod)) != Some(&restart_count(pod))) {
+            let name = pod_name(pod);
+            let container = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
+            let exit = container.and_then(|c| c.last_state.as_ref()).and_then(|s| s.terminated.as_ref());
+            if let Some(exit) = exit {
+                let reason = exit.reason.as_deref().unwrap_or("no reason");
+                report += &format!("\n{name} last exited with code {} ({reason})", exit.exit_code);
+            }
+            let log = self.kubectl(&["logs", "--previous", "--tail=40", "-n", SYSTEM_NAMESPACE, &name]);
+            report += &format!("\n{name}'s previous log:\n{}", log.unwrap_or_else(|error| error.to_string()));
+        }
+        bail!(report)
+    }
+
+    async fn controller_pods(&self) -> Result<Vec<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        Ok(api.list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items)
+    }
+}
+
+pub const CONTROLLER_SELECTOR: &str = "app.kubernetes.io/component=controller";
+
+fn pod_name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
+}
+
+fn restart_count(pod: &Pod) -> i32 {
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    statuses.and_then(|s| s.first()).map_or(0, |s| s.restart_count)
+}
+
 /// The two real nodes of the cluster: names, published addresses, and the second address of
 /// each that the cluster does not know (the proxy pods' own path).
 pub struct Nodes {

@@ -28,7 +28,6 @@ const RETRY_PERIOD: Duration = Duration::from_secs(1);
 /// Room for a busy two-core machine on top of the bounds the settings give.
 const MARGIN: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(300);
-const CONTROLLER_SELECTOR: &str = "app.kubernetes.io/component=controller";
 /// A pool only node-2 joins during the churn, and one no node is in.
 const POOL_NODE2: &str = "chaos-node2";
 const POOL_NOWHERE: &str = "chaos-nowhere";
@@ -341,16 +340,6 @@ async fn a_leader_stopped_gracefully_hands_the_lease_over_within_seconds() -> Re
     Ok(())
 }
 
-/// Each controller pod's restart count.
-async fn controller_restarts(cluster: &Cluster) -> Result<BTreeMap<String, i32>> {
-    let pods = controller_pods(cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
-    let restarts = |pod: &Pod| {
-        let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
-        statuses.and_then(|s| s.first()).map_or(0, |s| s.restart_count)
-    };
-    Ok(pods.iter().map(|pod| (pod.name_any(), restarts(pod))).collect())
-}
-
 /// Waits until every node runs a Ready proxy pod of the Service claiming `port`, and the
 /// Service publishes both nodes.
 async fn serves_on_both_nodes(
@@ -390,7 +379,7 @@ async fn answers(cluster: &Cluster, address: IpAddr, port: u16, timeout: Duratio
 async fn api_server_and_etcd_restarted_in_the_middle_of_a_change_the_change_completes() -> Result<()> {
     let (cluster, ns, nodes) = serving("api-restart", "moving", 19600).await?;
     leader_with_a_standby(&cluster, SETTLE).await?;
-    let restarts = controller_restarts(&cluster).await?;
+    let restarts = cluster.controller_restarts().await?;
 
     let ports = json!([{ "name": "http", "protocol": "TCP", "port": 19601, "targetPort": ECHO_HTTP_PORT }]);
     ns.patch_service("moving", json!({ "spec": { "ports": ports } })).await?;
@@ -406,7 +395,7 @@ async fn api_server_and_etcd_restarted_in_the_middle_of_a_change_the_change_comp
         back_after.as_secs_f64(),
         changed_at.elapsed().as_secs_f64()
     ));
-    ensure!(controller_restarts(&cluster).await? == restarts, "a controller restarted");
+    cluster.ensure_no_controller_restarted(&restarts).await?;
     Ok(())
 }
 

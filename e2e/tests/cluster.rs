@@ -2,7 +2,7 @@
 //! namespace. Needs the harness's cluster (`make up`); run one test at a time
 //! (`--test-threads=1`): some change nodes that all tests share.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -520,15 +520,6 @@ fn annotated(key: &str, value: &str) -> serde_json::Value {
     json!({ "annotations": { key: value } })
 }
 
-/// Every controller pod's name and restart count.
-async fn controller_incarnations(cluster: &Cluster) -> Result<BTreeSet<(String, i32)>> {
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
-    let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=controller")).await?;
-    let restarts =
-        |pod: &Pod| pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map_or(0, |c| c[0].restart_count);
-    Ok(list.items.iter().map(|pod| (pod.name_any(), restarts(pod))).collect())
-}
-
 #[tokio::test]
 async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Result<()> {
     let (cluster, ns, nodes) = setup("hostile").await?;
@@ -536,7 +527,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     ns.load_balancer("healthy", "echo", &http(18300), json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18300).await?;
-    let controllers = controller_incarnations(&cluster).await?;
+    let controllers = cluster.controller_restarts().await?;
 
     let (tolerations, class, pool) = (names::ANNOTATION_TOLERATIONS, names::ANNOTATION_PRIORITY_CLASS, names::POOL);
     let ip_mode = names::ANNOTATION_IP_MODE;
@@ -664,7 +655,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     let note = warned(&cluster, &ns.name, "hundred-ports", Reason::DaemonSetApplied).await?;
     ensure!(note.ends_with("18419/TCP and 80 more"), "the 100 ports are not summed up: {note:?}");
     cluster.daemonsets().delete(&foreign.name_any(), &Default::default()).await?;
-    ensure!(controller_incarnations(&cluster).await? == controllers, "a controller restarted");
+    cluster.ensure_no_controller_restarted(&controllers).await?;
     cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18300).await?;
     println!(
