@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -17,12 +17,9 @@ use crate::index::{key_of, Index};
 use crate::names;
 use crate::placement::Placement;
 use crate::port_policy::RefusedPort;
-use crate::proxy_health::{creation_failure, failing_pods};
+use crate::proxy_health::{creation_failure, failing_pods, unschedulable, ProxyPod};
 use crate::service_lb::{address_options, declared_families, requested_ip_mode, FieldError, ServiceLb};
-use crate::status::{
-    desired_addresses, holds_status, needs_update, pod_is_ready, pod_node, published_addresses, Address, IpMode,
-    Publication,
-};
+use crate::status::{desired_addresses, holds_status, needs_update, published_addresses, Address, IpMode, Publication};
 use crate::Settings;
 
 /// What the executor read for this Service besides the index.
@@ -128,7 +125,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     };
 
     let uid = service.uid().unwrap_or_default();
-    let pods: Vec<&Pod> = index.proxy_pods_of(&uid).collect();
+    let pods: Vec<&ProxyPod> = index.proxy_pods_of(&uid).collect();
     serving.warnings.extend(unschedulable(&pods));
     serving.warnings.extend(failing_pods(&pods));
     if let Some(ours) = observed.daemonset.filter(|existing| made_by_hostlb_for(existing, &uid)) {
@@ -151,11 +148,10 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
             .nodes
             .values()
             .filter(|node| placement.admits(node) && index.serves(node))
-            .any(|node| pods.iter().all(|pod| pod_node(pod) != node.metadata.name.as_deref()));
+            .any(|node| pods.iter().all(|pod| pod.node.as_deref() != node.metadata.name.as_deref()));
         // The DaemonSet controller creates pods in growing batches, the first of one pod: while
         // nodes wait for theirs, the newest pod tells that it is still at work.
-        let newest_pod =
-            pods.iter().filter_map(|pod| pod.metadata.creation_timestamp.as_ref().map(|time| time.0)).max();
+        let newest_pod = pods.iter().filter_map(|pod| pod.created).max();
         starting_until(&pods, daemonset_since.max(newest_pod).filter(|_| podless), observed.now)
     });
     let publication = match placement {
@@ -192,11 +188,8 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
 /// that were created within the window, and, while the DaemonSet or its newest pod is that
 /// young (`pods_to_come_since`, given when eligible nodes have no pod yet), the pods still to come.
 /// `None` when nothing is starting.
-fn starting_until(pods: &[&Pod], pods_to_come_since: Option<Timestamp>, now: Timestamp) -> Option<Timestamp> {
-    let pods_since = pods
-        .iter()
-        .filter(|pod| !pod_is_ready(pod) && pod.metadata.deletion_timestamp.is_none())
-        .filter_map(|pod| pod.metadata.creation_timestamp.as_ref().map(|time| time.0));
+fn starting_until(pods: &[&ProxyPod], pods_to_come_since: Option<Timestamp>, now: Timestamp) -> Option<Timestamp> {
+    let pods_since = pods.iter().filter(|pod| !pod.ready && !pod.deleting).filter_map(|pod| pod.created);
     let window = k8s_openapi::jiff::SignedDuration::try_from(STARTING_PROXIES_WINDOW).ok()?;
     pods_since
         .chain(pods_to_come_since)
@@ -322,26 +315,12 @@ pub fn needs_apply(existing: Option<&DaemonSet>, desired: &DaemonSet, last_appli
     current_hash != config_hash_of(desired) || edited_since
 }
 
-fn unschedulable(pods: &[&Pod]) -> Vec<Warning> {
-    pods.iter()
-        .filter_map(|pod| {
-            let condition = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| {
-                c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
-            })?;
-            let message = condition.message.as_deref().unwrap_or("no reason given");
-            Some(Warning::new(
-                Reason::ProxyPodUnschedulable,
-                format!("proxy pod {} cannot be scheduled: {message}", key_of(*pod)),
-            ))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
     use crate::index::index_of;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{LoadBalancerStatus, PodCondition, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use hostlb_proxy_spec::Protocol;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ContainerStatus, Event, Node, Pod, PodSpec, PodStatus, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -21,6 +20,7 @@ use kube::ResourceExt;
 use crate::decide::admitted;
 use crate::names;
 use crate::node_leases::{Renewal, NODE_LEASE_NAMESPACE};
+use crate::proxy_health::ProxyPod;
 use crate::service_lb::ServiceLb;
 use crate::status::node_can_serve;
 use crate::Settings;
@@ -137,49 +137,6 @@ pub struct CarriesEnableLb;
 /// A valid Service that hostlb serves, as other Services' reconciles see it.
 pub type Claim = Arc<ServiceLb>;
 
-/// What reconciles read of a proxy pod: who it is, its labels and node, when it was created or
-/// deleted, and the status that tells Ready, scheduling and failures. The rest (the spec hostlb
-/// wrote, the images, IDs and addresses the kubelet reports) is most of a pod, and an install
-/// with many Services on many nodes keeps thousands of them.
-fn proxy_pod_essentials(pod: &Pod) -> Pod {
-    let meta = &pod.metadata;
-    let metadata = ObjectMeta {
-        name: meta.name.clone(),
-        namespace: meta.namespace.clone(),
-        uid: meta.uid.clone(),
-        labels: meta.labels.clone(),
-        creation_timestamp: meta.creation_timestamp.clone(),
-        deletion_timestamp: meta.deletion_timestamp.clone(),
-        ..ObjectMeta::default()
-    };
-    let spec = pod.spec.as_ref().map(|spec| PodSpec { node_name: spec.node_name.clone(), ..PodSpec::default() });
-    let containers = |statuses: &Option<Vec<ContainerStatus>>| {
-        statuses.as_ref().map(|statuses| {
-            statuses
-                .iter()
-                .map(|container| ContainerStatus {
-                    name: container.name.clone(),
-                    ready: container.ready,
-                    restart_count: container.restart_count,
-                    state: container.state.clone(),
-                    last_state: container.last_state.clone(),
-                    ..ContainerStatus::default()
-                })
-                .collect()
-        })
-    };
-    let status = pod.status.as_ref().map(|status| PodStatus {
-        phase: status.phase.clone(),
-        reason: status.reason.clone(),
-        message: status.message.clone(),
-        conditions: status.conditions.clone(),
-        init_container_statuses: containers(&status.init_container_statuses),
-        container_statuses: containers(&status.container_statuses),
-        ..PodStatus::default()
-    });
-    Pod { metadata, spec, status }
-}
-
 /// What reconciles read of a proxy DaemonSet: its metadata (labels, configuration hash,
 /// generation) and status. Its spec, the pod template hostlb wrote, is most of it.
 fn proxy_daemonset_essentials(daemonset: &DaemonSet) -> DaemonSet {
@@ -190,7 +147,7 @@ pub struct Index {
     settings: Settings,
     pub nodes: Section<Arc<Node>, CarriesEnableLb>,
     /// Proxy pods, grouped by the UID of the Service they serve.
-    pub proxy_pods: Section<Arc<Pod>, String>,
+    pub proxy_pods: Section<Arc<ProxyPod>, String>,
     /// Proxy DaemonSets, by `namespace/name`.
     pub daemonsets: Section<Arc<DaemonSet>, ()>,
     /// Served Services, grouped by the host ports they claim.
@@ -260,7 +217,7 @@ impl Index {
     pub fn apply_proxy_pod(&mut self, event: &watcher::Event<Pod>) {
         self.proxy_pods.apply(event, |pod| {
             let uid = pod.labels().get(names::LABEL_SERVICE_UID)?.clone();
-            Some((Arc::new(proxy_pod_essentials(pod)), vec![uid]))
+            Some((Arc::new(ProxyPod::of(pod)), vec![uid]))
         });
     }
 
@@ -329,7 +286,7 @@ impl Index {
         self.nodes.get(name).map(Arc::as_ref)
     }
 
-    pub fn proxy_pods_of(&self, service_uid: &str) -> impl Iterator<Item = &Pod> {
+    pub fn proxy_pods_of(&self, service_uid: &str) -> impl Iterator<Item = &ProxyPod> {
         self.proxy_pods.group(&service_uid.to_string()).map(Arc::as_ref)
     }
 
@@ -511,21 +468,24 @@ mod tests {
         let mut foreign = proxy_pod("q", "n1", true);
         foreign.metadata.labels.as_mut().unwrap().insert(names::LABEL_SERVICE_UID.into(), "other".into());
         let index = index_of(&[], &[], &[proxy_pod("p2", "n2", true), proxy_pod("p1", "n1", true), foreign], &[]);
-        let names: Vec<String> = index.proxy_pods_of(UID).map(|p| p.name_any()).collect();
-        assert_eq!(names, vec!["p1", "p2"]);
+        let keys: Vec<&str> = index.proxy_pods_of(UID).map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["hostlb-system/p1", "hostlb-system/p2"]);
         assert_eq!(index.proxy_pods_of("other").count(), 1);
         assert_eq!(index.proxy_pods_of("none").count(), 0);
     }
 
     #[test]
-    fn proxy_pods_are_kept_with_only_what_reconciles_read() {
+    fn proxy_pods_are_kept_as_what_decisions_read() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "p1", "namespace": "hostlb-system", "annotations": { "big": "x" },
+                          "creationTimestamp": "2026-01-02T03:04:05Z",
                           "labels": { (names::LABEL_SERVICE_UID): UID } },
             "spec": { "nodeName": "n1", "containers": [{ "name": "lb", "image": "hostlb/lb:1" }] },
             "status": {
                 "phase": "Pending", "hostIP": "10.0.0.1", "podIP": "10.1.0.1",
-                "conditions": [{ "type": "Ready", "status": "False" }],
+                "conditions": [{ "type": "Ready", "status": "False" },
+                               { "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                 "message": "0/2 nodes are available" }],
                 "containerStatuses": [{ "name": "lb", "image": "hostlb/lb:1", "imageID": "sha256:1", "ready": false,
                     "restartCount": 3, "state": { "waiting": { "reason": "CrashLoopBackOff" } } }]
             }
@@ -533,13 +493,22 @@ mod tests {
         .unwrap();
         let index = index_of(&[], &[], std::slice::from_ref(&pod), &[]);
         let kept = index.proxy_pods_of(UID).next().expect("the pod is indexed");
-        assert_eq!(crate::status::pod_node(kept), Some("n1"));
-        assert_eq!(failing_pods(&[kept]), failing_pods(&[&pod]), "failures read the same");
-        assert!(!failing_pods(&[kept]).is_empty());
-        assert_eq!(kept.status.as_ref().unwrap().conditions, pod.status.as_ref().unwrap().conditions);
-        assert!(kept.spec.as_ref().unwrap().containers.is_empty() && kept.metadata.annotations.is_none());
-        assert!(kept.status.as_ref().unwrap().host_ip.is_none());
-        assert_eq!(kept.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].image, "");
+        assert_eq!(
+            kept,
+            &ProxyPod {
+                key: "hostlb-system/p1".into(),
+                node: Some("n1".into()),
+                created: Some("2026-01-02T03:04:05Z".parse().unwrap()),
+                deleting: false,
+                ready: false,
+                unschedulable: Some("0/2 nodes are available".into()),
+                failure: Some("container lb: CrashLoopBackOff".into()),
+            }
+        );
+        assert_eq!(
+            failing_pods(&[kept])[0].message,
+            "proxy pod hostlb-system/p1 on n1: container lb: CrashLoopBackOff"
+        );
     }
 
     #[test]

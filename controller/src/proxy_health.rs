@@ -4,10 +4,50 @@
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
+use k8s_openapi::jiff::Timestamp;
 
 use crate::events::{Reason, Warning};
 use crate::index::key_of;
-use crate::status::pod_node;
+use crate::status::{pod_is_ready, pod_node};
+
+/// What decisions read of a proxy pod, and all the index keeps of one. A whole k8s-openapi
+/// `Pod` is about 5 KB in memory even with most fields unset (its `PodSpec` alone is 1.4 KB,
+/// for the one field read here), and a controller with many Services on many nodes keeps
+/// thousands of proxy pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyPod {
+    /// `namespace/name`, as messages name it.
+    pub key: String,
+    /// The node it is bound to, if any yet.
+    pub node: Option<String>,
+    pub created: Option<Timestamp>,
+    pub deleting: bool,
+    /// Ready, and not being deleted.
+    pub ready: bool,
+    /// The scheduler's message while it reports the pod Unschedulable.
+    pub unschedulable: Option<String>,
+    /// Why it failed or is stuck, when that is not normal start-up.
+    pub failure: Option<String>,
+}
+
+impl ProxyPod {
+    pub fn of(pod: &Pod) -> Self {
+        let conditions = pod.status.as_ref().and_then(|status| status.conditions.as_ref());
+        let unschedulable = conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
+        ProxyPod {
+            key: key_of(pod),
+            node: pod_node(pod).map(str::to_string),
+            created: pod.metadata.creation_timestamp.as_ref().map(|time| time.0),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            ready: pod_is_ready(pod),
+            unschedulable: unschedulable.map(|c| c.message.clone().unwrap_or_else(|| "no reason given".into())),
+            failure: failure_of(pod),
+        }
+    }
+}
 
 /// Waiting reasons that do not pass by themselves; ContainerCreating and PodInitializing do.
 const STUCK: [&str; 7] = [
@@ -21,21 +61,33 @@ const STUCK: [&str; 7] = [
 ];
 
 /// One Warning per proxy pod that failed or is stuck, naming the pod, its node and the reason.
-pub fn failing_pods(pods: &[&Pod]) -> Vec<Warning> {
-    pods.iter().filter(|pod| pod.metadata.deletion_timestamp.is_none()).filter_map(|pod| failure_of(pod)).collect()
+pub fn failing_pods(pods: &[&ProxyPod]) -> Vec<Warning> {
+    let failing = pods.iter().filter(|pod| !pod.deleting);
+    failing
+        .filter_map(|pod| {
+            let node = pod.node.as_deref().unwrap_or("no node yet");
+            let message = format!("proxy pod {} on {node}: {}", pod.key, pod.failure.as_deref()?);
+            Some(Warning::new(Reason::ProxyPodFailing, message))
+        })
+        .collect()
 }
 
-fn failure_of(pod: &Pod) -> Option<Warning> {
+/// One Warning per proxy pod that the scheduler cannot place, with the scheduler's message.
+pub fn unschedulable(pods: &[&ProxyPod]) -> Vec<Warning> {
+    let message =
+        |pod: &ProxyPod| Some(format!("proxy pod {} cannot be scheduled: {}", pod.key, pod.unschedulable.as_deref()?));
+    pods.iter().filter_map(|pod| Some(Warning::new(Reason::ProxyPodUnschedulable, message(pod)?))).collect()
+}
+
+fn failure_of(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
-    let why = if status.phase.as_deref() == Some("Failed") {
+    if status.phase.as_deref() == Some("Failed") {
         let reason = status.reason.as_deref().unwrap_or("Failed");
         Some(format!("{reason}: {}", status.message.as_deref().unwrap_or("no message")))
     } else {
         let init = status.init_container_statuses.iter().flatten();
         init.chain(status.container_statuses.iter().flatten()).find_map(container_failure)
-    }?;
-    let node = pod_node(pod).unwrap_or("no node yet");
-    Some(Warning::new(Reason::ProxyPodFailing, format!("proxy pod {} on {node}: {why}", key_of(pod))))
+    }
 }
 
 fn container_failure(container: &ContainerStatus) -> Option<String> {
@@ -104,6 +156,7 @@ mod tests {
     }
 
     fn messages(pods: &[Pod]) -> Vec<String> {
+        let pods: Vec<ProxyPod> = pods.iter().map(ProxyPod::of).collect();
         failing_pods(&pods.iter().collect::<Vec<_>>()).into_iter().map(|w| w.message).collect()
     }
 

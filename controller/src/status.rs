@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Pod, Service};
 
 use crate::names;
 use crate::placement::Placement;
+use crate::proxy_health::ProxyPod;
 
 /// `status.loadBalancer.ingress[].ipMode`: with `Vip`, kube-proxy takes traffic to the
 /// address on every node as its own; with `Proxy`, it leaves it to reach the node it names.
@@ -250,15 +251,15 @@ fn is_dns_name(text: &str) -> bool {
 /// results, so only a real change is written.
 pub fn desired_addresses<'a>(
     service: &Service,
-    proxy_pods: impl IntoIterator<Item = &'a Pod>,
+    proxy_pods: impl IntoIterator<Item = &'a ProxyPod>,
     node: impl Fn(&str) -> Option<&'a Node>,
     placement: &Placement,
     policy: &AddressPolicy,
     families: &[Family],
 ) -> Publication {
     let mut serving: BTreeMap<&str, &Node> = BTreeMap::new();
-    for pod in proxy_pods.into_iter().filter(|pod| pod_is_ready(pod)) {
-        let Some((name, node)) = pod_node(pod).and_then(|n| Some((n, node(n)?))) else {
+    for pod in proxy_pods.into_iter().filter(|pod| pod.ready) {
+        let Some((name, node)) = pod.node.as_deref().and_then(|n| Some((n, node(n)?))) else {
             continue;
         };
         if node_can_serve(node) && placement.admits(node) {
@@ -360,7 +361,8 @@ mod tests {
         let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
         let placement = Placement::for_service(&lb, false);
         let node = |name: &str| nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name));
-        desired_addresses(service, pods, node, &placement, policy, families)
+        let pods: Vec<ProxyPod> = pods.iter().map(ProxyPod::of).collect();
+        desired_addresses(service, &pods, node, &placement, policy, families)
     }
 
     fn compute(nodes: &[Node], pods: &[Pod], address_type: AddressType, families: &[Family]) -> Vec<Address> {
