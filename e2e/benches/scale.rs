@@ -21,11 +21,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
-use hostlb_e2e::SYSTEM_NAMESPACE;
+use hostlb_e2e::{names, SYSTEM_NAMESPACE};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -43,6 +44,8 @@ const TIMEOUT: Duration = Duration::from_secs(1500);
 const IN_FLIGHT: usize = 32;
 const IDLE_WINDOW: Duration = Duration::from_secs(30);
 const CONTROLLER_USER: &str = "hostlb-controller";
+/// The bench's own user, the simulator's writes among them.
+const BENCH_USER: &str = "hostlb-bench";
 
 type Results = BTreeMap<&'static str, f64>;
 
@@ -282,6 +285,122 @@ impl AuditLog {
     }
 }
 
+/// Where a round's status lags go, per Service (ms), from the API server's own clock.
+#[derive(Debug, Default)]
+struct StatusLagParts {
+    /// From the simulator's write that made the Service's last proxy pod Ready to the
+    /// controller's next status write of the Service, each as the API server received it: the
+    /// pod write itself, its watch delivery to the controller, the controller's queue and the
+    /// reconcile. (Watchers can hear of a write before its answer is logged, so the answer is no
+    /// better a start.)
+    reaction: Vec<f64>,
+    /// That status write, from received to answered: the API server's and etcd's part.
+    write: Vec<f64>,
+    /// The baseline of `reaction`: from the same pod write (received) to this program's own
+    /// watch showing the pod Ready, what any controller waits for before it can act.
+    pod_watch: Vec<f64>,
+}
+
+impl AuditLog {
+    /// `daemonsets`: the round's proxy DaemonSet names, each with its Service's name;
+    /// `seen_ready`: when this program's watch saw each pod Ready.
+    fn status_lag_parts(
+        &self,
+        offset: u64,
+        namespace: &str,
+        daemonsets: &BTreeMap<String, String>,
+        seen_ready: &BTreeMap<String, Timestamp>,
+    ) -> Result<StatusLagParts> {
+        let mut file = std::fs::File::open(&self.path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        // Per pod the first write that made it Ready; per Service its status writes in order.
+        let mut pod_ready: BTreeMap<String, (String, String, Written)> = BTreeMap::new();
+        let mut status_writes: BTreeMap<String, Vec<Written>> = BTreeMap::new();
+        for line in BufReader::new(file).lines() {
+            let event: Value = serde_json::from_str(&line?)?;
+            let object = &event["objectRef"];
+            let succeeded = event["responseStatus"]["code"].as_u64().is_some_and(|code| (200..300).contains(&code));
+            if event["stage"] != "ResponseComplete" || !succeeded || object["subresource"] != "status" {
+                continue;
+            }
+            let time = |field: &str| -> Result<Timestamp> {
+                let text = event[field].as_str().with_context(|| format!("an audit event without {field}"))?;
+                Ok(text.parse()?)
+            };
+            let written = Written { received: time("requestReceivedTimestamp")?, answered: time("stageTimestamp")? };
+            let name = object["name"].as_str().unwrap_or_default().to_string();
+            let user = &event["user"]["username"];
+            if user == BENCH_USER && object["resource"] == "pods" && event["verb"] == "patch" {
+                // A pod's name is its DaemonSet's and a random suffix.
+                let service = name.rsplit_once('-').and_then(|(daemonset, _)| daemonsets.get(daemonset));
+                if let Some(service) = service {
+                    pod_ready.entry(name.clone()).or_insert((service.clone(), name, written));
+                }
+            } else if user == CONTROLLER_USER && object["resource"] == "services" && object["namespace"] == namespace {
+                status_writes.entry(name).or_default().push(written);
+            }
+        }
+        let mut last_ready: BTreeMap<String, (String, Written)> = BTreeMap::new();
+        for (service, pod, ready) in pod_ready.into_values() {
+            let last = last_ready.entry(service).or_insert((pod.clone(), ready));
+            if ready.received > last.1.received {
+                *last = (pod, ready);
+            }
+        }
+        let ms = |from: Timestamp, to: Timestamp| from.duration_until(to).as_secs_f64() * 1e3;
+        let mut parts = StatusLagParts::default();
+        for (service, (pod, ready)) in &last_ready {
+            let writes = status_writes.get(service).map(Vec::as_slice).unwrap_or_default();
+            let status = writes
+                .iter()
+                .find(|status| status.received >= ready.received)
+                .with_context(|| format!("{namespace}/{service}: no status write after its last pod was Ready"))?;
+            parts.reaction.push(ms(ready.received, status.received));
+            parts.write.push(ms(status.received, status.answered));
+            let seen = seen_ready.get(pod).with_context(|| format!("pod {pod} was not seen Ready"))?;
+            parts.pod_watch.push(ms(ready.received, *seen));
+        }
+        ensure!(
+            last_ready.len() == daemonsets.len(),
+            "the audit log has Ready pods of only {} of {} Services",
+            last_ready.len(),
+            daemonsets.len()
+        );
+        parts.reaction.sort_by(f64::total_cmp);
+        parts.write.sort_by(f64::total_cmp);
+        parts.pod_watch.sort_by(f64::total_cmp);
+        Ok(parts)
+    }
+}
+
+/// When this program saw each proxy pod of a round Ready, by the wall clock.
+fn seen_ready(timeline: &Timeline) -> BTreeMap<String, Timestamp> {
+    let (now, wall_now) = (Instant::now(), Timestamp::now());
+    let wall = |seen: Instant| wall_now.checked_sub(now.duration_since(seen)).ok();
+    let timeline = timeline.lock().unwrap();
+    let pods = timeline.values().flat_map(|steps| steps.pods.iter());
+    pods.filter_map(|(pod, steps)| Some((pod.clone(), wall(steps.ready?)?))).collect()
+}
+
+/// When the API server received a write and when it answered it.
+#[derive(Clone, Copy, Debug)]
+struct Written {
+    received: Timestamp,
+    answered: Timestamp,
+}
+
+/// The proxy DaemonSet names of a namespace's Services, each with its Service's name.
+async fn proxy_daemonsets(client: &Client, namespace: &str) -> Result<BTreeMap<String, String>> {
+    let services = Api::<Service>::namespaced(client.clone(), namespace).list(&Default::default()).await?.items;
+    Ok(services
+        .iter()
+        .map(|service| {
+            let name = service.name_any();
+            (names::daemonset_name(&name, &service.uid().unwrap_or_default()), name)
+        })
+        .collect())
+}
+
 #[derive(Debug, Default)]
 struct ControllerWrites {
     services: usize,
@@ -375,7 +494,9 @@ async fn measure(
     let mut first_port = FIRST_PORT;
     for count in ROUNDS {
         let cpu_before = controller.cpu_s()?;
-        let timeline = round(client, &format!("scale-{count}"), count, first_port).await?;
+        let audit_offset = audit.end()?;
+        let namespace = format!("scale-{count}");
+        let timeline = round(client, &namespace, count, first_port).await?;
         let cpu = controller.cpu_s()? - cpu_before;
         first_port += count;
         let (lags, all_ready) = lags(&timeline)?;
@@ -383,6 +504,17 @@ async fn measure(
             "{count} Services: all ready after {all_ready:.2} s, lag p50 {:.0} ms p99 {:.0} ms, {cpu:.1} CPU s",
             percentile(&lags, 0.5),
             percentile(&lags, 0.99)
+        );
+        let daemonsets = proxy_daemonsets(client, &namespace).await?;
+        let parts = audit.status_lag_parts(audit_offset, &namespace, &daemonsets, &seen_ready(&timeline))?;
+        let p50_p99 =
+            |times: &[f64]| format!("p50 {:.1} ms p99 {:.1} ms", percentile(times, 0.5), percentile(times, 0.99));
+        eprintln!(
+            "{count} Services, by the API server's clock: last pod Ready write to status write received {}; \
+             status write answered {}; pod Ready write to this bench's watch showing it {}",
+            p50_p99(&parts.reaction),
+            p50_p99(&parts.write),
+            p50_p99(&parts.pod_watch)
         );
         lag_table.extend(lags.iter().map(|lag| format!("{count}\t{lag:.1}\n")));
         std::fs::write(lags_path, &lag_table)?;
@@ -397,6 +529,12 @@ async fn measure(
                 results.insert("ctl_all_ready_s", rounded(all_ready, 2));
                 results.insert("ctl_status_lag_p50_ms", rounded(percentile(&lags, 0.5), 1));
                 results.insert("ctl_status_lag_p99_ms", rounded(percentile(&lags, 0.99), 1));
+                results.insert("ctl_status_reaction_p50_ms", rounded(percentile(&parts.reaction, 0.5), 1));
+                results.insert("ctl_status_reaction_p99_ms", rounded(percentile(&parts.reaction, 0.99), 1));
+                results.insert("ctl_status_write_p50_ms", rounded(percentile(&parts.write, 0.5), 1));
+                results.insert("ctl_status_write_p99_ms", rounded(percentile(&parts.write, 0.99), 1));
+                results.insert("ctl_pod_watch_p50_ms", rounded(percentile(&parts.pod_watch, 0.5), 1));
+                results.insert("ctl_pod_watch_p99_ms", rounded(percentile(&parts.pod_watch, 0.99), 1));
                 results.insert("ctl_cpu_s_1000", rounded(cpu, 2));
                 results.insert("ctl_rss_mib_1000", rounded(controller.rss_mib()?, 1));
             }
@@ -415,9 +553,19 @@ async fn measure(
 
     // One more Service, alone: every write the controller makes for it until it settles.
     let offset = audit.end()?;
-    round(client, "scale-one", 1, first_port).await?;
+    let timeline = round(client, "scale-one", 1, first_port).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let one = audit.controller_writes_since(offset)?;
+    // The same parts for a Service alone on a control plane with nothing else to do.
+    let alone = audit.status_lag_parts(
+        offset,
+        "scale-one",
+        &proxy_daemonsets(client, "scale-one").await?,
+        &seen_ready(&timeline),
+    )?;
+    eprintln!("scale: one more Service, alone: {alone:?}");
+    results.insert("ctl_status_reaction_alone_ms", rounded(alone.reaction[0], 1));
+    results.insert("ctl_pod_watch_alone_ms", rounded(alone.pod_watch[0], 1));
     eprintln!("scale: writes for one more Service: {one:?}");
     results.insert("ctl_writes_per_service", one.services as f64);
     let events = one.kinds.iter().filter(|(kind, _)| kind.ends_with(" events")).map(|(_, count)| count).sum::<usize>();
