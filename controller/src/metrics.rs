@@ -1,6 +1,11 @@
 //! Prometheus metrics of the reconciler.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::reflector::ObjectRef;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,6 +32,9 @@ pub struct Metrics {
     reconciliations: Counter,
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
+    queue: Histogram,
+    /// Per Service with a reconcile owed, when the oldest change it owes it for was seen.
+    owed_since: Mutex<HashMap<ObjectRef<Service>, Instant>>,
     pub daemonset_applies: Counter,
     pub daemonset_deletes: Counter,
     pub status_updates: Counter,
@@ -42,6 +50,8 @@ impl Default for Metrics {
             reconciliations: Counter::default(),
             failures: Family::default(),
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            queue: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            owed_since: Mutex::default(),
             daemonset_applies: Counter::default(),
             daemonset_deletes: Counter::default(),
             status_updates: Counter::default(),
@@ -52,6 +62,11 @@ impl Default for Metrics {
         registry.register("reconciliations", "Reconciliations of Services", metrics.reconciliations.clone());
         registry.register("reconcile_failures", "Failed reconciliations by cause", metrics.failures.clone());
         registry.register("reconcile_duration_seconds", "Time spent per reconciliation", metrics.duration.clone());
+        registry.register(
+            "reconcile_queue_seconds",
+            "Time from a watch event that concerns a Service to the start of its reconcile",
+            metrics.queue.clone(),
+        );
         registry.register(
             "daemonset_applies",
             "Proxy DaemonSets created or changed",
@@ -74,6 +89,25 @@ impl Metrics {
     pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
         self.reconciliations.inc();
         ReconcileTimer { histogram: &self.duration, started: Instant::now() }
+    }
+
+    /// A watch event concerns `service`: a reconcile of it is owed from now, unless one was
+    /// owed already.
+    pub fn reconcile_owed(&self, service: &ObjectRef<Service>) {
+        self.owed_since.lock().expect("owed lock").entry(service.clone()).or_insert_with(Instant::now);
+    }
+
+    /// A reconcile of `service` starts: observes how long the oldest change it answers waited.
+    pub fn reconcile_dequeued(&self, service: &ObjectRef<Service>) {
+        if let Some(since) = self.owed_since.lock().expect("owed lock").remove(service) {
+            self.queue.observe(since.elapsed().as_secs_f64());
+        }
+    }
+
+    /// A term of leadership ends: what it owed is for the next term's first pass over every
+    /// Service, which would count the time in between as queueing.
+    pub fn forget_owed_reconciles(&self) {
+        self.owed_since.lock().expect("owed lock").clear();
     }
 
     pub fn reconcile_failed(&self, error: &Error) {
@@ -115,11 +149,19 @@ mod tests {
         metrics.reconcile_failed(&Error::kube("applying")(kube::Error::Api(conflict.boxed())));
         metrics.warned(Reason::PortConflict);
         metrics.leader.set(1);
+        let service = ObjectRef::new("web").within("shop");
+        metrics.reconcile_dequeued(&service);
+        metrics.reconcile_owed(&service);
+        metrics.reconcile_owed(&service);
+        metrics.reconcile_dequeued(&service);
+        metrics.reconcile_dequeued(&service);
         let text = metrics.render();
         assert!(text.contains("hostlb_reconciliations_total 1"), "{text}");
         assert!(text.contains("hostlb_reconcile_failures_total{error=\"conflict\"} 1"), "{text}");
         assert!(text.contains("hostlb_reconcile_duration_seconds_count 1"), "{text}");
         assert!(text.contains("hostlb_warnings_total{reason=\"PortConflict\"} 1"), "{text}");
         assert!(text.contains("hostlb_leader 1"), "{text}");
+        // Once per reconcile owed, however many events owed it.
+        assert!(text.contains("hostlb_reconcile_queue_seconds_count 1"), "{text}");
     }
 }

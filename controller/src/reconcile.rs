@@ -129,6 +129,7 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
 
 #[tracing::instrument(skip_all, fields(service = %ObjectRef::from_obj(service.as_ref())))]
 pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<Action> {
+    context.metrics.reconcile_dequeued(&ObjectRef::from_obj(service.as_ref()));
     // Status computed from half-filled caches would withdraw addresses that are fine. Waiting
     // here instead would stall the controller, which is what feeds those caches.
     if !context.synced.load(Ordering::Acquire) {

@@ -215,7 +215,7 @@ async fn watch_and_lead(
 
     let (trigger_sender, _) = broadcast::channel(PENDING_TRIGGERS);
     let watching = {
-        let trigger_sender = trigger_sender.clone();
+        let (trigger_sender, metrics) = (trigger_sender.clone(), metrics.clone());
         stream::select_all([
             service_triggers.boxed(),
             daemonset_triggers.boxed(),
@@ -227,7 +227,13 @@ async fn watch_and_lead(
         .for_each(move |triggers: Triggers| {
             match triggers {
                 // No receiver while following: nothing to do.
-                Ok(services) => services.into_iter().for_each(|service| drop(trigger_sender.send(service))),
+                Ok(services) => services.into_iter().for_each(|service| {
+                    // Only the leader's term listens.
+                    if trigger_sender.receiver_count() > 0 {
+                        metrics.reconcile_owed(&service);
+                        drop(trigger_sender.send(service));
+                    }
+                }),
                 Err(error) => warn!(%error, "watch failed; retrying"),
             }
             std::future::ready(())
@@ -304,6 +310,9 @@ impl Leader {
                     Ok(_) => {}
                     // Triggers from proxy objects whose Service is already gone.
                     Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                        let service = ObjectRef::<Service>::new(&object.name)
+                            .within(object.namespace.as_deref().unwrap_or_default());
+                        self.metrics.reconcile_dequeued(&service);
                         debug!(%object, "no such Service; nothing to reconcile")
                     }
                     Err(error) => warn!(%error, "reconciliation did not run"),
@@ -320,6 +329,7 @@ impl Leader {
             }
         };
         tokio::join!(reconciling, sweeping);
+        self.metrics.forget_owed_reconciles();
     }
 }
 

@@ -292,24 +292,23 @@ async fn churn_while_killing_the_leader(cluster: &Cluster, ns: &TestNamespace, n
     Ok(())
 }
 
-/// The figure the metrics endpoint of a controller pod shows for `hostlb_leader`.
-fn leader_gauge(pod: &Pod) -> Result<String> {
+/// The figure the metrics endpoint of a controller pod shows for `metric` (a name with no labels).
+fn metric(pod: &Pod, metric: &str) -> Result<String> {
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("controller pod without address")?;
     let output = std::process::Command::new("curl")
         .args(["-fsS", "--max-time", "3", &format!("http://{ip}:8080/metrics")])
         .output()?;
     ensure!(output.status.success(), "metrics of {}: {}", pod.name_any(), String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8_lossy(&output.stdout);
-    let line =
-        text.lines().find(|line| line.starts_with("hostlb_leader ")).context("no hostlb_leader in the metrics")?;
-    Ok(line.trim_start_matches("hostlb_leader ").to_string())
+    let figure = text.lines().find_map(|line| line.strip_prefix(metric)?.strip_prefix(' '));
+    Ok(figure.with_context(|| format!("no {metric} in the metrics of {}", pod.name_any()))?.to_string())
 }
 
 #[tokio::test]
 async fn a_leader_stopped_gracefully_hands_the_lease_over_within_seconds() -> Result<()> {
     let cluster = Cluster::connect().await?;
     let leader = leader_with_a_standby(&cluster, SETTLE).await?;
-    ensure!(leader_gauge(&leader)? == "1", "the leader's hostlb_leader is not 1");
+    ensure!(metric(&leader, "hostlb_leader")? == "1", "the leader's hostlb_leader is not 1");
     let stopped_at = Instant::now();
     controller_pods(&cluster).delete(&leader.name_any(), &DeleteParams::default()).await?;
     let successor = loop {
@@ -331,11 +330,11 @@ async fn a_leader_stopped_gracefully_hands_the_lease_over_within_seconds() -> Re
     let bound = RETRY_PERIOD + Duration::from_secs(4);
     ensure!(took <= bound, "the Lease was handed over after {took:?}, not within {bound:?}");
     let new_leader = leader_with_a_standby(&cluster, SETTLE).await?;
-    ensure!(leader_gauge(&new_leader)? == "1", "the new leader's hostlb_leader is not 1");
+    ensure!(metric(&new_leader, "hostlb_leader")? == "1", "the new leader's hostlb_leader is not 1");
     let pods = controller_pods(&cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
     let followers = pods.iter().filter(|pod| pod_is_ready(pod));
     for follower in followers.filter(|pod| pod.name_any() != new_leader.name_any()) {
-        ensure!(leader_gauge(follower)? == "0", "follower {}'s hostlb_leader is not 0", follower.name_any());
+        ensure!(metric(follower, "hostlb_leader")? == "0", "follower {}'s hostlb_leader is not 0", follower.name_any());
     }
     Ok(())
 }
@@ -396,6 +395,10 @@ async fn api_server_and_etcd_restarted_in_the_middle_of_a_change_the_change_comp
         changed_at.elapsed().as_secs_f64()
     ));
     cluster.ensure_no_controller_restarted(&restarts).await?;
+    // The proxies rolled to the new port after the restart: their watch events queued reconciles.
+    let leader = leader_with_a_standby(&cluster, SETTLE).await?;
+    let queued: u64 = metric(&leader, "hostlb_reconcile_queue_seconds_count")?.parse()?;
+    ensure!(queued > 0, "the leader {} counts no queued reconcile", leader.name_any());
     Ok(())
 }
 
