@@ -13,7 +13,7 @@
 mod stats;
 mod timeline;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
@@ -27,7 +27,7 @@ use hostlb_e2e::{names, SYSTEM_NAMESPACE};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Config, ResourceExt};
@@ -373,6 +373,44 @@ impl AuditLog {
     }
 }
 
+/// The controller's `hostlb_reconcile_queue_seconds` histogram, as (upper bound in seconds,
+/// observations up to it).
+fn queue_histogram() -> Result<Vec<(f64, f64)>> {
+    let output = Command::new("curl").args(["-fsS", "--max-time", "3", "http://127.0.0.1:18090/metrics"]).output()?;
+    ensure!(output.status.success(), "the controller's metrics: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout)?;
+    let buckets = text.lines().filter_map(|line| line.strip_prefix("hostlb_reconcile_queue_seconds_bucket{le=\""));
+    buckets
+        .map(|bucket| {
+            let (bound, count) = bucket.split_once("\"} ").with_context(|| format!("a bucket line: {bucket}"))?;
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse()? };
+            Ok((bound, count.trim().parse()?))
+        })
+        .collect()
+}
+
+/// The observations of one round: the histogram after it less the one before.
+fn round_histogram(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after.iter().zip(before).map(|(&(bound, after), &(_, before))| (bound, after - before)).collect()
+}
+
+/// The `q` quantile of a histogram (s), interpolated within its bucket as Prometheus's
+/// `histogram_quantile` does; the last finite bound when it falls in the `+Inf` bucket.
+fn histogram_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let rank = q * buckets.last().map_or(0.0, |&(_, count)| count);
+    let (mut lower_bound, mut lower_count) = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank && count > lower_count {
+            if bound.is_infinite() {
+                return lower_bound;
+            }
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count);
+        }
+        (lower_bound, lower_count) = (bound, count);
+    }
+    lower_bound
+}
+
 /// When this program saw each proxy pod of a round Ready, by the wall clock.
 fn seen_ready(timeline: &Timeline) -> BTreeMap<String, Timestamp> {
     let (now, wall_now) = (Instant::now(), Timestamp::now());
@@ -494,10 +532,12 @@ async fn measure(
     let mut first_port = FIRST_PORT;
     for count in ROUNDS {
         let cpu_before = controller.cpu_s()?;
+        let queue_before = queue_histogram()?;
         let audit_offset = audit.end()?;
         let namespace = format!("scale-{count}");
         let timeline = round(client, &namespace, count, first_port).await?;
         let cpu = controller.cpu_s()? - cpu_before;
+        let queue = round_histogram(&queue_before, &queue_histogram()?);
         first_port += count;
         let (lags, all_ready) = lags(&timeline)?;
         eprintln!(
@@ -535,6 +575,8 @@ async fn measure(
                 results.insert("ctl_status_write_p99_ms", rounded(percentile(&parts.write, 0.99), 1));
                 results.insert("ctl_pod_watch_p50_ms", rounded(percentile(&parts.pod_watch, 0.5), 1));
                 results.insert("ctl_pod_watch_p99_ms", rounded(percentile(&parts.pod_watch, 0.99), 1));
+                results.insert("ctl_queue_p50_ms", rounded(histogram_quantile(&queue, 0.5) * 1e3, 1));
+                results.insert("ctl_queue_p99_ms", rounded(histogram_quantile(&queue, 0.99) * 1e3, 1));
                 results.insert("ctl_cpu_s_1000", rounded(cpu, 2));
                 results.insert("ctl_rss_mib_1000", rounded(controller.rss_mib()?, 1));
             }
@@ -595,47 +637,30 @@ async fn patch_rtt(client: &Client) -> Result<f64> {
     Ok(median(times))
 }
 
-/// One node's address changes: seconds until every Service of the 1,000 round publishes the new one.
+/// One node's address changes: seconds until every Service of the 1,000 round publishes the new
+/// one, as lists of them from the API server's watch cache show, every 100 ms. Twice a watch of
+/// them, even one listed just before the change, stalled for minutes after the burst of 1,000
+/// status updates, while the API server had every status right within 3 s; lists from etcd in
+/// a tight loop slowed the controller's writes down.
 async fn node_address_change(client: &Client, addresses: &BTreeMap<String, IpAddr>, namespace: &str) -> Result<f64> {
-    // A watch of its own, listed just before the change: the round's watch is minutes old by
-    // now, and in one run it stalled for a minute, until its server-side timeout renewed it,
-    // while the controller had written every status within 3 s.
-    let published: Arc<std::sync::Mutex<BTreeMap<String, BTreeSet<IpAddr>>>> = Arc::default();
-    let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let services = Api::<Service>::namespaced(client.clone(), namespace);
-    let following = {
-        let (published, listed, namespace) = (published.clone(), listed.clone(), namespace.to_string());
-        tokio::spawn(watcher(services, watcher::Config::default()).default_backoff().for_each(move |event| {
-            match event {
-                Ok(watcher::Event::Apply(service) | watcher::Event::InitApply(service)) => {
-                    published.lock().unwrap().insert(service.name_any(), hostlb_e2e::published(&service));
-                }
-                Ok(watcher::Event::InitDone) => listed.store(true, std::sync::atomic::Ordering::SeqCst),
-                Ok(_) => {}
-                Err(error) => eprintln!("scale: watching {namespace}'s Services: {error}"),
-            }
-            futures::future::ready(())
-        }))
-    };
-    while !listed.load(std::sync::atomic::Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
     let nodes: Api<Node> = Api::all(client.clone());
     let (name, old) = addresses.iter().next().context("no nodes")?;
     let new = node_address(0, 1);
     let started = Instant::now();
     nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(node_status(new))).await?;
-    let result = loop {
-        let moved = published.lock().unwrap().values().all(|shown| shown.contains(&new) && !shown.contains(old));
-        if moved {
-            break Ok(started.elapsed().as_secs_f64());
+    loop {
+        let listed = services.list(&ListParams::default().match_any()).await?.items;
+        let moved = |service: &Service| {
+            let shown = hostlb_e2e::published(service);
+            shown.contains(&new) && !shown.contains(old)
+        };
+        if listed.iter().all(moved) {
+            return Ok(started.elapsed().as_secs_f64());
         }
         if started.elapsed() > TIMEOUT {
-            break Err(anyhow::anyhow!("not every Service shows {name}'s new address {new} after {TIMEOUT:?}"));
+            bail!("not every Service shows {name}'s new address {new} after {TIMEOUT:?}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    following.abort();
-    result
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
