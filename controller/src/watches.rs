@@ -226,9 +226,8 @@ async fn watch_and_lead(
         ])
         .for_each(move |triggers: Triggers| {
             match triggers {
-                // No receiver while following: nothing to do.
+                // Only the leader's term listens; while following there is nothing to do.
                 Ok(services) => services.into_iter().for_each(|service| {
-                    // Only the leader's term listens.
                     if trigger_sender.receiver_count() > 0 {
                         metrics.reconcile_owed(&service);
                         drop(trigger_sender.send(service));

@@ -260,21 +260,25 @@ impl AuditLog {
         Ok(std::fs::metadata(&self.path)?.len())
     }
 
-    /// From `offset` on: when the controller's last status write of a Service was answered.
-    fn last_controller_status_write_since(&self, offset: u64) -> Result<Option<Timestamp>> {
+    /// The writes the API server answered from `offset` on, one audit event each.
+    fn answered_since(&self, offset: u64) -> Result<impl Iterator<Item = Result<Value>>> {
         let mut file = std::fs::File::open(&self.path)?;
         file.seek(SeekFrom::Start(offset))?;
+        let events = BufReader::new(file).lines().map(|line| Ok(serde_json::from_str::<Value>(&line?)?));
+        Ok(events.filter(|event| event.as_ref().map_or(true, |event| event["stage"] == "ResponseComplete")))
+    }
+
+    /// From `offset` on: when the controller's last status write of a Service was answered.
+    fn last_controller_status_write_since(&self, offset: u64) -> Result<Option<Timestamp>> {
         let mut last = None;
-        for line in BufReader::new(file).lines() {
-            let event: Value = serde_json::from_str(&line?)?;
+        for event in self.answered_since(offset)? {
+            let event = event?;
             let object = &event["objectRef"];
             if event["user"]["username"] == CONTROLLER_USER
-                && event["stage"] == "ResponseComplete"
                 && object["resource"] == "services"
                 && object["subresource"] == "status"
             {
-                let answered: Timestamp = event["stageTimestamp"].as_str().context("no stageTimestamp")?.parse()?;
-                last = last.max(Some(answered));
+                last = last.max(Some(audit_time(&event, "stageTimestamp")?));
             }
         }
         Ok(last)
@@ -283,12 +287,10 @@ impl AuditLog {
     /// From `offset` on: the writes for Services and their proxies, and apart from them the
     /// renewals of the controller's own Lease, which go on while it leads whatever happens.
     fn controller_writes_since(&self, offset: u64) -> Result<ControllerWrites> {
-        let mut file = std::fs::File::open(&self.path)?;
-        file.seek(SeekFrom::Start(offset))?;
         let mut writes = ControllerWrites::default();
-        for line in BufReader::new(file).lines() {
-            let event: Value = serde_json::from_str(&line?)?;
-            if event["user"]["username"] == CONTROLLER_USER && event["stage"] == "ResponseComplete" {
+        for event in self.answered_since(offset)? {
+            let event = event?;
+            if event["user"]["username"] == CONTROLLER_USER {
                 let object = &event["objectRef"];
                 if object["resource"] == "leases" {
                     writes.lease += 1;
@@ -331,37 +333,35 @@ impl AuditLog {
         daemonsets: &BTreeMap<String, String>,
         seen_ready: &BTreeMap<String, Timestamp>,
     ) -> Result<StatusLagParts> {
-        let mut file = std::fs::File::open(&self.path)?;
-        file.seek(SeekFrom::Start(offset))?;
-        // Per pod the first write that made it Ready; per Service its status writes in order.
-        let mut pod_ready: BTreeMap<String, (String, String, Written)> = BTreeMap::new();
+        // Per pod the first write that made it Ready, with its Service; per Service its status
+        // writes in order.
+        let mut pod_ready: BTreeMap<String, (String, Written)> = BTreeMap::new();
         let mut status_writes: BTreeMap<String, Vec<Written>> = BTreeMap::new();
-        for line in BufReader::new(file).lines() {
-            let event: Value = serde_json::from_str(&line?)?;
+        for event in self.answered_since(offset)? {
+            let event = event?;
             let object = &event["objectRef"];
             let succeeded = event["responseStatus"]["code"].as_u64().is_some_and(|code| (200..300).contains(&code));
-            if event["stage"] != "ResponseComplete" || !succeeded || object["subresource"] != "status" {
+            if !succeeded || object["subresource"] != "status" {
                 continue;
             }
-            let time = |field: &str| -> Result<Timestamp> {
-                let text = event[field].as_str().with_context(|| format!("an audit event without {field}"))?;
-                Ok(text.parse()?)
+            let written = Written {
+                received: audit_time(&event, "requestReceivedTimestamp")?,
+                answered: audit_time(&event, "stageTimestamp")?,
             };
-            let written = Written { received: time("requestReceivedTimestamp")?, answered: time("stageTimestamp")? };
             let name = object["name"].as_str().unwrap_or_default().to_string();
             let user = &event["user"]["username"];
             if user == BENCH_USER && object["resource"] == "pods" && event["verb"] == "patch" {
                 // A pod's name is its DaemonSet's and a random suffix.
                 let service = name.rsplit_once('-').and_then(|(daemonset, _)| daemonsets.get(daemonset));
                 if let Some(service) = service {
-                    pod_ready.entry(name.clone()).or_insert((service.clone(), name, written));
+                    pod_ready.entry(name).or_insert((service.clone(), written));
                 }
             } else if user == CONTROLLER_USER && object["resource"] == "services" && object["namespace"] == namespace {
                 status_writes.entry(name).or_default().push(written);
             }
         }
         let mut last_ready: BTreeMap<String, (String, Written)> = BTreeMap::new();
-        for (service, pod, ready) in pod_ready.into_values() {
+        for (pod, (service, ready)) in pod_ready {
             let last = last_ready.entry(service).or_insert((pod.clone(), ready));
             if ready.received > last.1.received {
                 *last = (pod, ready);
@@ -438,6 +438,12 @@ fn seen_ready(timeline: &Timeline) -> BTreeMap<String, Timestamp> {
     let timeline = timeline.lock().unwrap();
     let pods = timeline.values().flat_map(|steps| steps.pods.iter());
     pods.filter_map(|(pod, steps)| Some((pod.clone(), wall(steps.ready?)?))).collect()
+}
+
+/// One of an audit event's times.
+fn audit_time(event: &Value, field: &str) -> Result<Timestamp> {
+    let text = event[field].as_str().with_context(|| format!("an audit event without {field}"))?;
+    Ok(text.parse()?)
 }
 
 /// When the API server received a write and when it answered it.

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client, Config, ResourceExt};
 use serde_json::{json, Value};
 
 pub use hostlb_controller::names::{self, DEFAULT_NAMESPACE as SYSTEM_NAMESPACE, FINALIZER};
@@ -147,20 +147,20 @@ pub type ControllerRestarts = BTreeMap<String, i32>;
 
 impl Cluster {
     pub async fn controller_restarts(&self) -> Result<ControllerRestarts> {
-        Ok(self.controller_pods().await?.iter().map(|pod| (pod_name(pod), restart_count(pod))).collect())
+        Ok(self.controller_pods().await?.iter().map(|pod| (pod.name_any(), restart_count(pod))).collect())
     }
 
     /// Fails when a controller pod came or went or restarted since `before`, quoting why each
     /// restarted one last exited and the end of its previous log.
     pub async fn ensure_no_controller_restarted(&self, before: &ControllerRestarts) -> Result<()> {
         let pods = self.controller_pods().await?;
-        let now: ControllerRestarts = pods.iter().map(|pod| (pod_name(pod), restart_count(pod))).collect();
+        let now: ControllerRestarts = pods.iter().map(|pod| (pod.name_any(), restart_count(pod))).collect();
         if &now == before {
             return Ok(());
         }
         let mut report = format!("a controller restarted: restart counts {before:?} became {now:?}");
-        for pod in pods.iter().filter(|pod| before.get(&pod_name(pod)) != Some(&restart_count(pod))) {
-            let name = pod_name(pod);
+        for pod in pods.iter().filter(|pod| before.get(&pod.name_any()) != Some(&restart_count(pod))) {
+            let name = pod.name_any();
             let container = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
             let exit = container.and_then(|c| c.last_state.as_ref()).and_then(|s| s.terminated.as_ref());
             if let Some(exit) = exit {
@@ -173,17 +173,14 @@ impl Cluster {
         bail!(report)
     }
 
-    async fn controller_pods(&self) -> Result<Vec<Pod>> {
+    /// The controller's pods, Ready or not.
+    pub async fn controller_pods(&self) -> Result<Vec<Pod>> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
         Ok(api.list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items)
     }
 }
 
-pub const CONTROLLER_SELECTOR: &str = "app.kubernetes.io/component=controller";
-
-fn pod_name(pod: &Pod) -> String {
-    pod.metadata.name.clone().unwrap_or_default()
-}
+const CONTROLLER_SELECTOR: &str = "app.kubernetes.io/component=controller";
 
 fn restart_count(pod: &Pod) -> i32 {
     let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());

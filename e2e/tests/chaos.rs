@@ -36,7 +36,7 @@ fn say(line: String) {
     println!("chaos: {line}");
 }
 
-fn controller_pods(cluster: &Cluster) -> Api<Pod> {
+fn system_pods(cluster: &Cluster) -> Api<Pod> {
     Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE)
 }
 
@@ -52,7 +52,7 @@ async fn lease(cluster: &Cluster) -> Result<(Option<String>, Option<SystemTime>)
 /// the leader's pod.
 async fn leader_with_a_standby(cluster: &Cluster, timeout: Duration) -> Result<Pod> {
     eventually(timeout, || async {
-        let pods = controller_pods(cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
+        let pods = cluster.controller_pods().await?;
         let ready: Vec<&Pod> = pods.iter().filter(|pod| pod_is_ready(pod)).collect();
         ensure!(ready.len() == 2, "{} of {} controller pods are Ready", ready.len(), pods.len());
         let (holder, _) = lease(cluster).await?;
@@ -77,7 +77,7 @@ async fn next_renewal_after(cluster: &Cluster, since: SystemTime, timeout: Durat
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pods = controller_pods(cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
+    let pods = cluster.controller_pods().await?;
     let states: Vec<String> = pods
         .iter()
         .map(|pod| {
@@ -310,7 +310,7 @@ async fn a_leader_stopped_gracefully_hands_the_lease_over_within_seconds() -> Re
     let leader = leader_with_a_standby(&cluster, SETTLE).await?;
     ensure!(metric(&leader, "hostlb_leader")? == "1", "the leader's hostlb_leader is not 1");
     let stopped_at = Instant::now();
-    controller_pods(&cluster).delete(&leader.name_any(), &DeleteParams::default()).await?;
+    system_pods(&cluster).delete(&leader.name_any(), &DeleteParams::default()).await?;
     let successor = loop {
         if let (Some(holder), _) = lease(&cluster).await? {
             if holder != leader.name_any() {
@@ -331,7 +331,7 @@ async fn a_leader_stopped_gracefully_hands_the_lease_over_within_seconds() -> Re
     ensure!(took <= bound, "the Lease was handed over after {took:?}, not within {bound:?}");
     let new_leader = leader_with_a_standby(&cluster, SETTLE).await?;
     ensure!(metric(&new_leader, "hostlb_leader")? == "1", "the new leader's hostlb_leader is not 1");
-    let pods = controller_pods(&cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items;
+    let pods = cluster.controller_pods().await?;
     let followers = pods.iter().filter(|pod| pod_is_ready(pod));
     for follower in followers.filter(|pod| pod.name_any() != new_leader.name_any()) {
         ensure!(metric(follower, "hostlb_leader")? == "0", "follower {}'s hostlb_leader is not 0", follower.name_any());
@@ -433,8 +433,7 @@ async fn services_keep_answering_on_both_paths_while_the_controller_is_away() ->
     scale_controller(&cluster, 0).await?;
     let away = async {
         eventually(SETTLE, || async {
-            let left =
-                controller_pods(&cluster).list(&ListParams::default().labels(CONTROLLER_SELECTOR)).await?.items.len();
+            let left = cluster.controller_pods().await?.len();
             ensure!(left == 0, "{left} controller pods are still there");
             Ok(())
         })
