@@ -1,6 +1,6 @@
 use thiserror::Error;
 
-use crate::events::{Reason, Warning};
+use hostlb_model::reason::{Reason, Warning};
 
 #[derive(Debug, Error)]
 pub enum Error {

@@ -1,258 +1,70 @@
-//! Builders of synthetic objects for the pure-layer tests.
+//! The controller's settings for the pure-layer tests, beside the model's object builders.
 
-use std::collections::BTreeMap;
+pub use hostlb_model::fixtures::*;
+use hostlb_model::names;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use kube::runtime::watcher;
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus, Service,
-    ServicePort, ServiceSpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-use crate::names;
-
-pub const NAMESPACE: &str = "shop";
-pub const UID: &str = "5b6c7d8e-0000-4000-8000-000000000001";
-
-pub struct ServiceBuilder {
-    service: Service,
-    ports: Vec<ServicePort>,
-}
-
-impl ServiceBuilder {
-    pub fn new(name: &str) -> Self {
-        let service = Service {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(NAMESPACE.into()),
-                uid: Some(UID.into()),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                cluster_ip: Some("10.96.0.10".into()),
-                cluster_ips: Some(vec!["10.96.0.10".into()]),
-                ip_families: Some(vec!["IPv4".into()]),
-                external_traffic_policy: Some("Cluster".into()),
-                ..Default::default()
-            }),
-            status: None,
-        };
-        ServiceBuilder { service, ports: Vec::new() }
-    }
-
-    fn spec(&mut self) -> &mut ServiceSpec {
-        self.service.spec.as_mut().expect("builder always has a spec")
-    }
-
-    pub fn uid(mut self, uid: &str) -> Self {
-        self.service.metadata.uid = Some(uid.into());
-        self
-    }
-
-    pub fn type_(mut self, type_: &str) -> Self {
-        self.spec().type_ = Some(type_.into());
-        self
-    }
-
-    pub fn class(mut self, class: &str) -> Self {
-        self.spec().load_balancer_class = Some(class.into());
-        self
-    }
-
-    pub fn port(mut self, protocol: &str, port: i32, node_port: i32) -> Self {
-        self.ports.push(ServicePort {
-            protocol: Some(protocol.into()),
-            port,
-            node_port: (node_port > 0).then_some(node_port),
-            ..Default::default()
-        });
-        self
-    }
-
-    pub fn cluster_ips(mut self, addresses: &[&str]) -> Self {
-        let spec = self.spec();
-        spec.cluster_ip = Some(addresses[0].into());
-        spec.cluster_ips = Some(addresses.iter().map(|a| a.to_string()).collect());
-        spec.ip_families =
-            Some(addresses.iter().map(|a| if a.contains(':') { "IPv6".into() } else { "IPv4".into() }).collect());
-        self
-    }
-
-    pub fn local(mut self, health_check_node_port: i32) -> Self {
-        let spec = self.spec();
-        spec.external_traffic_policy = Some("Local".into());
-        spec.health_check_node_port = Some(health_check_node_port);
-        self
-    }
-
-    pub fn source_ranges(mut self, ranges: &[&str]) -> Self {
-        self.spec().load_balancer_source_ranges = Some(ranges.iter().map(|r| r.to_string()).collect());
-        self
-    }
-
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.service.metadata.labels.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
-        self
-    }
-
-    pub fn annotation(mut self, key: &str, value: &str) -> Self {
-        self.service.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
-        self
-    }
-
-    pub fn build(mut self) -> Service {
-        if self.ports.is_empty() {
-            self = self.port("TCP", 80, 30080);
-        }
-        let ports = std::mem::take(&mut self.ports);
-        self.spec().ports = Some(ports);
-        self.service
-    }
-}
-
-pub struct NodeBuilder {
-    node: Node,
-}
-
-impl NodeBuilder {
-    pub fn new(name: &str) -> Self {
-        let node = Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(BTreeMap::from([(names::NODE_LABEL_OS.to_string(), "linux".to_string())])),
-                ..Default::default()
-            },
-            spec: Some(NodeSpec::default()),
-            status: Some(NodeStatus {
-                conditions: Some(vec![NodeCondition {
-                    type_: "Ready".into(),
-                    status: "True".into(),
-                    ..Default::default()
-                }]),
-                addresses: Some(Vec::new()),
-                ..Default::default()
-            }),
-        };
-        NodeBuilder { node }
-    }
-
-    pub fn address(mut self, type_: &str, address: &str) -> Self {
-        let status = self.node.status.as_mut().expect("builder always has a status");
-        status
-            .addresses
-            .get_or_insert_with(Vec::new)
-            .push(NodeAddress { type_: type_.into(), address: address.into() });
-        self
-    }
-
-    pub fn internal(self, address: &str) -> Self {
-        self.address("InternalIP", address)
-    }
-
-    pub fn external(self, address: &str) -> Self {
-        self.address("ExternalIP", address)
-    }
-
-    pub fn hostname(self, name: &str) -> Self {
-        self.address("Hostname", name)
-    }
-
-    pub fn annotation(mut self, key: &str, value: &str) -> Self {
-        self.node.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
-        self
-    }
-
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.node.metadata.labels.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
-        self
-    }
-
-    pub fn unschedulable(mut self) -> Self {
-        self.node.spec.get_or_insert_with(NodeSpec::default).unschedulable = Some(true);
-        self
-    }
-
-    pub fn not_ready(mut self) -> Self {
-        let status = self.node.status.as_mut().expect("builder always has a status");
-        status.conditions =
-            Some(vec![NodeCondition { type_: "Ready".into(), status: "Unknown".into(), ..Default::default() }]);
-        self
-    }
-
-    pub fn build(self) -> Node {
-        self.node
-    }
-}
-
-/// A proxy pod of the fixture Service that is being deleted.
-pub fn terminating_proxy_pod(name: &str, node: &str) -> Pod {
-    let mut pod = proxy_pod(name, node, true);
-    pod.metadata.deletion_timestamp =
-        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-    pod
-}
-
-/// A proxy pod of the fixture Service.
-pub fn proxy_pod(name: &str, node: &str, ready: bool) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("hostlb-system".into()),
-            labels: Some(BTreeMap::from([
-                (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),
-                (names::LABEL_COMPONENT.to_string(), names::COMPONENT_PROXY.to_string()),
-                (names::LABEL_SERVICE_NAMESPACE.to_string(), NAMESPACE.to_string()),
-                (names::LABEL_SERVICE_NAME.to_string(), "web".to_string()),
-                (names::LABEL_SERVICE_UID.to_string(), UID.to_string()),
-            ])),
-            ..Default::default()
-        },
-        spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
-        status: Some(PodStatus {
-            phase: Some(if ready { "Running" } else { "Pending" }.into()),
-            conditions: Some(vec![PodCondition {
-                type_: "Ready".into(),
-                status: if ready { "True" } else { "False" }.into(),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-    }
-}
+use crate::decide::claim;
+use crate::state::Index;
 
 /// The load balancer class of the fixture settings.
 pub const CLASS: &str = "hostlb.io/hostlb";
 
-pub fn settings() -> crate::Settings {
-    crate::Settings {
+pub fn settings() -> crate::decide::Settings {
+    crate::decide::Settings {
         load_balancer_class: CLASS.into(),
         serve_unclassed: true,
         finalizer: names::FINALIZER.into(),
-        addresses: crate::status::AddressPolicy {
-            address_type: crate::status::AddressType::Auto,
-            kinds: vec![crate::status::AddressKind::Ip],
+        addresses: hostlb_model::address::AddressPolicy {
+            address_type: hostlb_model::address::AddressType::Auto,
+            kinds: vec![hostlb_model::address::AddressKind::Ip],
             max_nodes: None,
         },
         server_has_ip_mode: true,
-        proxy: crate::daemonset::ProxySettings {
+        proxy: crate::decide::daemonset::ProxySettings {
             namespace: "hostlb-system".into(),
             image: "example.org/hostlb/lb:1".into(),
             image_pull_policy: "IfNotPresent".into(),
-            forwarding: crate::daemonset::ForwardingMode::InitContainer,
+            forwarding: crate::decide::daemonset::ForwardingMode::InitContainer,
             default_priority_class: "hostlb-proxy".into(),
             follower_image: "localhost/hostlb/controller:test".into(),
             install_id: names::install_id(CLASS),
         },
-        ports: crate::port_policy::PortPolicy {
-            denied: crate::port_policy::DEFAULT_DENIED_PORTS
+        ports: crate::decide::port_policy::PortPolicy {
+            denied: crate::decide::port_policy::DEFAULT_DENIED_PORTS
                 .split(',')
-                .map(|range| crate::port_policy::PortRange::parse(range).unwrap())
+                .map(|range| crate::decide::port_policy::PortRange::parse(range).unwrap())
                 .collect(),
             allowed: Vec::new(),
-            node_ports: crate::port_policy::PortRange::parse(crate::port_policy::DEFAULT_NODE_PORT_RANGE).unwrap(),
+            node_ports: crate::decide::port_policy::PortRange::parse(
+                crate::decide::port_policy::DEFAULT_NODE_PORT_RANGE,
+            )
+            .unwrap(),
         },
-        tenants: crate::tenancy::TenantPolicy::default(),
+        tenants: crate::decide::tenancy::TenantPolicy::default(),
         instance: Some("test".into()),
         node_lease_grace: Some(std::time::Duration::from_secs(10)),
     }
+}
+
+/// Feeds whole lists to a fresh index, as the watches' first lists would.
+pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: &[DaemonSet]) -> Index {
+    fn listed<K: Clone>(objects: &[K]) -> Vec<watcher::Event<K>> {
+        let mut events = vec![watcher::Event::Init];
+        events.extend(objects.iter().cloned().map(watcher::Event::InitApply));
+        events.push(watcher::Event::InitDone);
+        events
+    }
+    let settings = settings();
+    let mut index = Index::default();
+    listed(services).iter().for_each(|e| drop(index.apply_service(e, |s| claim(s, &settings))));
+    listed(nodes).iter().for_each(|e| drop(index.apply_node(e)));
+    listed(pods).iter().for_each(|e| drop(index.apply_proxy_pod(e)));
+    listed(daemonsets).iter().for_each(|e| drop(index.apply_daemonset(e)));
+    listed::<Event>(&[]).iter().for_each(|e| drop(index.apply_creation_failure(e)));
+    listed::<Lease>(&[]).iter().for_each(|e| drop(index.apply_node_lease(e)));
+    index
 }

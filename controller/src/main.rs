@@ -8,13 +8,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
-use hostlb_controller::daemonset::{version_at_least, ForwardingMode, ProxySettings};
-use hostlb_controller::election::Elector;
-use hostlb_controller::lease::LeaseTiming;
-use hostlb_controller::port_policy::{self, PortPolicy, PortRange};
-use hostlb_controller::status::{AddressKind, AddressPolicy, AddressType};
-use hostlb_controller::tenancy::TenantPolicy;
-use hostlb_controller::{metrics, names, server, Settings};
+use hostlb_controller::decide::daemonset::{version_at_least, ForwardingMode, ProxySettings};
+use hostlb_controller::decide::leadership::LeaseTiming;
+use hostlb_controller::decide::port_policy::{self, PortPolicy, PortRange};
+use hostlb_controller::decide::tenancy::TenantPolicy;
+use hostlb_controller::run::leader_election::Elector;
+use hostlb_controller::run::{metrics, server};
+use hostlb_controller::Settings;
+use hostlb_model::address::{AddressKind, AddressPolicy, AddressType};
+use hostlb_model::names;
 use hostlb_proxy_spec::{FollowArgs, FOLLOW_ENDPOINTS};
 
 /// Serves Kubernetes Services of type LoadBalancer from the nodes' own addresses.
@@ -215,7 +217,7 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
         load_balancer_class: args.load_balancer_class,
     };
     if args.uninstall {
-        let released = hostlb_controller::uninstall(client, settings).await?;
+        let released = hostlb_controller::run::uninstall(client, settings).await?;
         tracing::info!("uninstalled: released {released} Services; deleted their proxy DaemonSets");
         return Ok(());
     }
@@ -236,7 +238,7 @@ async fn serve_and_control(args: Args) -> anyhow::Result<()> {
     let health = server::Health { metrics: metrics.clone(), ready: ready.clone() };
     tokio::select! {
         served = server::serve(args.http_address, health) => served.context("HTTP server stopped")?,
-        ran = hostlb_controller::run(client, settings, metrics, ready, sync_timeout, elector) => ran?,
+        ran = hostlb_controller::run::run(client, settings, metrics, ready, sync_timeout, elector) => ran?,
     }
     Ok(())
 }

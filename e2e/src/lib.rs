@@ -16,8 +16,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use serde_json::{json, Value};
 
-pub use hostlb_controller::names::{self, DEFAULT_NAMESPACE as SYSTEM_NAMESPACE, FINALIZER};
-pub use hostlb_controller::Reason;
+pub use hostlb_model::names::{self, DEFAULT_NAMESPACE as SYSTEM_NAMESPACE, FINALIZER};
+pub use hostlb_model::reason::Reason;
 pub const ECHO_HTTP_PORT: u16 = 8080;
 pub const ECHO_UDP_PORT: u16 = 8081;
 

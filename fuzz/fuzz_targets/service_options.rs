@@ -7,8 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::Arbitrary;
-use hostlb_controller::names;
-use hostlb_controller::service_lb::ServiceLb;
+use hostlb_model::names;
+use hostlb_model::options::ServiceLb;
 use hostlb_proxy_spec::Cidr;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

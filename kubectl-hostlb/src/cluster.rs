@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use kube::api::ListParams;
 use kube::{Api, Client};
 
-use hostlb_controller::names;
+use hostlb_model::names;
 
 use crate::report::Observed;
 

@@ -1,6 +1,6 @@
 //! Synthetic objects for the tests, written as the API server would return them.
 
-use hostlb_controller::names;
+use hostlb_model::names;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, PodSpec, Service};
 use serde_json::{json, Value};

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use hostlb_controller::names;
+use hostlb_model::names;
 
 #[derive(Parser)]
 #[command(name = "kubectl hostlb", about = "Inspect how hostlb serves LoadBalancer Services")]

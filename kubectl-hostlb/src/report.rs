@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use hostlb_controller::names;
-use hostlb_controller::service_lb::is_handled;
-use hostlb_controller::status::{node_can_serve, pod_is_ready, pod_node, published_addresses};
+use hostlb_model::names;
+use hostlb_model::options::is_handled;
+use hostlb_model::readiness::{node_can_serve, pod_is_ready, pod_node};
+use hostlb_model::service::published_addresses;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ContainerPort, ContainerStatus, Event, Node, Pod, PodSpec, Service};
 use k8s_openapi::jiff::Timestamp;

@@ -14,17 +14,18 @@ use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use super::{error_policy, reconcile, retry_delay, Context};
-use crate::daemonset::{config_hash_of, desired_daemonset};
+use crate::decide::daemonset::{config_hash_of, desired_daemonset};
+use crate::decide::placement::Placement;
 use crate::decide::Applied;
+use crate::fixtures::index_of;
 use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
-use crate::index::{index_of, key_of};
-use crate::metrics::Metrics;
-use crate::mock_api::{mock_api, rejected, ApiServer};
-use crate::names;
-use crate::placement::Placement;
-use crate::service_lb::ServiceLb;
+use crate::run::metrics::Metrics;
+use crate::run::mock_api::{mock_api, rejected, ApiServer};
+use crate::state::key_of;
+use hostlb_model::names;
+use hostlb_model::options::ServiceLb;
 
-fn context(services: &[Service], index: crate::index::Index) -> (Arc<Context>, ApiServer) {
+fn context(services: &[Service], index: crate::state::index::Index) -> (Arc<Context>, ApiServer) {
     let (client, api_server) = mock_api();
     let (store, mut writer) = reflector::store();
     for service in services {

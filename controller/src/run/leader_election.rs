@@ -15,8 +15,8 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::lease::{released, Election, Leadership, LeaseTiming, Outcome, Plan};
-use crate::metrics::Metrics;
+use crate::decide::leadership::{released, Election, Leadership, LeaseTiming, Outcome, Plan};
+use crate::run::metrics::Metrics;
 
 pub struct Elector {
     api: Api<Lease>,
@@ -124,7 +124,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::mock_api::{mock_api, rejected};
+    use crate::run::mock_api::{mock_api, rejected};
 
     const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/hostlb-system/leases";
 

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Node;
 
-use crate::names;
-use crate::service_lb::ServiceLb;
+use hostlb_model::names;
+use hostlb_model::options::ServiceLb;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {

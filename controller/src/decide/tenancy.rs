@@ -2,8 +2,8 @@
 //! init container and hold host ports: a toleration lets them onto nodes the admin keeps for
 //! others, a PriorityClass lets them preempt other workloads. Both are the admin's to grant.
 
-use crate::names;
-use crate::service_lb::{annotation_error, FieldError, ServiceLb};
+use hostlb_model::names;
+use hostlb_model::options::{annotation_error, FieldError, ServiceLb};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TenantPolicy {

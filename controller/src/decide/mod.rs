@@ -1,30 +1,46 @@
-//! The one decision of a reconcile: from a Service, what hostlb knows of the cluster (the index)
-//! and its settings, everything the executor must do. Pure: no client, no clock (the time is
-//! one of the inputs), no await.
+//! What hostlb decides, pure: no client, no clock (the time is one of the inputs), no await.
+//! `decide` is the one decision of a reconcile: from a Service (read once into a
+//! `ServiceView`), what hostlb knows of the cluster (the index) and its settings, everything
+//! the executor must do. The modules beside it are its pieces, and `leadership` decides who
+//! leads from the Lease as read.
+
+pub mod condition;
+pub mod conflicts;
+pub mod daemonset;
+pub mod finalizer;
+pub mod leadership;
+pub mod orphans;
+pub mod placement;
+pub mod port_policy;
+pub mod proxy_health;
+pub mod publication;
+pub mod settings;
+pub mod tenancy;
 
 use std::time::Duration;
 
+use hostlb_model::address::{Address, IpMode};
+use hostlb_model::names;
+use hostlb_model::options::{is_handled, FieldError, ServiceLb};
+use hostlb_model::reason::{listed, Reason, Warning};
+use hostlb_model::service::ServiceView;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::condition;
-use crate::conflicts::held_by_older_services;
-use crate::daemonset::{config_hash_of, desired_daemonset};
-use crate::events::{listed, Reason, Warning};
-use crate::index::{key_of, Index};
-use crate::names;
-use crate::placement::Placement;
-use crate::port_policy::RefusedPort;
-use crate::proxy_health::{creation_failure, failing_pods, unschedulable, ProxyPod};
-use crate::service_lb::{address_options, declared_families, requested_ip_mode, FieldError, ServiceLb};
-use crate::status::{desired_addresses, holds_status, needs_update, published_addresses, Address, IpMode, Publication};
-use crate::Settings;
+use crate::state::{key_of, Index, ProxyPod};
+use conflicts::held_by_older_services;
+use daemonset::{config_hash_of, desired_daemonset};
+use placement::Placement;
+use port_policy::RefusedPort;
+use proxy_health::{creation_failure, failing_pods, unschedulable};
+use publication::{desired_addresses, Publication};
+pub use settings::Settings;
 
 /// What the executor read for this Service besides the index.
 pub struct Observed<'a> {
-    pub service: &'a Service,
+    pub service: &'a ServiceView,
     /// The DaemonSet with the name hostlb gives this Service's proxies, whoever made it.
     pub daemonset: Option<&'a DaemonSet>,
     /// What hostlb itself last wrote to that DaemonSet, if this replica remembers it.
@@ -87,10 +103,10 @@ pub enum DaemonSetAction {
 
 pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Decision {
     let service = observed.service;
-    let deleting = service.metadata.deletion_timestamp.is_some();
+    let deleting = service.deleting;
     if !settings.serves(service) || deleting {
         return if settings.holds(service) {
-            Decision::CleanUp { clear_status: !deleting && holds_status(service) }
+            Decision::CleanUp { clear_status: !deleting && service.holds_status() }
         } else {
             Decision::Ignore
         };
@@ -101,7 +117,7 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
 fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving {
     let service = observed.service;
     let mut serving = Serving { add_finalizer: !settings.holds(service), ..Serving::default() };
-    let admission = admitted(service, settings);
+    let admission = service.parsed.options.clone().and_then(|lb| admit(lb, settings));
     let valid = admission.is_ok();
     let (placement, families, address_options) = match admission {
         Ok((lb, refused)) => {
@@ -120,15 +136,15 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
                 .map(|e| Warning::new(Reason::InvalidOption, format!("{e}; the proxies are left as they were")))
                 .collect();
             // The proxies that run go on serving, so their nodes stay published while they can.
-            (Some(Placement::anywhere()), declared_families(service), address_options(service).0)
+            (Some(Placement::anywhere()), service.parsed.declared_families.clone(), service.parsed.addresses.clone())
         }
     };
 
-    let uid = service.uid().unwrap_or_default();
-    let pods: Vec<&ProxyPod> = index.proxy_pods_of(&uid).collect();
+    let uid = &service.uid;
+    let pods: Vec<&ProxyPod> = index.proxy_pods_of(uid).collect();
     serving.warnings.extend(unschedulable(&pods));
     serving.warnings.extend(failing_pods(&pods));
-    if let Some(ours) = observed.daemonset.filter(|existing| made_by_hostlb_for(existing, &uid)) {
+    if let Some(ours) = observed.daemonset.filter(|existing| made_by_hostlb_for(existing, uid)) {
         let eligible = placement.as_ref().map_or(0, |p| index.nodes.values().filter(|node| p.admits(node)).count());
         let failures = index.creation_failures.group(&ours.name_any()).map(AsRef::as_ref);
         serving.warnings.extend(creation_failure(ours, pods.len() < eligible, failures));
@@ -171,14 +187,14 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         warnings: &serving.warnings,
     };
     let ready = condition::ready(service, &findings);
-    let adds_only = published_addresses(service).iter().all(|address| publication.addresses.contains(address));
+    let adds_only = service.published.addresses.iter().all(|address| publication.addresses.contains(address));
     if let Some(until) = starting.filter(|_| adds_only && serving.warnings.is_empty()) {
         let millis = until.as_millisecond().saturating_sub(observed.now.as_millisecond());
         serving.hold = Some(Duration::from_millis(u64::try_from(millis).unwrap_or_default()));
         return serving;
     }
     serving.condition = condition::differs(service, &ready).then_some(ready);
-    if needs_update(service, &publication.addresses, serving.ip_mode) {
+    if service.needs_update(&publication.addresses, serving.ip_mode) {
         serving.publish = Some(publication.addresses);
     }
     serving
@@ -200,30 +216,21 @@ fn starting_until(pods: &[&ProxyPod], pods_to_come_since: Option<Timestamp>, now
 
 /// kube-proxy applies source ranges to the load balancer addresses only: a refused client can
 /// still reach `NODE_ADDRESS:nodePort`.
-fn node_ports_open(service: &Service, lb: &ServiceLb) -> Option<Warning> {
-    if lb.source_ranges.is_empty() {
-        return None;
-    }
-    let ports = service.spec.as_ref().and_then(|spec| spec.ports.as_ref());
-    let node_ports: Vec<String> = ports
-        .into_iter()
-        .flatten()
-        .filter_map(|port| Some(format!("{}/{}", port.node_port?, port.protocol.as_deref().unwrap_or("TCP"))))
-        .collect();
-    if node_ports.is_empty() {
+fn node_ports_open(service: &ServiceView, lb: &ServiceLb) -> Option<Warning> {
+    if lb.source_ranges.is_empty() || service.node_ports.is_empty() {
         return None;
     }
     let message = format!(
         "spec.loadBalancerSourceRanges do not cover the NodePorts {}: any client reaches them on every node; \
          set spec.allocateLoadBalancerNodePorts: false to close them (hostlb needs no NodePorts)",
-        listed(node_ports)
+        listed(service.node_ports.iter().cloned())
     );
     Some(Warning::new(Reason::NodePortsOpen, message))
 }
 
 /// The Service's `ipMode` (VIP unless it asks for Proxy) where the API server keeps the field.
-fn ip_mode(service: &Service, settings: &Settings, warnings: &mut Vec<Warning>) -> Option<IpMode> {
-    let asked = requested_ip_mode(service).ok().flatten();
+fn ip_mode(service: &ServiceView, settings: &Settings, warnings: &mut Vec<Warning>) -> Option<IpMode> {
+    let asked = service.parsed.ip_mode;
     if settings.server_has_ip_mode {
         return Some(asked.unwrap_or(IpMode::Vip));
     }
@@ -280,10 +287,21 @@ fn plan_proxies(
     Some(placement)
 }
 
-/// The Service as hostlb may serve it: valid, within what the admin grants its namespace, and
+/// What a Service claims of the nodes' host ports, for the index: the ports it is admitted to,
+/// while this install serves it and it is not being deleted.
+pub fn claim(service: &Service, settings: &Settings) -> Option<ServiceLb> {
+    if !is_handled(service, &settings.load_balancer_class, settings.serve_unclassed)
+        || service.metadata.deletion_timestamp.is_some()
+    {
+        return None;
+    }
+    let (lb, _) = admit(ServiceLb::from_service(service).ok()?, settings).ok()?;
+    Some(lb)
+}
+
+/// The valid Service as hostlb may serve it: within what the admin grants its namespace, and
 /// with the ports the port policy refuses taken out (and listed).
-pub fn admitted(service: &Service, settings: &Settings) -> Result<(ServiceLb, Vec<RefusedPort>), Vec<FieldError>> {
-    let lb = ServiceLb::from_service(service)?;
+fn admit(lb: ServiceLb, settings: &Settings) -> Result<(ServiceLb, Vec<RefusedPort>), Vec<FieldError>> {
     let refusals = settings.tenants.refusals(&lb, &settings.proxy.default_priority_class);
     if !refusals.is_empty() {
         return Err(refusals);
@@ -318,8 +336,8 @@ pub fn needs_apply(existing: Option<&DaemonSet>, desired: &DaemonSet, last_appli
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::index_of;
     use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
-    use crate::index::index_of;
     use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{LoadBalancerStatus, PodCondition, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -333,7 +351,8 @@ mod tests {
             generation: d.metadata.generation.unwrap_or_default(),
             config_hash: config_hash_of(d).unwrap_or_default().into(),
         });
-        let observed = Observed { service, daemonset, last_applied: last_applied.as_ref(), now };
+        let view = ServiceView::of(service);
+        let observed = Observed { service: &view, daemonset, last_applied: last_applied.as_ref(), now };
         match decide(&observed, index, &settings()) {
             Decision::Serve(serving) => *serving,
             other => panic!("expected to serve, got {other:?}"),
@@ -350,7 +369,7 @@ mod tests {
     }
 
     fn published(mut service: Service, addresses: &[&str]) -> Service {
-        let ingress = crate::status::ingress(&ips(addresses), Some(IpMode::Vip));
+        let ingress = hostlb_model::service::ingress(&ips(addresses), Some(IpMode::Vip));
         service.status = Some(ServiceStatus {
             load_balancer: Some(LoadBalancerStatus { ingress: Some(ingress) }),
             ..Default::default()
@@ -569,8 +588,12 @@ mod tests {
 
         let mut old_server = settings();
         old_server.server_has_ip_mode = false;
-        let observed =
-            Observed { service: &proxy, daemonset: Some(&existing), last_applied: None, now: Timestamp::now() };
+        let observed = Observed {
+            service: &ServiceView::of(&proxy),
+            daemonset: Some(&existing),
+            last_applied: None,
+            now: Timestamp::now(),
+        };
         let Decision::Serve(serving) = decide(&observed, &index, &old_server) else { panic!("expected to serve") };
         assert_eq!(serving.ip_mode, None);
         assert!(serving.publish.is_none());
@@ -637,7 +660,12 @@ mod tests {
         let index = index_of(&[], &[], &[], &[]);
         let decide_for = |service: &Service| {
             decide(
-                &Observed { service, daemonset: None, last_applied: None, now: Timestamp::now() },
+                &Observed {
+                    service: &ServiceView::of(service),
+                    daemonset: None,
+                    last_applied: None,
+                    now: Timestamp::now(),
+                },
                 &index,
                 &settings(),
             )
@@ -690,5 +718,26 @@ mod tests {
             "decide for one Service among 1000 (10 nodes, 2000 proxy pods): {per_reconcile:?}, {published} addresses"
         );
         assert_eq!(published, 2000);
+    }
+
+    #[test]
+    fn a_proxy_daemonset_is_kept_without_its_pod_template_and_still_counts_as_applied() {
+        use k8s_openapi::api::apps::v1::DaemonSetStatus;
+
+        let settings = crate::fixtures::settings();
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").port("TCP", 80, 0).build()).unwrap();
+        let desired = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings.proxy);
+        let mut existing = desired.clone();
+        existing.metadata.generation = Some(3);
+        existing.status = Some(DaemonSetStatus { desired_number_scheduled: 2, ..DaemonSetStatus::default() });
+        let mut index = Index::default();
+        index.apply_daemonset(&kube::runtime::watcher::Event::Apply(existing.clone()));
+
+        let kept = index.daemonsets.get(&key_of(&existing)).expect("indexed");
+        assert!(kept.spec.is_none());
+        assert_eq!((&kept.metadata, &kept.status), (&existing.metadata, &existing.status));
+        let applied = Applied { generation: 3, config_hash: config_hash_of(&desired).unwrap().into() };
+        assert!(!needs_apply(Some(kept), &desired, Some(&applied)));
+        assert!(needs_apply(Some(kept), &desired, None), "a replica that has not applied it yet applies it once");
     }
 }

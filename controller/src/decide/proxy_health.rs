@@ -2,63 +2,11 @@
 //! normal start-up: read from the pods' own status and from the DaemonSet controller's
 //! FailedCreate Events, so that a failure anywhere in the chain shows on the Service.
 
+use hostlb_model::reason::{Reason, Warning};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::api::core::v1::Event;
 
-use crate::events::{Reason, Warning};
-use crate::index::key_of;
-use crate::status::{pod_is_ready, pod_node};
-
-/// What decisions read of a proxy pod, and all the index keeps of one. A whole k8s-openapi
-/// `Pod` is about 5 KB in memory even with most fields unset (its `PodSpec` alone is 1.4 KB,
-/// for the one field read here), and a controller with many Services on many nodes keeps
-/// thousands of proxy pods.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProxyPod {
-    /// `namespace/name`, as messages name it.
-    pub key: String,
-    /// The node it is bound to, if any yet.
-    pub node: Option<String>,
-    pub created: Option<Timestamp>,
-    pub deleting: bool,
-    /// Ready, and not being deleted.
-    pub ready: bool,
-    /// The scheduler's message while it reports the pod Unschedulable.
-    pub unschedulable: Option<String>,
-    /// Why it failed or is stuck, when that is not normal start-up.
-    pub failure: Option<String>,
-}
-
-impl ProxyPod {
-    pub fn of(pod: &Pod) -> Self {
-        let conditions = pod.status.as_ref().and_then(|status| status.conditions.as_ref());
-        let unschedulable = conditions
-            .into_iter()
-            .flatten()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
-        ProxyPod {
-            key: key_of(pod),
-            node: pod_node(pod).map(str::to_string),
-            created: pod.metadata.creation_timestamp.as_ref().map(|time| time.0),
-            deleting: pod.metadata.deletion_timestamp.is_some(),
-            ready: pod_is_ready(pod),
-            unschedulable: unschedulable.map(|c| c.message.clone().unwrap_or_else(|| "no reason given".into())),
-            failure: failure_of(pod),
-        }
-    }
-}
-
-/// Waiting reasons that do not pass by themselves; ContainerCreating and PodInitializing do.
-const STUCK: [&str; 7] = [
-    "CrashLoopBackOff",
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-];
+use crate::state::{key_of, ProxyPod};
 
 /// One Warning per proxy pod that failed or is stuck, naming the pod, its node and the reason.
 pub fn failing_pods(pods: &[&ProxyPod]) -> Vec<Warning> {
@@ -77,28 +25,6 @@ pub fn unschedulable(pods: &[&ProxyPod]) -> Vec<Warning> {
     let message =
         |pod: &ProxyPod| Some(format!("proxy pod {} cannot be scheduled: {}", pod.key, pod.unschedulable.as_deref()?));
     pods.iter().filter_map(|pod| Some(Warning::new(Reason::ProxyPodUnschedulable, message(pod)?))).collect()
-}
-
-fn failure_of(pod: &Pod) -> Option<String> {
-    let status = pod.status.as_ref()?;
-    if status.phase.as_deref() == Some("Failed") {
-        let reason = status.reason.as_deref().unwrap_or("Failed");
-        Some(format!("{reason}: {}", status.message.as_deref().unwrap_or("no message")))
-    } else {
-        let init = status.init_container_statuses.iter().flatten();
-        init.chain(status.container_statuses.iter().flatten()).find_map(container_failure)
-    }
-}
-
-fn container_failure(container: &ContainerStatus) -> Option<String> {
-    let waiting = container.state.as_ref()?.waiting.as_ref()?;
-    let reason = waiting.reason.as_deref().filter(|reason| STUCK.contains(reason))?;
-    let last_exit = container.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(|exit| {
-        let said = exit.message.as_deref().or(exit.reason.as_deref()).unwrap_or("no message");
-        format!("; last exit {}: {}", exit.exit_code, said.trim())
-    });
-    let message = waiting.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
-    Some(format!("container {}: {reason}{message}{}", container.name, last_exit.unwrap_or_default()))
 }
 
 /// The DaemonSet controller's latest reason for not creating proxy pods, while some are
@@ -127,7 +53,9 @@ mod tests {
     use super::*;
     use crate::fixtures::proxy_pod;
     use k8s_openapi::api::apps::v1::DaemonSetStatus;
-    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStateWaiting};
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn waiting(name: &str, reason: &str, message: Option<&str>, last_exit: Option<(i32, &str)>) -> ContainerStatus {

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::index::Index;
-use crate::placement::Placement;
-use crate::service_lb::ServiceLb;
+use crate::decide::placement::Placement;
+use crate::state::index::Index;
+use hostlb_model::options::ServiceLb;
 
 /// Where the ports of `lb` are held by older Services.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub fn held_by_older_services(lb: &ServiceLb, placement: &Placement, index: &Ind
                 "port {}/{} is held on {} by {holder}, which claimed it first; this Service's proxies leave {} out",
                 port.listen,
                 port.protocol.api_name(),
-                crate::events::listed(shared.iter().cloned()),
+                hostlb_model::reason::listed(shared.iter().cloned()),
                 if shared.len() == 1 { "that node" } else { "those nodes" },
             ));
             held.nodes.extend(shared);
@@ -64,9 +64,9 @@ pub fn held_by_older_services(lb: &ServiceLb, placement: &Placement, index: &Ind
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::index_of;
     use crate::fixtures::{NodeBuilder, ServiceBuilder};
-    use crate::index::index_of;
-    use crate::names;
+    use hostlb_model::names;
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::metrics::Metrics;
+use crate::run::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct Health {

@@ -19,17 +19,21 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::condition;
-use crate::daemonset::config_hash_of;
-use crate::decide::{decide, Applied, DaemonSetAction, Decision, Observed, Serving};
+use hostlb_model::address::{Address, IpMode};
+use hostlb_model::names;
+use hostlb_model::reason::{listed, Reason};
+use hostlb_model::service::{ingress, ServiceView};
+
+use crate::decide::condition;
+use crate::decide::daemonset::config_hash_of;
+use crate::decide::finalizer::finalizer_patch;
+use crate::decide::orphans::orphaned;
+use crate::decide::{decide, Applied, DaemonSetAction, Decision, Observed, Serving, Settings};
 use crate::error::{Error, Result};
-use crate::events::{listed, Events, Reason};
-use crate::finalizer::finalizer_patch;
-use crate::index::{key_of, Index, Key};
-use crate::mapping::{orphaned, owning_service};
-use crate::metrics::Metrics;
-use crate::status::{holds_status, ingress, published_addresses, Address, IpMode};
-use crate::{names, Settings};
+use crate::run::events::Events;
+use crate::run::metrics::Metrics;
+use crate::state::proxy_pod::owning_service_key;
+use crate::state::{key_of, Index, Key};
 
 /// A resync now and then repairs anything a missed watch event left behind.
 const RESYNC: Duration = Duration::from_secs(600);
@@ -108,13 +112,17 @@ fn retry_delay(failures_in_a_row: u32) -> Duration {
 /// whatever proxy DaemonSet of this install is left. Returns how many Services it released.
 pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
     let (services, _) = reflector::store();
-    let index = Arc::new(RwLock::new(Index::new(&settings)));
+    let index = Arc::new(RwLock::new(Index::default()));
     let synced = Arc::new(AtomicBool::new(true));
     let context = Context::new(client.clone(), settings, services, index, Arc::new(Metrics::default()), synced);
     let all = Api::<Service>::all(client).list(&ListParams::default()).await.map_err(Error::kube("list Services"))?;
     let mut released = 0;
-    for service in all.items.iter().filter(|service| context.settings.holds(service)) {
-        let clear_status = service.metadata.deletion_timestamp.is_none() && holds_status(service);
+    for service in &all.items {
+        let view = ServiceView::of(service);
+        if !context.settings.holds(&view) {
+            continue;
+        }
+        let clear_status = !view.deleting && view.holds_status();
         context.clean_up(service, clear_status).await?;
         info!(service = %ObjectRef::from_obj(service), "released");
         released += 1;
@@ -135,13 +143,14 @@ pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<A
     if !context.synced.load(Ordering::Acquire) {
         return Ok(Action::requeue(UNTIL_SYNCED));
     }
-    let daemonset = context.fetch_daemonset(&service).await?;
+    let view = ServiceView::of(&service);
+    let daemonset = context.fetch_daemonset(&view).await?;
     let decision = {
         let key = daemonset.as_deref().map(key_of);
         let applied = context.applied.lock().expect("applied lock");
         let last_applied = key.and_then(|key| applied.get(&key));
         let observed =
-            Observed { service: &service, daemonset: daemonset.as_deref(), last_applied, now: Timestamp::now() };
+            Observed { service: &view, daemonset: daemonset.as_deref(), last_applied, now: Timestamp::now() };
         decide(&observed, &context.read_index(), &context.settings)
     };
     let action = match decision {
@@ -154,7 +163,7 @@ pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<A
         Decision::Serve(serving) => {
             let _timer = context.metrics.reconcile_started();
             let next = serving.hold.unwrap_or(RESYNC);
-            context.serve(&service, *serving).await?;
+            context.serve(&service, &view, *serving).await?;
             Action::requeue(next)
         }
     };
@@ -166,11 +175,11 @@ impl Context {
     /// The DaemonSet named for this Service, if the Service is served: from the index, or, as
     /// only hostlb's own DaemonSets are indexed, from the API server, so that one of the same
     /// name that is not ours is seen before it would be overwritten.
-    async fn fetch_daemonset(&self, service: &Service) -> Result<Option<Arc<DaemonSet>>> {
-        if !self.settings.serves(service) || service.metadata.deletion_timestamp.is_some() {
+    async fn fetch_daemonset(&self, service: &ServiceView) -> Result<Option<Arc<DaemonSet>>> {
+        if !self.settings.serves(service) || service.deleting {
             return Ok(None);
         }
-        let name = names::daemonset_name(&service.name_any(), &service.uid().unwrap_or_default());
+        let name = names::daemonset_name(&service.name, &service.uid);
         let namespace = &self.settings.proxy.namespace;
         if let Some(indexed) = self.read_index().daemonsets.get(&format!("{namespace}/{name}")) {
             return Ok(Some(indexed.clone()));
@@ -183,7 +192,7 @@ impl Context {
     /// A DaemonSet the API server refuses does not stop the status from following the proxies
     /// that run: the refusal becomes a Warning, and the reconcile fails afterwards so that it
     /// is retried with back-off.
-    async fn serve(&self, service: &Service, mut serving: Serving) -> Result<()> {
+    async fn serve(&self, service: &Service, view: &ServiceView, mut serving: Serving) -> Result<()> {
         if serving.add_finalizer {
             self.set_finalizer(service, true).await?;
         }
@@ -199,11 +208,11 @@ impl Context {
         }
         if serving.publish.is_some() || serving.condition.is_some() {
             // Every apply carries hostlb's condition: one without it would drop it.
-            let existing = condition::current(service);
+            let existing = view.condition.as_ref();
             let now = Time(Timestamp::now());
             let ready = serving.condition.as_ref().map(|ready| condition::to_api(ready, existing, now));
             let ready = ready.or_else(|| existing.cloned());
-            let addresses = serving.publish.clone().unwrap_or_else(|| published_addresses(service));
+            let addresses = serving.publish.clone().unwrap_or_else(|| view.published.addresses.clone());
             self.write_status(service, &addresses, serving.ip_mode, ready).await?;
         }
         if let Some(addresses) = serving.publish {
@@ -371,7 +380,7 @@ impl Context {
         let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
         let daemonsets: Vec<Arc<DaemonSet>> = self.read_index().daemonsets.values().cloned().collect();
         for daemonset in orphaned(daemonsets.iter().map(Arc::as_ref), &services, &self.settings) {
-            let service = owning_service(daemonset).map_or_else(|| "an unknown Service".into(), |s| s.to_string());
+            let service = owning_service_key(daemonset).unwrap_or_else(|| "an unknown Service".into());
             match self.delete_daemonset(daemonset).await {
                 Ok(Some(deleted)) => {
                     info!(daemonset = %deleted, %service, "deleted orphaned proxy DaemonSet");

@@ -33,7 +33,7 @@ pub fn finalizer_patch(finalizers: &[String], finalizer: &str, present: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::FINALIZER;
+    use hostlb_model::names::FINALIZER;
     use serde_json::Value;
 
     fn strings(values: &[&str]) -> Vec<String> {

@@ -7,7 +7,7 @@ use std::fmt;
 
 use hostlb_proxy_spec::PortMap;
 
-use crate::service_lb::ServiceLb;
+use hostlb_model::options::ServiceLb;
 
 /// Ports of the node's own daemons: SSH, BGP (Calico, MetalLB), etcd, the API server, VXLAN
 /// (4789, and flannel's 8472), the kubelet and kube-proxy (10248-10260), WireGuard (Calico,

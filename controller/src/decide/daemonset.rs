@@ -12,9 +12,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use crate::names;
-use crate::placement::Placement;
-use crate::service_lb::{Destination, ServiceLb};
+use crate::decide::placement::Placement;
+use hostlb_model::names;
+use hostlb_model::options::{Destination, ServiceLb};
 
 /// How proxy pods get forwarding turned on in their network namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

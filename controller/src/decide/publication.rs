@@ -1,139 +1,17 @@
 //! The addresses a Service is published on: those of nodes whose proxy pod is Ready.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 
+use hostlb_model::address::{Address, AddressKind, AddressPolicy, AddressType};
+use hostlb_model::names;
+use hostlb_model::readiness::node_can_serve;
+use hostlb_model::service::ServiceView;
 use hostlb_proxy_spec::Family;
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Pod, Service};
+use k8s_openapi::api::core::v1::Node;
 
-use crate::names;
-use crate::placement::Placement;
-use crate::proxy_health::ProxyPod;
-
-/// `status.loadBalancer.ingress[].ipMode`: with `Vip`, kube-proxy takes traffic to the
-/// address on every node as its own; with `Proxy`, it leaves it to reach the node it names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IpMode {
-    Vip,
-    Proxy,
-}
-
-impl IpMode {
-    pub fn api_name(self) -> &'static str {
-        match self {
-            IpMode::Vip => "VIP",
-            IpMode::Proxy => "Proxy",
-        }
-    }
-
-    pub fn from_api_name(name: &str) -> Option<IpMode> {
-        [IpMode::Vip, IpMode::Proxy].into_iter().find(|mode| mode.api_name() == name)
-    }
-}
-
-/// Which of a node's addresses to publish.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AddressType {
-    /// Per node and family: its ExternalIP where it has one, otherwise its InternalIP.
-    Auto,
-    ExternalIp,
-    InternalIp,
-}
-
-/// A node can carry traffic when it is Ready and not cordoned: cordoning is how users drain a
-/// node before maintenance, and its address should leave the status first.
-pub fn node_can_serve(node: &Node) -> bool {
-    let schedulable = !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    schedulable && condition_true(node.status.as_ref().and_then(|s| s.conditions.as_ref()), "Ready")
-}
-
-/// The node the pod is bound to, if any yet.
-pub fn pod_node(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref())
-}
-
-pub fn pod_is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && condition_true(pod.status.as_ref().and_then(|s| s.conditions.as_ref()), "Ready")
-}
-
-fn condition_true<C: HasTypeAndStatus>(conditions: Option<&Vec<C>>, type_: &str) -> bool {
-    conditions.is_some_and(|list| list.iter().any(|c| c.type_() == type_ && c.status() == "True"))
-}
-
-trait HasTypeAndStatus {
-    fn type_(&self) -> &str;
-    fn status(&self) -> &str;
-}
-
-impl HasTypeAndStatus for k8s_openapi::api::core::v1::NodeCondition {
-    fn type_(&self) -> &str {
-        &self.type_
-    }
-    fn status(&self) -> &str {
-        &self.status
-    }
-}
-
-impl HasTypeAndStatus for k8s_openapi::api::core::v1::PodCondition {
-    fn type_(&self) -> &str {
-        &self.type_
-    }
-    fn status(&self) -> &str {
-        &self.status
-    }
-}
-
-/// One entry of `status.loadBalancer.ingress`: what clients, and ExternalDNS, use. ExternalDNS
-/// makes an A or AAAA record of every address and a CNAME of every hostname, so only what
-/// clients should reach belongs here.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Address {
-    Ip(IpAddr),
-    Hostname(String),
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Ip(ip) => ip.fmt(f),
-            Address::Hostname(name) => f.write_str(name),
-        }
-    }
-}
-
-/// What of a node is published.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
-pub enum AddressKind {
-    /// Its addresses, one per family of the Service.
-    Ip,
-    /// Its hostname.
-    Hostname,
-}
-
-impl AddressKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            AddressKind::Ip => "ip",
-            AddressKind::Hostname => "hostname",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<AddressKind> {
-        [AddressKind::Ip, AddressKind::Hostname].into_iter().find(|kind| kind.name() == name)
-    }
-}
-
-/// How a Service's addresses are chosen: the controller's defaults, or the Service's own.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AddressPolicy {
-    pub address_type: AddressType,
-    /// Sorted, without repeats, never empty.
-    pub kinds: Vec<AddressKind>,
-    /// At most this many nodes are published; None for all.
-    pub max_nodes: Option<usize>,
-}
+use crate::decide::placement::Placement;
+use crate::state::ProxyPod;
 
 /// The published addresses and what stood in the way of some.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -250,7 +128,7 @@ fn is_dns_name(text: &str) -> bool {
 /// families, each family sorted; then hostnames, sorted. Equal inputs in any order give equal
 /// results, so only a real change is written.
 pub fn desired_addresses<'a>(
-    service: &Service,
+    service: &ServiceView,
     proxy_pods: impl IntoIterator<Item = &'a ProxyPod>,
     node: impl Fn(&str) -> Option<&'a Node>,
     placement: &Placement,
@@ -271,8 +149,8 @@ pub fn desired_addresses<'a>(
     let mut candidates: Vec<(&str, Vec<Address>)> =
         serving.into_iter().map(|(name, node)| (name, node_addresses(node, policy, families, &mut problems))).collect();
     if let Some(max) = policy.max_nodes.filter(|max| candidates.len() > *max) {
-        let published: BTreeSet<Address> = published_addresses(service).into_iter().collect();
-        let uid = service.metadata.uid.as_deref().unwrap_or_default();
+        let published: BTreeSet<&Address> = service.published.addresses.iter().collect();
+        let uid = &service.uid;
         candidates.sort_by_cached_key(|(name, addresses)| {
             let already = addresses.iter().any(|a| published.contains(a));
             (!already, names::hex_digest(format!("{uid}/{name}").as_bytes()))
@@ -292,56 +170,15 @@ pub fn desired_addresses<'a>(
     Publication { addresses, serving_nodes, problems }
 }
 
-/// Whether the Service carries addresses or a condition of hostlb's, to clear when hostlb lets it go.
-pub fn holds_status(service: &Service) -> bool {
-    !published_addresses(service).is_empty() || crate::condition::current(service).is_some()
-}
-
-/// The addresses a Service publishes now, in order.
-pub fn published_addresses(service: &Service) -> Vec<Address> {
-    let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-    ingress.into_iter().flatten().filter_map(entry_address).collect()
-}
-
-fn entry_address(entry: &LoadBalancerIngress) -> Option<Address> {
-    match (&entry.ip, &entry.hostname) {
-        (Some(ip), _) => ip.parse().ok().map(Address::Ip),
-        (None, Some(hostname)) => Some(Address::Hostname(hostname.clone())),
-        (None, None) => None,
-    }
-}
-
-/// Whether the published status must be rewritten. `ipMode` is compared only when hostlb sets
-/// it: API servers that do not know it drop it, and newer ones fill it in themselves.
-pub fn needs_update(service: &Service, desired: &[Address], ip_mode: Option<IpMode>) -> bool {
-    let published = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-    let published = published.map_or(&[][..], Vec::as_slice);
-    let mode_differs = ip_mode
-        .is_some_and(|mode| published.iter().any(|i| i.ip.is_some() && i.ip_mode.as_deref() != Some(mode.api_name())));
-    published_addresses(service) != desired || published.len() != desired.len() || mode_differs
-}
-
-/// The ingress entries; `ipMode` goes with IPs only, as the API requires.
-pub fn ingress(addresses: &[Address], ip_mode: Option<IpMode>) -> Vec<LoadBalancerIngress> {
-    let ip_mode = ip_mode.map(|mode| mode.api_name().to_string());
-    addresses
-        .iter()
-        .map(|address| match address {
-            Address::Ip(ip) => {
-                LoadBalancerIngress { ip: Some(ip.to_string()), ip_mode: ip_mode.clone(), ..Default::default() }
-            }
-            Address::Hostname(name) => LoadBalancerIngress { hostname: Some(name.clone()), ..Default::default() },
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fixtures::{proxy_pod, terminating_proxy_pod, NodeBuilder, ServiceBuilder};
-    use crate::names;
-    use crate::service_lb::ServiceLb;
-    use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServiceStatus};
+    use hostlb_model::address::IpMode;
+    use hostlb_model::names;
+    use hostlb_model::options::ServiceLb;
+    use hostlb_model::service::ingress;
+    use k8s_openapi::api::core::v1::{LoadBalancerStatus, Pod, Service, ServiceStatus};
 
     fn ips(list: &[&str]) -> Vec<Address> {
         list.iter().map(|s| Address::Ip(s.parse().unwrap())).collect()
@@ -362,7 +199,7 @@ mod tests {
         let placement = Placement::for_service(&lb, false);
         let node = |name: &str| nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name));
         let pods: Vec<ProxyPod> = pods.iter().map(ProxyPod::of).collect();
-        desired_addresses(service, &pods, node, &placement, policy, families)
+        desired_addresses(&ServiceView::of(service), &pods, node, &placement, policy, families)
     }
 
     fn compute(nodes: &[Node], pods: &[Pod], address_type: AddressType, families: &[Family]) -> Vec<Address> {
@@ -441,25 +278,6 @@ mod tests {
     }
 
     #[test]
-    fn update_is_needed_only_when_addresses_or_their_order_differ() {
-        let mut service = ServiceBuilder::new("web").build();
-        assert!(!needs_update(&service, &[], None));
-        assert!(needs_update(&service, &ips(&["10.0.0.1"]), None));
-        let published = ingress(&ips(&["10.0.0.1"]), Some(IpMode::Vip));
-        service.status = Some(ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus { ingress: Some(published) }),
-            ..Default::default()
-        });
-        assert!(!needs_update(&service, &ips(&["10.0.0.1"]), None), "a mode the server filled in is not ours");
-        assert!(!needs_update(&service, &ips(&["10.0.0.1"]), Some(IpMode::Vip)));
-        assert!(needs_update(&service, &ips(&["10.0.0.1"]), Some(IpMode::Proxy)));
-        assert!(needs_update(&service, &ips(&["10.0.0.1", "10.0.0.2"]), None));
-        assert!(needs_update(&service, &[], None));
-        let two = with_status(ServiceBuilder::new("web").build(), &ips(&["10.0.0.2", "10.0.0.1"]));
-        assert!(needs_update(&two, &ips(&["10.0.0.1", "10.0.0.2"]), None), "an old order is put right once");
-    }
-
-    #[test]
     fn the_order_of_nodes_and_pods_does_not_change_the_result() {
         let nodes = [
             NodeBuilder::new("n1").internal("10.0.0.2").internal("fd00::2").build(),
@@ -473,7 +291,8 @@ mod tests {
         assert_eq!(compute(&reversed_nodes, &reversed_pods, AddressType::Auto, &families), forward);
         assert_eq!(forward, ips(&["fd00::1", "fd00::2", "10.0.0.1", "10.0.0.2"]));
         let service = with_status(ServiceBuilder::new("web").build(), &forward);
-        assert!(!needs_update(&service, &compute(&reversed_nodes, &reversed_pods, AddressType::Auto, &families), None));
+        let reversed = compute(&reversed_nodes, &reversed_pods, AddressType::Auto, &families);
+        assert!(!ServiceView::of(&service).needs_update(&reversed, None));
     }
 
     #[test]
@@ -536,7 +355,7 @@ mod tests {
         let entries = ingress(&result.addresses, Some(IpMode::Vip));
         assert_eq!(entries[3].hostname.as_deref(), Some("edge-1.example.org"));
         assert_eq!(entries[3].ip_mode, None, "ipMode goes with IPs only");
-        assert_eq!(published_addresses(&with_status(service, &result.addresses)), result.addresses);
+        assert_eq!(ServiceView::of(&with_status(service, &result.addresses)).published.addresses, result.addresses);
     }
 
     #[test]

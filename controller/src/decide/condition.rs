@@ -2,11 +2,10 @@
 //! when not on every node it could be, why, for `kubectl wait`, `kubectl describe` and GitOps
 //! health checks. Pure: the executor adds the transition time.
 
-use k8s_openapi::api::core::v1::Service;
+use hostlb_model::names;
+use hostlb_model::reason::{Reason, Warning};
+use hostlb_model::service::ServiceView;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-
-use crate::events::{Reason, Warning};
-use crate::names;
 
 /// The condition as hostlb wants it, without its transition time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +41,7 @@ const EXPLAINING: [(Reason, &str); 8] = [
     (Reason::ProxyPodFailing, "ProxyPodsFailing"),
 ];
 
-pub fn ready(service: &Service, findings: &Findings<'_>) -> Ready {
+pub fn ready(service: &ServiceView, findings: &Findings<'_>) -> Ready {
     let explanation = EXPLAINING
         .iter()
         .find_map(|(reason, name)| Some((*name, findings.warnings.iter().find(|w| w.reason == *reason)?)));
@@ -61,18 +60,12 @@ pub fn ready(service: &Service, findings: &Findings<'_>) -> Ready {
             (true, reason, format!("{served}; {name}: {}", warning.message))
         }
     };
-    Ready { ready, reason, message, observed_generation: service.metadata.generation }
-}
-
-/// hostlb's condition as the Service has it.
-pub fn current(service: &Service) -> Option<&Condition> {
-    let conditions = service.status.as_ref()?.conditions.as_ref()?;
-    conditions.iter().find(|c| c.type_ == names::CONDITION_READY)
+    Ready { ready, reason, message, observed_generation: service.generation }
 }
 
 /// Whether the Service's condition is not yet `desired`.
-pub fn differs(service: &Service, desired: &Ready) -> bool {
-    current(service).is_none_or(|c| {
+pub fn differs(service: &ServiceView, desired: &Ready) -> bool {
+    service.condition.as_ref().is_none_or(|c| {
         c.status != status_text(desired.ready)
             || c.reason != desired.reason
             || c.message != desired.message
@@ -119,7 +112,7 @@ mod tests {
 
     #[test]
     fn reasons_say_how_much_is_served_and_what_stands_in_the_way() {
-        let service = ServiceBuilder::new("web").build();
+        let service = ServiceView::of(&ServiceBuilder::new("web").build());
         let conflict = [Warning::new(Reason::PortConflict, "port 80/TCP is held on n1, n2")];
         let failing = [Warning::new(Reason::ProxyPodFailing, "proxy pod x: ImagePullBackOff")];
         let invalid = [Warning::new(Reason::InvalidOption, "spec.ports[0].protocol: QUIC")];
@@ -156,18 +149,19 @@ mod tests {
     #[test]
     fn the_transition_time_moves_only_with_the_status() {
         let mut service = ServiceBuilder::new("web").build();
-        let desired = super::ready(&service, &findings(true, 1, 1, &[]));
-        assert!(differs(&service, &desired), "no condition yet");
+        let desired = super::ready(&ServiceView::of(&service), &findings(true, 1, 1, &[]));
+        assert!(differs(&ServiceView::of(&service), &desired), "no condition yet");
         let then = Time(Timestamp::from_second(1_000).unwrap());
         let now = Time(Timestamp::from_second(2_000).unwrap());
         let written = to_api(&desired, None, then.clone());
         service.status = Some(ServiceStatus { conditions: Some(vec![written.clone()]), ..Default::default() });
-        assert!(!differs(&service, &desired));
+        let view = ServiceView::of(&service);
+        assert!(!differs(&view, &desired));
 
-        let fewer = super::ready(&service, &findings(true, 2, 1, &[]));
-        assert!(differs(&service, &fewer));
-        assert_eq!(to_api(&fewer, current(&service), now.clone()).last_transition_time, then, "still True");
-        let none = super::ready(&service, &findings(true, 2, 0, &[]));
-        assert_eq!(to_api(&none, current(&service), now.clone()).last_transition_time, now, "True to False");
+        let fewer = super::ready(&view, &findings(true, 2, 1, &[]));
+        assert!(differs(&view, &fewer));
+        assert_eq!(to_api(&fewer, view.condition.as_ref(), now.clone()).last_transition_time, then, "still True");
+        let none = super::ready(&view, &findings(true, 2, 0, &[]));
+        assert_eq!(to_api(&none, view.condition.as_ref(), now.clone()).last_transition_time, now, "True to False");
     }
 }

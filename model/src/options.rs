@@ -1,22 +1,26 @@
-//! What a LoadBalancer Service asks of hostlb, checked field by field: every later step works
-//! on a `ServiceLb` and so never sees an invalid option.
+//! What a LoadBalancer Service asks of hostlb, checked field by field in one pass: every later
+//! step works on a `ServiceLb` and so never sees an invalid option.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
 use hostlb_proxy_spec::{Cidr, Family, NamedPort, PortMap, Protocol};
-use k8s_openapi::api::core::v1::{Service, Toleration};
+use k8s_openapi::api::core::v1::{Service, ServiceSpec, Toleration};
 
+use crate::address::{AddressKind, AddressPolicy, IpMode};
 use crate::names;
-use crate::status::{AddressKind, AddressPolicy, IpMode};
 
 /// Whether an install of this class is responsible for the Service at all. Services without
 /// a class go to the install that serves unclassed ones.
 pub fn is_handled(service: &Service, load_balancer_class: &str, serve_unclassed: bool) -> bool {
     let Some(spec) = &service.spec else { return false };
-    spec.type_.as_deref() == Some("LoadBalancer")
-        && spec.load_balancer_class.as_deref().map_or(serve_unclassed, |class| class == load_balancer_class)
+    let is_load_balancer = spec.type_.as_deref() == Some("LoadBalancer");
+    handled(is_load_balancer, spec.load_balancer_class.as_deref(), load_balancer_class, serve_unclassed)
+}
+
+pub(crate) fn handled(is_load_balancer: bool, class: Option<&str>, install_class: &str, serve_unclassed: bool) -> bool {
+    is_load_balancer && class.map_or(serve_unclassed, |class| class == install_class)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,64 +75,78 @@ impl ServiceLb {
     /// Checks every field hostlb uses and reports all problems at once, so a user fixes them in
     /// one go.
     pub fn from_service(service: &Service) -> Result<Self, Vec<FieldError>> {
-        let mut errors = Vec::new();
-        let meta = &service.metadata;
-        let spec = service.spec.clone().unwrap_or_default();
-        let empty = BTreeMap::new();
-        let annotations = meta.annotations.as_ref().unwrap_or(&empty);
-        let labels = meta.labels.as_ref().unwrap_or(&empty);
+        parse(service).options
+    }
+}
 
-        let cluster_ips = cluster_ips(&spec.cluster_ips, &spec.cluster_ip, &mut errors);
-        let families = families(&spec.ip_families, &cluster_ips, &mut errors);
-        let local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let (ports, port_names) = ports(&spec.ports.unwrap_or_default(), &mut errors);
-        let destination = if local {
-            let health_check_node_port = spec
-                .health_check_node_port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p > 0)
-                .unwrap_or_else(|| {
-                    errors.push(error("spec.healthCheckNodePort", "is unset; externalTrafficPolicy: Local needs it"));
-                    0
-                });
-            Destination::NodeLocal { health_check_node_port, port_names }
+/// All that hostlb reads of a Service's options, from one pass over its fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    pub options: Result<ServiceLb, Vec<FieldError>>,
+    /// The IP families as far as they can be read, for a Service whose options are invalid as
+    /// a whole: every family when nothing says which.
+    pub declared_families: Vec<Family>,
+    /// Read on their own too, so that a Service with some other invalid option keeps its
+    /// address choice.
+    pub addresses: AddressOptions,
+    /// The `ipMode` asked for, when it can be read.
+    pub ip_mode: Option<IpMode>,
+}
+
+pub fn parse(service: &Service) -> Parsed {
+    let mut errors = Vec::new();
+    let meta = &service.metadata;
+    let default_spec = ServiceSpec::default();
+    let spec = service.spec.as_ref().unwrap_or(&default_spec);
+    let empty = BTreeMap::new();
+    let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
+
+    let cluster_ips = cluster_ips(&spec.cluster_ips, &spec.cluster_ip, &mut errors);
+    let families = families(&spec.ip_families, &cluster_ips, &mut errors);
+    let declared_families = if families.is_empty() { Family::ALL.to_vec() } else { families.clone() };
+    let local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let (ports, port_names) = ports(spec.ports.as_deref().unwrap_or_default(), &mut errors);
+    let destination = if local {
+        let health_check_node_port =
+            spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0).unwrap_or_else(|| {
+                errors.push(error("spec.healthCheckNodePort", "is unset; externalTrafficPolicy: Local needs it"));
+                0
+            });
+        Destination::NodeLocal { health_check_node_port, port_names }
+    } else {
+        Destination::ClusterIps(cluster_ips)
+    };
+    let source_ranges = source_ranges(&spec.load_balancer_source_ranges, annotations, &mut errors);
+    let pool = pool(labels, annotations, &mut errors);
+    let extra_tolerations = match annotations.get(names::ANNOTATION_TOLERATIONS) {
+        None => Vec::new(),
+        Some(json) => serde_json::from_str::<Vec<Toleration>>(json).unwrap_or_else(|e| {
+            errors.push(annotation_error(
+                names::ANNOTATION_TOLERATIONS,
+                format!("is not a JSON list of tolerations: {e}"),
+            ));
+            Vec::new()
+        }),
+    };
+    let priority_class = annotations.get(names::ANNOTATION_PRIORITY_CLASS).and_then(|value| {
+        if is_dns_subdomain(value) {
+            Some(value.clone())
         } else {
-            Destination::ClusterIps(cluster_ips)
-        };
-        let source_ranges = source_ranges(&spec.load_balancer_source_ranges, annotations, &mut errors);
-        let pool = pool(labels, annotations, &mut errors);
-        let extra_tolerations = match annotations.get(names::ANNOTATION_TOLERATIONS) {
-            None => Vec::new(),
-            Some(json) => serde_json::from_str::<Vec<Toleration>>(json).unwrap_or_else(|e| {
-                errors.push(annotation_error(
-                    names::ANNOTATION_TOLERATIONS,
-                    format!("is not a JSON list of tolerations: {e}"),
-                ));
-                Vec::new()
-            }),
-        };
-        let priority_class = annotations.get(names::ANNOTATION_PRIORITY_CLASS).and_then(|value| {
-            if is_dns_subdomain(value) {
-                Some(value.clone())
-            } else {
-                errors.push(annotation_error(
-                    names::ANNOTATION_PRIORITY_CLASS,
-                    format!("{value:?} is not a valid PriorityClass name"),
-                ));
-                None
-            }
-        });
-
-        let ip_mode = requested_ip_mode(service).unwrap_or_else(|error| {
-            errors.push(error);
+            errors.push(annotation_error(
+                names::ANNOTATION_PRIORITY_CLASS,
+                format!("{value:?} is not a valid PriorityClass name"),
+            ));
             None
-        });
-        let (addresses, address_errors) = address_options(service);
-        errors.extend(address_errors);
-
-        if !errors.is_empty() {
-            return Err(errors);
         }
+    });
+    let ip_mode = requested_ip_mode(annotations).unwrap_or_else(|error| {
+        errors.push(error);
+        None
+    });
+    let addresses = address_options(annotations, &mut errors);
+
+    let options = if errors.is_empty() {
         Ok(ServiceLb {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
@@ -141,10 +159,13 @@ impl ServiceLb {
             extra_tolerations,
             priority_class,
             ip_mode,
-            addresses,
+            addresses: addresses.clone(),
             created: meta.creation_timestamp.as_ref().map(|time| time.0),
         })
-    }
+    } else {
+        Err(errors)
+    };
+    Parsed { options, declared_families, addresses, ip_mode }
 }
 
 /// What a Service asks of its addresses; unset means the controller's defaults.
@@ -166,13 +187,9 @@ impl AddressOptions {
 }
 
 /// The Service's `hostlb.io/publish` (`ip`, `hostname` or both, comma-separated) and
-/// `hostlb.io/max-nodes` (a positive number); what can be read of them, and what cannot. Read
-/// on its own too, so that a Service with some other invalid option keeps its address choice.
-pub fn address_options(service: &Service) -> (AddressOptions, Vec<FieldError>) {
-    let annotations = service.metadata.annotations.as_ref();
-    let get = |key: &str| annotations.and_then(|a| a.get(key));
-    let mut errors = Vec::new();
-    let kinds = get(names::ANNOTATION_PUBLISH).and_then(|text| {
+/// `hostlb.io/max-nodes` (a positive number): what can be read of them.
+fn address_options(annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) -> AddressOptions {
+    let kinds = annotations.get(names::ANNOTATION_PUBLISH).and_then(|text| {
         let mut kinds = Vec::new();
         for part in text.split(',').map(str::trim) {
             match AddressKind::from_name(part) {
@@ -190,37 +207,22 @@ pub fn address_options(service: &Service) -> (AddressOptions, Vec<FieldError>) {
         kinds.dedup();
         Some(kinds)
     });
-    let max_nodes = get(names::ANNOTATION_MAX_NODES).and_then(|text| {
+    let max_nodes = annotations.get(names::ANNOTATION_MAX_NODES).and_then(|text| {
         let max = text.trim().parse::<usize>().ok().filter(|max| *max > 0);
         if max.is_none() {
             errors.push(annotation_error(names::ANNOTATION_MAX_NODES, format!("{text:?} is not a positive number")));
         }
         max
     });
-    (AddressOptions { kinds, max_nodes }, errors)
+    AddressOptions { kinds, max_nodes }
 }
 
 /// The `ipMode` the Service asks for, if any.
-pub fn requested_ip_mode(service: &Service) -> Result<Option<IpMode>, FieldError> {
-    let annotations = service.metadata.annotations.as_ref();
-    let Some(value) = annotations.and_then(|a| a.get(names::ANNOTATION_IP_MODE)) else { return Ok(None) };
+fn requested_ip_mode(annotations: &BTreeMap<String, String>) -> Result<Option<IpMode>, FieldError> {
+    let Some(value) = annotations.get(names::ANNOTATION_IP_MODE) else { return Ok(None) };
     IpMode::from_api_name(value)
         .map(Some)
         .ok_or_else(|| annotation_error(names::ANNOTATION_IP_MODE, format!("{value:?} is neither VIP nor Proxy")))
-}
-
-/// The Service's IP families as far as they can be read, for a Service that is not valid as a
-/// whole: every family when nothing says which.
-pub fn declared_families(service: &Service) -> Vec<Family> {
-    let spec = service.spec.clone().unwrap_or_default();
-    let mut ignored = Vec::new();
-    let cluster_ips = cluster_ips(&spec.cluster_ips, &spec.cluster_ip, &mut ignored);
-    let families = families(&spec.ip_families, &cluster_ips, &mut ignored);
-    if families.is_empty() {
-        Family::ALL.to_vec()
-    } else {
-        families
-    }
 }
 
 fn error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
@@ -389,8 +391,8 @@ fn is_dns_subdomain(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::address::AddressType;
     use crate::fixtures::ServiceBuilder;
-    use crate::status::AddressType;
 
     #[test]
     fn handles_unclassed_and_own_class_load_balancers_only() {
@@ -568,7 +570,7 @@ mod tests {
             .annotation(names::ANNOTATION_MAX_NODES, "2")
             .annotation(names::ANNOTATION_TOLERATIONS, "nope")
             .build();
-        assert_eq!(address_options(&with_other_error).0.max_nodes, Some(2), "kept while another option is wrong");
+        assert_eq!(parse(&with_other_error).addresses.max_nodes, Some(2), "kept while another option is wrong");
     }
 
     #[test]

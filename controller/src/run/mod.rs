@@ -1,0 +1,16 @@
+//! The I/O: the watches that feed the index, leader election, the executor that carries out
+//! decisions, Events, metrics and the HTTP server.
+
+pub mod events;
+pub mod leader_election;
+mod leading;
+pub mod metrics;
+#[cfg(test)]
+mod mock_api;
+mod process;
+pub mod reconcile;
+pub mod server;
+pub mod watches;
+
+pub use process::run;
+pub use reconcile::uninstall;

@@ -1,0 +1,193 @@
+//! The watches, wiring only: on every replica each watch applies its events to the index (the
+//! Services also to the Service cache), and what each event changed once committed becomes the
+//! Services it concerns (`state::triggers`). Also the clock that judges node Leases, and
+//! readiness: every watch has listed.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{stream, Stream, StreamExt, TryStreamExt};
+use hostlb_model::names;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::info;
+
+use crate::decide::{claim, Settings};
+use crate::error::{Error, Result};
+use crate::state::node_liveness::NODE_LEASE_NAMESPACE;
+use crate::state::{triggers, Index};
+
+/// Below the client's read timeout, so that a quiet watch ends before the read timeout would cut it.
+const WATCH_TIMEOUT_SECONDS: u32 = 50;
+
+/// How often readiness looks whether the watches have listed.
+pub const SYNC_POLL: Duration = Duration::from_millis(100);
+
+/// How often node Leases are judged against the clock.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
+
+/// The Services one watch event concerns, or the watch's error.
+pub type Triggers = Result<Vec<ObjectRef<Service>>, watcher::Error>;
+
+/// What the watches keep current.
+pub struct Watched {
+    pub services: Store<Service>,
+    pub index: Arc<RwLock<Index>>,
+}
+
+/// Starts every watch; the stream must be polled for any of them to run.
+pub fn watch(client: &Client, settings: &Settings) -> (Watched, impl Stream<Item = Triggers> + Send + 'static) {
+    let namespace = settings.proxy.namespace.clone();
+    let all = watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
+    let index = Arc::new(RwLock::new(Index::default()));
+    let (services, service_writer) = reflector::store();
+
+    let service_triggers = {
+        let (index, settings) = (index.clone(), settings.clone());
+        watched(Api::<Service>::all(client.clone()), all.clone()).reflect(service_writer).map_ok(move |event| {
+            let mut index = index.write().expect("index lock");
+            let changes = index.apply_service(&event, |service| claim(service, &settings));
+            triggers::of_services(&changes, &index)
+        })
+    };
+    let proxy_daemonsets = all.clone().labels(&names::daemonset_selector(&settings.proxy.install_id));
+    let daemonset_triggers =
+        indexed(Api::<DaemonSet>::namespaced(client.clone(), &namespace), proxy_daemonsets, &index, |index, event| {
+            triggers::of_daemonsets(&index.apply_daemonset(event))
+        });
+    let proxy_pods = all.clone().labels(&names::managed_selector());
+    let pod_triggers =
+        indexed(Api::<Pod>::namespaced(client.clone(), &namespace), proxy_pods, &index, |index, event| {
+            triggers::of_proxy_pods(&index.apply_proxy_pod(event))
+        });
+    let node_triggers = {
+        let (services, settings) = (services.clone(), settings.clone());
+        indexed(Api::<Node>::all(client.clone()), all.clone(), &index, move |index, event| {
+            triggers::of_nodes(&index.apply_node(event), || concerned(&services, &settings))
+        })
+    };
+    let lease_triggers = {
+        let lease_events = indexed(
+            Api::<Lease>::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
+            all.clone(),
+            &index,
+            |index, event| {
+                // Lease renewals change nothing by themselves: the clock judges them.
+                index.apply_node_lease(event);
+                Vec::new()
+            },
+        );
+        let (services, settings) = (services.clone(), settings.clone());
+        lease_liveness(lease_events, index.clone(), settings.node_lease_grace)
+            .map_ok(move |_| concerned(&services, &settings))
+    };
+    // The DaemonSet controller reports pods it cannot create only as Events on the DaemonSet.
+    let failed_creations = all.clone().fields("involvedObject.kind=DaemonSet,reason=FailedCreate");
+    let failure_triggers =
+        indexed(Api::<CoreEvent>::namespaced(client.clone(), &namespace), failed_creations, &index, |index, event| {
+            let changes = index.apply_creation_failure(event);
+            triggers::of_creation_failures(&changes, index)
+        });
+
+    let triggers = stream::select_all([
+        service_triggers.boxed(),
+        daemonset_triggers.boxed(),
+        pod_triggers.boxed(),
+        node_triggers.boxed(),
+        lease_triggers.boxed(),
+        failure_triggers.boxed(),
+    ]);
+    (Watched { services, index }, triggers)
+}
+
+/// Every Service this install serves or still has to clean up.
+fn concerned(services: &Store<Service>, settings: &Settings) -> Vec<ObjectRef<Service>> {
+    services
+        .state()
+        .iter()
+        .filter(|service| settings.concerns(service))
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .collect()
+}
+
+/// Judges every node's Lease each `LEASE_CHECK` while the Lease watch (whose events only feed
+/// the index) runs; yields the nodes whose Lease went stale or came back. Nothing changes in
+/// the API when a kubelet stops, so only the clock can tell.
+fn lease_liveness(
+    lease_triggers: impl Stream<Item = Triggers> + Send + 'static,
+    index: Arc<RwLock<Index>>,
+    grace: Option<Duration>,
+) -> impl Stream<Item = Result<Arc<Node>, watcher::Error>> + Send + 'static {
+    enum Tick {
+        Watched(Result<(), watcher::Error>),
+        Clock,
+    }
+    let watched = lease_triggers.map(|event| Tick::Watched(event.map(|_| ())));
+    let clock = stream::unfold(tokio::time::interval(LEASE_CHECK), |mut interval| async move {
+        interval.tick().await;
+        Some((Tick::Clock, interval))
+    });
+    stream::select(watched, clock).flat_map(move |tick| {
+        let changes: Vec<Result<Arc<Node>, watcher::Error>> = match tick {
+            Tick::Watched(Ok(())) => Vec::new(),
+            Tick::Watched(Err(error)) => vec![Err(error)],
+            Tick::Clock => {
+                let mut index = index.write().expect("index lock");
+                let flipped = index.judge_leases(Timestamp::now(), grace);
+                for node in &flipped {
+                    info!(node = %node.name_any(), serves = index.serves(node), "node Lease renewal judged anew");
+                }
+                flipped.into_iter().map(Ok).collect()
+            }
+        };
+        stream::iter(changes)
+    })
+}
+
+/// A watch whose events are applied to the index, each turned into the Services its committed
+/// change concerns.
+fn indexed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    index: &Arc<RwLock<Index>>,
+    apply: impl Fn(&mut Index, &watcher::Event<K>) -> Vec<ObjectRef<Service>> + Send + 'static,
+) -> impl Stream<Item = Triggers> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let index = index.clone();
+    watched(api, config).map_ok(move |event| apply(&mut index.write().expect("index lock"), &event))
+}
+
+/// A watch that retries with backoff. Managed fields are dropped: hostlb never reads them, and
+/// they are often the larger part of an object.
+fn watched<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    watcher(api, config).default_backoff().modify(|object: &mut K| object.managed_fields_mut().clear())
+}
+
+/// Waits until every watch has listed its objects, or fails naming those that have not.
+pub async fn watches_synced(index: &RwLock<Index>, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let pending = index.read().expect("index lock").unsynced();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(Error::WatchesNotSynced { watches: pending.join(", "), waited: timeout });
+        }
+        tokio::time::sleep(SYNC_POLL).await;
+    }
+}

@@ -1,0 +1,349 @@
+//! What reconciles need to know about objects other than their own Service, kept current by
+//! the watches and grouped the way reconciles look it up: proxy pods by Service UID, port
+//! claims by protocol and port, the nodes (and whether any carries `enablelb`), proxy
+//! DaemonSets by name. A reconcile reads its own groups and the nodes, so it costs what its own
+//! Service costs plus a pass or two over the nodes. Each `apply_*` returns what the event
+//! changed once committed, for `triggers`. Pure: the watches hand it their events; nothing
+//! here talks to the API server.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hostlb_model::names;
+use hostlb_model::options::ServiceLb;
+use hostlb_model::readiness::node_can_serve;
+use hostlb_proxy_spec::Protocol;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+
+use crate::state::node_liveness::{Renewal, NODE_LEASE_NAMESPACE};
+use crate::state::proxy_pod::ProxyPod;
+use crate::state::section::{Change, Section};
+
+/// A host port: what two Services cannot both hold on one node.
+pub type PortKey = (Protocol, u16);
+
+/// The only group nodes are sorted into: any node in it turns ServiceLB's opt-in rule on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CarriesEnableLb;
+
+/// A valid Service that hostlb serves, as other Services' reconciles see it.
+pub type Claim = Arc<ServiceLb>;
+
+/// What reconciles read of a proxy DaemonSet: its metadata (labels, configuration hash,
+/// generation) and status. Its spec, the pod template hostlb wrote, is most of it.
+fn proxy_daemonset_essentials(daemonset: &DaemonSet) -> DaemonSet {
+    DaemonSet { metadata: daemonset.metadata.clone(), spec: None, status: daemonset.status.clone() }
+}
+
+/// What a Service event changed: the Service itself (its resourceVersion) and its claim.
+#[derive(Debug, Default)]
+pub struct ServiceChanges {
+    pub services: Vec<Change<String>>,
+    pub claims: Vec<Change<Claim>>,
+}
+
+#[derive(Default)]
+pub struct Index {
+    pub nodes: Section<Arc<Node>, CarriesEnableLb>,
+    /// Proxy pods, grouped by the UID of the Service they serve.
+    pub proxy_pods: Section<Arc<ProxyPod>, String>,
+    /// Proxy DaemonSets, by `namespace/name`.
+    pub daemonsets: Section<Arc<DaemonSet>, ()>,
+    /// Every Service's resourceVersion, so that a relist tells which Services changed.
+    pub services: Section<String, ()>,
+    /// Served Services, grouped by the host ports they claim.
+    pub claims: Section<Claim, PortKey>,
+    /// The DaemonSet controller's FailedCreate Events, grouped by DaemonSet name.
+    pub creation_failures: Section<Arc<Event>, String>,
+    /// When each node's kubelet last renewed its Lease, under the Lease's key.
+    pub node_leases: Section<Renewal, ()>,
+    /// Nodes whose Lease was stale when the clock was last read (`judge_leases`).
+    stale_nodes: BTreeSet<String>,
+}
+
+impl Index {
+    pub fn apply_node_lease(&mut self, event: &watcher::Event<Lease>) -> Vec<Change<Renewal>> {
+        self.node_leases.apply(event, |lease| Some((Renewal::of(lease)?, Vec::new())))
+    }
+
+    /// Judges every node's Lease at `now`, allowing `grace` past a missed renewal (`None`: leave
+    /// it to the node's Ready condition); returns the nodes that went stale or came back.
+    pub fn judge_leases(&mut self, now: Timestamp, grace: Option<Duration>) -> Vec<Arc<Node>> {
+        let stale: BTreeSet<String> = match grace {
+            Some(grace) => self
+                .node_leases
+                .entries()
+                .filter(|(_, renewal)| renewal.is_stale(now, grace))
+                .filter_map(|(key, _)| {
+                    Some(key.strip_prefix(NODE_LEASE_NAMESPACE)?.trim_start_matches('/').to_string())
+                })
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let flipped: Vec<Arc<Node>> =
+            stale.symmetric_difference(&self.stale_nodes).filter_map(|name| self.nodes.get(name).cloned()).collect();
+        self.stale_nodes = stale;
+        flipped
+    }
+
+    /// Whether the node can carry traffic: Ready, not cordoned, and its kubelet renewing its Lease.
+    pub fn serves(&self, node: &Node) -> bool {
+        node_can_serve(node) && node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
+    }
+
+    /// The node, if it `serves`.
+    pub fn serving_node(&self, name: &str) -> Option<&Node> {
+        self.node(name).filter(|node| self.serves(node))
+    }
+
+    pub fn apply_node(&mut self, event: &watcher::Event<Node>) -> Vec<Change<Arc<Node>>> {
+        self.nodes.apply(event, |node| {
+            let opted = node.labels().contains_key(names::NODE_LABEL_ENABLE_LB);
+            Some((Arc::new(node.clone()), opted.then_some(CarriesEnableLb).into_iter().collect()))
+        })
+    }
+
+    pub fn apply_proxy_pod(&mut self, event: &watcher::Event<Pod>) -> Vec<Change<Arc<ProxyPod>>> {
+        self.proxy_pods.apply(event, |pod| {
+            let uid = pod.labels().get(names::LABEL_SERVICE_UID)?.clone();
+            Some((Arc::new(ProxyPod::of(pod)), vec![uid]))
+        })
+    }
+
+    pub fn apply_daemonset(&mut self, event: &watcher::Event<DaemonSet>) -> Vec<Change<Arc<DaemonSet>>> {
+        self.daemonsets.apply(event, |daemonset| Some((Arc::new(proxy_daemonset_essentials(daemonset)), Vec::new())))
+    }
+
+    /// Keeps every Service's resourceVersion, and the claim of each that `claim` says claims
+    /// host ports (served, not being deleted, admitted: the ports it is allowed).
+    pub fn apply_service(
+        &mut self,
+        event: &watcher::Event<Service>,
+        claim: impl Fn(&Service) -> Option<ServiceLb>,
+    ) -> ServiceChanges {
+        let services = self
+            .services
+            .apply(event, |service| Some((service.metadata.resource_version.clone().unwrap_or_default(), Vec::new())));
+        let claims = self.claims.apply(event, |service| {
+            let lb = claim(service)?;
+            let mut ports: Vec<PortKey> = lb.ports.iter().map(|p| (p.protocol, p.listen)).collect();
+            ports.sort();
+            ports.dedup();
+            Some((Arc::new(lb), ports))
+        });
+        ServiceChanges { services, claims }
+    }
+
+    pub fn apply_creation_failure(&mut self, event: &watcher::Event<Event>) -> Vec<Change<Arc<Event>>> {
+        self.creation_failures.apply(event, |failure| {
+            let daemonset = failure.involved_object.name.clone()?;
+            Some((Arc::new(failure.clone()), vec![daemonset]))
+        })
+    }
+
+    pub fn enablelb_in_use(&self) -> bool {
+        !self.nodes.group_is_empty(&CarriesEnableLb)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name).map(Arc::as_ref)
+    }
+
+    pub fn proxy_pods_of(&self, service_uid: &str) -> impl Iterator<Item = &ProxyPod> {
+        self.proxy_pods.group(&service_uid.to_string()).map(Arc::as_ref)
+    }
+
+    /// The watches that have not yet delivered their first complete list.
+    pub fn unsynced(&self) -> Vec<&'static str> {
+        [
+            ("services", self.services.synced()),
+            ("nodes", self.nodes.synced()),
+            ("proxy pods", self.proxy_pods.synced()),
+            ("proxy daemonsets", self.daemonsets.synced()),
+            ("proxy creation failures", self.creation_failures.synced()),
+            ("node leases", self.node_leases.synced()),
+        ]
+        .into_iter()
+        .filter(|(_, synced)| !synced)
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::proxy_health::failing_pods;
+    use crate::fixtures::{index_of, proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
+
+    const GRACE: Option<Duration> = Some(Duration::from_secs(10));
+
+    fn claim(service: &Service) -> Option<ServiceLb> {
+        crate::decide::claim(service, &settings())
+    }
+
+    fn node_lease(node: &str, renewed_at_second: i64) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": node, "namespace": NODE_LEASE_NAMESPACE },
+            "spec": {
+                "holderIdentity": node,
+                "leaseDurationSeconds": 40,
+                "renewTime": Timestamp::from_second(renewed_at_second).unwrap().to_string(),
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn nodes_whose_lease_goes_stale_stop_serving_and_are_reported_once_each_way() {
+        let nodes = [NodeBuilder::new("n1").build(), NodeBuilder::new("n2").build()];
+        let mut index = index_of(&[], &nodes, &[], &[]);
+        for lease in [node_lease("n1", 1_000), node_lease("n2", 1_015)] {
+            index.apply_node_lease(&watcher::Event::Apply(lease));
+        }
+        let at = |second| Timestamp::from_second(second).unwrap();
+        let names = |flipped: Vec<Arc<Node>>| flipped.iter().map(|n| n.name_any()).collect::<Vec<_>>();
+        assert!(index.judge_leases(at(1_020), GRACE).is_empty(), "10 s renewal interval plus 10 s grace");
+        assert_eq!(names(index.judge_leases(at(1_021), GRACE)), ["n1"]);
+        assert!(index.serving_node("n1").is_none() && index.serving_node("n2").is_some());
+        assert!(index.judge_leases(at(1_022), GRACE).is_empty(), "reported once");
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n1", 1_022)));
+        assert_eq!(names(index.judge_leases(at(1_036), GRACE)), ["n1", "n2"], "n1 is back, n2 went stale");
+        assert!(index.serves(&nodes[0]) && !index.serves(&nodes[1]));
+    }
+
+    #[test]
+    fn without_a_grace_leases_are_not_judged() {
+        let mut index = Index::default();
+        index.apply_node(&watcher::Event::Apply(NodeBuilder::new("n1").build()));
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n1", 1_000)));
+        assert!(index.judge_leases(Timestamp::from_second(5_000).unwrap(), None).is_empty());
+        assert!(index.serving_node("n1").is_some());
+    }
+
+    fn claimants(index: &Index, port: PortKey) -> Vec<String> {
+        index.claims.group(&port).map(|lb| lb.name.clone()).collect()
+    }
+
+    #[test]
+    fn services_claim_each_of_their_ports_until_they_change_or_go() {
+        let web = ServiceBuilder::new("web").port("TCP", 80, 0).port("UDP", 80, 0).uid("1").build();
+        let dns = ServiceBuilder::new("dns").port("UDP", 80, 0).uid("2").build();
+        let mut index = index_of(&[web.clone(), dns], &[], &[], &[]);
+        assert_eq!(claimants(&index, (Protocol::Udp, 80)), vec!["dns", "web"]);
+        assert_eq!(claimants(&index, (Protocol::Tcp, 80)), vec!["web"]);
+
+        let moved = ServiceBuilder::new("web").port("TCP", 8080, 0).uid("1").build();
+        index.apply_service(&watcher::Event::Apply(moved.clone()), claim);
+        assert_eq!(claimants(&index, (Protocol::Udp, 80)), vec!["dns"]);
+        assert!(index.claims.group_is_empty(&(Protocol::Tcp, 80)));
+        assert_eq!(claimants(&index, (Protocol::Tcp, 8080)), vec!["web"]);
+
+        index.apply_service(&watcher::Event::Delete(moved), claim);
+        assert!(index.claims.group_is_empty(&(Protocol::Tcp, 8080)));
+        assert_eq!(index.claims.values().count(), 1);
+    }
+
+    #[test]
+    fn unserved_invalid_and_deleting_services_claim_nothing() {
+        let other_class = ServiceBuilder::new("a").class("metallb.io/metallb").build();
+        let cluster_ip = ServiceBuilder::new("b").type_("ClusterIP").build();
+        let invalid = ServiceBuilder::new("c").annotation(names::ANNOTATION_TOLERATIONS, "{").build();
+        let mut deleting = ServiceBuilder::new("d").build();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let index = index_of(&[other_class, cluster_ip, invalid, deleting], &[], &[], &[]);
+        assert_eq!(index.claims.values().count(), 0);
+    }
+
+    #[test]
+    fn proxy_pods_are_found_by_their_service_uid() {
+        let mut foreign = proxy_pod("q", "n1", true);
+        foreign.metadata.labels.as_mut().unwrap().insert(names::LABEL_SERVICE_UID.into(), "other".into());
+        let index = index_of(&[], &[], &[proxy_pod("p2", "n2", true), proxy_pod("p1", "n1", true), foreign], &[]);
+        let keys: Vec<&str> = index.proxy_pods_of(UID).map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["hostlb-system/p1", "hostlb-system/p2"]);
+        assert_eq!(index.proxy_pods_of("other").count(), 1);
+        assert_eq!(index.proxy_pods_of("none").count(), 0);
+    }
+
+    #[test]
+    fn proxy_pods_are_kept_as_what_decisions_read() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "p1", "namespace": "hostlb-system", "annotations": { "big": "x" },
+                          "creationTimestamp": "2026-01-02T03:04:05Z",
+                          "labels": { (names::LABEL_SERVICE_UID): UID } },
+            "spec": { "nodeName": "n1", "containers": [{ "name": "lb", "image": "hostlb/lb:1" }] },
+            "status": {
+                "phase": "Pending", "hostIP": "10.0.0.1", "podIP": "10.1.0.1",
+                "conditions": [{ "type": "Ready", "status": "False" },
+                               { "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                 "message": "0/2 nodes are available" }],
+                "containerStatuses": [{ "name": "lb", "image": "hostlb/lb:1", "imageID": "sha256:1", "ready": false,
+                    "restartCount": 3, "state": { "waiting": { "reason": "CrashLoopBackOff" } } }]
+            }
+        }))
+        .unwrap();
+        let index = index_of(&[], &[], std::slice::from_ref(&pod), &[]);
+        let kept = index.proxy_pods_of(UID).next().expect("the pod is indexed");
+        assert_eq!(
+            kept,
+            &ProxyPod {
+                key: "hostlb-system/p1".into(),
+                service: None,
+                node: Some("n1".into()),
+                created: Some("2026-01-02T03:04:05Z".parse().unwrap()),
+                deleting: false,
+                ready: false,
+                unschedulable: Some("0/2 nodes are available".into()),
+                failure: Some("container lb: CrashLoopBackOff".into()),
+            }
+        );
+        assert_eq!(
+            failing_pods(&[kept])[0].message,
+            "proxy pod hostlb-system/p1 on n1: container lb: CrashLoopBackOff"
+        );
+    }
+
+    #[test]
+    fn enablelb_is_in_use_while_any_node_carries_the_label() {
+        let labelled = NodeBuilder::new("a").label(names::NODE_LABEL_ENABLE_LB, "false").build();
+        let mut index = index_of(&[], &[labelled.clone(), NodeBuilder::new("b").build()], &[], &[]);
+        assert!(index.enablelb_in_use());
+        index.apply_node(&watcher::Event::Apply(NodeBuilder::new("a").build()));
+        assert!(!index.enablelb_in_use());
+        index.apply_node(&watcher::Event::Apply(labelled.clone()));
+        index.apply_node(&watcher::Event::Delete(labelled));
+        assert!(!index.enablelb_in_use());
+        assert!(index.node("b").is_some() && index.node("a").is_none());
+    }
+
+    #[test]
+    fn a_relist_replaces_everything_only_once_complete() {
+        let mut index = index_of(&[], &[NodeBuilder::new("old").build()], &[], &[]);
+        assert!(index.unsynced().is_empty());
+        index.apply_node(&watcher::Event::Init);
+        index.apply_node(&watcher::Event::InitApply(NodeBuilder::new("new").build()));
+        assert!(index.node("old").is_some(), "the old list stays until the new one is complete");
+        index.apply_node(&watcher::Event::InitDone);
+        assert!(index.node("old").is_none());
+        assert!(index.node("new").is_some());
+    }
+
+    #[test]
+    fn watches_count_as_synced_after_their_first_list() {
+        let mut index = Index::default();
+        let all = ["services", "nodes", "proxy pods", "proxy daemonsets", "proxy creation failures", "node leases"];
+        assert_eq!(index.unsynced(), all);
+        index.apply_node(&watcher::Event::Init);
+        index.apply_node(&watcher::Event::InitDone);
+        let rest = ["services", "proxy pods", "proxy daemonsets", "proxy creation failures", "node leases"];
+        assert_eq!(index.unsynced(), rest);
+    }
+}

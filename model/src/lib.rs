@@ -1,0 +1,14 @@
+//! What hostlb reads and writes on Kubernetes objects, shared by the controller, the kubectl
+//! plugin and the end-to-end tests: names, labels and annotations (`names`), a LoadBalancer
+//! Service's options (`options`) and the view of a Service that every decision reads
+//! (`service`), what hostlb publishes of a node (`address`), what a node's or pod's status
+//! says (`readiness`), and the reasons of hostlb's Events (`reason`). Pure: no client, no clock.
+
+pub mod address;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
+pub mod names;
+pub mod options;
+pub mod readiness;
+pub mod reason;
+pub mod service;

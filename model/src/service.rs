@@ -1,0 +1,194 @@
+//! A Service as hostlb reads it, parsed once: who it is, whether it is being deleted, its
+//! options (`options::parse`), its NodePorts, and what hostlb has published on it (addresses
+//! and condition). Decisions read this view, never the raw object; `ingress` is the way back.
+
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::address::{Address, IpMode};
+use crate::names;
+use crate::options::{self, Parsed};
+
+/// One Service, as every decision about it reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceView {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub generation: Option<i64>,
+    /// `spec.type` is LoadBalancer.
+    pub is_load_balancer: bool,
+    pub load_balancer_class: Option<String>,
+    pub deleting: bool,
+    pub finalizers: Vec<String>,
+    pub parsed: Parsed,
+    /// `PORT/PROTOCOL` of every NodePort the Service has.
+    pub node_ports: Vec<String>,
+    pub published: Published,
+    /// hostlb's condition as the Service has it.
+    pub condition: Option<Condition>,
+}
+
+/// What `status.loadBalancer.ingress` holds now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// The addresses, in order.
+    pub addresses: Vec<Address>,
+    /// Entries, readable or not.
+    pub entries: usize,
+    /// The `ipMode` of each entry with an IP.
+    pub ip_modes: Vec<Option<String>>,
+}
+
+impl ServiceView {
+    pub fn of(service: &Service) -> Self {
+        let meta = &service.metadata;
+        let spec = service.spec.as_ref();
+        let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+        let ingress = ingress.map_or(&[][..], Vec::as_slice);
+        let node_ports = spec
+            .and_then(|spec| spec.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|port| Some(format!("{}/{}", port.node_port?, port.protocol.as_deref().unwrap_or("TCP"))));
+        let conditions = service.status.as_ref().and_then(|status| status.conditions.as_ref());
+        ServiceView {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            generation: meta.generation,
+            is_load_balancer: spec.and_then(|spec| spec.type_.as_deref()) == Some("LoadBalancer"),
+            load_balancer_class: spec.and_then(|spec| spec.load_balancer_class.clone()),
+            deleting: meta.deletion_timestamp.is_some(),
+            finalizers: meta.finalizers.clone().unwrap_or_default(),
+            parsed: options::parse(service),
+            node_ports: node_ports.collect(),
+            published: Published {
+                addresses: ingress.iter().filter_map(entry_address).collect(),
+                entries: ingress.len(),
+                ip_modes: ingress
+                    .iter()
+                    .filter(|entry| entry.ip.is_some())
+                    .map(|entry| entry.ip_mode.clone())
+                    .collect(),
+            },
+            condition: conditions.into_iter().flatten().find(|c| c.type_ == names::CONDITION_READY).cloned(),
+        }
+    }
+
+    /// Whether an install of this class is responsible for the Service (`options::is_handled`).
+    pub fn is_handled(&self, load_balancer_class: &str, serve_unclassed: bool) -> bool {
+        options::handled(
+            self.is_load_balancer,
+            self.load_balancer_class.as_deref(),
+            load_balancer_class,
+            serve_unclassed,
+        )
+    }
+
+    pub fn has_finalizer(&self, finalizer: &str) -> bool {
+        self.finalizers.iter().any(|f| f == finalizer)
+    }
+
+    /// Whether the Service carries addresses or a condition of hostlb's, to clear when hostlb
+    /// lets it go.
+    pub fn holds_status(&self) -> bool {
+        !self.published.addresses.is_empty() || self.condition.is_some()
+    }
+
+    /// Whether the published status must be rewritten. `ipMode` is compared only when hostlb
+    /// sets it: API servers that do not know it drop it, and newer ones fill it in themselves.
+    pub fn needs_update(&self, desired: &[Address], ip_mode: Option<IpMode>) -> bool {
+        let mode_differs = ip_mode.is_some_and(|mode| {
+            self.published.ip_modes.iter().any(|published| published.as_deref() != Some(mode.api_name()))
+        });
+        self.published.addresses != desired || self.published.entries != desired.len() || mode_differs
+    }
+}
+
+/// The addresses a Service publishes now, in order.
+pub fn published_addresses(service: &Service) -> Vec<Address> {
+    let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    ingress.into_iter().flatten().filter_map(entry_address).collect()
+}
+
+fn entry_address(entry: &LoadBalancerIngress) -> Option<Address> {
+    match (&entry.ip, &entry.hostname) {
+        (Some(ip), _) => ip.parse().ok().map(Address::Ip),
+        (None, Some(hostname)) => Some(Address::Hostname(hostname.clone())),
+        (None, None) => None,
+    }
+}
+
+/// The ingress entries; `ipMode` goes with IPs only, as the API requires.
+pub fn ingress(addresses: &[Address], ip_mode: Option<IpMode>) -> Vec<LoadBalancerIngress> {
+    let ip_mode = ip_mode.map(|mode| mode.api_name().to_string());
+    addresses
+        .iter()
+        .map(|address| match address {
+            Address::Ip(ip) => {
+                LoadBalancerIngress { ip: Some(ip.to_string()), ip_mode: ip_mode.clone(), ..Default::default() }
+            }
+            Address::Hostname(name) => LoadBalancerIngress { hostname: Some(name.clone()), ..Default::default() },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::ServiceBuilder;
+    use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServiceStatus};
+
+    fn ips(list: &[&str]) -> Vec<Address> {
+        list.iter().map(|s| Address::Ip(s.parse().unwrap())).collect()
+    }
+
+    fn published(addresses: &[Address], ip_mode: Option<IpMode>) -> ServiceView {
+        let mut service = ServiceBuilder::new("web").build();
+        service.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus { ingress: Some(ingress(addresses, ip_mode)) }),
+            ..Default::default()
+        });
+        ServiceView::of(&service)
+    }
+
+    #[test]
+    fn update_is_needed_only_when_addresses_their_order_or_our_ip_mode_differ() {
+        let bare = ServiceView::of(&ServiceBuilder::new("web").build());
+        assert!(!bare.needs_update(&[], None));
+        assert!(bare.needs_update(&ips(&["10.0.0.1"]), None));
+        let one = published(&ips(&["10.0.0.1"]), Some(IpMode::Vip));
+        assert!(!one.needs_update(&ips(&["10.0.0.1"]), None), "a mode the server filled in is not ours");
+        assert!(!one.needs_update(&ips(&["10.0.0.1"]), Some(IpMode::Vip)));
+        assert!(one.needs_update(&ips(&["10.0.0.1"]), Some(IpMode::Proxy)));
+        assert!(one.needs_update(&ips(&["10.0.0.1", "10.0.0.2"]), None));
+        assert!(one.needs_update(&[], None));
+        let two = published(&ips(&["10.0.0.2", "10.0.0.1"]), None);
+        assert!(two.needs_update(&ips(&["10.0.0.1", "10.0.0.2"]), None), "an old order is put right once");
+    }
+
+    #[test]
+    fn the_view_reads_identity_node_ports_published_status_and_options_once() {
+        let mut service = ServiceBuilder::new("web")
+            .port("TCP", 80, 30080)
+            .port("UDP", 53, 0)
+            .annotation(names::ANNOTATION_MAX_NODES, "2")
+            .annotation(names::ANNOTATION_TOLERATIONS, "{")
+            .build();
+        service.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
+        service.metadata.generation = Some(7);
+        let view = ServiceView::of(&service);
+        assert_eq!((view.namespace.as_str(), view.name.as_str(), view.generation), ("shop", "web", Some(7)));
+        assert!(view.is_handled(names::DEFAULT_LOAD_BALANCER_CLASS, true));
+        assert!(!view.is_handled(names::DEFAULT_LOAD_BALANCER_CLASS, false), "no class: the unclassed install's");
+        assert!(view.has_finalizer(names::FINALIZER) && !view.deleting);
+        assert_eq!(view.node_ports, ["30080/TCP"]);
+        assert!(!view.holds_status());
+        let errors = view.parsed.options.as_ref().unwrap_err();
+        assert_eq!(errors[0].field, "metadata.annotations[hostlb.io/tolerations]");
+        assert_eq!(view.parsed.addresses.max_nodes, Some(2), "kept while another option is wrong");
+        assert_eq!(view.parsed.declared_families, [hostlb_proxy_spec::Family::V4]);
+        assert!(published(&ips(&["10.0.0.1"]), None).holds_status());
+    }
+}
