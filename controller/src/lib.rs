@@ -10,15 +10,14 @@
 //! - `watches` (the streams, and the controller loop while this replica leads), `election`
 //!   (reads and writes the Lease), `reconcile` (the executor: every other write) and `events`.
 //!
-//! The same binary also runs in the proxy pods of `externalTrafficPolicy: Local` Services:
-//! `endpoint_follower` keeps their forwarding on the node's endpoints (`local_endpoints`).
+//! The same binary also runs in the proxy pods of `externalTrafficPolicy: Local` Services,
+//! where `main` runs `hostlb_follower` to keep their forwarding on the node's endpoints.
 
 pub mod condition;
 mod conflicts;
 pub mod daemonset;
 mod decide;
 pub mod election;
-mod endpoint_follower;
 mod error;
 pub mod events;
 mod finalizer;
@@ -26,7 +25,6 @@ mod finalizer;
 mod fixtures;
 mod index;
 pub mod lease;
-mod local_endpoints;
 mod mapping;
 pub mod metrics;
 #[cfg(test)]
@@ -43,7 +41,6 @@ pub mod status;
 pub mod tenancy;
 mod watches;
 
-pub use endpoint_follower::follow;
 pub use error::Error;
 pub use events::Reason;
 pub use reconcile::uninstall;
