@@ -1,6 +1,7 @@
 //! `hostlb-lb`: runs in each proxy pod of a LoadBalancer Service, in the pod's own network
-//! namespace, and forwards the Service's ports to its ClusterIP (or, for
-//! `externalTrafficPolicy: Local`, to the node's address and NodePort).
+//! namespace, and forwards the Service's ports to its ClusterIP. For `externalTrafficPolicy:
+//! Local` (`--to node-endpoints`) it installs the tables and the source filter with nothing to
+//! forward; the endpoint follower (`hostlb-follower`) fills in the node's ready endpoints.
 //!
 //! The command line is `hostlb_proxy_spec::Command`, the very type the controller writes it
 //! from. Layers: `plan` (the parsed arguments to a validated description), `rules` (the
