@@ -12,14 +12,6 @@ pub enum Error {
     },
     #[error("the watches of {watches} did not list their objects within {waited:?}")]
     WatchesNotSynced { watches: String, waited: std::time::Duration },
-    #[error("the API server serves no EndpointSlices (discovery.k8s.io)")]
-    NoEndpointSlices,
-    #[error("the Service's EndpointSlices were not listed within {0:?}")]
-    EndpointsNotListed(std::time::Duration),
-    #[error("forwarding to the node's endpoints: {0}")]
-    Rules(hostlb_lb::error::Error),
-    #[error("cannot wait for SIGTERM: {0}")]
-    Signal(std::io::Error),
 }
 
 impl Error {
@@ -49,9 +41,6 @@ impl Error {
                 _ => "api_unreachable",
             },
             Error::WatchesNotSynced { .. } => "watches_not_synced",
-            Error::NoEndpointSlices | Error::EndpointsNotListed(_) => "endpoints_not_listed",
-            Error::Rules(_) => "rules_not_installed",
-            Error::Signal(_) => "signal",
         }
     }
 }

@@ -10,18 +10,15 @@
 //! - `run`: the I/O: flags, watches, leader election, the executor of decisions
 //!   (`reconcile`), Events, metrics and the HTTP server.
 //!
-//! The same binary also runs in the proxy pods of `externalTrafficPolicy: Local` Services:
-//! `endpoint_follower` keeps their forwarding on the node's endpoints (`local_endpoints`).
+//! The same binary also runs in the proxy pods of `externalTrafficPolicy: Local` Services,
+//! where `main` runs `hostlb_follower` to keep their forwarding on the node's endpoints.
 
 pub mod decide;
-mod endpoint_follower;
 mod error;
 #[cfg(test)]
 mod fixtures;
-mod local_endpoints;
 pub mod run;
 pub mod state;
 
 pub use decide::Settings;
-pub use endpoint_follower::follow;
 pub use error::Error;

@@ -176,7 +176,7 @@ async fn client() -> anyhow::Result<kube::Client> {
 }
 
 async fn follow_endpoints(args: FollowArgs) -> anyhow::Result<()> {
-    Ok(hostlb_controller::follow(client().await?, args).await?)
+    Ok(hostlb_follower::follow(client().await?, args).await?)
 }
 
 async fn serve_and_control(args: Args) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ use arbitrary::Arbitrary;
 use clap::Parser;
 use hostlb_lb::netlink::{encode_batch, Sequence};
 use hostlb_lb::plan::Plan;
+use hostlb_lb::rule_text::step_text;
 use hostlb_lb::rules::{ruleset, Step, CHAIN_DNAT};
 use hostlb_proxy_spec::{
     flag, Command, Destination, RuleArgs, FAMILIES_ENV, LB_BINARY, PORTS_ENV, PROBE_ADDRESS_ENV, PROBE_PORT_ENV,
@@ -202,7 +203,7 @@ fn check_plan(args: &RuleArgs) {
     }
     let steps = ruleset(&plan);
     for step in &steps {
-        let text = step.describe();
+        let text = step_text(step);
         // Raw registers, offsets or hexadecimal mean the rule text no longer reads the rules.
         assert!(!["reg ", "0x", "@"].iter().any(|raw| text.contains(raw)), "{text}");
     }

@@ -1,13 +1,14 @@
 //! `hostlb-lb`: runs in each proxy pod of a LoadBalancer Service, in the pod's own network
-//! namespace, and forwards the Service's ports to its ClusterIP (or, for
-//! `externalTrafficPolicy: Local`, to the node's address and NodePort).
+//! namespace, and forwards the Service's ports to its ClusterIP. For `externalTrafficPolicy:
+//! Local` (`--to node-endpoints`) it installs the tables and the source filter with nothing to
+//! forward; the endpoint follower (`hostlb-follower`) fills in the node's ready endpoints.
 //!
 //! The command line is `hostlb_proxy_spec::Command`, the very type the controller writes it
 //! from. Layers: `plan` (the parsed arguments to a validated description), `rules` (the
-//! nftables objects for it), `rule_text` (a rule's nft spelling, read from its expressions),
-//! `netlink` (their bytes and the kernel's answers): all pure; `kernel`, `probe` and `hold` do
-//! the I/O. A library beside the binary so that the pure layers can be driven from outside,
-//! as the fuzz targets do.
+//! nftables objects for it), `rule_text` (a step's nft spelling, a rule's read from its
+//! expressions), `netlink` (their bytes and the kernel's answers): all pure; `kernel`, `probe`
+//! and `hold` do the I/O. A library beside the binary so that the pure layers can be driven
+//! from outside, as the fuzz targets do.
 
 pub mod error;
 pub mod hold;

@@ -8,6 +8,7 @@
 use nix::errno::Errno;
 
 use crate::error::Error;
+use crate::rule_text::step_text;
 use crate::rules::{BaseChain, ChainType, Expr, Hook, PayloadBase, Reg, Step, Verdict, TABLE};
 use hostlb_proxy_spec::Family;
 
@@ -460,7 +461,7 @@ impl Acks {
         let first = self.errors.iter().min_by_key(|(step, ..)| step.map_or(usize::MAX, |s| s));
         if let Some((step, errno, message)) = first {
             return Err(Error::Refused {
-                step: step.map(|index| (index + 1, steps[index].describe())),
+                step: step.map(|index| (index + 1, step_text(&steps[index]))),
                 total: steps.len(),
                 errno: Errno::from_raw(*errno),
                 detail: message.clone(),
@@ -471,7 +472,7 @@ impl Acks {
                 "no answer from the kernel for step {} of {} ({}) and the following ones",
                 index + 1,
                 steps.len(),
-                steps[index].describe()
+                step_text(&steps[index])
             ))),
             None => Ok(()),
         }

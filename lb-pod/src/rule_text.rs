@@ -1,13 +1,39 @@
-//! A rule's nft spelling, read back from its expressions rather than written beside them, so
-//! that logs and error messages show what the kernel is given. It is how `nft list ruleset`
-//! prints our rules, except that `dnat` names its family, as the expression carries it.
+//! A step's nft spelling, for logs and error messages. A rule's is read back from its
+//! expressions rather than written beside them, so that they show what the kernel is given. It
+//! is how `nft list ruleset` prints our rules, except that `dnat` names its family, as the
+//! expression carries it.
 
 use hostlb_proxy_spec::{bytes_address, Family, Protocol};
 
 use crate::plan::socket_text;
 use crate::rules::{
-    address_fields, nft_family, Expr, PayloadBase, Reg, Verdict, DESTINATION_PORT, DIRECTION_ORIGINAL, DIRECTION_REPLY,
+    address_fields, ChainType, Expr, Hook, PayloadBase, Reg, Step, Verdict, DESTINATION_PORT, DIRECTION_ORIGINAL,
+    DIRECTION_REPLY, TABLE,
 };
+
+/// The step in `nft` syntax.
+pub fn step_text(step: &Step) -> String {
+    let table = format!("{} {TABLE}", nft_family(step.family()));
+    match step {
+        Step::EnsureTable(_) => format!("add table {table}"),
+        Step::DeleteTable(_) => format!("delete table {table}"),
+        Step::AddTable(_) => format!("add table {table} (anew)"),
+        Step::AddChain { name, base: None, .. } => format!("add chain {table} {name}"),
+        Step::AddChain { name, base: Some(base), .. } => format!(
+            "add chain {table} {name} {{ type {} hook {} priority {}; }}",
+            match base.kind {
+                ChainType::Nat => "nat",
+                ChainType::Filter => "filter",
+            },
+            match base.hook {
+                Hook::Prerouting => "prerouting",
+                Hook::Postrouting => "postrouting",
+            },
+            base.priority
+        ),
+        Step::AddRule { family, chain, exprs } => format!("add rule {table} {chain} {}", nft_text(*family, exprs)),
+    }
+}
 
 /// The text of a rule of a `family` table.
 pub fn nft_text(family: Family, exprs: &[Expr]) -> String {
@@ -170,6 +196,13 @@ impl<'a> Reader<'a> {
                 format!("@{header},{},{}", offset * 8, len * 8)
             }
         }
+    }
+}
+
+fn nft_family(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
     }
 }
 

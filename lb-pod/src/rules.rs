@@ -21,7 +21,6 @@ use std::net::IpAddr;
 use hostlb_proxy_spec::{address_bytes, Cidr, Family, Protocol};
 
 use crate::plan::{Forward, Plan};
-use crate::rule_text::nft_text;
 
 pub const TABLE: &str = "hostlb";
 pub const CHAIN_DNAT: &str = "prerouting";
@@ -161,37 +160,6 @@ impl Step {
             Step::EnsureTable(family) | Step::DeleteTable(family) | Step::AddTable(family) => *family,
             Step::AddChain { family, .. } | Step::AddRule { family, .. } => *family,
         }
-    }
-
-    /// The step in `nft` syntax, for logs and error messages.
-    pub fn describe(&self) -> String {
-        let table = format!("{} {TABLE}", nft_family(self.family()));
-        match self {
-            Step::EnsureTable(_) => format!("add table {table}"),
-            Step::DeleteTable(_) => format!("delete table {table}"),
-            Step::AddTable(_) => format!("add table {table} (anew)"),
-            Step::AddChain { name, base: None, .. } => format!("add chain {table} {name}"),
-            Step::AddChain { name, base: Some(base), .. } => format!(
-                "add chain {table} {name} {{ type {} hook {} priority {}; }}",
-                match base.kind {
-                    ChainType::Nat => "nat",
-                    ChainType::Filter => "filter",
-                },
-                match base.hook {
-                    Hook::Prerouting => "prerouting",
-                    Hook::Postrouting => "postrouting",
-                },
-                base.priority
-            ),
-            Step::AddRule { family, chain, exprs } => format!("add rule {table} {chain} {}", nft_text(*family, exprs)),
-        }
-    }
-}
-
-pub fn nft_family(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
     }
 }
 
@@ -355,9 +323,10 @@ mod tests {
 
     use super::*;
     use crate::plan::tests::plan;
+    use crate::rule_text::step_text;
 
     fn described(steps: &[Step]) -> Vec<String> {
-        steps.iter().map(Step::describe).collect()
+        steps.iter().map(step_text).collect()
     }
 
     #[test]
@@ -490,7 +459,7 @@ mod tests {
         let v6_allowed: Vec<String> = steps
             .iter()
             .filter(|s| matches!(s, Step::AddRule { family: Family::V6, chain: CHAIN_ALLOWED_SOURCES, .. }))
-            .map(Step::describe)
+            .map(step_text)
             .collect();
         assert_eq!(v6_allowed, vec!["add rule ip6 hostlb allowed-sources drop"]);
         assert!(described(&steps).contains(

@@ -41,7 +41,7 @@ fn tcp_and_udp_over_ipv6_reach_the_backend_from_the_pods_address() {
 fn dual_stack_forwards_each_family_to_its_own_destination() {
     let mut t = Topology::new();
     t.serve(8080);
-    // One comma-separated value, as kubelet expands `$(HOSTLB_NODE_ADDRESS)` from status.hostIPs.
+    // Both families in one comma-separated value, the form `HOSTLB_TO` takes.
     let to = format!("{},{}", t.backend_v4(), t.backend_v6());
     t.pod.lb_ok(&["init", "--port", "tcp:80:8080", "--port", "udp:80:8080", "--port", "sctp:9:9", "--to", &to]);
     assert_eq!(t.tcp(t.pod_v4(), 80), Ok(t.pod_back_v4().to_string()));

@@ -92,8 +92,7 @@ impl Command {
 }
 
 /// What `init` and `run` forward where. Every flag may be repeated, and each value may be a
-/// comma-separated list: the environment fallbacks are, and so is kubelet's expansion of
-/// `status.hostIPs`.
+/// comma-separated list, as the environment fallbacks are.
 #[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
 pub struct RuleArgs {
     /// A forwarded port: packets of PROTO (tcp, udp, sctp) to LISTEN go to the destination's TARGET.

@@ -1,6 +1,12 @@
 //! `hostlb-controller follow-endpoints`: runs beside the proxy of an `externalTrafficPolicy:
 //! Local` Service, in the proxy pod's network namespace, and keeps its nftables forwarding on
 //! the Service's ready endpoints on this node (`local_endpoints`) as they come and go.
+//!
+//! A program of the proxy pod that ships in the controller's binary and image: it needs a
+//! Kubernetes client, which the controller has and the proxy's own static binary does without.
+
+mod error;
+mod local_endpoints;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,8 +19,8 @@ use kube::api::{Api, DynamicObject};
 use kube::discovery::oneshot;
 use kube::runtime::{watcher, WatchStreamExt};
 
-use crate::error::{Error, Result};
-use crate::local_endpoints::{node_forwards, EndpointSlice, SERVICE_NAME_LABEL};
+pub use error::{Error, Result};
+use local_endpoints::{node_forwards, EndpointSlice, SERVICE_NAME_LABEL};
 
 /// Without a first list by then the follower exits, so that the pod restarts and the Service
 /// gets a ProxyPodFailing Warning instead of a node that silently forwards nothing.
@@ -24,7 +30,7 @@ const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn follow(client: kube::Client, args: FollowArgs) -> Result<()> {
     let plan = Plan::new(&args.rules).map_err(Error::Rules)?;
     // v1 from Kubernetes 1.21 on, v1beta1 before: the same fields either way.
-    let group = oneshot::group(&client, "discovery.k8s.io").await.map_err(Error::kube("discovering EndpointSlices"))?;
+    let group = oneshot::group(&client, "discovery.k8s.io").await.map_err(|error| Error::Discovery(Box::new(error)))?;
     let (resource, _) = group.recommended_kind("EndpointSlice").ok_or(Error::NoEndpointSlices)?;
     let api: Api<DynamicObject> = Api::namespaced_with(client, &args.namespace, &resource);
     let selector = format!("{SERVICE_NAME_LABEL}={}", args.service);
