@@ -42,13 +42,6 @@ pub struct ProxySettings {
     pub install_id: String,
 }
 
-/// Whether a Kubernetes version, as the API server (`1`, `29+`) or a kubelet (`v1`, `29`)
-/// gives it, is at least 1.`wanted_minor`.
-pub fn version_at_least(major: &str, minor: &str, wanted_minor: u32) -> bool {
-    let number = |text: &str| text.trim_start_matches('v').trim_end_matches('+').parse::<u32>().ok();
-    matches!((number(major), number(minor)), (Some(major), Some(minor)) if major > 1 || minor >= wanted_minor)
-}
-
 const UNPRIVILEGED_UID: i64 = 65534;
 
 /// Labels that tie an object to the Service it serves.
@@ -500,20 +493,6 @@ mod tests {
         let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["hold", "follow-endpoints"]);
         assert!(spec.security_context.as_ref().unwrap().sysctls.is_some());
-    }
-
-    #[test]
-    fn versions_compare_as_the_api_server_and_kubelets_write_them() {
-        for (major, minor, at_least_29) in [
-            ("1", "20", false),
-            ("1", "28+", false),
-            ("1", "29", true),
-            ("v1", "33", true),
-            ("2", "0", true),
-            ("", "x", false),
-        ] {
-            assert_eq!(version_at_least(major, minor, 29), at_least_29, "{major}.{minor}");
-        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The I/O: the watches that feed the index, leader election, the executor that carries out
+//! The I/O: the command line (`flags`), the watches that feed the index, leader election, the executor that carries out
 //! decisions, Events, metrics and the HTTP server.
 
+mod api_version;
 pub mod events;
+pub mod flags;
 pub mod leader_election;
 mod leading;
 pub mod metrics;

@@ -1,0 +1,205 @@
+//! The controller's command line: its flags (each also an environment variable), and the
+//! settings, Lease timing and logging they make.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hostlb_model::address::{AddressKind, AddressPolicy, AddressType};
+use hostlb_model::names;
+use hostlb_proxy_spec::{FollowArgs, FOLLOW_ENDPOINTS};
+use k8s_openapi::apimachinery::pkg::version::Info;
+
+use crate::decide::daemonset::{ForwardingMode, ProxySettings};
+use crate::decide::leadership::LeaseTiming;
+use crate::decide::port_policy::{self, PortPolicy, PortRange};
+use crate::decide::tenancy::TenantPolicy;
+use crate::decide::Settings;
+use crate::run::api_version::version_at_least;
+
+/// Serves Kubernetes Services of type LoadBalancer from the nodes' own addresses.
+#[derive(Debug, clap::Parser)]
+#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub proxy: Option<ProxyCommand>,
+    #[command(flatten)]
+    pub controller: Args,
+}
+
+/// What the binary does in proxy pods instead of controlling.
+#[derive(Debug, clap::Subcommand)]
+pub enum ProxyCommand {
+    /// Keep a proxy pod's forwarding on its node's ready endpoints of the Service
+    /// (externalTrafficPolicy: Local); needs NET_ADMIN in the pod's network namespace.
+    #[command(name = FOLLOW_ENDPOINTS)]
+    FollowEndpoints(FollowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Namespace of the proxy DaemonSets.
+    #[arg(long, env = "HOSTLB_NAMESPACE", default_value = names::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Services with this spec.loadBalancerClass are served; others are left alone.
+    #[arg(long, env = "HOSTLB_LOAD_BALANCER_CLASS", default_value = names::DEFAULT_LOAD_BALANCER_CLASS)]
+    pub load_balancer_class: String,
+    /// Whether Services without a class are served too; of several installs, give it to one.
+    #[arg(long, env = "HOSTLB_SERVE_UNCLASSED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub serve_unclassed: bool,
+    /// Release every Service this install serves (proxies deleted, status cleared, finalizer
+    /// removed), then exit: run it after scaling the controller to zero, before removing it.
+    #[arg(long)]
+    pub uninstall: bool,
+    /// Image of the proxy pods (the hostlb-lb binary).
+    #[arg(long, env = "HOSTLB_LB_IMAGE", required_unless_present = "uninstall")]
+    pub lb_image: Option<String>,
+    #[arg(long, env = "HOSTLB_LB_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    pub lb_image_pull_policy: String,
+    /// This controller's own image: proxy pods of externalTrafficPolicy: Local Services run it
+    /// beside hostlb-lb to follow the endpoints on their node.
+    #[arg(long, env = "HOSTLB_CONTROLLER_IMAGE", required_unless_present = "uninstall")]
+    pub controller_image: Option<String>,
+    /// How proxy pods turn on forwarding.
+    #[arg(long, env = "HOSTLB_FORWARDING_MODE", value_enum, default_value_t = ForwardingMode::InitContainer)]
+    pub forwarding_mode: ForwardingMode,
+    /// Which node addresses to publish.
+    #[arg(long, env = "HOSTLB_ADDRESS_TYPE", value_enum, default_value_t = AddressType::Auto)]
+    pub address_type: AddressType,
+    /// What of each serving node is published, unless a Service's hostlb.io/publish says
+    /// otherwise: its IP addresses, its hostname, or both (comma-separated).
+    #[arg(long, env = "HOSTLB_PUBLISH", value_enum, value_delimiter = ',', default_value = "ip")]
+    pub publish: Vec<AddressKind>,
+    /// At most this many nodes are published per Service unless its hostlb.io/max-nodes says
+    /// otherwise; 0 for all.
+    #[arg(long, env = "HOSTLB_MAX_NODES", default_value_t = 0)]
+    pub max_nodes: usize,
+    /// PriorityClass of proxy pods unless a Service names another. The install's own class
+    /// never preempts other pods.
+    #[arg(long, env = "HOSTLB_DEFAULT_PRIORITY_CLASS", default_value = "hostlb-proxy")]
+    pub default_priority_class: String,
+    /// PriorityClasses a Service may name in hostlb.io/priority-class, besides the default.
+    #[arg(long, env = "HOSTLB_ALLOWED_PRIORITY_CLASSES", value_delimiter = ',')]
+    pub allowed_priority_classes: Vec<String>,
+    /// Taint keys a Service's hostlb.io/tolerations may name.
+    #[arg(long, env = "HOSTLB_ALLOWED_TOLERATION_KEYS", value_delimiter = ',')]
+    pub allowed_toleration_keys: Vec<String>,
+    /// Namespaces whose Services may ask for any PriorityClass and toleration.
+    #[arg(long, env = "HOSTLB_TRUSTED_NAMESPACES", value_delimiter = ',')]
+    pub trusted_namespaces: Vec<String>,
+    /// Host ports no Service may claim (PORT or FIRST-LAST, comma-separated): the node's own
+    /// daemons listen there.
+    #[arg(long, env = "HOSTLB_DENIED_PORTS", value_delimiter = ',', value_parser = PortRange::parse,
+          default_value = port_policy::DEFAULT_DENIED_PORTS)]
+    pub denied_ports: Vec<PortRange>,
+    /// Host ports Services may claim even if denied or in the NodePort range.
+    #[arg(long, env = "HOSTLB_ALLOWED_PORTS", value_delimiter = ',', value_parser = PortRange::parse)]
+    pub allowed_ports: Vec<PortRange>,
+    /// The API server's --service-node-port-range: kube-proxy listens there, so Services may not.
+    #[arg(long, env = "HOSTLB_NODE_PORT_RANGE", value_parser = PortRange::parse,
+          default_value = port_policy::DEFAULT_NODE_PORT_RANGE)]
+    pub node_port_range: PortRange,
+    /// Seconds by which a kubelet may miss a renewal of its node Lease before the node leaves
+    /// every status (long before the node controller marks it NotReady); 0 to wait for NotReady.
+    #[arg(long, env = "HOSTLB_NODE_LEASE_GRACE_SECONDS", default_value_t = 10)]
+    pub node_lease_grace_seconds: u64,
+    /// Address of the /livez, /readyz and /metrics endpoints.
+    #[arg(long, env = "HOSTLB_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub http_address: SocketAddr,
+    #[arg(long, env = "HOSTLB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Names this replica in Events; the pod name is a good choice.
+    #[arg(long, env = "HOSTLB_INSTANCE")]
+    pub instance: Option<String>,
+    /// Seconds to wait for the watches to list their objects before exiting, so that the
+    /// kubelet restarts a replica that cannot see the cluster.
+    #[arg(long, env = "HOSTLB_SYNC_TIMEOUT_SECONDS", default_value_t = 120)]
+    pub sync_timeout_seconds: u64,
+    /// The Lease (in --namespace) whose holder leads; only the leader writes. Default:
+    /// `hostlb-controller` for the default class, one per install for the others.
+    #[arg(long, env = "HOSTLB_LEASE_NAME")]
+    pub lease_name: Option<String>,
+    /// How long the leader's claim stands without renewal: the longest a failover takes
+    /// when the leader dies without releasing the Lease.
+    #[arg(long, env = "HOSTLB_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// How long a leader that cannot renew its claim goes on leading; below the lease duration.
+    #[arg(long, env = "HOSTLB_LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    pub lease_renew_deadline_seconds: u64,
+    /// How often the Lease is read and renewed: the longest a failover takes after the leader
+    /// released the Lease on shutdown.
+    #[arg(long, env = "HOSTLB_LEASE_RETRY_PERIOD_SECONDS", default_value_t = 1)]
+    pub lease_retry_period_seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// Logs to standard output, in colour on a terminal; `RUST_LOG` filters, `info` by default.
+    pub fn init(self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
+        match self {
+            LogFormat::Text => subscriber.init(),
+            LogFormat::Json => subscriber.json().init(),
+        }
+    }
+}
+
+impl Args {
+    /// The settings these flags give, against an API server of version `server`.
+    pub fn settings(&self, server: &Info) -> Settings {
+        let mut kinds = self.publish.clone();
+        kinds.sort();
+        kinds.dedup();
+        Settings {
+            finalizer: names::finalizer_for(&self.load_balancer_class),
+            serve_unclassed: self.serve_unclassed,
+            addresses: AddressPolicy {
+                address_type: self.address_type,
+                kinds,
+                max_nodes: Some(self.max_nodes).filter(|max| *max > 0),
+            },
+            // ipMode is kept from 1.30 on, where the LoadBalancerIPMode feature is on by default.
+            server_has_ip_mode: version_at_least(&server.major, &server.minor, 30),
+            instance: self.instance.clone(),
+            node_lease_grace: Some(Duration::from_secs(self.node_lease_grace_seconds)).filter(|grace| !grace.is_zero()),
+            tenants: TenantPolicy {
+                priority_classes: self.allowed_priority_classes.clone(),
+                toleration_keys: self.allowed_toleration_keys.clone(),
+                trusted_namespaces: self.trusted_namespaces.clone(),
+            },
+            ports: PortPolicy {
+                denied: self.denied_ports.clone(),
+                allowed: self.allowed_ports.clone(),
+                node_ports: self.node_port_range,
+            },
+            proxy: ProxySettings {
+                namespace: self.namespace.clone(),
+                image: self.lb_image.clone().unwrap_or_default(),
+                image_pull_policy: self.lb_image_pull_policy.clone(),
+                forwarding: self.forwarding_mode,
+                default_priority_class: self.default_priority_class.clone(),
+                follower_image: self.controller_image.clone().unwrap_or_default(),
+                install_id: names::install_id(&self.load_balancer_class),
+            },
+            load_balancer_class: self.load_balancer_class.clone(),
+        }
+    }
+
+    pub fn lease_timing(&self) -> Result<LeaseTiming, String> {
+        LeaseTiming::new(
+            Duration::from_secs(self.lease_duration_seconds),
+            Duration::from_secs(self.lease_renew_deadline_seconds),
+            Duration::from_secs(self.lease_retry_period_seconds),
+        )
+    }
+
+    pub fn lease_name(&self) -> String {
+        self.lease_name.clone().unwrap_or_else(|| names::lease_name(&self.load_balancer_class))
+    }
+}
