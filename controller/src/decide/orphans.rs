@@ -6,7 +6,7 @@ use hostlb_model::names;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
-use crate::decide::Settings;
+use crate::decide::settings::Settings;
 
 /// Proxy objects that no Service will ever clean up: the Service of their UID is gone, or
 /// neither served nor holding the finalizer (someone removed it by hand). Left alone, they
