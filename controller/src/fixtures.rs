@@ -65,6 +65,6 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
     listed(pods).iter().for_each(|e| drop(index.apply_proxy_pod(e)));
     listed(daemonsets).iter().for_each(|e| drop(index.apply_daemonset(e)));
     listed::<Event>(&[]).iter().for_each(|e| drop(index.apply_creation_failure(e)));
-    listed::<Lease>(&[]).iter().for_each(|e| drop(index.apply_node_lease(e)));
+    listed::<Lease>(&[]).iter().for_each(|e| index.apply_node_lease(e, std::time::Instant::now()));
     index
 }

@@ -7,7 +7,12 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
 /// node before maintenance, and its address should leave the status first.
 pub fn node_can_serve(node: &Node) -> bool {
     let schedulable = !node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    schedulable && condition_true(node.status.as_ref().and_then(|s| s.conditions.as_ref()), "Ready")
+    schedulable && node_is_ready(node)
+}
+
+/// Whether the node's Ready condition is True.
+pub fn node_is_ready(node: &Node) -> bool {
+    condition_true(node.status.as_ref().and_then(|s| s.conditions.as_ref()), "Ready")
 }
 
 /// The node the pod is bound to, if any yet.

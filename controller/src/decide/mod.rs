@@ -193,6 +193,11 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         serving.hold = Some(Duration::from_millis(u64::try_from(millis).unwrap_or_default()));
         return serving;
     }
+    // Most nodes failing at once is more likely a control plane that was away: nothing is
+    // withdrawn until they look up again, when their changes bring the next look.
+    if index.disrupted() && !adds_only {
+        return serving;
+    }
     serving.condition = condition::differs(service, &ready).then_some(ready);
     if service.needs_update(&publication.addresses, serving.ip_mode) {
         serving.publish = Some(publication.addresses);
@@ -744,5 +749,30 @@ mod tests {
         let applied = Applied { generation: 3, config_hash: config_hash_of(&desired).unwrap().into() };
         assert!(!needs_apply(Some(kept), &desired, Some(&applied)));
         assert!(needs_apply(Some(kept), &desired, None), "a replica that has not applied it yet applies it once");
+    }
+
+    #[test]
+    fn while_most_nodes_look_down_at_once_nothing_is_withdrawn_and_additions_go_on() {
+        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let existing = desired_for(&service);
+        let down = |name: &str, ip: &str| NodeBuilder::new(name).internal(ip).not_ready().build();
+        let nodes =
+            [NodeBuilder::new("n1").internal("10.0.0.1").build(), down("n2", "10.0.0.2"), down("n3", "10.0.0.3")];
+        let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true), proxy_pod("p3", "n3", true)];
+        let all_three = published(service.clone(), &["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        let index = index_of(std::slice::from_ref(&all_three), &nodes, &pods, std::slice::from_ref(&existing));
+        let serving = served(&all_three, &index, Some(&existing));
+        assert!(serving.publish.is_none() && serving.condition.is_none(), "nothing withdrawn: {serving:?}");
+
+        let none_yet = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&existing));
+        assert_eq!(served(&service, &none_yet, Some(&existing)).publish, Some(ips(&["10.0.0.1"])), "adding goes on");
+
+        let one_down = [nodes[0].clone(), nodes[1].clone()];
+        let index = index_of(std::slice::from_ref(&all_three), &one_down, &pods, std::slice::from_ref(&existing));
+        assert_eq!(
+            served(&all_three, &index, Some(&existing)).publish,
+            Some(ips(&["10.0.0.1"])),
+            "one of two is no disruption"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! Services it concerns (`state::triggers`). Also the clock that judges node Leases, and
 //! readiness: every watch has listed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -11,12 +12,11 @@ use hostlb_model::names;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Service};
-use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::decide::{claim, Settings};
 use crate::error::{Error, Result};
@@ -79,7 +79,7 @@ pub fn watch(client: &Client, settings: &Settings) -> (Watched, impl Stream<Item
             &index,
             |index, event| {
                 // Lease renewals change nothing by themselves: the clock judges them.
-                index.apply_node_lease(event);
+                index.apply_node_lease(event, Instant::now());
                 Vec::new()
             },
         );
@@ -133,15 +133,27 @@ fn lease_liveness(
         interval.tick().await;
         Some((Tick::Clock, interval))
     });
+    let was_disrupted = AtomicBool::new(false);
     stream::select(watched, clock).flat_map(move |tick| {
         let changes: Vec<Result<Arc<Node>, watcher::Error>> = match tick {
             Tick::Watched(Ok(())) => Vec::new(),
-            Tick::Watched(Err(error)) => vec![Err(error)],
+            Tick::Watched(Err(error)) => {
+                index.write().expect("index lock").lease_watch_failed();
+                vec![Err(error)]
+            }
             Tick::Clock => {
                 let mut index = index.write().expect("index lock");
-                let flipped = index.judge_leases(Timestamp::now(), grace);
+                let flipped = index.judge_leases(Instant::now(), grace);
                 for node in &flipped {
                     info!(node = %node.name_any(), serves = index.serves(node), "node Lease renewal judged anew");
+                }
+                let disrupted = index.disrupted();
+                if disrupted != was_disrupted.swap(disrupted, Ordering::Relaxed) {
+                    if disrupted {
+                        warn!("more than half the nodes look down at once: no address is withdrawn meanwhile");
+                    } else {
+                        info!("most nodes look up again: addresses follow the nodes again");
+                    }
                 }
                 flipped.into_iter().map(Ok).collect()
             }

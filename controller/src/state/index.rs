@@ -6,18 +6,17 @@
 //! changed once committed, for `triggers`. Pure: the watches hand it their events; nothing
 //! here talks to the API server.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hostlb_model::names;
 use hostlb_model::options::ServiceLb;
-use hostlb_model::readiness::node_can_serve;
+use hostlb_model::readiness::{node_can_serve, node_is_ready};
 use hostlb_proxy_spec::Protocol;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
-use k8s_openapi::jiff::Timestamp;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
@@ -61,31 +60,63 @@ pub struct Index {
     pub claims: Section<Claim, PortKey>,
     /// The DaemonSet controller's FailedCreate Events, grouped by DaemonSet name.
     pub creation_failures: Section<Arc<Event>, String>,
-    /// When each node's kubelet last renewed its Lease, under the Lease's key.
+    /// Each node's Lease as last seen, under the Lease's key.
     pub node_leases: Section<Renewal, ()>,
+    /// When this process saw each Lease renewed, by the Lease's key.
+    renewals_seen: HashMap<String, Instant>,
+    /// Whether the Lease watch has delivered since its last error.
+    lease_watch_healthy: bool,
     /// Nodes whose Lease was stale when the clock was last read (`judge_leases`).
     stale_nodes: BTreeSet<String>,
 }
 
 impl Index {
-    pub fn apply_node_lease(&mut self, event: &watcher::Event<Lease>) -> Vec<Change<Renewal>> {
-        self.node_leases.apply(event, |lease| Some((Renewal::of(lease)?, Vec::new())))
+    /// Applies a Lease event seen at `now`: a renewal counts from when it is seen, and after a
+    /// relist every Lease counts as renewed now, since what happened while the watch was away
+    /// is unknown.
+    pub fn apply_node_lease(&mut self, event: &watcher::Event<Lease>, now: Instant) {
+        for change in self.node_leases.apply(event, |lease| Some((Renewal::of(lease)?, Vec::new()))) {
+            match change.after {
+                Some(_) => self.renewals_seen.insert(change.key, now),
+                None => self.renewals_seen.remove(&change.key),
+            };
+        }
+        if matches!(event, watcher::Event::InitDone) {
+            self.renewals_seen = self.node_leases.entries().map(|(key, _)| (key.clone(), now)).collect();
+        }
+        if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+            self.lease_watch_healthy = true;
+        }
+    }
+
+    /// The Lease watch failed: no Lease is judged stale until it delivers again.
+    pub fn lease_watch_failed(&mut self) {
+        self.lease_watch_healthy = false;
     }
 
     /// Judges every node's Lease at `now`, allowing `grace` past a missed renewal (`None`: leave
-    /// it to the node's Ready condition); returns the nodes that went stale or came back.
-    pub fn judge_leases(&mut self, now: Timestamp, grace: Option<Duration>) -> Vec<Arc<Node>> {
-        let stale: BTreeSet<String> = match grace {
+    /// it to the node's Ready condition); returns the nodes that went stale or came back. No
+    /// node goes stale while the Lease watch is failing, nor while more than half the nodes
+    /// would at once: that is more likely this controller's own blindness (a watch stalled, an
+    /// API server away) than most kubelets stopping together. Nodes may come back at any time.
+    pub fn judge_leases(&mut self, now: Instant, grace: Option<Duration>) -> Vec<Arc<Node>> {
+        let mut stale: BTreeSet<String> = match grace {
             Some(grace) => self
                 .node_leases
                 .entries()
-                .filter(|(_, renewal)| renewal.is_stale(now, grace))
+                .filter(|(key, renewal)| {
+                    self.renewals_seen.get(*key).is_some_and(|seen| renewal.is_stale(*seen, now, grace))
+                })
                 .filter_map(|(key, _)| {
                     Some(key.strip_prefix(NODE_LEASE_NAMESPACE)?.trim_start_matches('/').to_string())
                 })
                 .collect(),
             None => BTreeSet::new(),
         };
+        let leases = self.node_leases.values().count();
+        if !self.lease_watch_healthy || stale.len() * 2 > leases {
+            stale.retain(|node| self.stale_nodes.contains(node));
+        }
         let flipped: Vec<Arc<Node>> =
             stale.symmetric_difference(&self.stale_nodes).filter_map(|name| self.nodes.get(name).cloned()).collect();
         self.stale_nodes = stale;
@@ -95,6 +126,18 @@ impl Index {
     /// Whether the node can carry traffic: Ready, not cordoned, and its kubelet renewing its Lease.
     pub fn serves(&self, node: &Node) -> bool {
         node_can_serve(node) && node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
+    }
+
+    /// Whether more than half the nodes look unhealthy at once (not Ready, or their kubelet
+    /// silent): then decisions withdraw no address, as that is more likely a control plane
+    /// that was away than most nodes failing together.
+    pub fn disrupted(&self) -> bool {
+        let nodes = self.nodes.values().count();
+        let healthy = |node: &Node| {
+            node_is_ready(node) && node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
+        };
+        let unhealthy = self.nodes.values().filter(|node| !healthy(node)).count();
+        unhealthy * 2 > nodes
     }
 
     /// The node, if it `serves`.
@@ -194,36 +237,107 @@ mod tests {
             "spec": {
                 "holderIdentity": node,
                 "leaseDurationSeconds": 40,
-                "renewTime": Timestamp::from_second(renewed_at_second).unwrap().to_string(),
+                "renewTime": k8s_openapi::jiff::Timestamp::from_second(renewed_at_second).unwrap().to_string(),
             }
         }))
         .unwrap()
     }
 
+    fn names(flipped: Vec<Arc<Node>>) -> Vec<String> {
+        flipped.iter().map(|n| n.name_any()).collect()
+    }
+
+    /// An index of `nodes`, each with a Lease seen renewed at `start`.
+    fn with_leases(nodes: &[&str], start: Instant) -> Index {
+        let nodes: Vec<Node> = nodes.iter().map(|name| NodeBuilder::new(name).build()).collect();
+        let mut index = index_of(&[], &nodes, &[], &[]);
+        let leases: Vec<Lease> = nodes.iter().map(|node| node_lease(&node.name_any(), 1_000)).collect();
+        relist(&leases).iter().for_each(|event| index.apply_node_lease(event, start));
+        index
+    }
+
+    fn relist<K: Clone>(objects: &[K]) -> Vec<watcher::Event<K>> {
+        let mut events = vec![watcher::Event::Init];
+        events.extend(objects.iter().cloned().map(watcher::Event::InitApply));
+        events.push(watcher::Event::InitDone);
+        events
+    }
+
     #[test]
     fn nodes_whose_lease_goes_stale_stop_serving_and_are_reported_once_each_way() {
-        let nodes = [NodeBuilder::new("n1").build(), NodeBuilder::new("n2").build()];
-        let mut index = index_of(&[], &nodes, &[], &[]);
-        for lease in [node_lease("n1", 1_000), node_lease("n2", 1_015)] {
-            index.apply_node_lease(&watcher::Event::Apply(lease));
-        }
-        let at = |second| Timestamp::from_second(second).unwrap();
-        let names = |flipped: Vec<Arc<Node>>| flipped.iter().map(|n| n.name_any()).collect::<Vec<_>>();
-        assert!(index.judge_leases(at(1_020), GRACE).is_empty(), "10 s renewal interval plus 10 s grace");
-        assert_eq!(names(index.judge_leases(at(1_021), GRACE)), ["n1"]);
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut index = with_leases(&["n1", "n2"], start);
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_015)), at(15));
+        assert!(index.judge_leases(at(20), GRACE).is_empty(), "10 s renewal interval plus 10 s grace");
+        assert_eq!(names(index.judge_leases(at(21), GRACE)), ["n1"]);
         assert!(index.serving_node("n1").is_none() && index.serving_node("n2").is_some());
-        assert!(index.judge_leases(at(1_022), GRACE).is_empty(), "reported once");
-        index.apply_node_lease(&watcher::Event::Apply(node_lease("n1", 1_022)));
-        assert_eq!(names(index.judge_leases(at(1_036), GRACE)), ["n1", "n2"], "n1 is back, n2 went stale");
-        assert!(index.serves(&nodes[0]) && !index.serves(&nodes[1]));
+        assert!(index.judge_leases(at(22), GRACE).is_empty(), "reported once");
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n1", 1_022)), at(22));
+        assert_eq!(names(index.judge_leases(at(36), GRACE)), ["n1", "n2"], "n1 is back, n2 went stale");
+        assert!(index.serving_node("n1").is_some() && index.serving_node("n2").is_none());
+    }
+
+    #[test]
+    fn renewals_count_from_when_they_are_seen_not_from_the_kubelets_clock() {
+        let start = Instant::now();
+        let mut index = with_leases(&["n1", "n2"], start);
+        let written_long_ago = node_lease("n1", 10);
+        index.apply_node_lease(&watcher::Event::Apply(written_long_ago), start + Duration::from_secs(5));
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_020)), start + Duration::from_secs(20));
+        assert!(index.judge_leases(start + Duration::from_secs(25), GRACE).is_empty(), "seen at 5 s: fresh at 25 s");
+        assert_eq!(names(index.judge_leases(start + Duration::from_secs(26), GRACE)), ["n1"]);
+    }
+
+    #[test]
+    fn when_most_nodes_fall_silent_at_once_none_goes_stale_and_a_relist_starts_the_count_again() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut index = with_leases(&["n1", "n2", "n3"], start);
+        for (node, second) in [("n2", 15), ("n3", 15)] {
+            index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_000 + second as i64)), at(second));
+        }
+        assert_eq!(names(index.judge_leases(at(21), GRACE)), ["n1"], "one of three: it died");
+        assert!(!index.disrupted());
+        // The watch stalls: every Lease falls silent.
+        assert!(index.judge_leases(at(60), GRACE).is_empty(), "two more of three at once: not believed");
+        assert!(index.serving_node("n2").is_some() && index.serving_node("n1").is_none());
+        // It comes back with a relist: what happened meanwhile is unknown, so the count restarts.
+        let leases = [node_lease("n1", 1_000), node_lease("n2", 1_055), node_lease("n3", 1_055)];
+        relist(&leases).iter().for_each(|event| index.apply_node_lease(event, at(61)));
+        assert_eq!(names(index.judge_leases(at(62), GRACE)), ["n1"], "n1 counts as renewed at the relist");
+        for node in ["n2", "n3"] {
+            index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_075)), at(75));
+        }
+        assert_eq!(names(index.judge_leases(at(82), GRACE)), ["n1"], "and is judged again 20 s on");
+    }
+
+    #[test]
+    fn while_the_lease_watch_fails_no_node_goes_stale() {
+        let start = Instant::now();
+        let mut index = with_leases(&["n1", "n2"], start);
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_015)), start + Duration::from_secs(15));
+        index.lease_watch_failed();
+        assert!(index.judge_leases(start + Duration::from_secs(30), GRACE).is_empty());
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_030)), start + Duration::from_secs(30));
+        assert_eq!(names(index.judge_leases(start + Duration::from_secs(31), GRACE)), ["n1"], "delivering again");
+    }
+
+    #[test]
+    fn most_nodes_not_ready_at_once_is_a_disruption_and_one_of_two_is_not() {
+        let ready = NodeBuilder::new("n1").build();
+        let not_ready = |name: &str| NodeBuilder::new(name).not_ready().build();
+        assert!(!index_of(&[], &[ready.clone(), not_ready("n2")], &[], &[]).disrupted());
+        assert!(index_of(&[], &[ready.clone(), not_ready("n2"), not_ready("n3")], &[], &[]).disrupted());
+        let cordoned = NodeBuilder::new("n2").unschedulable().build();
+        assert!(!index_of(&[], &[ready, cordoned], &[], &[]).disrupted(), "a cordon is no failure");
     }
 
     #[test]
     fn without_a_grace_leases_are_not_judged() {
-        let mut index = Index::default();
-        index.apply_node(&watcher::Event::Apply(NodeBuilder::new("n1").build()));
-        index.apply_node_lease(&watcher::Event::Apply(node_lease("n1", 1_000)));
-        assert!(index.judge_leases(Timestamp::from_second(5_000).unwrap(), None).is_empty());
+        let start = Instant::now();
+        let mut index = with_leases(&["n1"], start);
+        assert!(index.judge_leases(start + Duration::from_secs(5_000), None).is_empty());
         assert!(index.serving_node("n1").is_some());
     }
 

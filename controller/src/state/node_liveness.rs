@@ -1,8 +1,10 @@
 //! Fast failover: a node whose kubelet stopped renewing its Lease (`kube-node-lease`) leaves
 //! every status long before the node controller marks it NotReady (about 40 s by default).
+//! A renewal is timed by when this controller saw it, on its own monotonic clock, not by the
+//! `renewTime` the kubelet wrote: silence from a watch that is away is no news of the node.
 //! Pure: the watches bring the Leases and the clock.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
@@ -13,7 +15,8 @@ pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 /// kubelet renews its Lease every quarter of the Lease's duration (10 s of the default 40 s).
 const RENEWALS_PER_DURATION: u64 = 4;
 
-/// When a node's kubelet last renewed its Lease, and how often it does.
+/// A node's Lease as last seen: its renewal time (which changes with each renewal) and how
+/// often the kubelet renews it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Renewal {
     pub renewed: Timestamp,
@@ -30,11 +33,10 @@ impl Renewal {
         Some(Renewal { renewed, interval: Duration::from_secs(duration) / RENEWALS_PER_DURATION as u32 })
     }
 
-    /// Whether the kubelet missed its renewal by more than `grace`. A renewal from the future
-    /// (clocks apart) counts as fresh.
-    pub fn is_stale(&self, now: Timestamp, grace: Duration) -> bool {
-        let since = now.as_millisecond().saturating_sub(self.renewed.as_millisecond());
-        u128::try_from(since).is_ok_and(|since| since > (self.interval + grace).as_millis())
+    /// Whether the kubelet missed its renewal by more than `grace`, the last renewal having
+    /// been seen at `seen`.
+    pub fn is_stale(&self, seen: Instant, now: Instant, grace: Duration) -> bool {
+        now.saturating_duration_since(seen) > self.interval + grace
     }
 }
 
@@ -56,19 +58,16 @@ mod tests {
         }
     }
 
-    fn at(second: i64) -> Timestamp {
-        Timestamp::from_second(second).unwrap()
-    }
-
     #[test]
-    fn a_lease_is_stale_once_a_renewal_is_missed_by_more_than_the_grace() {
+    fn a_lease_is_stale_once_a_renewal_is_missed_by_more_than_the_grace_after_it_was_seen() {
         let renewal = Renewal::of(&lease(Some(1_000), Some(40))).unwrap();
         assert_eq!(renewal.interval, Duration::from_secs(10));
-        let grace = Duration::from_secs(10);
-        assert!(!renewal.is_stale(at(1_000), grace));
-        assert!(!renewal.is_stale(at(1_020), grace), "10 s interval + 10 s grace");
-        assert!(renewal.is_stale(at(1_021), grace));
-        assert!(!renewal.is_stale(at(990), grace), "renewed in the future: clocks apart, not stale");
+        let (grace, seen) = (Duration::from_secs(10), Instant::now());
+        let at = |seconds: u64| seen + Duration::from_secs(seconds);
+        assert!(!renewal.is_stale(seen, at(0), grace));
+        assert!(!renewal.is_stale(seen, at(20), grace), "10 s interval + 10 s grace");
+        assert!(renewal.is_stale(seen, at(21), grace));
+        assert!(!renewal.is_stale(at(5), seen, grace), "seen after now: not stale");
     }
 
     #[test]
