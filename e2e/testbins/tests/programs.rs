@@ -10,18 +10,42 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-fn terminate(child: &mut Child) -> ExitStatus {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal our own child");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
+/// A program under test, killed and reaped when dropped, also by a test that panics: left
+/// running, it would keep the test run's output pipe open, and whoever reads it would wait forever.
+struct Running {
+    child: Child,
+}
+
+impl Running {
+    fn start(command: &mut Command) -> Running {
+        let child = command.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        Running { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and returns the exit status, which must come within 5 s.
+    fn terminate(&mut self) -> ExitStatus {
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM).expect("signal our own child");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit within 5 s of SIGTERM");
+            thread::sleep(Duration::from_millis(20));
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("no exit within 5 s of SIGTERM");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -60,24 +84,24 @@ fn connect_within(port: u16, timeout: Duration) -> TcpStream {
 
 #[test]
 fn pause_exits_zero_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pause")).stdin(Stdio::null()).spawn().expect("spawn pause");
-    wait_until_waiting_for_signals(child.id());
-    assert!(terminate(&mut child).success());
+    let mut pause = Running::start(&mut Command::new(env!("CARGO_BIN_EXE_pause")));
+    wait_until_waiting_for_signals(pause.pid());
+    assert!(pause.terminate().success());
 }
 
 #[test]
 fn echo_server_answers_http_and_udp_then_exits_zero_on_sigterm() {
     let (http_port, udp_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_echo-server"))
-        .env("ECHO_HTTP_PORT", http_port.to_string())
-        .env("ECHO_UDP_PORT", udp_port.to_string())
-        .env("POD_NAME", "echo-1")
-        .env("NODE_NAME", "node-2")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn echo-server");
+    let mut echo_server = Running::start(
+        Command::new(env!("CARGO_BIN_EXE_echo-server"))
+            .env("ECHO_HTTP_PORT", http_port.to_string())
+            .env("ECHO_UDP_PORT", udp_port.to_string())
+            .env("POD_NAME", "echo-1")
+            .env("NODE_NAME", "node-2"),
+    );
 
     let mut stream = connect_within(http_port, Duration::from_secs(5));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let client_port = stream.local_addr().unwrap().port();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n").unwrap();
     let mut answer = String::new();
@@ -95,5 +119,5 @@ fn echo_server_answers_http_and_udp_then_exits_zero_on_sigterm() {
         format!("pod=echo-1 node=node-2 client=127.0.0.1:{udp_client_port}\n")
     );
 
-    assert!(terminate(&mut child).success());
+    assert!(echo_server.terminate().success());
 }
