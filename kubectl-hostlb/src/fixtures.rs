@@ -1,11 +1,15 @@
-//! Synthetic objects for the tests, written as the API server would return them.
+//! Synthetic objects for the tests: Services and nodes from the model's builders; proxy
+//! DaemonSets, pods and Events written as the API server would return them.
 
+use hostlb_model::address::Address;
+use hostlb_model::fixtures::{NodeBuilder, ServiceBuilder};
 use hostlb_model::names;
+use hostlb_model::service::ingress;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, PodSpec, Service};
 use serde_json::{json, Value};
 
-pub const UID: &str = "uid-web";
+pub use hostlb_model::fixtures::UID;
 
 fn object<T: serde::de::DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("a valid object")
@@ -23,32 +27,25 @@ pub fn template(spec: Value) -> PodSpec {
     object(merged(json!({ "containers": [] }), spec))
 }
 
+/// A Ready node with exactly these labels and this spec.
 pub fn node(name: &str, labels: Value, spec: Value) -> Node {
-    object(json!({
-        "metadata": { "name": name, "labels": labels },
-        "spec": spec,
-        "status": {
-            "conditions": [{ "type": "Ready", "status": "True" }],
-            "addresses": [{ "type": "InternalIP", "address": "10.0.0.1" }]
-        }
-    }))
+    let mut node = NodeBuilder::new(name).build();
+    node.metadata.labels = object(labels);
+    node.spec = object(spec);
+    node
 }
 
 pub fn ready_node(name: &str) -> Node {
-    node(name, json!({ "kubernetes.io/os": "linux" }), json!({}))
+    NodeBuilder::new(name).build()
 }
 
 /// A LoadBalancer Service in namespace `shop` with these ports (`[port, "TCP"]`) that publishes
 /// these addresses.
 pub fn service(name: &str, uid: &str, ports: &[(i32, &str)], published: &[&str]) -> Service {
-    let ports: Vec<Value> =
-        ports.iter().map(|(port, protocol)| json!({ "port": port, "protocol": protocol })).collect();
-    let ingress: Vec<Value> = published.iter().map(|ip| json!({ "ip": ip })).collect();
-    object(json!({
-        "metadata": { "name": name, "namespace": "shop", "uid": uid },
-        "spec": { "type": "LoadBalancer", "ports": ports },
-        "status": { "loadBalancer": { "ingress": ingress } }
-    }))
+    let builder =
+        ports.iter().fold(ServiceBuilder::new(name).uid(uid), |b, (port, protocol)| b.port(protocol, *port, 0));
+    let published: Vec<Address> = published.iter().map(|ip| Address::Ip(ip.parse().expect("an IP"))).collect();
+    builder.ingress(ingress(&published, None)).build()
 }
 
 fn service_labels(service: &str, uid: &str) -> Value {

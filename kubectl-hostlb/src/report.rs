@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 
 use hostlb_model::names;
-use hostlb_model::options::is_handled;
-use hostlb_model::readiness::{node_can_serve, pod_is_ready, pod_node};
-use hostlb_model::service::published_addresses;
+use hostlb_model::readiness::{failure_of, node_can_serve, pod_is_ready, pod_node, start_up_of, unschedulable_message};
+use hostlb_model::service::ServiceView;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ContainerPort, ContainerStatus, Event, Node, Pod, PodSpec, Service};
+use k8s_openapi::api::core::v1::{ContainerPort, Event, Node, Pod, PodSpec, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::{Serialize, Serializer};
@@ -133,42 +132,35 @@ pub fn report(observed: &Observed) -> Report {
     let mut services: Vec<ServiceReport> = observed
         .services
         .iter()
+        .map(ServiceView::of)
+        .filter(|service| !service.uid.is_empty())
         .filter_map(|service| {
-            let uid = service.metadata.uid.as_deref()?;
-            let daemonset = observed.daemonsets.iter().find(|ds| serves(ds.labels(), uid));
-            let ours = is_handled(service, names::DEFAULT_LOAD_BALANCER_CLASS, true)
-                || (daemonset.is_some() && is_load_balancer(service));
-            ours.then(|| service_report(service, uid, daemonset, observed))
+            let daemonset = observed.daemonsets.iter().find(|ds| serves(ds.labels(), &service.uid));
+            let ours = service.is_handled(names::DEFAULT_LOAD_BALANCER_CLASS, true)
+                || (daemonset.is_some() && service.is_load_balancer);
+            ours.then(|| service_report(service, daemonset, observed))
         })
         .collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Report { services }
 }
 
-fn is_load_balancer(service: &Service) -> bool {
-    service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
-}
-
 fn serves(labels: &BTreeMap<String, String>, uid: &str) -> bool {
     labels.get(names::LABEL_SERVICE_UID).is_some_and(|label| label == uid)
 }
 
-fn service_report(service: &Service, uid: &str, daemonset: Option<&DaemonSet>, observed: &Observed) -> ServiceReport {
+fn service_report(service: ServiceView, daemonset: Option<&DaemonSet>, observed: &Observed) -> ServiceReport {
+    let uid = service.uid.as_str();
     let template = daemonset.and_then(|ds| ds.spec.as_ref()).and_then(|s| s.template.spec.as_ref());
     let claimed = template.map(host_ports).unwrap_or_default();
     let ports = service
-        .spec
+        .ports
         .iter()
-        .flat_map(|spec| spec.ports.iter().flatten())
-        .map(|port| {
-            let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".into());
-            PortReport { port: port.port, claimed: claimed.contains(&(port.port, protocol.clone())), protocol }
-        })
+        .map(|port| PortReport { port: port.0, protocol: port.1.clone(), claimed: claimed.contains(port) })
         .collect();
     let pods: Vec<&Pod> = observed.pods.iter().filter(|pod| serves(pod.labels(), uid)).collect();
-    let local = service.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
     let mut nodes: Vec<NodeReport> =
-        observed.nodes.iter().map(|node| node_report(node, template, &pods, local)).collect();
+        observed.nodes.iter().map(|node| node_report(node, template, &pods, service.parsed.local)).collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let conflicts = nodes
         .iter()
@@ -176,14 +168,14 @@ fn service_report(service: &Service, uid: &str, daemonset: Option<&DaemonSet>, o
         .flat_map(|node| holders(&node.name, uid, &claimed, &observed.pods))
         .collect();
     ServiceReport {
-        namespace: service.namespace().unwrap_or_default(),
-        name: service.name_any(),
-        addresses: published_addresses(service).iter().map(ToString::to_string).collect(),
+        addresses: service.published.addresses.iter().map(ToString::to_string).collect(),
         ports,
         daemon_set: daemonset.map(|ds| ds.name_any()),
         nodes,
         conflicts,
         warnings: latest_warnings(uid, &observed.warnings),
+        namespace: service.namespace,
+        name: service.name,
     }
 }
 
@@ -261,48 +253,17 @@ fn node_state(node: &Node, template: Option<&PodSpec>, pod: Option<&Pod>, local:
 /// Why a proxy pod on an eligible node is not Ready.
 fn pod_trouble(pod: &Pod, local: bool) -> (NodeState, Option<String>) {
     if pod.metadata.deletion_timestamp.is_some() {
-        return (NodeState::Terminating, None);
-    }
-    let status = pod.status.clone().unwrap_or_default();
-    if status.phase.as_deref() == Some("Failed") {
-        let reason = status.reason.as_deref().unwrap_or("Failed");
-        return (NodeState::Failing, Some(with_message(reason, status.message.as_deref())));
-    }
-    let conditions = status.conditions.iter().flatten();
-    if let Some(unscheduled) = conditions.clone().find(|c| c.type_ == "PodScheduled" && c.status == "False") {
-        let reason = unscheduled.reason.as_deref().unwrap_or("Unschedulable");
-        return (NodeState::Unschedulable, Some(with_message(reason, unscheduled.message.as_deref())));
-    }
-    let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
-    if let Some((container, reason)) = containers.filter_map(|c| Some((c, waiting_reason(c)?))).next() {
-        let state = if ["ContainerCreating", "PodInitializing"].contains(&reason) {
-            NodeState::Starting
-        } else {
-            NodeState::Failing
-        };
-        return (state, Some(format!("container {}: {}", container.name, waiting_detail(container, reason))));
-    }
-    let why = if local { "not Ready: no ready endpoint of the Service on this node" } else { "not Ready" };
-    (NodeState::NotReady, Some(why.into()))
-}
-
-fn waiting_reason(container: &ContainerStatus) -> Option<&str> {
-    container.state.as_ref()?.waiting.as_ref()?.reason.as_deref()
-}
-
-fn waiting_detail(container: &ContainerStatus, reason: &str) -> String {
-    let message = container.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.message.as_deref());
-    let last_exit = container.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(|exit| {
-        let said = exit.message.as_deref().or(exit.reason.as_deref()).unwrap_or("no message");
-        format!("; last exit {}: {}", exit.exit_code, said.trim())
-    });
-    format!("{}{}", with_message(reason, message), last_exit.unwrap_or_default())
-}
-
-fn with_message(reason: &str, message: Option<&str>) -> String {
-    match message.map(str::trim).filter(|m| !m.is_empty()) {
-        Some(message) => format!("{reason}: {message}"),
-        None => reason.into(),
+        (NodeState::Terminating, None)
+    } else if let Some(failure) = failure_of(pod) {
+        (NodeState::Failing, Some(failure))
+    } else if let Some(message) = unschedulable_message(pod) {
+        (NodeState::Unschedulable, Some(format!("Unschedulable: {message}")))
+    } else if let Some(waiting) = start_up_of(pod) {
+        (NodeState::Starting, Some(waiting))
+    } else if local {
+        (NodeState::NotReady, Some("not Ready: no ready endpoint of the Service on this node".into()))
+    } else {
+        (NodeState::NotReady, Some("not Ready".into()))
     }
 }
 

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus, Service,
-    ServicePort, ServiceSpec,
+    LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition,
+    PodSpec, PodStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -97,6 +97,15 @@ impl ServiceBuilder {
 
     pub fn annotation(mut self, key: &str, value: &str) -> Self {
         self.service.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
+        self
+    }
+
+    /// The Service as if these entries were published (see `service::ingress`).
+    pub fn ingress(mut self, ingress: Vec<LoadBalancerIngress>) -> Self {
+        self.service.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus { ingress: Some(ingress) }),
+            ..Default::default()
+        });
         self
     }
 

@@ -91,6 +91,9 @@ pub struct Parsed {
     pub addresses: AddressOptions,
     /// The `ipMode` asked for, when it can be read.
     pub ip_mode: Option<IpMode>,
+    /// `externalTrafficPolicy: Local`, read on its own too: the proxies of a Service with an
+    /// invalid option are left as they were, still sending to local endpoints.
+    pub local: bool,
 }
 
 pub fn parse(service: &Service) -> Parsed {
@@ -165,7 +168,7 @@ pub fn parse(service: &Service) -> Parsed {
     } else {
         Err(errors)
     };
-    Parsed { options, declared_families, addresses, ip_mode }
+    Parsed { options, declared_families, addresses, ip_mode, local }
 }
 
 /// What a Service asks of its addresses; unset means the controller's defaults.
@@ -447,6 +450,15 @@ mod tests {
         );
         let https = NamedPort { protocol: Protocol::Tcp, listen: 443, name: "https".into() };
         assert_eq!(lb.destination, Destination::NodeLocal { health_check_node_port: 32000, port_names: vec![https] });
+    }
+
+    #[test]
+    fn local_policy_is_read_while_another_option_is_wrong() {
+        let service = ServiceBuilder::new("web").local(32000).annotation(names::ANNOTATION_TOLERATIONS, "{").build();
+        let parsed = parse(&service);
+        assert!(parsed.options.is_err());
+        assert!(parsed.local);
+        assert!(!parse(&ServiceBuilder::new("web").build()).local);
     }
 
     #[test]

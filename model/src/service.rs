@@ -1,8 +1,9 @@
 //! A Service as hostlb reads it, parsed once: who it is, whether it is being deleted, its
-//! options (`options::parse`), its NodePorts, and what hostlb has published on it (addresses
-//! and condition). Decisions read this view, never the raw object; `ingress` is the way back.
+//! options (`options::parse`), its ports and NodePorts, and what hostlb has published on it
+//! (addresses and condition). Decisions read this view, never the raw object; `ingress` is the
+//! way back.
 
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::address::{Address, IpMode};
@@ -22,6 +23,8 @@ pub struct ServiceView {
     pub deleting: bool,
     pub finalizers: Vec<String>,
     pub parsed: Parsed,
+    /// Every port with its protocol as the Service declares it, valid or not.
+    pub ports: Vec<(i32, String)>,
     /// `PORT/PROTOCOL` of every NodePort the Service has.
     pub node_ports: Vec<String>,
     pub published: Published,
@@ -46,11 +49,8 @@ impl ServiceView {
         let spec = service.spec.as_ref();
         let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
         let ingress = ingress.map_or(&[][..], Vec::as_slice);
-        let node_ports = spec
-            .and_then(|spec| spec.ports.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|port| Some(format!("{}/{}", port.node_port?, port.protocol.as_deref().unwrap_or("TCP"))));
+        let ports = spec.and_then(|spec| spec.ports.as_deref()).unwrap_or_default();
+        let protocol = |port: &ServicePort| port.protocol.clone().unwrap_or_else(|| "TCP".into());
         let conditions = service.status.as_ref().and_then(|status| status.conditions.as_ref());
         ServiceView {
             namespace: meta.namespace.clone().unwrap_or_default(),
@@ -62,7 +62,11 @@ impl ServiceView {
             deleting: meta.deletion_timestamp.is_some(),
             finalizers: meta.finalizers.clone().unwrap_or_default(),
             parsed: options::parse(service),
-            node_ports: node_ports.collect(),
+            ports: ports.iter().map(|port| (port.port, protocol(port))).collect(),
+            node_ports: ports
+                .iter()
+                .filter_map(|port| Some(format!("{}/{}", port.node_port?, protocol(port))))
+                .collect(),
             published: Published {
                 addresses: ingress.iter().filter_map(entry_address).collect(),
                 entries: ingress.len(),
@@ -106,12 +110,6 @@ impl ServiceView {
     }
 }
 
-/// The addresses a Service publishes now, in order.
-pub fn published_addresses(service: &Service) -> Vec<Address> {
-    let ingress = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-    ingress.into_iter().flatten().filter_map(entry_address).collect()
-}
-
 fn entry_address(entry: &LoadBalancerIngress) -> Option<Address> {
     match (&entry.ip, &entry.hostname) {
         (Some(ip), _) => ip.parse().ok().map(Address::Ip),
@@ -138,19 +136,13 @@ pub fn ingress(addresses: &[Address], ip_mode: Option<IpMode>) -> Vec<LoadBalanc
 mod tests {
     use super::*;
     use crate::fixtures::ServiceBuilder;
-    use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServiceStatus};
 
     fn ips(list: &[&str]) -> Vec<Address> {
         list.iter().map(|s| Address::Ip(s.parse().unwrap())).collect()
     }
 
     fn published(addresses: &[Address], ip_mode: Option<IpMode>) -> ServiceView {
-        let mut service = ServiceBuilder::new("web").build();
-        service.status = Some(ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus { ingress: Some(ingress(addresses, ip_mode)) }),
-            ..Default::default()
-        });
-        ServiceView::of(&service)
+        ServiceView::of(&ServiceBuilder::new("web").ingress(ingress(addresses, ip_mode)).build())
     }
 
     #[test]
@@ -183,6 +175,7 @@ mod tests {
         assert!(view.is_handled(names::DEFAULT_LOAD_BALANCER_CLASS, true));
         assert!(!view.is_handled(names::DEFAULT_LOAD_BALANCER_CLASS, false), "no class: the unclassed install's");
         assert!(view.has_finalizer(names::FINALIZER) && !view.deleting);
+        assert_eq!(view.ports, [(80, "TCP".into()), (53, "UDP".into())]);
         assert_eq!(view.node_ports, ["30080/TCP"]);
         assert!(!view.holds_status());
         let errors = view.parsed.options.as_ref().unwrap_err();

@@ -1,7 +1,7 @@
 //! What is kept of a proxy pod: the little that decisions and triggers read.
 
 use hostlb_model::names;
-use hostlb_model::readiness::{failure_of, pod_is_ready, pod_node};
+use hostlb_model::readiness::{failure_of, pod_is_ready, pod_node, unschedulable_message};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -32,11 +32,6 @@ pub struct ProxyPod {
 
 impl ProxyPod {
     pub fn of(pod: &Pod) -> Self {
-        let conditions = pod.status.as_ref().and_then(|status| status.conditions.as_ref());
-        let unschedulable = conditions
-            .into_iter()
-            .flatten()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
         ProxyPod {
             key: key_of(pod),
             service: owning_service_key(pod),
@@ -44,7 +39,7 @@ impl ProxyPod {
             created: pod.metadata.creation_timestamp.as_ref().map(|time| time.0),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             ready: pod_is_ready(pod),
-            unschedulable: unschedulable.map(|c| c.message.clone().unwrap_or_else(|| "no reason given".into())),
+            unschedulable: unschedulable_message(pod),
             failure: failure_of(pod),
         }
     }
