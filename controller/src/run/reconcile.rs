@@ -371,6 +371,20 @@ impl Context {
 
     /// Deletes the proxy DaemonSets that no Service will clean up. Failures are only logged: the
     /// next sweep tries again.
+    /// Whether the proxy DaemonSet is still orphaned against its Service as the API server
+    /// has it now.
+    async fn orphaned_by_the_api_server(&self, daemonset: &DaemonSet) -> Result<bool> {
+        let Some((namespace, name)) = owning_service_key(daemonset).and_then(|key| {
+            let (namespace, name) = key.split_once('/')?;
+            Some((namespace.to_string(), name.to_string()))
+        }) else {
+            return Ok(true);
+        };
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
+        let live = services.get_opt(&name).await.map_err(Error::kube(format!("get Service {namespace}/{name}")))?;
+        Ok(!orphaned([daemonset], &live.iter().collect::<Vec<_>>(), &self.settings).is_empty())
+    }
+
     pub async fn delete_orphans(&self) {
         // Before the Services have listed, every DaemonSet would look orphaned.
         if !self.synced.load(Ordering::Acquire) {
@@ -381,6 +395,16 @@ impl Context {
         let daemonsets: Vec<Arc<DaemonSet>> = self.read_index().daemonsets.values().cloned().collect();
         for daemonset in orphaned(daemonsets.iter().map(Arc::as_ref), &services, &self.settings) {
             let service = owning_service_key(daemonset).unwrap_or_else(|| "an unknown Service".into());
+            // The cache may lag (a new leader whose Service watch is behind its DaemonSet
+            // watch): only what the API server says now deletes proxies that serve.
+            match self.orphaned_by_the_api_server(daemonset).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    warn!(daemonset = %key_of(daemonset), %error, "could not read its Service; the DaemonSet is kept");
+                    continue;
+                }
+            }
             match self.delete_daemonset(daemonset).await {
                 Ok(Some(deleted)) => {
                     info!(daemonset = %deleted, %service, "deleted orphaned proxy DaemonSet");

@@ -253,9 +253,12 @@ async fn the_orphan_sweep_deletes_daemonsets_no_service_will_clean_up() {
     orphan.metadata.uid = Some("orphan-uid".into());
     orphan.metadata.labels.as_mut().unwrap().insert(names::LABEL_SERVICE_UID.into(), "gone".into());
     let index = index_of(std::slice::from_ref(&service), &[], &[], &[served, orphan]);
+    let service_again = service.clone();
     let (context, mut api) = context(&[service], index);
     let sweeping = tokio::spawn(async move { context.delete_orphans().await });
 
+    // The Service of that name is another one now (another UID): the DaemonSet is still an orphan.
+    api.expect("GET", SERVICE_PATH, 200, json_of(&service_again)).await;
     let deleted = api
         .expect(
             "DELETE",
@@ -267,6 +270,18 @@ async fn the_orphan_sweep_deletes_daemonsets_no_service_will_clean_up() {
     assert_eq!(deleted.body["preconditions"], json!({ "uid": "orphan-uid" }));
     let event = api.expect_event("hostlb-system", "OrphanDeleted").await;
     assert_eq!(event["regarding"]["kind"], "DaemonSet");
+    api.expect_nothing_more().await;
+    tokio::time::timeout(Duration::from_secs(5), sweeping).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_orphan_sweep_keeps_a_daemonset_whose_service_the_cache_has_not_seen_yet() {
+    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let index = index_of(&[], &[], &[], &[ours(&service, 1)]);
+    let (context, mut api) = context(&[], index);
+    let sweeping = tokio::spawn(async move { context.delete_orphans().await });
+
+    api.expect("GET", SERVICE_PATH, 200, json_of(&service)).await;
     api.expect_nothing_more().await;
     tokio::time::timeout(Duration::from_secs(5), sweeping).await.unwrap().unwrap();
 }
