@@ -40,6 +40,11 @@ fn proxy_daemonset_essentials(daemonset: &DaemonSet) -> DaemonSet {
     DaemonSet { metadata: daemonset.metadata.clone(), spec: None, status: daemonset.status.clone() }
 }
 
+/// The node whose kubelet renews the Lease of this key: node Leases are named after their node.
+fn node_of_lease(key: &str) -> Option<&str> {
+    key.strip_prefix(NODE_LEASE_NAMESPACE)?.strip_prefix('/')
+}
+
 /// What a Service event changed: the Service itself (its resourceVersion) and its claim.
 #[derive(Debug, Default)]
 pub struct ServiceChanges {
@@ -66,6 +71,8 @@ pub struct Index {
     renewals_seen: HashMap<String, Instant>,
     /// Whether the Lease watch has delivered since its last error.
     lease_watch_healthy: bool,
+    /// Whether Leases were last judged while this controller may have been blind to renewals.
+    blind: bool,
     /// Nodes whose Lease was stale when the clock was last read (`judge_leases`).
     stale_nodes: BTreeSet<String>,
 }
@@ -95,28 +102,44 @@ impl Index {
     }
 
     /// Judges every node's Lease at `now`, allowing `grace` past a missed renewal (`None`: leave
-    /// it to the node's Ready condition); returns the nodes that went stale or came back. No
-    /// node goes stale while the Lease watch is failing, nor while more than half the nodes
-    /// would at once: that is more likely this controller's own blindness (a watch stalled, an
-    /// API server away) than most kubelets stopping together. Nodes may come back at any time.
+    /// it to the node's Ready condition); returns the nodes that went stale or came back.
+    ///
+    /// No node goes stale while this controller may be blind: while the Lease watch fails, or
+    /// while more than half the nodes fall silent at once, which is far more likely a watch
+    /// stalled or an API server away than most kubelets stopping together. Nodes already
+    /// stale stay so, and any may come back. When sight returns, the renewals of the nodes
+    /// that were not stale count from then: the kubelets that renewed first say nothing of
+    /// the others' silence meanwhile.
     pub fn judge_leases(&mut self, now: Instant, grace: Option<Duration>) -> Vec<Arc<Node>> {
-        let mut stale: BTreeSet<String> = match grace {
-            Some(grace) => self
+        let Some(grace) = grace else { return self.flip_stale(BTreeSet::new()) };
+        let silent = |index: &Index| -> BTreeSet<String> {
+            index
                 .node_leases
                 .entries()
                 .filter(|(key, renewal)| {
-                    self.renewals_seen.get(*key).is_some_and(|seen| renewal.is_stale(*seen, now, grace))
+                    index.renewals_seen.get(*key).is_some_and(|seen| renewal.is_stale(*seen, now, grace))
                 })
-                .filter_map(|(key, _)| {
-                    Some(key.strip_prefix(NODE_LEASE_NAMESPACE)?.trim_start_matches('/').to_string())
-                })
-                .collect(),
-            None => BTreeSet::new(),
+                .filter_map(|(key, _)| node_of_lease(key).map(str::to_string))
+                .collect()
         };
-        let leases = self.node_leases.values().count();
-        if !self.lease_watch_healthy || stale.len() * 2 > leases {
+        let mut stale = silent(self);
+        let blind = !self.lease_watch_healthy || stale.len() * 2 > self.node_leases.values().count();
+        if blind {
             stale.retain(|node| self.stale_nodes.contains(node));
+        } else if self.blind {
+            for (key, seen) in &mut self.renewals_seen {
+                if node_of_lease(key).is_none_or(|node| !self.stale_nodes.contains(node)) {
+                    *seen = now;
+                }
+            }
+            stale = silent(self);
         }
+        self.blind = blind;
+        self.flip_stale(stale)
+    }
+
+    /// Makes `stale` the stale nodes; returns the nodes that went stale or came back.
+    fn flip_stale(&mut self, stale: BTreeSet<String>) -> Vec<Arc<Node>> {
         let flipped: Vec<Arc<Node>> =
             stale.symmetric_difference(&self.stale_nodes).filter_map(|name| self.nodes.get(name).cloned()).collect();
         self.stale_nodes = stale;
@@ -313,6 +336,25 @@ mod tests {
     }
 
     #[test]
+    fn when_sight_returns_the_kubelets_not_yet_heard_from_get_a_full_interval() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut index = with_leases(&["n1", "n2", "n3"], start);
+        for node in ["n2", "n3"] {
+            index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_010)), at(10));
+        }
+        assert_eq!(names(index.judge_leases(at(25), GRACE)), ["n1"], "n1 died");
+        // The API server hangs 45 s: n2 and n3 fall silent too, and that is not believed.
+        assert!(index.judge_leases(at(70), GRACE).is_empty());
+        // It answers again: n2 renews first; n3 a few seconds later.
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_071)), at(71));
+        assert!(index.judge_leases(at(71), GRACE).is_empty(), "n3 is not taken for dead meanwhile");
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n3", 1_074)), at(74));
+        assert!(index.judge_leases(at(80), GRACE).is_empty());
+        assert!(index.serving_node("n1").is_none() && index.serving_node("n3").is_some(), "n1 stays out");
+    }
+
+    #[test]
     fn while_the_lease_watch_fails_no_node_goes_stale() {
         let start = Instant::now();
         let mut index = with_leases(&["n1", "n2"], start);
@@ -320,7 +362,16 @@ mod tests {
         index.lease_watch_failed();
         assert!(index.judge_leases(start + Duration::from_secs(30), GRACE).is_empty());
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_030)), start + Duration::from_secs(30));
-        assert_eq!(names(index.judge_leases(start + Duration::from_secs(31), GRACE)), ["n1"], "delivering again");
+        assert!(
+            index.judge_leases(start + Duration::from_secs(31), GRACE).is_empty(),
+            "the silence meanwhile says nothing"
+        );
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_045)), start + Duration::from_secs(45));
+        assert_eq!(
+            names(index.judge_leases(start + Duration::from_secs(52), GRACE)),
+            ["n1"],
+            "20 s after sight returned"
+        );
     }
 
     #[test]
