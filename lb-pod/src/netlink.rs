@@ -366,24 +366,52 @@ pub struct Reply {
 
 /// The NLMSG_ERROR messages in a datagram; other messages are skipped, and a truncated or
 /// malformed message ends the parse.
-pub fn parse_replies(mut buf: &[u8]) -> Vec<Reply> {
-    let mut replies = Vec::new();
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap_or_default()) as usize;
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        let flags = u16::from_ne_bytes([buf[6], buf[7]]);
+pub fn parse_replies(buf: &[u8]) -> Vec<Reply> {
+    messages(buf).filter(|m| m.kind == NLMSG_ERROR).filter_map(|m| parse_error(m.payload, m.flags)).collect()
+}
+
+/// One netlink message: its header's type and flags, and what follows the header.
+struct Message<'a> {
+    kind: u16,
+    flags: u16,
+    payload: &'a [u8],
+}
+
+/// The messages of a datagram, up to the first truncated or malformed one.
+fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[0..4].try_into().ok()?) as usize;
         if len < NLMSG_HDRLEN || len > buf.len() {
-            break;
+            return None;
         }
-        let payload = &buf[NLMSG_HDRLEN..len];
-        if kind == NLMSG_ERROR {
-            if let Some(reply) = parse_error(payload, flags) {
-                replies.push(reply);
-            }
-        }
+        let message = Message {
+            kind: u16::from_ne_bytes([buf[4], buf[5]]),
+            flags: u16::from_ne_bytes([buf[6], buf[7]]),
+            payload: &buf[NLMSG_HDRLEN..len],
+        };
         buf = &buf[align4(len).min(buf.len())..];
-    }
-    replies
+        Some(message)
+    })
+}
+
+/// The attributes in `buf` as (type without the nested flag, data), up to the first malformed one.
+fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLA_HDRLEN {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & !NLA_F_NESTED;
+        if len < NLA_HDRLEN || len > buf.len() {
+            return None;
+        }
+        let data = &buf[NLA_HDRLEN..len];
+        buf = &buf[align4(len).min(buf.len())..];
+        Some((kind, data))
+    })
 }
 
 fn parse_error(payload: &[u8], flags: u16) -> Option<Reply> {
@@ -401,21 +429,10 @@ fn parse_error(payload: &[u8], flags: u16) -> Option<Reply> {
     Some(Reply { seq, errno: -error, message })
 }
 
-fn extack_message(mut attrs: &[u8]) -> Option<String> {
-    while attrs.len() >= NLA_HDRLEN {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & !NLA_F_NESTED;
-        if len < NLA_HDRLEN || len > attrs.len() {
-            return None;
-        }
-        if kind == NLMSGERR_ATTR_MSG {
-            let text = &attrs[NLA_HDRLEN..len];
-            let text = text.split(|b| *b == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(text).into_owned());
-        }
-        attrs = &attrs[align4(len).min(attrs.len())..];
-    }
-    None
+fn extack_message(attrs: &[u8]) -> Option<String> {
+    let (_, text) = attributes(attrs).find(|(kind, _)| *kind == NLMSGERR_ATTR_MSG)?;
+    let text = text.split(|b| *b == 0).next().unwrap_or_default();
+    Some(String::from_utf8_lossy(text).into_owned())
 }
 
 fn align4(len: usize) -> usize {
