@@ -25,6 +25,10 @@ pub enum Error {
     #[error("{}", RefusedDisplay { step: step.as_ref(), total: *total, errno: *errno, detail: detail.as_deref() })]
     Refused { step: Option<(usize, String)>, total: usize, errno: Errno, detail: Option<String> },
 
+    /// The kernel refused a conntrack request.
+    #[error("conntrack: {step}: refused by the kernel: {errno}")]
+    Conntrack { step: &'static str, errno: Errno },
+
     /// The kernel's answers did not account for every step of the batch.
     #[error("nftables: {0}")]
     Incomplete(String),

@@ -6,10 +6,12 @@
 //! The command line is `hostlb_proxy_spec::Command`, the very type the controller writes it
 //! from. Layers: `plan` (the parsed arguments to a validated description), `rules` (the
 //! nftables objects for it), `rule_text` (a step's nft spelling, a rule's read from its
-//! expressions), `netlink` (their bytes and the kernel's answers): all pure; `kernel`, `probe`
-//! and `hold` do the I/O. A library beside the binary so that the pure layers can be driven
+//! expressions), `netlink` (their bytes and the kernel's answers), `conntrack` (which flows a
+//! change of destinations leaves stale, and the messages that list and delete them): all pure;
+//! `kernel`, `probe` and `hold` do the I/O. A library beside the binary so that the pure layers can be driven
 //! from outside, as the fuzz targets do.
 
+pub mod conntrack;
 pub mod error;
 pub mod hold;
 pub mod kernel;

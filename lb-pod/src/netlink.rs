@@ -1,5 +1,6 @@
 //! The nftables netlink wire format: encodes `Step`s as one nfnetlink batch and reads the
-//! kernel's answers. Pure: bytes in, bytes out; the socket lives in `kernel`.
+//! kernel's answers. Pure: bytes in, bytes out; the socket lives in `kernel`. Its framing (the
+//! `Writer`, `messages`, `attributes`) serves `conntrack` too.
 //!
 //! Constants are those of `linux/netlink.h`, `linux/netfilter/nfnetlink.h` and
 //! `linux/netfilter/nf_tables.h`. Netlink headers are in host byte order, nftables' integer
@@ -16,8 +17,10 @@ const NLMSG_HDRLEN: usize = 16;
 const NLA_HDRLEN: usize = 4;
 const NLA_F_NESTED: u16 = 0x8000;
 
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_ACK: u16 = 0x4;
+/// NLM_F_ROOT | NLM_F_MATCH: every object, in as many answers as it takes.
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
@@ -25,14 +28,15 @@ const NLM_F_APPEND: u16 = 0x800;
 const NLM_F_CAPPED: u16 = 0x100;
 /// In an error message: extended-ack attributes follow.
 const NLM_F_ACK_TLVS: u16 = 0x200;
-const NLMSG_ERROR: u16 = 0x2;
+pub(crate) const NLMSG_ERROR: u16 = 0x2;
+pub(crate) const NLMSG_DONE: u16 = 0x3;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNETLINK_V0: u8 = 0;
-const AF_UNSPEC: u8 = 0;
+pub(crate) const AF_UNSPEC: u8 = 0;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 
@@ -131,7 +135,7 @@ pub fn encode_batch(steps: &[Step], sequence: Sequence) -> Vec<u8> {
     w.buf
 }
 
-fn nfproto(family: Family) -> u8 {
+pub(crate) fn nfproto(family: Family) -> u8 {
     match family {
         Family::V4 => NFPROTO_IPV4,
         Family::V6 => NFPROTO_IPV6,
@@ -287,14 +291,15 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
     w.end_nest(data);
 }
 
+/// Builds netlink messages and their attributes; shared with `conntrack`.
 #[derive(Default)]
-struct Writer {
-    buf: Vec<u8>,
+pub(crate) struct Writer {
+    pub(crate) buf: Vec<u8>,
 }
 
 impl Writer {
     /// Starts a message with its nfgenmsg header; returns where it starts, for `end`.
-    fn begin(&mut self, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
+    pub(crate) fn begin(&mut self, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> usize {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by `end`
         self.buf.extend_from_slice(&kind.to_ne_bytes());
@@ -306,42 +311,42 @@ impl Writer {
         start
     }
 
-    fn end(&mut self, start: usize) {
+    pub(crate) fn end(&mut self, start: usize) {
         let len = (self.buf.len() - start) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
-    fn attr(&mut self, kind: u16, data: &[u8]) {
+    pub(crate) fn attr(&mut self, kind: u16, data: &[u8]) {
         self.buf.extend_from_slice(&((NLA_HDRLEN + data.len()) as u16).to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(data);
         self.pad();
     }
 
-    fn attr_be32(&mut self, kind: u16, value: u32) {
+    pub(crate) fn attr_be32(&mut self, kind: u16, value: u32) {
         self.attr(kind, &value.to_be_bytes());
     }
 
-    fn attr_str(&mut self, kind: u16, value: &str) {
+    pub(crate) fn attr_str(&mut self, kind: u16, value: &str) {
         let mut data = value.as_bytes().to_vec();
         data.push(0);
         self.attr(kind, &data);
     }
 
-    fn data_value(&mut self, kind: u16, value: &[u8]) {
+    pub(crate) fn data_value(&mut self, kind: u16, value: &[u8]) {
         let nest = self.nest(kind);
         self.attr(NFTA_DATA_VALUE, value);
         self.end_nest(nest);
     }
 
-    fn nest(&mut self, kind: u16) -> usize {
+    pub(crate) fn nest(&mut self, kind: u16) -> usize {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
         self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         start
     }
 
-    fn end_nest(&mut self, start: usize) {
+    pub(crate) fn end_nest(&mut self, start: usize) {
         let len = (self.buf.len() - start) as u16;
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     }
@@ -366,27 +371,55 @@ pub struct Reply {
 
 /// The NLMSG_ERROR messages in a datagram; other messages are skipped, and a truncated or
 /// malformed message ends the parse.
-pub fn parse_replies(mut buf: &[u8]) -> Vec<Reply> {
-    let mut replies = Vec::new();
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap_or_default()) as usize;
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        let flags = u16::from_ne_bytes([buf[6], buf[7]]);
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            break;
-        }
-        let payload = &buf[NLMSG_HDRLEN..len];
-        if kind == NLMSG_ERROR {
-            if let Some(reply) = parse_error(payload, flags) {
-                replies.push(reply);
-            }
-        }
-        buf = &buf[align4(len).min(buf.len())..];
-    }
-    replies
+pub fn parse_replies(buf: &[u8]) -> Vec<Reply> {
+    messages(buf).filter(|m| m.kind == NLMSG_ERROR).filter_map(|m| parse_error(m.payload, m.flags)).collect()
 }
 
-fn parse_error(payload: &[u8], flags: u16) -> Option<Reply> {
+/// One netlink message: its header's type and flags, and what follows the header.
+pub(crate) struct Message<'a> {
+    pub(crate) kind: u16,
+    pub(crate) flags: u16,
+    pub(crate) payload: &'a [u8],
+}
+
+/// The messages of a datagram, up to the first truncated or malformed one.
+pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[0..4].try_into().ok()?) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return None;
+        }
+        let message = Message {
+            kind: u16::from_ne_bytes([buf[4], buf[5]]),
+            flags: u16::from_ne_bytes([buf[6], buf[7]]),
+            payload: &buf[NLMSG_HDRLEN..len],
+        };
+        buf = &buf[align4(len).min(buf.len())..];
+        Some(message)
+    })
+}
+
+/// The attributes in `buf` as (type without the nested flag, data), up to the first malformed one.
+pub(crate) fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLA_HDRLEN {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & !NLA_F_NESTED;
+        if len < NLA_HDRLEN || len > buf.len() {
+            return None;
+        }
+        let data = &buf[NLA_HDRLEN..len];
+        buf = &buf[align4(len).min(buf.len())..];
+        Some((kind, data))
+    })
+}
+
+pub(crate) fn parse_error(payload: &[u8], flags: u16) -> Option<Reply> {
     let error = i32::from_ne_bytes(payload.get(0..4)?.try_into().ok()?);
     let request = payload.get(4..4 + NLMSG_HDRLEN)?;
     let request_len = u32::from_ne_bytes(request[0..4].try_into().ok()?) as usize;
@@ -401,21 +434,10 @@ fn parse_error(payload: &[u8], flags: u16) -> Option<Reply> {
     Some(Reply { seq, errno: -error, message })
 }
 
-fn extack_message(mut attrs: &[u8]) -> Option<String> {
-    while attrs.len() >= NLA_HDRLEN {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & !NLA_F_NESTED;
-        if len < NLA_HDRLEN || len > attrs.len() {
-            return None;
-        }
-        if kind == NLMSGERR_ATTR_MSG {
-            let text = &attrs[NLA_HDRLEN..len];
-            let text = text.split(|b| *b == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(text).into_owned());
-        }
-        attrs = &attrs[align4(len).min(attrs.len())..];
-    }
-    None
+fn extack_message(attrs: &[u8]) -> Option<String> {
+    let (_, text) = attributes(attrs).find(|(kind, _)| *kind == NLMSGERR_ATTR_MSG)?;
+    let text = text.split(|b| *b == 0).next().unwrap_or_default();
+    Some(String::from_utf8_lossy(text).into_owned())
 }
 
 fn align4(len: usize) -> usize {
@@ -480,7 +502,7 @@ impl Acks {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::plan::tests::plan;
     use crate::rules::ruleset;
@@ -490,12 +512,12 @@ mod tests {
 
     /// A decoded netlink attribute tree, to check structure without counting bytes by hand.
     #[derive(Debug, PartialEq)]
-    enum Attr {
+    pub(crate) enum Attr {
         Bytes(u16, Vec<u8>),
         Nest(u16, Vec<Attr>),
     }
 
-    fn decode_attrs(mut buf: &[u8]) -> Vec<Attr> {
+    pub(crate) fn decode_attrs(mut buf: &[u8]) -> Vec<Attr> {
         let mut attrs = Vec::new();
         while !buf.is_empty() {
             let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
@@ -512,16 +534,16 @@ mod tests {
         attrs
     }
 
-    struct Message {
-        kind: u16,
-        flags: u16,
-        seq: u32,
-        family: u8,
-        res_id: u16,
-        attrs: Vec<Attr>,
+    pub(crate) struct Message {
+        pub(crate) kind: u16,
+        pub(crate) flags: u16,
+        pub(crate) seq: u32,
+        pub(crate) family: u8,
+        pub(crate) res_id: u16,
+        pub(crate) attrs: Vec<Attr>,
     }
 
-    fn decode_messages(mut buf: &[u8]) -> Vec<Message> {
+    pub(crate) fn decode_messages(mut buf: &[u8]) -> Vec<Message> {
         let mut messages = Vec::new();
         while !buf.is_empty() {
             let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
@@ -543,7 +565,7 @@ mod tests {
         Attr::Bytes(kind, [text.as_bytes(), &[0]].concat())
     }
 
-    fn be32(kind: u16, value: u32) -> Attr {
+    pub(crate) fn be32(kind: u16, value: u32) -> Attr {
         Attr::Bytes(kind, value.to_be_bytes().to_vec())
     }
 
@@ -748,7 +770,7 @@ mod tests {
         assert_eq!(rule_expressions(rules[2]), &vec![verdict(0, None)]);
     }
 
-    fn error_message(seq: u32, error: i32, flags: u16, echoed: &[u8], tlvs: &[u8]) -> Vec<u8> {
+    pub(crate) fn error_message(seq: u32, error: i32, flags: u16, echoed: &[u8], tlvs: &[u8]) -> Vec<u8> {
         let mut request = Vec::new();
         request.extend((NLMSG_HDRLEN as u32 + echoed.len() as u32).to_ne_bytes());
         request.extend([0x06, 0x0a, 0x05, 0x0c]);

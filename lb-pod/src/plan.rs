@@ -205,6 +205,11 @@ pub mod tests {
         Plan::new(&rule_args(ports, to, ranges)).unwrap_or_else(|error| panic!("{error}"))
     }
 
+    /// `listen` of `protocol` to the backends, from their spellings, in the order given.
+    pub fn forward(protocol: Protocol, listen: u16, backends: &[&str]) -> Forward {
+        Forward { protocol, listen, backends: backends.iter().map(|b| b.parse().unwrap()).collect() }
+    }
+
     fn rule_args(ports: &[&str], to: &[&str], source_ranges: &[&str]) -> RuleArgs {
         fn parse_all<T>(texts: &[&str], parse: fn(&str) -> Result<T, String>) -> Vec<T> {
             texts.iter().map(|text| parse(text).unwrap_or_else(|reason| panic!("{text:?}: {reason}"))).collect()
@@ -306,11 +311,6 @@ pub mod tests {
         let both = plan(&["tcp:80:80"], &["node-endpoints"], &[]);
         assert_eq!(both.families().collect::<Vec<_>>(), Family::ALL);
 
-        let forward = |protocol, listen, backends: &[&str]| Forward {
-            protocol,
-            listen,
-            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
-        };
         let endpoints = BTreeMap::from([
             (Family::V4, vec![forward(Protocol::Tcp, 80, &["10.1.0.9:8080"])]),
             (

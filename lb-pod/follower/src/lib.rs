@@ -1,6 +1,9 @@
 //! `hostlb-controller follow-endpoints`: runs beside the proxy of an `externalTrafficPolicy:
 //! Local` Service, in the proxy pod's network namespace, and keeps its nftables forwarding on
-//! the Service's ready endpoints on this node (`local_endpoints`) as they come and go.
+//! the Service's ready endpoints on this node (`local_endpoints`) as they come and go. After each
+//! change it deletes the conntrack entries of the UDP flows that the new rules would send
+//! elsewhere (`hostlb_lb::conntrack`), since a client that keeps sending would otherwise stay
+//! where the old rules sent it.
 //!
 //! A program of the proxy pod that ships in the controller's binary and image: it needs a
 //! Kubernetes client, which the controller has and the proxy's own static binary does without.
@@ -68,9 +71,10 @@ pub async fn follow(client: kube::Client, args: FollowArgs) -> Result<()> {
         if installed.as_ref() == Some(&forwards) {
             continue;
         }
-        let steps = rules::ruleset(&plan.with_endpoints(forwards.clone()));
-        kernel::apply(&steps).map_err(Error::Rules)?;
+        let applied = plan.with_endpoints(forwards.clone());
+        kernel::apply(&rules::ruleset(&applied)).map_err(Error::Rules)?;
         log_forwards(&forwards);
+        forget_stale_flows(&applied);
         installed = Some(forwards);
     }
 }
@@ -121,6 +125,19 @@ fn log_forwards(forwards: &BTreeMap<Family, Vec<Forward>>) {
         for forward in forwards {
             tracing::info!("{} {forward}", family.name());
         }
+    }
+}
+
+/// A failure is logged, not returned: the rules are in place and new flows follow them, and
+/// ending the follower would not make the next attempt succeed.
+fn forget_stale_flows(applied: &Plan) {
+    match kernel::forget_stale_flows(applied) {
+        Ok(0) => {}
+        Ok(forgotten) => tracing::info!(forgotten, "forgot the UDP flows that the old rules sent elsewhere"),
+        Err(error) => tracing::warn!(
+            %error,
+            "cannot forget the UDP flows that the old rules sent elsewhere; they stay there while their clients keep sending"
+        ),
     }
 }
 

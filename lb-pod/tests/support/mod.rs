@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -138,6 +138,8 @@ impl Drop for Netns {
 pub struct Topology {
     // Field order is drop order: servers first, then namespaces.
     servers: Vec<Server>,
+    /// How many UDP datagrams each server address has received.
+    datagrams: Vec<(SocketAddr, Arc<AtomicUsize>)>,
     pub client: Netns,
     pub pod: Netns,
     pub backend: Netns,
@@ -155,7 +157,7 @@ impl Topology {
         let backend = Netns::new(format!("{prefix}-backend"));
         // Two /24s and two /64s per topology, distinct between the tests of one run.
         let (front, back) = ((id * 2) % 250, (id * 2 + 1) % 250);
-        let topology = Topology { servers: Vec::new(), client, pod, backend, front, back };
+        let topology = Topology { servers: Vec::new(), datagrams: Vec::new(), client, pod, backend, front, back };
         topology.client.ip(&[
             "link",
             "add",
@@ -249,9 +251,35 @@ impl Topology {
     pub fn serve(&mut self, port: u16) {
         for address in [self.backend_v4(), self.backend_v6()] {
             let at = SocketAddr::new(address, port);
-            let server = self.backend.run(move || Server::start(at));
+            let datagrams = Arc::new(AtomicUsize::new(0));
+            let counted = datagrams.clone();
+            let server = self.backend.run(move || Server::start(at, counted));
             self.servers.push(server);
+            self.datagrams.push((at, datagrams));
         }
+    }
+
+    /// How many UDP datagrams the server at `at` has received so far.
+    pub fn datagrams_to(&self, at: SocketAddr) -> usize {
+        let (_, count) = self.datagrams.iter().find(|(server, _)| *server == at).expect("a server at that address");
+        count.load(Ordering::SeqCst)
+    }
+
+    /// Starts sending to `to` from the client, every few milliseconds from one socket: a UDP flow
+    /// that never goes idle. It stops when the returned guard is dropped.
+    pub fn udp_stream(&self, to: SocketAddr) -> UdpStream {
+        let any: IpAddr = if to.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+        let socket = self.client.run(move || bind_udp(SocketAddr::new(any, 0)).expect("binding the client's socket"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::SeqCst) {
+                // Unconnected, so an ICMP error for one datagram does not stop the next.
+                let _ = socket.send_to(b"still here", to);
+                std::thread::sleep(STREAM_INTERVAL);
+            }
+        });
+        UdpStream(Server { stop, threads: vec![thread] })
     }
 
     /// Asks over TCP from the client: Ok(the address the backend saw), or why not.
@@ -271,6 +299,10 @@ impl Topology {
 }
 
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(700);
+const STREAM_INTERVAL: Duration = Duration::from_millis(5);
+
+/// A client's UDP flow from `Topology::udp_stream`, stopped on drop.
+pub struct UdpStream(Server);
 
 fn tcp_ask(to: SocketAddr) -> Result<String, String> {
     let mut stream = TcpStream::connect_timeout(&to, ANSWER_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
@@ -316,7 +348,7 @@ pub struct Server {
 
 impl Server {
     /// Must run inside the namespace the sockets belong to.
-    fn start(at: SocketAddr) -> Server {
+    fn start(at: SocketAddr, datagrams: Arc<AtomicUsize>) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let tcp = TcpListener::bind(at).unwrap_or_else(|e| panic!("binding tcp {at}: {e}"));
         tcp.set_nonblocking(true).unwrap();
@@ -339,6 +371,7 @@ impl Server {
             let mut buf = [0u8; 256];
             while !udp_stop.load(Ordering::SeqCst) {
                 if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                    datagrams.fetch_add(1, Ordering::SeqCst);
                     let _ = udp.send_to(peer.ip().to_string().as_bytes(), peer);
                 }
             }
