@@ -14,6 +14,12 @@ pub enum Error {
     WatchesNotSynced { watches: String, waited: std::time::Duration },
 }
 
+/// Why a request of a term of leadership was not sent, or was dropped in flight: the term is
+/// over. It reaches the caller as the source of a `kube::Error::Service`.
+#[derive(Debug, Error)]
+#[error("this replica's term of leadership is over")]
+pub struct TermOver;
+
 impl Error {
     pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let action = action.into();
@@ -38,6 +44,7 @@ impl Error {
             Error::Kube { source, .. } => match source.as_ref() {
                 kube::Error::Api(status) if status.code == 409 => "conflict",
                 kube::Error::Api(_) => "api_rejected",
+                kube::Error::Service(cause) if cause.is::<TermOver>() => "term_over",
                 _ => "api_unreachable",
             },
             Error::WatchesNotSynced { .. } => "watches_not_synced",

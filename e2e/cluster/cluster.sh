@@ -10,7 +10,9 @@
 #   cluster.sh set-node-ip NODE IP   the node's kubelet reports IP as its InternalIP from now on
 #   cluster.sh restart-control-plane stop kube-apiserver and etcd, then start them again
 #   cluster.sh node stop|start NODE  the node's kubelet and containerd (its containers keep running)
-#   cluster.sh kill-container NODE ID  SIGKILL to a container of the node, through its containerd
+#   cluster.sh kill-container NODE ID    SIGKILL to a container of the node, through its containerd
+#   cluster.sh pause-container NODE ID   freeze a container of the node, through its containerd
+#   cluster.sh resume-container NODE ID  thaw a frozen container
 #
 # Topology, names and addresses: lib.sh and network.sh. When up, $HOSTLB_E2E_STATE/cluster.env
 # (default /var/lib/hostlb-e2e) describes the cluster to the Rust suite.
@@ -322,12 +324,19 @@ cmd_restart_control_plane() {
   log "kube-apiserver and etcd restarted; the API was away for $((SECONDS - started))s"
 }
 
-cmd_kill_container() {
-  [[ $# -eq 2 ]] || die "usage: cluster.sh kill-container NODE CONTAINER_ID"
+# `kill-container`, `pause-container` or `resume-container NODE CONTAINER_ID`.
+cmd_container() {
+  local action=$1
+  shift
+  [[ $# -eq 2 ]] || die "usage: cluster.sh $action-container NODE CONTAINER_ID"
   local n id=${2#containerd://}
   n=$(node_index "$1")
   [[ $id =~ ^[0-9a-f]{64}$ ]] || die "'$2' is not a containerd container id"
-  ctr_node "$n" tasks kill --signal SIGKILL "$id"
+  case $action in
+    kill) ctr_node "$n" tasks kill --signal SIGKILL "$id" ;;
+    pause) ctr_node "$n" tasks pause "$id" ;;
+    resume) ctr_node "$n" tasks resume "$id" ;;
+  esac
 }
 
 main() {
@@ -341,11 +350,11 @@ main() {
     kubelet | node) cmd_node_daemons "$cmd" "$@" ;;
     set-node-ip) cmd_set_node_ip "$@" ;;
     restart-control-plane) cmd_restart_control_plane "$@" ;;
-    kill-container) cmd_kill_container "$@" ;;
+    kill-container | pause-container | resume-container) cmd_container "${cmd%-container}" "$@" ;;
     __up-attempt) up_attempt ;;
     __down) do_down ;;
     *)
-      sed -n '2,20p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+      sed -n '2,21p' "$SELF" | sed 's/^# \{0,1\}//' >&2
       exit 2
       ;;
   esac

@@ -1,6 +1,6 @@
-//! Faults injected into the local cluster while hostlb serves: its leader killed during churn
-//! or stopped gracefully, the API server and etcd restarted, the controller away, a proxy pod
-//! killed, a node's kubelet and containerd restarted. Each test says what it broke and
+//! Faults injected into the local cluster while hostlb serves: its leader killed during churn,
+//! stopped gracefully or frozen past its renew deadline, the API server and etcd restarted, the
+//! controller away, a proxy pod killed, a node's kubelet and containerd restarted. Each test says what it broke and
 //! checks that nothing was lost; the figures are printed as `chaos:` lines.
 //!
 //! The faults go through the harness (`cluster.sh`), which signals only the processes it
@@ -24,6 +24,7 @@ use serde_json::json;
 /// The controller's settings in the manifests: how long a dead leader's claim stands, and how
 /// often a follower reads the Lease.
 const LEASE_DURATION: Duration = Duration::from_secs(15);
+const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 const RETRY_PERIOD: Duration = Duration::from_secs(1);
 /// Room for a busy two-core machine on top of the bounds the settings give.
 const MARGIN: Duration = Duration::from_secs(10);
@@ -92,17 +93,23 @@ async fn next_renewal_after(cluster: &Cluster, since: SystemTime, timeout: Durat
     )
 }
 
+/// The node of a pod and the containerd id of its container that runs and is ready.
+fn running_container(pod: &Pod) -> Result<(String, String)> {
+    let node = pod.spec.as_ref().and_then(|spec| spec.node_name.clone()).context("pod without node")?;
+    let statuses = pod.status.as_ref().and_then(|status| status.container_statuses.as_ref());
+    let running =
+        statuses.into_iter().flatten().find(|s| s.ready && s.state.as_ref().is_some_and(|s| s.running.is_some()));
+    let container = running.and_then(|s| s.container_id.clone()).context("no running container")?;
+    Ok((node, container))
+}
+
 /// SIGKILL to the leader's container through its node's containerd; returns the time until
 /// a replica led again, the replica killed and the one that leads.
 async fn kill_leader(cluster: &Cluster) -> Result<(Duration, String, String)> {
     // A pod's status may still name a container the kubelet has replaced: read it again then.
     let (leader, killed_at) = eventually(SETTLE, || async {
         let leader = leader_with_a_standby(cluster, SETTLE).await?;
-        let node = leader.spec.as_ref().and_then(|spec| spec.node_name.clone()).context("leader pod without node")?;
-        let statuses = leader.status.as_ref().and_then(|status| status.container_statuses.as_ref());
-        let running =
-            statuses.into_iter().flatten().find(|s| s.ready && s.state.as_ref().is_some_and(|s| s.running.is_some()));
-        let container = running.and_then(|s| s.container_id.clone()).context("no running container")?;
+        let (node, container) = running_container(&leader)?;
         cluster.harness(&["kill-container", &node, &container])?;
         // Taken once the signal is delivered: a renewal stamped before it is the dead leader's.
         Ok((leader, SystemTime::now()))
@@ -292,16 +299,28 @@ async fn churn_while_killing_the_leader(cluster: &Cluster, ns: &TestNamespace, n
     Ok(())
 }
 
-/// The figure the metrics endpoint of a controller pod shows for `metric` (a name with no labels).
-fn metric(pod: &Pod, metric: &str) -> Result<String> {
+/// The metrics endpoint of a controller pod, as text.
+fn metrics_of(pod: &Pod) -> Result<String> {
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).context("controller pod without address")?;
     let output = std::process::Command::new("curl")
         .args(["-fsS", "--max-time", "3", &format!("http://{ip}:8080/metrics")])
         .output()?;
     ensure!(output.status.success(), "metrics of {}: {}", pod.name_any(), String::from_utf8_lossy(&output.stderr));
-    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The figure the metrics endpoint of a controller pod shows for `metric` (a name with no labels).
+fn metric(pod: &Pod, metric: &str) -> Result<String> {
+    let text = metrics_of(pod)?;
     let figure = text.lines().find_map(|line| line.strip_prefix(metric)?.strip_prefix(' '));
     Ok(figure.with_context(|| format!("no {metric} in the metrics of {}", pod.name_any()))?.to_string())
+}
+
+/// The write requests a controller pod has sent while leading, over every verb.
+fn api_writes(pod: &Pod) -> Result<u64> {
+    let text = metrics_of(pod)?;
+    let counts = text.lines().filter(|line| line.starts_with("hostlb_api_writes_total{"));
+    counts.map(|line| Ok(line.rsplit(' ').next().unwrap_or_default().parse::<u64>()?)).sum()
 }
 
 #[tokio::test]
@@ -336,6 +355,64 @@ async fn a_leader_stopped_gracefully_hands_the_lease_over_within_seconds() -> Re
     for follower in followers.filter(|pod| pod.name_any() != new_leader.name_any()) {
         ensure!(metric(follower, "hostlb_leader")? == "0", "follower {}'s hostlb_leader is not 0", follower.name_any());
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_leader_frozen_past_its_renew_deadline_writes_nothing_when_it_wakes() -> Result<()> {
+    let (cluster, ns, _nodes) = setup("frozen").await?;
+    let leader = leader_with_a_standby(&cluster, SETTLE).await?;
+    let restarts = cluster.controller_restarts().await?;
+    let (node, container) = running_container(&leader)?;
+    // Idle, the leader writes nothing: what it counts now is what it counts when frozen.
+    let before = api_writes(&leader)?;
+    cluster.harness(&["pause-container", &node, &container])?;
+    let frozen_at = Instant::now();
+    let frozen = async {
+        let successor = eventually(LEASE_DURATION + MARGIN, || async {
+            match lease(&cluster).await? {
+                (Some(holder), _) if holder != leader.name_any() => Ok(holder),
+                (holder, _) => bail!("the Lease is still held by {holder:?}"),
+            }
+        })
+        .await?;
+        let took_over = frozen_at.elapsed();
+        // Work for the new leader, and for the frozen one to find in its watches when it wakes.
+        ns.load_balancer("woken", "echo", &http(19640), json!({})).await?;
+        eventually(MARGIN, || async {
+            let daemonsets = cluster.proxy_daemonsets(&ns.name, "woken").await?;
+            ensure!(!daemonsets.is_empty(), "{successor} has not created the proxy DaemonSet yet");
+            Ok(())
+        })
+        .await?;
+        anyhow::Ok((successor, took_over))
+    }
+    .await;
+    // Whatever happened, the next tests need it thawed.
+    cluster.harness(&["resume-container", &node, &container])?;
+    let frozen_for = frozen_at.elapsed();
+    let (successor, took_over) = frozen?;
+
+    // What it would write, it writes as soon as it wakes: from then on, and until it could
+    // have led again, it must count no write.
+    let (mut samples, mut after) = (0, before);
+    let watched_since = Instant::now();
+    while watched_since.elapsed() < RENEW_DEADLINE {
+        after = api_writes(&leader)?;
+        ensure!(after == before, "{} sent {} writes after it woke up as a follower", leader.name_any(), after - before);
+        ensure!(lease(&cluster).await?.0.as_deref() != Some(&leader.name_any()), "the frozen leader led again");
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cluster.ensure_no_controller_restarted(&restarts).await?;
+    say(format!(
+        "leader {} frozen for {:.1}s: {successor} led {:.1}s after the freeze; the woken one counted {before} writes \
+         before and {after} over {samples} reads in the {}s after it woke: 0 writes once past its renew deadline",
+        leader.name_any(),
+        frozen_for.as_secs_f64(),
+        took_over.as_secs_f64(),
+        RENEW_DEADLINE.as_secs()
+    ));
     Ok(())
 }
 

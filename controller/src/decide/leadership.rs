@@ -1,9 +1,11 @@
 //! Leader election over a `coordination.k8s.io/v1` Lease, the pure part: what a replica makes
-//! of the Lease it has just read, what it writes, and whether it leads after the attempt.
+//! of the Lease it has just read, what it writes, and how long it leads after each attempt.
 //!
 //! A Lease counts as expired when its holder and renew time have not changed for the lease
 //! duration, as timed by this replica's own monotonic clock since it saw them change (as
-//! client-go's leader election does): the clocks of the nodes never have to agree.
+//! client-go's leader election does): the clocks of the nodes never have to agree. On the same
+//! clock, a leader leads until the renew deadline after it sent its last successful renewal,
+//! whatever the attempts since then do: that instant is the end of its term.
 
 use std::time::{Duration, Instant};
 
@@ -18,8 +20,8 @@ const RELEASED_DURATION_SECONDS: i32 = 1;
 pub struct LeaseTiming {
     /// How long a holder's claim stands without renewal.
     pub duration: Duration,
-    /// How long a leader goes on leading while its renewals fail; below `duration`, so that
-    /// it has stopped writing before anyone else may take over.
+    /// How long a leader goes on leading after it sent its last successful renewal; below
+    /// `duration`, so that it has stopped writing before anyone else may take over.
     pub renew_deadline: Duration,
     /// How often the Lease is read and, when held, renewed.
     pub retry_period: Duration,
@@ -62,6 +64,22 @@ pub enum Outcome {
     Failed,
 }
 
+/// One term of leadership, as this replica's monotonic clock sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Term {
+    /// Tells this replica's terms apart, counting from 1: a term that ended stays ended even
+    /// if the next one follows at once.
+    pub number: u64,
+    /// The renew deadline after the last successful renewal was sent; a later renewal moves it.
+    pub until: Instant,
+}
+
+impl Term {
+    pub fn holds_at(&self, now: Instant) -> bool {
+        now < self.until
+    }
+}
+
 /// Whether this replica leads, and who does as far as it knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Leadership {
@@ -83,8 +101,9 @@ pub struct Election {
     /// The holder and renew time last read, and when this replica saw them change.
     seen: Option<(Option<String>, Option<MicroTime>)>,
     seen_changed_at: Option<Instant>,
-    /// When this replica last wrote its own claim; `None` while it does not lead.
-    renewed_at: Option<Instant>,
+    /// The term under way; `None` while this replica does not lead.
+    term: Option<Term>,
+    terms_begun: u64,
     last_holder: Option<String>,
 }
 
@@ -95,7 +114,8 @@ impl Election {
             timing,
             seen: None,
             seen_changed_at: None,
-            renewed_at: None,
+            term: None,
+            terms_begun: 0,
             last_holder: None,
         }
     }
@@ -148,36 +168,58 @@ impl Election {
         }
     }
 
+    /// The term under way, if this replica leads.
+    pub fn term(&self) -> Option<Term> {
+        self.term
+    }
+
     /// Records how an attempt that ran from `started` to `ended` ended; returns the leadership
     /// that follows. A claim counts from when the attempt started, the latest its writing could
-    /// have been seen by others; a failure is judged when it is known, however long the attempt
-    /// took.
+    /// have been seen by others, and only if it came back before the renew deadline counted
+    /// from then. A term that ended before the answer came stays ended: a claim that counts
+    /// then begins the next one.
     pub fn record(&mut self, outcome: Outcome, started: Instant, ended: Instant) -> Leadership {
+        self.end_lapsed_term(ended);
+        let until = started + self.timing.renew_deadline;
         match outcome {
-            Outcome::Held => {
-                self.renewed_at = Some(started);
+            Outcome::Held if until > ended => {
+                let number = match self.term {
+                    Some(term) => term.number,
+                    None => {
+                        self.terms_begun += 1;
+                        self.terms_begun
+                    }
+                };
+                self.term = Some(Term { number, until });
                 self.last_holder = Some(self.identity.clone());
             }
+            Outcome::Held | Outcome::Failed => {}
             Outcome::HeldBy(holder) => {
-                self.renewed_at = None;
+                self.term = None;
                 self.last_holder = Some(holder);
             }
-            Outcome::Failed => {
-                let within_deadline = self
-                    .renewed_at
-                    .is_some_and(|renewed| ended.saturating_duration_since(renewed) < self.timing.renew_deadline);
-                if !within_deadline {
-                    self.renewed_at = None;
-                    if self.last_holder.as_deref() == Some(self.identity.as_str()) {
-                        self.last_holder = None;
-                    }
-                }
-            }
         }
-        if self.renewed_at.is_some() {
-            Leadership::Leading
-        } else {
-            Leadership::Following { holder: self.last_holder.clone() }
+        self.leadership()
+    }
+
+    /// The leadership at `now`, with no attempt answered since the last one recorded.
+    pub fn leadership_at(&mut self, now: Instant) -> Leadership {
+        self.end_lapsed_term(now);
+        self.leadership()
+    }
+
+    fn end_lapsed_term(&mut self, now: Instant) {
+        if self.term.is_some_and(|term| !term.holds_at(now)) {
+            self.term = None;
+        }
+    }
+
+    fn leadership(&self) -> Leadership {
+        match self.term {
+            Some(_) => Leadership::Leading,
+            None => {
+                Leadership::Following { holder: self.last_holder.clone().filter(|holder| *holder != self.identity) }
+            }
         }
     }
 }
@@ -284,26 +326,46 @@ mod tests {
     }
 
     #[test]
-    fn a_leader_leads_through_failed_renewals_until_the_renew_deadline() {
+    fn a_leader_leads_until_the_renew_deadline_after_its_last_renewal_was_sent() {
         let start = Instant::now();
         let mut election = Election::new("a", timing());
         assert_eq!(election.record(Outcome::Failed, start, start), Leadership::Following { holder: None });
-        assert_eq!(election.record(Outcome::Held, start, start), Leadership::Leading);
-        assert_eq!(election.record(Outcome::Failed, start + 9 * SECOND, start + 9 * SECOND), Leadership::Leading);
-        assert_eq!(
-            election.record(Outcome::Failed, start + 10 * SECOND, start + 10 * SECOND),
-            Leadership::Following { holder: None }
-        );
-        // An attempt that hangs past the deadline ends the leadership, however early it began.
-        let mut election = Election::new("a", timing());
-        assert!(election.record(Outcome::Held, start, start).is_leading());
-        let hung = election.record(Outcome::Failed, start + SECOND, start + 11 * SECOND);
-        assert_eq!(hung, Leadership::Following { holder: None });
+        assert_eq!(election.term(), None);
+        // Sent at `start`, answered 3 s later: the term counts from when it was sent.
+        assert_eq!(election.record(Outcome::Held, start, start + 3 * SECOND), Leadership::Leading);
+        assert_eq!(election.term(), Some(Term { number: 1, until: start + 10 * SECOND }));
+        assert_eq!(election.record(Outcome::Held, start + 2 * SECOND, start + 2 * SECOND), Leadership::Leading);
+        let renewed = Term { number: 1, until: start + 12 * SECOND };
+        assert_eq!(election.term(), Some(renewed));
+        // Failures do not move the end of the term, and neither does one that took long.
+        assert_eq!(election.record(Outcome::Failed, start + 3 * SECOND, start + 11 * SECOND), Leadership::Leading);
+        assert_eq!(election.term(), Some(renewed));
+        assert_eq!(election.leadership_at(start + 12 * SECOND - Duration::from_millis(1)), Leadership::Leading);
+        assert_eq!(election.leadership_at(start + 12 * SECOND), Leadership::Following { holder: None });
+        assert_eq!(election.term(), None);
         // A later failure does not bring the leadership back.
         assert_eq!(
-            election.record(Outcome::Failed, start + 11 * SECOND, start + 11 * SECOND),
+            election.record(Outcome::Failed, start + 13 * SECOND, start + 13 * SECOND),
             Leadership::Following { holder: None }
         );
+    }
+
+    #[test]
+    fn a_term_that_lapsed_stays_over_and_a_renewal_after_it_begins_the_next() {
+        let start = Instant::now();
+        let mut election = Election::new("a", timing());
+        election.record(Outcome::Held, start, start);
+        // Sent within the term, answered after its end: the term is over all the same.
+        assert_eq!(election.record(Outcome::Held, start + 9 * SECOND, start + 11 * SECOND), Leadership::Leading);
+        assert_eq!(election.term(), Some(Term { number: 2, until: start + 19 * SECOND }));
+    }
+
+    #[test]
+    fn a_claim_answered_after_its_own_deadline_does_not_lead() {
+        let start = Instant::now();
+        let mut election = Election::new("a", timing());
+        assert_eq!(election.record(Outcome::Held, start, start + 10 * SECOND), Leadership::Following { holder: None });
+        assert_eq!(election.term(), None);
     }
 
     #[test]

@@ -123,7 +123,8 @@ pub struct Args {
     /// when the leader dies without releasing the Lease.
     #[arg(long, env = "HOSTLB_LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
-    /// How long a leader that cannot renew its claim goes on leading; below the lease duration.
+    /// How long after it sent its last successful renewal a leader goes on leading, and how
+    /// long the writes under way may go on after SIGTERM; below the lease duration.
     #[arg(long, env = "HOSTLB_LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
     pub lease_renew_deadline_seconds: u64,
     /// How often the Lease is read and renewed: the longest a failover takes after the leader

@@ -1,12 +1,15 @@
 //! Leader election, the I/O part: reads and writes the Lease every retry period and tells the
-//! rest of the controller, through a watch channel, whether this replica leads.
+//! rest of the controller, through a watch channel, the term this replica leads in, if any.
 //!
 //! Every write is a replace carrying the resourceVersion just read, so of two replicas that
 //! claim the same Lease at once, the API server accepts one and answers the other with a
-//! conflict. Each read and write is cut off at the renew deadline, as client-go's elector does.
+//! conflict. The term ends on a timer at its end, the renew deadline after the last renewal
+//! was sent, however long the attempt under way then takes; that attempt is dropped.
 
 use std::convert::Infallible;
 use std::time::Instant;
+
+use tokio::time::Interval;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
@@ -15,7 +18,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::decide::leadership::{released, Election, Leadership, LeaseTiming, Outcome, Plan};
+use crate::decide::leadership::{released, Election, Leadership, LeaseTiming, Outcome, Plan, Term};
 use crate::run::metrics::Metrics;
 
 pub struct Elector {
@@ -33,22 +36,35 @@ impl Elector {
         }
     }
 
-    /// Claims or follows the Lease every retry period, forever, publishing each change of
-    /// leadership on `leading` and in the `hostlb_leader` gauge.
-    pub async fn campaign(&mut self, leading: &watch::Sender<bool>, metrics: &Metrics) -> Infallible {
+    pub fn timing(&self) -> LeaseTiming {
+        self.election.timing()
+    }
+
+    /// Claims or follows the Lease every retry period, forever, publishing the term under way
+    /// on `leading` as it begins, is renewed and ends, and whether there is one in the
+    /// `hostlb_leader` gauge.
+    pub async fn campaign(&mut self, leading: &watch::Sender<Option<Term>>, metrics: &Metrics) -> Infallible {
         let mut current = Leadership::Following { holder: None };
         let mut ticks = tokio::time::interval(self.election.timing().retry_period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
-            let started = Instant::now();
-            // A request that hangs must not keep a leader leading past its renew deadline.
-            let deadline = self.election.timing().renew_deadline;
-            let outcome = tokio::time::timeout(deadline, self.attempt(started)).await.unwrap_or_else(|_| {
-                warn!(lease = %self.name, waited = ?deadline, "the Lease request did not finish");
-                Outcome::Failed
+            let term_ends = self.election.term().map(|term| tokio::time::Instant::from_std(term.until));
+            let attempted = tokio::select! {
+                () = sleep_until_or_never(term_ends) => None,
+                attempted = self.next_attempt(&mut ticks) => Some(attempted),
+            };
+            let next = match attempted {
+                Some((outcome, started)) => self.election.record(outcome, started, now()),
+                None => {
+                    warn!(lease = %self.name, "no renewal within the renew deadline");
+                    self.election.leadership_at(now())
+                }
+            };
+            leading.send_if_modified(|published| {
+                let changed = *published != self.election.term();
+                *published = self.election.term();
+                changed
             });
-            let next = self.election.record(outcome, started, Instant::now());
             if next != current {
                 match &next {
                     Leadership::Leading => info!(lease = %self.name, holder = self.election.identity(), "leading"),
@@ -57,10 +73,23 @@ impl Elector {
                     }
                 }
                 metrics.leader.set(i64::from(next.is_leading()));
-                leading.send_replace(next.is_leading());
                 current = next;
             }
         }
+    }
+
+    /// The next attempt, at the next tick; returns how it ended and when it started.
+    async fn next_attempt(&mut self, ticks: &mut Interval) -> (Outcome, Instant) {
+        ticks.tick().await;
+        let started = now();
+        // Only so that a request that hangs does not stop the campaign: what ends a term is
+        // its own end, above.
+        let waited = self.election.timing().renew_deadline;
+        let outcome = tokio::time::timeout(waited, self.attempt(started)).await.unwrap_or_else(|_| {
+            warn!(lease = %self.name, ?waited, "the Lease request did not finish");
+            Outcome::Failed
+        });
+        (outcome, started)
     }
 
     async fn attempt(&mut self, now: Instant) -> Outcome {
@@ -117,6 +146,18 @@ impl Elector {
     }
 }
 
+/// The monotonic clock of the runtime, which tests may pause and move.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -126,11 +167,12 @@ mod tests {
     use super::*;
     use crate::run::mock_api::{mock_api, rejected};
 
+    const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+
     const LEASE_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/hostlb-system/leases";
 
     fn elector(client: Client) -> Elector {
-        let timing =
-            LeaseTiming::new(Duration::from_secs(15), Duration::from_secs(10), Duration::from_secs(1)).unwrap();
+        let timing = LeaseTiming::new(Duration::from_secs(15), RENEW_DEADLINE, Duration::from_secs(1)).unwrap();
         Elector::new(client, "hostlb-system", "hostlb-controller", "replica-a", timing)
     }
 
@@ -194,5 +236,32 @@ mod tests {
         api.expect("GET", &format!("{LEASE_PATH}/hostlb-controller"), 200, lease_held_by("replica-b")).await;
         releasing.await.unwrap();
         api.expect_nothing_more().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_hangs_ends_the_term_at_the_renew_deadline_after_the_last_renewal() {
+        let (client, mut api) = mock_api();
+        let (leading_sender, mut leading) = watch::channel(None);
+        let campaign =
+            tokio::spawn(async move { elector(client).campaign(&leading_sender, &Metrics::default()).await });
+        let lease = format!("{LEASE_PATH}/hostlb-controller");
+        api.expect("GET", &lease, 200, lease_held_by("")).await;
+        api.expect("PUT", &lease, 200, lease_held_by("replica-a")).await;
+        let first = leading.wait_for(Option::is_some).await.unwrap().expect("a term");
+
+        // The clock stands still while the requests are answered: this is when the attempt began.
+        api.expect("GET", &lease, 200, lease_held_by("replica-a")).await;
+        let renewed_at = tokio::time::Instant::now();
+        api.expect("PUT", &lease, 200, lease_held_by("replica-a")).await;
+        let renewed = leading.wait_for(|term| *term != Some(first)).await.unwrap().expect("a term");
+        assert_eq!((renewed.number, renewed.until), (first.number, (renewed_at + RENEW_DEADLINE).into_std()));
+
+        api.expect("GET", &lease, 200, lease_held_by("replica-a")).await;
+        let hung_at = tokio::time::Instant::now();
+        let (_, _in_flight) = api.hold("PUT", &lease).await;
+        leading.wait_for(Option::is_none).await.unwrap();
+        assert_eq!(tokio::time::Instant::now(), renewed_at + RENEW_DEADLINE);
+        assert!(tokio::time::Instant::now() < hung_at + RENEW_DEADLINE);
+        campaign.abort();
     }
 }

@@ -1,7 +1,9 @@
 //! Terms of leadership: while this replica leads, every Service is reconciled once, then each
-//! Service the watches' triggers name, and the orphan sweep runs; when the term ends, the
-//! reconciles and the sweep under way finish. The triggers reach a term through a broadcast
-//! channel that only a term listens to.
+//! Service the watches' triggers name, and the orphan sweep runs. Every request of a term goes
+//! through its fence (`fence`); when the term ends, the reconciles and the sweep under way are
+//! dropped. When the process is told to stop, nothing new starts and what is under way has the
+//! grace period to finish. The triggers reach a term through a broadcast channel that only a
+//! term listens to.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
@@ -15,7 +17,9 @@ use kube::Client;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
+use crate::decide::leadership::Term;
 use crate::decide::Settings;
+use crate::run::fence::Fence;
 use crate::run::metrics::Metrics;
 use crate::run::reconcile::{error_policy, reconcile, Context};
 use crate::run::watches::Triggers;
@@ -76,27 +80,36 @@ impl Leader {
             .await
     }
 
-    /// Reconciles during every term of leadership; returns once stopping and the last term's
-    /// writes are done.
-    pub async fn lead_while_elected(&self, mut leading: watch::Receiver<bool>, mut stopping: watch::Receiver<bool>) {
+    /// Reconciles during every term of leadership; returns once stopping and the last term is
+    /// over. `stopping` carries, once the process is told to stop, when the writes under way
+    /// must be done.
+    pub async fn lead_while_elected(&self, leading: watch::Receiver<Option<Term>>, stopping: Stopping) {
+        let mut last_term = 0;
         loop {
-            tokio::select! {
-                elected = leading.wait_for(|leading| *leading) => if elected.is_err() { return },
-                _ = stopping.wait_for(|stopping| *stopping) => return,
-            }
-            info!("reconciling as the leader");
-            self.term(term_over(&leading, &stopping)).await;
-            info!("stopped reconciling");
+            let (mut elected, mut stop) = (leading.clone(), stopping.clone());
+            // A term that is over may still be published (its end passed, the elector has not
+            // said so yet): only a later one begins a term here.
+            let next = tokio::select! {
+                term = elected.wait_for(|term| term.is_some_and(|term| term.number > last_term)) => {
+                    term.ok().and_then(|term| *term)
+                }
+                _ = stop.wait_for(Option::is_some) => None,
+            };
+            let Some(term) = next else { return };
+            last_term = term.number;
+            info!(term = term.number, "reconciling as the leader");
+            self.term(Fence::new(term, leading.clone()), stopping.clone()).await;
+            info!(term = term.number, "stopped reconciling");
         }
     }
 
     /// One term: every Service once, then those the watches say changed, and the orphan sweep,
-    /// until `over`; the reconciles and the sweep under way then finish.
-    async fn term(&self, over: impl Fn() -> TermOver) {
+    /// all through `fence`, until the term is over or the writes under way are due after a stop.
+    async fn term(&self, fence: Fence, stopping: Stopping) {
         // Each term starts from what the API server has: what an earlier term applied may
         // have been changed by another leader since.
         let context = Arc::new(Context::new(
-            self.client.clone(),
+            fence.client(&self.client, self.metrics.clone()),
             self.settings.clone(),
             self.services.clone(),
             self.index.clone(),
@@ -109,7 +122,7 @@ impl Leader {
             .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
             .reconcile_all_on(stream::once(std::future::ready(())))
             .reconcile_on(changed)
-            .graceful_shutdown_on(over())
+            .graceful_shutdown_on(stop_requested(stopping.clone()))
             .run(reconcile, error_policy, context.clone())
             .for_each(|result| async move {
                 match result {
@@ -126,33 +139,38 @@ impl Leader {
             });
         let sweeping = async {
             let mut sweeps = tokio::time::interval(ORPHAN_SWEEP);
-            let mut over = std::pin::pin!(over());
+            let mut stopped = std::pin::pin!(stop_requested(stopping.clone()));
             loop {
                 tokio::select! {
                     _ = sweeps.tick() => context.delete_orphans().await,
-                    () = &mut over => return,
+                    () = &mut stopped => return,
                 }
             }
         };
-        tokio::join!(reconciling, sweeping);
+        let grace_over = async {
+            stop_requested(stopping.clone()).await;
+            let due = *stopping.borrow();
+            if let Some(due) = due {
+                tokio::time::sleep_until(due).await;
+            }
+        };
+        tokio::select! {
+            _ = async { tokio::join!(reconciling, sweeping) } => {}
+            () = fence.over() => info!("the term is over: dropping the reconciles and the sweep under way"),
+            () = grace_over => warn!("stopping: dropping the writes not done within the grace period"),
+        }
+        // The Events still queued go out from a task of their own, which outlives the term.
+        fence.close();
         self.metrics.forget_owed_reconciles();
     }
 }
 
-type TermOver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
+/// `None` until the process is told to stop; then when the writes under way must be done.
+type Stopping = watch::Receiver<Option<tokio::time::Instant>>;
 
-/// A future that ends when this replica stops leading or is stopped; one for each waiter.
-fn term_over(leading: &watch::Receiver<bool>, stopping: &watch::Receiver<bool>) -> impl Fn() -> TermOver {
-    let (leading, stopping) = (leading.clone(), stopping.clone());
-    move || {
-        let (mut leading, mut stopping) = (leading.clone(), stopping.clone());
-        Box::pin(async move {
-            tokio::select! {
-                _ = leading.wait_for(|leading| !*leading) => {}
-                _ = stopping.wait_for(|stopping| *stopping) => {}
-            }
-        })
-    }
+/// Returns once the process is told to stop (or can no longer be told).
+async fn stop_requested(mut stopping: Stopping) {
+    let _ = stopping.wait_for(Option::is_some).await;
 }
 
 /// The Services the watches said changed; all of them when this term's leader fell behind.
@@ -175,4 +193,112 @@ fn changed_services(
         }
     })
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::{reflector, watcher};
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::fixtures::{index_of, settings, NodeBuilder, ServiceBuilder, UID};
+    use crate::run::mock_api::{mock_api, rejected, ApiServer, InFlight};
+    use hostlb_model::names;
+
+    const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+    /// Shorter than what is left of the term, so that the term does not end first.
+    const GRACE: Duration = Duration::from_secs(4);
+    const SERVICE_PATH: &str = "/api/v1/namespaces/shop/services/web";
+
+    /// A leader in its first term, with the finalizer patch of its one Service in flight.
+    struct WriteInFlight {
+        led: tokio::task::JoinHandle<()>,
+        api: ApiServer,
+        in_flight: InFlight,
+        service: Service,
+        leading: watch::Sender<Option<Term>>,
+        stopping: watch::Sender<Option<tokio::time::Instant>>,
+    }
+
+    /// Starts the leader on the local set (a term is not `Send`).
+    async fn leading_with_a_write_in_flight() -> WriteInFlight {
+        let (client, mut api) = mock_api();
+        let service = ServiceBuilder::new("web").build();
+        let (services, mut writer) = reflector::store();
+        for event in [watcher::Event::Init, watcher::Event::InitApply(service.clone()), watcher::Event::InitDone] {
+            writer.apply_watcher_event(&event);
+        }
+        let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build()];
+        let index = Arc::new(RwLock::new(index_of(std::slice::from_ref(&service), &nodes, &[], &[])));
+        let ready = Arc::new(AtomicBool::new(true));
+        let leader = Leader::new(client, settings(), services, index, Arc::new(Metrics::default()), ready);
+        let until = (tokio::time::Instant::now() + RENEW_DEADLINE).into_std();
+        let (leading, elected) = watch::channel(Some(Term { number: 1, until }));
+        let (stopping, stop) = watch::channel(None);
+        let led = tokio::task::spawn_local(async move { leader.lead_while_elected(elected, stop).await });
+        let daemonset =
+            format!("/apis/apps/v1/namespaces/hostlb-system/daemonsets/{}", names::daemonset_name("web", UID));
+        api.expect("GET", &daemonset, 404, rejected(404, "NotFound", "not found")).await;
+        let (_, in_flight) = api.hold("PATCH", SERVICE_PATH).await;
+        WriteInFlight { led, api, in_flight, service, leading, stopping }
+    }
+
+    fn answer(in_flight: InFlight, object: &impl serde::Serialize) {
+        let body = kube::client::Body::from(serde_json::to_vec(object).unwrap());
+        in_flight.send_response(http::Response::new(body));
+    }
+
+    async fn returns(led: tokio::task::JoinHandle<()>, within: Duration) {
+        tokio::time::timeout(within, led).await.expect("the leader returns").expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn when_the_term_ends_the_reconcile_under_way_is_dropped_not_awaited() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let WriteInFlight { led, mut api, in_flight: _in_flight, leading, stopping, .. } =
+                    leading_with_a_write_in_flight().await;
+                leading.send_replace(None);
+                api.expect_nothing_more().await;
+                // The finalizer patch is never answered: a term that waited for it would never end.
+                stopping.send_replace(Some(tokio::time::Instant::now() + GRACE));
+                returns(led, Duration::from_secs(1)).await;
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn stopping_while_leading_lets_the_reconcile_under_way_finish() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let WriteInFlight { led, mut api, in_flight, service, leading: _still_leading, stopping } =
+                    leading_with_a_write_in_flight().await;
+                stopping.send_replace(Some(tokio::time::Instant::now() + GRACE));
+                answer(in_flight, &service);
+                let applied: Value =
+                    json!({ "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": { "name": "x" } });
+                let daemonset =
+                    format!("/apis/apps/v1/namespaces/hostlb-system/daemonsets/{}", names::daemonset_name("web", UID));
+                api.expect("PATCH", &daemonset, 200, applied).await;
+                api.expect_event("shop", "DaemonSetApplied").await;
+                returns(led, Duration::from_secs(5)).await;
+                api.expect_nothing_more().await;
+            })
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_drops_what_is_not_done_within_the_grace_period() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let WriteInFlight { led, mut api, in_flight: _in_flight, leading: _still_leading, stopping, .. } =
+                    leading_with_a_write_in_flight().await;
+                let stopped_at = tokio::time::Instant::now();
+                stopping.send_replace(Some(tokio::time::Instant::now() + GRACE));
+                returns(led, RENEW_DEADLINE * 2).await;
+                assert_eq!(stopped_at.elapsed(), GRACE);
+                api.expect_nothing_more().await;
+            })
+            .await;
+    }
 }

@@ -23,6 +23,11 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -38,6 +43,8 @@ pub struct Metrics {
     pub daemonset_applies: Counter,
     pub daemonset_deletes: Counter,
     pub status_updates: Counter,
+    /// Requests other than reads that terms of leadership sent, by HTTP method.
+    api_writes: Family<VerbLabels, Counter>,
     warnings: Family<ReasonLabels, Counter>,
     /// 1 while this replica holds the Lease and reconciles, else 0.
     pub leader: Gauge,
@@ -55,6 +62,7 @@ impl Default for Metrics {
             daemonset_applies: Counter::default(),
             daemonset_deletes: Counter::default(),
             status_updates: Counter::default(),
+            api_writes: Family::default(),
             warnings: Family::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
@@ -74,6 +82,11 @@ impl Default for Metrics {
         );
         registry.register("daemonset_deletes", "Proxy DaemonSets deleted", metrics.daemonset_deletes.clone());
         registry.register("status_updates", "Writes of status.loadBalancer", metrics.status_updates.clone());
+        registry.register(
+            "api_writes",
+            "Write requests sent to the API server while leading (reconciles, orphan sweep, Events), by HTTP method",
+            metrics.api_writes.clone(),
+        );
         registry.register("warnings", "Warning Events published on Services, by reason", metrics.warnings.clone());
         registry.register(
             "leader",
@@ -114,6 +127,19 @@ impl Metrics {
         self.failures.get_or_create(&ErrorLabels { error: error.metric_label() }).inc();
     }
 
+    /// A request of a term of leadership goes out: counted if it may change something.
+    pub fn request_sent(&self, method: &http::Method) {
+        let verb = match *method {
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS => return,
+            http::Method::POST => "POST",
+            http::Method::PUT => "PUT",
+            http::Method::PATCH => "PATCH",
+            http::Method::DELETE => "DELETE",
+            _ => "other",
+        };
+        self.api_writes.get_or_create(&VerbLabels { verb }).inc();
+    }
+
     pub fn warned(&self, reason: Reason) {
         self.warnings.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
     }
@@ -149,6 +175,8 @@ mod tests {
         metrics.reconcile_failed(&Error::kube("applying")(kube::Error::Api(conflict.boxed())));
         metrics.warned(Reason::PortConflict);
         metrics.leader.set(1);
+        metrics.request_sent(&http::Method::GET);
+        metrics.request_sent(&http::Method::PATCH);
         let service = ObjectRef::new("web").within("shop");
         metrics.reconcile_dequeued(&service);
         metrics.reconcile_owed(&service);
@@ -161,6 +189,8 @@ mod tests {
         assert!(text.contains("hostlb_reconcile_duration_seconds_count 1"), "{text}");
         assert!(text.contains("hostlb_warnings_total{reason=\"PortConflict\"} 1"), "{text}");
         assert!(text.contains("hostlb_leader 1"), "{text}");
+        assert!(text.contains("hostlb_api_writes_total{verb=\"PATCH\"} 1"), "{text}");
+        assert!(!text.contains("verb=\"GET\""), "{text}");
         // Once per reconcile owed, however many events owed it.
         assert!(text.contains("hostlb_reconcile_queue_seconds_count 1"), "{text}");
     }

@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
+/// A request left unanswered: it stays in flight while this is kept.
+pub type InFlight = tower_test::mock::SendResponse<Response<Body>>;
+
 /// The API server's side of the conversation.
 pub struct ApiServer {
     handle: Handle,
@@ -30,6 +33,15 @@ impl ApiServer {
     /// Waits for the next request other than an Event, checks its method and path, and answers
     /// `status` with `reply`.
     pub async fn expect(&mut self, method: &str, path: &str, status: u16, reply: Value) -> Seen {
+        let (seen, respond) = self.hold(method, path).await;
+        let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap()));
+        respond.send_response(response.unwrap());
+        seen
+    }
+
+    /// Waits for the next request other than an Event, checks its method and path, and leaves
+    /// it unanswered.
+    pub async fn hold(&mut self, method: &str, path: &str) -> (Seen, InFlight) {
         let (request, respond) = loop {
             let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request()).await;
             let (request, respond) = next
@@ -48,9 +60,7 @@ impl ApiServer {
             body: json_body(request.into_body()).await,
         };
         assert_eq!(seen.path, path, "expected {method} {path}");
-        let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap()));
-        respond.send_response(response.unwrap());
-        seen
+        (seen, respond)
     }
 
     /// The Event with this reason, from those that came already or the next requests, which

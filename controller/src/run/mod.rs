@@ -1,8 +1,10 @@
-//! The I/O: the command line (`flags`), the watches that feed the index, leader election, the executor that carries out
-//! decisions, Events, metrics and the HTTP server.
+//! The I/O: the command line (`flags`), the watches that feed the index, leader election, the
+//! fence of a term of leadership, the executor that carries out decisions, Events, metrics and
+//! the HTTP server.
 
 mod api_version;
 pub mod events;
+mod fence;
 pub mod flags;
 pub mod leader_election;
 mod leading;

@@ -1,5 +1,6 @@
 //! The controller process: watches on every replica, reconciles while this replica leads,
-//! and on SIGTERM or SIGINT lets the writes under way finish, then releases the Lease.
+//! and on SIGTERM or SIGINT lets the writes under way finish (for at most the renew deadline,
+//! and only while the Lease is held), then releases the Lease.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use kube::Client;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::decide::leadership::Term;
 use crate::decide::Settings;
 use crate::error::Result;
 use crate::run::leader_election::Elector;
@@ -18,7 +20,8 @@ use crate::run::metrics::Metrics;
 use crate::run::watches::{watch, watches_synced, SYNC_POLL};
 
 /// Watches the cluster and, while `elector` wins the Lease, reconciles every LoadBalancer
-/// Service, until SIGTERM or SIGINT. Then the writes under way finish and the Lease is released.
+/// Service, until SIGTERM or SIGINT. Then the writes under way finish, or are dropped at the
+/// renew deadline, and the Lease is released.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -27,12 +30,13 @@ pub async fn run(
     sync_timeout: Duration,
     mut elector: Elector,
 ) -> Result<()> {
-    let (leading_sender, leading) = watch::channel(false);
-    let (stop_sender, stopping) = watch::channel(false);
+    let (leading_sender, leading) = watch::channel(None);
+    let (stop_sender, stopping) = watch::channel(None);
+    let grace = elector.timing().renew_deadline;
     let signalled = async {
         shutdown_signal().await;
-        info!("stopping: finishing the writes under way");
-        stop_sender.send_replace(true);
+        info!(?grace, "stopping: finishing the writes under way");
+        stop_sender.send_replace(Some(tokio::time::Instant::now() + grace));
         std::future::pending::<Infallible>().await
     };
     // Only a replica whose caches are warm stands for election, so that a restarted replica
@@ -68,8 +72,8 @@ async fn watch_and_lead(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     sync_timeout: Duration,
-    leading: watch::Receiver<bool>,
-    stopping: watch::Receiver<bool>,
+    leading: watch::Receiver<Option<Term>>,
+    stopping: watch::Receiver<Option<tokio::time::Instant>>,
 ) -> Result<()> {
     let (watched, triggers) = watch(&client, &settings);
     let leader = Leader::new(client, settings, watched.services, watched.index.clone(), metrics, ready.clone());

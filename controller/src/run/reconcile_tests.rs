@@ -15,10 +15,12 @@ use serde_json::{json, Value};
 
 use super::{error_policy, reconcile, retry_delay, Context};
 use crate::decide::daemonset::{config_hash_of, desired_daemonset};
+use crate::decide::leadership::Term;
 use crate::decide::placement::Placement;
 use crate::decide::Applied;
 use crate::fixtures::index_of;
 use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
+use crate::run::fence::Fence;
 use crate::run::metrics::Metrics;
 use crate::run::mock_api::{mock_api, rejected, ApiServer};
 use crate::state::key_of;
@@ -27,19 +29,41 @@ use hostlb_model::options::ServiceLb;
 
 fn context(services: &[Service], index: crate::state::index::Index) -> (Arc<Context>, ApiServer) {
     let (client, api_server) = mock_api();
+    (context_with(client, services, index, Arc::new(Metrics::default())), api_server)
+}
+
+fn context_with(
+    client: kube::Client,
+    services: &[Service],
+    index: crate::state::index::Index,
+    metrics: Arc<Metrics>,
+) -> Arc<Context> {
     let (store, mut writer) = reflector::store();
     for service in services {
         writer.apply_watcher_event(&watcher::Event::Apply(service.clone()));
     }
-    let context = Context::new(
+    Arc::new(Context::new(
         client,
         settings(),
         store,
         Arc::new(RwLock::new(index)),
-        Arc::new(Metrics::default()),
+        metrics,
         Arc::new(AtomicBool::new(true)),
-    );
-    (Arc::new(context), api_server)
+    ))
+}
+
+/// A context whose requests go through the fence of a term that ends 10 s from now unless the
+/// returned sender publishes otherwise.
+fn fenced_context(
+    services: &[Service],
+    index: crate::state::index::Index,
+) -> (Arc<Context>, ApiServer, tokio::sync::watch::Sender<Option<Term>>, Arc<Metrics>) {
+    let (client, api_server) = mock_api();
+    let term = Term { number: 1, until: (tokio::time::Instant::now() + Duration::from_secs(10)).into_std() };
+    let (leading, published) = tokio::sync::watch::channel(Some(term));
+    let metrics = Arc::new(Metrics::default());
+    let fenced = Fence::new(term, published).client(&client, metrics.clone());
+    (context_with(fenced, services, index, metrics.clone()), api_server, leading, metrics)
 }
 
 fn with_finalizer(mut service: Service) -> Service {
@@ -317,4 +341,37 @@ async fn a_refused_apply_is_warned_while_the_status_follows_the_running_proxies(
 fn retries_back_off_exponentially_up_to_five_minutes() {
     let delays: Vec<u64> = [1, 2, 3, 6, 7, 8, 100, u32::MAX].map(|n| retry_delay(n).as_secs()).to_vec();
     assert_eq!(delays, vec![5, 10, 20, 160, 300, 300, 300, 300]);
+}
+
+#[tokio::test]
+async fn a_write_in_flight_when_the_term_ends_is_dropped_and_nothing_is_sent_after() {
+    let service = ServiceBuilder::new("web").build();
+    let index =
+        index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
+    let (context, mut api, leading, metrics) = fenced_context(std::slice::from_ref(&service), index);
+    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
+
+    api.expect("GET", &daemonset_path(&service), 404, rejected(404, "NotFound", "not found")).await;
+    let (_, in_flight) = api.hold("PATCH", SERVICE_PATH).await;
+    leading.send_replace(None);
+    let error = finish(running).await.expect_err("the reconcile is cut off");
+    assert_eq!(error.metric_label(), "term_over");
+    // Answered only now: nobody waits for it any more, and the DaemonSet is never applied.
+    in_flight.send_response(http::Response::new(kube::client::Body::empty()));
+    api.expect_nothing_more().await;
+    assert!(metrics.render().contains("hostlb_api_writes_total{verb=\"PATCH\"} 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_end_of_its_term_a_replica_sends_nothing_even_before_it_is_told() {
+    let service = ServiceBuilder::new("web").build();
+    let index =
+        index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
+    let (context, mut api, _leading, metrics) = fenced_context(std::slice::from_ref(&service), index);
+    // As a process frozen past the end of its term wakes up: the elector has not run yet.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let error = finish(tokio::spawn(reconcile(Arc::new(service), context))).await.expect_err("nothing is sent");
+    assert_eq!(error.metric_label(), "term_over");
+    api.expect_nothing_more().await;
+    assert!(!metrics.render().contains("hostlb_api_writes_total{"));
 }
