@@ -9,6 +9,7 @@
 #   cluster.sh kubelet stop|start NODE
 #   cluster.sh set-node-ip NODE IP   the node's kubelet reports IP as its InternalIP from now on
 #   cluster.sh restart-control-plane stop kube-apiserver and etcd, then start them again
+#   cluster.sh hang-apiserver SECONDS  SIGSTOP to kube-apiserver, SIGCONT that many seconds later
 #   cluster.sh node stop|start NODE  the node's kubelet and containerd (its containers keep running)
 #   cluster.sh kill-container NODE ID    SIGKILL to a container of the node, through its containerd
 #   cluster.sh pause-container NODE ID   freeze a container of the node, through its containerd
@@ -324,6 +325,20 @@ cmd_restart_control_plane() {
   log "kube-apiserver and etcd restarted; the API was away for $((SECONDS - started))s"
 }
 
+cmd_hang_apiserver() {
+  [[ $# -eq 1 && $1 =~ ^[0-9]+$ ]] || die "usage: cluster.sh hang-apiserver SECONDS"
+  local pid
+  pid=$(daemon_pid kube-apiserver) || die "kube-apiserver is not running"
+  # Connections stay open and nothing answers, as when a server is wedged; it goes on however
+  # this script ends.
+  trap 'kill -CONT "$pid" 2>/dev/null || true' EXIT
+  kill -STOP "$pid"
+  log "kube-apiserver (pid $pid) stopped for $1s"
+  sleep "$1"
+  kill -CONT "$pid"
+  log "kube-apiserver (pid $pid) answers again"
+}
+
 # `kill-container`, `pause-container` or `resume-container NODE CONTAINER_ID`.
 cmd_container() {
   local action=$1
@@ -350,11 +365,12 @@ main() {
     kubelet | node) cmd_node_daemons "$cmd" "$@" ;;
     set-node-ip) cmd_set_node_ip "$@" ;;
     restart-control-plane) cmd_restart_control_plane "$@" ;;
+    hang-apiserver) cmd_hang_apiserver "$@" ;;
     kill-container | pause-container | resume-container) cmd_container "${cmd%-container}" "$@" ;;
     __up-attempt) up_attempt ;;
     __down) do_down ;;
     *)
-      sed -n '2,21p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+      sed -n '2,22p' "$SELF" | sed 's/^# \{0,1\}//' >&2
       exit 2
       ;;
   esac

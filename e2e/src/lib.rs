@@ -140,6 +140,12 @@ impl Cluster {
             })
             .collect())
     }
+
+    /// How many times the Service's status was written, as its StatusUpdated Events count them.
+    pub async fn status_writes(&self, namespace: &str, service: &str) -> Result<i32> {
+        let events = self.events(namespace, service, Reason::StatusUpdated).await?;
+        Ok(events.iter().map(|event| event.series.as_ref().map_or(1, |series| series.count)).sum())
+    }
 }
 
 /// Each controller pod's container restart count, by pod name.

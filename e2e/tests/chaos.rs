@@ -633,3 +633,62 @@ async fn a_restarted_node_gets_its_proxies_and_its_address_back() -> Result<()> 
     ));
     Ok(())
 }
+
+/// How long the API server is hung: past the node controller's 40 s grace, the controller's
+/// 10 s renew deadline and its 20 s view of a silent kubelet.
+const HUNG_FOR: Duration = Duration::from_secs(45);
+
+#[tokio::test]
+async fn an_api_server_hung_for_45_s_withdraws_no_healthy_node_and_loses_no_request() -> Result<()> {
+    let (cluster, ns, nodes) = serving("hung", "steady", 19650).await?;
+    let targets = [(nodes.ip1, 19650), (nodes.ip2, 19650), (nodes.unpublished1, 19650), (nodes.unpublished2, 19650)];
+    for (ip, port) in targets {
+        answers(&cluster, ip, port, SETTLE).await?;
+    }
+    let restarts = cluster.controller_restarts().await?;
+    let both = BTreeSet::from([nodes.ip1, nodes.ip2]);
+    let writes_before = cluster.status_writes(&ns.name, "steady").await?;
+
+    let hang = {
+        let cluster = Cluster::connect().await?;
+        let seconds = HUNG_FOR.as_secs().to_string();
+        tokio::task::spawn_blocking(move || cluster.harness(&["hang-apiserver", &seconds]))
+    };
+    // Every status read, through the hang and for a minute after it, by a client that gives up
+    // on a request after a second; and every request on both paths of both nodes meanwhile.
+    let started = Instant::now();
+    let (mut reads, mut shrunk, mut sent, mut failed) = (0, Vec::new(), 0, Vec::new());
+    while started.elapsed() < HUNG_FOR + Duration::from_secs(60) {
+        let read = tokio::time::timeout(Duration::from_secs(1), ns.services().get("steady")).await;
+        if let Ok(Ok(service)) = read {
+            reads += 1;
+            let addresses = published(&service);
+            if addresses != both {
+                shrunk.push((started.elapsed(), addresses));
+            }
+        }
+        for (answered, target) in probe_all(&cluster, &targets).await?.into_iter().zip(targets) {
+            sent += 1;
+            if !answered {
+                failed.push((started.elapsed(), target));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    hang.await??;
+    let writes_after = cluster.status_writes(&ns.name, "steady").await?;
+    cluster.ensure_no_controller_restarted(&restarts).await?;
+    say(format!(
+        "API server hung for {}s: {reads} status reads over {}s, {} showed fewer than both nodes; \
+         {sent} requests on both paths of both nodes, {} failed; {} status writes",
+        HUNG_FOR.as_secs(),
+        started.elapsed().as_secs(),
+        shrunk.len(),
+        failed.len(),
+        writes_after - writes_before
+    ));
+    ensure!(shrunk.is_empty(), "the status shrank: {shrunk:?}");
+    ensure!(failed.is_empty(), "requests failed: {failed:?}");
+    ensure!(writes_after == writes_before, "the status was written {} times", writes_after - writes_before);
+    Ok(())
+}

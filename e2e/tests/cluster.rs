@@ -1020,12 +1020,6 @@ async fn node_public_addresses_and_hostnames_are_published_as_asked() -> Result<
     .await
 }
 
-/// How many times the Service's status was written, as its StatusUpdated Events count them.
-async fn status_writes(cluster: &Cluster, ns: &str, service: &str) -> Result<i32> {
-    let events = cluster.events(ns, service, Reason::StatusUpdated).await?;
-    Ok(events.iter().map(|event| event.series.as_ref().map_or(1, |series| series.count)).sum())
-}
-
 #[tokio::test]
 async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_change() -> Result<()> {
     let (cluster, ns, nodes) = setup("capped").await?;
@@ -1053,7 +1047,7 @@ async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_c
 
     // The StatusUpdated Event follows the status from a queue of its own.
     let writes = eventually(SETTLE, || async {
-        let writes = status_writes(&cluster, &ns.name, "web").await?;
+        let writes = cluster.status_writes(&ns.name, "web").await?;
         ensure!(writes > 0, "no StatusUpdated Event yet");
         Ok(writes)
     })
@@ -1063,7 +1057,7 @@ async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_c
         ns.patch_service("web", touch).await?;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    ensure!(status_writes(&cluster, &ns.name, "web").await? == writes, "the status was rewritten without a change");
+    ensure!(cluster.status_writes(&ns.name, "web").await? == writes, "the status was rewritten without a change");
     cluster.wait_for_addresses(&ns.name, "web", &chosen, SETTLE).await?;
 
     let cap = |max: &str| json!({ "metadata": { "annotations": { names::ANNOTATION_MAX_NODES: max } } });
