@@ -499,13 +499,24 @@ async fn scale_controller(cluster: &Cluster, replicas: u8) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn services_keep_answering_on_both_paths_while_the_controller_is_away() -> Result<()> {
-    let (cluster, _namespace, nodes) = serving("away", "steady", 19610).await?;
-    let targets = [(nodes.ip1, 19610), (nodes.ip2, 19610), (nodes.unpublished1, 19610), (nodes.unpublished2, 19610)];
+/// A Service served on both nodes, once it answers on both paths of each: the published
+/// address (kube-proxy's rules) and the unpublished one (the proxy pod's hostPort).
+async fn answering_on_both_paths(
+    test: &str,
+    service: &str,
+    port: u16,
+) -> Result<(Cluster, TestNamespace, Nodes, [(IpAddr, u16); 4])> {
+    let (cluster, ns, nodes) = serving(test, service, port).await?;
+    let targets = [(nodes.ip1, port), (nodes.ip2, port), (nodes.unpublished1, port), (nodes.unpublished2, port)];
     for (ip, port) in targets {
         answers(&cluster, ip, port, SETTLE).await?;
     }
+    Ok((cluster, ns, nodes, targets))
+}
+
+#[tokio::test]
+async fn services_keep_answering_on_both_paths_while_the_controller_is_away() -> Result<()> {
+    let (cluster, _namespace, _nodes, targets) = answering_on_both_paths("away", "steady", 19610).await?;
 
     scale_controller(&cluster, 0).await?;
     let away = async {
@@ -640,11 +651,7 @@ const HUNG_FOR: Duration = Duration::from_secs(45);
 
 #[tokio::test]
 async fn an_api_server_hung_for_45_s_withdraws_no_healthy_node_and_loses_no_request() -> Result<()> {
-    let (cluster, ns, nodes) = serving("hung", "steady", 19650).await?;
-    let targets = [(nodes.ip1, 19650), (nodes.ip2, 19650), (nodes.unpublished1, 19650), (nodes.unpublished2, 19650)];
-    for (ip, port) in targets {
-        answers(&cluster, ip, port, SETTLE).await?;
-    }
+    let (cluster, ns, nodes, targets) = answering_on_both_paths("hung", "steady", 19650).await?;
     let restarts = cluster.controller_restarts().await?;
     let both = BTreeSet::from([nodes.ip1, nodes.ip2]);
     let writes_before = cluster.status_writes(&ns.name, "steady").await?;
