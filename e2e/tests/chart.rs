@@ -134,7 +134,7 @@ fn settings_become_the_controllers_environment_and_the_namespace_follows_the_rel
 
 #[test]
 fn every_controller_setting_has_a_chart_value() -> Result<()> {
-    let flags = std::fs::read_to_string(repository().join("controller/src/main.rs"))?;
+    let flags = std::fs::read_to_string(repository().join("controller/src/run/flags.rs"))?;
     let settings = std::fs::read_to_string(repository().join("charts/hostlb/templates/_settings.tpl"))?;
     let variables: BTreeSet<&str> = flags
         .split("env = \"")
@@ -142,7 +142,7 @@ fn every_controller_setting_has_a_chart_value() -> Result<()> {
         .filter_map(|rest| rest.split('"').next())
         .filter(|name| !SET_BY_THE_CHART.contains(name))
         .collect();
-    ensure!(variables.len() > 10, "found only {variables:?} in main.rs");
+    ensure!(variables.len() > 10, "found only {variables:?} in run/flags.rs");
     let missing: Vec<&&str> = variables.iter().filter(|name| !settings.contains(&format!(": {name}\n"))).collect();
     ensure!(missing.is_empty(), "controller settings without a chart value: {missing:?}");
     Ok(())
