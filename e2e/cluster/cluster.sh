@@ -330,8 +330,9 @@ cmd_hang_apiserver() {
   local pid
   pid=$(daemon_pid kube-apiserver) || die "kube-apiserver is not running"
   # Connections stay open and nothing answers, as when a server is wedged; it goes on however
-  # this script ends.
-  trap 'kill -CONT "$pid" 2>/dev/null || true' EXIT
+  # this script ends (the pid is expanded now: the trap runs after this function returned).
+  # shellcheck disable=SC2064
+  trap "kill -CONT $pid 2>/dev/null || true" EXIT
   kill -STOP "$pid"
   log "kube-apiserver (pid $pid) stopped for $1s"
   sleep "$1"

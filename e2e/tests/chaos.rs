@@ -319,6 +319,8 @@ fn metric(pod: &Pod, metric: &str) -> Result<String> {
 /// The write requests a controller pod has sent while leading, over every verb.
 fn api_writes(pod: &Pod) -> Result<u64> {
     let text = metrics_of(pod)?;
+    // A counter with no write yet has no sample: its TYPE line says the replica counts them.
+    ensure!(text.contains("# TYPE hostlb_api_writes counter"), "{} does not count its API writes", pod.name_any());
     let counts = text.lines().filter(|line| line.starts_with("hostlb_api_writes_total{"));
     counts.map(|line| Ok(line.rsplit(' ').next().unwrap_or_default().parse::<u64>()?)).sum()
 }
