@@ -193,9 +193,10 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         serving.hold = Some(Duration::from_millis(u64::try_from(millis).unwrap_or_default()));
         return serving;
     }
-    // Most nodes failing at once is more likely a control plane that was away: nothing is
-    // withdrawn until they look up again, when their changes bring the next look.
-    if index.disrupted() && !adds_only {
+    // Most nodes failing at once, or nodes failing just after the control plane was away, is
+    // more likely the control plane's blindness: nothing is withdrawn meanwhile; the end of the
+    // hold and the nodes' changes bring the next look.
+    if index.withdrawals_held() && !adds_only {
         return serving;
     }
     serving.condition = condition::differs(service, &ready).then_some(ready);

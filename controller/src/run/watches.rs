@@ -117,13 +117,14 @@ fn concerned(services: &Store<Service>, settings: &Settings) -> Vec<ObjectRef<Se
 }
 
 /// Judges every node's Lease each `LEASE_CHECK` while the Lease watch (whose events only feed
-/// the index) runs; yields the nodes whose Lease went stale or came back. Nothing changes in
-/// the API when a kubelet stops, so only the clock can tell.
+/// the index) runs; yields once whenever that changes what decisions see: a node whose Lease
+/// went stale or came back, or the end of a hold on withdrawals. Nothing changes in the API
+/// when a kubelet stops, so only the clock can tell.
 fn lease_liveness(
     lease_triggers: impl Stream<Item = Triggers> + Send + 'static,
     index: Arc<RwLock<Index>>,
     grace: Option<Duration>,
-) -> impl Stream<Item = Result<Arc<Node>, watcher::Error>> + Send + 'static {
+) -> impl Stream<Item = Result<(), watcher::Error>> + Send + 'static {
     enum Tick {
         Watched(Result<(), watcher::Error>),
         Clock,
@@ -133,13 +134,13 @@ fn lease_liveness(
         interval.tick().await;
         Some((Tick::Clock, interval))
     });
-    let was_disrupted = AtomicBool::new(false);
-    stream::select(watched, clock).flat_map(move |tick| {
-        let changes: Vec<Result<Arc<Node>, watcher::Error>> = match tick {
-            Tick::Watched(Ok(())) => Vec::new(),
+    let was_held = AtomicBool::new(false);
+    stream::select(watched, clock).filter_map(move |tick| {
+        let changed = match tick {
+            Tick::Watched(Ok(())) => None,
             Tick::Watched(Err(error)) => {
                 index.write().expect("index lock").lease_watch_failed();
-                vec![Err(error)]
+                Some(Err(error))
             }
             Tick::Clock => {
                 let mut index = index.write().expect("index lock");
@@ -147,18 +148,17 @@ fn lease_liveness(
                 for node in &flipped {
                     info!(node = %node.name_any(), serves = index.serves(node), "node Lease renewal judged anew");
                 }
-                let disrupted = index.disrupted();
-                if disrupted != was_disrupted.swap(disrupted, Ordering::Relaxed) {
-                    if disrupted {
-                        warn!("more than half the nodes look down at once: no address is withdrawn meanwhile");
-                    } else {
-                        info!("most nodes look up again: addresses follow the nodes again");
-                    }
+                let held = index.withdrawals_held();
+                let hold_changed = held != was_held.swap(held, Ordering::Relaxed);
+                if hold_changed && held {
+                    warn!("nodes look down at once or just after the control plane was away: no address is withdrawn meanwhile");
+                } else if hold_changed {
+                    info!("addresses follow the nodes again");
                 }
-                flipped.into_iter().map(Ok).collect()
+                (!flipped.is_empty() || hold_changed && !held).then_some(Ok(()))
             }
         };
-        stream::iter(changes)
+        std::future::ready(changed)
     })
 }
 

@@ -40,6 +40,11 @@ fn proxy_daemonset_essentials(daemonset: &DaemonSet) -> DaemonSet {
     DaemonSet { metadata: daemonset.metadata.clone(), spec: None, status: daemonset.status.clone() }
 }
 
+/// How long after this controller regained sight of the node Leases no address is withdrawn:
+/// the node controller marks nodes NotReady on its first look after the same blindness (its
+/// grace is 40 s), and their kubelets report Ready again within their 10 s status period.
+const AFTER_BLINDNESS: Duration = Duration::from_secs(30);
+
 /// The node whose kubelet renews the Lease of this key: node Leases are named after their node.
 fn node_of_lease(key: &str) -> Option<&str> {
     key.strip_prefix(NODE_LEASE_NAMESPACE)?.strip_prefix('/')
@@ -73,6 +78,10 @@ pub struct Index {
     lease_watch_healthy: bool,
     /// Whether Leases were last judged while this controller may have been blind to renewals.
     blind: bool,
+    /// When it last regained sight of the renewals, and whether that was under
+    /// `AFTER_BLINDNESS` ago when Leases were last judged.
+    regained_sight: Option<Instant>,
+    recovering: bool,
     /// Nodes whose Lease was stale when the clock was last read (`judge_leases`).
     stale_nodes: BTreeSet<String>,
 }
@@ -127,6 +136,7 @@ impl Index {
         if blind {
             stale.retain(|node| self.stale_nodes.contains(node));
         } else if self.blind {
+            self.regained_sight = Some(now);
             for (key, seen) in &mut self.renewals_seen {
                 if node_of_lease(key).is_none_or(|node| !self.stale_nodes.contains(node)) {
                     *seen = now;
@@ -135,6 +145,7 @@ impl Index {
             stale = silent(self);
         }
         self.blind = blind;
+        self.recovering = self.regained_sight.is_some_and(|since| now < since + AFTER_BLINDNESS);
         self.flip_stale(stale)
     }
 
@@ -151,16 +162,18 @@ impl Index {
         node_can_serve(node) && node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
     }
 
-    /// Whether more than half the nodes look unhealthy at once (not Ready, or their kubelet
-    /// silent): then decisions withdraw no address, as that is more likely a control plane
-    /// that was away than most nodes failing together.
-    pub fn disrupted(&self) -> bool {
+    /// Whether decisions withdraw no address now, since what makes nodes look down is more
+    /// likely a control plane that was away than the nodes: while more than half the nodes look
+    /// down at once (not Ready, or their kubelet silent), and for `AFTER_BLINDNESS` after this
+    /// controller regained sight of the node Leases, when the node controller, which was just
+    /// as blind, marks nodes and their pods NotReady until their kubelets report again.
+    pub fn withdrawals_held(&self) -> bool {
         let nodes = self.nodes.values().count();
         let healthy = |node: &Node| {
             node_is_ready(node) && node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
         };
         let unhealthy = self.nodes.values().filter(|node| !healthy(node)).count();
-        unhealthy * 2 > nodes
+        unhealthy * 2 > nodes || self.recovering
     }
 
     /// The node, if it `serves`.
@@ -321,7 +334,7 @@ mod tests {
             index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_000 + second as i64)), at(second));
         }
         assert_eq!(names(index.judge_leases(at(21), GRACE)), ["n1"], "one of three: it died");
-        assert!(!index.disrupted());
+        assert!(!index.withdrawals_held());
         // The watch stalls: every Lease falls silent.
         assert!(index.judge_leases(at(60), GRACE).is_empty(), "two more of three at once: not believed");
         assert!(index.serving_node("n2").is_some() && index.serving_node("n1").is_none());
@@ -352,6 +365,14 @@ mod tests {
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n3", 1_074)), at(74));
         assert!(index.judge_leases(at(80), GRACE).is_empty());
         assert!(index.serving_node("n1").is_none() && index.serving_node("n3").is_some(), "n1 stays out");
+        assert!(index.withdrawals_held(), "the node controller may still mark nodes it could not hear from");
+        for node in ["n2", "n3"] {
+            index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_100)), at(100));
+        }
+        index.judge_leases(at(109), GRACE);
+        assert!(index.withdrawals_held(), "sight returned at 80 s, when most were heard from again");
+        index.judge_leases(at(110), GRACE);
+        assert!(!index.withdrawals_held(), "30 s after sight returned");
     }
 
     #[test]
@@ -378,10 +399,10 @@ mod tests {
     fn most_nodes_not_ready_at_once_is_a_disruption_and_one_of_two_is_not() {
         let ready = NodeBuilder::new("n1").build();
         let not_ready = |name: &str| NodeBuilder::new(name).not_ready().build();
-        assert!(!index_of(&[], &[ready.clone(), not_ready("n2")], &[], &[]).disrupted());
-        assert!(index_of(&[], &[ready.clone(), not_ready("n2"), not_ready("n3")], &[], &[]).disrupted());
+        assert!(!index_of(&[], &[ready.clone(), not_ready("n2")], &[], &[]).withdrawals_held());
+        assert!(index_of(&[], &[ready.clone(), not_ready("n2"), not_ready("n3")], &[], &[]).withdrawals_held());
         let cordoned = NodeBuilder::new("n2").unschedulable().build();
-        assert!(!index_of(&[], &[ready, cordoned], &[], &[]).disrupted(), "a cordon is no failure");
+        assert!(!index_of(&[], &[ready, cordoned], &[], &[]).withdrawals_held(), "a cordon is no failure");
     }
 
     #[test]
