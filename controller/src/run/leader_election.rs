@@ -19,12 +19,14 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::decide::leadership::{released, Election, Leadership, LeaseTiming, Outcome, Plan, Term};
+use crate::run::api_contact::ApiContact;
 use crate::run::metrics::Metrics;
 
 pub struct Elector {
     api: Api<Lease>,
     name: String,
     election: Election,
+    contact: ApiContact,
 }
 
 impl Elector {
@@ -33,7 +35,13 @@ impl Elector {
             api: Api::namespaced(client, namespace),
             name: name.into(),
             election: Election::new(identity, timing),
+            contact: ApiContact::default(),
         }
+    }
+
+    /// Where it records each answer of the API server to its Lease requests.
+    pub fn contact(&self) -> ApiContact {
+        self.contact.clone()
     }
 
     pub fn timing(&self) -> LeaseTiming {
@@ -93,7 +101,11 @@ impl Elector {
     }
 
     async fn attempt(&mut self, now: Instant) -> Outcome {
-        let lease = match self.api.get_opt(&self.name).await {
+        let read = self.api.get_opt(&self.name).await;
+        if matches!(read, Ok(_) | Err(kube::Error::Api(_))) {
+            self.contact.answered();
+        }
+        let lease = match read {
             Ok(lease) => lease,
             Err(error) => {
                 warn!(lease = %self.name, %error, "cannot read the Lease");
@@ -115,6 +127,9 @@ impl Elector {
         } else {
             self.api.create(&PostParams::default(), &claimed).await
         };
+        if matches!(written, Ok(_) | Err(kube::Error::Api(_))) {
+            self.contact.answered();
+        }
         match written {
             Ok(_) => Outcome::Held,
             Err(kube::Error::Api(status)) if status.code == 409 => Outcome::Failed,

@@ -2,6 +2,7 @@
 //! fence of a term of leadership, the executor that carries out decisions, Events, metrics and
 //! the HTTP server.
 
+pub mod api_contact;
 mod api_version;
 pub mod events;
 mod fence;

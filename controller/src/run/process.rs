@@ -14,6 +14,7 @@ use tracing::info;
 use crate::decide::leadership::Term;
 use crate::decide::Settings;
 use crate::error::Result;
+use crate::run::api_contact::ApiContact;
 use crate::run::leader_election::Elector;
 use crate::run::leading::Leader;
 use crate::run::metrics::Metrics;
@@ -33,6 +34,7 @@ pub async fn run(
     let (leading_sender, leading) = watch::channel(None);
     let (stop_sender, stopping) = watch::channel(None);
     let grace = elector.timing().renew_deadline;
+    let contact = elector.contact();
     let signalled = async {
         shutdown_signal().await;
         info!(?grace, "stopping: finishing the writes under way");
@@ -49,7 +51,7 @@ pub async fn run(
         elector.campaign(&leading_sender, &metrics).await
     };
     let ended = tokio::select! {
-        ended = watch_and_lead(client, settings, metrics.clone(), ready.clone(), sync_timeout, leading, stopping) => ended,
+        ended = watch_and_lead(client, settings, metrics.clone(), ready.clone(), sync_timeout, contact, (leading, stopping)) => ended,
         never = campaign => match never {},
         never = signalled => match never {},
     };
@@ -72,10 +74,10 @@ async fn watch_and_lead(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     sync_timeout: Duration,
-    leading: watch::Receiver<Option<Term>>,
-    stopping: watch::Receiver<Option<tokio::time::Instant>>,
+    contact: ApiContact,
+    (leading, stopping): (watch::Receiver<Option<Term>>, watch::Receiver<Option<tokio::time::Instant>>),
 ) -> Result<()> {
-    let (watched, triggers) = watch(&client, &settings);
+    let (watched, triggers) = watch(&client, &settings, contact);
     let leader = Leader::new(client, settings, watched.services, watched.index.clone(), metrics, ready.clone());
     // A replica whose watches never list would sit not-Ready forever; failing lets the kubelet
     // start a fresh one, as controller-runtime does after its cache sync timeout.

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::decide::{claim, Settings};
 use crate::error::{Error, Result};
+use crate::run::api_contact::ApiContact;
 use crate::state::node_liveness::NODE_LEASE_NAMESPACE;
 use crate::state::{triggers, Index};
 
@@ -42,7 +43,11 @@ pub struct Watched {
 }
 
 /// Starts every watch; the stream must be polled for any of them to run.
-pub fn watch(client: &Client, settings: &Settings) -> (Watched, impl Stream<Item = Triggers> + Send + 'static) {
+pub fn watch(
+    client: &Client,
+    settings: &Settings,
+    contact: ApiContact,
+) -> (Watched, impl Stream<Item = Triggers> + Send + 'static) {
     let namespace = settings.proxy.namespace.clone();
     let all = watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
     let index = Arc::new(RwLock::new(Index::default()));
@@ -84,7 +89,7 @@ pub fn watch(client: &Client, settings: &Settings) -> (Watched, impl Stream<Item
             },
         );
         let (services, settings) = (services.clone(), settings.clone());
-        lease_liveness(lease_events, index.clone(), settings.node_lease_grace)
+        lease_liveness(lease_events, index.clone(), settings.node_lease_grace, contact)
             .map_ok(move |_| concerned(&services, &settings))
     };
     // The DaemonSet controller reports pods it cannot create only as Events on the DaemonSet.
@@ -117,13 +122,14 @@ fn concerned(services: &Store<Service>, settings: &Settings) -> Vec<ObjectRef<Se
 }
 
 /// Judges every node's Lease each `LEASE_CHECK` while the Lease watch (whose events only feed
-/// the index) runs; yields once whenever that changes what decisions see: a node whose Lease
+/// the index) runs, and while the API server answers this process (`contact`); yields once whenever that changes what decisions see: a node whose Lease
 /// went stale or came back, or the end of a hold on withdrawals. Nothing changes in the API
 /// when a kubelet stops, so only the clock can tell.
 fn lease_liveness(
     lease_triggers: impl Stream<Item = Triggers> + Send + 'static,
     index: Arc<RwLock<Index>>,
     grace: Option<Duration>,
+    contact: ApiContact,
 ) -> impl Stream<Item = Result<(), watcher::Error>> + Send + 'static {
     enum Tick {
         Watched(Result<(), watcher::Error>),
@@ -144,7 +150,8 @@ fn lease_liveness(
             }
             Tick::Clock => {
                 let mut index = index.write().expect("index lock");
-                let flipped = index.judge_leases(Instant::now(), grace);
+                let now = Instant::now();
+                let flipped = index.judge_leases(now, grace, contact.answering(now));
                 for node in &flipped {
                     info!(node = %node.name_any(), serves = index.serves(node), "node Lease renewal judged anew");
                 }

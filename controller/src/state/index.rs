@@ -113,15 +113,16 @@ impl Index {
     /// Judges every node's Lease at `now`, allowing `grace` past a missed renewal (`None`: leave
     /// it to the node's Ready condition); returns the nodes that went stale or came back.
     ///
-    /// No node goes stale while this controller may be blind: while the Lease watch fails, or
+    /// No node goes stale while this controller may be blind: while the API server does not
+    /// answer it (`api_answering`, from its other requests), while the Lease watch fails, or
     /// while more than half the nodes fall silent at once, which is far more likely a watch
     /// stalled or an API server away than most kubelets stopping together. Nodes already
     /// stale stay so, and any may come back. When sight returns, the renewals of the nodes
     /// that were not stale count from then: the kubelets that renewed first say nothing of
     /// the others' silence meanwhile.
-    pub fn judge_leases(&mut self, now: Instant, grace: Option<Duration>) -> Vec<Arc<Node>> {
-        let Some(grace) = grace else { return self.flip_stale(BTreeSet::new()) };
+    pub fn judge_leases(&mut self, now: Instant, grace: Option<Duration>, api_answering: bool) -> Vec<Arc<Node>> {
         let silent = |index: &Index| -> BTreeSet<String> {
+            let Some(grace) = grace else { return BTreeSet::new() };
             index
                 .node_leases
                 .entries()
@@ -132,7 +133,7 @@ impl Index {
                 .collect()
         };
         let mut stale = silent(self);
-        let blind = !self.lease_watch_healthy || stale.len() * 2 > self.node_leases.values().count();
+        let blind = !api_answering || !self.lease_watch_healthy || stale.len() * 2 > self.node_leases.values().count();
         if blind {
             stale.retain(|node| self.stale_nodes.contains(node));
         } else if self.blind {
@@ -164,7 +165,8 @@ impl Index {
 
     /// Whether decisions withdraw no address now, since what makes nodes look down is more
     /// likely a control plane that was away than the nodes: while more than half the nodes look
-    /// down at once (not Ready, or their kubelet silent), and for `AFTER_BLINDNESS` after this
+    /// down at once (not Ready, or their kubelet silent), while this controller may be blind to
+    /// renewals (`judge_leases`), and for `AFTER_BLINDNESS` after this
     /// controller regained sight of the node Leases, when the node controller, which was just
     /// as blind, marks nodes and their pods NotReady until their kubelets report again.
     pub fn withdrawals_held(&self) -> bool {
@@ -173,7 +175,7 @@ impl Index {
             node_is_ready(node) && node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
         };
         let unhealthy = self.nodes.values().filter(|node| !healthy(node)).count();
-        unhealthy * 2 > nodes || self.recovering
+        unhealthy * 2 > nodes || self.blind || self.recovering
     }
 
     /// The node, if it `serves`.
@@ -305,12 +307,12 @@ mod tests {
         let at = |seconds: u64| start + Duration::from_secs(seconds);
         let mut index = with_leases(&["n1", "n2"], start);
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_015)), at(15));
-        assert!(index.judge_leases(at(20), GRACE).is_empty(), "10 s renewal interval plus 10 s grace");
-        assert_eq!(names(index.judge_leases(at(21), GRACE)), ["n1"]);
+        assert!(index.judge_leases(at(20), GRACE, true).is_empty(), "10 s renewal interval plus 10 s grace");
+        assert_eq!(names(index.judge_leases(at(21), GRACE, true)), ["n1"]);
         assert!(index.serving_node("n1").is_none() && index.serving_node("n2").is_some());
-        assert!(index.judge_leases(at(22), GRACE).is_empty(), "reported once");
+        assert!(index.judge_leases(at(22), GRACE, true).is_empty(), "reported once");
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n1", 1_022)), at(22));
-        assert_eq!(names(index.judge_leases(at(36), GRACE)), ["n1", "n2"], "n1 is back, n2 went stale");
+        assert_eq!(names(index.judge_leases(at(36), GRACE, true)), ["n1", "n2"], "n1 is back, n2 went stale");
         assert!(index.serving_node("n1").is_some() && index.serving_node("n2").is_none());
     }
 
@@ -321,8 +323,11 @@ mod tests {
         let written_long_ago = node_lease("n1", 10);
         index.apply_node_lease(&watcher::Event::Apply(written_long_ago), start + Duration::from_secs(5));
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_020)), start + Duration::from_secs(20));
-        assert!(index.judge_leases(start + Duration::from_secs(25), GRACE).is_empty(), "seen at 5 s: fresh at 25 s");
-        assert_eq!(names(index.judge_leases(start + Duration::from_secs(26), GRACE)), ["n1"]);
+        assert!(
+            index.judge_leases(start + Duration::from_secs(25), GRACE, true).is_empty(),
+            "seen at 5 s: fresh at 25 s"
+        );
+        assert_eq!(names(index.judge_leases(start + Duration::from_secs(26), GRACE, true)), ["n1"]);
     }
 
     #[test]
@@ -333,19 +338,19 @@ mod tests {
         for (node, second) in [("n2", 15), ("n3", 15)] {
             index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_000 + second as i64)), at(second));
         }
-        assert_eq!(names(index.judge_leases(at(21), GRACE)), ["n1"], "one of three: it died");
+        assert_eq!(names(index.judge_leases(at(21), GRACE, true)), ["n1"], "one of three: it died");
         assert!(!index.withdrawals_held());
         // The watch stalls: every Lease falls silent.
-        assert!(index.judge_leases(at(60), GRACE).is_empty(), "two more of three at once: not believed");
+        assert!(index.judge_leases(at(60), GRACE, true).is_empty(), "two more of three at once: not believed");
         assert!(index.serving_node("n2").is_some() && index.serving_node("n1").is_none());
         // It comes back with a relist: what happened meanwhile is unknown, so the count restarts.
         let leases = [node_lease("n1", 1_000), node_lease("n2", 1_055), node_lease("n3", 1_055)];
         relist(&leases).iter().for_each(|event| index.apply_node_lease(event, at(61)));
-        assert_eq!(names(index.judge_leases(at(62), GRACE)), ["n1"], "n1 counts as renewed at the relist");
+        assert_eq!(names(index.judge_leases(at(62), GRACE, true)), ["n1"], "n1 counts as renewed at the relist");
         for node in ["n2", "n3"] {
             index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_075)), at(75));
         }
-        assert_eq!(names(index.judge_leases(at(82), GRACE)), ["n1"], "and is judged again 20 s on");
+        assert_eq!(names(index.judge_leases(at(82), GRACE, true)), ["n1"], "and is judged again 20 s on");
     }
 
     #[test]
@@ -356,23 +361,47 @@ mod tests {
         for node in ["n2", "n3"] {
             index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_010)), at(10));
         }
-        assert_eq!(names(index.judge_leases(at(25), GRACE)), ["n1"], "n1 died");
+        assert_eq!(names(index.judge_leases(at(25), GRACE, true)), ["n1"], "n1 died");
         // The API server hangs 45 s: n2 and n3 fall silent too, and that is not believed.
-        assert!(index.judge_leases(at(70), GRACE).is_empty());
+        assert!(index.judge_leases(at(70), GRACE, true).is_empty());
         // It answers again: n2 renews first; n3 a few seconds later.
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_071)), at(71));
-        assert!(index.judge_leases(at(71), GRACE).is_empty(), "n3 is not taken for dead meanwhile");
+        assert!(index.judge_leases(at(71), GRACE, true).is_empty(), "n3 is not taken for dead meanwhile");
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n3", 1_074)), at(74));
-        assert!(index.judge_leases(at(80), GRACE).is_empty());
+        assert!(index.judge_leases(at(80), GRACE, true).is_empty());
         assert!(index.serving_node("n1").is_none() && index.serving_node("n3").is_some(), "n1 stays out");
         assert!(index.withdrawals_held(), "the node controller may still mark nodes it could not hear from");
         for node in ["n2", "n3"] {
             index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_100)), at(100));
         }
-        index.judge_leases(at(109), GRACE);
+        index.judge_leases(at(109), GRACE, true);
         assert!(index.withdrawals_held(), "sight returned at 80 s, when most were heard from again");
-        index.judge_leases(at(110), GRACE);
+        index.judge_leases(at(110), GRACE, true);
         assert!(!index.withdrawals_held(), "30 s after sight returned");
+    }
+
+    #[test]
+    fn while_the_api_server_does_not_answer_no_node_goes_stale_even_one_of_two() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let mut index = with_leases(&["n1", "n2"], start);
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_009)), at(9));
+        // The API server hangs at 10 s: n1, which renewed first, falls silent first.
+        assert!(index.judge_leases(at(21), GRACE, false).is_empty(), "n1 silent 21 s, n2 12 s");
+        assert!(index.withdrawals_held(), "blind");
+        assert!(index.judge_leases(at(55), GRACE, false).is_empty());
+        // It answers again at 56 s; n2's kubelet renews at 57 s, n1's never: it died meanwhile.
+        let mut went_stale = None;
+        for second in 56..90 {
+            if second == 57 || second == 70 {
+                index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_000 + second as i64)), at(second));
+            }
+            if !index.judge_leases(at(second), GRACE, true).is_empty() {
+                went_stale = went_stale.or(Some(second));
+            }
+            assert_eq!(index.withdrawals_held(), second < 57 + 30, "at {second} s");
+        }
+        assert_eq!(went_stale, Some(78), "n1 gets a full interval and grace from when sight returned at 57 s");
     }
 
     #[test]
@@ -381,15 +410,15 @@ mod tests {
         let mut index = with_leases(&["n1", "n2"], start);
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_015)), start + Duration::from_secs(15));
         index.lease_watch_failed();
-        assert!(index.judge_leases(start + Duration::from_secs(30), GRACE).is_empty());
+        assert!(index.judge_leases(start + Duration::from_secs(30), GRACE, true).is_empty());
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_030)), start + Duration::from_secs(30));
         assert!(
-            index.judge_leases(start + Duration::from_secs(31), GRACE).is_empty(),
+            index.judge_leases(start + Duration::from_secs(31), GRACE, true).is_empty(),
             "the silence meanwhile says nothing"
         );
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_045)), start + Duration::from_secs(45));
         assert_eq!(
-            names(index.judge_leases(start + Duration::from_secs(52), GRACE)),
+            names(index.judge_leases(start + Duration::from_secs(52), GRACE, true)),
             ["n1"],
             "20 s after sight returned"
         );
@@ -409,7 +438,7 @@ mod tests {
     fn without_a_grace_leases_are_not_judged() {
         let start = Instant::now();
         let mut index = with_leases(&["n1"], start);
-        assert!(index.judge_leases(start + Duration::from_secs(5_000), None).is_empty());
+        assert!(index.judge_leases(start + Duration::from_secs(5_000), None, true).is_empty());
         assert!(index.serving_node("n1").is_some());
     }
 
