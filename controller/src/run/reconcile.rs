@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::run::events::Events;
 use crate::run::metrics::Metrics;
 use crate::state::proxy_pod::owning_service_key;
+use crate::state::triggers::service_ref;
 use crate::state::{key_of, Index, Key};
 
 /// A resync now and then repairs anything a missed watch event left behind.
@@ -374,14 +375,11 @@ impl Context {
     /// Whether the proxy DaemonSet is still orphaned against its Service as the API server
     /// has it now.
     async fn orphaned_by_the_api_server(&self, daemonset: &DaemonSet) -> Result<bool> {
-        let Some((namespace, name)) = owning_service_key(daemonset).and_then(|key| {
-            let (namespace, name) = key.split_once('/')?;
-            Some((namespace.to_string(), name.to_string()))
-        }) else {
-            return Ok(true);
-        };
-        let services: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
-        let live = services.get_opt(&name).await.map_err(Error::kube(format!("get Service {namespace}/{name}")))?;
+        let Some(service) = owning_service_key(daemonset).map(|key| service_ref(&key)) else { return Ok(true) };
+        let namespace = service.namespace.as_deref().unwrap_or_default();
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let action = format!("get Service {namespace}/{}", service.name);
+        let live = services.get_opt(&service.name).await.map_err(Error::kube(action))?;
         Ok(!orphaned([daemonset], &live.iter().collect::<Vec<_>>(), &self.settings).is_empty())
     }
 

@@ -160,7 +160,12 @@ impl Index {
 
     /// Whether the node can carry traffic: Ready, not cordoned, and its kubelet renewing its Lease.
     pub fn serves(&self, node: &Node) -> bool {
-        node_can_serve(node) && node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
+        node_can_serve(node) && self.renews(node)
+    }
+
+    /// Whether the node's kubelet is not judged stale (`judge_leases`).
+    fn renews(&self, node: &Node) -> bool {
+        node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
     }
 
     /// Whether decisions withdraw no address now, since what makes nodes look down is more
@@ -171,10 +176,7 @@ impl Index {
     /// as blind, marks nodes and their pods NotReady until their kubelets report again.
     pub fn withdrawals_held(&self) -> bool {
         let nodes = self.nodes.values().count();
-        let healthy = |node: &Node| {
-            node_is_ready(node) && node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
-        };
-        let unhealthy = self.nodes.values().filter(|node| !healthy(node)).count();
+        let unhealthy = self.nodes.values().filter(|node| !(node_is_ready(node) && self.renews(node))).count();
         unhealthy * 2 > nodes || self.blind || self.recovering
     }
 

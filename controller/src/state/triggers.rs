@@ -45,9 +45,9 @@ pub fn of_services(changes: &ServiceChanges, index: &Index) -> Vec<ObjectRef<Ser
             .flat_map(|lb| lb.ports.iter().map(|p| (p.protocol, p.listen)))
             .collect();
         let others = ports.iter().flat_map(|port| index.claims.group(port));
-        neighbours
-            .extend(others.map(|other| format!("{}/{}", other.namespace, other.name)).filter(|key| *key != change.key));
+        neighbours.extend(others.map(|other| format!("{}/{}", other.namespace, other.name)));
     }
+    // A changed Service is itself above while it exists, and not to be woken once it is gone.
     let own: BTreeSet<Key> = changes.services.iter().map(|change| change.key.clone()).collect();
     triggers.extend(neighbours.iter().filter(|key| !own.contains(*key)).map(|key| service_ref(key)));
     triggers
