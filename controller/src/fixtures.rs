@@ -10,6 +10,13 @@ use kube::runtime::watcher;
 use crate::decide::claim;
 use crate::state::Index;
 
+/// The pod as its DaemonSet's template makes it now: with the template's annotations.
+pub fn made_from(mut pod: Pod, daemonset: &DaemonSet) -> Pod {
+    let template = daemonset.spec.as_ref().and_then(|spec| spec.template.metadata.as_ref());
+    pod.metadata.annotations = template.and_then(|metadata| metadata.annotations.clone());
+    pod
+}
+
 /// The load balancer class of the fixture settings.
 pub const CLASS: &str = "hostlb.io/hostlb";
 
@@ -62,7 +69,7 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
     let mut index = Index::default();
     listed(services).iter().for_each(|e| drop(index.apply_service(e, |s| claim(s, &settings))));
     listed(nodes).iter().for_each(|e| drop(index.apply_node(e)));
-    listed(pods).iter().for_each(|e| drop(index.apply_proxy_pod(e)));
+    listed(pods).iter().for_each(|e| drop(index.apply_proxy_pod(e, k8s_openapi::jiff::Timestamp::now())));
     listed(daemonsets).iter().for_each(|e| drop(index.apply_daemonset(e)));
     listed::<Event>(&[]).iter().for_each(|e| drop(index.apply_creation_failure(e)));
     listed::<Lease>(&[]).iter().for_each(|e| index.apply_node_lease(e, std::time::Instant::now()));

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition,
-    PodSpec, PodStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
+    ContainerState, ContainerStatus, LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition,
+    NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -224,6 +224,14 @@ pub fn proxy_pod(name: &str, node: &str, ready: bool) -> Pod {
                 status: if ready { "True" } else { "False" }.into(),
                 ..Default::default()
             }]),
+            container_statuses: ready.then(|| {
+                vec![ContainerStatus {
+                    name: "hold".into(),
+                    ready: true,
+                    state: Some(ContainerState { running: Some(Default::default()), ..Default::default() }),
+                    ..Default::default()
+                }]
+            }),
             ..Default::default()
         }),
     }

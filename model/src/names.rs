@@ -26,6 +26,11 @@ pub const LABEL_SERVICE_NAMESPACE: &str = "hostlb.io/service-namespace";
 pub const LABEL_SERVICE_UID: &str = "hostlb.io/service-uid";
 /// Hash of everything the controller sets on a DaemonSet, so an unchanged one is not re-applied.
 pub const ANNOTATION_CONFIG_HASH: &str = "hostlb.io/config-hash";
+/// On proxy pods: hash of what the pod does (containers, rules, security), without where it
+/// may run, so that only a change of what proxies do replaces running ones.
+pub const ANNOTATION_PROXY_SPEC_HASH: &str = "hostlb.io/proxy-spec-hash";
+/// Set on a pod template by `kubectl rollout restart`: pods started before it are replaced.
+pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
 /// Node label: once any node carries it, only nodes with the value `true` run proxy pods.
 pub const NODE_LABEL_ENABLE_LB: &str = "hostlb.io/enablelb";

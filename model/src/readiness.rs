@@ -25,6 +25,16 @@ pub fn pod_is_ready(pod: &Pod) -> bool {
         && condition_true(pod.status.as_ref().and_then(|s| s.conditions.as_ref()), "Ready")
 }
 
+/// Whether every container of the pod runs: started, though not necessarily Ready (a proxy of
+/// an `externalTrafficPolicy: Local` Service on a node without endpoints never is).
+pub fn containers_running(pod: &Pod) -> bool {
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    pod.metadata.deletion_timestamp.is_none()
+        && statuses.is_some_and(|list| {
+            !list.is_empty() && list.iter().all(|c| c.state.as_ref().is_some_and(|state| state.running.is_some()))
+        })
+}
+
 fn condition_true<C: HasTypeAndStatus>(conditions: Option<&Vec<C>>, type_: &str) -> bool {
     conditions.is_some_and(|list| list.iter().any(|c| c.type_() == type_ && c.status() == "True"))
 }

@@ -10,6 +10,8 @@ pub enum Reason {
     DaemonSetDeleted,
     OrphanDeleted,
     StatusUpdated,
+    /// An out-of-date proxy pod was deleted for the DaemonSet controller to replace.
+    ProxyPodReplaced,
     /// An option or field of the Service cannot be honoured.
     InvalidOption,
     /// No node may run the Service's proxy pods.
@@ -36,11 +38,12 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::DaemonSetApplied,
         Reason::DaemonSetDeleted,
         Reason::OrphanDeleted,
         Reason::StatusUpdated,
+        Reason::ProxyPodReplaced,
         Reason::InvalidOption,
         Reason::NoEligibleNode,
         Reason::PortConflict,
@@ -61,6 +64,7 @@ impl Reason {
             Reason::DaemonSetDeleted => "DaemonSetDeleted",
             Reason::OrphanDeleted => "OrphanDeleted",
             Reason::StatusUpdated => "StatusUpdated",
+            Reason::ProxyPodReplaced => "ProxyPodReplaced",
             Reason::InvalidOption => "InvalidOption",
             Reason::NoEligibleNode => "NoEligibleNode",
             Reason::PortConflict => "PortConflict",
@@ -79,7 +83,11 @@ impl Reason {
     pub fn is_warning(self) -> bool {
         !matches!(
             self,
-            Reason::DaemonSetApplied | Reason::DaemonSetDeleted | Reason::OrphanDeleted | Reason::StatusUpdated
+            Reason::DaemonSetApplied
+                | Reason::DaemonSetDeleted
+                | Reason::OrphanDeleted
+                | Reason::StatusUpdated
+                | Reason::ProxyPodReplaced
         )
     }
 
@@ -89,6 +97,7 @@ impl Reason {
             Reason::DaemonSetApplied => "ApplyDaemonSet",
             Reason::DaemonSetDeleted | Reason::OrphanDeleted => "DeleteDaemonSet",
             Reason::StatusUpdated => "PublishAddresses",
+            Reason::ProxyPodReplaced => "ReplaceProxyPod",
             _ => "Reconcile",
         }
     }

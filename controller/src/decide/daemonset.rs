@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use hostlb_proxy_spec::{self as proxy, Family, LB_BINARY, NODE_NAME_ENV, PROBE_ADDRESS_ENV};
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
@@ -65,6 +65,9 @@ pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &Proxy
         (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),
         (names::LABEL_SERVICE_UID.to_string(), lb.uid.clone()),
     ]);
+    let spec = pod_spec(lb, placement, settings);
+    let template_annotations =
+        BTreeMap::from([(names::ANNOTATION_PROXY_SPEC_HASH.to_string(), proxy_spec_hash(&spec))]);
     let mut daemonset = DaemonSet {
         metadata: ObjectMeta {
             name: Some(name),
@@ -82,9 +85,17 @@ pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &Proxy
         spec: Some(DaemonSetSpec {
             selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
-                spec: Some(pod_spec(lb, placement, settings)),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(template_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(spec),
             },
+            // hostlb replaces the pods itself, one node at a time and only when what they do
+            // changes (`decide::roll`): a change of where they may run (a node joining, a label,
+            // a port conflict) leaves the pods that serve alone.
+            update_strategy: Some(DaemonSetUpdateStrategy { type_: Some("OnDelete".into()), rolling_update: None }),
             ..Default::default()
         }),
         status: None,
@@ -97,6 +108,23 @@ pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &Proxy
 /// The hash stored on a DaemonSet by `desired_daemonset`.
 pub fn config_hash_of(daemonset: &DaemonSet) -> Option<&str> {
     daemonset.metadata.annotations.as_ref()?.get(names::ANNOTATION_CONFIG_HASH).map(String::as_str)
+}
+
+/// The hash of what a proxy pod does: its spec without where it may run and at what priority,
+/// which the scheduler reads only when it places a pod.
+fn proxy_spec_hash(spec: &PodSpec) -> String {
+    let behaviour =
+        PodSpec { node_selector: None, affinity: None, tolerations: None, priority_class_name: None, ..spec.clone() };
+    let json = serde_json::to_vec(&behaviour).expect("a PodSpec always serialises");
+    names::hex_digest(&json)[..16].to_string()
+}
+
+/// What the pods of a DaemonSet should carry to count as current: its proxy spec hash and its
+/// last `rollout restart` mark.
+pub fn pod_template_marks(daemonset: &DaemonSet) -> (Option<&str>, Option<&str>) {
+    let annotations = daemonset.spec.as_ref().and_then(|s| s.template.metadata.as_ref()?.annotations.as_ref());
+    let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    (get(names::ANNOTATION_PROXY_SPEC_HASH), get(names::ANNOTATION_RESTARTED_AT))
 }
 
 fn config_hash(daemonset: &DaemonSet) -> String {
@@ -373,6 +401,26 @@ mod tests {
 
     fn pod(daemonset: &DaemonSet) -> &PodSpec {
         daemonset.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn pods_are_replaced_by_hostlb_and_only_a_change_of_what_they_do_changes_their_hash() {
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
+        let settings = settings(ForwardingMode::InitContainer);
+        let everywhere = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings);
+        let strategy = everywhere.spec.as_ref().unwrap().update_strategy.as_ref().unwrap();
+        assert_eq!(strategy.type_.as_deref(), Some("OnDelete"));
+
+        let mut placement = Placement::for_service(&lb, true);
+        placement.excluded_nodes.insert("n2".into());
+        let elsewhere = desired_daemonset(&lb, &placement, &settings);
+        assert_ne!(config_hash_of(&everywhere), config_hash_of(&elsewhere), "the DaemonSet is applied anew");
+        assert_eq!(pod_template_marks(&everywhere), pod_template_marks(&elsewhere), "its pods stay current");
+
+        let new_image = ProxySettings { image: "example.org/hostlb/lb:2".into(), ..settings };
+        let changed = desired_daemonset(&lb, &Placement::for_service(&lb, false), &new_image);
+        assert_ne!(pod_template_marks(&everywhere).0, pod_template_marks(&changed).0, "new pods are rolled out");
+        assert!(pod_template_marks(&changed).0.is_some());
     }
 
     #[test]

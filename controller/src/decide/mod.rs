@@ -14,6 +14,7 @@ pub mod placement;
 pub mod port_policy;
 pub mod proxy_health;
 pub mod publication;
+pub mod roll;
 pub mod settings;
 pub mod tenancy;
 
@@ -31,7 +32,7 @@ use kube::ResourceExt;
 
 use crate::state::{key_of, Index, ProxyPod};
 use conflicts::held_by_older_services;
-use daemonset::{config_hash_of, desired_daemonset};
+use daemonset::{config_hash_of, desired_daemonset, pod_template_marks};
 use placement::Placement;
 use port_policy::RefusedPort;
 use proxy_health::{creation_failure, failing_pods, unschedulable};
@@ -87,6 +88,11 @@ pub struct Serving {
     /// Proxies are starting: the status is left as it is for now, and looked at again after
     /// this long at the latest (their pods' changes bring the next look sooner).
     pub hold: Option<Duration>,
+    /// A proxy pod (`namespace/name`) to delete, so that the DaemonSet controller replaces it
+    /// with a current one.
+    pub replace_pod: Option<String>,
+    /// A node is held published while its proxy is replaced: look again when its window ends.
+    pub recheck: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -170,10 +176,22 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         let newest_pod = pods.iter().filter_map(|pod| pod.created).max();
         starting_until(&pods, daemonset_since.max(newest_pod).filter(|_| podless), observed.now)
     });
+    let replacements = placement.as_ref().map(|placement| {
+        let nodes = eligible_node_names(index, placement);
+        roll::replacements(&pods, nodes, |node| index.departed(uid, node), observed.now)
+    });
+    let replacements = replacements.unwrap_or_default();
+    serving.recheck = replacements.next_deadline.map(|deadline| until(deadline, observed.now));
     let publication = match placement {
-        Some(placement) => {
-            desired_addresses(service, pods, |name| index.serving_node(name), &placement, &policy, &families)
-        }
+        Some(placement) => desired_addresses(
+            service,
+            pods,
+            |name| index.serving_node(name),
+            &replacements.nodes,
+            &placement,
+            &policy,
+            &families,
+        ),
         None => Publication::default(),
     };
     let problems = publication.problems.into_iter().map(|problem| Warning::new(Reason::NodeAnnotationIgnored, problem));
@@ -188,9 +206,8 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     };
     let ready = condition::ready(service, &findings);
     let adds_only = service.published.addresses.iter().all(|address| publication.addresses.contains(address));
-    if let Some(until) = starting.filter(|_| adds_only && serving.warnings.is_empty()) {
-        let millis = until.as_millisecond().saturating_sub(observed.now.as_millisecond());
-        serving.hold = Some(Duration::from_millis(u64::try_from(millis).unwrap_or_default()));
+    if let Some(deadline) = starting.filter(|_| adds_only && serving.warnings.is_empty()) {
+        serving.hold = Some(until(deadline, observed.now));
         return serving;
     }
     // Most nodes failing at once, or nodes failing just after the control plane was away, is
@@ -204,6 +221,20 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         serving.publish = Some(publication.addresses);
     }
     serving
+}
+
+fn until(deadline: Timestamp, now: Timestamp) -> Duration {
+    let millis = deadline.as_millisecond().saturating_sub(now.as_millisecond());
+    Duration::from_millis(u64::try_from(millis).unwrap_or_default())
+}
+
+/// The nodes the placement admits and whose Lease and Ready condition say they serve.
+fn eligible_node_names<'a>(index: &'a Index, placement: &'a Placement) -> impl Iterator<Item = &'a str> {
+    index
+        .nodes
+        .values()
+        .filter(|node| placement.admits(node) && index.serves(node))
+        .filter_map(|node| node.metadata.name.as_deref())
 }
 
 /// When the last of the proxies still starting stops counting as starting: pods not Ready yet
@@ -289,6 +320,15 @@ fn plan_proxies(
         let ports = lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name()));
         let created = observed.daemonset.is_none();
         serving.daemonset = Some(DaemonSetAction::Apply { daemonset: desired, created, ports: listed(ports) });
+    } else if let (Some(spec_hash), Some(existing)) = (pod_template_marks(&desired).0, observed.daemonset) {
+        let current = roll::Current { spec_hash, restarted_at: pod_template_marks(existing).1 };
+        let pods: Vec<&ProxyPod> = index.proxy_pods_of(&lb.uid).collect();
+        let departure_pending = eligible_node_names(index, &placement).any(|node| {
+            let podless = pods.iter().all(|pod| pod.node.as_deref() != Some(node));
+            podless && index.departed(&lb.uid, node).is_some_and(|at| roll::within_window(at, observed.now))
+        });
+        let next = roll::next_to_replace(&pods, current, departure_pending);
+        serving.replace_pod = next.map(|pod| pod.key.clone());
     }
     Some(placement)
 }
@@ -343,7 +383,10 @@ pub fn needs_apply(existing: Option<&DaemonSet>, desired: &DaemonSet, last_appli
 mod tests {
     use super::*;
     use crate::fixtures::index_of;
-    use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
+    use crate::fixtures::{made_from, proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
+    use kube::runtime::watcher;
+
+    const SECOND: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_secs(1);
     use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{LoadBalancerStatus, PodCondition, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -473,9 +516,50 @@ mod tests {
         let lone = decide_with(&service, &[created_at(proxy_pod("p1", "n1", true), now - 6 * second)]);
         assert_eq!((lone.hold, lone.publish), (None, Some(ips(&["10.0.0.1"]))), "no pod came for n2 in 5 s");
 
+        // n2's pod turned unready (it is not being replaced) while n3's is starting.
         let was_on_both = published(service, &["10.0.0.1", "10.0.0.2"]);
-        let withdrawn = decide_with(&was_on_both, &[ready_one, starting]);
+        let unready = created_at(proxy_pod("p2", "n2", false), now - 60 * second);
+        let with_n3 = [nodes[0].clone(), nodes[1].clone(), NodeBuilder::new("n3").internal("10.0.0.3").build()];
+        let pods = [ready_one, unready, created_at(proxy_pod("p3", "n3", false), now)];
+        let index = index_of(std::slice::from_ref(&was_on_both), &with_n3, &pods, std::slice::from_ref(&existing));
+        let withdrawn = served_at(&was_on_both, &index, Some(&existing), now);
         assert_eq!((withdrawn.hold, withdrawn.publish), (None, Some(ips(&["10.0.0.1"]))), "withdrawn at once");
+    }
+
+    #[test]
+    fn a_published_node_stays_published_while_its_proxy_pod_is_replaced() {
+        let service = published(with_finalizer(ServiceBuilder::new("web").build()), &["10.0.0.1", "10.0.0.2"]);
+        let nodes =
+            [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
+        let now = Timestamp::now();
+        let existing = desired_for(&service);
+        let ready_one = made_from(proxy_pod("p1", "n1", true), &existing);
+        let mut index = index_of(
+            std::slice::from_ref(&service),
+            &nodes,
+            &[ready_one.clone(), proxy_pod("old", "n2", true)],
+            std::slice::from_ref(&existing),
+        );
+        let serving = served_at(&service, &index, Some(&existing), now);
+        assert_eq!(serving.replace_pod.as_deref(), Some("hostlb-system/old"), "the out-of-date pod goes");
+
+        let mut old = proxy_pod("old", "n2", true);
+        old.metadata.deletion_timestamp = Some(Time(now));
+        drop(index.apply_proxy_pod(&watcher::Event::Apply(old.clone()), now));
+        let terminating = served_at(&service, &index, Some(&existing), now);
+        assert_eq!((terminating.publish, terminating.replace_pod), (None, None), "n2 stays; one pod at a time");
+
+        drop(index.apply_proxy_pod(&watcher::Event::Delete(old), now));
+        let gone = served_at(&service, &index, Some(&existing), now + 2 * SECOND);
+        assert_eq!((gone.publish, gone.replace_pod), (None, None), "n2 waits for its new pod");
+        assert_eq!(gone.recheck, Some(Duration::from_secs(28)), "looked at again when the window ends");
+        let never_came = served_at(&service, &index, Some(&existing), now + 31 * SECOND);
+        assert_eq!(never_came.publish, Some(ips(&["10.0.0.1"])), "withdrawn when no pod came in time");
+
+        let new = created_at(made_from(proxy_pod("new", "n2", false), &existing), now + SECOND);
+        drop(index.apply_proxy_pod(&watcher::Event::Apply(new), now + SECOND));
+        let starting = served_at(&service, &index, Some(&existing), now + 3 * SECOND);
+        assert_eq!((starting.publish, starting.condition), (None, None), "still published, still Serving");
     }
 
     #[test]

@@ -121,8 +121,8 @@ fn is_dns_name(text: &str) -> bool {
     text.len() <= 253 && text.split('.').all(label)
 }
 
-/// What to publish: the addresses of nodes whose proxy pod is Ready, that can serve and that
-/// the placement admits; at most `max_nodes` of them, keeping those already published while
+/// What to publish: the addresses of nodes whose proxy pod is Ready (or, already published,
+/// that are `replacing` theirs), that can serve and that the placement admits; at most `max_nodes` of them, keeping those already published while
 /// they can serve and choosing others by a hash of the Service and the node, so that DNS does
 /// not churn and Services spread over the nodes. IPs come first, in the order of the Service's
 /// families, each family sorted; then hostnames, sorted. Equal inputs in any order give equal
@@ -131,6 +131,7 @@ pub fn desired_addresses<'a>(
     service: &ServiceView,
     proxy_pods: impl IntoIterator<Item = &'a ProxyPod>,
     node: impl Fn(&str) -> Option<&'a Node>,
+    replacing: &BTreeSet<String>,
     placement: &Placement,
     policy: &AddressPolicy,
     families: &[Family],
@@ -144,12 +145,19 @@ pub fn desired_addresses<'a>(
             serving.insert(name, node);
         }
     }
-    let serving_nodes = serving.len();
     let mut problems = Vec::new();
+    let published: BTreeSet<&Address> = service.published.addresses.iter().collect();
+    for name in replacing {
+        let Some(node) = node(name).filter(|node| node_can_serve(node) && placement.admits(node)) else { continue };
+        let addresses = node_addresses(node, policy, families, &mut Vec::new());
+        if addresses.iter().any(|address| published.contains(address)) {
+            serving.insert(name, node);
+        }
+    }
+    let serving_nodes = serving.len();
     let mut candidates: Vec<(&str, Vec<Address>)> =
         serving.into_iter().map(|(name, node)| (name, node_addresses(node, policy, families, &mut problems))).collect();
     if let Some(max) = policy.max_nodes.filter(|max| candidates.len() > *max) {
-        let published: BTreeSet<&Address> = service.published.addresses.iter().collect();
         let uid = &service.uid;
         candidates.sort_by_cached_key(|(name, addresses)| {
             let already = addresses.iter().any(|a| published.contains(a));
@@ -199,7 +207,7 @@ mod tests {
         let placement = Placement::for_service(&lb, false);
         let node = |name: &str| nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name));
         let pods: Vec<ProxyPod> = pods.iter().map(ProxyPod::of).collect();
-        desired_addresses(&ServiceView::of(service), &pods, node, &placement, policy, families)
+        desired_addresses(&ServiceView::of(service), &pods, node, &BTreeSet::new(), &placement, policy, families)
     }
 
     fn compute(nodes: &[Node], pods: &[Pod], address_type: AddressType, families: &[Family]) -> Vec<Address> {

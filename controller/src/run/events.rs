@@ -217,7 +217,13 @@ mod tests {
         let normal: Vec<Reason> = Reason::ALL.into_iter().filter(|r| !r.is_warning()).collect();
         assert_eq!(
             normal,
-            vec![Reason::DaemonSetApplied, Reason::DaemonSetDeleted, Reason::OrphanDeleted, Reason::StatusUpdated]
+            vec![
+                Reason::DaemonSetApplied,
+                Reason::DaemonSetDeleted,
+                Reason::OrphanDeleted,
+                Reason::StatusUpdated,
+                Reason::ProxyPodReplaced
+            ]
         );
     }
 }

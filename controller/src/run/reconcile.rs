@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -163,7 +163,7 @@ pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<A
         }
         Decision::Serve(serving) => {
             let _timer = context.metrics.reconcile_started();
-            let next = serving.hold.unwrap_or(RESYNC);
+            let next = [serving.hold, serving.recheck].into_iter().flatten().min().unwrap_or(RESYNC);
             context.serve(&service, &view, *serving).await?;
             Action::requeue(next)
         }
@@ -207,6 +207,9 @@ impl Context {
         if let Err(refused) = &proxies {
             serving.warnings.extend(refused.as_warning());
         }
+        if let Some(pod) = &serving.replace_pod {
+            self.replace_proxy_pod(service, pod).await?;
+        }
         if serving.publish.is_some() || serving.condition.is_some() {
             // Every apply carries hostlb's condition: one without it would drop it.
             let existing = view.condition.as_ref();
@@ -227,6 +230,25 @@ impl Context {
         }
         self.events.report(service, serving.warnings, &self.metrics).await;
         proxies
+    }
+
+    /// Deletes an out-of-date proxy pod; the DaemonSet controller creates its replacement.
+    async fn replace_proxy_pod(&self, service: &Service, key: &str) -> Result<()> {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.settings.proxy.namespace);
+        match pods.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {
+                info!(pod = %key, "replacing out-of-date proxy pod");
+                self.events.publish(
+                    service,
+                    Reason::ProxyPodReplaced,
+                    format!("replacing out-of-date proxy pod {key}"),
+                );
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+            Err(error) => Err(Error::kube(format!("delete proxy pod {key}"))(error)),
+        }
     }
 
     async fn apply_daemonset(&self, service: &Service, desired: &DaemonSet, created: bool, ports: &str) -> Result<()> {

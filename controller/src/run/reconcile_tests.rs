@@ -19,7 +19,7 @@ use crate::decide::leadership::Term;
 use crate::decide::placement::Placement;
 use crate::decide::Applied;
 use crate::fixtures::index_of;
-use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
+use crate::fixtures::{made_from, proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
 use crate::run::fence::Fence;
 use crate::run::metrics::Metrics;
 use crate::run::mock_api::{mock_api, rejected, ApiServer};
@@ -196,7 +196,7 @@ async fn ready_proxy_pods_are_published_with_a_status_apply() {
     let daemonset = ours(&service, 2);
     let nodes =
         [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
-    let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)];
+    let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)].map(|pod| made_from(pod, &daemonset));
     let index = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&daemonset));
     let (context, mut api) = context(std::slice::from_ref(&service), index);
     let applied = Applied { generation: 2, config_hash: config_hash_of(&daemonset).unwrap().into() };
@@ -221,6 +221,28 @@ async fn ready_proxy_pods_are_published_with_a_status_apply() {
     );
     let event = api.expect_event("shop", "StatusUpdated").await;
     assert_eq!(event["note"], "10.0.0.1, 10.0.0.2");
+    api.expect_nothing_more().await;
+    finish(running).await.expect("the reconcile succeeds");
+}
+
+#[tokio::test]
+async fn an_out_of_date_proxy_pod_is_deleted_for_its_daemonset_to_replace() {
+    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let daemonset = ours(&service, 2);
+    let nodes =
+        [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
+    let pods = [proxy_pod("old", "n1", true), made_from(proxy_pod("new", "n2", true), &daemonset)];
+    let index = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&daemonset));
+    let (context, mut api) = context(std::slice::from_ref(&service), index);
+    let applied = Applied { generation: 2, config_hash: config_hash_of(&daemonset).unwrap().into() };
+    context.applied.lock().unwrap().insert(key_of(&daemonset), applied);
+    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
+
+    api.expect("DELETE", "/api/v1/namespaces/hostlb-system/pods/old", 200, json_of(&pods[0])).await;
+    expect_status_apply(&mut api, &service).await;
+    let event = api.expect_event("shop", "ProxyPodReplaced").await;
+    assert_eq!(event["note"], "replacing out-of-date proxy pod hostlb-system/old");
+    api.expect_event("shop", "StatusUpdated").await;
     api.expect_nothing_more().await;
     finish(running).await.expect("the reconcile succeeds");
 }

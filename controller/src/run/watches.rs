@@ -12,6 +12,7 @@ use hostlb_model::names;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -69,7 +70,7 @@ pub fn watch(
     let proxy_pods = all.clone().labels(&names::managed_selector());
     let pod_triggers =
         indexed(Api::<Pod>::namespaced(client.clone(), &namespace), proxy_pods, &index, |index, event| {
-            triggers::of_proxy_pods(&index.apply_proxy_pod(event))
+            triggers::of_proxy_pods(&index.apply_proxy_pod(event, Timestamp::now()))
         });
     let node_triggers = {
         let (services, settings) = (services.clone(), settings.clone());

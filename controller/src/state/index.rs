@@ -14,9 +14,11 @@ use hostlb_model::names;
 use hostlb_model::options::ServiceLb;
 use hostlb_model::readiness::{node_can_serve, node_is_ready};
 use hostlb_proxy_spec::Protocol;
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, PodTemplateSpec, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
@@ -35,10 +37,27 @@ pub struct CarriesEnableLb;
 pub type Claim = Arc<ServiceLb>;
 
 /// What reconciles read of a proxy DaemonSet: its metadata (labels, configuration hash,
-/// generation) and status. Its spec, the pod template hostlb wrote, is most of it.
+/// generation), status, and of its spec only the `rollout restart` mark of its pod template.
+/// The rest of the spec, the pod template hostlb wrote, is most of it.
 fn proxy_daemonset_essentials(daemonset: &DaemonSet) -> DaemonSet {
-    DaemonSet { metadata: daemonset.metadata.clone(), spec: None, status: daemonset.status.clone() }
+    let restart_mark = daemonset.spec.as_ref().and_then(|spec| {
+        let annotations = spec.template.metadata.as_ref()?.annotations.as_ref()?;
+        let (key, value) = annotations.get_key_value(names::ANNOTATION_RESTARTED_AT)?;
+        let template = PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                annotations: Some([(key.clone(), value.clone())].into_iter().collect()),
+                ..Default::default()
+            }),
+            spec: None,
+        };
+        Some(DaemonSetSpec { template, ..Default::default() })
+    });
+    DaemonSet { metadata: daemonset.metadata.clone(), spec: restart_mark, status: daemonset.status.clone() }
 }
+
+/// How long a node is remembered as having lost its proxy pod: longer than any decision waits
+/// for the DaemonSet controller to create the replacement.
+const DEPARTURE_MEMORY: Duration = Duration::from_secs(120);
 
 /// How long after this controller regained sight of the node Leases no address is withdrawn:
 /// the node controller marks nodes NotReady on its first look after the same blindness (its
@@ -84,6 +103,8 @@ pub struct Index {
     recovering: bool,
     /// Nodes whose Lease was stale when the clock was last read (`judge_leases`).
     stale_nodes: BTreeSet<String>,
+    /// When each (Service UID, node) last saw its proxy pod go, for `DEPARTURE_MEMORY`.
+    departures: HashMap<(String, String), Timestamp>,
 }
 
 impl Index {
@@ -192,11 +213,27 @@ impl Index {
         })
     }
 
-    pub fn apply_proxy_pod(&mut self, event: &watcher::Event<Pod>) -> Vec<Change<Arc<ProxyPod>>> {
-        self.proxy_pods.apply(event, |pod| {
-            let uid = pod.labels().get(names::LABEL_SERVICE_UID)?.clone();
-            Some((Arc::new(ProxyPod::of(pod)), vec![uid]))
-        })
+    /// Applies a proxy pod event seen at `now`, remembering which nodes just lost a pod.
+    pub fn apply_proxy_pod(&mut self, event: &watcher::Event<Pod>, now: Timestamp) -> Vec<Change<Arc<ProxyPod>>> {
+        let changes = self.proxy_pods.apply(event, |pod| {
+            let kept = ProxyPod::of(pod);
+            let uid = kept.service_uid.clone()?;
+            Some((Arc::new(kept), vec![uid]))
+        });
+        let memory = SignedDuration::try_from(DEPARTURE_MEMORY).unwrap_or_default();
+        self.departures.retain(|_, at| at.checked_add(memory).is_ok_and(|until| until > now));
+        for change in &changes {
+            let Some(gone) = change.before.as_ref().filter(|_| change.after.is_none()) else { continue };
+            if let (Some(uid), Some(node)) = (gone.service_uid.clone(), gone.node.clone()) {
+                self.departures.insert((uid, node), now);
+            }
+        }
+        changes
+    }
+
+    /// When the Service's proxy pod on `node` was last seen going, if not long ago.
+    pub fn departed(&self, service_uid: &str, node: &str) -> Option<Timestamp> {
+        self.departures.get(&(service_uid.to_string(), node.to_string())).copied()
     }
 
     pub fn apply_daemonset(&mut self, event: &watcher::Event<DaemonSet>) -> Vec<Change<Arc<DaemonSet>>> {
@@ -493,7 +530,7 @@ mod tests {
     #[test]
     fn proxy_pods_are_kept_as_what_decisions_read() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": "p1", "namespace": "hostlb-system", "annotations": { "big": "x" },
+            "metadata": { "name": "p1", "namespace": "hostlb-system", "annotations": { "big": "x", (names::ANNOTATION_PROXY_SPEC_HASH): "abc" },
                           "creationTimestamp": "2026-01-02T03:04:05Z",
                           "labels": { (names::LABEL_SERVICE_UID): UID } },
             "spec": { "nodeName": "n1", "containers": [{ "name": "lb", "image": "hostlb/lb:1" }] },
@@ -514,10 +551,14 @@ mod tests {
             &ProxyPod {
                 key: "hostlb-system/p1".into(),
                 service: None,
+                service_uid: Some(UID.into()),
                 node: Some("n1".into()),
                 created: Some("2026-01-02T03:04:05Z".parse().unwrap()),
                 deleting: false,
                 ready: false,
+                running: false,
+                spec_hash: Some("abc".into()),
+                restarted_at: None,
                 unschedulable: Some("0/2 nodes are available".into()),
                 failure: Some("container lb: CrashLoopBackOff".into()),
             }

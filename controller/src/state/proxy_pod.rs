@@ -1,7 +1,7 @@
 //! What is kept of a proxy pod: the little that decisions and triggers read.
 
 use hostlb_model::names;
-use hostlb_model::readiness::{failure_of, pod_is_ready, pod_node, unschedulable_message};
+use hostlb_model::readiness::{containers_running, failure_of, pod_is_ready, pod_node, unschedulable_message};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -18,12 +18,20 @@ pub struct ProxyPod {
     pub key: String,
     /// `namespace/name` of the Service it serves, from the labels hostlb gave it.
     pub service: Option<Key>,
+    /// The UID of the Service it serves, from its labels.
+    pub service_uid: Option<String>,
     /// The node it is bound to, if any yet.
     pub node: Option<String>,
     pub created: Option<Timestamp>,
     pub deleting: bool,
     /// Ready, and not being deleted.
     pub ready: bool,
+    /// Every container runs, and it is not being deleted.
+    pub running: bool,
+    /// What it does (`names::ANNOTATION_PROXY_SPEC_HASH`), and the last `rollout restart` it
+    /// came after: a pod whose two differ from its DaemonSet's is replaced.
+    pub spec_hash: Option<String>,
+    pub restarted_at: Option<String>,
     /// The scheduler's message while it reports the pod Unschedulable.
     pub unschedulable: Option<String>,
     /// Why it failed or is stuck, when that is not normal start-up.
@@ -35,10 +43,14 @@ impl ProxyPod {
         ProxyPod {
             key: key_of(pod),
             service: owning_service_key(pod),
+            service_uid: pod.labels().get(names::LABEL_SERVICE_UID).cloned(),
             node: pod_node(pod).map(str::to_string),
             created: pod.metadata.creation_timestamp.as_ref().map(|time| time.0),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             ready: pod_is_ready(pod),
+            running: containers_running(pod),
+            spec_hash: pod.annotations().get(names::ANNOTATION_PROXY_SPEC_HASH).cloned(),
+            restarted_at: pod.annotations().get(names::ANNOTATION_RESTARTED_AT).cloned(),
             unschedulable: unschedulable_message(pod),
             failure: failure_of(pod),
         }

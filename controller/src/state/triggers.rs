@@ -238,8 +238,10 @@ mod tests {
             relist(&services).iter().flat_map(|e| names(of_services(&index.apply_service(e, claim), &index))).collect();
         assert!(service_triggers.is_empty(), "{service_triggers:?}");
         assert!(node_triggers(&mut index, &relist(&nodes)).iter().all(Vec::is_empty));
-        let pod_triggers: Vec<String> =
-            relist(&pods).iter().flat_map(|e| names(of_proxy_pods(&index.apply_proxy_pod(e)))).collect();
+        let pod_triggers: Vec<String> = relist(&pods)
+            .iter()
+            .flat_map(|e| names(of_proxy_pods(&index.apply_proxy_pod(e, Timestamp::now()))))
+            .collect();
         assert!(pod_triggers.is_empty(), "{pod_triggers:?}");
     }
 
@@ -259,15 +261,24 @@ mod tests {
     fn proxy_pods_trigger_the_service_they_serve_and_foreign_pods_nothing() {
         let mut index = Index::default();
         let pod = proxy_pod("p", "n1", true);
-        assert_eq!(names(of_proxy_pods(&index.apply_proxy_pod(&watcher::Event::Apply(pod.clone())))), ["web"]);
+        assert_eq!(
+            names(of_proxy_pods(&index.apply_proxy_pod(&watcher::Event::Apply(pod.clone()), Timestamp::now()))),
+            ["web"]
+        );
         let mut ready_changed = pod.clone();
         ready_changed.status = proxy_pod("p", "n1", false).status;
-        assert_eq!(names(of_proxy_pods(&index.apply_proxy_pod(&watcher::Event::Apply(ready_changed)))), ["web"]);
-        assert_eq!(names(of_proxy_pods(&index.apply_proxy_pod(&watcher::Event::Delete(pod)))), ["web"]);
+        assert_eq!(
+            names(of_proxy_pods(&index.apply_proxy_pod(&watcher::Event::Apply(ready_changed), Timestamp::now()))),
+            ["web"]
+        );
+        assert_eq!(
+            names(of_proxy_pods(&index.apply_proxy_pod(&watcher::Event::Delete(pod), Timestamp::now()))),
+            ["web"]
+        );
 
         let mut foreign: Pod = proxy_pod("q", "n1", true);
         foreign.metadata.labels.as_mut().unwrap().insert(names::LABEL_MANAGED_BY.into(), "someone-else".into());
-        assert!(of_proxy_pods(&index.apply_proxy_pod(&watcher::Event::Apply(foreign))).is_empty());
+        assert!(of_proxy_pods(&index.apply_proxy_pod(&watcher::Event::Apply(foreign), Timestamp::now())).is_empty());
     }
 
     #[test]
