@@ -323,11 +323,9 @@ fn plan_proxies(
     } else if let (Some(spec_hash), Some(existing)) = (pod_template_marks(&desired).0, observed.daemonset) {
         let current = roll::Current { spec_hash, restarted_at: pod_template_marks(existing).1 };
         let pods: Vec<&ProxyPod> = index.proxy_pods_of(&lb.uid).collect();
-        let departure_pending = eligible_node_names(index, &placement).any(|node| {
-            let podless = pods.iter().all(|pod| pod.node.as_deref() != Some(node));
-            podless && index.departed(&lb.uid, node).is_some_and(|at| roll::within_window(at, observed.now))
-        });
-        let next = roll::next_to_replace(&pods, current, departure_pending);
+        let nodes = eligible_node_names(index, &placement);
+        let pending = roll::departure_pending(&pods, nodes, |node| index.departed(&lb.uid, node), observed.now);
+        let next = roll::next_to_replace(&pods, current, pending);
         serving.replace_pod = next.map(|pod| pod.key.clone());
     }
     Some(placement)

@@ -122,8 +122,8 @@ fn is_dns_name(text: &str) -> bool {
 }
 
 /// What to publish: the addresses of nodes whose proxy pod is Ready (or, already published,
-/// that are `replacing` theirs), that can serve and that the placement admits; at most `max_nodes` of them, keeping those already published while
-/// they can serve and choosing others by a hash of the Service and the node, so that DNS does
+/// that are `replacing` theirs), that can serve and that the placement admits; at most
+/// `max_nodes` of them, keeping those already published while they can serve and choosing others by a hash of the Service and the node, so that DNS does
 /// not churn and Services spread over the nodes. IPs come first, in the order of the Service's
 /// families, each family sorted; then hostnames, sorted. Equal inputs in any order give equal
 /// results, so only a real change is written.

@@ -33,7 +33,7 @@ pub fn replacements<'a>(
     let within = |since: Timestamp| window_end(since).filter(|until| *until > now);
     let mut found = Replacements::default();
     for node in nodes {
-        let here: Vec<&&ProxyPod> = pods.iter().filter(|pod| pod.node.as_deref() == Some(node)).collect();
+        let here: Vec<&&ProxyPod> = on(pods, node).collect();
         if here.iter().any(|pod| pod.ready || pod.failure.is_some() || pod.unschedulable.is_some()) {
             continue;
         }
@@ -41,7 +41,7 @@ pub fn replacements<'a>(
             None
         } else {
             let newest = here.iter().filter_map(|pod| pod.created).max();
-            let since = if here.is_empty() { departed(node) } else { newest };
+            let since = if here.is_empty() { departed_within(node, &departed, now) } else { newest };
             match since.and_then(within) {
                 Some(until) => Some(until),
                 None => continue,
@@ -60,9 +60,23 @@ fn window_end(since: Timestamp) -> Option<Timestamp> {
     since.checked_add(SignedDuration::try_from(REPLACEMENT_WINDOW).ok()?).ok()
 }
 
-/// Whether `since` was less than `REPLACEMENT_WINDOW` before `now`.
-pub fn within_window(since: Timestamp, now: Timestamp) -> bool {
-    window_end(since).is_some_and(|until| until > now)
+fn on<'p, 'a>(pods: &'p [&'a ProxyPod], node: &'p str) -> impl Iterator<Item = &'p &'a ProxyPod> {
+    pods.iter().filter(move |pod| pod.node.as_deref() == Some(node))
+}
+
+/// When the Service's pod on `node` went, if that was within the window.
+fn departed_within(node: &str, departed: impl Fn(&str) -> Option<Timestamp>, now: Timestamp) -> Option<Timestamp> {
+    departed(node).filter(|since| window_end(*since).is_some_and(|until| until > now))
+}
+
+/// Whether one of `nodes` lost its pod within the window and has no new one yet.
+pub fn departure_pending<'a>(
+    pods: &[&ProxyPod],
+    mut nodes: impl Iterator<Item = &'a str>,
+    departed: impl Fn(&str) -> Option<Timestamp>,
+    now: Timestamp,
+) -> bool {
+    nodes.any(|node| on(pods, node).next().is_none() && departed_within(node, &departed, now).is_some())
 }
 
 /// What the DaemonSet's pods should carry: the proxy spec hash hostlb applies and the last

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
@@ -190,18 +190,28 @@ async fn a_foreign_daemonset_with_our_name_is_refused_with_a_warning() {
     finish(running).await.expect("a refusal is not a failure");
 }
 
+/// A reconcile of `service` with nodes n1 and n2, its DaemonSet as this replica last applied it,
+/// and `pods`.
+fn reconcile_on_two_nodes(
+    service: &Service,
+    daemonset: &DaemonSet,
+    pods: &[Pod],
+) -> (ApiServer, tokio::task::JoinHandle<crate::error::Result<Action>>) {
+    let nodes =
+        [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
+    let index = index_of(std::slice::from_ref(service), &nodes, pods, std::slice::from_ref(daemonset));
+    let (context, api) = context(std::slice::from_ref(service), index);
+    let applied = Applied { generation: 2, config_hash: config_hash_of(daemonset).unwrap().into() };
+    context.applied.lock().unwrap().insert(key_of(daemonset), applied);
+    (api, tokio::spawn(reconcile(Arc::new(service.clone()), context)))
+}
+
 #[tokio::test]
 async fn ready_proxy_pods_are_published_with_a_status_apply() {
     let service = with_finalizer(ServiceBuilder::new("web").build());
     let daemonset = ours(&service, 2);
-    let nodes =
-        [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
     let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)].map(|pod| made_from(pod, &daemonset));
-    let index = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&daemonset));
-    let (context, mut api) = context(std::slice::from_ref(&service), index);
-    let applied = Applied { generation: 2, config_hash: config_hash_of(&daemonset).unwrap().into() };
-    context.applied.lock().unwrap().insert(key_of(&daemonset), applied);
-    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
+    let (mut api, running) = reconcile_on_two_nodes(&service, &daemonset, &pods);
 
     let status = expect_status_apply(&mut api, &service).await;
     assert_eq!(
@@ -229,14 +239,8 @@ async fn ready_proxy_pods_are_published_with_a_status_apply() {
 async fn an_out_of_date_proxy_pod_is_deleted_for_its_daemonset_to_replace() {
     let service = with_finalizer(ServiceBuilder::new("web").build());
     let daemonset = ours(&service, 2);
-    let nodes =
-        [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
     let pods = [proxy_pod("old", "n1", true), made_from(proxy_pod("new", "n2", true), &daemonset)];
-    let index = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&daemonset));
-    let (context, mut api) = context(std::slice::from_ref(&service), index);
-    let applied = Applied { generation: 2, config_hash: config_hash_of(&daemonset).unwrap().into() };
-    context.applied.lock().unwrap().insert(key_of(&daemonset), applied);
-    let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
+    let (mut api, running) = reconcile_on_two_nodes(&service, &daemonset, &pods);
 
     api.expect("DELETE", "/api/v1/namespaces/hostlb-system/pods/old", 200, json_of(&pods[0])).await;
     expect_status_apply(&mut api, &service).await;
