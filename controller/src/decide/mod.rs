@@ -9,6 +9,7 @@ pub mod conflicts;
 pub mod daemonset;
 pub mod finalizer;
 pub mod leadership;
+pub mod limits;
 pub mod orphans;
 pub mod placement;
 pub mod port_policy;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use hostlb_model::address::{Address, IpMode};
 use hostlb_model::names;
 use hostlb_model::options::{is_handled, FieldError, ServiceLb};
-use hostlb_model::reason::{listed, Reason, Warning};
+use hostlb_model::reason::{listed, one_per_reason, Reason, Warning};
 use hostlb_model::service::ServiceView;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -121,13 +122,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let valid = admission.is_ok();
     let (placement, families, address_options) = match admission {
         Ok((lb, refused)) => {
-            serving.warnings.extend(refused.into_iter().map(|refused| {
-                let port = format!("{}/{}", refused.port.listen, refused.port.protocol.api_name());
-                let why = refused.why;
-                let message =
-                    format!("spec.ports: port {port} is refused: {why}; an admin can allow it with --allowed-ports");
-                Warning::new(Reason::PortRefused, message)
-            }));
+            serving.warnings.extend(refused_ports_warnings(refused));
             (plan_proxies(&mut serving, observed, &lb, index, settings), lb.families, lb.addresses)
         }
         Err(errors) => {
@@ -179,6 +174,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let problems = publication.problems.into_iter().map(|problem| Warning::new(Reason::NodeAnnotationIgnored, problem));
     serving.warnings.extend(problems);
     serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
+    serving.warnings = one_per_reason(std::mem::take(&mut serving.warnings));
     let findings = condition::Findings {
         valid,
         eligible_nodes,
@@ -218,6 +214,27 @@ fn starting_until(pods: &[&ProxyPod], pods_to_come_since: Option<Timestamp>, now
         .filter_map(|since| since.checked_add(window).ok())
         .filter(|until| *until > now)
         .max()
+}
+
+/// One Warning per reason the ports are refused for, naming the ports.
+fn refused_ports_warnings(refused: Vec<RefusedPort>) -> Vec<Warning> {
+    let mut by_why: Vec<(String, Vec<String>)> = Vec::new();
+    for RefusedPort { port, why } in refused {
+        let port = format!("{}/{}", port.listen, port.protocol.api_name());
+        match by_why.iter_mut().find(|(reason, _)| *reason == why) {
+            Some((_, ports)) => ports.push(port),
+            None => by_why.push((why, vec![port])),
+        }
+    }
+    let warning = |(why, ports): (String, Vec<String>)| {
+        let (ports, it) = match ports.len() {
+            1 => (format!("port {} is", ports[0]), "it"),
+            _ => (format!("ports {} are", listed(ports)), "them"),
+        };
+        let message = format!("spec.ports: {ports} refused: {why}; an admin can allow {it} with --allowed-ports");
+        Warning::new(Reason::PortRefused, message)
+    };
+    by_why.into_iter().map(warning).collect()
 }
 
 /// kube-proxy applies source ranges to the load balancer addresses only: a refused client can
@@ -305,10 +322,11 @@ pub fn claim(service: &Service, settings: &Settings) -> Option<ServiceLb> {
     Some(lb)
 }
 
-/// The valid Service as hostlb may serve it: within what the admin grants its namespace, and
-/// with the ports the port policy refuses taken out (and listed).
+/// The valid Service as hostlb may serve it: within the limits per Service and what the admin
+/// grants its namespace, and with the ports the port policy refuses taken out (and listed).
 fn admit(lb: ServiceLb, settings: &Settings) -> Result<(ServiceLb, Vec<RefusedPort>), Vec<FieldError>> {
-    let refusals = settings.tenants.refusals(&lb, &settings.proxy.default_priority_class);
+    let mut refusals = settings.limits.excess(&lb);
+    refusals.extend(settings.tenants.refusals(&lb, &settings.proxy.default_priority_class));
     if !refusals.is_empty() {
         return Err(refusals);
     }
@@ -559,11 +577,41 @@ mod tests {
         assert_eq!(reasons(&serving.warnings), vec![Reason::PortRefused]);
         assert_eq!(
             serving.warnings[0].message,
-            "spec.ports: port 22/TCP is refused: it is one of the node's own ports (--denied-ports 22); an admin can \
+            "spec.ports: port 22/TCP is refused: the node's own daemons listen there (--denied-ports); an admin can \
              allow it with --allowed-ports"
         );
         let Some(DaemonSetAction::Apply { ports, .. }) = serving.daemonset else { panic!("expected a DaemonSet") };
         assert_eq!(ports, "443/TCP");
+    }
+
+    #[test]
+    fn a_service_over_a_limit_is_warned_and_nothing_of_it_is_applied_nor_claimed() {
+        let ranges: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
+        let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
+        let service = with_finalizer(ServiceBuilder::new("web").source_ranges(&ranges).build());
+        let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
+        let serving = served(&service, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
+        assert!(serving.warnings[0].message.contains("5000 source ranges"), "{:?}", serving.warnings);
+        assert!(serving.warnings[0].message.contains("--max-source-ranges"), "{:?}", serving.warnings);
+        assert!(serving.daemonset.is_none() && serving.publish.is_none());
+        assert!(index.claims.values().next().is_none(), "it holds no port that another Service could want");
+    }
+
+    #[test]
+    fn refused_ports_of_one_cause_are_one_warning() {
+        let service = with_finalizer(
+            ServiceBuilder::new("web").port("UDP", 6081, 0).port("TCP", 4240, 0).port("TCP", 31000, 0).build(),
+        );
+        let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
+        let messages: Vec<String> = served(&service, &index, None).warnings.into_iter().map(|w| w.message).collect();
+        assert_eq!(
+            messages,
+            ["spec.ports: ports 6081/UDP, 4240/TCP are refused: the node's own daemons listen there \
+                 (--denied-ports); an admin can allow them with --allowed-ports; spec.ports: port 31000/TCP is \
+                 refused: kube-proxy listens there, in the NodePort range (--node-port-range 30000-32767); an admin \
+                 can allow it with --allowed-ports"]
+        );
     }
 
     #[test]

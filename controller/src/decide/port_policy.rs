@@ -76,20 +76,18 @@ pub struct RefusedPort {
 }
 
 impl PortPolicy {
-    /// Why `port` may not be claimed, naming the setting; `None` when it may.
+    /// Why `port` may not be claimed, naming the setting (the same words for every port refused
+    /// for one reason); `None` when it may.
     pub fn refusal(&self, port: u16) -> Option<String> {
         if self.allowed.iter().any(|range| range.contains(port)) {
             return None;
         }
-        if let Some(range) = self.denied.iter().find(|range| range.contains(port)) {
-            return Some(format!("it is one of the node's own ports (--denied-ports {range})"));
+        if self.denied.iter().any(|range| range.contains(port)) {
+            return Some("the node's own daemons listen there (--denied-ports)".into());
         }
-        self.node_ports.contains(port).then(|| {
-            format!(
-                "it is in the NodePort range (--node-port-range {}), where kube-proxy already listens",
-                self.node_ports
-            )
-        })
+        self.node_ports
+            .contains(port)
+            .then(|| format!("kube-proxy listens there, in the NodePort range (--node-port-range {})", self.node_ports))
     }
 
     /// Keeps the ports `lb` may claim and lists the others.
@@ -134,7 +132,7 @@ mod tests {
         for port in [53, 80, 443, 2378, 2382, 6082, 8080, 9101, 10247, 10261, 29999, 32768, 51822] {
             assert_eq!(policy.refusal(port), None, "{port} should be allowed");
         }
-        assert_eq!(policy.refusal(6443).unwrap(), "it is one of the node's own ports (--denied-ports 6443-6444)");
+        assert_eq!(policy.refusal(6443).unwrap(), "the node's own daemons listen there (--denied-ports)");
         assert!(policy.refusal(31000).unwrap().contains("--node-port-range 30000-32767"));
     }
 
