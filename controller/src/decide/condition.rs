@@ -20,7 +20,8 @@ pub struct Ready {
 pub struct Findings<'a> {
     /// Whether the Service's options could be honoured at all.
     pub valid: bool,
-    /// Nodes that may serve it (admitted, Ready, not cordoned, not held by an older Service).
+    /// Nodes that may serve it (admitted, no taint its proxies do not tolerate, Ready, not
+    /// cordoned, not held by an older Service).
     pub eligible_nodes: usize,
     /// Nodes whose proxy pod is Ready there.
     pub serving_nodes: usize,

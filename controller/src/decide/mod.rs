@@ -25,8 +25,9 @@ use hostlb_model::names;
 use hostlb_model::options::{is_handled, FieldError, ServiceLb};
 use hostlb_model::reason::{listed, one_per_reason, Reason, Warning};
 use hostlb_model::service::ServiceView;
+use hostlb_model::taints::{describe_taint, repelling_taint};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Service, Toleration};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -120,10 +121,11 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let mut serving = Serving { add_finalizer: !settings.holds(service), ..Serving::default() };
     let admission = service.parsed.options.clone().and_then(|lb| admit(lb, settings));
     let valid = admission.is_ok();
-    let (placement, families, address_options) = match admission {
+    let (placement, families, address_options, tolerations) = match admission {
         Ok((lb, refused)) => {
             serving.warnings.extend(refused_ports_warnings(refused));
-            (plan_proxies(&mut serving, observed, &lb, index, settings), lb.families, lb.addresses)
+            let placement = plan_proxies(&mut serving, observed, &lb, index, settings);
+            (placement, lb.families, lb.addresses, daemonset::tolerations(&lb.extra_tolerations))
         }
         Err(errors) => {
             serving.warnings = errors
@@ -131,7 +133,8 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
                 .map(|e| Warning::new(Reason::InvalidOption, format!("{e}; the proxies are left as they were")))
                 .collect();
             // The proxies that run go on serving, so their nodes stay published while they can.
-            (Some(Placement::anywhere()), service.parsed.declared_families.clone(), service.parsed.addresses.clone())
+            let (families, addresses) = (service.parsed.declared_families.clone(), service.parsed.addresses.clone());
+            (Some(Placement::anywhere()), families, addresses, daemonset::tolerations(&[]))
         }
     };
 
@@ -139,27 +142,24 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let pods: Vec<&ProxyPod> = index.proxy_pods_of(uid).collect();
     serving.warnings.extend(unschedulable(&pods));
     serving.warnings.extend(failing_pods(&pods));
+    let schedulable = placement.as_ref().map_or_else(Vec::new, |p| schedulable_nodes(p, &tolerations, &pods, index));
+    if let Some(placement) = placement.as_ref().filter(|_| valid && schedulable.is_empty()) {
+        serving.warnings.extend(all_repelled(placement, &tolerations, index));
+    }
     if let Some(ours) = observed.daemonset.filter(|existing| made_by_hostlb_for(existing, uid)) {
-        let eligible = placement.as_ref().map_or(0, |p| index.nodes.values().filter(|node| p.admits(node)).count());
         let failures = index.creation_failures.group(&ours.name_any()).map(AsRef::as_ref);
-        serving.warnings.extend(creation_failure(ours, pods.len() < eligible, failures));
+        serving.warnings.extend(creation_failure(ours, pods.len() < schedulable.len(), failures));
     }
     let policy = address_options.policy(&settings.addresses);
-    let eligible_nodes = placement.as_ref().map_or(0, |placement| {
-        index.nodes.values().filter(|node| placement.admits(node) && index.serves(node)).count()
-    });
+    let eligible_nodes = schedulable.iter().filter(|node| index.serves(node)).count();
     let partly_held = placement.as_ref().is_some_and(|placement| !placement.excluded_nodes.is_empty());
-    let starting = placement.as_ref().and_then(|placement| {
+    let starting = placement.as_ref().and_then(|_| {
         let daemonset_since = match (&serving.daemonset, observed.daemonset) {
             (Some(DaemonSetAction::Apply { created: true, .. }), _) => Some(observed.now),
             (_, Some(daemonset)) => daemonset.metadata.creation_timestamp.as_ref().map(|time| time.0),
             _ => None,
         };
-        let podless = index
-            .nodes
-            .values()
-            .filter(|node| placement.admits(node) && index.serves(node))
-            .any(|node| pods.iter().all(|pod| pod.node.as_deref() != node.metadata.name.as_deref()));
+        let podless = schedulable.iter().filter(|node| index.serves(node)).any(|node| !has_pod(&pods, node));
         // The DaemonSet controller creates pods in growing batches, the first of one pod: while
         // nodes wait for theirs, the newest pod tells that it is still at work.
         let newest_pod = pods.iter().filter_map(|pod| pod.created).max();
@@ -200,6 +200,43 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         serving.publish = Some(publication.addresses);
     }
     serving
+}
+
+/// The nodes the proxies may run on as the scheduler sees them, for every count of eligible
+/// nodes in a decision: those the placement admits and that have no taint the proxies do not
+/// tolerate, or that run a proxy pod already (a NoSchedule taint set later leaves it running).
+fn schedulable_nodes<'a>(
+    placement: &Placement,
+    tolerations: &[Toleration],
+    pods: &[&ProxyPod],
+    index: &'a Index,
+) -> Vec<&'a Node> {
+    let nodes = index.nodes.values().map(AsRef::as_ref).filter(|node| placement.admits(node));
+    nodes.filter(|node| repelling_taint(node, tolerations).is_none() || has_pod(pods, node)).collect()
+}
+
+fn has_pod(pods: &[&ProxyPod], node: &Node) -> bool {
+    pods.iter().any(|pod| pod.node.is_some() && pod.node.as_deref() == node.metadata.name.as_deref())
+}
+
+/// When every node the placement admits has a taint the proxies do not tolerate, a Warning
+/// naming the nodes and their taints.
+fn all_repelled(placement: &Placement, tolerations: &[Toleration], index: &Index) -> Option<Warning> {
+    let repelled: Vec<String> = index
+        .nodes
+        .values()
+        .filter(|node| placement.admits(node))
+        .filter_map(|node| {
+            Some(format!("{} ({})", node.name_any(), describe_taint(repelling_taint(node, tolerations)?)))
+        })
+        .collect();
+    let message = format!(
+        "every node the Service may use has a taint its proxy pods do not tolerate: {}; see {} and \
+         --allowed-toleration-keys",
+        listed(repelled.iter().cloned()),
+        names::ANNOTATION_TOLERATIONS
+    );
+    (!repelled.is_empty()).then(|| Warning::new(Reason::NoEligibleNode, message))
 }
 
 /// When the last of the proxies still starting stops counting as starting: pods not Ready yet
@@ -362,7 +399,7 @@ mod tests {
     use super::*;
     use crate::fixtures::index_of;
     use crate::fixtures::{proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
-    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::core::v1::{Event, Pod};
     use k8s_openapi::api::core::v1::{LoadBalancerStatus, PodCondition, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -582,6 +619,58 @@ mod tests {
         );
         let Some(DaemonSetAction::Apply { ports, .. }) = serving.daemonset else { panic!("expected a DaemonSet") };
         assert_eq!(ports, "443/TCP");
+    }
+
+    #[test]
+    fn a_node_whose_taint_the_proxies_do_not_tolerate_is_not_eligible_anywhere_in_the_decision() {
+        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let existing = desired_for(&service);
+        let nodes = [
+            NodeBuilder::new("n1").internal("10.0.0.1").build(),
+            NodeBuilder::new("n2").internal("10.0.0.2").taint("dedicated", "NoSchedule").build(),
+        ];
+        let failed = Event {
+            involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                name: existing.metadata.name.clone(),
+                ..Default::default()
+            },
+            message: Some("Error creating: pods \"x\" is forbidden: an hour ago".into()),
+            ..Default::default()
+        };
+        // A pod created just now: a podless eligible node would hold the status write for more.
+        let mut new_pod = proxy_pod("p1", "n1", true);
+        new_pod.metadata.creation_timestamp = Some(Time(Timestamp::now()));
+        let mut index = index_of(std::slice::from_ref(&service), &nodes, &[new_pod], std::slice::from_ref(&existing));
+        index.apply_creation_failure(&kube::runtime::watcher::Event::Apply(failed));
+        let serving = served_at(&service, &index, Some(&existing), Timestamp::now());
+        assert!(serving.hold.is_none(), "nothing waits for a pod the scheduler would not place");
+        assert!(serving.warnings.is_empty(), "no old FailedCreate reported: {:?}", serving.warnings);
+        assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])));
+        let ready = serving.condition.expect("a condition");
+        assert_eq!((ready.reason, ready.message.as_str()), ("Serving", "1 of 1 eligible nodes serve"));
+
+        let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)];
+        let tainted_later = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&existing));
+        let ready = served(&service, &tainted_later, Some(&existing)).condition.expect("a condition");
+        assert_eq!(ready.message, "2 of 2 eligible nodes serve", "a NoSchedule taint leaves a running pod be");
+    }
+
+    #[test]
+    fn a_service_whose_every_node_is_tainted_is_told_which_taints_keep_it_off() {
+        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let nodes = [NodeBuilder::new("n1").taint("dedicated", "NoExecute").build()];
+        let index = index_of(std::slice::from_ref(&service), &nodes, &[], &[]);
+        let serving = served(&service, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::NoEligibleNode]);
+        assert!(serving.warnings[0].message.contains("n1 (dedicated:NoExecute)"), "{:?}", serving.warnings);
+        let tolerated = ServiceBuilder::new("web")
+            .annotation(names::ANNOTATION_TOLERATIONS, r#"[{"key":"dedicated","operator":"Exists"}]"#);
+        let mut trusting = settings();
+        trusting.tenants.toleration_keys = vec!["dedicated".into()];
+        let view = ServiceView::of(&with_finalizer(tolerated.build()));
+        let observed = Observed { service: &view, daemonset: None, last_applied: None, now: Timestamp::now() };
+        let Decision::Serve(serving) = decide(&observed, &index, &trusting) else { panic!("expected to serve") };
+        assert!(serving.warnings.is_empty(), "{:?}", serving.warnings);
     }
 
     #[test]
