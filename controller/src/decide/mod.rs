@@ -289,14 +289,25 @@ fn node_ports_open(service: &ServiceView, lb: &ServiceLb) -> Option<Warning> {
 }
 
 /// The Service's `ipMode` (VIP unless it asks for Proxy) where the API server keeps the field.
+/// Its version says whether it may; what it stored says whether it does: a server that keeps
+/// `ipMode` fills in VIP on every address written without one, so addresses without it were
+/// stored by a server that drops the field (1.30 and 1.31 with the LoadBalancerIPMode gate
+/// off), and writing it again would only be dropped again, on every reconcile.
 fn ip_mode(service: &ServiceView, settings: &Settings, warnings: &mut Vec<Warning>) -> Option<IpMode> {
     let asked = service.parsed.ip_mode;
-    if settings.server_has_ip_mode {
+    let stored = &service.published.ip_modes;
+    let dropped = !stored.is_empty() && stored.iter().all(Option::is_none);
+    if settings.server_has_ip_mode && !dropped {
         return Some(asked.unwrap_or(IpMode::Vip));
     }
     if asked == Some(IpMode::Proxy) {
+        let why = if settings.server_has_ip_mode {
+            "the API server does not keep ipMode (is its LoadBalancerIPMode feature gate off?)"
+        } else {
+            "ipMode needs Kubernetes 1.30 or later"
+        };
         let message = format!(
-            "metadata.annotations[{}]: ipMode needs Kubernetes 1.30 or later; the addresses are published without it",
+            "metadata.annotations[{}]: {why}; the addresses are published without it",
             names::ANNOTATION_IP_MODE
         );
         warnings.push(Warning::new(Reason::OptionIgnored, message));
@@ -745,6 +756,27 @@ mod tests {
         let wrong = ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "proxy").build();
         let serving = served(&wrong, &index, None);
         assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
+    }
+
+    #[test]
+    fn addresses_stored_without_ip_mode_are_not_rewritten_for_it() {
+        let mut service = published(with_finalizer(ServiceBuilder::new("web").build()), &["10.0.0.1"]);
+        let ingress = &mut service.status.as_mut().unwrap().load_balancer.as_mut().unwrap().ingress;
+        ingress.as_mut().unwrap().iter_mut().for_each(|entry| entry.ip_mode = None);
+        let existing = desired_for(&service);
+        let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build()];
+        let index = index_of(std::slice::from_ref(&service), &nodes, &[proxy_pod("p1", "n1", true)], &[]);
+        let serving = served(&service, &index, Some(&existing));
+        assert_eq!((serving.publish, serving.ip_mode), (None, None), "the server drops ipMode: nothing to write");
+        assert!(serving.warnings.is_empty());
+
+        let proxy = ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "Proxy").build();
+        let mut proxy = published(with_finalizer(proxy), &["10.0.0.1"]);
+        proxy.status = service.status.clone();
+        let serving = served(&proxy, &index, Some(&existing));
+        assert!(serving.publish.is_none());
+        assert_eq!(reasons(&serving.warnings), vec![Reason::OptionIgnored]);
+        assert!(serving.warnings[0].message.contains("LoadBalancerIPMode"), "{:?}", serving.warnings);
     }
 
     #[test]
