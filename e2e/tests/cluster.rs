@@ -1144,3 +1144,69 @@ async fn the_ready_condition_says_why_a_service_is_not_served() -> Result<()> {
     println!("after the first is deleted: {taken_over:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_node_tainted_against_the_proxies_is_not_counted_as_eligible() -> Result<()> {
+    let (cluster, ns, nodes) = setup("tainted").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let node2 = node_api(&cluster).await.get(&nodes.node2).await?;
+    let taints = node2.spec.and_then(|spec| spec.taints).unwrap_or_default();
+    let mut tainted = serde_json::to_value(&taints)?;
+    let dedicated = json!({ "key": "e2e.hostlb.io/dedicated", "value": "db", "effect": "NoSchedule" });
+    tainted.as_array_mut().context("taints are a list")?.push(dedicated);
+    let change = (json!({ "spec": { "taints": tainted } }), json!({ "spec": { "taints": taints } }));
+    with_node_patched(&cluster, &nodes.node2, change, async {
+        ns.load_balancer("web", "echo", &http(18330), json!({})).await?;
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1], SETTLE).await?;
+        let condition = eventually(SETTLE, || async {
+            let condition = ready_condition(&ns, "web").await?;
+            ensure!(condition.1 == "Serving", "{condition:?}");
+            Ok(condition)
+        })
+        .await?;
+        ensure!(condition.0 == "True" && condition.2 == "1 of 1 eligible nodes serve", "{condition:?}");
+        println!("condition with node-2 tainted NoSchedule: {condition:?}");
+        answered_http(&cluster, nodes.unpublished1, 18330).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The controller pods' resident memory, summed, in MiB, as their kubelets report it.
+async fn controller_rss_mib(cluster: &Cluster) -> Result<f64> {
+    let mut total = 0.0;
+    for pod in cluster.controller_pods().await? {
+        let node = pod.spec.as_ref().and_then(|spec| spec.node_name.clone()).context("controller pod not placed")?;
+        let summary = cluster.kubectl(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/stats/summary")])?;
+        let summary: serde_json::Value = serde_json::from_str(&summary)?;
+        let pods = summary["pods"].as_array().context("no pods in the kubelet's summary")?;
+        let stats = pods.iter().find(|stats| stats["podRef"]["name"] == pod.name_any()).context("no stats yet")?;
+        let containers = stats["containers"].as_array().context("no container stats")?;
+        let bytes: f64 = containers.iter().filter_map(|container| container["memory"]["rssBytes"].as_f64()).sum();
+        total += bytes / (1024.0 * 1024.0);
+    }
+    Ok(total)
+}
+
+#[tokio::test]
+async fn large_annotations_on_services_hostlb_does_not_serve_cost_it_no_memory() -> Result<()> {
+    let (cluster, ns, _) = setup("bigannotations").await?;
+    let before = controller_rss_mib(&cluster).await?;
+    let notes = "x".repeat(200 * 1024);
+    for i in 0..200 {
+        let service = json!({
+            "metadata": { "name": format!("plain-{i}"), "annotations": { "example.com/notes": notes } },
+            "spec": { "ports": [{ "port": 80 }] },
+        });
+        ns.services().create(&PostParams::default(), &serde_json::from_value(service)?).await?;
+    }
+    // The kubelet samples containers' memory every 10 to 15 seconds.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let after = controller_rss_mib(&cluster).await?;
+    println!(
+        "memory: controller pods with 200 ClusterIP Services of 200 KiB annotations (40 MiB) added: {before:.1} MiB \
+         before, {after:.1} MiB after"
+    );
+    ensure!(after - before < 16.0, "the controllers grew from {before:.1} MiB to {after:.1} MiB");
+    Ok(())
+}
