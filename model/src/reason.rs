@@ -133,18 +133,27 @@ pub fn one_per_reason(warnings: Vec<Warning>) -> Vec<Warning> {
 /// The API server refuses an Event whose note is longer (events.k8s.io/v1 `note`).
 pub const MAX_NOTE_BYTES: usize = 1024;
 
-/// The note cut to what the API server accepts, saying how much was left out.
+/// How much of a note's end is kept when it is cut: long lists end with how many items they
+/// left out, messages often with the setting to change.
+const KEPT_ENDING: usize = 160;
+
+/// The note cut to what the API server accepts: its beginning and its end, and how much was
+/// left out between them.
 pub fn bounded(note: String) -> String {
     if note.len() <= MAX_NOTE_BYTES {
         return note;
     }
-    // Room for the ending, whose number has at most as many digits as the note's length.
-    let ending_room = " ... (9999999999 more bytes)".len();
-    let mut cut = MAX_NOTE_BYTES - ending_room;
-    while !note.is_char_boundary(cut) {
-        cut -= 1;
+    // Room for the marker, whose number has at most as many digits as the note's length.
+    let marker_room = " ... (9999999999 bytes left out) ... ".len();
+    let mut head = MAX_NOTE_BYTES - marker_room - KEPT_ENDING;
+    while !note.is_char_boundary(head) {
+        head -= 1;
     }
-    format!("{} ... ({} more bytes)", &note[..cut], note.len() - cut)
+    let mut tail = note.len() - KEPT_ENDING;
+    while !note.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} ... ({} bytes left out) ... {}", &note[..head], tail - head, &note[tail..])
 }
 
 /// How many items of a list an Event names before it only counts the rest.
@@ -184,9 +193,12 @@ mod tests {
         let long = "é".repeat(2000);
         let cut = bounded(long.clone());
         assert!(cut.len() <= MAX_NOTE_BYTES, "{} bytes", cut.len());
-        let kept = cut.split(" ... (").next().unwrap().len();
-        assert!(cut.ends_with(&format!("({} more bytes)", long.len() - kept)), "{cut}");
+        let (head, rest) = cut.split_once(" ... (").unwrap();
+        let (left_out, tail) = rest.split_once(" bytes left out) ... ").unwrap();
+        assert_eq!(head.len() + left_out.parse::<usize>().unwrap() + tail.len(), long.len(), "{cut}");
         assert!(Warning::new(Reason::InvalidOption, long).message.len() <= MAX_NOTE_BYTES);
+        let items = listed((0..2000).map(|i| format!("item {i} tolerates taint \"team-{i}.example.com/dedicated\"")));
+        assert!(bounded(items).ends_with("and 1980 more"), "a long list still says how long it is");
     }
 
     #[test]
