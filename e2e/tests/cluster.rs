@@ -534,6 +534,9 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     let invalid = Reason::InvalidOption;
     let many_keys: Vec<serde_json::Value> =
         (0..60).map(|i| json!({ "key": format!("team-{i}.example.com/dedicated"), "operator": "Exists" })).collect();
+    let thousands_of_keys: Vec<serde_json::Value> =
+        (0..2000).map(|i| json!({ "key": format!("team-{i}.example.com/dedicated"), "operator": "Exists" })).collect();
+    let many_ranges: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
     let mut table = vec![
         hostile("tol-not-json", 18301, annotated(tolerations, "{not json"), Expect::Warning(invalid, tolerations)),
         hostile("tol-shape", 18302, annotated(tolerations, r#"{"key":"a"}"#), Expect::Warning(invalid, tolerations)),
@@ -602,6 +605,26 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             ports: (0..100).map(|i| (format!("p{i}"), "TCP", 18400 + i, ECHO_HTTP_PORT)).collect(),
             ..hostile("hundred-ports", 0, json!({}), Expect::Served)
         },
+        Hostile {
+            ports: (0..101).map(|i| (format!("p{i}"), "TCP", 18500 + i, ECHO_HTTP_PORT)).collect(),
+            ..hostile("too-many-ports", 0, json!({}), Expect::Warning(invalid, "--max-service-ports"))
+        },
+        Hostile {
+            spec: json!({ "loadBalancerSourceRanges": many_ranges }),
+            ..hostile("ranges-5000", 18320, json!({}), Expect::Warning(invalid, "5000 source ranges"))
+        },
+        hostile(
+            "tol-2000",
+            18321,
+            annotated(tolerations, &serde_json::to_string(&thousands_of_keys)?),
+            Expect::Warning(invalid, "and 1980 more"),
+        ),
+        Hostile {
+            ports: vec![("geneve".into(), "UDP", 6081, ECHO_UDP_PORT)],
+            ..hostile("port-geneve", 0, json!({}), Expect::Warning(Reason::PortRefused, "port 6081/UDP"))
+        },
+        hostile("port-cilium-health", 4240, json!({}), Expect::Warning(Reason::PortRefused, "port 4240/TCP")),
+        hostile("port-rke2", 9345, json!({}), Expect::Warning(Reason::PortRefused, "port 9345/TCP")),
     ];
     for row in &table {
         let ports: Vec<(&str, &str, u16, u16)> =
@@ -648,10 +671,25 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
         }
     }
     let all_events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(cluster.client.clone(), &ns.name);
-    for event in all_events.list(&ListParams::default()).await?.items {
+    let all_events = all_events.list(&ListParams::default()).await?.items;
+    for event in &all_events {
         let length = event.note.as_deref().map_or(0, str::len);
         ensure!(length <= 1024, "an Event note of {length} bytes: {:?}", event.note);
     }
+    for (service, cause) in [("tol-2000", "2,000 refused tolerations"), ("ranges-5000", "5,000 source ranges")] {
+        let warnings = all_events
+            .iter()
+            .filter(|event| event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(service))
+            .filter(|event| event.type_.as_deref() == Some("Warning"))
+            .count();
+        ensure!(warnings <= 2, "{cause} made {warnings} Warning Events");
+        println!("count: bad input: {cause}: {warnings} Warning Event(s)");
+        ensure!(cluster.proxy_daemonsets(&ns.name, service).await?.is_empty(), "{service} got proxies");
+    }
+    let started_after = Instant::now();
+    ns.load_balancer("after-hostile", "echo", &http(18322), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "after-hostile", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    report_timing("bad input: a new Service among the hostile ones, creation to status", started_after.elapsed());
     let note = warned(&cluster, &ns.name, "hundred-ports", Reason::DaemonSetApplied).await?;
     ensure!(note.ends_with("18419/TCP and 80 more"), "the 100 ports are not summed up: {note:?}");
     cluster.daemonsets().delete(&foreign.name_any(), &Default::default()).await?;
