@@ -52,6 +52,10 @@ pub fn settings() -> crate::decide::Settings {
             .unwrap(),
         },
         tenants: crate::decide::tenancy::TenantPolicy::default(),
+        limits: crate::decide::limits::ServiceLimits {
+            ports: crate::decide::limits::DEFAULT_MAX_SERVICE_PORTS,
+            source_ranges: crate::decide::limits::DEFAULT_MAX_SOURCE_RANGES,
+        },
         instance: Some("test".into()),
         node_lease_grace: Some(std::time::Duration::from_secs(10)),
     }

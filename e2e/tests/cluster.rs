@@ -534,6 +534,9 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     let invalid = Reason::InvalidOption;
     let many_keys: Vec<serde_json::Value> =
         (0..60).map(|i| json!({ "key": format!("team-{i}.example.com/dedicated"), "operator": "Exists" })).collect();
+    let thousands_of_keys: Vec<serde_json::Value> =
+        (0..2000).map(|i| json!({ "key": format!("team-{i}.example.com/dedicated"), "operator": "Exists" })).collect();
+    let many_ranges: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
     let mut table = vec![
         hostile("tol-not-json", 18301, annotated(tolerations, "{not json"), Expect::Warning(invalid, tolerations)),
         hostile("tol-shape", 18302, annotated(tolerations, r#"{"key":"a"}"#), Expect::Warning(invalid, tolerations)),
@@ -602,6 +605,26 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             ports: (0..100).map(|i| (format!("p{i}"), "TCP", 18400 + i, ECHO_HTTP_PORT)).collect(),
             ..hostile("hundred-ports", 0, json!({}), Expect::Served)
         },
+        Hostile {
+            ports: (0..101).map(|i| (format!("p{i}"), "TCP", 18500 + i, ECHO_HTTP_PORT)).collect(),
+            ..hostile("too-many-ports", 0, json!({}), Expect::Warning(invalid, "--max-service-ports"))
+        },
+        Hostile {
+            spec: json!({ "loadBalancerSourceRanges": many_ranges }),
+            ..hostile("ranges-5000", 18320, json!({}), Expect::Warning(invalid, "5000 source ranges"))
+        },
+        hostile(
+            "tol-2000",
+            18321,
+            annotated(tolerations, &serde_json::to_string(&thousands_of_keys)?),
+            Expect::Warning(invalid, "and 1980 more"),
+        ),
+        Hostile {
+            ports: vec![("geneve".into(), "UDP", 6081, ECHO_UDP_PORT)],
+            ..hostile("port-geneve", 0, json!({}), Expect::Warning(Reason::PortRefused, "port 6081/UDP"))
+        },
+        hostile("port-cilium-health", 4240, json!({}), Expect::Warning(Reason::PortRefused, "port 4240/TCP")),
+        hostile("port-rke2", 9345, json!({}), Expect::Warning(Reason::PortRefused, "port 9345/TCP")),
     ];
     for row in &table {
         let ports: Vec<(&str, &str, u16, u16)> =
@@ -648,10 +671,25 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
         }
     }
     let all_events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(cluster.client.clone(), &ns.name);
-    for event in all_events.list(&ListParams::default()).await?.items {
+    let all_events = all_events.list(&ListParams::default()).await?.items;
+    for event in &all_events {
         let length = event.note.as_deref().map_or(0, str::len);
         ensure!(length <= 1024, "an Event note of {length} bytes: {:?}", event.note);
     }
+    for (service, cause) in [("tol-2000", "2,000 refused tolerations"), ("ranges-5000", "5,000 source ranges")] {
+        let warnings = all_events
+            .iter()
+            .filter(|event| event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(service))
+            .filter(|event| event.type_.as_deref() == Some("Warning"))
+            .count();
+        ensure!(warnings <= 2, "{cause} made {warnings} Warning Events");
+        println!("count: bad input: {cause}: {warnings} Warning Event(s)");
+        ensure!(cluster.proxy_daemonsets(&ns.name, service).await?.is_empty(), "{service} got proxies");
+    }
+    let started_after = Instant::now();
+    ns.load_balancer("after-hostile", "echo", &http(18322), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "after-hostile", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    report_timing("bad input: a new Service among the hostile ones, creation to status", started_after.elapsed());
     let note = warned(&cluster, &ns.name, "hundred-ports", Reason::DaemonSetApplied).await?;
     ensure!(note.ends_with("18419/TCP and 80 more"), "the 100 ports are not summed up: {note:?}");
     cluster.daemonsets().delete(&foreign.name_any(), &Default::default()).await?;
@@ -1142,5 +1180,71 @@ async fn the_ready_condition_says_why_a_service_is_not_served() -> Result<()> {
     })
     .await?;
     println!("after the first is deleted: {taken_over:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_tainted_against_the_proxies_is_not_counted_as_eligible() -> Result<()> {
+    let (cluster, ns, nodes) = setup("tainted").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    let node2 = node_api(&cluster).await.get(&nodes.node2).await?;
+    let taints = node2.spec.and_then(|spec| spec.taints).unwrap_or_default();
+    let mut tainted = serde_json::to_value(&taints)?;
+    let dedicated = json!({ "key": "e2e.hostlb.io/dedicated", "value": "db", "effect": "NoSchedule" });
+    tainted.as_array_mut().context("taints are a list")?.push(dedicated);
+    let change = (json!({ "spec": { "taints": tainted } }), json!({ "spec": { "taints": taints } }));
+    with_node_patched(&cluster, &nodes.node2, change, async {
+        ns.load_balancer("web", "echo", &http(18330), json!({})).await?;
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1], SETTLE).await?;
+        let condition = eventually(SETTLE, || async {
+            let condition = ready_condition(&ns, "web").await?;
+            ensure!(condition.1 == "Serving", "{condition:?}");
+            Ok(condition)
+        })
+        .await?;
+        ensure!(condition.0 == "True" && condition.2 == "1 of 1 eligible nodes serve", "{condition:?}");
+        println!("condition with node-2 tainted NoSchedule: {condition:?}");
+        answered_http(&cluster, nodes.unpublished1, 18330).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The controller pods' resident memory, summed, in MiB, as their kubelets report it.
+async fn controller_rss_mib(cluster: &Cluster) -> Result<f64> {
+    let mut total = 0.0;
+    for pod in cluster.controller_pods().await? {
+        let node = pod.spec.as_ref().and_then(|spec| spec.node_name.clone()).context("controller pod not placed")?;
+        let summary = cluster.kubectl(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/stats/summary")])?;
+        let summary: serde_json::Value = serde_json::from_str(&summary)?;
+        let pods = summary["pods"].as_array().context("no pods in the kubelet's summary")?;
+        let stats = pods.iter().find(|stats| stats["podRef"]["name"] == pod.name_any()).context("no stats yet")?;
+        let containers = stats["containers"].as_array().context("no container stats")?;
+        let bytes: f64 = containers.iter().filter_map(|container| container["memory"]["rssBytes"].as_f64()).sum();
+        total += bytes / (1024.0 * 1024.0);
+    }
+    Ok(total)
+}
+
+#[tokio::test]
+async fn large_annotations_on_services_hostlb_does_not_serve_cost_it_no_memory() -> Result<()> {
+    let (cluster, ns, _) = setup("bigannotations").await?;
+    let before = controller_rss_mib(&cluster).await?;
+    let notes = "x".repeat(200 * 1024);
+    for i in 0..200 {
+        let service = json!({
+            "metadata": { "name": format!("plain-{i}"), "annotations": { "example.com/notes": notes } },
+            "spec": { "ports": [{ "port": 80 }] },
+        });
+        ns.services().create(&PostParams::default(), &serde_json::from_value(service)?).await?;
+    }
+    // The kubelet samples containers' memory every 10 to 15 seconds.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let after = controller_rss_mib(&cluster).await?;
+    println!(
+        "memory: controller pods with 200 ClusterIP Services of 200 KiB annotations (40 MiB) added: {before:.1} MiB \
+         before, {after:.1} MiB after"
+    );
+    ensure!(after - before < 16.0, "the controllers grew from {before:.1} MiB to {after:.1} MiB");
     Ok(())
 }

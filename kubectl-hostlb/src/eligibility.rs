@@ -1,10 +1,12 @@
 //! Whether a proxy DaemonSet may put a pod on a node, read from the pod template the controller
 //! applied (node selector, required node affinity, tolerations), so that the answer is the one
-//! the DaemonSet controller and the scheduler act on.
+//! the DaemonSet controller and the scheduler act on. Taints are judged by the same function
+//! the controller uses for its own count of eligible nodes.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration};
+use hostlb_model::taints::{describe_taint, repelling_taint};
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec};
 
 /// Why a node gets no proxy pod of a DaemonSet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,16 +21,6 @@ pub enum Refusal {
     /// A taint the proxy pods do not tolerate (`key=value:Effect`).
     Taint(String),
 }
-
-/// Taints the DaemonSet controller tolerates on every DaemonSet pod by itself.
-const TOLERATED_BY_DAEMONSETS: [&str; 6] = [
-    "node.kubernetes.io/not-ready",
-    "node.kubernetes.io/unreachable",
-    "node.kubernetes.io/disk-pressure",
-    "node.kubernetes.io/memory-pressure",
-    "node.kubernetes.io/pid-pressure",
-    "node.kubernetes.io/unschedulable",
-];
 
 /// `Ok` when the template admits the node, otherwise the first reason it does not.
 pub fn admission(template: &PodSpec, node: &Node) -> Result<(), Refusal> {
@@ -57,8 +49,7 @@ pub fn admission(template: &PodSpec, node: &Node) -> Result<(), Refusal> {
         }
     }
     let tolerations = template.tolerations.as_deref().unwrap_or_default();
-    let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
-    match taints.iter().find(|taint| repels(taint, tolerations)) {
+    match repelling_taint(node, tolerations) {
         Some(taint) => Err(Refusal::Taint(describe_taint(taint))),
         None => Ok(()),
     }
@@ -103,30 +94,6 @@ fn describe_requirement(requirement: &NodeSelectorRequirement) -> String {
     match requirement.operator.as_str() {
         "Exists" => requirement.key.clone(),
         operator => format!("{} {operator} ({values})", requirement.key),
-    }
-}
-
-/// Whether the taint keeps pods with these tolerations off the node.
-fn repels(taint: &Taint, tolerations: &[Toleration]) -> bool {
-    matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
-        && !TOLERATED_BY_DAEMONSETS.contains(&taint.key.as_str())
-        && !tolerations.iter().any(|toleration| tolerates(toleration, taint))
-}
-
-fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect_matches = toleration.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
-    let key_matches = toleration.key.as_deref().is_none_or(|k| k.is_empty() || k == taint.key);
-    let value_matches = match toleration.operator.as_deref() {
-        Some("Exists") => true,
-        _ => toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
-    };
-    effect_matches && key_matches && value_matches
-}
-
-fn describe_taint(taint: &Taint) -> String {
-    match taint.value.as_deref().filter(|v| !v.is_empty()) {
-        Some(value) => format!("{}={value}:{}", taint.key, taint.effect),
-        None => format!("{}:{}", taint.key, taint.effect),
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStatus, LoadBalancerIngress, LoadBalancerStatus, Node, NodeAddress, NodeCondition,
     NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, PodStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
+    Taint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -178,6 +179,12 @@ impl NodeBuilder {
 
     pub fn unschedulable(mut self) -> Self {
         self.node.spec.get_or_insert_with(NodeSpec::default).unschedulable = Some(true);
+        self
+    }
+
+    pub fn taint(mut self, key: &str, effect: &str) -> Self {
+        let taint = Taint { key: key.into(), effect: effect.into(), ..Default::default() };
+        self.node.spec.get_or_insert_with(NodeSpec::default).taints.get_or_insert_with(Vec::new).push(taint);
         self
     }
 

@@ -2,7 +2,8 @@
 //! plugin and the end-to-end tests: names, labels and annotations (`names`), a LoadBalancer
 //! Service's options (`options`) and the view of a Service that every decision reads
 //! (`service`), what hostlb publishes of a node (`address`), what a node's or pod's status
-//! says (`readiness`), and the reasons of hostlb's Events (`reason`). Pure: no client, no clock.
+//! says (`readiness`), whether a node's taints keep proxy pods off it (`taints`), and the
+//! reasons of hostlb's Events (`reason`). Pure: no client, no clock.
 
 pub mod address;
 #[cfg(any(test, feature = "fixtures"))]
@@ -12,3 +13,4 @@ pub mod options;
 pub mod readiness;
 pub mod reason;
 pub mod service;
+pub mod taints;

@@ -46,6 +46,8 @@ pub fn pool_label(pool: &str) -> String {
 pub const NODE_LABEL_EXCLUDE: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 pub const NODE_LABEL_OS: &str = "kubernetes.io/os";
 
+/// The prefix of the options a Service's labels and annotations give hostlb.
+pub const OPTION_PREFIX: &str = "hostlb.io/";
 pub const ANNOTATION_TOLERATIONS: &str = "hostlb.io/tolerations";
 pub const ANNOTATION_PRIORITY_CLASS: &str = "hostlb.io/priority-class";
 /// `VIP` or `Proxy`: how kube-proxy treats the published addresses (Kubernetes 1.30 and later).

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Service, ServiceSpec, Toleration};
 
 use crate::address::{AddressKind, AddressPolicy, IpMode};
 use crate::names;
+use crate::reason::joined;
 
 /// Whether an install of this class is responsible for the Service at all. Services without
 /// a class go to the install that serves unclassed ones.
@@ -166,9 +167,62 @@ pub fn parse(service: &Service) -> Parsed {
             created: meta.creation_timestamp.as_ref().map(|time| time.0),
         })
     } else {
-        Err(errors)
+        Err(one_per_list(errors))
     };
     Parsed { options, declared_families, addresses, ip_mode, local }
+}
+
+/// The errors of the items of one list (thousands of invalid source ranges, say) as one error
+/// on the list that names the first items and counts the rest: a Service costs a few
+/// Warnings, whatever its lists hold.
+fn one_per_list(errors: Vec<FieldError>) -> Vec<FieldError> {
+    let mut lists: Vec<(String, Vec<FieldError>)> = Vec::new();
+    for error in errors {
+        let kind = list_item(&error.field).map_or_else(|| error.field.clone(), |item| item.kind);
+        match lists.iter_mut().find(|(known, _)| *known == kind) {
+            Some((_, errors)) => errors.push(error),
+            None => lists.push((kind, vec![error])),
+        }
+    }
+    let fold = |(_, mut errors): (String, Vec<FieldError>)| {
+        if errors.len() == 1 {
+            return errors.remove(0);
+        }
+        let list = list_item(&errors[0].field).map_or_else(|| errors[0].field.clone(), |item| item.list);
+        let items = errors.iter().map(|error| {
+            let item = list_item(&error.field).map_or_else(String::new, |item| format!("{}: ", item.item));
+            format!("{item}{}", error.message)
+        });
+        error(list, format!("{} items cannot be used: {}", errors.len(), joined(items, "; ")))
+    };
+    lists.into_iter().map(fold).collect()
+}
+
+/// A field of an item of a list, `spec.ports[3].protocol`, in its parts.
+struct ListItem {
+    /// `spec.ports`
+    list: String,
+    /// `[3].protocol`
+    item: String,
+    /// `spec.ports[].protocol`: the same for this field of every item.
+    kind: String,
+}
+
+fn list_item(field: &str) -> Option<ListItem> {
+    let mut from = 0;
+    while let Some(open) = field[from..].find('[').map(|at| at + from) {
+        let close = field[open..].find(']')? + open;
+        let index = &field[open + 1..close];
+        if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(ListItem {
+                list: field[..open].to_string(),
+                item: field[open..].to_string(),
+                kind: format!("{}[]{}", &field[..open], &field[close + 1..]),
+            });
+        }
+        from = close + 1;
+    }
+    None
 }
 
 /// What a Service asks of its addresses; unset means the controller's defaults.
@@ -485,10 +539,25 @@ mod tests {
         let shown: Vec<String> = lb.source_ranges.iter().map(ToString::to_string).collect();
         assert_eq!(shown, vec!["10.0.0.0/8", "192.168.1.0/24", "2001:db8::/32"]);
 
-        let bad = ServiceBuilder::new("web").source_ranges(&["10.0.0.0/8", "10.0.0.0/33", "nonsense"]).build();
+        let bad = ServiceBuilder::new("web").source_ranges(&["10.0.0.0/8", "10.0.0.0/33"]).build();
         let errors = ServiceLb::from_service(&bad).unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, vec!["spec.loadBalancerSourceRanges[1]", "spec.loadBalancerSourceRanges[2]"]);
+        assert_eq!(fields, vec!["spec.loadBalancerSourceRanges[1]"]);
+    }
+
+    #[test]
+    fn errors_of_many_items_of_a_list_are_one_error_naming_the_first_twenty() {
+        let ranges: Vec<String> = (0..5000).map(|i| format!("bad-{i}")).collect();
+        let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
+        let service = ServiceBuilder::new("web").port("QUIC", 80, 0).port("GRE", 81, 0).source_ranges(&ranges).build();
+        let errors = ServiceLb::from_service(&service).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.ports", "spec.loadBalancerSourceRanges"]);
+        assert!(errors[0].message.starts_with("2 items cannot be used: [0].protocol: unsupported protocol \"QUIC\"; "));
+        let ranges = &errors[1].message;
+        assert!(ranges.starts_with("5000 items cannot be used: [0]: \"bad-0\": "), "{ranges}");
+        assert!(ranges.ends_with("and 4980 more"), "{ranges}");
+        assert!(list_item("metadata.annotations[hostlb.io/tolerations]").is_none(), "a key is no index");
     }
 
     #[test]

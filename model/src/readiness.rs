@@ -124,7 +124,11 @@ fn waiting(container: &ContainerStatus) -> Option<Waiting> {
         let said = exit.message.as_deref().or(exit.reason.as_deref()).unwrap_or("no message");
         format!("; last exit {}: {}", exit.exit_code, said.trim())
     });
-    let message = waiting.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+    // CrashLoopBackOff's message is the kubelet's wait before the next try ("back-off 40s
+    // restarting failed container=..."), which grows at every try: a text that changed would
+    // be told anew each time, and the last exit says more.
+    let message = waiting.message.as_deref().filter(|_| reason != "CrashLoopBackOff");
+    let message = message.map(|m| format!(" ({m})")).unwrap_or_default();
     Some(Waiting {
         stuck: STUCK.contains(&reason),
         detail: format!("container {}: {reason}{message}{}", container.name, last_exit.unwrap_or_default()),
@@ -157,7 +161,7 @@ mod tests {
     #[test]
     fn a_stuck_container_is_a_failure_with_its_last_exit_and_a_starting_one_is_start_up() {
         let crashing = waiting_in("CrashLoopBackOff");
-        let said = "container install-rules: CrashLoopBackOff (back-off 40s); last exit 3: nf_tables: not supported";
+        let said = "container install-rules: CrashLoopBackOff; last exit 3: nf_tables: not supported";
         assert_eq!(failure_of(&crashing).as_deref(), Some(said));
         assert_eq!(start_up_of(&crashing).as_deref(), Some("container proxy: PodInitializing"));
         let creating = waiting_in("ContainerCreating");

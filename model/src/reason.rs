@@ -117,10 +117,52 @@ pub struct Warning {
 }
 
 impl Warning {
+    /// The message is cut to what an Event's note may hold.
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         debug_assert!(reason.is_warning(), "{reason} is not a warning");
-        Warning { reason, message: message.into() }
+        Warning { reason, message: bounded(message.into()) }
     }
+}
+
+/// One Warning per reason, in the order the reasons first come: what a Service is told costs
+/// a few Events however many pods, nodes or items share a cause. Several messages of one
+/// reason become one that names the first of them and counts the rest.
+pub fn one_per_reason(warnings: Vec<Warning>) -> Vec<Warning> {
+    let mut by_reason: Vec<(Reason, Vec<String>)> = Vec::new();
+    for warning in warnings {
+        match by_reason.iter_mut().find(|(reason, _)| *reason == warning.reason) {
+            Some((_, messages)) if messages.contains(&warning.message) => {}
+            Some((_, messages)) => messages.push(warning.message),
+            None => by_reason.push((warning.reason, vec![warning.message])),
+        }
+    }
+    by_reason.into_iter().map(|(reason, messages)| Warning::new(reason, joined(messages, "; "))).collect()
+}
+
+/// The API server refuses an Event whose note is longer (events.k8s.io/v1 `note`).
+pub const MAX_NOTE_BYTES: usize = 1024;
+
+/// How much of a note's end is kept when it is cut: long lists end with how many items they
+/// left out, messages often with the setting to change.
+const KEPT_ENDING: usize = 160;
+
+/// The note cut to what the API server accepts: its beginning and its end, and how much was
+/// left out between them.
+pub fn bounded(note: String) -> String {
+    if note.len() <= MAX_NOTE_BYTES {
+        return note;
+    }
+    // Room for the marker, whose number has at most as many digits as the note's length.
+    let marker_room = " ... (9999999999 bytes left out) ... ".len();
+    let mut head = MAX_NOTE_BYTES - marker_room - KEPT_ENDING;
+    while !note.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = note.len() - KEPT_ENDING;
+    while !note.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} ... ({} bytes left out) ... {}", &note[..head], tail - head, &note[tail..])
 }
 
 /// How many items of a list an Event names before it only counts the rest.
@@ -128,9 +170,15 @@ const LISTED_ITEMS: usize = 20;
 
 /// `a, b, c`, or `a, b, ... and 7 more` for long lists.
 pub fn listed(items: impl IntoIterator<Item = String>) -> String {
-    let items: Vec<String> = items.into_iter().collect();
-    let shown = items[..items.len().min(LISTED_ITEMS)].join(", ");
-    match items.len().saturating_sub(LISTED_ITEMS) {
+    joined(items, ", ")
+}
+
+/// The first `LISTED_ITEMS` items with `separator` between them, and how many more there are.
+pub fn joined(items: impl IntoIterator<Item = String>, separator: &str) -> String {
+    let mut items = items.into_iter();
+    let shown: Vec<String> = items.by_ref().take(LISTED_ITEMS).collect();
+    let shown = shown.join(separator);
+    match items.count() {
         0 => shown,
         left_out => format!("{shown} and {left_out} more"),
     }
@@ -146,5 +194,37 @@ mod tests {
         let ports = listed((1..=100).map(|p| format!("{p}/TCP")));
         assert!(ports.starts_with("1/TCP, 2/TCP"), "{ports}");
         assert!(ports.ends_with("20/TCP and 80 more"), "{ports}");
+    }
+
+    #[test]
+    fn notes_are_cut_to_what_the_api_server_accepts() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(2000);
+        let cut = bounded(long.clone());
+        assert!(cut.len() <= MAX_NOTE_BYTES, "{} bytes", cut.len());
+        let (head, rest) = cut.split_once(" ... (").unwrap();
+        let (left_out, tail) = rest.split_once(" bytes left out) ... ").unwrap();
+        assert_eq!(head.len() + left_out.parse::<usize>().unwrap() + tail.len(), long.len(), "{cut}");
+        assert!(Warning::new(Reason::InvalidOption, long).message.len() <= MAX_NOTE_BYTES);
+        let items = listed((0..2000).map(|i| format!("item {i} tolerates taint \"team-{i}.example.com/dedicated\"")));
+        assert!(bounded(items).ends_with("and 1980 more"), "a long list still says how long it is");
+    }
+
+    #[test]
+    fn warnings_of_one_reason_fold_into_one_naming_the_first_and_counting_the_rest() {
+        let failing = (0..2000).map(|i| Warning::new(Reason::ProxyPodFailing, format!("pod p{i}: crashing")));
+        let warnings: Vec<Warning> = [Warning::new(Reason::PortConflict, "port 80/TCP is held")]
+            .into_iter()
+            .chain(failing)
+            .chain([Warning::new(Reason::PortConflict, "port 80/TCP is held")])
+            .collect();
+        let folded = one_per_reason(warnings);
+        assert_eq!(
+            folded.iter().map(|w| w.reason).collect::<Vec<_>>(),
+            [Reason::PortConflict, Reason::ProxyPodFailing]
+        );
+        assert_eq!(folded[0].message, "port 80/TCP is held", "a repeated message counts once");
+        assert!(folded[1].message.starts_with("pod p0: crashing; pod p1: crashing; "), "{}", folded[1].message);
+        assert!(folded[1].message.ends_with("pod p19: crashing and 1980 more"), "{}", folded[1].message);
     }
 }

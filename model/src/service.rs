@@ -3,7 +3,7 @@
 //! (addresses and condition). Decisions read this view, never the raw object; `ingress` is the
 //! way back.
 
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service, ServicePort};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::address::{Address, IpMode};
@@ -118,6 +118,36 @@ fn entry_address(entry: &LoadBalancerIngress) -> Option<Address> {
     }
 }
 
+/// What hostlb keeps of a Service in its cache: all that a `ServiceView` reads, and the little
+/// the cache's other readers need (identity, finalizers, deletion, status). Annotations and
+/// labels hostlb does not read go, whatever their size. Of a Service that is not a
+/// LoadBalancer, only what tells whether hostlb must still clean up after it stays (it may have
+/// been one, with hostlb's finalizer and status): hostlb serves none of its ports, so no
+/// decision reads them.
+pub fn keep_what_hostlb_reads(service: &mut Service) {
+    let is_load_balancer = service.spec.as_ref().and_then(|spec| spec.type_.as_deref()) == Some("LoadBalancer");
+    let meta = &mut service.metadata;
+    if !is_load_balancer {
+        meta.annotations = None;
+        meta.labels = None;
+        if let Some(spec) = service.spec.as_mut() {
+            *spec = ServiceSpec {
+                type_: spec.type_.take(),
+                load_balancer_class: spec.load_balancer_class.take(),
+                ..ServiceSpec::default()
+            };
+        }
+        return;
+    }
+    let read = |key: &String| key.starts_with(names::OPTION_PREFIX) || key == names::ANNOTATION_LEGACY_SOURCE_RANGES;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|key, _| read(key));
+    }
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|key, _| key == names::POOL);
+    }
+}
+
 /// The ingress entries; `ipMode` goes with IPs only, as the API requires.
 pub fn ingress(addresses: &[Address], ip_mode: Option<IpMode>) -> Vec<LoadBalancerIngress> {
     let ip_mode = ip_mode.map(|mode| mode.api_name().to_string());
@@ -158,6 +188,51 @@ mod tests {
         assert!(one.needs_update(&[], None));
         let two = published(&ips(&["10.0.0.2", "10.0.0.1"]), None);
         assert!(two.needs_update(&ips(&["10.0.0.1", "10.0.0.2"]), None), "an old order is put right once");
+    }
+
+    #[test]
+    fn the_cache_keeps_all_a_view_reads_of_a_load_balancer_and_no_foreign_annotation() {
+        let mut service = ServiceBuilder::new("web")
+            .port("TCP", 80, 30080)
+            .source_ranges(&["10.0.0.0/8"])
+            .label(names::POOL, "edge")
+            .label("team", "shop")
+            .annotation(names::ANNOTATION_TOLERATIONS, r#"[{"key":"edge","operator":"Exists"}]"#)
+            .annotation(names::ANNOTATION_IP_MODE, "Proxy")
+            .annotation(names::ANNOTATION_LEGACY_SOURCE_RANGES, "10.1.0.0/16")
+            .annotation("kubectl.kubernetes.io/last-applied-configuration", &"x".repeat(200 * 1024))
+            .ingress(ingress(&ips(&["10.0.0.1"]), Some(IpMode::Vip)))
+            .build();
+        service.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
+        let view = ServiceView::of(&service);
+        keep_what_hostlb_reads(&mut service);
+        assert_eq!(ServiceView::of(&service), view);
+        let kept: Vec<&String> = service.metadata.annotations.iter().flatten().map(|(key, _)| key).collect();
+        assert_eq!(
+            kept,
+            [names::ANNOTATION_IP_MODE, names::ANNOTATION_TOLERATIONS, names::ANNOTATION_LEGACY_SOURCE_RANGES]
+        );
+        assert_eq!(service.metadata.labels.unwrap().len(), 1);
+        let options = [names::ANNOTATION_PRIORITY_CLASS, names::ANNOTATION_PUBLISH, names::ANNOTATION_MAX_NODES];
+        assert!(options.iter().all(|key| key.starts_with(names::OPTION_PREFIX)), "every option is kept");
+    }
+
+    #[test]
+    fn the_cache_keeps_of_other_services_what_says_whether_hostlb_must_clean_up() {
+        let mut service = ServiceBuilder::new("web")
+            .type_("ClusterIP")
+            .port("TCP", 80, 0)
+            .annotation("example.com/notes", &"x".repeat(200 * 1024))
+            .ingress(ingress(&ips(&["10.0.0.1"]), None))
+            .build();
+        service.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
+        let view = ServiceView::of(&service);
+        keep_what_hostlb_reads(&mut service);
+        let kept = ServiceView::of(&service);
+        assert_eq!((kept.is_load_balancer, kept.holds_status()), (view.is_load_balancer, view.holds_status()));
+        assert_eq!((kept.finalizers, kept.uid, kept.name), (view.finalizers, view.uid, view.name));
+        let size = serde_json::to_vec(&service).unwrap().len();
+        assert!(size < 1024, "{size} bytes kept of a ClusterIP Service");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! health checks. Pure: the executor adds the transition time.
 
 use hostlb_model::names;
-use hostlb_model::reason::{Reason, Warning};
+use hostlb_model::reason::{bounded, Reason, Warning};
 use hostlb_model::service::ServiceView;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -20,7 +20,8 @@ pub struct Ready {
 pub struct Findings<'a> {
     /// Whether the Service's options could be honoured at all.
     pub valid: bool,
-    /// Nodes that may serve it (admitted, Ready, not cordoned, not held by an older Service).
+    /// Nodes that may serve it (admitted, no taint its proxies do not tolerate, Ready, not
+    /// cordoned, not held by an older Service).
     pub eligible_nodes: usize,
     /// Nodes whose proxy pod is Ready there.
     pub serving_nodes: usize,
@@ -60,7 +61,9 @@ pub fn ready(service: &ServiceView, findings: &Findings<'_>) -> Ready {
             (true, reason, format!("{served}; {name}: {}", warning.message))
         }
     };
-    Ready { ready, reason, message, observed_generation: service.generation }
+    // Bounded like an Event's note: a status over the API server's limits would be refused
+    // as a whole.
+    Ready { ready, reason, message: bounded(message), observed_generation: service.generation }
 }
 
 /// Whether the Service's condition is not yet `desired`.
@@ -101,6 +104,7 @@ mod tests {
 
     use super::*;
     use crate::fixtures::ServiceBuilder;
+    use hostlb_model::reason::MAX_NOTE_BYTES;
 
     fn findings(valid: bool, eligible: usize, serving: usize, warnings: &[Warning]) -> Findings<'_> {
         Findings { valid, eligible_nodes: eligible, serving_nodes: serving, partly_held: false, warnings }
@@ -144,6 +148,15 @@ mod tests {
         }
         let held = Findings { partly_held: true, ..findings(true, 1, 1, &[]) };
         assert_eq!(super::ready(&service, &held).reason, "PartiallyServing");
+    }
+
+    #[test]
+    fn messages_are_bounded_like_event_notes() {
+        let service = ServiceView::of(&ServiceBuilder::new("web").build());
+        let failing = [Warning::new(Reason::ProxyPodFailing, "x".repeat(40_000))];
+        let condition = super::ready(&service, &findings(true, 3, 2, &failing));
+        assert!(condition.message.len() <= MAX_NOTE_BYTES, "{} bytes", condition.message.len());
+        assert!(condition.message.starts_with("2 of 3 eligible nodes serve; ProxyPodsFailing: xxx"));
     }
 
     #[test]

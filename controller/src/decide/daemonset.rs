@@ -360,7 +360,8 @@ fn node_affinity(placement: &Placement) -> Affinity {
     }
 }
 
-fn tolerations(extra: &[Toleration]) -> Vec<Toleration> {
+/// The proxy pods' tolerations: the control plane's taints, and the Service's own.
+pub fn tolerations(extra: &[Toleration]) -> Vec<Toleration> {
     let exists = |key: &str, effect: Option<&str>| Toleration {
         key: Some(key.into()),
         operator: Some("Exists".into()),

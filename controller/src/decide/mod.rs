@@ -9,6 +9,7 @@ pub mod conflicts;
 pub mod daemonset;
 pub mod finalizer;
 pub mod leadership;
+pub mod limits;
 pub mod orphans;
 pub mod placement;
 pub mod port_policy;
@@ -23,10 +24,11 @@ use std::time::Duration;
 use hostlb_model::address::{Address, IpMode};
 use hostlb_model::names;
 use hostlb_model::options::{is_handled, FieldError, ServiceLb};
-use hostlb_model::reason::{listed, Reason, Warning};
+use hostlb_model::reason::{listed, one_per_reason, Reason, Warning};
 use hostlb_model::service::ServiceView;
+use hostlb_model::taints::{describe_taint, repelling_taint};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Service, Toleration};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -125,16 +127,11 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let mut serving = Serving { add_finalizer: !settings.holds(service), ..Serving::default() };
     let admission = service.parsed.options.clone().and_then(|lb| admit(lb, settings));
     let valid = admission.is_ok();
-    let (placement, families, address_options) = match admission {
+    let (placement, families, address_options, tolerations) = match admission {
         Ok((lb, refused)) => {
-            serving.warnings.extend(refused.into_iter().map(|refused| {
-                let port = format!("{}/{}", refused.port.listen, refused.port.protocol.api_name());
-                let why = refused.why;
-                let message =
-                    format!("spec.ports: port {port} is refused: {why}; an admin can allow it with --allowed-ports");
-                Warning::new(Reason::PortRefused, message)
-            }));
-            (plan_proxies(&mut serving, observed, &lb, index, settings), lb.families, lb.addresses)
+            serving.warnings.extend(refused_ports_warnings(refused));
+            let placement = plan_proxies(&mut serving, observed, &lb, index, settings);
+            (placement, lb.families, lb.addresses, daemonset::tolerations(&lb.extra_tolerations))
         }
         Err(errors) => {
             serving.warnings = errors
@@ -142,7 +139,8 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
                 .map(|e| Warning::new(Reason::InvalidOption, format!("{e}; the proxies are left as they were")))
                 .collect();
             // The proxies that run go on serving, so their nodes stay published while they can.
-            (Some(Placement::anywhere()), service.parsed.declared_families.clone(), service.parsed.addresses.clone())
+            let (families, addresses) = (service.parsed.declared_families.clone(), service.parsed.addresses.clone());
+            (Some(Placement::anywhere()), families, addresses, daemonset::tolerations(&[]))
         }
     };
 
@@ -150,27 +148,24 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let pods: Vec<&ProxyPod> = index.proxy_pods_of(uid).collect();
     serving.warnings.extend(unschedulable(&pods));
     serving.warnings.extend(failing_pods(&pods));
+    let schedulable = placement.as_ref().map_or_else(Vec::new, |p| schedulable_nodes(p, &tolerations, &pods, index));
+    if let Some(placement) = placement.as_ref().filter(|_| valid && schedulable.is_empty()) {
+        serving.warnings.extend(all_repelled(placement, &tolerations, index));
+    }
     if let Some(ours) = observed.daemonset.filter(|existing| made_by_hostlb_for(existing, uid)) {
-        let eligible = placement.as_ref().map_or(0, |p| index.nodes.values().filter(|node| p.admits(node)).count());
         let failures = index.creation_failures.group(&ours.name_any()).map(AsRef::as_ref);
-        serving.warnings.extend(creation_failure(ours, pods.len() < eligible, failures));
+        serving.warnings.extend(creation_failure(ours, pods.len() < schedulable.len(), failures));
     }
     let policy = address_options.policy(&settings.addresses);
-    let eligible_nodes = placement.as_ref().map_or(0, |placement| {
-        index.nodes.values().filter(|node| placement.admits(node) && index.serves(node)).count()
-    });
+    let eligible_nodes = schedulable.iter().filter(|node| index.serves(node)).count();
     let partly_held = placement.as_ref().is_some_and(|placement| !placement.excluded_nodes.is_empty());
-    let starting = placement.as_ref().and_then(|placement| {
+    let starting = placement.as_ref().and_then(|_| {
         let daemonset_since = match (&serving.daemonset, observed.daemonset) {
             (Some(DaemonSetAction::Apply { created: true, .. }), _) => Some(observed.now),
             (_, Some(daemonset)) => daemonset.metadata.creation_timestamp.as_ref().map(|time| time.0),
             _ => None,
         };
-        let podless = index
-            .nodes
-            .values()
-            .filter(|node| placement.admits(node) && index.serves(node))
-            .any(|node| pods.iter().all(|pod| pod.node.as_deref() != node.metadata.name.as_deref()));
+        let podless = schedulable.iter().filter(|node| index.serves(node)).any(|node| !has_pod(&pods, node));
         // The DaemonSet controller creates pods in growing batches, the first of one pod: while
         // nodes wait for theirs, the newest pod tells that it is still at work.
         let newest_pod = pods.iter().filter_map(|pod| pod.created).max();
@@ -197,6 +192,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let problems = publication.problems.into_iter().map(|problem| Warning::new(Reason::NodeAnnotationIgnored, problem));
     serving.warnings.extend(problems);
     serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
+    serving.warnings = one_per_reason(std::mem::take(&mut serving.warnings));
     let findings = condition::Findings {
         valid,
         eligible_nodes,
@@ -237,6 +233,43 @@ fn eligible_node_names<'a>(index: &'a Index, placement: &'a Placement) -> impl I
         .filter_map(|node| node.metadata.name.as_deref())
 }
 
+/// The nodes the proxies may run on as the scheduler sees them, for every count of eligible
+/// nodes in a decision: those the placement admits and that have no taint the proxies do not
+/// tolerate, or that run a proxy pod already (a NoSchedule taint set later leaves it running).
+fn schedulable_nodes<'a>(
+    placement: &Placement,
+    tolerations: &[Toleration],
+    pods: &[&ProxyPod],
+    index: &'a Index,
+) -> Vec<&'a Node> {
+    let nodes = index.nodes.values().map(AsRef::as_ref).filter(|node| placement.admits(node));
+    nodes.filter(|node| repelling_taint(node, tolerations).is_none() || has_pod(pods, node)).collect()
+}
+
+fn has_pod(pods: &[&ProxyPod], node: &Node) -> bool {
+    pods.iter().any(|pod| pod.node.is_some() && pod.node.as_deref() == node.metadata.name.as_deref())
+}
+
+/// When every node the placement admits has a taint the proxies do not tolerate, a Warning
+/// naming the nodes and their taints.
+fn all_repelled(placement: &Placement, tolerations: &[Toleration], index: &Index) -> Option<Warning> {
+    let repelled: Vec<String> = index
+        .nodes
+        .values()
+        .filter(|node| placement.admits(node))
+        .filter_map(|node| {
+            Some(format!("{} ({})", node.name_any(), describe_taint(repelling_taint(node, tolerations)?)))
+        })
+        .collect();
+    let message = format!(
+        "every node the Service may use has a taint its proxy pods do not tolerate: {}; see {} and \
+         --allowed-toleration-keys",
+        listed(repelled.iter().cloned()),
+        names::ANNOTATION_TOLERATIONS
+    );
+    (!repelled.is_empty()).then(|| Warning::new(Reason::NoEligibleNode, message))
+}
+
 /// When the last of the proxies still starting stops counting as starting: pods not Ready yet
 /// that were created within the window, and, while the DaemonSet or its newest pod is that
 /// young (`pods_to_come_since`, given when eligible nodes have no pod yet), the pods still to come.
@@ -249,6 +282,27 @@ fn starting_until(pods: &[&ProxyPod], pods_to_come_since: Option<Timestamp>, now
         .filter_map(|since| since.checked_add(window).ok())
         .filter(|until| *until > now)
         .max()
+}
+
+/// One Warning per reason the ports are refused for, naming the ports.
+fn refused_ports_warnings(refused: Vec<RefusedPort>) -> Vec<Warning> {
+    let mut by_why: Vec<(String, Vec<String>)> = Vec::new();
+    for RefusedPort { port, why } in refused {
+        let port = format!("{}/{}", port.listen, port.protocol.api_name());
+        match by_why.iter_mut().find(|(reason, _)| *reason == why) {
+            Some((_, ports)) => ports.push(port),
+            None => by_why.push((why, vec![port])),
+        }
+    }
+    let warning = |(why, ports): (String, Vec<String>)| {
+        let (ports, it) = match ports.len() {
+            1 => (format!("port {} is", ports[0]), "it"),
+            _ => (format!("ports {} are", listed(ports)), "them"),
+        };
+        let message = format!("spec.ports: {ports} refused: {why}; an admin can allow {it} with --allowed-ports");
+        Warning::new(Reason::PortRefused, message)
+    };
+    by_why.into_iter().map(warning).collect()
 }
 
 /// kube-proxy applies source ranges to the load balancer addresses only: a refused client can
@@ -266,14 +320,25 @@ fn node_ports_open(service: &ServiceView, lb: &ServiceLb) -> Option<Warning> {
 }
 
 /// The Service's `ipMode` (VIP unless it asks for Proxy) where the API server keeps the field.
+/// Its version says whether it may; what it stored says whether it does: a server that keeps
+/// `ipMode` fills in VIP on every address written without one, so addresses without it were
+/// stored by a server that drops the field (1.30 and 1.31 with the LoadBalancerIPMode gate
+/// off), and writing it again would only be dropped again, on every reconcile.
 fn ip_mode(service: &ServiceView, settings: &Settings, warnings: &mut Vec<Warning>) -> Option<IpMode> {
     let asked = service.parsed.ip_mode;
-    if settings.server_has_ip_mode {
+    let stored = &service.published.ip_modes;
+    let dropped = !stored.is_empty() && stored.iter().all(Option::is_none);
+    if settings.server_has_ip_mode && !dropped {
         return Some(asked.unwrap_or(IpMode::Vip));
     }
     if asked == Some(IpMode::Proxy) {
+        let why = if settings.server_has_ip_mode {
+            "the API server does not keep ipMode (is its LoadBalancerIPMode feature gate off?)"
+        } else {
+            "ipMode needs Kubernetes 1.30 or later"
+        };
         let message = format!(
-            "metadata.annotations[{}]: ipMode needs Kubernetes 1.30 or later; the addresses are published without it",
+            "metadata.annotations[{}]: {why}; the addresses are published without it",
             names::ANNOTATION_IP_MODE
         );
         warnings.push(Warning::new(Reason::OptionIgnored, message));
@@ -343,10 +408,11 @@ pub fn claim(service: &Service, settings: &Settings) -> Option<ServiceLb> {
     Some(lb)
 }
 
-/// The valid Service as hostlb may serve it: within what the admin grants its namespace, and
-/// with the ports the port policy refuses taken out (and listed).
+/// The valid Service as hostlb may serve it: within the limits per Service and what the admin
+/// grants its namespace, and with the ports the port policy refuses taken out (and listed).
 fn admit(lb: ServiceLb, settings: &Settings) -> Result<(ServiceLb, Vec<RefusedPort>), Vec<FieldError>> {
-    let refusals = settings.tenants.refusals(&lb, &settings.proxy.default_priority_class);
+    let mut refusals = settings.limits.excess(&lb);
+    refusals.extend(settings.tenants.refusals(&lb, &settings.proxy.default_priority_class));
     if !refusals.is_empty() {
         return Err(refusals);
     }
@@ -385,7 +451,7 @@ mod tests {
     use kube::runtime::watcher;
 
     const SECOND: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_secs(1);
-    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::core::v1::{Event, Pod};
     use k8s_openapi::api::core::v1::{LoadBalancerStatus, PodCondition, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -641,11 +707,93 @@ mod tests {
         assert_eq!(reasons(&serving.warnings), vec![Reason::PortRefused]);
         assert_eq!(
             serving.warnings[0].message,
-            "spec.ports: port 22/TCP is refused: it is one of the node's own ports (--denied-ports 22); an admin can \
+            "spec.ports: port 22/TCP is refused: the node's own daemons listen there (--denied-ports); an admin can \
              allow it with --allowed-ports"
         );
         let Some(DaemonSetAction::Apply { ports, .. }) = serving.daemonset else { panic!("expected a DaemonSet") };
         assert_eq!(ports, "443/TCP");
+    }
+
+    #[test]
+    fn a_node_whose_taint_the_proxies_do_not_tolerate_is_not_eligible_anywhere_in_the_decision() {
+        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let existing = desired_for(&service);
+        let nodes = [
+            NodeBuilder::new("n1").internal("10.0.0.1").build(),
+            NodeBuilder::new("n2").internal("10.0.0.2").taint("dedicated", "NoSchedule").build(),
+        ];
+        let failed = Event {
+            involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                name: existing.metadata.name.clone(),
+                ..Default::default()
+            },
+            message: Some("Error creating: pods \"x\" is forbidden: an hour ago".into()),
+            ..Default::default()
+        };
+        // A pod created just now: a podless eligible node would hold the status write for more.
+        let mut new_pod = proxy_pod("p1", "n1", true);
+        new_pod.metadata.creation_timestamp = Some(Time(Timestamp::now()));
+        let mut index = index_of(std::slice::from_ref(&service), &nodes, &[new_pod], std::slice::from_ref(&existing));
+        index.apply_creation_failure(&kube::runtime::watcher::Event::Apply(failed));
+        let serving = served_at(&service, &index, Some(&existing), Timestamp::now());
+        assert!(serving.hold.is_none(), "nothing waits for a pod the scheduler would not place");
+        assert!(serving.warnings.is_empty(), "no old FailedCreate reported: {:?}", serving.warnings);
+        assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])));
+        let ready = serving.condition.expect("a condition");
+        assert_eq!((ready.reason, ready.message.as_str()), ("Serving", "1 of 1 eligible nodes serve"));
+
+        let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)];
+        let tainted_later = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&existing));
+        let ready = served(&service, &tainted_later, Some(&existing)).condition.expect("a condition");
+        assert_eq!(ready.message, "2 of 2 eligible nodes serve", "a NoSchedule taint leaves a running pod be");
+    }
+
+    #[test]
+    fn a_service_whose_every_node_is_tainted_is_told_which_taints_keep_it_off() {
+        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let nodes = [NodeBuilder::new("n1").taint("dedicated", "NoExecute").build()];
+        let index = index_of(std::slice::from_ref(&service), &nodes, &[], &[]);
+        let serving = served(&service, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::NoEligibleNode]);
+        assert!(serving.warnings[0].message.contains("n1 (dedicated:NoExecute)"), "{:?}", serving.warnings);
+        let tolerated = ServiceBuilder::new("web")
+            .annotation(names::ANNOTATION_TOLERATIONS, r#"[{"key":"dedicated","operator":"Exists"}]"#);
+        let mut trusting = settings();
+        trusting.tenants.toleration_keys = vec!["dedicated".into()];
+        let view = ServiceView::of(&with_finalizer(tolerated.build()));
+        let observed = Observed { service: &view, daemonset: None, last_applied: None, now: Timestamp::now() };
+        let Decision::Serve(serving) = decide(&observed, &index, &trusting) else { panic!("expected to serve") };
+        assert!(serving.warnings.is_empty(), "{:?}", serving.warnings);
+    }
+
+    #[test]
+    fn a_service_over_a_limit_is_warned_and_nothing_of_it_is_applied_nor_claimed() {
+        let ranges: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
+        let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
+        let service = with_finalizer(ServiceBuilder::new("web").source_ranges(&ranges).build());
+        let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
+        let serving = served(&service, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
+        assert!(serving.warnings[0].message.contains("5000 source ranges"), "{:?}", serving.warnings);
+        assert!(serving.warnings[0].message.contains("--max-source-ranges"), "{:?}", serving.warnings);
+        assert!(serving.daemonset.is_none() && serving.publish.is_none());
+        assert!(index.claims.values().next().is_none(), "it holds no port that another Service could want");
+    }
+
+    #[test]
+    fn refused_ports_of_one_cause_are_one_warning() {
+        let service = with_finalizer(
+            ServiceBuilder::new("web").port("UDP", 6081, 0).port("TCP", 4240, 0).port("TCP", 31000, 0).build(),
+        );
+        let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
+        let messages: Vec<String> = served(&service, &index, None).warnings.into_iter().map(|w| w.message).collect();
+        assert_eq!(
+            messages,
+            ["spec.ports: ports 6081/UDP, 4240/TCP are refused: the node's own daemons listen there \
+                 (--denied-ports); an admin can allow them with --allowed-ports; spec.ports: port 31000/TCP is \
+                 refused: kube-proxy listens there, in the NodePort range (--node-port-range 30000-32767); an admin \
+                 can allow it with --allowed-ports"]
+        );
     }
 
     #[test]
@@ -690,6 +838,27 @@ mod tests {
         let wrong = ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "proxy").build();
         let serving = served(&wrong, &index, None);
         assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
+    }
+
+    #[test]
+    fn addresses_stored_without_ip_mode_are_not_rewritten_for_it() {
+        let mut service = published(with_finalizer(ServiceBuilder::new("web").build()), &["10.0.0.1"]);
+        let ingress = &mut service.status.as_mut().unwrap().load_balancer.as_mut().unwrap().ingress;
+        ingress.as_mut().unwrap().iter_mut().for_each(|entry| entry.ip_mode = None);
+        let existing = desired_for(&service);
+        let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build()];
+        let index = index_of(std::slice::from_ref(&service), &nodes, &[proxy_pod("p1", "n1", true)], &[]);
+        let serving = served(&service, &index, Some(&existing));
+        assert_eq!((serving.publish, serving.ip_mode), (None, None), "the server drops ipMode: nothing to write");
+        assert!(serving.warnings.is_empty());
+
+        let proxy = ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "Proxy").build();
+        let mut proxy = published(with_finalizer(proxy), &["10.0.0.1"]);
+        proxy.status = service.status.clone();
+        let serving = served(&proxy, &index, Some(&existing));
+        assert!(serving.publish.is_none());
+        assert_eq!(reasons(&serving.warnings), vec![Reason::OptionIgnored]);
+        assert!(serving.warnings[0].message.contains("LoadBalancerIPMode"), "{:?}", serving.warnings);
     }
 
     #[test]

@@ -9,10 +9,11 @@ use hostlb_proxy_spec::PortMap;
 
 use hostlb_model::options::ServiceLb;
 
-/// Ports of the node's own daemons: SSH, BGP (Calico, MetalLB), etcd, the API server, VXLAN
-/// (4789, and flannel's 8472), the kubelet and kube-proxy (10248-10260), WireGuard (Calico,
-/// flannel).
-pub const DEFAULT_DENIED_PORTS: &str = "22,179,2379-2380,4789,6443,8472,10248-10260,51820-51821";
+/// Ports of daemons on the node, outside Kubernetes or beside it: a proxy pod's hostPort
+/// would catch their traffic on the node's addresses. The README's "Ports refused by default"
+/// names who uses each (a test keeps the two the same).
+pub const DEFAULT_DENIED_PORTS: &str = "22,111,179,500,2049,2379-2381,4240,4244,4500,4789,5473,6081,6443-6444,\
+                                        6783-6784,8285,8472,9099,9100,9345,10248-10260,51820-51821,51871";
 /// The API server's default `--service-node-port-range`.
 pub const DEFAULT_NODE_PORT_RANGE: &str = "30000-32767";
 
@@ -75,20 +76,18 @@ pub struct RefusedPort {
 }
 
 impl PortPolicy {
-    /// Why `port` may not be claimed, naming the setting; `None` when it may.
+    /// Why `port` may not be claimed, naming the setting (the same words for every port refused
+    /// for one reason); `None` when it may.
     pub fn refusal(&self, port: u16) -> Option<String> {
         if self.allowed.iter().any(|range| range.contains(port)) {
             return None;
         }
-        if let Some(range) = self.denied.iter().find(|range| range.contains(port)) {
-            return Some(format!("it is one of the node's own ports (--denied-ports {range})"));
+        if self.denied.iter().any(|range| range.contains(port)) {
+            return Some("the node's own daemons listen there (--denied-ports)".into());
         }
-        self.node_ports.contains(port).then(|| {
-            format!(
-                "it is in the NodePort range (--node-port-range {}), where kube-proxy already listens",
-                self.node_ports
-            )
-        })
+        self.node_ports
+            .contains(port)
+            .then(|| format!("kube-proxy listens there, in the NodePort range (--node-port-range {})", self.node_ports))
     }
 
     /// Keeps the ports `lb` may claim and lists the others.
@@ -125,13 +124,15 @@ mod tests {
     #[test]
     fn the_nodes_own_ports_and_the_node_port_range_are_refused_by_default() {
         let policy = policy(DEFAULT_DENIED_PORTS, "");
-        for port in [22, 179, 2379, 2380, 6443, 10248, 10250, 10256, 10260, 30000, 32767] {
+        let infrastructure = [22, 111, 179, 500, 2049, 2379, 2381, 4240, 4244, 4500, 4789, 5473, 6081, 6443, 6444];
+        let more = [6783, 6784, 8285, 8472, 9099, 9100, 9345, 10248, 10250, 10256, 10260, 51820, 51821, 51871];
+        for port in infrastructure.into_iter().chain(more).chain([30000, 32767]) {
             assert!(policy.refusal(port).is_some(), "{port} should be refused");
         }
-        for port in [53, 80, 443, 8080, 10247, 10261, 29999, 32768] {
+        for port in [53, 80, 443, 2378, 2382, 6082, 8080, 9101, 10247, 10261, 29999, 32768, 51822] {
             assert_eq!(policy.refusal(port), None, "{port} should be allowed");
         }
-        assert_eq!(policy.refusal(6443).unwrap(), "it is one of the node's own ports (--denied-ports 6443)");
+        assert_eq!(policy.refusal(6443).unwrap(), "the node's own daemons listen there (--denied-ports)");
         assert!(policy.refusal(31000).unwrap().contains("--node-port-range 30000-32767"));
     }
 
@@ -142,6 +143,34 @@ mod tests {
         assert_eq!(policy.refusal(31001), None);
         assert!(policy.refusal(10251).is_some());
         assert!(policy.refusal(31002).is_some());
+    }
+
+    #[test]
+    fn an_admin_may_allow_a_port_refused_by_default() {
+        let policy = policy(DEFAULT_DENIED_PORTS, "6081,9100");
+        assert_eq!(policy.refusal(6081), None);
+        assert_eq!(policy.refusal(9100), None);
+        assert!(policy.refusal(9099).is_some());
+    }
+
+    /// The README's table of the ports refused by default, one row per range, each naming who
+    /// uses it: the same ranges as the default, in the same order.
+    #[test]
+    fn the_readme_names_who_uses_each_port_refused_by_default() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let table = readme.split("### Ports refused by default").nth(1).expect("the README has the table");
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .skip(2)
+            .map(|row| row.split('|').map(str::trim).filter(|cell| !cell.is_empty()).collect())
+            .collect();
+        let ranges: Vec<String> = rows.iter().map(|cells| cells[0].trim_matches('`').to_string()).collect();
+        assert_eq!(ranges.join(","), DEFAULT_DENIED_PORTS);
+        for cells in &rows {
+            assert!(cells.len() >= 2 && cells[1..].iter().all(|cell| !cell.is_empty()), "{cells:?} names nobody");
+        }
     }
 
     #[test]

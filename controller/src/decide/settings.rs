@@ -6,6 +6,7 @@ use hostlb_model::service::ServiceView;
 use k8s_openapi::api::core::v1::Service;
 
 use crate::decide::daemonset::ProxySettings;
+use crate::decide::limits::ServiceLimits;
 use crate::decide::port_policy::PortPolicy;
 use crate::decide::tenancy::TenantPolicy;
 
@@ -24,6 +25,7 @@ pub struct Settings {
     pub proxy: ProxySettings,
     pub ports: PortPolicy,
     pub tenants: TenantPolicy,
+    pub limits: ServiceLimits,
     /// Names this replica in the Events it publishes.
     pub instance: Option<String>,
     /// A node whose kubelet misses a Lease renewal by more than this leaves every status;

@@ -4,6 +4,7 @@
 
 use hostlb_model::names;
 use hostlb_model::options::{annotation_error, FieldError, ServiceLb};
+use hostlb_model::reason::listed;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TenantPolicy {
@@ -33,18 +34,27 @@ impl TenantPolicy {
                 ));
             }
         }
-        for (index, toleration) in lb.extra_tolerations.iter().enumerate() {
+        let refused = lb.extra_tolerations.iter().enumerate().filter_map(|(index, toleration)| {
             let key = toleration.key.as_deref().unwrap_or_default();
-            if key.is_empty() || !self.toleration_keys.iter().any(|allowed| allowed == key) {
-                let tolerated = if key.is_empty() { "every taint".to_string() } else { format!("taint {key:?}") };
-                errors.push(annotation_error(
-                    names::ANNOTATION_TOLERATIONS,
-                    format!(
-                        "item {index} tolerates {tolerated}, which is not allowed here (--allowed-toleration-keys: {})",
-                        shown(&self.toleration_keys)
-                    ),
-                ));
+            if key.is_empty() {
+                Some(format!("item {index} tolerates every taint"))
+            } else if self.toleration_keys.iter().any(|allowed| allowed == key) {
+                None
+            } else {
+                Some(format!("item {index} tolerates taint {key:?}"))
             }
+        });
+        let refused: Vec<String> = refused.collect();
+        if !refused.is_empty() {
+            // One error for all of them: a list of thousands costs one Warning, not thousands.
+            errors.push(annotation_error(
+                names::ANNOTATION_TOLERATIONS,
+                format!(
+                    "not allowed here (--allowed-toleration-keys: {}): {}",
+                    shown(&self.toleration_keys),
+                    listed(refused)
+                ),
+            ));
         }
         errors
     }
@@ -97,12 +107,20 @@ mod tests {
             vec![
                 "metadata.annotations[hostlb.io/priority-class]: PriorityClass \"system-node-critical\" is not allowed \
                  here (--allowed-priority-classes: lb-high)",
-                "metadata.annotations[hostlb.io/tolerations]: item 0 tolerates every taint, which is not allowed here \
-                 (--allowed-toleration-keys: edge)",
-                "metadata.annotations[hostlb.io/tolerations]: item 1 tolerates taint \"gpu\", which is not allowed \
-                 here (--allowed-toleration-keys: edge)",
+                "metadata.annotations[hostlb.io/tolerations]: not allowed here (--allowed-toleration-keys: edge): \
+                 item 0 tolerates every taint, item 1 tolerates taint \"gpu\"",
             ]
         );
+    }
+
+    #[test]
+    fn thousands_of_refused_tolerations_are_one_error_naming_the_first_twenty() {
+        let keys: Vec<String> = (0..2000).map(|i| format!(r#"{{"key":"team-{i}","operator":"Exists"}}"#)).collect();
+        let asked =
+            ServiceBuilder::new("web").annotation(names::ANNOTATION_TOLERATIONS, &format!("[{}]", keys.join(",")));
+        let errors = policy().refusals(&lb(asked), "hostlb-proxy");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.ends_with("item 19 tolerates taint \"team-19\" and 1980 more"), "{}", errors[0]);
     }
 
     #[test]

@@ -15,24 +15,7 @@ use tracing::{debug, warn};
 
 use crate::run::metrics::Metrics;
 use hostlb_model::names;
-use hostlb_model::reason::{Reason, Warning};
-
-/// The API server refuses an Event whose note is longer (events.k8s.io/v1 `note`).
-pub const MAX_NOTE_BYTES: usize = 1024;
-
-/// The note cut to what the API server accepts, saying how much was left out.
-pub fn bounded(note: String) -> String {
-    if note.len() <= MAX_NOTE_BYTES {
-        return note;
-    }
-    // Room for the ending, whose number has at most as many digits as the note's length.
-    let ending_room = " ... (9999999999 more bytes)".len();
-    let mut cut = MAX_NOTE_BYTES - ending_room;
-    while !note.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{} ... ({} more bytes)", &note[..cut], note.len() - cut)
-}
+use hostlb_model::reason::{bounded, one_per_reason, Reason, Warning};
 
 /// How many one-off Events may wait for the API server; past that they are dropped (and
 /// logged), as client-go's event broadcaster drops them.
@@ -49,14 +32,22 @@ struct Queued {
     note: String,
 }
 
+/// A recorder, and the message it published last.
+struct LastPublished {
+    message: String,
+    recorder: Recorder,
+}
+
 /// Publishes Events and remembers which warnings each Service has been told of.
 pub struct Events {
     client: Client,
     reporter: Reporter,
     reported: Mutex<HashMap<ObjectRef<Service>, BTreeSet<Warning>>>,
-    /// One recorder per warning and Service, so that a warning that comes back counts up on
-    /// its earlier Event (a series) instead of adding another.
-    recorders: Mutex<HashMap<(ObjectRef<Service>, Warning), Recorder>>,
+    /// One recorder per Service and reason, with the message it last published: the same
+    /// warning coming back counts up on its earlier Event (a series) instead of adding
+    /// another, and a new message of the reason takes the place of the old one, so that a
+    /// Service costs at most one recorder per reason however its messages change.
+    recorders: Mutex<HashMap<(ObjectRef<Service>, Reason), LastPublished>>,
     /// One-off Events go out from a task of their own, so that no reconcile waits for one;
     /// both are taken by `flush`.
     queue: Mutex<Option<mpsc::Sender<Queued>>>,
@@ -93,7 +84,7 @@ impl Events {
     /// once its Event is published, so one that could not be is tried again next time.
     pub async fn report(&self, service: &Service, warnings: Vec<Warning>, metrics: &Metrics) {
         let key = ObjectRef::from_obj(service);
-        let current: BTreeSet<Warning> = warnings.into_iter().collect();
+        let current: BTreeSet<Warning> = one_per_reason(warnings).into_iter().collect();
         let previous = self.reported.lock().expect("reported lock").get(&key).cloned().unwrap_or_default();
         let mut reported: BTreeSet<Warning> = current.intersection(&previous).cloned().collect();
         for warning in current.difference(&previous) {
@@ -117,8 +108,15 @@ impl Events {
 
     fn recorder_for(&self, service: &ObjectRef<Service>, warning: &Warning) -> Recorder {
         let mut recorders = self.recorders.lock().expect("recorders lock");
-        let key = (service.clone(), warning.clone());
-        recorders.entry(key).or_insert_with(|| Recorder::new(self.client.clone(), self.reporter.clone())).clone()
+        let fresh = || LastPublished {
+            message: warning.message.clone(),
+            recorder: Recorder::new(self.client.clone(), self.reporter.clone()),
+        };
+        let last = recorders.entry((service.clone(), warning.reason)).or_insert_with(fresh);
+        if last.message != warning.message {
+            *last = fresh();
+        }
+        last.recorder.clone()
     }
 
     /// Queues a one-off Event. Each is written with a recorder of its own: a shared one would
@@ -199,14 +197,24 @@ mod tests {
         api.expect_nothing_more().await;
     }
 
-    #[test]
-    fn notes_are_cut_to_what_the_api_server_accepts() {
-        assert_eq!(bounded("short".into()), "short");
-        let long = "é".repeat(2000);
-        let cut = bounded(long.clone());
-        assert!(cut.len() <= MAX_NOTE_BYTES, "{} bytes", cut.len());
-        let kept = cut.split(" ... (").next().unwrap().len();
-        assert!(cut.ends_with(&format!("({} more bytes)", long.len() - kept)), "{cut}");
+    #[tokio::test]
+    async fn two_thousand_warnings_of_one_reason_are_one_event_and_one_recorder() {
+        let (client, mut api) = mock_api();
+        let events = Events::new(client, None);
+        let service = ServiceBuilder::new("web").build();
+        let warnings = (0..2000).map(|i| Warning::new(Reason::InvalidOption, format!("item {i} is refused"))).collect();
+        let reported = tokio::spawn(async move {
+            events.report(&service, warnings, &Metrics::default()).await;
+            let changed = vec![Warning::new(Reason::InvalidOption, "back-off 20s")];
+            events.report(&service, changed, &Metrics::default()).await;
+            events
+        });
+        let note = api.expect_event("shop", "InvalidOption").await["note"].clone();
+        assert!(note.as_str().unwrap().ends_with("item 19 is refused and 1980 more"), "{note}");
+        api.expect_event("shop", "InvalidOption").await;
+        let events = tokio::time::timeout(std::time::Duration::from_secs(5), reported).await.unwrap().unwrap();
+        api.expect_nothing_more().await;
+        assert_eq!(events.recorders.lock().unwrap().len(), 1, "one recorder per reason, whatever its messages");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::version::Info;
 
 use crate::decide::daemonset::{ForwardingMode, ProxySettings};
 use crate::decide::leadership::LeaseTiming;
+use crate::decide::limits::{self, ServiceLimits};
 use crate::decide::port_policy::{self, PortPolicy, PortRange};
 use crate::decide::tenancy::TenantPolicy;
 use crate::decide::Settings;
@@ -99,6 +100,14 @@ pub struct Args {
     #[arg(long, env = "HOSTLB_NODE_PORT_RANGE", value_parser = PortRange::parse,
           default_value = port_policy::DEFAULT_NODE_PORT_RANGE)]
     pub node_port_range: PortRange,
+    /// At most this many ports per Service: each is a hostPort on every serving node. A Service
+    /// with more gets a Warning and nothing of it is applied.
+    #[arg(long, env = "HOSTLB_MAX_SERVICE_PORTS", default_value_t = limits::DEFAULT_MAX_SERVICE_PORTS)]
+    pub max_service_ports: usize,
+    /// At most this many source ranges per Service: each is copied into the proxy DaemonSet and
+    /// every proxy pod. A Service with more gets a Warning and nothing of it is applied.
+    #[arg(long, env = "HOSTLB_MAX_SOURCE_RANGES", default_value_t = limits::DEFAULT_MAX_SOURCE_RANGES)]
+    pub max_source_ranges: usize,
     /// Seconds by which a kubelet may miss a renewal of its node Lease before the node leaves
     /// every status (long before the node controller marks it NotReady); 0 to wait for NotReady.
     #[arg(long, env = "HOSTLB_NODE_LEASE_GRACE_SECONDS", default_value_t = 10)]
@@ -174,6 +183,7 @@ impl Args {
                 toleration_keys: self.allowed_toleration_keys.clone(),
                 trusted_namespaces: self.trusted_namespaces.clone(),
             },
+            limits: ServiceLimits { ports: self.max_service_ports, source_ranges: self.max_source_ranges },
             ports: PortPolicy {
                 denied: self.denied_ports.clone(),
                 allowed: self.allowed_ports.clone(),

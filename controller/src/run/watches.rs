@@ -1,5 +1,5 @@
 //! The watches, wiring only: on every replica each watch applies its events to the index (the
-//! Services also to the Service cache), and what each event changed once committed becomes the
+//! Services also to the Service cache, which keeps only what hostlb reads of them), and what each event changed once committed becomes the
 //! Services it concerns (`state::triggers`). Also the clock that judges node Leases, and
 //! readiness: every watch has listed.
 
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::{stream, Stream, StreamExt, TryStreamExt};
 use hostlb_model::names;
+use hostlb_model::service::keep_what_hostlb_reads;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Service};
@@ -56,7 +57,8 @@ pub fn watch(
 
     let service_triggers = {
         let (index, settings) = (index.clone(), settings.clone());
-        watched(Api::<Service>::all(client.clone()), all.clone()).reflect(service_writer).map_ok(move |event| {
+        let services = watched(Api::<Service>::all(client.clone()), all.clone()).modify(keep_what_hostlb_reads);
+        services.reflect(service_writer).map_ok(move |event| {
             let mut index = index.write().expect("index lock");
             let changes = index.apply_service(&event, |service| claim(service, &settings));
             triggers::of_services(&changes, &index)
