@@ -6,6 +6,9 @@
 #                                 `kubectl apply -f` (Kubernetes 1.20 and later; no
 #                                 PodDisruptionBudget, see the README)
 #   hostlb-VERSION.tgz            the Helm chart, versioned
+#   kubectl-hostlb_VERSION_linux_amd64.tar.gz, krew-hostlb.yaml
+#                                 the kubectl plugin and its krew manifest (HOSTLB_RELEASE_URL:
+#                                 where the files will be published)
 #   SHA256SUMS                    of all of the above
 # amd64 only; it says why arm64 cannot be built when the toolchain for it is missing.
 set -euo pipefail
@@ -17,6 +20,8 @@ SEMVER='^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[
 OUT="$PWD/_out/release/$VERSION"
 REVISION=$(git rev-parse HEAD)
 SOURCE=$(git remote get-url origin 2>/dev/null || echo "file://$PWD")
+# Where the release's files will be downloadable from, for the krew manifest.
+RELEASE_URL=${HOSTLB_RELEASE_URL:-https://hostlb.invalid/releases/$VERSION}
 tools=$(bash e2e/chart/tools.sh)
 
 rm -rf "$OUT"
@@ -50,10 +55,21 @@ YAML
   "$tools/kubectl" kustomize "$work"
 } >"$OUT/hostlb.yaml"
 
+# The kubectl plugin, static like the images, and its krew manifest.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu -p kubectl-hostlb
+plugin="kubectl-hostlb_${VERSION}_linux_amd64.tar.gz"
+mkdir -p "$work/plugin"
+cp "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/kubectl-hostlb" LICENSE "$work/plugin/"
+tar --create --gzip --file "$OUT/$plugin" --directory "$work/plugin" \
+  --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner kubectl-hostlb LICENSE
+plugin_sha=$(sha256sum "$OUT/$plugin" | cut -d' ' -f1)
+sed -e "s|@VERSION@|$VERSION|g" -e "s|@SHA256@|$plugin_sha|" -e "s|@RELEASE_URL@|$RELEASE_URL|g" \
+  kubectl-hostlb/krew.yaml >"$OUT/krew-hostlb.yaml"
+
 "$tools/helm" lint --strict charts/hostlb >/dev/null
 "$tools/helm" package charts/hostlb --version "$VERSION" --app-version "$VERSION" --destination "$OUT" >/dev/null
 
-(cd "$OUT" && sha256sum controller.tar lb.tar hostlb.yaml "hostlb-$VERSION.tgz" >SHA256SUMS)
+(cd "$OUT" && sha256sum controller.tar lb.tar hostlb.yaml "hostlb-$VERSION.tgz" "$plugin" krew-hostlb.yaml >SHA256SUMS)
 
 missing=()
 rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu ||
