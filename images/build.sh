@@ -17,7 +17,7 @@ TARGET=x86_64-unknown-linux-gnu
 # are built for the host without the flag.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" \
   -p hostlb-controller -p hostlb-lb -p hostlb-testbins
-bin="target/$TARGET/release"
+bin="${CARGO_TARGET_DIR:-target}/$TARGET/release"
 for b in hostlb-controller hostlb-lb echo-server pause; do
   if readelf --program-headers "$bin/$b" | grep -q 'program interpreter'; then
     echo "$bin/$b needs a dynamic loader; an image with nothing else in it could not run it" >&2

@@ -4,6 +4,9 @@
 # `ctr images import` loads it. The archive is byte-for-byte reproducible from the binary.
 #
 #   oci-archive.sh IMAGE_NAME BINARY OUTPUT.tar [USER]
+#
+# HOSTLB_IMAGE_ANNOTATIONS, a JSON object of strings, is added to the image manifest's
+# annotations (the release sets org.opencontainers.image.version, .revision and .source).
 set -euo pipefail
 
 if [[ $# -lt 3 || $# -gt 4 ]]; then
@@ -41,12 +44,13 @@ jq -n --arg entry "$entry" --arg user "$user" --arg diff "$layer_digest" '{
 }' > "$work/config.json"
 read -r config_digest config_size < <(add_blob "$work/config.json")
 
-jq -n --arg cd "$config_digest" --argjson cs "$config_size" --arg ld "$layer_digest" --argjson ls "$layer_size" '{
+jq -n --arg cd "$config_digest" --argjson cs "$config_size" --arg ld "$layer_digest" --argjson ls "$layer_size" \
+  --argjson annotations "${HOSTLB_IMAGE_ANNOTATIONS:-{\}}" '{
   schemaVersion: 2,
   mediaType: "application/vnd.oci.image.manifest.v1+json",
   config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $cd, size: $cs},
   layers: [{mediaType: "application/vnd.oci.image.layer.v1.tar", digest: $ld, size: $ls}]
-}' > "$work/manifest.json"
+} + (if $annotations == {} then {} else {annotations: $annotations} end)' > "$work/manifest.json"
 read -r manifest_digest manifest_size < <(add_blob "$work/manifest.json")
 
 jq -n --arg md "$manifest_digest" --argjson ms "$manifest_size" --arg name "$name" '{

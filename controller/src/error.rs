@@ -12,6 +12,8 @@ pub enum Error {
     },
     #[error("the watches of {watches} did not list their objects within {waited:?}")]
     WatchesNotSynced { watches: String, waited: std::time::Duration },
+    #[error("the pods of Deployment {deployment} were still there {waited:?} after it was scaled to zero")]
+    NotStopped { deployment: String, waited: std::time::Duration },
 }
 
 /// Why a request of a term of leadership was not sent, or was dropped in flight: the term is
@@ -48,6 +50,7 @@ impl Error {
                 _ => "api_unreachable",
             },
             Error::WatchesNotSynced { .. } => "watches_not_synced",
+            Error::NotStopped { .. } => "not_stopped",
         }
     }
 }

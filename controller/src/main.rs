@@ -48,6 +48,10 @@ async fn control(args: Args) -> anyhow::Result<()> {
     let server = client.apiserver_version().await.context("cannot read the API server's version")?;
     let settings = args.settings(&server);
     if args.uninstall {
+        if let Some(deployment) = &args.stop_deployment {
+            run::stop::stop_deployment(client.clone(), &settings.proxy.namespace, deployment).await?;
+            tracing::info!(%deployment, "stopped the controller");
+        }
         let released = run::uninstall(client, settings).await?;
         tracing::info!("uninstalled: released {released} Services; deleted their proxy DaemonSets");
         return Ok(());

@@ -174,9 +174,11 @@ hostlb_diagnostics() {
 }
 
 install_hostlb() {
-  # 1.20 serves PodDisruptionBudgets only as policy/v1beta1 (v1 came in 1.21); the spec the
-  # manifests use means the same in both.
-  k kustomize "$HERE/install/" | sed 's#^apiVersion: policy/v1$#apiVersion: policy/v1beta1#' | k apply -f - >&2
+  # Built as users build it, with a current kustomize (kubectl 1.20's own is v2); applied as is.
+  local tools manifest
+  tools=$(bash "$REPO/e2e/chart/tools.sh")
+  manifest=$("$tools/kubectl" kustomize "$HERE/install/")
+  k apply -f - <<<"$manifest" >&2
   if grep -qx controller "$STATE/images-changed" 2>/dev/null; then
     log "the controller image changed: restarting the controller"
     k -n hostlb-system rollout restart deployment/hostlb-controller >&2

@@ -1,6 +1,8 @@
-//! The Helm chart renders the very objects of the kustomize base, and has a value for every
-//! controller setting. Needs helm and a kubectl with kustomize v5, named by HOSTLB_HELM and
-//! HOSTLB_KUSTOMIZE_KUBECTL (e2e/test-all.sh installs both with e2e/chart/tools.sh).
+//! The Helm chart and the kustomize base, rendered: the two make the same objects with the same
+//! permissions, the chart's values reach the controller, names follow the release, and overlays
+//! can move the base and change its images. Needs helm and a kubectl with kustomize v5, named by
+//! HOSTLB_HELM and HOSTLB_KUSTOMIZE_KUBECTL (e2e/test-all.sh installs both with
+//! e2e/chart/tools.sh).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -10,13 +12,12 @@ use anyhow::{bail, ensure, Context as _, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The base generates it with a hash suffix; the chart names it plainly.
-const IMAGES_CONFIG_MAP: &str = "hostlb-images";
-const IMAGES_HASH_LEN: usize = 10;
-
 /// Controller settings that are not chart settings: the chart fills them in itself.
 const SET_BY_THE_CHART: [&str; 5] =
     ["HOSTLB_NAMESPACE", "HOSTLB_LB_IMAGE", "HOSTLB_CONTROLLER_IMAGE", "HOSTLB_INSTANCE", "HOSTLB_HTTP_ADDRESS"];
+
+/// Kind and name; the chart leaves namespaces to Helm.
+type Key = (String, String);
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -35,100 +36,196 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?)
 }
 
-fn helm_template(extra: &[&str]) -> Result<String> {
-    run(
-        &tool("HOSTLB_HELM")?,
-        &[&["template", "hostlb", "charts/hostlb", "--namespace", "hostlb-system"], extra].concat(),
-    )
+fn helm(args: &[&str]) -> Result<String> {
+    run(&tool("HOSTLB_HELM")?, args)
 }
 
-/// `hostlb-images-HASH` as `hostlb-images`, wherever it is named.
-fn without_hash_suffix(text: &str) -> String {
-    let prefix = format!("{IMAGES_CONFIG_MAP}-");
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find(&prefix) {
-        let after = &rest[at + prefix.len()..];
-        let hash: String = after.chars().take_while(char::is_ascii_alphanumeric).collect();
-        out.push_str(&rest[..at]);
-        out.push_str(IMAGES_CONFIG_MAP);
-        rest = if hash.len() == IMAGES_HASH_LEN { &after[hash.len()..] } else { &rest[at + IMAGES_CONFIG_MAP.len()..] };
-    }
-    out.push_str(rest);
-    out
+/// The chart's objects for release `release`, hooks left out.
+fn helm_template(release: &str, extra: &[&str]) -> Result<BTreeMap<Key, Value>> {
+    let args = [&["template", release, "charts/hostlb", "--namespace", "hostlb-system", "--no-hooks"], extra].concat();
+    objects(&helm(&args)?)
 }
 
-/// The objects of a multi-document YAML stream, by kind, namespace and name.
-fn objects(yaml: &str) -> Result<BTreeMap<(String, String, String), Value>> {
+fn kustomize(directory: &str) -> Result<BTreeMap<Key, Value>> {
+    objects(&run(&tool("HOSTLB_KUSTOMIZE_KUBECTL")?, &["kustomize", directory])?)
+}
+
+fn field(object: &Value, path: &str) -> String {
+    object.pointer(path).and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+/// The objects of a multi-document YAML stream, by kind and name; a generated name's hash
+/// suffix is dropped.
+fn objects(yaml: &str) -> Result<BTreeMap<Key, Value>> {
     let mut objects = BTreeMap::new();
-    for document in serde_yaml_ng::Deserializer::from_str(&without_hash_suffix(yaml)) {
+    for document in serde_yaml_ng::Deserializer::from_str(yaml) {
         let object = Value::deserialize(document)?;
         if object.is_null() {
             continue;
         }
-        let field = |path: &str| object.pointer(path).and_then(Value::as_str).unwrap_or_default().to_string();
-        let key = (field("/kind"), field("/metadata/namespace"), field("/metadata/name"));
+        let name = field(&object, "/metadata/name");
+        let name = match name.strip_prefix("hostlb-images-") {
+            Some(_) => "hostlb-images".to_string(),
+            None => name,
+        };
+        let key = (field(&object, "/kind"), name);
         ensure!(objects.insert(key.clone(), object).is_none(), "{key:?} twice");
     }
     Ok(objects)
 }
 
-fn controller_env(objects: &BTreeMap<(String, String, String), Value>) -> Result<BTreeMap<String, Value>> {
-    let deployment = objects
-        .iter()
-        .find(|((kind, _, _), _)| kind == "Deployment")
-        .map(|(_, object)| object)
-        .context("no Deployment")?;
+fn object<'a>(objects: &'a BTreeMap<Key, Value>, kind: &str, name: &str) -> Result<&'a Value> {
+    objects.get(&(kind.to_string(), name.to_string())).with_context(|| format!("no {kind} {name}"))
+}
+
+fn controller_env(objects: &BTreeMap<Key, Value>, deployment: &str) -> Result<BTreeMap<String, Value>> {
+    let deployment = object(objects, "Deployment", deployment)?;
     let env = deployment.pointer("/spec/template/spec/containers/0/env").and_then(Value::as_array).context("no env")?;
-    Ok(env.iter().map(|e| (e["name"].as_str().unwrap_or_default().to_string(), e.clone())).collect())
+    Ok(env.iter().map(|e| (field(e, "/name"), e.clone())).collect())
 }
 
 #[test]
-fn the_chart_renders_the_kustomize_base_with_its_default_values() -> Result<()> {
-    let chart = objects(&helm_template(&[])?)?;
-    let base = objects(&run(&tool("HOSTLB_KUSTOMIZE_KUBECTL")?, &["kustomize", "manifests"])?)?;
-    let keys = |objects: &BTreeMap<(String, String, String), Value>| objects.keys().cloned().collect::<BTreeSet<_>>();
-    ensure!(keys(&chart) == keys(&base), "objects differ:\nchart {:?}\nbase  {:?}", keys(&chart), keys(&base));
-    for (key, object) in &base {
-        ensure!(chart[key] == *object, "{key:?} differs:\nchart {}\nbase  {}", chart[key], object);
-    }
-    println!("the chart renders the {} objects of the kustomize base", base.len());
+fn the_chart_passes_helm_lint_strict() -> Result<()> {
+    helm(&["lint", "--strict", "charts/hostlb"])?;
     Ok(())
 }
 
 #[test]
-fn settings_become_the_controllers_environment_and_the_namespace_follows_the_release() -> Result<()> {
-    let rendered = helm_template(&[
-        "--set",
-        "settings.maxNodes=3",
-        "--set",
-        "settings.allowedPorts={80,443,8000-8100}",
-        "--set",
-        "settings.serveUnclassed=false",
-        "--set",
-        "image.lb.tag=v9",
-    ])?;
-    let set = objects(&rendered)?;
-    let env = controller_env(&set)?;
+fn the_chart_and_the_kustomize_base_make_the_same_objects_with_the_same_permissions() -> Result<()> {
+    let chart = helm_template("hostlb", &[])?;
+    let mut base = kustomize("manifests")?;
+    let budget = repository().join("manifests/components/disruption-budget/poddisruptionbudget.yaml");
+    base.extend(objects(&std::fs::read_to_string(budget)?)?);
+    base.remove(&("Namespace".to_string(), "hostlb-system".to_string()));
+    let keys = |objects: &BTreeMap<Key, Value>| objects.keys().cloned().collect::<BTreeSet<_>>();
+    ensure!(keys(&chart) == keys(&base), "objects differ:\nchart {:?}\nbase  {:?}", keys(&chart), keys(&base));
+    for (key, base_object) in &base {
+        let chart_object = &chart[key];
+        for path in ["/rules", "/roleRef", "/spec/ports", "/spec/maxUnavailable", "/value", "/preemptionPolicy"] {
+            ensure!(chart_object.pointer(path) == base_object.pointer(path), "{key:?} {path} differs");
+        }
+        for path in ["/ports", "/livenessProbe", "/readinessProbe", "/securityContext", "/resources"] {
+            let container =
+                |object: &Value| object.pointer(&format!("/spec/template/spec/containers/0{path}")).cloned();
+            ensure!(container(chart_object) == container(base_object), "{key:?} container {path} differs");
+        }
+    }
+    let chart_names: BTreeSet<String> = chart.values().map(|o| field(o, "/metadata/namespace")).collect();
+    ensure!(chart_names == BTreeSet::from([String::new()]), "the chart names namespaces: {chart_names:?}");
+    println!("the chart and the base make the same {} objects", base.len());
+    Ok(())
+}
+
+#[test]
+fn settings_become_the_controllers_environment() -> Result<()> {
+    let set = helm_template(
+        "hostlb",
+        &[
+            "--set",
+            "settings.maxNodes=3",
+            "--set",
+            "settings.allowedPorts={80,443,8000-8100}",
+            "--set",
+            "settings.serveUnclassed=false",
+            "--set",
+            "image.lb.tag=v9",
+            "--set",
+            "logLevel=debug",
+            "--set",
+            "extraArgs={--sync-timeout-seconds=60}",
+        ],
+    )?;
+    let env = controller_env(&set, "hostlb-controller")?;
     ensure!(env["HOSTLB_MAX_NODES"]["value"] == "3", "{:?}", env.get("HOSTLB_MAX_NODES"));
     ensure!(env["HOSTLB_ALLOWED_PORTS"]["value"] == "80,443,8000-8100", "{:?}", env.get("HOSTLB_ALLOWED_PORTS"));
     ensure!(env["HOSTLB_SERVE_UNCLASSED"]["value"] == "false", "{:?}", env.get("HOSTLB_SERVE_UNCLASSED"));
+    ensure!(env["RUST_LOG"]["value"] == "debug", "{:?}", env.get("RUST_LOG"));
     ensure!(!env.contains_key("HOSTLB_LOG_FORMAT"), "an empty setting leaves the controller's default");
-    let images = &set[&("ConfigMap".to_string(), "hostlb-system".to_string(), IMAGES_CONFIG_MAP.to_string())];
+    let deployment = object(&set, "Deployment", "hostlb-controller")?;
+    ensure!(deployment["spec"]["template"]["spec"]["containers"][0]["args"][0] == "--sync-timeout-seconds=60");
+    let images = object(&set, "ConfigMap", "hostlb-images")?;
     ensure!(images["data"]["lb-image"] == "localhost/hostlb/lb:v9", "{images}");
+    let version = field(
+        &serde_yaml_ng::from_str::<Value>(&std::fs::read_to_string(repository().join("charts/hostlb/Chart.yaml"))?)?,
+        "/appVersion",
+    );
+    ensure!(images["data"]["controller-image"] == format!("localhost/hostlb/controller:{version}"), "{images}");
 
-    let elsewhere = run(
-        &tool("HOSTLB_HELM")?,
-        &["template", "hostlb", "charts/hostlb", "--namespace", "lb", "--set", "createNamespace=false"],
+    // The controller reads the images from the ConfigMap only at start: a change rolls it.
+    let checksum = |objects: &BTreeMap<Key, Value>| -> Result<Value> {
+        Ok(object(objects, "Deployment", "hostlb-controller")?["spec"]["template"]["metadata"]["annotations"]
+            ["checksum/images"]
+            .clone())
+    };
+    ensure!(checksum(&set)? != checksum(&helm_template("hostlb", &[])?)?, "the checksum ignores image.lb");
+    Ok(())
+}
+
+#[test]
+fn names_lease_and_bindings_follow_the_release() -> Result<()> {
+    let rendered = helm_template("edge", &["--namespace", "lb"])?;
+    let env = controller_env(&rendered, "edge-hostlb-controller")?;
+    ensure!(env["HOSTLB_LEASE_NAME"]["value"] == "edge-hostlb-controller", "{:?}", env.get("HOSTLB_LEASE_NAME"));
+    ensure!(env["HOSTLB_DEFAULT_PRIORITY_CLASS"]["value"] == "edge-hostlb-proxy");
+    object(&rendered, "PriorityClass", "edge-hostlb-proxy")?;
+    let role = object(&rendered, "Role", "edge-hostlb-controller")?;
+    let leases = role["rules"].as_array().into_iter().flatten().find(|rule| rule["resourceNames"].is_array());
+    ensure!(leases.is_some_and(|rule| rule["resourceNames"].to_string().contains("edge-hostlb-controller")), "{role}");
+    for ((kind, name), object) in &rendered {
+        if kind.starts_with("Cluster") || kind == "PriorityClass" {
+            ensure!(name.starts_with("edge-hostlb-"), "{kind} {name} is not named after the release");
+        }
+        for subject in object["subjects"].as_array().into_iter().flatten() {
+            ensure!(subject["namespace"] == "lb", "{kind} {name}: {subject}");
+        }
+        ensure!(kind != "Namespace", "the chart renders a Namespace; --create-namespace makes it");
+    }
+    let leased = helm_template("edge", &["--set", "settings.leaseName=mine"])?;
+    let role = object(&leased, "Role", "edge-hostlb-controller")?;
+    ensure!(role.to_string().contains("\"resourceNames\":[\"mine\"]"), "{role}");
+    Ok(())
+}
+
+#[test]
+fn the_schema_refuses_values_the_controller_would_crash_on() -> Result<()> {
+    for bad in ["settings.maxNodes=abc", "settings.addressType=public", "replicas=two", "settings.unknown=1"] {
+        let refused = helm(&["template", "hostlb", "charts/hostlb", "--set", bad]);
+        ensure!(refused.is_err(), "{bad} was accepted");
+    }
+    Ok(())
+}
+
+#[test]
+fn an_overlay_moves_the_base_and_changes_its_images() -> Result<()> {
+    let overlay = std::env::temp_dir().join(format!("hostlb-overlay-{}", std::process::id()));
+    std::fs::create_dir_all(&overlay)?;
+    // kustomize takes only relative paths to bases.
+    let base = std::iter::repeat_n("..", overlay.components().count() - 1)
+        .collect::<PathBuf>()
+        .join(repository().join("manifests").canonicalize()?.strip_prefix("/")?);
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "namespace: lb\nresources: [{}]\nimages:\n- name: localhost/hostlb/controller\n  newName: registry.example/controller\n  newTag: v7\n- name: localhost/hostlb/lb\n  newName: registry.example/lb\n  newTag: v7\n",
+            base.display()
+        ),
     )?;
-    let elsewhere = objects(&elsewhere)?;
-    ensure!(!elsewhere.keys().any(|(kind, _, _)| kind == "Namespace"), "no Namespace without createNamespace");
-    for ((kind, namespace, name), object) in &elsewhere {
-        ensure!(namespace != "hostlb-system", "{kind} {name} stayed in hostlb-system");
+    let rendered = kustomize(&overlay.display().to_string());
+    std::fs::remove_dir_all(&overlay)?;
+    let rendered = rendered?;
+    object(&rendered, "Namespace", "lb")?;
+    for ((kind, name), object) in &rendered {
+        let namespace = field(object, "/metadata/namespace");
+        ensure!(namespace.is_empty() || namespace == "lb", "{kind} {name} is in {namespace}");
         for subject in object["subjects"].as_array().into_iter().flatten() {
             ensure!(subject["namespace"] == "lb", "{kind} {name}: {subject}");
         }
     }
+    let deployment = object(&rendered, "Deployment", "hostlb-controller")?;
+    ensure!(deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/controller:v7");
+    let images = object(&rendered, "ConfigMap", "hostlb-images")?;
+    ensure!(images["data"]["lb-image"] == "registry.example/lb:v7", "{images}");
+    ensure!(images["data"]["controller-image"] == "registry.example/controller:v7", "{images}");
     Ok(())
 }
 

@@ -101,5 +101,18 @@ async fn status_shows_served_nodes_refused_ports_and_who_holds_a_port() -> Resul
     let web_row = web_row.with_context(|| format!("no row for web in\n{table}"))?;
     ensure!(web_row.contains("2/2") && web_row.contains("22/TCP(unclaimed)"), "web's row is {web_row:?}");
     ensure!(table.contains(&format!("{}/second:", ns.name)), "no block for the second Service in\n{table}");
+
+    // kubectl's conventions: a NAME, -l, -o name, yaml and wide.
+    let one = plugin(&cluster, &["status", "-n", &ns.name, "web", "-o", "name"])?;
+    ensure!(one == "service/web\n", "`status web -o name` printed {one:?}");
+    let unlabelled = plugin(&cluster, &["status", "-n", &ns.name, "-l", "e2e.hostlb.io/absent=yes"])?;
+    ensure!(unlabelled == "No LoadBalancer Services found.\n", "-l matched {unlabelled:?}");
+    let yaml: Value = serde_yaml_ng::from_str(&plugin(&cluster, &["status", "-n", &ns.name, "-o", "yaml"])?)?;
+    let names = |report: &Value| strings(array(&report["services"]), "name");
+    ensure!(names(&yaml) == names(&status), "-o yaml lists {:?}", names(&yaml));
+    ensure!(service(&yaml, "web")?["addresses"] == web["addresses"], "-o yaml: {yaml}");
+    let wide = plugin(&cluster, &["status", "-n", &ns.name, "-o", "wide"])?;
+    let header: Vec<&str> = wide.lines().next().unwrap_or_default().split_whitespace().collect();
+    ensure!(header.ends_with(&["DAEMONSET", "SERVING"]), "{wide}");
     Ok(())
 }

@@ -9,9 +9,17 @@ use hostlb_model::names;
 
 use crate::report::Observed;
 
-/// `namespace`: the Services' namespace, or every namespace. `hostlb_namespace`: where the
-/// controller puts the proxy DaemonSets.
-pub async fn observe(client: &Client, namespace: Option<&str>, hostlb_namespace: &str) -> kube::Result<Observed> {
+/// Which Services: those of a namespace or of every one, optionally one by name, or those
+/// matching a label selector.
+pub struct Scope<'a> {
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub selector: Option<&'a str>,
+}
+
+/// The Services of `scope`; `hostlb_namespace`: where the controller puts the proxy DaemonSets.
+pub async fn observe(client: &Client, scope: &Scope<'_>, hostlb_namespace: &str) -> kube::Result<Observed> {
+    let namespace = scope.namespace;
     let (services, events): (Api<Service>, Api<Event>) = match namespace {
         Some(namespace) => (Api::namespaced(client.clone(), namespace), Api::namespaced(client.clone(), namespace)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
@@ -20,10 +28,17 @@ pub async fn observe(client: &Client, namespace: Option<&str>, hostlb_namespace:
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), hostlb_namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), hostlb_namespace);
     let everything = ListParams::default();
+    let mut chosen = ListParams::default();
+    if let Some(name) = scope.name {
+        chosen = chosen.fields(&format!("metadata.name={name}"));
+    }
+    if let Some(selector) = scope.selector {
+        chosen = chosen.labels(selector);
+    }
     let proxies = ListParams::default().labels(&names::managed_selector());
     let warnings = ListParams::default().fields("type=Warning,involvedObject.kind=Service");
     let (services, nodes, daemonsets, pods, warnings) = tokio::try_join!(
-        services.list(&everything),
+        services.list(&chosen),
         nodes.list(&everything),
         daemonsets.list(&proxies),
         pods.list(&proxies),

@@ -36,12 +36,18 @@ enum Command {
     /// For each LoadBalancer Service: its addresses, ports, nodes serving and not (with why),
     /// port conflicts and latest Warnings.
     Status {
-        /// Only the Services of this namespace.
+        /// Only this Service (of the namespace).
+        #[arg(conflicts_with = "all_namespaces")]
+        name: Option<String>,
+        /// The Services of this namespace (default: the context's namespace, as kubectl).
         #[arg(short, long, conflicts_with = "all_namespaces")]
         namespace: Option<String>,
-        /// The Services of every namespace (the default).
+        /// The Services of every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// Only Services with these labels, as kubectl's -l (`app=web,tier!=cache`).
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
         /// Where hostlb puts its proxy DaemonSets.
         #[arg(long, default_value = names::DEFAULT_NAMESPACE)]
         hostlb_namespace: String,
@@ -53,22 +59,38 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Table,
+    Wide,
     Json,
+    Yaml,
+    /// `service/NAME`, one a line, as kubectl's `-o name`.
+    Name,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let client = Client::try_from(config(args.kubeconfig.as_deref(), args.context).await?)?;
+    let config = config(args.kubeconfig.as_deref(), args.context).await?;
+    let context_namespace = config.default_namespace.clone();
+    let client = Client::try_from(config)?;
     match args.command {
-        Command::Status { namespace, all_namespaces: _, hostlb_namespace, output } => {
-            let observed = cluster::observe(&client, namespace.as_deref(), &hostlb_namespace)
+        Command::Status { name, namespace, all_namespaces, selector, hostlb_namespace, output } => {
+            let namespace = (!all_namespaces).then(|| namespace.unwrap_or(context_namespace));
+            let scope = cluster::Scope {
+                namespace: namespace.as_deref(),
+                name: name.as_deref(),
+                selector: selector.as_deref(),
+            };
+            let observed = cluster::observe(&client, &scope, &hostlb_namespace)
                 .await
                 .context("cannot read the cluster's Services, nodes and hostlb's proxies")?;
             let report = report::report(&observed);
+            let now = k8s_openapi::jiff::Timestamp::now();
             match output {
-                Output::Table => print!("{}", table::render(&report, k8s_openapi::jiff::Timestamp::now())),
+                Output::Table => print!("{}", table::render(&report, now, false)),
+                Output::Wide => print!("{}", table::render(&report, now, true)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Yaml => print!("{}", serde_yaml_ng::to_string(&report)?),
+                Output::Name => report.services.iter().for_each(|service| println!("service/{}", service.name)),
             }
         }
     }

@@ -9,20 +9,32 @@ use crate::report::{Report, ServiceReport};
 
 const NONE: &str = "<none>";
 
-pub fn render(report: &Report, now: Timestamp) -> String {
+/// `wide` adds the proxy DaemonSet and the names of the serving nodes, as `-o wide` does.
+pub fn render(report: &Report, now: Timestamp, wide: bool) -> String {
     if report.services.is_empty() {
         return "No LoadBalancer Services found.\n".into();
     }
-    let mut rows = vec![row(["NAMESPACE", "NAME", "ADDRESSES", "PORTS", "NODES", "WARNINGS"])];
+    let mut header = row(["NAMESPACE", "NAME", "ADDRESSES", "PORTS", "NODES", "WARNINGS"]);
+    if wide {
+        header.extend(row(["DAEMONSET", "SERVING"]));
+    }
+    let mut rows = vec![header];
     rows.extend(report.services.iter().map(|service| {
-        vec![
+        let mut cells = vec![
             service.namespace.clone(),
             service.name.clone(),
             or_none(service.addresses.join(",")),
             or_none(ports(service)),
             format!("{}/{}", service.serving_nodes(), service.nodes.len()),
             or_none(warning_reasons(service)),
-        ]
+        ];
+        if wide {
+            let serving: Vec<&str> =
+                service.nodes.iter().filter(|node| node.serving).map(|node| node.name.as_str()).collect();
+            cells.push(or_none(service.daemon_set.clone().unwrap_or_default()));
+            cells.push(or_none(serving.join(",")));
+        }
+        cells
     }));
     let mut out = aligned(&rows, "");
     for service in report.services.iter().filter(|s| needs_details(s)) {
@@ -159,12 +171,27 @@ mod tests {
     fn served_services_are_one_aligned_row_each_without_details() {
         let mut long = served("a-much-longer-name");
         long.ports.push(PortReport { port: 22, protocol: "TCP".into(), claimed: false });
-        let table = render(&Report { services: vec![served("web"), long] }, at(0));
+        let table = render(&Report { services: vec![served("web"), long] }, at(0), false);
         assert_eq!(
             table,
             "NAMESPACE   NAME                 ADDRESSES           PORTS                      NODES   WARNINGS\n\
              shop        web                  10.0.0.1,10.0.0.2   80/TCP                     2/2     <none>\n\
              shop        a-much-longer-name   10.0.0.1,10.0.0.2   80/TCP,22/TCP(unclaimed)   2/2     <none>\n"
+        );
+    }
+
+    #[test]
+    fn wide_adds_the_daemonset_and_the_serving_nodes() {
+        let mut half = served("web");
+        half.nodes[1] = node("node-2", NodeState::NodeCordoned, None);
+        let table = render(&Report { services: vec![half] }, at(0), true);
+        let first_lines: Vec<&str> = table.lines().take(2).collect();
+        assert_eq!(
+            first_lines,
+            [
+                "NAMESPACE   NAME   ADDRESSES           PORTS    NODES   WARNINGS   DAEMONSET    SERVING",
+                "shop        web    10.0.0.1,10.0.0.2   80/TCP   1/2     <none>     hostlb-web   node-1",
+            ]
         );
     }
 
@@ -185,7 +212,7 @@ mod tests {
             last_seen: Some(at(second)),
         };
         second.warnings = vec![warning("PortConflict", 3600), warning("PortConflict", 3000), warning("PortRefused", 0)];
-        let table = render(&Report { services: vec![second] }, at(3645));
+        let table = render(&Report { services: vec![second] }, at(3645), false);
         let expected = "\
 NAMESPACE   NAME     ADDRESSES   PORTS    NODES   WARNINGS
 shop        second   <none>      80/TCP   0/2     PortConflict,PortRefused
@@ -204,7 +231,7 @@ shop/second:
 
     #[test]
     fn no_services_is_said_in_words() {
-        assert_eq!(render(&Report { services: vec![] }, at(0)), "No LoadBalancer Services found.\n");
+        assert_eq!(render(&Report { services: vec![] }, at(0), false), "No LoadBalancer Services found.\n");
     }
 
     #[test]

@@ -23,6 +23,21 @@ leaseRenewDeadlineSeconds: HOSTLB_LEASE_RENEW_DEADLINE_SECONDS
 leaseRetryPeriodSeconds: HOSTLB_LEASE_RETRY_PERIOD_SECONDS
 {{- end -}}
 
-{{- define "hostlb.image" -}}
-{{ .repository }}:{{ .tag }}
+{{/*
+  The controller's environment from values: the settings given, with the Lease, the proxy
+  PriorityClass and the pull policy always set, since their defaults here are the chart's.
+*/}}
+{{- define "hostlb.settingsEnv" -}}
+{{- $values := deepCopy .Values.settings -}}
+{{- $_ := set $values "leaseName" (include "hostlb.leaseName" .) -}}
+{{- $_ := set $values "defaultPriorityClass" (include "hostlb.proxyPriorityClass" .) -}}
+{{- $_ := set $values "lbImagePullPolicy" ($values.lbImagePullPolicy | default .Values.image.pullPolicy) -}}
+{{- range $key, $name := include "hostlb.settingEnvs" . | fromYaml }}
+{{- $value := index $values $key }}
+{{- if kindIs "slice" $value }}{{ $value = join "," $value }}{{ end }}
+{{- if ne (toString $value) "" }}
+- name: {{ $name }}
+  value: {{ toString $value | quote }}
+{{- end }}
+{{- end }}
 {{- end -}}

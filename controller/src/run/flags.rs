@@ -52,6 +52,10 @@ pub struct Args {
     /// removed), then exit: run it after scaling the controller to zero, before removing it.
     #[arg(long)]
     pub uninstall: bool,
+    /// With --uninstall: first scale this Deployment (in --namespace), the controller's own, to
+    /// zero and wait until its pods are gone, so that the uninstall can run while it is installed.
+    #[arg(long, requires = "uninstall")]
+    pub stop_deployment: Option<String>,
     /// Image of the proxy pods (the hostlb-lb binary).
     #[arg(long, env = "HOSTLB_LB_IMAGE", required_unless_present = "uninstall")]
     pub lb_image: Option<String>,

@@ -28,6 +28,11 @@ pub struct VerbLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -88,6 +93,9 @@ impl Default for Metrics {
             metrics.api_writes.clone(),
         );
         registry.register("warnings", "Warning Events published on Services, by reason", metrics.warnings.clone());
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "The running controller's version, as a label; always 1", build_info);
         registry.register(
             "leader",
             "Whether this replica leads (holds the Lease and reconciles)",
@@ -189,6 +197,7 @@ mod tests {
         assert!(text.contains("hostlb_reconcile_duration_seconds_count 1"), "{text}");
         assert!(text.contains("hostlb_warnings_total{reason=\"PortConflict\"} 1"), "{text}");
         assert!(text.contains("hostlb_leader 1"), "{text}");
+        assert!(text.contains(&format!("hostlb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
         assert!(text.contains("hostlb_api_writes_total{verb=\"PATCH\"} 1"), "{text}");
         assert!(!text.contains("verb=\"GET\""), "{text}");
         // Once per reconcile owed, however many events owed it.

@@ -15,6 +15,7 @@ mod mock_api;
 mod process;
 pub mod reconcile;
 pub mod server;
+pub mod stop;
 pub mod watches;
 
 pub use process::run;

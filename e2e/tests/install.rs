@@ -1,0 +1,153 @@
+//! Installing, upgrading and uninstalling hostlb as the README says, with the real Helm, on the
+//! harness's cluster. The harness's own install is scaled to zero meanwhile (both would serve
+//! the same Services) and back afterwards. Needs the cluster (`make up`) and helm, named by
+//! HOSTLB_HELM (e2e/chart/tools.sh installs it).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use hostlb_e2e::*;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+const RELEASE: &str = "e2e-helm";
+const RELEASE_NAMESPACE: &str = "e2e-helm-system";
+const SETTLE: Duration = Duration::from_secs(90);
+/// The 1.20 kubelet sometimes keeps a deleted pod until its container garbage collection,
+/// which runs once a minute.
+const POD_GONE: Duration = Duration::from_secs(150);
+/// What the issue of safe uninstalls promises.
+const NAMESPACE_DELETED: Duration = Duration::from_secs(30);
+
+fn helm(cluster: &Cluster, args: &[&str]) -> Result<String> {
+    let program = std::env::var("HOSTLB_HELM").context("HOSTLB_HELM is not set; e2e/chart/tools.sh installs helm")?;
+    let output = Command::new(&program)
+        .env("KUBECONFIG", cluster.var("KUBECONFIG")?)
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()?;
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("$ helm {}\n{printed}", args.join(" "));
+    if !output.status.success() {
+        bail!("helm {} failed: {printed}", args.join(" "));
+    }
+    Ok(printed)
+}
+
+async fn scale_harness_install(cluster: &Cluster, replicas: u32) -> Result<()> {
+    let replicas = format!("--replicas={replicas}");
+    cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "scale", "deployment/hostlb-controller", &replicas])?;
+    let controllers: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let selector = ListParams::default().labels("app.kubernetes.io/component=controller");
+    if replicas == "--replicas=0" {
+        eventually(POD_GONE, || async {
+            let left = controllers.list(&selector).await?.items.len();
+            ensure!(left == 0, "{left} controller pods of the harness's install are still there");
+            Ok(())
+        })
+        .await
+    } else {
+        let rollout = ["-n", SYSTEM_NAMESPACE, "rollout", "status", "deployment/hostlb-controller", "--timeout=180s"];
+        cluster.kubectl(&rollout).map(drop)
+    }
+}
+
+#[tokio::test]
+async fn helm_install_upgrade_and_uninstall_leave_no_service_that_cannot_be_deleted() -> Result<()> {
+    let (cluster, ns, nodes) = setup("helm").await?;
+    // An earlier run's namespace may still be going.
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    eventually(POD_GONE, || async {
+        ensure!(namespaces.get_opt(RELEASE_NAMESPACE).await?.is_none(), "{RELEASE_NAMESPACE} is still there");
+        Ok(())
+    })
+    .await?;
+    scale_harness_install(&cluster, 0).await?;
+    let outcome = helm_lifecycle(&cluster, &ns, &nodes).await;
+    // Whatever happened, the next tests need the harness's install back, and nothing of ours.
+    let _ = helm(&cluster, &["uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--ignore-not-found"]);
+    let _ = cluster.kubectl(&["delete", "namespace", RELEASE_NAMESPACE, "--ignore-not-found", "--wait=false"]);
+    scale_harness_install(&cluster, 2).await?;
+    outcome
+}
+
+async fn helm_lifecycle(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) -> Result<()> {
+    // The README's command, with the images the harness built.
+    helm(
+        cluster,
+        &[
+            "install",
+            RELEASE,
+            "charts/hostlb",
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "image.controller.tag=dev",
+            "--set",
+            "image.lb.tag=dev",
+        ],
+    )?;
+    let deployment = format!("deployment/{RELEASE}-hostlb-controller");
+    cluster.kubectl(&["-n", RELEASE_NAMESPACE, "rollout", "status", &deployment, "--timeout=180s"])?;
+
+    ns.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("echo", 1, SETTLE).await?;
+    ns.load_balancer("web", "echo", &http(18400), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let client = cluster.client()?;
+    let address = nodes.ip1;
+    eventually_blocking(SETTLE, move || client.http_get(address, 18400)).await?;
+
+    helm(
+        cluster,
+        &[
+            "upgrade",
+            RELEASE,
+            "charts/hostlb",
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "settings.maxNodes=1",
+        ],
+    )?;
+    cluster.kubectl(&["-n", RELEASE_NAMESPACE, "rollout", "status", &deployment, "--timeout=180s"])?;
+    eventually(SETTLE, || async {
+        let published = published(&ns.services().get("web").await?);
+        ensure!(published.len() == 1, "after the upgrade to maxNodes=1 the Service publishes {published:?}");
+        Ok(())
+    })
+    .await?;
+
+    if let Err(failed) = helm(cluster, &["uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE]) {
+        let hook = format!("job/{RELEASE}-hostlb-uninstall");
+        let logs = cluster.kubectl(&["-n", RELEASE_NAMESPACE, "logs", &hook, "--tail=30"]).unwrap_or_default();
+        return Err(failed.context(format!("the uninstall hook's log:\n{logs}")));
+    }
+    let service = ns.services().get("web").await?;
+    ensure!(!service.finalizers().iter().any(|f| f == FINALIZER), "the finalizer outlived the release");
+
+    // The backend's own shutdown is not what is measured.
+    ns.scale("echo", 0).await?;
+    let backends: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    eventually(POD_GONE, || async {
+        let left = backends.list(&ListParams::default()).await?.items.len();
+        ensure!(left == 0, "{left} backend pods are still there");
+        Ok(())
+    })
+    .await?;
+    let started = Instant::now();
+    cluster.kubectl(&["delete", "namespace", &ns.name, "--wait=false"])?;
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    eventually(NAMESPACE_DELETED, || async {
+        ensure!(namespaces.get_opt(&ns.name).await?.is_none(), "namespace {} is still there", ns.name);
+        Ok(())
+    })
+    .await?;
+    report_timing("namespace of a Service deleted after helm uninstall", started.elapsed());
+    Ok(())
+}
