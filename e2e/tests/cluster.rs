@@ -704,6 +704,54 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     Ok(())
 }
 
+/// The API server's refusal of a request, which must be a quota's: its message.
+fn refused_by_quota<T: std::fmt::Debug>(result: Result<T>) -> Result<String> {
+    let error = match result {
+        Ok(accepted) => bail!("accepted over the quota: {accepted:?}"),
+        Err(error) => error,
+    };
+    match error.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) if status.code == 403 && status.message.contains("exceeded quota") => {
+            Ok(status.message.clone())
+        }
+        _ => Err(error.context("refused, but not by a quota")),
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_quota_of_load_balancers_is_enforced_by_the_api_server() -> Result<()> {
+    let (cluster, ns, nodes) = setup("lbquota").await?;
+    let quotas: Api<ResourceQuota> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let quota =
+        json!({ "metadata": { "name": "load-balancers" }, "spec": { "hard": { "services.loadbalancers": "1" } } });
+    quotas.create(&PostParams::default(), &serde_json::from_value(quota)?).await?;
+    // Until the quota controller has counted what the namespace holds, admission refuses every
+    // Service ("status unknown for quota"), for a reason that is not the one under test.
+    eventually(SETTLE, || async {
+        let counted = quotas.get("load-balancers").await?.status.and_then(|status| status.used);
+        ensure!(counted.is_some_and(|used| used.contains_key("services.loadbalancers")), "not counted yet");
+        Ok(())
+    })
+    .await?;
+
+    ns.load_balancer("first", "echo", &http(18340), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let created = refused_by_quota(ns.load_balancer("second", "echo", &http(18341), json!({})).await)?;
+    ensure!(created.contains("services.loadbalancers"), "the refusal does not name the quota: {created:?}");
+    println!("refused: a second LoadBalancer Service: {created}");
+
+    let internal = json!({ "metadata": { "name": "internal" }, "spec": { "ports": [{ "port": 18342 }] } });
+    ns.services().create(&PostParams::default(), &serde_json::from_value(internal)?).await?;
+    let retyped = refused_by_quota(ns.patch_service("internal", json!({ "spec": { "type": "LoadBalancer" } })).await)?;
+    ensure!(retyped.contains("services.loadbalancers"), "the refusal does not name the quota: {retyped:?}");
+    println!("refused: a ClusterIP Service changed to LoadBalancer: {retyped}");
+    for service in ["second", "internal"] {
+        ensure!(cluster.proxy_daemonsets(&ns.name, service).await?.is_empty(), "{service} got proxies");
+    }
+    cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    Ok(())
+}
+
 async fn node_api(cluster: &Cluster) -> Api<Node> {
     Api::all(cluster.client.clone())
 }

@@ -1,22 +1,25 @@
-//! `Cidr::parse` on any text: never panics; what it accepts has a mask of exactly `prefix` leading
-//! ones, no host bits, and is written back as text that it reads as the same range.
+//! `Cidr::parse` on any text: never panics; what it accepts has no host bits, its last address has
+//! every host bit set (the host bits counted bit by bit from `prefix`), and it is written back as
+//! text that it reads as the same range.
 
 #![no_main]
 
-use hostlb_proxy_spec::{Cidr, Family};
+use hostlb_proxy_spec::{address_bytes, Cidr, Family};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
     let Ok(cidr) = Cidr::parse(text) else { return };
-    let (network, mask) = cidr.network_and_mask();
+    let (network, last) = (address_bytes(&cidr.network), address_bytes(&cidr.last()));
     let len = match cidr.family() {
         Family::V4 => 4,
         Family::V6 => 16,
     };
-    assert_eq!((network.len(), mask.len()), (len, len), "{text:?}");
+    assert_eq!((network.len(), last.len()), (len, len), "{text:?}");
     assert!(usize::from(cidr.prefix) <= len * 8, "{text:?}: prefix {}", cidr.prefix);
-    assert_eq!(mask, leading_ones(len, cidr.prefix), "{text:?}");
+    let mask = leading_ones(len, cidr.prefix);
     assert!(network.iter().zip(&mask).all(|(byte, mask)| byte & !mask == 0), "{text:?} kept host bits: {cidr}");
+    let host_bits_set: Vec<u8> = network.iter().zip(&mask).map(|(byte, mask)| byte | !mask).collect();
+    assert_eq!(last, host_bits_set, "{text:?}: last address {}", cidr.last());
     let written = cidr.to_string();
     assert_eq!(Cidr::parse(&written), Ok(cidr), "{text:?} was written as {written:?}");
 });

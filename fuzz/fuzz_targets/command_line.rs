@@ -205,7 +205,7 @@ fn check_plan(args: &RuleArgs) {
     for step in &steps {
         let text = step_text(step);
         // Raw registers, offsets or hexadecimal mean the rule text no longer reads the rules.
-        assert!(!["reg ", "0x", "@"].iter().any(|raw| text.contains(raw)), "{text}");
+        assert!(!["reg ", "0x", "@nh", "@th"].iter().any(|raw| text.contains(raw)), "{text}");
     }
     let dnat_rules = steps.iter().filter(|step| matches!(step, Step::AddRule { chain: CHAIN_DNAT, .. })).count();
     let backends: usize = plan.forwards.values().flatten().map(|forward| forward.backends.len()).sum();

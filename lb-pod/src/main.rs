@@ -10,6 +10,10 @@ use hostlb_lb::error::Error;
 use hostlb_lb::plan::{socket_text, Plan};
 use hostlb_lb::{hold, kernel, probe, rules};
 
+/// Source ranges named in the log, per family; the rest are counted, so that thousands make one
+/// short line.
+const SHOWN_RANGES: usize = 20;
+
 fn main() -> ExitCode {
     let command = if Command::is_hold(std::env::args_os().skip(1)) {
         Command::Hold
@@ -80,7 +84,15 @@ fn install(args: &RuleArgs) -> Result<(), Error> {
             if ranges.is_empty() {
                 eprintln!("{}: no source range given, every packet to these ports is dropped", family.name());
             } else {
-                eprintln!("{}: only sources in {} may connect", family.name(), ranges.join(", "));
+                let mut shown = ranges[..ranges.len().min(SHOWN_RANGES)].join(", ");
+                if ranges.len() > SHOWN_RANGES {
+                    shown.push_str(&format!(" and {} more", ranges.len() - SHOWN_RANGES));
+                }
+                let intervals = match rules::merged(plan.ranges(*family)).len() {
+                    1 => "one interval".to_string(),
+                    count => format!("{count} intervals"),
+                };
+                eprintln!("{}: only sources in {shown} may connect ({intervals} in one set)", family.name());
             }
         }
     }

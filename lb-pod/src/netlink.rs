@@ -6,12 +6,14 @@
 //! `linux/netfilter/nf_tables.h`. Netlink headers are in host byte order, nftables' integer
 //! attributes in network byte order.
 
+use std::net::IpAddr;
+
 use nix::errno::Errno;
 
 use crate::error::Error;
 use crate::rule_text::step_text;
-use crate::rules::{BaseChain, ChainType, Expr, Hook, PayloadBase, Reg, Step, Verdict, TABLE};
-use hostlb_proxy_spec::Family;
+use crate::rules::{BaseChain, ChainType, Expr, Hook, Interval, PayloadBase, Reg, Step, Verdict, TABLE};
+use hostlb_proxy_spec::{address_bytes, Family};
 
 const NLMSG_HDRLEN: usize = 16;
 const NLA_HDRLEN: usize = 4;
@@ -44,6 +46,8 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWSETELEM: u16 = 12;
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -56,6 +60,27 @@ const NFTA_HOOK_PRIORITY: u16 = 2;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_ID: u16 = 10;
+const NFT_SET_CONSTANT: u32 = 0x2;
+const NFT_SET_INTERVAL: u32 = 0x4;
+/// The kernel wants an id for a set made in a batch, for anonymous sets; ours is named
+/// wherever it is used, and is the only one of its table.
+const SET_ID: u32 = 1;
+/// The key types as `nft` numbers them (`enum datatypes` in nftables' `datatype.h`): the kernel
+/// keeps them for `nft list`, which prints addresses by them.
+const NFT_TYPE_IPV4_ADDR: u32 = 7;
+const NFT_TYPE_IPV6_ADDR: u32 = 8;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
@@ -84,11 +109,8 @@ const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
 const NFT_CMP_EQ: u32 = 0;
-const NFTA_BITWISE_SREG: u16 = 1;
-const NFTA_BITWISE_DREG: u16 = 2;
-const NFTA_BITWISE_LEN: u16 = 3;
-const NFTA_BITWISE_MASK: u16 = 4;
-const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_LOOKUP_SREG: u16 = 2;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
 const NFTA_NAT_TYPE: u16 = 1;
@@ -184,6 +206,48 @@ fn encode_step(w: &mut Writer, step: &Step, seq: u32) {
             w.end_nest(list);
             w.end(start);
         }
+        Step::AddSet { family: set_family, name } => {
+            let start = w.begin(message(NFT_MSG_NEWSET), request | NLM_F_CREATE | NLM_F_EXCL, seq, family, 0);
+            let (key_type, key_len) = match set_family {
+                Family::V4 => (NFT_TYPE_IPV4_ADDR, 4),
+                Family::V6 => (NFT_TYPE_IPV6_ADDR, 16),
+            };
+            w.attr_str(NFTA_SET_TABLE, TABLE);
+            w.attr_str(NFTA_SET_NAME, name);
+            w.attr_be32(NFTA_SET_FLAGS, NFT_SET_CONSTANT | NFT_SET_INTERVAL);
+            w.attr_be32(NFTA_SET_KEY_TYPE, key_type);
+            w.attr_be32(NFTA_SET_KEY_LEN, key_len);
+            w.attr_be32(NFTA_SET_ID, SET_ID);
+            w.end(start);
+        }
+        Step::AddIntervals { set, intervals, .. } => {
+            let start = w.begin(message(NFT_MSG_NEWSETELEM), request | NLM_F_CREATE, seq, family, 0);
+            w.attr_str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+            w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+            let list = w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+            for interval in intervals {
+                encode_interval(w, interval);
+            }
+            w.end_nest(list);
+            w.end(start);
+        }
+    }
+}
+
+/// An interval as the kernel's interval sets keep it: an element at its first address, and an
+/// end element at the first address after it unless it runs to the family's last one.
+fn encode_interval(w: &mut Writer, interval: &Interval) {
+    let mut element = |key: &IpAddr, end: bool| {
+        let elem = w.nest(NFTA_LIST_ELEM);
+        w.data_value(NFTA_SET_ELEM_KEY, &address_bytes(key));
+        if end {
+            w.attr_be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+        }
+        w.end_nest(elem);
+    };
+    element(&interval.first, false);
+    if let Some(end) = interval.end() {
+        element(&end, true);
     }
 }
 
@@ -214,7 +278,7 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
         Expr::CtDirection { .. } => "ct",
         Expr::Payload { .. } => "payload",
         Expr::CmpEq { .. } => "cmp",
-        Expr::Bitwise { .. } => "bitwise",
+        Expr::Lookup { .. } => "lookup",
         Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
         Expr::Numgen { .. } => "numgen",
         Expr::Dnat { .. } => "nat",
@@ -248,12 +312,9 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
             w.attr_be32(NFTA_CMP_OP, NFT_CMP_EQ);
             w.data_value(NFTA_CMP_DATA, data);
         }
-        Expr::Bitwise { sreg, dreg, mask, xor } => {
-            w.attr_be32(NFTA_BITWISE_SREG, sreg.number());
-            w.attr_be32(NFTA_BITWISE_DREG, dreg.number());
-            w.attr_be32(NFTA_BITWISE_LEN, mask.len() as u32);
-            w.data_value(NFTA_BITWISE_MASK, mask);
-            w.data_value(NFTA_BITWISE_XOR, xor);
+        Expr::Lookup { sreg, set } => {
+            w.attr_str(NFTA_LOOKUP_SET, set);
+            w.attr_be32(NFTA_LOOKUP_SREG, sreg.number());
         }
         Expr::Immediate { dreg, data } => {
             w.attr_be32(NFTA_IMMEDIATE_DREG, dreg.number());
@@ -505,7 +566,7 @@ impl Acks {
 pub(crate) mod tests {
     use super::*;
     use crate::plan::tests::plan;
-    use crate::rules::ruleset;
+    use crate::rules::{ruleset, INTERVALS_PER_STEP};
 
     const SEQ: Sequence = Sequence { first: 100 };
     const NFGENMSG_LEN: usize = 4;
@@ -716,8 +777,8 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn source_ranges_encode_direction_and_prefix_match_jump_accept_and_drop() {
-        let steps = ruleset(&plan(&["tcp:80:80"], &["10.0.0.1"], &["192.168.0.0/16"]));
+    fn source_ranges_encode_direction_jump_set_intervals_lookup_and_drop() {
+        let steps = ruleset(&plan(&["tcp:80:80"], &["10.0.0.1"], &["192.168.0.0/16", "255.255.255.255/32"]));
         let messages = decode_messages(&encode_batch(&steps, SEQ));
         let rules: Vec<&Message> = messages.iter().filter(|m| m.kind & 0xff == NFT_MSG_NEWRULE).collect();
         let verdict = |code: i32, chain: Option<&str>| {
@@ -738,6 +799,38 @@ pub(crate) mod tests {
         jump.extend(protocol_and_port(6, 80));
         jump.push(verdict(-3, Some("allowed-sources")));
         assert_eq!(rule_expressions(rules[0]), &jump);
+
+        let set = messages.iter().find(|m| m.kind & 0xff == NFT_MSG_NEWSET).unwrap();
+        assert_eq!(set.flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
+        assert_eq!(
+            set.attrs,
+            vec![
+                string(NFTA_SET_TABLE, "hostlb"),
+                string(NFTA_SET_NAME, "source-ranges"),
+                be32(NFTA_SET_FLAGS, NFT_SET_CONSTANT | NFT_SET_INTERVAL),
+                be32(NFTA_SET_KEY_TYPE, 7),
+                be32(NFTA_SET_KEY_LEN, 4),
+                be32(NFTA_SET_ID, SET_ID),
+            ]
+        );
+        let elements = messages.iter().find(|m| m.kind & 0xff == NFT_MSG_NEWSETELEM).unwrap();
+        let element = |key: [u8; 4], end: bool| {
+            let mut attrs = vec![value(NFTA_SET_ELEM_KEY, &key)];
+            attrs.extend(end.then(|| be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END)));
+            Attr::Nest(NFTA_LIST_ELEM, attrs)
+        };
+        assert_eq!(
+            elements.attrs,
+            vec![
+                string(NFTA_SET_ELEM_LIST_TABLE, "hostlb"),
+                string(NFTA_SET_ELEM_LIST_SET, "source-ranges"),
+                Attr::Nest(
+                    NFTA_SET_ELEM_LIST_ELEMENTS,
+                    // The last address needs no end element: nothing comes after it.
+                    vec![element([192, 168, 0, 0], false), element([192, 169, 0, 0], true), element([255; 4], false)]
+                ),
+            ]
+        );
         assert_eq!(
             rule_expressions(rules[1]),
             &vec![
@@ -750,24 +843,22 @@ pub(crate) mod tests {
                         be32(NFTA_PAYLOAD_LEN, 4),
                     ],
                 ),
-                expr(
-                    "bitwise",
-                    vec![
-                        be32(NFTA_BITWISE_SREG, 1),
-                        be32(NFTA_BITWISE_DREG, 1),
-                        be32(NFTA_BITWISE_LEN, 4),
-                        value(NFTA_BITWISE_MASK, &[255, 255, 0, 0]),
-                        value(NFTA_BITWISE_XOR, &[0, 0, 0, 0]),
-                    ],
-                ),
-                expr(
-                    "cmp",
-                    vec![be32(NFTA_CMP_SREG, 1), be32(NFTA_CMP_OP, 0), value(NFTA_CMP_DATA, &[192, 168, 0, 0])]
-                ),
+                expr("lookup", vec![string(NFTA_LOOKUP_SET, "source-ranges"), be32(NFTA_LOOKUP_SREG, 1)]),
                 verdict(1, None),
             ]
         );
         assert_eq!(rule_expressions(rules[2]), &vec![verdict(0, None)]);
+    }
+
+    #[test]
+    fn the_elements_of_the_largest_step_fit_one_attribute() {
+        let ranges: Vec<String> = (0..INTERVALS_PER_STEP).map(|i| format!("fd00:{:x}::/32", i * 2)).collect();
+        let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
+        let steps = ruleset(&plan(&["tcp:80:80"], &["fd00::1"], &ranges));
+        let batch = encode_batch(&steps, SEQ);
+        let elements = decode_messages(&batch).into_iter().find(|m| m.kind & 0xff == NFT_MSG_NEWSETELEM).unwrap();
+        let Attr::Nest(NFTA_SET_ELEM_LIST_ELEMENTS, list) = &elements.attrs[2] else { panic!("no elements") };
+        assert_eq!(list.len(), 2 * INTERVALS_PER_STEP, "a start and an end element each");
     }
 
     pub(crate) fn error_message(seq: u32, error: i32, flags: u16, echoed: &[u8], tlvs: &[u8]) -> Vec<u8> {

@@ -7,9 +7,13 @@ use hostlb_proxy_spec::{bytes_address, Family, Protocol};
 
 use crate::plan::socket_text;
 use crate::rules::{
-    address_fields, ChainType, Expr, Hook, PayloadBase, Reg, Step, Verdict, DESTINATION_PORT, DIRECTION_ORIGINAL,
-    DIRECTION_REPLY, TABLE,
+    address_fields, address_number, ChainType, Expr, Hook, Interval, PayloadBase, Reg, Step, Verdict, DESTINATION_PORT,
+    DIRECTION_ORIGINAL, DIRECTION_REPLY, TABLE,
 };
+
+/// Intervals an `add element` text shows; the rest are counted, so that an error message about a
+/// step of thousands of ranges stays short.
+const SHOWN_INTERVALS: usize = 3;
 
 /// The step in `nft` syntax.
 pub fn step_text(step: &Step) -> String {
@@ -32,6 +36,37 @@ pub fn step_text(step: &Step) -> String {
             base.priority
         ),
         Step::AddRule { family, chain, exprs } => format!("add rule {table} {chain} {}", nft_text(*family, exprs)),
+        Step::AddSet { family, name } => {
+            let key = match family {
+                Family::V4 => "ipv4_addr",
+                Family::V6 => "ipv6_addr",
+            };
+            format!("add set {table} {name} {{ type {key}; flags constant,interval; }}")
+        }
+        Step::AddIntervals { set, intervals, .. } => {
+            let mut shown: Vec<String> = intervals.iter().take(SHOWN_INTERVALS).map(interval_text).collect();
+            if intervals.len() > SHOWN_INTERVALS {
+                shown.push(format!("and {} more", intervals.len() - SHOWN_INTERVALS));
+            }
+            format!("add element {table} {set} {{ {} }}", shown.join(", "))
+        }
+    }
+}
+
+/// As nft shows an interval: one address, a prefix where it is one, else `FIRST-LAST`.
+fn interval_text(interval: &Interval) -> String {
+    if interval.first == interval.last {
+        return interval.first.to_string();
+    }
+    let bits = address_fields(Family::of(&interval.first)).len * 8;
+    let first = address_number(interval.first);
+    let host = address_number(interval.last) - first;
+    // A prefix: the host part is all ones (one less than a power of two, or every bit for a /0),
+    // and the first address has none of its bits.
+    if host & host.wrapping_add(1) == 0 && first & host == 0 {
+        format!("{}/{}", interval.first, bits - host.count_ones())
+    } else {
+        format!("{}-{}", interval.first, interval.last)
     }
 }
 
@@ -59,7 +94,6 @@ enum Held<'a> {
     L4Proto,
     CtDirection,
     Field(Field),
-    Masked(Field, &'a [u8]),
     Data(&'a [u8]),
     /// `numgen random mod` this modulus.
     Random(u32),
@@ -82,12 +116,12 @@ impl<'a> Reader<'a> {
             Expr::Payload { base, offset, len, dreg } => {
                 self.load(*dreg, Some(Held::Field(self.field(*base, *offset, *len))))
             }
-            Expr::Bitwise { sreg, dreg, mask, xor } => {
-                let masked = match self.held(*sreg) {
-                    Some(Held::Field(field)) if xor.iter().all(|byte| *byte == 0) => Some(Held::Masked(field, mask)),
-                    _ => None,
+            Expr::Lookup { sreg, set } => {
+                let value = match self.held(*sreg) {
+                    Some(Held::Field(field)) => self.field_name(field),
+                    _ => self.operand(*sreg),
                 };
-                self.load(*dreg, masked);
+                self.push(format!("{value} @{set}"));
             }
             Expr::CmpEq { sreg, data } => self.compare(*sreg, data),
             Expr::Immediate { dreg, data } => self.load(*dreg, Some(Held::Data(data))),
@@ -136,10 +170,6 @@ impl<'a> Reader<'a> {
             },
             (Some(Held::Field(field @ Field::Raw { .. })), _) => format!("{} {}", self.field_name(field), hex(data)),
             (Some(Held::Field(field)), _) => format!("{} {}", self.field_name(field), value(data)),
-            (Some(Held::Masked(field, mask)), _) => match prefix_length(mask) {
-                Some(prefix) => format!("{} {}/{prefix}", self.field_name(field), value(data)),
-                None => format!("{} & {} == {}", self.field_name(field), value(mask), value(data)),
-            },
             (Some(Held::Data(_)) | None, _) => format!("{} == {}", self.operand(sreg), value(data)),
         };
         self.push(text);
@@ -225,13 +255,6 @@ fn port_number(data: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes(data.try_into().ok()?))
 }
 
-/// The prefix length of a mask of leading ones; None if it has holes.
-fn prefix_length(mask: &[u8]) -> Option<usize> {
-    let bits = mask.iter().flat_map(|byte| (0..8).rev().map(move |bit| byte >> bit & 1 == 1));
-    let prefix = bits.clone().take_while(|set| *set).count();
-    bits.skip(prefix).all(|set| !set).then_some(prefix)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,13 +304,40 @@ mod tests {
     }
 
     #[test]
-    fn masks_are_prefixes_where_they_can_be() {
-        let masked = |mask: [u8; 4]| {
-            let bitwise = Expr::Bitwise { sreg: Reg::R1, dreg: Reg::R1, mask: mask.to_vec(), xor: vec![0; 4] };
-            ipv4(&[load(PayloadBase::Network, 12, 4), bitwise, compare(&[10, 0, 0, 0])])
+    fn a_set_lookup_names_the_field_and_the_set() {
+        let lookup = [load(PayloadBase::Network, 8, 16), Expr::Lookup { sreg: Reg::R1, set: "allowed" }];
+        assert_eq!(
+            nft_text(Family::V6, &[&lookup[..], &[Expr::Verdict(Verdict::Accept)]].concat()),
+            "ip6 saddr @allowed accept"
+        );
+        assert_eq!(ipv4(&[Expr::Lookup { sreg: Reg::R2, set: "allowed" }]), "reg 2 @allowed");
+    }
+
+    #[test]
+    fn intervals_read_as_addresses_prefixes_or_ranges_and_many_are_counted() {
+        let interval =
+            |first: &str, last: &str| Interval { first: first.parse().unwrap(), last: last.parse().unwrap() };
+        let intervals = vec![
+            interval("10.0.0.7", "10.0.0.7"),
+            interval("10.1.0.0", "10.1.255.255"),
+            interval("10.3.0.0", "10.4.0.255"),
+            interval("10.6.0.0", "10.6.0.1"),
+        ];
+        let step = |intervals: &[Interval]| {
+            step_text(&Step::AddIntervals { family: Family::V4, set: "ranges", intervals: intervals.to_vec() })
         };
-        assert_eq!(masked([255, 128, 0, 0]), "ip saddr 10.0.0.0/9");
-        assert_eq!(masked([255, 0, 255, 0]), "ip saddr & 255.0.255.0 == 10.0.0.0");
+        assert_eq!(
+            step(&intervals[..3]),
+            "add element ip hostlb ranges { 10.0.0.7, 10.1.0.0/16, 10.3.0.0-10.4.0.255 }"
+        );
+        assert_eq!(
+            step(&intervals),
+            "add element ip hostlb ranges { 10.0.0.7, 10.1.0.0/16, 10.3.0.0-10.4.0.255, and 1 more }"
+        );
+        assert_eq!(interval_text(&interval("0.0.0.0", "255.255.255.255")), "0.0.0.0/0");
+        assert_eq!(interval_text(&interval("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")), "::/0");
+        assert_eq!(interval_text(&interval("10.0.0.1", "10.0.0.2")), "10.0.0.1-10.0.0.2");
+        assert_eq!(interval_text(&interval("fd00::", "fd00::ff")), "fd00::/120");
     }
 
     #[test]

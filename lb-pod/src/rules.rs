@@ -11,12 +11,15 @@
 //!   masquerade` per backend;
 //! - when source ranges are given, `source-filter`, filter hook prerouting priority -150 (before
 //!   DNAT, so it sees the listened port): `ct direction original PROTO dport LISTEN jump
-//!   allowed-sources`, and the regular chain `allowed-sources`: one `saddr RANGE accept` per range
-//!   of the family, then `drop`. Only the original direction: masquerade keeps the client's source
-//!   port, so an answer from the destination arrives for that port, which may be a listened one
-//!   (IKE from 500 to 500, DNS from 53), and its source is no client.
+//!   allowed-sources`, and the regular chain `allowed-sources`: `saddr @source-ranges accept`, then
+//!   `drop`. Only the original direction: masquerade keeps the client's source port, so an answer
+//!   from the destination arrives for that port, which may be a listened one (IKE from 500 to 500,
+//!   DNS from 53), and its source is no client. `source-ranges` is a constant interval set of the
+//!   family's ranges, merged where they overlap or touch: one lookup per packet however many
+//!   ranges there are, where a rule per range would be tried one after the other. A family without
+//!   ranges has no set and no lookup, so its packets to listened ports are all dropped.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hostlb_proxy_spec::{address_bytes, Cidr, Family, Protocol};
 
@@ -27,6 +30,11 @@ pub const CHAIN_DNAT: &str = "prerouting";
 pub const CHAIN_MASQUERADE: &str = "postrouting";
 pub const CHAIN_SOURCE_FILTER: &str = "source-filter";
 pub const CHAIN_ALLOWED_SOURCES: &str = "allowed-sources";
+pub const SET_SOURCE_RANGES: &str = "source-ranges";
+/// Intervals per `AddIntervals` step: the elements of one message are one attribute, whose length
+/// is 16 bits. An IPv6 interval takes 64 bytes at most (a start and an end element), so 512 take
+/// 32 KiB.
+pub const INTERVALS_PER_STEP: usize = 512;
 
 pub const PRIORITY_DSTNAT: i32 = -100;
 pub const PRIORITY_SRCNAT: i32 = 100;
@@ -110,12 +118,10 @@ pub enum Expr {
         sreg: Reg,
         data: Vec<u8>,
     },
-    /// `reg = (reg & mask) ^ xor`.
-    Bitwise {
+    /// Whether the register's value is in the set: the rule goes on if it is.
+    Lookup {
         sreg: Reg,
-        dreg: Reg,
-        mask: Vec<u8>,
-        xor: Vec<u8>,
+        set: &'static str,
     },
     Immediate {
         dreg: Reg,
@@ -152,13 +158,46 @@ pub enum Step {
         chain: &'static str,
         exprs: Vec<Expr>,
     },
+    /// A set of addresses of the family, `flags constant, interval`: filled in the same batch
+    /// (`AddIntervals`) and never changed after, as the whole table is replaced instead.
+    AddSet {
+        family: Family,
+        name: &'static str,
+    },
+    /// Intervals into a set, ascending, neither overlapping nor touching: the kernel refuses
+    /// overlapping ones.
+    AddIntervals {
+        family: Family,
+        set: &'static str,
+        intervals: Vec<Interval>,
+    },
+}
+
+/// The addresses `first..=last` of one family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interval {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+impl Interval {
+    /// The first address after the interval, where the kernel keeps its end; None when it runs
+    /// to the family's last address, where an interval needs no end.
+    pub fn end(&self) -> Option<IpAddr> {
+        let family = Family::of(&self.last);
+        let last = address_number(self.last);
+        (last < last_number(family)).then(|| number_address(family, last + 1))
+    }
 }
 
 impl Step {
     pub fn family(&self) -> Family {
         match self {
             Step::EnsureTable(family) | Step::DeleteTable(family) | Step::AddTable(family) => *family,
-            Step::AddChain { family, .. } | Step::AddRule { family, .. } => *family,
+            Step::AddChain { family, .. }
+            | Step::AddRule { family, .. }
+            | Step::AddSet { family, .. }
+            | Step::AddIntervals { family, .. } => *family,
         }
     }
 }
@@ -220,8 +259,20 @@ fn table(plan: &Plan, family: Family, forwards: &[Forward]) -> Vec<Step> {
             .concat();
             steps.push(rule(CHAIN_SOURCE_FILTER, exprs));
         }
-        for range in plan.ranges(family) {
-            let exprs = [source_in(range), vec![Expr::Verdict(Verdict::Accept)]].concat();
+        let intervals = merged(plan.ranges(family));
+        if !intervals.is_empty() {
+            // The set and its elements come before the rule that looks it up: the kernel
+            // refuses elements for a constant set that a rule already uses.
+            steps.push(Step::AddSet { family, name: SET_SOURCE_RANGES });
+            for chunk in intervals.chunks(INTERVALS_PER_STEP) {
+                steps.push(Step::AddIntervals { family, set: SET_SOURCE_RANGES, intervals: chunk.to_vec() });
+            }
+            let AddressFields { source, len, .. } = address_fields(family);
+            let exprs = vec![
+                Expr::Payload { base: PayloadBase::Network, offset: source, len, dreg: Reg::R1 },
+                Expr::Lookup { sreg: Reg::R1, set: SET_SOURCE_RANGES },
+                Expr::Verdict(Verdict::Accept),
+            ];
             steps.push(rule(CHAIN_ALLOWED_SOURCES, exprs));
         }
         steps.push(rule(CHAIN_ALLOWED_SOURCES, vec![Expr::Verdict(Verdict::Drop)]));
@@ -302,19 +353,52 @@ fn destination_is(destination: IpAddr) -> Vec<Expr> {
     ]
 }
 
-/// `saddr & mask == network`; nothing for a /0, no mask for a full-length prefix.
-fn source_in(range: &Cidr) -> Vec<Expr> {
-    let AddressFields { source: offset, len, .. } = address_fields(range.family());
-    if range.prefix == 0 {
-        return Vec::new();
+/// The addresses of `ranges` as the fewest intervals, ascending (IPv4 first): ranges of a family
+/// that overlap or touch are one interval.
+pub fn merged<'a>(ranges: impl Iterator<Item = &'a Cidr>) -> Vec<Interval> {
+    let mut bounds: Vec<(Family, u128, u128)> =
+        ranges.map(|range| (range.family(), address_number(range.network), address_number(range.last()))).collect();
+    bounds.sort();
+    let mut merged: Vec<(Family, u128, u128)> = Vec::new();
+    for (family, first, last) in bounds {
+        match merged.last_mut() {
+            // Saturating: nothing comes after an interval that ends at the last IPv6 address.
+            Some((previous, _, end)) if *previous == family && first <= end.saturating_add(1) => {
+                *end = (*end).max(last)
+            }
+            _ => merged.push((family, first, last)),
+        }
     }
-    let (network, mask) = range.network_and_mask();
-    let mut exprs = vec![Expr::Payload { base: PayloadBase::Network, offset, len, dreg: Reg::R1 }];
-    if mask.iter().any(|byte| *byte != 0xff) {
-        exprs.push(Expr::Bitwise { sreg: Reg::R1, dreg: Reg::R1, xor: vec![0; mask.len()], mask });
+    merged
+        .into_iter()
+        .map(|(family, first, last)| Interval {
+            first: number_address(family, first),
+            last: number_address(family, last),
+        })
+        .collect()
+}
+
+/// An address as a number, so that ranges can be compared, merged and counted.
+pub fn address_number(address: IpAddr) -> u128 {
+    match address {
+        IpAddr::V4(a) => u128::from(a.to_bits()),
+        IpAddr::V6(a) => a.to_bits(),
     }
-    exprs.push(Expr::CmpEq { sreg: Reg::R1, data: network });
-    exprs
+}
+
+fn number_address(family: Family, number: u128) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::from_bits(number as u32)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from_bits(number)),
+    }
+}
+
+/// The number of the family's last address.
+fn last_number(family: Family) -> u128 {
+    match family {
+        Family::V4 => u128::from(u32::MAX),
+        Family::V6 => u128::MAX,
+    }
 }
 
 #[cfg(test)]
@@ -412,8 +496,9 @@ mod tests {
     }
 
     #[test]
-    fn source_ranges_jump_listened_ports_to_an_allow_list_ending_in_drop() {
-        let steps = ruleset(&plan(&["tcp:80:8080"], &["10.96.0.10", "fd00::10"], &["192.168.0.0/16", "10.0.0.7/32"]));
+    fn source_ranges_jump_listened_ports_to_one_set_lookup_ending_in_drop() {
+        let ranges = ["192.168.0.0/16", "10.0.0.7/32", "fd00::/8"];
+        let steps = ruleset(&plan(&["tcp:80:8080"], &["10.96.0.10", "fd00::10"], &ranges));
         let text = described(&steps);
         let v4: Vec<&String> = text.iter().filter(|t| t.contains("ip hostlb") && t.contains("source")).collect();
         assert_eq!(
@@ -422,11 +507,60 @@ mod tests {
                 "add chain ip hostlb source-filter { type filter hook prerouting priority -150; }",
                 "add chain ip hostlb allowed-sources",
                 "add rule ip hostlb source-filter ct direction original tcp dport 80 jump allowed-sources",
-                "add rule ip hostlb allowed-sources ip saddr 10.0.0.7 accept",
-                "add rule ip hostlb allowed-sources ip saddr 192.168.0.0/16 accept",
+                "add set ip hostlb source-ranges { type ipv4_addr; flags constant,interval; }",
+                "add element ip hostlb source-ranges { 10.0.0.7, 192.168.0.0/16 }",
+                "add rule ip hostlb allowed-sources ip saddr @source-ranges accept",
                 "add rule ip hostlb allowed-sources drop",
             ]
         );
+        assert!(text.contains(&"add element ip6 hostlb source-ranges { fd00::/8 }".into()), "{text:#?}");
+    }
+
+    #[test]
+    fn overlapping_repeated_and_touching_ranges_become_one_interval() {
+        let ranges = ["10.0.0.0/24", "10.0.0.128/25", "10.0.0.0/24", "10.0.1.0/24", "10.0.3.0/24", "0.0.0.0/32"];
+        let v4 = plan(&["tcp:80:80"], &["10.96.0.10"], &ranges);
+        let text: Vec<String> =
+            merged(v4.ranges(Family::V4)).iter().map(|i| format!("{}-{}", i.first, i.last)).collect();
+        assert_eq!(text, ["0.0.0.0-0.0.0.0", "10.0.0.0-10.0.1.255", "10.0.3.0-10.0.3.255"]);
+        let everything = plan(&["tcp:80:80"], &["fd00::10"], &["fd00::/8", "::/0", "ffff::/16"]);
+        let all = merged(everything.ranges(Family::V6));
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].first.to_string(), all[0].end()), ("::".to_string(), None), "no end after the last address");
+        let inner = merged(everything.ranges(Family::V6).filter(|range| range.prefix == 8));
+        assert_eq!(inner[0].end(), Some("fe00::".parse().unwrap()));
+    }
+
+    #[test]
+    fn thousands_of_ranges_are_one_set_filled_in_steps_the_netlink_attribute_can_hold() {
+        let ranges: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 256 * 2, i % 256)).collect();
+        let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
+        let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10"], &ranges));
+        let sets = steps.iter().filter(|step| matches!(step, Step::AddSet { .. })).count();
+        let filled: Vec<usize> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::AddIntervals { intervals, .. } => Some(intervals.len()),
+                _ => None,
+            })
+            .collect();
+        // Every other /16 is full (256 /24s that touch), so the 5,000 ranges are 20 intervals.
+        assert_eq!((sets, filled), (1, vec![20]));
+        let allowed = steps.iter().filter(|s| matches!(s, Step::AddRule { chain: CHAIN_ALLOWED_SOURCES, .. })).count();
+        assert_eq!(allowed, 2, "one lookup and the drop");
+
+        let apart: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 128, i % 128 * 2)).collect();
+        let apart: Vec<&str> = apart.iter().map(String::as_str).collect();
+        let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10"], &apart));
+        let filled: Vec<usize> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::AddIntervals { intervals, .. } => Some(intervals.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(filled.iter().sum::<usize>(), 5000);
+        assert!(filled.iter().all(|count| *count <= INTERVALS_PER_STEP), "{filled:?}");
     }
 
     #[test]
@@ -504,37 +638,14 @@ mod tests {
     }
 
     #[test]
-    fn source_match_masks_only_partial_prefixes() {
-        let cidr = |text: &str| plan(&["tcp:80:80"], &["10.0.0.1"], &[text]).source_ranges[0];
-        assert_eq!(source_in(&cidr("0.0.0.0/0")), vec![]);
-        assert_eq!(
-            source_in(&cidr("10.0.0.7/32")),
-            vec![
-                Expr::Payload { base: PayloadBase::Network, offset: 12, len: 4, dreg: Reg::R1 },
-                Expr::CmpEq { sreg: Reg::R1, data: vec![10, 0, 0, 7] },
-            ]
-        );
-        assert_eq!(
-            source_in(&cidr("fd00::/8")),
-            vec![
-                Expr::Payload { base: PayloadBase::Network, offset: 8, len: 16, dreg: Reg::R1 },
-                Expr::Bitwise {
-                    sreg: Reg::R1,
-                    dreg: Reg::R1,
-                    mask: [vec![0xff], vec![0; 15]].concat(),
-                    xor: vec![0; 16]
-                },
-                Expr::CmpEq { sreg: Reg::R1, data: [vec![0xfd], vec![0; 15]].concat() },
-            ]
-        );
-    }
-
-    #[test]
     fn every_rule_reads_back_as_the_nft_people_write() {
         let ranges = ["0.0.0.0/0", "10.0.0.0/8", "10.0.0.7/32", "fd00::/8"];
         let steps = ruleset(&plan(&["tcp:80:8080", "udp:53:53", "sctp:9:9"], &["10.96.0.10", "fd00::10"], &ranges));
         for text in described(&steps) {
-            assert!(!["reg ", "0x", "@", "meta l4proto", "th dport"].iter().any(|raw| text.contains(raw)), "{text}");
+            assert!(
+                !["reg ", "0x", "@nh", "@th", "meta l4proto", "th dport"].iter().any(|raw| text.contains(raw)),
+                "{text}"
+            );
         }
     }
 

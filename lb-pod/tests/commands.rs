@@ -173,8 +173,8 @@ fn arguments_come_from_the_environment_as_comma_lists() {
     for expected in [
         "tcp dport 80 dnat to 10.96.0.10:8080",
         "udp dport 53 dnat to [fd00::10]:53",
-        "ip saddr 10.0.0.0/8 accept",
-        "ip6 saddr fd00::/8 accept",
+        "elements = { 10.0.0.0/8 }",
+        "elements = { fd00::/8 }",
     ] {
         assert!(rules.contains(expected), "expected {expected:?} in\n{rules}");
     }

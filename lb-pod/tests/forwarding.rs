@@ -87,6 +87,58 @@ fn source_ranges_drop_other_sources_and_let_listed_ones_through() {
 }
 
 #[test]
+fn five_thousand_source_ranges_are_one_set_per_family_and_still_decide_who_connects() {
+    let mut t = Topology::new();
+    t.serve(8080);
+    let to = format!("{},{}", t.backend_v4(), t.backend_v6());
+    // 4,990 addresses apart from each other (none touch), and ranges around the client that
+    // overlap, repeat and touch: merged, or the kernel would refuse the set.
+    let apart = |i: u32| format!("198.18.{}.{}/32", i / 128, i % 128 * 2);
+    let around = |client: std::net::IpAddr| {
+        let network = client.to_string().rsplit_once('.').unwrap().0.to_string();
+        [format!("{network}.0/24"), format!("{network}.0/25"), format!("{client}/32"), format!("{network}.0/24")]
+            .into_iter()
+            .chain((1..=6).map(move |i| format!("{network}.{}/32", 255 - i)))
+    };
+    let init = |ranges: Vec<String>| {
+        let mut args = vec!["init".to_string(), "--port".into(), "tcp:80:8080".into(), "--to".into(), to.clone()];
+        for range in &ranges {
+            args.extend(["--source-range".into(), range.clone()]);
+        }
+        let started = std::time::Instant::now();
+        let log = t.pod.lb_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        (log, started.elapsed())
+    };
+
+    let mut ranges: Vec<String> = (0..4990).map(apart).chain(around(t.client_v4())).collect();
+    ranges.extend(["2001:db8::/32".into(), "2001:db8:1::/48".into()]);
+    assert_eq!(ranges.len(), 5002);
+    let (log, took) = init(ranges);
+    println!(
+        "timing: init with 5,002 source ranges (4,991 IPv4 intervals, 1 IPv6): {:.0} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(log.contains("IPv4: only sources in 10.123."), "{log}");
+    assert!(log.contains("and 4979 more may connect (4991 intervals in one set)"), "{log}");
+    let rules = t.pod.ruleset();
+    assert_eq!(
+        rules.matches("set source-ranges {").count(),
+        2,
+        "one set per family:\n{}",
+        rules.chars().take(2000).collect::<String>()
+    );
+    assert_eq!(rules.matches("saddr @source-ranges accept").count(), 2, "one lookup per family");
+    assert_eq!(t.tcp(t.pod_v4(), 80), Ok(t.pod_back_v4().to_string()), "the client's /24 lets it in");
+    assert!(t.tcp(t.pod_v6(), 80).is_err(), "no IPv6 range holds the client");
+
+    let mut ranges: Vec<String> = (0..5000).map(apart).collect();
+    ranges.push(format!("{}/64", t.client_v6()));
+    init(ranges);
+    assert!(t.tcp(t.pod_v4(), 80).is_err(), "no IPv4 range holds the client");
+    assert_eq!(t.tcp(t.pod_v6(), 80), Ok(t.pod_back_v6().to_string()), "the client's /64 lets it in");
+}
+
+#[test]
 fn source_ranges_let_answers_through_to_a_client_whose_source_port_is_the_listened_port() {
     // IKE (500 to 500), WireGuard, DNS from port 53: masquerade keeps the client's source port,
     // so the backend's answer arrives for the listened port, from outside the ranges.
@@ -179,7 +231,7 @@ fn hundreds_of_ports_install_in_one_batch_with_every_step_acknowledged() {
     }
     // Thousands of steps: more answers than a default receive buffer holds.
     let log = t.pod.lb_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(log.contains("installed 2417 nftables changes in one transaction"), "{log}");
+    assert!(log.contains("installed 2419 nftables changes in one transaction"), "{log}");
     assert_eq!(t.tcp(t.pod_v4(), 1299), Ok(t.pod_back_v4().to_string()));
     assert!(t.udp(t.pod_v6(), 1000).is_err(), "IPv6 has no allowed source range");
 }

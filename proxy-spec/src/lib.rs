@@ -248,11 +248,14 @@ impl Cidr {
         Family::of(&self.network)
     }
 
-    /// The network address and the mask, in network byte order, as long as the address.
-    pub fn network_and_mask(&self) -> (Vec<u8>, Vec<u8>) {
-        let network = address_bytes(&self.network);
-        let mask = prefix_mask(network.len(), self.prefix);
-        (network, mask)
+    /// The range's last address: its network with every host bit set.
+    pub fn last(&self) -> IpAddr {
+        // A shift by the whole width (prefix 32 or 128) is None: no host bit to set.
+        let prefix = u32::from(self.prefix);
+        match self.network {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from_bits(a.to_bits() | u32::MAX.checked_shr(prefix).unwrap_or(0))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from_bits(a.to_bits() | u128::MAX.checked_shr(prefix).unwrap_or(0))),
+        }
     }
 }
 
@@ -276,19 +279,6 @@ pub fn bytes_address(bytes: &[u8]) -> Option<IpAddr> {
         return Some(IpAddr::V4(Ipv4Addr::from(octets)));
     }
     <[u8; 16]>::try_from(bytes).ok().map(|octets| IpAddr::V6(Ipv6Addr::from(octets)))
-}
-
-fn prefix_mask(len: usize, prefix: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            let bits = usize::from(prefix).saturating_sub(i * 8).min(8);
-            if bits == 0 {
-                0
-            } else {
-                0xffu8 << (8 - bits)
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -363,22 +353,21 @@ mod tests {
         let v4 = Cidr::parse("10.1.2.3/8").unwrap();
         assert_eq!(v4.to_string(), "10.0.0.0/8");
         assert_eq!(v4.family(), Family::V4);
-        assert_eq!(v4.network_and_mask(), (vec![10, 0, 0, 0], vec![255, 0, 0, 0]));
+        assert_eq!(v4.last().to_string(), "10.255.255.255");
         let v6 = Cidr::parse(" fd00:1:2::9/33 ").unwrap();
         assert_eq!(v6.to_string(), "fd00:1::/33");
         assert_eq!(v6.family(), Family::V6);
-        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().network_and_mask().1, vec![0; 4]);
+        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().last().to_string(), "255.255.255.255");
     }
 
     #[test]
-    fn masks_cover_the_prefix_bits() {
-        let cidr = Cidr::parse("10.128.0.0/9").unwrap();
-        assert_eq!(cidr.network_and_mask(), (vec![10, 128, 0, 0], vec![255, 255 - 127, 0, 0]));
-        let (network, mask) = Cidr::parse("fd00::/12").unwrap().network_and_mask();
-        assert_eq!(network.len(), 16);
-        assert_eq!(&mask[..3], &[0xff, 0xf0, 0]);
-        assert_eq!(Cidr::parse("1.2.3.4/32").unwrap().network_and_mask().1, vec![255; 4]);
-        assert_eq!(Cidr::parse("1.2.3.4/0").unwrap().network_and_mask(), (vec![0; 4], vec![0; 4]));
+    fn the_last_address_has_every_host_bit_set() {
+        let last = |text: &str| Cidr::parse(text).unwrap().last().to_string();
+        assert_eq!(last("10.128.0.0/9"), "10.255.255.255");
+        assert_eq!(last("fd00::/12"), "fd0f:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+        assert_eq!(last("1.2.3.4/32"), "1.2.3.4");
+        assert_eq!(last("fd00::1/128"), "fd00::1");
+        assert_eq!(last("::/0"), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! How much one Service may ask of every node. Each port is a hostPort of every proxy pod, and
-//! each source range a rule copied into the DaemonSet, its revisions and every pod: without a
-//! cap, one tenant's Service costs every node what it likes. Over a limit, nothing of the
-//! Service is applied.
+//! each source range an argument copied into the DaemonSet, its revisions and every pod (and an
+//! element of the proxies' nftables sets): without a cap, one tenant's Service costs every node
+//! what it likes. Over a limit, nothing of the Service is applied.
 
 use hostlb_model::options::{FieldError, ServiceLb};
 
