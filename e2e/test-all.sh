@@ -177,6 +177,13 @@ if run_step one "cluster up" 50 up "${CLUSTER[@]}" up; then
   status=$?
   grep -oE 'chaos: .*' "$LOG_DIR/chaos.log" || true
   if [[ $status -ne 0 ]]; then cluster_logs; fi
+  # The previous release built from its commit (about 4 minutes on a warm build cache),
+  # installed, then upgraded to this tree under traffic; it ends with this tree's install.
+  run_step cargo "upgrade from the previous release" 25 upgrade \
+    cargo test -p hostlb-e2e --test upgrade --no-fail-fast -- --test-threads=1 --nocapture
+  status=$?
+  grep -oE 'upgrade: .*' "$LOG_DIR/upgrade.log" || true
+  if [[ $status -ne 0 ]]; then cluster_logs; fi
 else
   cluster_logs
 fi

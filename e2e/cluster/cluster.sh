@@ -10,6 +10,9 @@
 #   cluster.sh set-node-ip NODE IP   the node's kubelet reports IP as its InternalIP from now on
 #   cluster.sh restart-control-plane stop kube-apiserver and etcd, then start them again
 #   cluster.sh hang-apiserver SECONDS  SIGSTOP to kube-apiserver, SIGCONT that many seconds later
+#   cluster.sh hang-kubelets SECONDS   the same to both nodes' kubelets (no node Lease renewed)
+#   cluster.sh install               apply the install of this tree again, as an upgrade does
+#   cluster.sh import-release DIR TAG  DIR's controller and lb archives as localhost/hostlb/*:TAG
 #   cluster.sh node stop|start NODE  the node's kubelet and containerd (its containers keep running)
 #   cluster.sh kill-container NODE ID    SIGKILL to a container of the node, through its containerd
 #   cluster.sh pause-container NODE ID   freeze a container of the node, through its containerd
@@ -173,13 +176,15 @@ hostlb_diagnostics() {
   done
 }
 
+# install_hostlb after-import|again: after-import restarts the controller when `up` imported a new
+# controller image under the same name.
 install_hostlb() {
   # Built as users build it, with a current kustomize (kubectl 1.20's own is v2); applied as is.
   local tools manifest
   tools=$(bash "$REPO/e2e/chart/tools.sh")
   manifest=$("$tools/kubectl" kustomize "$HERE/install/")
   k apply -f - <<<"$manifest" >&2
-  if grep -qx controller "$STATE/images-changed" 2>/dev/null; then
+  if [[ $1 == after-import ]] && grep -qx controller "$STATE/images-changed" 2>/dev/null; then
     log "the controller image changed: restarting the controller"
     k -n hostlb-system rollout restart deployment/hostlb-controller >&2
   fi
@@ -217,7 +222,7 @@ up_attempt() {
   phase containerd containerds
   phase images images
   phase nodes nodes
-  phase hostlb install_hostlb
+  phase hostlb install_hostlb after-import
   write_env
   trap - EXIT
   print_timings
@@ -327,19 +332,49 @@ cmd_restart_control_plane() {
   log "kube-apiserver and etcd restarted; the API was away for $((SECONDS - started))s"
 }
 
-cmd_hang_apiserver() {
-  [[ $# -eq 1 && $1 =~ ^[0-9]+$ ]] || die "usage: cluster.sh hang-apiserver SECONDS"
-  local pid
-  pid=$(daemon_pid kube-apiserver) || die "kube-apiserver is not running"
-  # Connections stay open and nothing answers, as when a server is wedged; it goes on however
-  # this script ends (the pid is expanded now: the trap runs after this function returned).
+# `hang-apiserver SECONDS` or `hang-kubelets SECONDS`: SIGSTOP to the daemons, SIGCONT that many
+# seconds later.
+cmd_hang() {
+  local what=$1 daemons=() pids=() daemon pid
+  shift
+  [[ $# -eq 1 && $1 =~ ^[0-9]+$ ]] || die "usage: cluster.sh hang-$what SECONDS"
+  case $what in
+    apiserver) daemons=(kube-apiserver) ;;
+    kubelets) daemons=(kubelet-node-1 kubelet-node-2) ;;
+  esac
+  for daemon in "${daemons[@]}"; do
+    pid=$(daemon_pid "$daemon") || die "$daemon is not running"
+    pids+=("$pid")
+  done
+  # Connections stay open and nothing answers, as when a process is wedged; they go on however
+  # this script ends (the pids are expanded now: the trap runs after this function returned).
   # shellcheck disable=SC2064
-  trap "kill -CONT $pid 2>/dev/null || true" EXIT
-  kill -STOP "$pid"
-  log "kube-apiserver (pid $pid) stopped for $1s"
+  trap "kill -CONT ${pids[*]} 2>/dev/null || true" EXIT
+  kill -STOP "${pids[@]}"
+  log "${daemons[*]} (pids ${pids[*]}) stopped for $1s"
   sleep "$1"
-  kill -CONT "$pid"
-  log "kube-apiserver (pid $pid) answers again"
+  kill -CONT "${pids[@]}"
+  log "${daemons[*]} (pids ${pids[*]}) answer again"
+}
+
+cmd_install() {
+  [[ $# -eq 0 ]] || die "usage: cluster.sh install"
+  [[ -f $ENV_FILE ]] || die "no cluster up ($ENV_FILE is missing)"
+  lock
+  install_hostlb again
+}
+
+# An earlier release's images beside this tree's, for the upgrade test.
+cmd_import_release() {
+  [[ $# -eq 2 && $2 =~ ^[A-Za-z0-9._-]+$ && $2 != dev ]] || die "usage: cluster.sh import-release DIR TAG (not dev)"
+  [[ -f $ENV_FILE ]] || die "no cluster up ($ENV_FILE is missing)"
+  lock
+  local short n
+  for short in controller lb; do
+    [[ -s $1/$short.tar ]] || die "no image archive $1/$short.tar"
+    for n in 1 2; do import_image "$n" "localhost/hostlb/$short:$2" "$1/$short.tar"; done
+  done
+  log "imported $1/{controller,lb}.tar as localhost/hostlb/{controller,lb}:$2 on both nodes"
 }
 
 # `kill-container`, `pause-container` or `resume-container NODE CONTAINER_ID`.
@@ -368,12 +403,14 @@ main() {
     kubelet | node) cmd_node_daemons "$cmd" "$@" ;;
     set-node-ip) cmd_set_node_ip "$@" ;;
     restart-control-plane) cmd_restart_control_plane "$@" ;;
-    hang-apiserver) cmd_hang_apiserver "$@" ;;
+    hang-apiserver | hang-kubelets) cmd_hang "${cmd#hang-}" "$@" ;;
+    install) cmd_install "$@" ;;
+    import-release) cmd_import_release "$@" ;;
     kill-container | pause-container | resume-container) cmd_container "${cmd%-container}" "$@" ;;
     __up-attempt) up_attempt ;;
     __down) do_down ;;
     *)
-      sed -n '2,22p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+      sed -n '2,25p' "$SELF" | sed 's/^# \{0,1\}//' >&2
       exit 2
       ;;
   esac

@@ -278,6 +278,20 @@ kube_proxy_healthy() {
 
 has_image() { local refs; refs=$(ctr_node "$1" images ls -q 2>/dev/null) && grep -qxF "$2" <<<"$refs"; }
 
+# import_image N NAME ARCHIVE: the archive into node N's containerd, named NAME.
+import_image() {
+  local n=$1 name=$2 tar=$3
+  # Importing over an image of the same name and other content fails ("content digest ...
+  # not found": the name moves from the index to the manifest and the old blobs are collected
+  # in between), so the old name goes first. Running containers keep their snapshots.
+  ctr_node "$n" images rm "$name" >/dev/null 2>&1 || true
+  if ! ctr_node "$n" images import --index-name "$name" "$tar" >/dev/null; then
+    ctr_node "$n" images rm "$name" >/dev/null 2>&1 || true
+    ctr_node "$n" images import --index-name "$name" "$tar" >/dev/null
+  fi
+  has_image "$n" "$name" || die "$name is not in $(node_name "$n")'s containerd after the import"
+}
+
 # Imports each archive into both containerds, unless that very archive (by checksum) is in
 # already. The names of images that changed under a running cluster go to $STATE/images-changed.
 import_images() {
@@ -291,15 +305,7 @@ import_images() {
     for n in 1 2; do
       seen="$STATE/images/$short.node$n"
       if [[ -s $seen && "$(cat "$seen")" == "$sum" ]] && has_image "$n" "$name"; then continue; fi
-      # Importing over an image of the same name and other content fails ("content digest ...
-      # not found": the name moves from the index to the manifest and the old blobs are collected
-      # in between), so the old name goes first. Running containers keep their snapshots.
-      ctr_node "$n" images rm "$name" >/dev/null 2>&1 || true
-      if ! ctr_node "$n" images import --index-name "$name" "$tar" >/dev/null; then
-        ctr_node "$n" images rm "$name" >/dev/null 2>&1 || true
-        ctr_node "$n" images import --index-name "$name" "$tar" >/dev/null
-      fi
-      has_image "$n" "$name" || die "$name is not in $(node_name "$n")'s containerd after the import"
+      import_image "$n" "$name" "$tar"
       [[ -s $seen ]] && changed+=("$short")
       echo "$sum" >"$seen"
     done

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
@@ -530,6 +532,133 @@ pub async fn wait_rolled_to(cluster: &Cluster, ns: &str, service: &str, port: i3
         Ok(())
     })
     .await
+}
+
+/// What one path answered while a change went on: requests sent and lost, and the longest run of
+/// failures, from the first failed request to the next answered one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PathRecord {
+    pub sent: u32,
+    pub lost: u32,
+    pub longest_gap: Duration,
+}
+
+impl std::fmt::Display for PathRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} sent, {} lost, longest gap {:.1}s", self.sent, self.lost, self.longest_gap.as_secs_f64())
+    }
+}
+
+/// Sends a request to `target` every `every` until `stop` is set and the path answers again;
+/// fails when it has not answered for `give_up`.
+pub async fn record_path(
+    client: ClientNetns,
+    target: Target,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    give_up: Duration,
+) -> Result<PathRecord> {
+    let mut record = PathRecord::default();
+    let mut failing_since = None::<Instant>;
+    while !stop.load(Ordering::Acquire) || failing_since.is_some() {
+        let client = client.clone();
+        let answered = tokio::task::spawn_blocking(move || client.http_get(target.0, target.1).is_ok()).await?;
+        record.sent += 1;
+        match (answered, failing_since) {
+            (false, None) => failing_since = Some(Instant::now()),
+            (true, Some(since)) => {
+                record.longest_gap = record.longest_gap.max(since.elapsed());
+                failing_since = None;
+            }
+            _ => {}
+        }
+        if !answered {
+            record.lost += 1;
+        }
+        if failing_since.is_some_and(|since| since.elapsed() > give_up) {
+            bail!("{}:{} has not answered for {give_up:?}", target.0, target.1);
+        }
+        tokio::time::sleep(every).await;
+    }
+    Ok(record)
+}
+
+/// An address and port requests go to.
+pub type Target = (IpAddr, u16);
+
+/// Requests on several paths at once, each recorded on its own, until `finish`.
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    recorders: Vec<(Target, tokio::task::JoinHandle<Result<PathRecord>>)>,
+}
+
+impl Traffic {
+    pub fn start(client: &ClientNetns, targets: &[Target], every: Duration, give_up: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let recorders = targets
+            .iter()
+            .map(|&target| {
+                let recording = record_path(client.clone(), target, every, stop.clone(), give_up);
+                (target, tokio::spawn(recording))
+            })
+            .collect();
+        Traffic { stop, recorders }
+    }
+
+    /// Each path's record, in the order of the targets.
+    pub async fn finish(self) -> Result<Vec<(Target, PathRecord)>> {
+        self.stop.store(true, Ordering::Release);
+        let mut records = Vec::new();
+        for (target, recorder) in self.recorders {
+            records.push((target, recorder.await??));
+        }
+        Ok(records)
+    }
+}
+
+/// Reads the Services' statuses every quarter second until `finish`, keeping every read that
+/// published fewer addresses than `expected`.
+pub struct StatusWatch {
+    stop: Arc<AtomicBool>,
+    watcher: tokio::task::JoinHandle<Result<StatusRecord>>,
+}
+
+/// Status reads and those that showed fewer addresses than expected, with when and what.
+#[derive(Debug, Default)]
+pub struct StatusRecord {
+    pub reads: u32,
+    pub shrunk: Vec<(Duration, String, BTreeSet<IpAddr>)>,
+}
+
+impl StatusWatch {
+    pub fn start(services: Api<Service>, names: &[&str], expected: BTreeSet<IpAddr>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let stopped = stop.clone();
+        let watcher = tokio::spawn(async move {
+            let (started, mut record) = (Instant::now(), StatusRecord::default());
+            while !stopped.load(Ordering::Acquire) {
+                for name in &names {
+                    // A read the API server does not answer within a second tells nothing.
+                    if let Ok(Ok(service)) = tokio::time::timeout(Duration::from_secs(1), services.get(name)).await {
+                        record.reads += 1;
+                        let addresses = published(&service);
+                        if !expected.is_subset(&addresses) {
+                            record.shrunk.push((started.elapsed(), name.clone(), addresses));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(record)
+        });
+        StatusWatch { stop, watcher }
+    }
+
+    pub async fn finish(self) -> Result<StatusRecord> {
+        self.stop.store(true, Ordering::Release);
+        self.watcher.await?
+    }
 }
 
 /// Prints a measured figure in one greppable form.

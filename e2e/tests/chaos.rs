@@ -1,7 +1,8 @@
 //! Faults injected into the local cluster while hostlb serves: its leader killed during churn,
 //! stopped gracefully or frozen past its renew deadline, the API server and etcd restarted, the
-//! controller away, a proxy pod killed, a node's kubelet and containerd restarted. Each test says what it broke and
-//! checks that nothing was lost; the figures are printed as `chaos:` lines.
+//! controller away, a proxy pod killed, the proxies rolled under traffic, every kubelet silent at
+//! once, a node's kubelet and containerd restarted. Each test says what it broke and checks that
+//! nothing was lost; the figures are printed as `chaos:` lines.
 //!
 //! The faults go through the harness (`cluster.sh`), which signals only the processes it
 //! started. Run with `--test-threads=1`: the tests share the controller.
@@ -557,29 +558,8 @@ async fn services_keep_answering_on_both_paths_while_the_controller_is_away() ->
     Ok(())
 }
 
-/// Sends a request every `PROBE_EVERY` until `stop`; returns the longest run of failures as
-/// time from the first failed to the next answered request.
+/// How often the traffic of a test goes out on each path.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
-
-async fn longest_gap(cluster: &Cluster, target: (IpAddr, u16), stop: Arc<AtomicBool>) -> Result<Duration> {
-    let (mut longest, mut failing_since) = (Duration::ZERO, None::<Instant>);
-    while !stop.load(Ordering::Acquire) || failing_since.is_some() {
-        let answered = probe_all(cluster, &[target]).await?[0];
-        match (answered, failing_since) {
-            (false, None) => failing_since = Some(Instant::now()),
-            (true, Some(since)) => {
-                longest = longest.max(since.elapsed());
-                failing_since = None;
-            }
-            _ => {}
-        }
-        if failing_since.is_some_and(|since| since.elapsed() > SETTLE) {
-            bail!("{}:{} has not answered for {SETTLE:?}", target.0, target.1);
-        }
-        tokio::time::sleep(PROBE_EVERY).await;
-    }
-    Ok(longest)
-}
 
 #[tokio::test]
 async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
@@ -591,11 +571,7 @@ async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
     let on_node1 = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(nodes.node1.as_str());
     let victim =
         cluster.proxy_pods(&ns.name, "struck").await?.into_iter().find(on_node1).context("no proxy pod on node-1")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let probes = [proxy_path, published_path].map(|target| {
-        let stop = stop.clone();
-        tokio::spawn(async move { longest_gap(&Cluster::connect().await?, target, stop).await })
-    });
+    let traffic = Traffic::start(&cluster.client()?, &[proxy_path, published_path], PROBE_EVERY, SETTLE);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed_at = Instant::now();
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
@@ -611,9 +587,8 @@ async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
     cluster.wait_for_addresses(&ns.name, "struck", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answers(&cluster, proxy_path.0, proxy_path.1, SETTLE).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Release);
-    let [proxy_gap, published_gap] = probes;
-    let (proxy_gap, published_gap) = (proxy_gap.await??, published_gap.await??);
+    let records = traffic.finish().await?;
+    let (proxy_gap, published_gap) = (records[0].1.longest_gap, records[1].1.longest_gap);
     say(format!(
         "proxy pod {} deleted: {} Ready {:.1}s later; traffic gap {:.1}s through the proxy pod, {:.1}s to the published address",
         victim.name_any(),
@@ -709,5 +684,130 @@ async fn an_api_server_hung_for_45_s_withdraws_no_healthy_node_and_fails_no_path
     ensure!(shrunk.is_empty(), "the status shrank: {shrunk:?}");
     ensure!(writes_after == writes_before, "the status was written {} times", writes_after - writes_before);
     ensure!(partial.is_empty(), "paths failed on their own: {partial:?}");
+    Ok(())
+}
+
+/// Names the paths of `answering_on_both_paths`'s targets, in their order.
+fn path_names(nodes: &Nodes) -> [String; 4] {
+    [
+        format!("published {}", nodes.node1),
+        format!("published {}", nodes.node2),
+        format!("proxy path {}", nodes.node1),
+        format!("proxy path {}", nodes.node2),
+    ]
+}
+
+fn describe_paths(nodes: &Nodes, records: &[(Target, PathRecord)]) -> String {
+    let lines = path_names(nodes).into_iter().zip(records).map(|(name, (_, record))| format!("{name}: {record}"));
+    lines.collect::<Vec<_>>().join("; ")
+}
+
+/// How long a path may fail before a test gives up on it.
+const PATH_GIVE_UP: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn a_proxy_roll_under_traffic_loses_no_request_on_a_published_address() -> Result<()> {
+    let (cluster, ns, nodes, targets) = answering_on_both_paths("roll", "rolled", 19660).await?;
+    let daemonset = proxy_daemonset(&cluster, &ns.name, "rolled").await?.name_any();
+    let old: BTreeSet<String> =
+        cluster.proxy_pods(&ns.name, "rolled").await?.iter().map(|pod| pod.name_any()).collect();
+    let statuses = StatusWatch::start(ns.services(), &["rolled"], BTreeSet::from([nodes.ip1, nodes.ip2]));
+    let traffic = Traffic::start(&cluster.client()?, &targets, PROBE_EVERY, PATH_GIVE_UP);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let started = Instant::now();
+    let restart = ["-n", SYSTEM_NAMESPACE, "rollout", "restart", &format!("daemonset/{daemonset}")];
+    let rolled = match cluster.kubectl(&restart) {
+        Ok(_) => {
+            eventually(SETTLE, || async {
+                let pods = cluster.proxy_pods(&ns.name, "rolled").await?;
+                let fresh = pods.iter().filter(|pod| !old.contains(&pod.name_any()) && pod_is_ready(pod)).count();
+                ensure!(
+                    fresh == 2 && pods.len() == 2,
+                    "{fresh} of 2 proxy pods replaced and Ready, {} pods",
+                    pods.len()
+                );
+                Ok(())
+            })
+            .await
+        }
+        Err(failed) => Err(failed),
+    };
+    let rolled_after = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (records, statuses) = (traffic.finish().await?, statuses.finish().await?);
+    rolled?;
+    let replaced = cluster.events(&ns.name, "rolled", Reason::ProxyPodReplaced).await?;
+    let replaced: i32 = replaced.iter().map(|event| event.series.as_ref().map_or(1, |series| series.count)).sum();
+    say(format!(
+        "proxies rolled (kubectl rollout restart): both replaced and Ready after {:.1}s, {replaced} ProxyPodReplaced \
+         Events; {}; {} status reads, {} showed fewer than both nodes",
+        rolled_after.as_secs_f64(),
+        describe_paths(&nodes, &records),
+        statuses.reads,
+        statuses.shrunk.len()
+    ));
+    ensure!(statuses.shrunk.is_empty(), "the status shrank: {:?}", statuses.shrunk);
+    let lost_published: u32 = records[..2].iter().map(|(_, record)| record.lost).sum();
+    ensure!(lost_published == 0, "{lost_published} requests lost on the published addresses");
+    ensure!(replaced == 2, "hostlb replaced {replaced} proxy pods, not one per node");
+    Ok(())
+}
+
+/// Longer than the controller's view of a silent kubelet (a renewal interval of 10 s and 10 s of
+/// grace, from when it saw the last renewal), shorter than the node controller's 40 s, after
+/// which it would mark the nodes and their pods NotReady itself.
+const KUBELETS_SILENT_FOR: Duration = Duration::from_secs(27);
+
+#[tokio::test]
+async fn every_kubelet_silent_at_once_withdraws_no_node_and_fails_no_path() -> Result<()> {
+    let (cluster, ns, nodes, targets) = answering_on_both_paths("silent", "steady", 19670).await?;
+    let restarts = cluster.controller_restarts().await?;
+    let writes_before = cluster.status_writes(&ns.name, "steady").await?;
+    let statuses = StatusWatch::start(ns.services(), &["steady"], BTreeSet::from([nodes.ip1, nodes.ip2]));
+    let traffic = Traffic::start(&cluster.client()?, &targets, PROBE_EVERY, PATH_GIVE_UP);
+
+    let hang = {
+        let cluster = Cluster::connect().await?;
+        let seconds = KUBELETS_SILENT_FOR.as_secs().to_string();
+        tokio::task::spawn_blocking(move || cluster.harness(&["hang-kubelets", &seconds]))
+    };
+    // Near the end of the silence, the node Leases show it: neither renewed for longer than the
+    // controller allows a kubelet.
+    tokio::time::sleep(KUBELETS_SILENT_FOR - Duration::from_secs(2)).await;
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
+    let mut silences = Vec::new();
+    for node in [&nodes.node1, &nodes.node2] {
+        let renewed =
+            leases.get(node).await?.spec.and_then(|spec| spec.renew_time).context("a Lease without renewTime")?;
+        let since = SystemTime::now().duration_since(SystemTime::from(renewed.0)).unwrap_or_default();
+        silences.push(since);
+    }
+    hang.await??;
+    // After the silence, the node controller and the kubelets catch up; the status must hold
+    // through that too.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (records, statuses) = (traffic.finish().await?, statuses.finish().await?);
+    let writes_after = cluster.status_writes(&ns.name, "steady").await?;
+    cluster.ensure_no_controller_restarted(&restarts).await?;
+    say(format!(
+        "both kubelets stopped for {}s (Leases unrenewed for {:.0}s and {:.0}s when looked at): {} status reads, {} \
+         showed fewer than both nodes; {} status writes; {}",
+        KUBELETS_SILENT_FOR.as_secs(),
+        silences[0].as_secs_f64(),
+        silences[1].as_secs_f64(),
+        statuses.reads,
+        statuses.shrunk.len(),
+        writes_after - writes_before,
+        describe_paths(&nodes, &records)
+    ));
+    ensure!(
+        silences.iter().all(|silence| *silence > Duration::from_secs(20)),
+        "the Leases were renewed during the silence: {silences:?}"
+    );
+    ensure!(statuses.shrunk.is_empty(), "the status shrank: {:?}", statuses.shrunk);
+    ensure!(writes_after == writes_before, "the status was written {} times", writes_after - writes_before);
+    let lost: u32 = records.iter().map(|(_, record)| record.lost).sum();
+    ensure!(lost == 0, "{lost} requests lost");
     Ok(())
 }

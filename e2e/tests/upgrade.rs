@@ -1,0 +1,158 @@
+//! Upgrading from the previous release under traffic, as an operator does: the release named in
+//! `e2e/upgrade/previous-release`, built from its commit with its own install (previous.sh), serves
+//! a Service; then this tree's install is applied over it (`cluster.sh install`, the same apply
+//! `make up` does). The figures are printed as `upgrade:` lines. Needs the cluster (`make up`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use hostlb_e2e::*;
+use hostlb_model::readiness::pod_is_ready;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+const SETTLE: Duration = Duration::from_secs(300);
+const PORT: u16 = 19700;
+
+fn say(line: String) {
+    println!("upgrade: {line}");
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Builds the previous release's images and install; returns its version and where they are.
+fn previous_release() -> Result<(String, PathBuf)> {
+    let out = repo().join("_out/upgrade");
+    let built = Command::new("bash").arg("e2e/upgrade/previous.sh").arg(&out).current_dir(repo()).output()?;
+    if !built.status.success() {
+        let printed = String::from_utf8_lossy(&built.stderr);
+        let tail: Vec<&str> = printed.lines().rev().take(30).collect();
+        bail!("e2e/upgrade/previous.sh failed:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    Ok((String::from_utf8(built.stdout)?.trim().to_string(), out))
+}
+
+#[tokio::test]
+async fn an_upgrade_from_the_previous_release_loses_no_request_on_a_published_address() -> Result<()> {
+    let started = Instant::now();
+    let (version, out) = previous_release()?;
+    say(format!("{version} built from its commit in {:.0}s", started.elapsed().as_secs_f64()));
+    let (cluster, ns, nodes) = setup("upgrade").await?;
+    cluster.harness(&["import-release", &out.join("images").to_string_lossy(), &version])?;
+    let outcome = upgrade(&cluster, &ns, &nodes, &version, &out).await;
+    // Whatever happened, the next tests need this tree's install, and nothing of the old one.
+    let restored = cluster.harness(&["install"]);
+    outcome.and(restored)
+}
+
+async fn upgrade(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes, version: &str, out: &Path) -> Result<()> {
+    cluster.kubectl(&["apply", "-f", &out.join("install.yaml").to_string_lossy()])?;
+    let rollout = ["-n", SYSTEM_NAMESPACE, "rollout", "status", "deployment/hostlb-controller", "--timeout=180s"];
+    cluster.kubectl(&rollout)?;
+    ensure_controller_image(cluster, version).await?;
+
+    ns.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("echo", 1, SETTLE).await?;
+    ns.load_balancer("web", "echo", &http(PORT), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let targets = [(nodes.ip1, PORT), (nodes.ip2, PORT), (nodes.unpublished1, PORT), (nodes.unpublished2, PORT)];
+    for (address, port) in targets {
+        let client = cluster.client()?;
+        eventually_blocking(SETTLE, move || client.http_get(address, port)).await?;
+    }
+    let served_by_old = cluster.proxy_pods(&ns.name, "web").await?;
+    ensure!(
+        served_by_old.iter().all(|pod| !pod.annotations().contains_key(names::ANNOTATION_PROXY_SPEC_HASH)),
+        "the proxy pods of {version} already carry a spec hash: not the release this test starts from"
+    );
+
+    let statuses = StatusWatch::start(ns.services(), &["web"], BTreeSet::from([nodes.ip1, nodes.ip2]));
+    let traffic = Traffic::start(&cluster.client()?, &targets, Duration::from_millis(200), Duration::from_secs(90));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let upgrade_started = Instant::now();
+    let upgraded = match cluster.harness(&["install"]) {
+        Ok(()) => {
+            let controller_rolled = upgrade_started.elapsed();
+            eventually(SETTLE, || proxies_current(cluster, ns)).await.map(|()| controller_rolled)
+        }
+        Err(failed) => Err(failed),
+    };
+    let proxies_rolled = upgrade_started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (records, statuses) = (traffic.finish().await?, statuses.finish().await?);
+    let controller_rolled = upgraded?;
+    let stranded = stranded_node_lease_rbac(cluster).await?;
+
+    let names = [
+        format!("published {}", nodes.node1),
+        format!("published {}", nodes.node2),
+        format!("proxy path {}", nodes.node1),
+        format!("proxy path {}", nodes.node2),
+    ];
+    let paths: Vec<String> =
+        names.iter().zip(&records).map(|(name, (_, record))| format!("{name}: {record}")).collect();
+    say(format!(
+        "{version} -> this tree: controller rolled out after {:.1}s, every proxy pod replaced and Ready after {:.1}s; \
+         {}; {} status reads, {} showed fewer than both nodes; left by `kubectl apply`: {}",
+        controller_rolled.as_secs_f64(),
+        proxies_rolled.as_secs_f64(),
+        paths.join("; "),
+        statuses.reads,
+        statuses.shrunk.len(),
+        if stranded.is_empty() { "nothing".to_string() } else { stranded.join(", ") }
+    ));
+    ensure!(statuses.shrunk.is_empty(), "the status shrank: {:?}", statuses.shrunk);
+    let lost_published: u32 = records[..2].iter().map(|(_, record)| record.lost).sum();
+    ensure!(lost_published == 0, "{lost_published} requests lost on the published addresses");
+    Ok(())
+}
+
+async fn ensure_controller_image(cluster: &Cluster, version: &str) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let deployment = deployments.get("hostlb-controller").await?;
+    let containers = deployment.spec.and_then(|spec| spec.template.spec).map(|spec| spec.containers);
+    let image = containers.unwrap_or_default().into_iter().find_map(|c| c.image).context("no controller image")?;
+    ensure!(image.ends_with(&format!(":{version}")), "the controller runs {image}, not {version}");
+    Ok(())
+}
+
+/// Both proxy pods carry the spec hash of their DaemonSet's template and are Ready.
+async fn proxies_current(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
+    let daemonset = proxy_daemonset(cluster, &ns.name, "web").await?;
+    let template = daemonset.spec.and_then(|spec| spec.template.metadata).unwrap_or_default();
+    let hash = template.annotations.unwrap_or_default().remove(names::ANNOTATION_PROXY_SPEC_HASH);
+    let hash = hash.context("the proxy DaemonSet's template has no spec hash yet")?;
+    let pods = cluster.proxy_pods(&ns.name, "web").await?;
+    let current = pods
+        .iter()
+        .filter(|pod| pod.annotations().get(names::ANNOTATION_PROXY_SPEC_HASH) == Some(&hash) && pod_is_ready(pod))
+        .count();
+    ensure!(current == 2 && pods.len() == 2, "{current} of {} proxy pods current and Ready", pods.len());
+    Ok(())
+}
+
+/// The previous release's Role and RoleBinding in kube-node-lease, which this one no longer has
+/// and `kubectl apply` does not delete; deleted here once named.
+async fn stranded_node_lease_rbac(cluster: &Cluster) -> Result<Vec<String>> {
+    let selector = ListParams::default().labels("app.kubernetes.io/name=hostlb");
+    let roles: Api<Role> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
+    let bindings: Api<RoleBinding> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
+    let mut stranded = Vec::new();
+    for role in roles.list(&selector).await?.items {
+        stranded.push(format!("kube-node-lease/role/{}", role.name_any()));
+        cluster.kubectl(&["-n", "kube-node-lease", "delete", "role", &role.name_any()])?;
+    }
+    for binding in bindings.list(&selector).await?.items {
+        stranded.push(format!("kube-node-lease/rolebinding/{}", binding.name_any()));
+        cluster.kubectl(&["-n", "kube-node-lease", "delete", "rolebinding", &binding.name_any()])?;
+    }
+    Ok(stranded)
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds the release named in e2e/upgrade/previous-release ("VERSION COMMIT") from its commit, for
+# the upgrade test: its images as archives in OUT/images, named localhost/hostlb/*:VERSION, and
+# the install its own harness applied, rendered to OUT/install.yaml. Prints VERSION.
+#
+#   previous.sh OUT
+#
+# The commit must be in this clone (a clone may carry no tags, so the file names it by hash).
+set -euo pipefail
+[[ $# -eq 1 ]] || { echo "usage: previous.sh OUT" >&2; exit 2; }
+cd "$(dirname "$0")/../.."
+repo=$PWD
+mkdir -p "$1"
+out=$(cd "$1" && pwd)
+read -r version commit < <(grep -v "^#" e2e/upgrade/previous-release)
+if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
+  echo "commit $commit of $version is not in this clone (a shallow one? git fetch --unshallow)" >&2
+  exit 1
+fi
+source="$out/source-$version"
+rm -rf "$source"
+mkdir -p "$source"
+git archive "$commit" | tar -x -C "$source"
+# A build cache of its own: two trees of one workspace name their units alike, so a shared one
+# would hand one tree's binaries to the other. It starts as a copy of this tree's release
+# builds without hostlb's own units: the dependencies are the same versions, built once.
+target="$out/target"
+if [[ ! -d $target ]]; then
+  current=$(realpath -m "${CARGO_TARGET_DIR:-$repo/target}")
+  rm -rf "$target.partial"
+  mkdir -p "$target.partial/x86_64-unknown-linux-gnu"
+  for dir in release x86_64-unknown-linux-gnu/release; do
+    if [[ -d $current/$dir ]]; then cp -a "$current/$dir" "$target.partial/$(dirname "$dir")/"; fi
+  done
+  find "$target.partial" -depth \( -name 'hostlb*' -o -name 'libhostlb*' -o -name 'echo-server*' \
+    -o -name 'echo_server*' -o -name pause -o -name 'pause-*' \) -exec rm -rf {} +
+  mv "$target.partial" "$target"
+fi
+# 0.1.0's build reads its binaries from ./target whatever CARGO_TARGET_DIR says.
+ln -s "$target" "$source/target"
+(cd "$source" && env -u CARGO_TARGET_DIR HOSTLB_IMAGE_TAG="$version" HOSTLB_IMAGE_DIR="$out/images" \
+  bash images/build.sh >&2)
+# The release named its images by the tag dev, which is this tree's.
+sed -i "s/newTag: dev\$/newTag: $version/; s/:dev\$/:$version/" "$source/manifests/kustomization.yaml"
+tools=$(bash e2e/chart/tools.sh)
+# As that release's harness applied it: Kubernetes 1.20 serves PodDisruptionBudgets only as
+# policy/v1beta1.
+"$tools/kubectl" kustomize "$source/e2e/cluster/install/" |
+  sed 's#^apiVersion: policy/v1$#apiVersion: policy/v1beta1#' >"$out/install.yaml"
+grep -q "localhost/hostlb/controller:$version" "$out/install.yaml" ||
+  { echo "the rendered install of $version does not name its controller image" >&2; exit 1; }
+echo "$version"
