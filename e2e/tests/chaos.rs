@@ -811,3 +811,46 @@ async fn every_kubelet_silent_at_once_withdraws_no_node_and_fails_no_path() -> R
     ensure!(lost == 0, "{lost} requests lost");
     Ok(())
 }
+
+/// The uid of the Service's proxy pod on `node`.
+async fn proxy_pod_on(cluster: &Cluster, ns: &TestNamespace, service: &str, node: &str) -> Result<String> {
+    let pods = cluster.proxy_pods(&ns.name, service).await?;
+    let here = pods.iter().find(|pod| pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()) == Some(node));
+    here.and_then(|pod| pod.uid()).with_context(|| format!("no proxy pod of {service} on {node}"))
+}
+
+#[tokio::test]
+async fn a_node_leaving_and_joining_the_pool_replaces_no_proxy_that_serves() -> Result<()> {
+    const POOL: &str = "chaos-moving";
+    let (cluster, ns, nodes) = with_backend("pool-moves").await?;
+    let node_api = Api::<Node>::all(cluster.client.clone());
+    let node2_pool = node_api.get(&nodes.node2).await?.labels().get(names::POOL).cloned();
+    label_node(&cluster, &nodes.node1, Some(POOL)).await?;
+    label_node(&cluster, &nodes.node2, Some(POOL)).await?;
+    let outcome = async {
+        let metadata = json!({ "annotations": { names::POOL: POOL } });
+        ns.load_balancer_with_metadata("pooled", "echo", &http(19680), json!({}), metadata).await?;
+        serves_on_both_nodes(&cluster, &ns, &nodes, "pooled", 19680).await?;
+        let serving = proxy_pod_on(&cluster, &ns, "pooled", &nodes.node1).await?;
+
+        label_node(&cluster, &nodes.node2, None).await?;
+        let left = cluster.wait_for_addresses(&ns.name, "pooled", &[nodes.ip1], SETTLE).await?;
+        label_node(&cluster, &nodes.node2, Some(POOL)).await?;
+        let joined = cluster.wait_for_addresses(&ns.name, "pooled", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+        let still = proxy_pod_on(&cluster, &ns, "pooled", &nodes.node1).await?;
+        say(format!(
+            "node-2 left the Service's pool: out of the status after {:.1}s; joined again: back after {:.1}s; \
+             node-1's proxy pod {}",
+            left.as_secs_f64(),
+            joined.as_secs_f64(),
+            if still == serving { "was left alone" } else { "was replaced" }
+        ));
+        ensure!(still == serving, "node-1's proxy pod was replaced when node-2 left and joined the pool");
+        anyhow::Ok(())
+    }
+    .await;
+    // Whatever happened, the next tests need the nodes as they were.
+    label_node(&cluster, &nodes.node1, None).await?;
+    label_node(&cluster, &nodes.node2, node2_pool.as_deref()).await?;
+    outcome
+}
