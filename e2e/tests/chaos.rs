@@ -754,18 +754,39 @@ async fn a_proxy_roll_under_traffic_loses_no_request_on_a_published_address() ->
     Ok(())
 }
 
-/// Longer than the controller's view of a silent kubelet (a renewal interval of 10 s and 10 s of
-/// grace, from when it saw the last renewal), shorter than the node controller's 40 s, after
-/// which it would mark the nodes and their pods NotReady itself.
+/// Longer than both this cluster's node controller (a 16 s grace) and the controller (a 3 s
+/// renewal interval and 10 s of grace) allow a kubelet: the node controller marks both nodes and
+/// their pods NotReady meanwhile, as it would in a real outage of this kind.
 const KUBELETS_SILENT_FOR: Duration = Duration::from_secs(27);
 
+/// How long any node was NotReady, polled every quarter second until `stop`.
+async fn not_ready_time(cluster: Cluster, stop: Arc<AtomicBool>) -> Result<Duration> {
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let mut not_ready = Duration::ZERO;
+    while !stop.load(Ordering::Acquire) {
+        let looked = Instant::now();
+        if let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(1), nodes.list(&ListParams::default())).await {
+            if !list.items.iter().all(hostlb_model::readiness::node_is_ready) {
+                not_ready += Duration::from_millis(250).max(looked.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250).saturating_sub(looked.elapsed())).await;
+    }
+    Ok(not_ready)
+}
+
+/// Every kubelet silent at once looks to the controller like a stalled node-Lease watch: no
+/// status may shrink. The requests are only reported: once the node controller marks the
+/// backend's pod NotReady, kube-proxy drops its endpoint, and no load balancer routes around that.
 #[tokio::test]
-async fn every_kubelet_silent_at_once_withdraws_no_node_and_fails_no_path() -> Result<()> {
+async fn every_kubelet_silent_at_once_withdraws_no_node() -> Result<()> {
     let (cluster, ns, nodes, targets) = answering_on_both_paths("silent", "steady", 19670).await?;
     let restarts = cluster.controller_restarts().await?;
     let writes_before = cluster.status_writes(&ns.name, "steady").await?;
     let statuses = StatusWatch::start(ns.services(), &["steady"], BTreeSet::from([nodes.ip1, nodes.ip2]));
     let traffic = Traffic::start(&cluster.client()?, &targets, PROBE_EVERY, PATH_GIVE_UP);
+    let stop = Arc::new(AtomicBool::new(false));
+    let not_ready = tokio::spawn(not_ready_time(Cluster::connect().await?, stop.clone()));
 
     let hang = {
         let cluster = Cluster::connect().await?;
@@ -787,28 +808,30 @@ async fn every_kubelet_silent_at_once_withdraws_no_node_and_fails_no_path() -> R
     // After the silence, the node controller and the kubelets catch up; the status must hold
     // through that too.
     tokio::time::sleep(Duration::from_secs(30)).await;
+    stop.store(true, Ordering::Release);
+    let not_ready = not_ready.await??;
     let (records, statuses) = (traffic.finish().await?, statuses.finish().await?);
     let writes_after = cluster.status_writes(&ns.name, "steady").await?;
     cluster.ensure_no_controller_restarted(&restarts).await?;
     say(format!(
-        "both kubelets stopped for {}s (Leases unrenewed for {:.0}s and {:.0}s when looked at): {} status reads, {} \
-         showed fewer than both nodes; {} status writes; {}",
+        "both kubelets stopped for {}s (Leases unrenewed for {:.0}s and {:.0}s when looked at; nodes NotReady for \
+         {:.1}s by the node controller): {} status reads, {} showed fewer than both nodes; {} status writes; \
+         requests, lost while the backend's pod was NotReady with its node: {}",
         KUBELETS_SILENT_FOR.as_secs(),
         silences[0].as_secs_f64(),
         silences[1].as_secs_f64(),
+        not_ready.as_secs_f64(),
         statuses.reads,
         statuses.shrunk.len(),
         writes_after - writes_before,
         describe_paths(&nodes, &records)
     ));
     ensure!(
-        silences.iter().all(|silence| *silence > Duration::from_secs(20)),
+        silences.iter().all(|silence| *silence > Duration::from_secs(13)),
         "the Leases were renewed during the silence: {silences:?}"
     );
     ensure!(statuses.shrunk.is_empty(), "the status shrank: {:?}", statuses.shrunk);
     ensure!(writes_after == writes_before, "the status was written {} times", writes_after - writes_before);
-    let lost: u32 = records.iter().map(|(_, record)| record.lost).sum();
-    ensure!(lost == 0, "{lost} requests lost");
     Ok(())
 }
 
