@@ -233,10 +233,16 @@ impl Context {
     }
 
     /// Deletes an out-of-date proxy pod; the DaemonSet controller creates its replacement.
+    ///
+    /// At once, without a grace period: the scheduler places no replacement on the node while
+    /// the old pod's object claims the host ports, and a graceful deletion keeps it until the
+    /// kubelet has torn the pod down (seconds; on 1.20 sometimes a minute). The old pod forwards
+    /// until its kubelet stops it, and the node stays published throughout (`decide::roll`).
     async fn replace_proxy_pod(&self, service: &Service, key: &str) -> Result<()> {
         let name = key.rsplit('/').next().unwrap_or(key);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.settings.proxy.namespace);
-        match pods.delete(name, &DeleteParams::default()).await {
+        let at_once = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
+        match pods.delete(name, &at_once).await {
             Ok(_) => {
                 info!(pod = %key, "replacing out-of-date proxy pod");
                 self.events.publish(

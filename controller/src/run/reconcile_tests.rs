@@ -242,7 +242,8 @@ async fn an_out_of_date_proxy_pod_is_deleted_for_its_daemonset_to_replace() {
     let pods = [proxy_pod("old", "n1", true), made_from(proxy_pod("new", "n2", true), &daemonset)];
     let (mut api, running) = reconcile_on_two_nodes(&service, &daemonset, &pods);
 
-    api.expect("DELETE", "/api/v1/namespaces/hostlb-system/pods/old", 200, json_of(&pods[0])).await;
+    let deleted = api.expect("DELETE", "/api/v1/namespaces/hostlb-system/pods/old", 200, json_of(&pods[0])).await;
+    assert_eq!(deleted.body["gracePeriodSeconds"], 0);
     expect_status_apply(&mut api, &service).await;
     let event = api.expect_event("shop", "ProxyPodReplaced").await;
     assert_eq!(event["note"], "replacing out-of-date proxy pod hostlb-system/old");
