@@ -6,7 +6,8 @@ use sha2::{Digest, Sha256};
 pub const MANAGER: &str = "hostlb-controller";
 /// The class of Services the default install serves.
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "hostlb.io/hostlb";
-/// The finalizer of the default install; `finalizer_for` gives every install its own.
+/// The finalizer of the default install, which hostlb 0.1.0 put on the Services it served;
+/// hostlb now removes it wherever it finds it. `finalizer_for` gives every install its own.
 pub const FINALIZER: &str = "hostlb.io/cleanup";
 /// Where the install puts the controller and the proxy DaemonSets unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "hostlb-system";
@@ -70,7 +71,8 @@ pub const ANNOTATION_LEGACY_SOURCE_RANGES: &str = "service.beta.kubernetes.io/lo
 /// namespace never take each other's DaemonSets for orphans.
 pub const LABEL_INSTALL: &str = "hostlb.io/install";
 
-/// Each install's own finalizer, so that two installs never release each other's Services.
+/// Each install's own finalizer (hostlb 0.1.0), so that two installs never release each
+/// other's Services.
 pub fn finalizer_for(load_balancer_class: &str) -> String {
     for_install(FINALIZER, load_balancer_class)
 }
