@@ -1120,12 +1120,15 @@ async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_c
 }
 
 #[tokio::test]
-async fn a_node_in_two_pools_serves_both() -> Result<()> {
+async fn a_node_in_two_pools_serves_both_and_k3s_servicelbs_pool_labels_count() -> Result<()> {
     let (cluster, ns, nodes) = setup("pools").await?;
     backend_on_node1(&cluster, &ns, &nodes).await?;
     let blue = names::pool_label("e2e-blue");
     let in_pools = |labels: serde_json::Value| json!({ "metadata": { "labels": labels } });
-    let node1 = (in_pools(json!({ &blue: "true" })), in_pools(json!({ &blue: null })));
+    let node1 = (
+        in_pools(json!({ &blue: "true", names::K3S_POOL: "e2e-amber" })),
+        in_pools(json!({ &blue: null, names::K3S_POOL: null })),
+    );
     let node2 = (
         in_pools(json!({ names::POOL: "e2e-green", &blue: "true" })),
         in_pools(json!({ names::POOL: null, &blue: null })),
@@ -1138,7 +1141,16 @@ async fn a_node_in_two_pools_serves_both() -> Result<()> {
             cluster.wait_for_addresses(&ns.name, "blue", &[nodes.ip1, nodes.ip2], SETTLE).await?;
             cluster.wait_for_addresses(&ns.name, "green", &[nodes.ip2], SETTLE).await?;
             answered_http(&cluster, nodes.unpublished2, 18158).await?;
-            refused_http(&cluster, nodes.unpublished1, 18158).await
+            refused_http(&cluster, nodes.unpublished1, 18158).await?;
+            // As a Service and a node labelled for k3s ServiceLB come, with the address ServiceLB
+            // silently ignores.
+            let k3s_pool = json!({ "labels": { names::K3S_POOL: "e2e-amber" } });
+            let address = json!({ "loadBalancerIP": "192.0.2.10" });
+            ns.load_balancer_with_metadata("amber", "echo", &http(18159), address, k3s_pool).await?;
+            cluster.wait_for_addresses(&ns.name, "amber", &[nodes.ip1], SETTLE).await?;
+            let note = warned(&cluster, &ns.name, "amber", Reason::OptionIgnored).await?;
+            ensure!(note.starts_with("spec.loadBalancerIP 192.0.2.10 is not honoured"), "{note}");
+            Ok(())
         })
         .await
     })

@@ -35,8 +35,14 @@ pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
 /// Node label: once any node carries it, only nodes with the value `true` run proxy pods.
 pub const NODE_LABEL_ENABLE_LB: &str = "hostlb.io/enablelb";
+/// k3s ServiceLB's node label of the same meaning, read where a node has no hostlb.io/enablelb,
+/// so that nodes labelled for ServiceLB need no relabelling.
+pub const K3S_NODE_LABEL_ENABLE_LB: &str = "svccontroller.k3s.cattle.io/enablelb";
 /// Node label naming a pool; Service label or annotation choosing one.
 pub const POOL: &str = "hostlb.io/lbpool";
+/// k3s ServiceLB's label naming a pool: a node is in the pool either label names, and a
+/// Service without hostlb's own label or annotation chooses the pool it names.
+pub const K3S_POOL: &str = "svccontroller.k3s.cattle.io/lbpool";
 /// Node labels `pool.hostlb.io/POOL` put a node in several pools.
 const POOL_LABEL_PREFIX: &str = "pool.hostlb.io/";
 

@@ -199,6 +199,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let problems = publication.problems.into_iter().map(|problem| Warning::new(Reason::NodeAnnotationIgnored, problem));
     serving.warnings.extend(problems);
     serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
+    serving.warnings.extend(load_balancer_ip_ignored(service));
     serving.warnings = one_per_reason(std::mem::take(&mut serving.warnings));
     let findings = condition::Findings {
         valid,
@@ -324,6 +325,19 @@ fn node_ports_open(service: &ServiceView, lb: &ServiceLb) -> Option<Warning> {
         listed(service.node_ports.iter().cloned())
     );
     Some(Warning::new(Reason::NodePortsOpen, message))
+}
+
+/// `spec.loadBalancerIP` asks for one address, and hostlb has none of its own to give: it
+/// publishes the nodes that serve. Said, rather than silently ignored (as k3s ServiceLB does).
+fn load_balancer_ip_ignored(service: &ServiceView) -> Option<Warning> {
+    let asked = service.load_balancer_ip.as_ref()?;
+    let message = format!(
+        "spec.loadBalancerIP {asked} is not honoured: hostlb publishes the addresses of the nodes that serve \
+         the Service; to publish fewer, choose them with a pool ({}) or {}",
+        names::POOL,
+        names::ANNOTATION_MAX_NODES
+    );
+    Some(Warning::new(Reason::OptionIgnored, message))
 }
 
 /// The Service's `ipMode` (VIP unless it asks for Proxy) where the API server keeps the field.
@@ -846,6 +860,19 @@ mod tests {
         let wrong = ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "proxy").build();
         let serving = served(&wrong, &index, None);
         assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
+    }
+
+    #[test]
+    fn a_load_balancer_ip_is_served_without_and_said_to_be_ignored() {
+        let index = index_of(&[], &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
+        let mut service = ServiceBuilder::new("web").build();
+        service.spec.as_mut().unwrap().load_balancer_ip = Some("192.0.2.10".into());
+        let serving = served(&service, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::OptionIgnored]);
+        assert!(serving.warnings[0].message.starts_with("spec.loadBalancerIP 192.0.2.10 is not honoured"));
+        assert!(serving.daemonset.is_some(), "the Service is served all the same");
+        service.spec.as_mut().unwrap().load_balancer_ip = Some(String::new());
+        assert!(served(&service, &index, None).warnings.is_empty(), "an empty field asks for nothing");
     }
 
     #[test]
