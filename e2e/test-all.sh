@@ -166,9 +166,10 @@ if run_step one "cluster up" 50 up "${CLUSTER[@]}" up; then
   run_step cargo "kubectl hostlb on the cluster" 20 e2e-plugin bash -c 'cargo build -p kubectl-hostlb &&
     cargo test -p hostlb-e2e --test plugin --no-fail-fast -- --test-threads=1 --nocapture'
   plugin_status=$?
-  # Helm install, upgrade and uninstall as the README says; with the harness's install scaled
-  # to zero meanwhile.
-  run_step cargo "helm install, upgrade and uninstall" 20 install env HOSTLB_HELM="${chart_tools:-missing}/helm" \
+  # Helm install, upgrade and uninstall as the README says, with the harness's install scaled
+  # to zero meanwhile; then the harness's install deleted with kubectl delete -k and applied again.
+  run_step cargo "helm install, upgrade and uninstall; kubectl delete -k" 20 install env \
+    HOSTLB_HELM="${chart_tools:-missing}/helm" HOSTLB_KUSTOMIZE_KUBECTL="${chart_tools:-missing}/kubectl" \
     cargo test -p hostlb-e2e --test install --no-fail-fast -- --test-threads=1 --nocapture
   install_status=$?
   if [[ $status -ne 0 || $plugin_status -ne 0 || $install_status -ne 0 ]]; then cluster_logs; fi

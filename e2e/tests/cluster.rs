@@ -166,7 +166,7 @@ async fn changing_the_service_port_rolls_the_proxies_and_traffic_follows() -> Re
 }
 
 #[tokio::test]
-async fn deleting_or_retyping_a_service_removes_its_proxies_and_finalizer() -> Result<()> {
+async fn deleting_or_retyping_a_service_removes_its_proxies_and_no_finalizer_holds_it() -> Result<()> {
     let (cluster, ns, nodes) = setup("cleanup").await?;
     backend_on_node1(&cluster, &ns, &nodes).await?;
     ns.load_balancer("deleted", "echo", &http(18110), json!({})).await?;
@@ -174,13 +174,13 @@ async fn deleting_or_retyping_a_service_removes_its_proxies_and_finalizer() -> R
     for name in ["deleted", "retyped"] {
         cluster.wait_for_addresses(&ns.name, name, &[nodes.ip1, nodes.ip2], SETTLE).await?;
         let service = ns.services().get(name).await?;
-        ensure!(service.finalizers().iter().any(|f| f == FINALIZER), "{name} has no finalizer");
+        ensure!(service.finalizers().is_empty(), "{name} has finalizers {:?}", service.finalizers());
     }
 
     ns.delete_service("deleted").await?;
     report_timing("Service deletion to proxies gone", wait_gone(&cluster, &ns.name, "deleted").await?);
     eventually(SETTLE, || async {
-        ensure!(ns.services().get_opt("deleted").await?.is_none(), "Service still there (finalizer kept?)");
+        ensure!(ns.services().get_opt("deleted").await?.is_none(), "Service still there");
         Ok(())
     })
     .await?;
@@ -197,7 +197,7 @@ async fn deleting_or_retyping_a_service_removes_its_proxies_and_finalizer() -> R
 }
 
 #[tokio::test]
-async fn proxies_left_behind_by_a_finalizer_removed_by_hand_are_deleted() -> Result<()> {
+async fn an_older_versions_finalizer_goes_and_a_deleted_services_proxies_are_swept_at_once() -> Result<()> {
     let (cluster, ns, nodes) = setup("orphan").await?;
     backend_on_node1(&cluster, &ns, &nodes).await?;
     ns.load_balancer("released", "echo", &http(18115), json!({})).await?;
@@ -205,10 +205,18 @@ async fn proxies_left_behind_by_a_finalizer_removed_by_hand_are_deleted() -> Res
     let daemonsets = cluster.proxy_daemonsets(&ns.name, "released").await?;
     let daemonset = daemonsets.first().map(ResourceExt::name_any).context("the Service has no proxy DaemonSet")?;
 
-    // In one write, so the controller never sees a Service it still has to clean up.
-    ns.patch_service("released", json!({ "metadata": { "finalizers": null }, "spec": { "type": "ClusterIP" } }))
-        .await?;
-    report_timing("finalizer removed by hand to proxies gone", wait_gone(&cluster, &ns.name, "released").await?);
+    // As hostlb 0.1.0 left it.
+    ns.patch_service("released", json!({ "metadata": { "finalizers": [FINALIZER] } })).await?;
+    eventually(SETTLE, || async {
+        let service = ns.services().get("released").await?;
+        ensure!(service.finalizers().is_empty(), "finalizers {:?} are still there", service.finalizers());
+        Ok(())
+    })
+    .await?;
+
+    // Nothing holds the Service: its proxies are orphans the moment it is gone.
+    ns.delete_service("released").await?;
+    report_timing("Service deletion to orphaned proxies gone", wait_gone(&cluster, &ns.name, "released").await?);
     refused_http(&cluster, nodes.unpublished1, 18115).await?;
     // Normal Events follow what they tell of from a queue of their own.
     eventually(SETTLE, || async {
@@ -1160,12 +1168,15 @@ async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_c
 }
 
 #[tokio::test]
-async fn a_node_in_two_pools_serves_both() -> Result<()> {
+async fn a_node_in_two_pools_serves_both_and_k3s_servicelbs_pool_labels_count() -> Result<()> {
     let (cluster, ns, nodes) = setup("pools").await?;
     backend_on_node1(&cluster, &ns, &nodes).await?;
     let blue = names::pool_label("e2e-blue");
     let in_pools = |labels: serde_json::Value| json!({ "metadata": { "labels": labels } });
-    let node1 = (in_pools(json!({ &blue: "true" })), in_pools(json!({ &blue: null })));
+    let node1 = (
+        in_pools(json!({ &blue: "true", names::K3S_POOL: "e2e-amber" })),
+        in_pools(json!({ &blue: null, names::K3S_POOL: null })),
+    );
     let node2 = (
         in_pools(json!({ names::POOL: "e2e-green", &blue: "true" })),
         in_pools(json!({ names::POOL: null, &blue: null })),
@@ -1178,7 +1189,16 @@ async fn a_node_in_two_pools_serves_both() -> Result<()> {
             cluster.wait_for_addresses(&ns.name, "blue", &[nodes.ip1, nodes.ip2], SETTLE).await?;
             cluster.wait_for_addresses(&ns.name, "green", &[nodes.ip2], SETTLE).await?;
             answered_http(&cluster, nodes.unpublished2, 18158).await?;
-            refused_http(&cluster, nodes.unpublished1, 18158).await
+            refused_http(&cluster, nodes.unpublished1, 18158).await?;
+            // As a Service and a node labelled for k3s ServiceLB come, with the address ServiceLB
+            // silently ignores.
+            let k3s_pool = json!({ "labels": { names::K3S_POOL: "e2e-amber" } });
+            let address = json!({ "loadBalancerIP": "192.0.2.10" });
+            ns.load_balancer_with_metadata("amber", "echo", &http(18159), address, k3s_pool).await?;
+            cluster.wait_for_addresses(&ns.name, "amber", &[nodes.ip1], SETTLE).await?;
+            let note = warned(&cluster, &ns.name, "amber", Reason::OptionIgnored).await?;
+            ensure!(note.starts_with("spec.loadBalancerIP 192.0.2.10 is not honoured"), "{note}");
+            Ok(())
         })
         .await
     })

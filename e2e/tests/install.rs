@@ -1,7 +1,8 @@
-//! Installing, upgrading and uninstalling hostlb as the README says, with the real Helm, on the
-//! harness's cluster. The harness's own install is scaled to zero meanwhile (both would serve
-//! the same Services) and back afterwards. Needs the cluster (`make up`) and helm, named by
-//! HOSTLB_HELM (e2e/chart/tools.sh installs it).
+//! Installing, upgrading and uninstalling hostlb as the README says, with the real Helm and
+//! kubectl, on the harness's cluster: the harness's own install is scaled to zero while Helm's
+//! runs (both would serve the same Services), and is itself deleted with `kubectl delete -k`
+//! and applied again. Needs the cluster (`make up`), and helm and a current kubectl, named by
+//! HOSTLB_HELM and HOSTLB_KUSTOMIZE_KUBECTL (e2e/chart/tools.sh installs both).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,6 +22,11 @@ const SETTLE: Duration = Duration::from_secs(90);
 const POD_GONE: Duration = Duration::from_secs(150);
 /// What the issue of safe uninstalls promises.
 const NAMESPACE_DELETED: Duration = Duration::from_secs(30);
+/// hostlb's own namespace waits for its pods, proxies included, which the 1.20 kubelet may keep
+/// until its next garbage collection.
+const INSTALL_GONE: Duration = Duration::from_secs(240);
+/// The harness's install, as `make up` applies it.
+const HARNESS_OVERLAY: &str = "e2e/cluster/install/";
 
 fn helm(cluster: &Cluster, args: &[&str]) -> Result<String> {
     let program = std::env::var("HOSTLB_HELM").context("HOSTLB_HELM is not set; e2e/chart/tools.sh installs helm")?;
@@ -35,6 +41,46 @@ fn helm(cluster: &Cluster, args: &[&str]) -> Result<String> {
         bail!("helm {} failed: {printed}", args.join(" "));
     }
     Ok(printed)
+}
+
+/// kubectl as users run it on the harness's install: a current one, whose kustomize builds the
+/// overlay (1.20's does not).
+fn kustomize_kubectl(cluster: &Cluster, args: &[&str]) -> Result<String> {
+    let program = std::env::var("HOSTLB_KUSTOMIZE_KUBECTL")
+        .context("HOSTLB_KUSTOMIZE_KUBECTL is not set; e2e/chart/tools.sh installs a current kubectl")?;
+    let output = Command::new(&program)
+        .env("KUBECONFIG", cluster.var("KUBECONFIG")?)
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()?;
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("$ kubectl {}\n{printed}", args.join(" "));
+    if !output.status.success() {
+        bail!("kubectl {} failed: {printed}", args.join(" "));
+    }
+    Ok(printed)
+}
+
+/// Deletes the namespace of a Service as a user would, once its backends are gone (their own
+/// shutdown is not what is measured), and returns how long it took to go.
+async fn delete_namespace_of_service(cluster: &Cluster, ns: &TestNamespace) -> Result<Duration> {
+    ns.scale("echo", 0).await?;
+    let backends: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    eventually(POD_GONE, || async {
+        let left = backends.list(&ListParams::default()).await?.items.len();
+        ensure!(left == 0, "{left} backend pods are still there");
+        Ok(())
+    })
+    .await?;
+    let started = Instant::now();
+    cluster.kubectl(&["delete", "namespace", &ns.name, "--wait=false"])?;
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    eventually(NAMESPACE_DELETED, || async {
+        ensure!(namespaces.get_opt(&ns.name).await?.is_none(), "namespace {} is still there", ns.name);
+        Ok(())
+    })
+    .await?;
+    Ok(started.elapsed())
 }
 
 async fn scale_harness_install(cluster: &Cluster, replicas: u32) -> Result<()> {
@@ -131,23 +177,37 @@ async fn helm_lifecycle(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) ->
     let service = ns.services().get("web").await?;
     ensure!(!service.finalizers().iter().any(|f| f == FINALIZER), "the finalizer outlived the release");
 
-    // The backend's own shutdown is not what is measured.
-    ns.scale("echo", 0).await?;
-    let backends: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
-    eventually(POD_GONE, || async {
-        let left = backends.list(&ListParams::default()).await?.items.len();
-        ensure!(left == 0, "{left} backend pods are still there");
-        Ok(())
-    })
-    .await?;
-    let started = Instant::now();
-    cluster.kubectl(&["delete", "namespace", &ns.name, "--wait=false"])?;
-    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
-    eventually(NAMESPACE_DELETED, || async {
-        ensure!(namespaces.get_opt(&ns.name).await?.is_none(), "namespace {} is still there", ns.name);
-        Ok(())
-    })
-    .await?;
-    report_timing("namespace of a Service deleted after helm uninstall", started.elapsed());
+    let took = delete_namespace_of_service(cluster, ns).await?;
+    report_timing("namespace of a Service deleted after helm uninstall", took);
     Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_delete_k_with_a_served_service_leaves_its_namespace_deletable() -> Result<()> {
+    let (cluster, ns, nodes) = setup("delete-k").await?;
+    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("echo", 1, SETTLE).await?;
+    ns.load_balancer("web", "echo", &http(18410), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let client = cluster.client()?;
+    let address = nodes.ip1;
+    eventually_blocking(SETTLE, move || client.http_get(address, 18410)).await?;
+
+    let outcome = async {
+        kustomize_kubectl(&cluster, &["delete", "-k", HARNESS_OVERLAY, "--wait=false"])?;
+        let took = delete_namespace_of_service(&cluster, &ns).await?;
+        report_timing("namespace of a Service deleted after kubectl delete -k", took);
+        Ok(())
+    }
+    .await;
+    // Whatever happened, the next tests need the harness's install back.
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    eventually(INSTALL_GONE, || async {
+        ensure!(namespaces.get_opt(SYSTEM_NAMESPACE).await?.is_none(), "{SYSTEM_NAMESPACE} is still there");
+        Ok(())
+    })
+    .await?;
+    kustomize_kubectl(&cluster, &["apply", "-k", HARNESS_OVERLAY])?;
+    scale_harness_install(&cluster, 2).await?;
+    outcome
 }

@@ -6,7 +6,8 @@ use sha2::{Digest, Sha256};
 pub const MANAGER: &str = "hostlb-controller";
 /// The class of Services the default install serves.
 pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "hostlb.io/hostlb";
-/// The finalizer of the default install; `finalizer_for` gives every install its own.
+/// The finalizer of the default install, which hostlb 0.1.0 put on the Services it served;
+/// hostlb now removes it wherever it finds it. `finalizer_for` gives every install its own.
 pub const FINALIZER: &str = "hostlb.io/cleanup";
 /// Where the install puts the controller and the proxy DaemonSets unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "hostlb-system";
@@ -34,8 +35,14 @@ pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
 /// Node label: once any node carries it, only nodes with the value `true` run proxy pods.
 pub const NODE_LABEL_ENABLE_LB: &str = "hostlb.io/enablelb";
+/// k3s ServiceLB's node label of the same meaning, read where a node has no hostlb.io/enablelb,
+/// so that nodes labelled for ServiceLB need no relabelling.
+pub const K3S_NODE_LABEL_ENABLE_LB: &str = "svccontroller.k3s.cattle.io/enablelb";
 /// Node label naming a pool; Service label or annotation choosing one.
 pub const POOL: &str = "hostlb.io/lbpool";
+/// k3s ServiceLB's label naming a pool: a node is in the pool either label names, and a
+/// Service without hostlb's own label or annotation chooses the pool it names.
+pub const K3S_POOL: &str = "svccontroller.k3s.cattle.io/lbpool";
 /// Node labels `pool.hostlb.io/POOL` put a node in several pools.
 const POOL_LABEL_PREFIX: &str = "pool.hostlb.io/";
 
@@ -70,7 +77,8 @@ pub const ANNOTATION_LEGACY_SOURCE_RANGES: &str = "service.beta.kubernetes.io/lo
 /// namespace never take each other's DaemonSets for orphans.
 pub const LABEL_INSTALL: &str = "hostlb.io/install";
 
-/// Each install's own finalizer, so that two installs never release each other's Services.
+/// Each install's own finalizer (hostlb 0.1.0), so that two installs never release each
+/// other's Services.
 pub fn finalizer_for(load_balancer_class: &str) -> String {
     for_install(FINALIZER, load_balancer_class)
 }

@@ -416,7 +416,8 @@ fn pool(
         }
         (Some(label), _) => (format!("metadata.labels[{}]", names::POOL), label),
         (None, Some(annotation)) => (format!("metadata.annotations[{}]", names::POOL), annotation),
-        (None, None) => return None,
+        // k3s ServiceLB's label, so that Services moved over keep their pool.
+        (None, None) => (format!("metadata.labels[{}]", names::K3S_POOL), labels.get(names::K3S_POOL)?),
     };
     if is_label_value(value) && !value.is_empty() {
         Some(value.clone())
@@ -579,6 +580,14 @@ mod tests {
         assert_eq!(ServiceLb::from_service(&both).unwrap_err()[0].field, "metadata.labels[hostlb.io/lbpool]");
         let invalid = ServiceBuilder::new("web").annotation(names::POOL, "not a label!").build();
         assert_eq!(ServiceLb::from_service(&invalid).unwrap_err()[0].field, "metadata.annotations[hostlb.io/lbpool]");
+    }
+
+    #[test]
+    fn servicelbs_pool_label_chooses_the_pool_unless_hostlbs_own_does() {
+        let k3s = ServiceBuilder::new("web").label(names::K3S_POOL, "edge").build();
+        assert_eq!(ServiceLb::from_service(&k3s).unwrap().pool.as_deref(), Some("edge"));
+        let both = ServiceBuilder::new("web").label(names::K3S_POOL, "edge").annotation(names::POOL, "core").build();
+        assert_eq!(ServiceLb::from_service(&both).unwrap().pool.as_deref(), Some("core"));
     }
 
     #[test]

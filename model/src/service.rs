@@ -27,6 +27,8 @@ pub struct ServiceView {
     pub ports: Vec<(i32, String)>,
     /// `PORT/PROTOCOL` of every NodePort the Service has.
     pub node_ports: Vec<String>,
+    /// `spec.loadBalancerIP`, which hostlb cannot honour: it publishes its nodes' addresses.
+    pub load_balancer_ip: Option<String>,
     pub published: Published,
     /// hostlb's condition as the Service has it.
     pub condition: Option<Condition>,
@@ -67,6 +69,7 @@ impl ServiceView {
                 .iter()
                 .filter_map(|port| Some(format!("{}/{}", port.node_port?, protocol(port))))
                 .collect(),
+            load_balancer_ip: spec.and_then(|spec| spec.load_balancer_ip.clone()).filter(|ip| !ip.is_empty()),
             published: Published {
                 addresses: ingress.iter().filter_map(entry_address).collect(),
                 entries: ingress.len(),
@@ -144,7 +147,7 @@ pub fn keep_what_hostlb_reads(service: &mut Service) {
         annotations.retain(|key, _| read(key));
     }
     if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|key, _| key == names::POOL);
+        labels.retain(|key, _| key == names::POOL || key == names::K3S_POOL);
     }
 }
 
@@ -196,6 +199,7 @@ mod tests {
             .port("TCP", 80, 30080)
             .source_ranges(&["10.0.0.0/8"])
             .label(names::POOL, "edge")
+            .label(names::K3S_POOL, "edge")
             .label("team", "shop")
             .annotation(names::ANNOTATION_TOLERATIONS, r#"[{"key":"edge","operator":"Exists"}]"#)
             .annotation(names::ANNOTATION_IP_MODE, "Proxy")
@@ -212,7 +216,7 @@ mod tests {
             kept,
             [names::ANNOTATION_IP_MODE, names::ANNOTATION_TOLERATIONS, names::ANNOTATION_LEGACY_SOURCE_RANGES]
         );
-        assert_eq!(service.metadata.labels.unwrap().len(), 1);
+        assert_eq!(service.metadata.labels.unwrap().len(), 2);
         let options = [names::ANNOTATION_PRIORITY_CLASS, names::ANNOTATION_PUBLISH, names::ANNOTATION_MAX_NODES];
         assert!(options.iter().all(|key| key.starts_with(names::OPTION_PREFIX)), "every option is kept");
     }

@@ -2,10 +2,35 @@
 //! when not on every node it could be, why, for `kubectl wait`, `kubectl describe` and GitOps
 //! health checks. Pure: the executor adds the transition time.
 
+use std::collections::BTreeMap;
+
 use hostlb_model::names;
+use hostlb_model::options::is_handled;
 use hostlb_model::reason::{bounded, Reason, Warning};
 use hostlb_model::service::ServiceView;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::decide::settings::Settings;
+
+/// How many of the Services this install serves carry each reason of its condition, as the
+/// API server has them: the same on every replica, leading or not.
+pub fn reasons_of_served<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    settings: &Settings,
+) -> BTreeMap<String, i64> {
+    let mut counts = BTreeMap::new();
+    let served = services
+        .into_iter()
+        .filter(|service| is_handled(service, &settings.load_balancer_class, settings.serve_unclassed));
+    for service in served {
+        let conditions = service.status.iter().flat_map(|status| status.conditions.iter().flatten());
+        if let Some(ready) = conditions.into_iter().find(|condition| condition.type_ == names::CONDITION_READY) {
+            *counts.entry(ready.reason.clone()).or_default() += 1;
+        }
+    }
+    counts
+}
 
 /// The condition as hostlb wants it, without its transition time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +137,36 @@ mod tests {
 
     fn summary(condition: Ready) -> (bool, &'static str, String) {
         (condition.ready, condition.reason, condition.message)
+    }
+
+    #[test]
+    fn served_services_are_counted_by_the_reason_of_their_condition() {
+        let with_reason = |name: &str, class: Option<&str>, reason: &str| {
+            let mut builder = ServiceBuilder::new(name);
+            if let Some(class) = class {
+                builder = builder.class(class);
+            }
+            let mut service = builder.build();
+            let condition = Condition {
+                type_: names::CONDITION_READY.into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: String::new(),
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            };
+            service.status = Some(ServiceStatus { conditions: Some(vec![condition]), ..Default::default() });
+            service
+        };
+        let services = [
+            with_reason("a", None, "Serving"),
+            with_reason("b", None, "Serving"),
+            with_reason("c", None, "PortConflict"),
+            with_reason("d", Some("example.com/other"), "Serving"),
+            ServiceBuilder::new("e").build(),
+        ];
+        let counts = reasons_of_served(&services, &crate::fixtures::settings());
+        assert_eq!(counts, BTreeMap::from([("PortConflict".to_string(), 1), ("Serving".to_string(), 2)]));
     }
 
     #[test]

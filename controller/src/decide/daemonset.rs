@@ -315,14 +315,9 @@ fn resources(cpu: &str, memory_request: &str, memory_limit: &str) -> ResourceReq
     }
 }
 
-/// The placement's forbidden labels and excluded nodes (by `metadata.name`, which the
+/// The placement's label alternatives and excluded nodes (by `metadata.name`, which the
 /// DaemonSet controller and the scheduler both honour).
 fn node_affinity(placement: &Placement) -> Affinity {
-    let forbidden = placement.forbidden_labels.iter().map(|key| NodeSelectorRequirement {
-        key: key.clone(),
-        operator: "DoesNotExist".into(),
-        values: None,
-    });
     // The API server takes one value per field requirement; requirements of a term all hold.
     let excluded: Option<Vec<NodeSelectorRequirement>> = (!placement.excluded_nodes.is_empty()).then(|| {
         let not = |node: &String| NodeSelectorRequirement {
@@ -332,24 +327,11 @@ fn node_affinity(placement: &Placement) -> Affinity {
         };
         placement.excluded_nodes.iter().map(not).collect()
     });
-    // Terms are alternatives: a node is in the pool through either of its two labels.
-    let pool_memberships = match &placement.pool {
-        None => vec![None],
-        Some(pool) => vec![
-            Some(NodeSelectorRequirement {
-                key: names::POOL.into(),
-                operator: "In".into(),
-                values: Some(vec![pool.clone()]),
-            }),
-            Some(NodeSelectorRequirement { key: names::pool_label(pool), operator: "Exists".into(), values: None }),
-        ],
-    };
-    let terms = pool_memberships
+    // Terms are alternatives: each of the placement's, with the exclusions.
+    let terms = placement
+        .label_alternatives()
         .into_iter()
-        .map(|membership| NodeSelectorTerm {
-            match_expressions: Some(membership.into_iter().chain(forbidden.clone()).collect()),
-            match_fields: excluded.clone(),
-        })
+        .map(|requirements| NodeSelectorTerm { match_expressions: Some(requirements), match_fields: excluded.clone() })
         .collect();
     Affinity {
         node_affinity: Some(NodeAffinity {
@@ -558,7 +540,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_becomes_two_alternative_terms_each_keeping_the_exclusions() {
+    fn a_pool_becomes_three_alternative_terms_each_keeping_the_exclusions() {
         let ds = build(ServiceBuilder::new("web").label(names::POOL, "edge"), ForwardingMode::InitContainer);
         let spec = pod(&ds);
         assert!(!spec.node_selector.as_ref().unwrap().contains_key(names::POOL));
@@ -578,7 +560,34 @@ mod tests {
             described,
             vec![
                 vec![r#"hostlb.io/lbpool In ["edge"]"#.to_string(), excluded.clone()],
-                vec!["pool.hostlb.io/edge Exists []".to_string(), excluded],
+                vec!["pool.hostlb.io/edge Exists []".to_string(), excluded.clone()],
+                vec![r#"svccontroller.k3s.cattle.io/lbpool In ["edge"]"#.to_string(), excluded],
+            ]
+        );
+    }
+
+    #[test]
+    fn enablelb_in_use_admits_nodes_switched_on_by_hostlbs_label_or_else_by_servicelbs() {
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
+        let ds = desired_daemonset(&lb, &Placement::for_service(&lb, true), &settings(ForwardingMode::InitContainer));
+        let spec = pod(&ds);
+        assert!(!spec.node_selector.as_ref().unwrap().contains_key(names::NODE_LABEL_ENABLE_LB));
+        let affinity = spec.affinity.clone().unwrap().node_affinity.unwrap();
+        let terms = affinity.required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms;
+        let described: Vec<Vec<String>> = terms
+            .iter()
+            .map(|term| term.match_expressions.iter().flatten().map(|r| format!("{} {}", r.key, r.operator)).collect())
+            .collect();
+        let excluded = format!("{} DoesNotExist", names::NODE_LABEL_EXCLUDE);
+        assert_eq!(
+            described,
+            vec![
+                vec!["hostlb.io/enablelb In".to_string(), excluded.clone()],
+                vec![
+                    "hostlb.io/enablelb DoesNotExist".to_string(),
+                    "svccontroller.k3s.cattle.io/enablelb In".to_string(),
+                    excluded
+                ],
             ]
         );
     }

@@ -68,7 +68,7 @@ pub enum Decision {
     /// Not served, and nothing of hostlb's is left on it.
     Ignore,
     /// No longer served (deleted, or its type or class changed): delete its proxies, clear the
-    /// status unless the Service itself is going away, then release the finalizer.
+    /// status unless the Service itself is going away, and remove an older version's finalizer.
     CleanUp {
         clear_status: bool,
     },
@@ -77,8 +77,9 @@ pub enum Decision {
 
 #[derive(Debug, Default)]
 pub struct Serving {
-    /// The finalizer goes on before anything is created, so that nothing can outlive the Service.
-    pub add_finalizer: bool,
+    /// The Service carries the finalizer an older hostlb put on: it goes, so that nothing has
+    /// to run for the Service or its namespace to be deleted once hostlb is gone.
+    pub remove_finalizer: bool,
     pub daemonset: Option<DaemonSetAction>,
     /// The addresses to publish, when they (or their `ipMode`) differ from those published.
     pub publish: Option<Vec<Address>>,
@@ -113,7 +114,8 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
     let service = observed.service;
     let deleting = service.deleting;
     if !settings.serves(service) || deleting {
-        return if settings.holds(service) {
+        let has_proxies = index.daemonsets.get(&proxy_key(service, settings)).is_some();
+        return if settings.must_release(service, has_proxies) {
             Decision::CleanUp { clear_status: !deleting && service.holds_status() }
         } else {
             Decision::Ignore
@@ -122,9 +124,14 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
     Decision::Serve(Box::new(serve(observed, index, settings)))
 }
 
+/// The index's key of the proxy DaemonSet the Service would have.
+fn proxy_key(service: &ServiceView, settings: &Settings) -> String {
+    format!("{}/{}", settings.proxy.namespace, names::daemonset_name(&service.name, &service.uid))
+}
+
 fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving {
     let service = observed.service;
-    let mut serving = Serving { add_finalizer: !settings.holds(service), ..Serving::default() };
+    let mut serving = Serving { remove_finalizer: settings.holds(service), ..Serving::default() };
     let admission = service.parsed.options.clone().and_then(|lb| admit(lb, settings));
     let valid = admission.is_ok();
     let (placement, families, address_options, tolerations) = match admission {
@@ -192,6 +199,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     let problems = publication.problems.into_iter().map(|problem| Warning::new(Reason::NodeAnnotationIgnored, problem));
     serving.warnings.extend(problems);
     serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
+    serving.warnings.extend(load_balancer_ip_ignored(service));
     serving.warnings = one_per_reason(std::mem::take(&mut serving.warnings));
     let findings = condition::Findings {
         valid,
@@ -317,6 +325,19 @@ fn node_ports_open(service: &ServiceView, lb: &ServiceLb) -> Option<Warning> {
         listed(service.node_ports.iter().cloned())
     );
     Some(Warning::new(Reason::NodePortsOpen, message))
+}
+
+/// `spec.loadBalancerIP` asks for one address, and hostlb has none of its own to give: it
+/// publishes the nodes that serve. Said, rather than silently ignored (as k3s ServiceLB does).
+fn load_balancer_ip_ignored(service: &ServiceView) -> Option<Warning> {
+    let asked = service.load_balancer_ip.as_ref()?;
+    let message = format!(
+        "spec.loadBalancerIP {asked} is not honoured: hostlb publishes the addresses of the nodes that serve \
+         the Service; to publish fewer, choose them with a pool ({}) or {}",
+        names::POOL,
+        names::ANNOTATION_MAX_NODES
+    );
+    Some(Warning::new(Reason::OptionIgnored, message))
 }
 
 /// The Service's `ipMode` (VIP unless it asks for Proxy) where the API server keeps the field.
@@ -477,6 +498,13 @@ mod tests {
         service
     }
 
+    #[test]
+    fn the_finalizer_of_an_older_version_is_removed_from_a_served_service() {
+        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let serving = served(&service, &index_of(&[], &[NodeBuilder::new("n1").build()], &[], &[]), None);
+        assert!(serving.remove_finalizer);
+    }
+
     fn ips(addresses: &[&str]) -> Vec<Address> {
         addresses.iter().map(|a| Address::Ip(a.parse().unwrap())).collect()
     }
@@ -500,12 +528,12 @@ mod tests {
     }
 
     #[test]
-    fn a_new_service_gets_the_finalizer_and_its_daemonset_created() {
+    fn a_new_service_gets_its_daemonset_created_and_no_finalizer() {
         let service = ServiceBuilder::new("web").build();
         let index =
             index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
         let serving = served(&service, &index, None);
-        assert!(serving.add_finalizer);
+        assert!(!serving.remove_finalizer);
         let Some(DaemonSetAction::Apply { daemonset, created, ports }) = serving.daemonset else {
             panic!("expected a DaemonSet to create, got {:?}", serving.daemonset)
         };
@@ -518,14 +546,13 @@ mod tests {
 
     #[test]
     fn ready_proxy_pods_publish_their_nodes_and_an_unchanged_daemonset_is_left_alone() {
-        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let service = ServiceBuilder::new("web").build();
         let nodes =
             [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
         let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", false)];
         let existing = desired_for(&service);
         let index = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&existing));
         let serving = served(&service, &index, Some(&existing));
-        assert!(!serving.add_finalizer);
         assert!(serving.daemonset.is_none());
         assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])));
 
@@ -549,7 +576,7 @@ mod tests {
 
     #[test]
     fn proxies_that_are_starting_hold_back_additions_but_not_withdrawals() {
-        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let service = ServiceBuilder::new("web").build();
         let nodes =
             [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
         let now = Timestamp::now();
@@ -592,7 +619,7 @@ mod tests {
 
     #[test]
     fn a_published_node_stays_published_while_its_proxy_pod_is_replaced() {
-        let service = published(with_finalizer(ServiceBuilder::new("web").build()), &["10.0.0.1", "10.0.0.2"]);
+        let service = published(ServiceBuilder::new("web").build(), &["10.0.0.1", "10.0.0.2"]);
         let nodes =
             [NodeBuilder::new("n1").internal("10.0.0.1").build(), NodeBuilder::new("n2").internal("10.0.0.2").build()];
         let now = Timestamp::now();
@@ -628,7 +655,7 @@ mod tests {
 
     #[test]
     fn a_foreign_daemonset_with_our_name_is_refused_and_nothing_else_happens() {
-        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let service = ServiceBuilder::new("web").build();
         let mut foreign = desired_for(&service);
         foreign.metadata.labels = None;
         let index = index_of(
@@ -646,7 +673,7 @@ mod tests {
     fn an_invalid_service_keeps_publishing_the_nodes_its_running_proxies_can_serve_on() {
         let valid = ServiceBuilder::new("web").build();
         let service = published(
-            with_finalizer(ServiceBuilder::new("web").annotation(names::ANNOTATION_TOLERATIONS, "{").build()),
+            ServiceBuilder::new("web").annotation(names::ANNOTATION_TOLERATIONS, "{").build(),
             &["10.0.0.1", "10.0.0.2"],
         );
         let nodes = [
@@ -666,7 +693,6 @@ mod tests {
     fn invalid_options_are_warnings_and_change_nothing() {
         let service = ServiceBuilder::new("web").annotation(names::ANNOTATION_TOLERATIONS, "{").build();
         let serving = served(&service, &index_of(&[], &[NodeBuilder::new("n1").build()], &[], &[]), None);
-        assert!(serving.add_finalizer);
         assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
         assert!(serving.warnings[0].message.contains(names::ANNOTATION_TOLERATIONS));
         assert!(serving.daemonset.is_none() && serving.publish.is_none());
@@ -701,7 +727,7 @@ mod tests {
 
     #[test]
     fn refused_ports_are_warned_and_left_out_while_the_others_are_served() {
-        let service = with_finalizer(ServiceBuilder::new("web").port("TCP", 22, 0).port("TCP", 443, 0).build());
+        let service = ServiceBuilder::new("web").port("TCP", 22, 0).port("TCP", 443, 0).build();
         let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
         let serving = served(&service, &index, None);
         assert_eq!(reasons(&serving.warnings), vec![Reason::PortRefused]);
@@ -716,7 +742,7 @@ mod tests {
 
     #[test]
     fn a_node_whose_taint_the_proxies_do_not_tolerate_is_not_eligible_anywhere_in_the_decision() {
-        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let service = ServiceBuilder::new("web").build();
         let existing = desired_for(&service);
         let nodes = [
             NodeBuilder::new("n1").internal("10.0.0.1").build(),
@@ -750,7 +776,7 @@ mod tests {
 
     #[test]
     fn a_service_whose_every_node_is_tainted_is_told_which_taints_keep_it_off() {
-        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let service = ServiceBuilder::new("web").build();
         let nodes = [NodeBuilder::new("n1").taint("dedicated", "NoExecute").build()];
         let index = index_of(std::slice::from_ref(&service), &nodes, &[], &[]);
         let serving = served(&service, &index, None);
@@ -760,7 +786,7 @@ mod tests {
             .annotation(names::ANNOTATION_TOLERATIONS, r#"[{"key":"dedicated","operator":"Exists"}]"#);
         let mut trusting = settings();
         trusting.tenants.toleration_keys = vec!["dedicated".into()];
-        let view = ServiceView::of(&with_finalizer(tolerated.build()));
+        let view = ServiceView::of(&tolerated.build());
         let observed = Observed { service: &view, daemonset: None, last_applied: None, now: Timestamp::now() };
         let Decision::Serve(serving) = decide(&observed, &index, &trusting) else { panic!("expected to serve") };
         assert!(serving.warnings.is_empty(), "{:?}", serving.warnings);
@@ -770,7 +796,7 @@ mod tests {
     fn a_service_over_a_limit_is_warned_and_nothing_of_it_is_applied_nor_claimed() {
         let ranges: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
         let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
-        let service = with_finalizer(ServiceBuilder::new("web").source_ranges(&ranges).build());
+        let service = ServiceBuilder::new("web").source_ranges(&ranges).build();
         let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
         let serving = served(&service, &index, None);
         assert_eq!(reasons(&serving.warnings), vec![Reason::InvalidOption]);
@@ -782,9 +808,8 @@ mod tests {
 
     #[test]
     fn refused_ports_of_one_cause_are_one_warning() {
-        let service = with_finalizer(
-            ServiceBuilder::new("web").port("UDP", 6081, 0).port("TCP", 4240, 0).port("TCP", 31000, 0).build(),
-        );
+        let service =
+            ServiceBuilder::new("web").port("UDP", 6081, 0).port("TCP", 4240, 0).port("TCP", 31000, 0).build();
         let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
         let messages: Vec<String> = served(&service, &index, None).warnings.into_iter().map(|w| w.message).collect();
         assert_eq!(
@@ -798,10 +823,9 @@ mod tests {
 
     #[test]
     fn a_service_left_without_ports_loses_its_daemonset_and_addresses() {
-        let before = with_finalizer(ServiceBuilder::new("web").port("TCP", 80, 0).build());
+        let before = ServiceBuilder::new("web").port("TCP", 80, 0).build();
         let existing = desired_for(&before);
-        let service =
-            published(with_finalizer(ServiceBuilder::new("web").port("TCP", 10250, 0).build()), &["10.0.0.1"]);
+        let service = published(ServiceBuilder::new("web").port("TCP", 10250, 0).build(), &["10.0.0.1"]);
         let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
         let serving = served(&service, &index, Some(&existing));
         assert_eq!(reasons(&serving.warnings), vec![Reason::PortRefused]);
@@ -811,10 +835,8 @@ mod tests {
 
     #[test]
     fn ip_mode_proxy_is_published_where_the_api_server_keeps_it_and_otherwise_reported_as_ignored() {
-        let proxy = published(
-            with_finalizer(ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "Proxy").build()),
-            &["10.0.0.1"],
-        );
+        let proxy =
+            published(ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "Proxy").build(), &["10.0.0.1"]);
         let existing = desired_for(&proxy);
         let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build()];
         let index = index_of(std::slice::from_ref(&proxy), &nodes, &[proxy_pod("p1", "n1", true)], &[]);
@@ -841,8 +863,21 @@ mod tests {
     }
 
     #[test]
+    fn a_load_balancer_ip_is_served_without_and_said_to_be_ignored() {
+        let index = index_of(&[], &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
+        let mut service = ServiceBuilder::new("web").build();
+        service.spec.as_mut().unwrap().load_balancer_ip = Some("192.0.2.10".into());
+        let serving = served(&service, &index, None);
+        assert_eq!(reasons(&serving.warnings), vec![Reason::OptionIgnored]);
+        assert!(serving.warnings[0].message.starts_with("spec.loadBalancerIP 192.0.2.10 is not honoured"));
+        assert!(serving.daemonset.is_some(), "the Service is served all the same");
+        service.spec.as_mut().unwrap().load_balancer_ip = Some(String::new());
+        assert!(served(&service, &index, None).warnings.is_empty(), "an empty field asks for nothing");
+    }
+
+    #[test]
     fn addresses_stored_without_ip_mode_are_not_rewritten_for_it() {
-        let mut service = published(with_finalizer(ServiceBuilder::new("web").build()), &["10.0.0.1"]);
+        let mut service = published(ServiceBuilder::new("web").build(), &["10.0.0.1"]);
         let ingress = &mut service.status.as_mut().unwrap().load_balancer.as_mut().unwrap().ingress;
         ingress.as_mut().unwrap().iter_mut().for_each(|entry| entry.ip_mode = None);
         let existing = desired_for(&service);
@@ -853,7 +888,7 @@ mod tests {
         assert!(serving.warnings.is_empty());
 
         let proxy = ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "Proxy").build();
-        let mut proxy = published(with_finalizer(proxy), &["10.0.0.1"]);
+        let mut proxy = published(proxy, &["10.0.0.1"]);
         proxy.status = service.status.clone();
         let serving = served(&proxy, &index, Some(&existing));
         assert!(serving.publish.is_none());
@@ -877,8 +912,8 @@ mod tests {
 
     #[test]
     fn a_changed_service_updates_its_daemonset() {
-        let service = with_finalizer(ServiceBuilder::new("web").port("TCP", 443, 0).build());
-        let old = desired_for(&with_finalizer(ServiceBuilder::new("web").port("TCP", 80, 0).build()));
+        let service = ServiceBuilder::new("web").port("TCP", 443, 0).build();
+        let old = desired_for(&ServiceBuilder::new("web").port("TCP", 80, 0).build());
         let index = index_of(
             std::slice::from_ref(&service),
             &[NodeBuilder::new("n1").build()],
@@ -913,30 +948,27 @@ mod tests {
     }
 
     #[test]
-    fn services_no_longer_served_are_cleaned_up_once() {
-        let index = index_of(&[], &[], &[], &[]);
-        let decide_for = |service: &Service| {
-            decide(
-                &Observed {
-                    service: &ServiceView::of(service),
-                    daemonset: None,
-                    last_applied: None,
-                    now: Timestamp::now(),
-                },
-                &index,
-                &settings(),
-            )
+    fn services_no_longer_served_are_cleaned_up_while_something_of_hostlb_is_left() {
+        let proxies = index_of(&[], &[], &[], &[desired_for(&ServiceBuilder::new("web").build())]);
+        let nothing = index_of(&[], &[], &[], &[]);
+        let decide_for = |service: &Service, index: &Index| {
+            let view = ServiceView::of(service);
+            let observed = Observed { service: &view, daemonset: None, last_applied: None, now: Timestamp::now() };
+            decide(&observed, index, &settings())
         };
-        let changed_type =
-            published(with_finalizer(ServiceBuilder::new("web").type_("ClusterIP").build()), &["10.0.0.1"]);
-        assert!(matches!(decide_for(&changed_type), Decision::CleanUp { clear_status: true }));
-        let mut deleted = with_finalizer(ServiceBuilder::new("web").build());
+        let changed_type = published(ServiceBuilder::new("web").type_("ClusterIP").build(), &["10.0.0.1"]);
+        assert!(matches!(decide_for(&changed_type, &proxies), Decision::CleanUp { clear_status: true }));
+        let mut deleted = ServiceBuilder::new("web").build();
         deleted.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        assert!(matches!(decide_for(&published(deleted, &["10.0.0.1"])), Decision::CleanUp { clear_status: false }));
+        let deleted = published(deleted, &["10.0.0.1"]);
+        assert!(matches!(decide_for(&deleted, &proxies), Decision::CleanUp { clear_status: false }));
+        let finalized_by_an_older_version = with_finalizer(ServiceBuilder::new("web").type_("ClusterIP").build());
+        assert!(matches!(decide_for(&finalized_by_an_older_version, &nothing), Decision::CleanUp { .. }));
+
         let released = ServiceBuilder::new("web").type_("ClusterIP").build();
-        assert!(matches!(decide_for(&released), Decision::Ignore));
+        assert!(matches!(decide_for(&released, &nothing), Decision::Ignore));
         let other_class = ServiceBuilder::new("web").class("metallb.io/metallb").build();
-        assert!(matches!(decide_for(&other_class), Decision::Ignore));
+        assert!(matches!(decide_for(&other_class, &nothing), Decision::Ignore));
     }
 
     /// Each Service publishes its own two nodes however many others the index holds. It also
@@ -946,8 +978,7 @@ mod tests {
     fn each_of_1000_services_is_decided_from_its_own_groups() {
         let services: Vec<Service> = (0..1000)
             .map(|i| {
-                let mut service =
-                    with_finalizer(ServiceBuilder::new(&format!("svc-{i}")).port("TCP", 1000 + i, 0).build());
+                let mut service = ServiceBuilder::new(&format!("svc-{i}")).port("TCP", 1000 + i, 0).build();
                 service.metadata.uid = Some(format!("uid-{i}"));
                 service
             })
@@ -1005,7 +1036,7 @@ mod tests {
 
     #[test]
     fn while_most_nodes_look_down_at_once_nothing_is_withdrawn_and_additions_go_on() {
-        let service = with_finalizer(ServiceBuilder::new("web").build());
+        let service = ServiceBuilder::new("web").build();
         let existing = desired_for(&service);
         let down = |name: &str, ip: &str| NodeBuilder::new(name).internal(ip).not_ready().build();
         let nodes =

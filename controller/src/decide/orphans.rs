@@ -8,9 +8,9 @@ use kube::ResourceExt;
 
 use crate::decide::settings::Settings;
 
-/// Proxy objects that no Service will ever clean up: the Service of their UID is gone, or
-/// neither served nor holding the finalizer (someone removed it by hand). Left alone, they
-/// would hold their host ports for good.
+/// Proxy objects that no Service will ever clean up: the Service of their UID is gone (deleted,
+/// or re-created with another UID), or neither served nor holding an older version's finalizer.
+/// Left alone, they would hold their host ports for good.
 pub fn orphaned<'a, K: ResourceExt>(
     proxies: impl IntoIterator<Item = &'a K>,
     services: &[&Service],

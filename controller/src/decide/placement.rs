@@ -1,17 +1,22 @@
 //! Which nodes may run a Service's proxy pods. The same rules become the DaemonSet's node
-//! selection and decide which nodes may be published, so the two never disagree.
+//! selection and decide which nodes may be published, so the two never disagree. k3s
+//! ServiceLB's node labels count as hostlb's own, so that nodes labelled for it need no
+//! relabelling.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement};
 
 use hostlb_model::names;
+use hostlb_model::node_labels::{enables_lb, in_pool};
 use hostlb_model::options::ServiceLb;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
     /// Labels a node must carry, with these values.
     pub required_labels: BTreeMap<String, String>,
+    /// Whether a node must have switched `enablelb` on (`enables_lb`).
+    pub enablelb: bool,
     /// The pool a node must be in (`in_pool`).
     pub pool: Option<String>,
     /// Labels a node must not carry at all.
@@ -24,12 +29,9 @@ impl Placement {
     /// `enablelb_in_use`: ServiceLB's opt-in switch; once any node carries the `enablelb` label,
     /// only nodes labelled `true` are admitted.
     pub fn for_service(lb: &ServiceLb, enablelb_in_use: bool) -> Self {
-        let mut required_labels = BTreeMap::from([(names::NODE_LABEL_OS.to_string(), "linux".to_string())]);
-        if enablelb_in_use {
-            required_labels.insert(names::NODE_LABEL_ENABLE_LB.into(), "true".into());
-        }
         Placement {
-            required_labels,
+            required_labels: BTreeMap::from([(names::NODE_LABEL_OS.to_string(), "linux".to_string())]),
+            enablelb: enablelb_in_use,
             pool: lb.pool.clone(),
             forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()],
             excluded_nodes: BTreeSet::new(),
@@ -41,6 +43,7 @@ impl Placement {
     pub fn anywhere() -> Self {
         Placement {
             required_labels: BTreeMap::new(),
+            enablelb: false,
             pool: None,
             forbidden_labels: vec![names::NODE_LABEL_EXCLUDE.into()],
             excluded_nodes: BTreeSet::new(),
@@ -51,6 +54,7 @@ impl Placement {
         let empty = BTreeMap::new();
         let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
         self.required_labels.iter().all(|(key, value)| labels.get(key) == Some(value))
+            && (!self.enablelb || enables_lb(labels))
             && self.pool.as_ref().is_none_or(|pool| in_pool(labels, pool))
             && self.forbidden_labels.iter().all(|key| !labels.contains_key(key))
             && node.metadata.name.as_ref().is_none_or(|name| !self.excluded_nodes.contains(name))
@@ -61,21 +65,55 @@ impl Placement {
         if let Some(pool) = &lb.pool {
             if !nodes.iter().any(|n| n.metadata.labels.as_ref().is_some_and(|labels| in_pool(labels, pool))) {
                 return format!(
-                    "no node is in pool {pool} (label {}={pool} or {})",
+                    "no node is in pool {pool} (label {}={pool}, {} or {}={pool})",
                     names::POOL,
-                    names::pool_label(pool)
+                    names::pool_label(pool),
+                    names::K3S_POOL
                 );
             }
         }
-        let wanted: Vec<String> = self.required_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut wanted: Vec<String> = self.required_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if self.enablelb {
+            wanted.push(format!("{}=true", names::NODE_LABEL_ENABLE_LB));
+        }
         format!("no node has all of the labels {} without {}", wanted.join(", "), self.forbidden_labels.join(", "))
     }
-}
 
-/// A node is in a pool through `hostlb.io/lbpool=POOL`, or, to be in several, through a label
-/// `pool.hostlb.io/POOL` per pool (any value).
-pub fn in_pool(labels: &BTreeMap<String, String>, pool: &str) -> bool {
-    labels.get(names::POOL).is_some_and(|value| value == pool) || labels.contains_key(&names::pool_label(pool))
+    /// The same choice for the scheduler: alternatives (any one admits a node), each a list of
+    /// requirements that all hold.
+    pub fn label_alternatives(&self) -> Vec<Vec<NodeSelectorRequirement>> {
+        let requirement = |key: &str, operator: &str, value: Option<&str>| NodeSelectorRequirement {
+            key: key.into(),
+            operator: operator.into(),
+            values: value.map(|value| vec![value.to_string()]),
+        };
+        let pools = match &self.pool {
+            None => vec![vec![]],
+            Some(pool) => vec![
+                vec![requirement(names::POOL, "In", Some(pool))],
+                vec![requirement(&names::pool_label(pool), "Exists", None)],
+                vec![requirement(names::K3S_POOL, "In", Some(pool))],
+            ],
+        };
+        let switches = if self.enablelb {
+            vec![
+                vec![requirement(names::NODE_LABEL_ENABLE_LB, "In", Some("true"))],
+                vec![
+                    requirement(names::NODE_LABEL_ENABLE_LB, "DoesNotExist", None),
+                    requirement(names::K3S_NODE_LABEL_ENABLE_LB, "In", Some("true")),
+                ],
+            ]
+        } else {
+            vec![vec![]]
+        };
+        let forbidden: Vec<NodeSelectorRequirement> =
+            self.forbidden_labels.iter().map(|key| requirement(key, "DoesNotExist", None)).collect();
+        pools
+            .iter()
+            .flat_map(|pool| switches.iter().map(move |switch| (pool, switch)))
+            .map(|(pool, switch)| pool.iter().chain(switch).chain(&forbidden).cloned().collect())
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +153,17 @@ mod tests {
     }
 
     #[test]
+    fn nodes_labelled_for_k3s_servicelb_are_admitted_as_if_labelled_for_hostlb() {
+        let opted_in = NodeBuilder::new("a").label(names::K3S_NODE_LABEL_ENABLE_LB, "true").build();
+        let opted_out = NodeBuilder::new("b").label(names::K3S_NODE_LABEL_ENABLE_LB, "false").build();
+        let in_edge = NodeBuilder::new("c").label(names::K3S_POOL, "edge").build();
+        let enablelb = Placement::for_service(&lb(None), true);
+        assert!(enablelb.admits(&opted_in) && !enablelb.admits(&opted_out) && !enablelb.admits(&in_edge));
+        let edge = Placement::for_service(&lb(Some("edge")), false);
+        assert!(edge.admits(&in_edge) && !edge.admits(&opted_in));
+    }
+
+    #[test]
     fn a_pool_narrows_to_nodes_of_that_pool() {
         let placement = Placement::for_service(&lb(Some("edge")), false);
         assert!(placement.admits(&NodeBuilder::new("a").label(names::POOL, "edge").build()));
@@ -141,7 +190,8 @@ mod tests {
         let node = NodeBuilder::new("a").label(names::POOL, "core").build();
         assert_eq!(
             placement.explain_empty(&lb, &[&node]),
-            "no node is in pool edge (label hostlb.io/lbpool=edge or pool.hostlb.io/edge)"
+            "no node is in pool edge (label hostlb.io/lbpool=edge, pool.hostlb.io/edge or \
+             svccontroller.k3s.cattle.io/lbpool=edge)"
         );
     }
 }

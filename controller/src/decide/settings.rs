@@ -39,9 +39,15 @@ impl Settings {
         service.is_handled(&self.load_balancer_class, self.serve_unclassed)
     }
 
-    /// Whether the Service carries this install's finalizer.
+    /// Whether the Service carries this install's finalizer, which only older versions put on.
     pub fn holds(&self, service: &ServiceView) -> bool {
         service.has_finalizer(&self.finalizer)
+    }
+
+    /// Whether something of this install's is left on or for a Service it does not serve (any
+    /// more): an older version's finalizer, proxies, or its condition, which only hostlb writes.
+    pub fn must_release(&self, service: &ServiceView, has_proxies: bool) -> bool {
+        self.holds(service) || has_proxies || service.condition.is_some()
     }
 
     /// Whether this install serves the Service or still has to clean up after it, read from

@@ -48,8 +48,9 @@ pub struct Args {
     /// Whether Services without a class are served too; of several installs, give it to one.
     #[arg(long, env = "HOSTLB_SERVE_UNCLASSED", default_value_t = true, action = clap::ArgAction::Set)]
     pub serve_unclassed: bool,
-    /// Release every Service this install serves (proxies deleted, status cleared, finalizer
-    /// removed), then exit: run it after scaling the controller to zero, before removing it.
+    /// Release every Service this install serves (proxies deleted, status cleared, an older
+    /// version's finalizer removed), then exit: run it after scaling the controller to zero,
+    /// before removing it.
     #[arg(long)]
     pub uninstall: bool,
     /// With --uninstall: first scale this Deployment (in --namespace), the controller's own, to

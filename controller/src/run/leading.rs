@@ -1,5 +1,6 @@
 //! Terms of leadership: while this replica leads, every Service is reconciled once, then each
-//! Service the watches' triggers name, and the orphan sweep runs. Every request of a term goes
+//! Service the watches' triggers name, and the orphan sweep runs (every 30 s, and at once when a
+//! Service is gone). Every request of a term goes
 //! through its fence (`fence`); when the term ends, the reconciles and the sweep under way are
 //! dropped. When the process is told to stop, nothing new starts and what is under way has the
 //! grace period to finish. The triggers reach a term through a broadcast channel that only a
@@ -124,17 +125,22 @@ impl Leader {
             .reconcile_on(changed)
             .graceful_shutdown_on(stop_requested(stopping.clone()))
             .run(reconcile, error_policy, context.clone())
-            .for_each(|result| async move {
-                match result {
-                    Ok(_) => {}
-                    // Triggers from proxy objects whose Service is already gone.
-                    Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
-                        let service = ObjectRef::<Service>::new(&object.name)
-                            .within(object.namespace.as_deref().unwrap_or_default());
-                        self.metrics.reconcile_dequeued(&service);
-                        debug!(%object, "no such Service; nothing to reconcile")
+            .for_each(|result| {
+                let context = context.clone();
+                async move {
+                    match result {
+                        Ok(_) => {}
+                        // A Service that is gone, or proxy objects of one: its proxies, which no
+                        // finalizer kept it for, are orphans now and go at once.
+                        Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                            let service = ObjectRef::<Service>::new(&object.name)
+                                .within(object.namespace.as_deref().unwrap_or_default());
+                            self.metrics.reconcile_dequeued(&service);
+                            debug!(%object, "no such Service; sweeping orphaned proxies");
+                            context.delete_orphans().await;
+                        }
+                        Err(error) => warn!(%error, "reconciliation did not run"),
                     }
-                    Err(error) => warn!(%error, "reconciliation did not run"),
                 }
             });
         let sweeping = async {
@@ -208,14 +214,16 @@ mod tests {
     const RENEW_DEADLINE: Duration = Duration::from_secs(10);
     /// Shorter than what is left of the term, so that the term does not end first.
     const GRACE: Duration = Duration::from_secs(4);
-    const SERVICE_PATH: &str = "/api/v1/namespaces/shop/services/web";
 
-    /// A leader in its first term, with the finalizer patch of its one Service in flight.
+    fn daemonset_path() -> String {
+        format!("/apis/apps/v1/namespaces/hostlb-system/daemonsets/{}", names::daemonset_name("web", UID))
+    }
+
+    /// A leader in its first term, with the apply of its one Service's DaemonSet in flight.
     struct WriteInFlight {
         led: tokio::task::JoinHandle<()>,
         api: ApiServer,
         in_flight: InFlight,
-        service: Service,
         leading: watch::Sender<Option<Term>>,
         stopping: watch::Sender<Option<tokio::time::Instant>>,
     }
@@ -236,11 +244,9 @@ mod tests {
         let (leading, elected) = watch::channel(Some(Term { number: 1, until }));
         let (stopping, stop) = watch::channel(None);
         let led = tokio::task::spawn_local(async move { leader.lead_while_elected(elected, stop).await });
-        let daemonset =
-            format!("/apis/apps/v1/namespaces/hostlb-system/daemonsets/{}", names::daemonset_name("web", UID));
-        api.expect("GET", &daemonset, 404, rejected(404, "NotFound", "not found")).await;
-        let (_, in_flight) = api.hold("PATCH", SERVICE_PATH).await;
-        WriteInFlight { led, api, in_flight, service, leading, stopping }
+        api.expect("GET", &daemonset_path(), 404, rejected(404, "NotFound", "not found")).await;
+        let (_, in_flight) = api.hold("PATCH", &daemonset_path()).await;
+        WriteInFlight { led, api, in_flight, leading, stopping }
     }
 
     fn answer(in_flight: InFlight, object: &impl serde::Serialize) {
@@ -260,7 +266,7 @@ mod tests {
                     leading_with_a_write_in_flight().await;
                 leading.send_replace(None);
                 api.expect_nothing_more().await;
-                // The finalizer patch is never answered: a term that waited for it would never end.
+                // The apply is never answered: a term that waited for it would never end.
                 stopping.send_replace(Some(tokio::time::Instant::now() + GRACE));
                 returns(led, Duration::from_secs(1)).await;
             })
@@ -271,15 +277,12 @@ mod tests {
     async fn stopping_while_leading_lets_the_reconcile_under_way_finish() {
         tokio::task::LocalSet::new()
             .run_until(async {
-                let WriteInFlight { led, mut api, in_flight, service, leading: _still_leading, stopping } =
+                let WriteInFlight { led, mut api, in_flight, leading: _still_leading, stopping } =
                     leading_with_a_write_in_flight().await;
                 stopping.send_replace(Some(tokio::time::Instant::now() + GRACE));
-                answer(in_flight, &service);
                 let applied: Value =
                     json!({ "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": { "name": "x" } });
-                let daemonset =
-                    format!("/apis/apps/v1/namespaces/hostlb-system/daemonsets/{}", names::daemonset_name("web", UID));
-                api.expect("PATCH", &daemonset, 200, applied).await;
+                answer(in_flight, &applied);
                 api.expect_event("shop", "DaemonSetApplied").await;
                 returns(led, Duration::from_secs(5)).await;
                 api.expect_nothing_more().await;

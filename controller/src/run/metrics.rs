@@ -1,6 +1,6 @@
 //! Prometheus metrics of the reconciler.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -37,6 +37,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A condition's reason as the API server has it, which any writer may have set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub reason: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     reconciliations: Counter,
@@ -51,6 +57,8 @@ pub struct Metrics {
     /// Requests other than reads that terms of leadership sent, by HTTP method.
     api_writes: Family<VerbLabels, Counter>,
     warnings: Family<ReasonLabels, Counter>,
+    /// The Services this install serves, by the reason of their `hostlb.io/Ready` condition.
+    services: Family<ConditionLabels, Gauge>,
     /// 1 while this replica holds the Lease and reconciles, else 0.
     pub leader: Gauge,
 }
@@ -69,6 +77,7 @@ impl Default for Metrics {
             status_updates: Counter::default(),
             api_writes: Family::default(),
             warnings: Family::default(),
+            services: Family::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
         };
@@ -93,6 +102,11 @@ impl Default for Metrics {
             metrics.api_writes.clone(),
         );
         registry.register("warnings", "Warning Events published on Services, by reason", metrics.warnings.clone());
+        registry.register(
+            "services",
+            "Services served, by the reason of their hostlb.io/Ready condition (Serving, Pending, PortConflict, ...)",
+            metrics.services.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "The running controller's version, as a label; always 1", build_info);
@@ -152,6 +166,14 @@ impl Metrics {
         self.warnings.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
     }
 
+    /// Replaces the count of Services by condition reason: reasons no Service has any more go.
+    pub fn count_services(&self, by_reason: BTreeMap<String, i64>) {
+        self.services.clear();
+        for (reason, count) in by_reason {
+            self.services.get_or_create(&ConditionLabels { reason }).set(count);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
@@ -191,12 +213,16 @@ mod tests {
         metrics.reconcile_owed(&service);
         metrics.reconcile_dequeued(&service);
         metrics.reconcile_dequeued(&service);
+        metrics.count_services(BTreeMap::from([("Pending".into(), 3), ("Serving".into(), 2)]));
+        metrics.count_services(BTreeMap::from([("Serving".into(), 5)]));
         let text = metrics.render();
         assert!(text.contains("hostlb_reconciliations_total 1"), "{text}");
         assert!(text.contains("hostlb_reconcile_failures_total{error=\"conflict\"} 1"), "{text}");
         assert!(text.contains("hostlb_reconcile_duration_seconds_count 1"), "{text}");
         assert!(text.contains("hostlb_warnings_total{reason=\"PortConflict\"} 1"), "{text}");
         assert!(text.contains("hostlb_leader 1"), "{text}");
+        assert!(text.contains("hostlb_services{reason=\"Serving\"} 5"), "{text}");
+        assert!(!text.contains("reason=\"Pending\""), "a reason no Service has any more goes: {text}");
         assert!(text.contains(&format!("hostlb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
         assert!(text.contains("hostlb_api_writes_total{verb=\"PATCH\"} 1"), "{text}");
         assert!(!text.contains("verb=\"GET\""), "{text}");

@@ -77,7 +77,7 @@ async fn watch_and_lead(
     contact: ApiContact,
     (leading, stopping): (watch::Receiver<Option<Term>>, watch::Receiver<Option<tokio::time::Instant>>),
 ) -> Result<()> {
-    let (watched, triggers) = watch(&client, &settings, contact);
+    let (watched, triggers) = watch(&client, &settings, contact, metrics.clone());
     let leader = Leader::new(client, settings, watched.services, watched.index.clone(), metrics, ready.clone());
     // A replica whose watches never list would sit not-Ready forever; failing lets the kubelet
     // start a fresh one, as controller-runtime does after its cache sync timeout.

@@ -1,7 +1,7 @@
 //! The executor: for one Service it reads what the decision needs, lets `decide` choose, and
-//! carries the decision out in a fixed order: finalizer, DaemonSet, status, Events. The orphan
-//! sweep and the clean-up of Services hostlb no longer serves live here too: every write to
-//! the API server goes through this file.
+//! carries the decision out in a fixed order: an older version's finalizer off, DaemonSet,
+//! status, Events. The orphan sweep and the clean-up of Services hostlb no longer serves live
+//! here too: every write to the API server goes through this file.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +26,7 @@ use hostlb_model::service::{ingress, ServiceView};
 
 use crate::decide::condition;
 use crate::decide::daemonset::config_hash_of;
-use crate::decide::finalizer::finalizer_patch;
+use crate::decide::finalizer::finalizer_removal;
 use crate::decide::orphans::orphaned;
 use crate::decide::{decide, Applied, DaemonSetAction, Decision, Observed, Serving, Settings};
 use crate::error::{Error, Result};
@@ -109,7 +109,8 @@ fn retry_delay(failures_in_a_row: u32) -> Duration {
     FIRST_RETRY.saturating_mul(1 << doublings).min(LAST_RETRY)
 }
 
-/// Releases every Service this install holds, as if each were no longer served, then deletes
+/// Releases every Service this install serves or left something on, as if each were no longer
+/// served (status cleared, an older version's finalizer removed), then deletes
 /// whatever proxy DaemonSet of this install is left. Returns how many Services it released.
 pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
     let (services, _) = reflector::store();
@@ -120,7 +121,8 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
     let mut released = 0;
     for service in &all.items {
         let view = ServiceView::of(service);
-        if !context.settings.holds(&view) {
+        // Proxies of Services not served any more are among the DaemonSets deleted below.
+        if !context.settings.serves(&view) && !context.settings.must_release(&view, false) {
             continue;
         }
         let clear_status = !view.deleting && view.holds_status();
@@ -194,8 +196,8 @@ impl Context {
     /// that run: the refusal becomes a Warning, and the reconcile fails afterwards so that it
     /// is retried with back-off.
     async fn serve(&self, service: &Service, view: &ServiceView, mut serving: Serving) -> Result<()> {
-        if serving.add_finalizer {
-            self.set_finalizer(service, true).await?;
+        if serving.remove_finalizer {
+            self.remove_finalizer(service).await?;
         }
         let proxies = match &serving.daemonset {
             Some(DaemonSetAction::Apply { daemonset, created, ports }) => {
@@ -306,20 +308,18 @@ impl Context {
         Ok(())
     }
 
-    /// kube-runtime's finalizer helper runs clean-up only for deleted objects; hostlb also
-    /// cleans up Services whose type or class changed, so it writes its own patches (with the
-    /// same guarded JSON patch the helper uses).
-    async fn set_finalizer(&self, service: &Service, present: bool) -> Result<()> {
-        let action = if present { "add finalizer" } else { "remove finalizer" };
-        let outcome = match self.patch_finalizers(service, service.finalizers(), present).await {
+    /// Removes the finalizer an older version put on, with a guarded JSON patch.
+    async fn remove_finalizer(&self, service: &Service) -> Result<()> {
+        let action = "remove finalizer";
+        let outcome = match self.patch_finalizers(service, service.finalizers()).await {
             // The patch tests the finalizers as the cache had them, and the cache can be behind
-            // (a reconcile right after the one that added it, before the watch brought that
-            // write): the test fails with 422. One fresh read settles it.
+            // (someone else changed them just before): the test fails with 422. One fresh read
+            // settles it.
             Err(kube::Error::Api(status)) if status.code == 422 => {
                 let current = self.service_api(service).get_opt(&service.name_any()).await;
                 match current.map_err(Error::kube(action))? {
                     Some(current) if current.uid() == service.uid() => {
-                        self.patch_finalizers(service, current.finalizers(), present).await
+                        self.patch_finalizers(service, current.finalizers()).await
                     }
                     // Gone, or another Service of the same name: nothing of this one to change.
                     _ => Ok(()),
@@ -330,13 +330,13 @@ impl Context {
         match outcome {
             Ok(()) => Ok(()),
             // Gone: its finalizer was the last one, removed by an earlier reconciliation.
-            Err(kube::Error::Api(status)) if !present && status.is_not_found() => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
             Err(error) => Err(Error::kube(action)(error)),
         }
     }
 
-    async fn patch_finalizers(&self, service: &Service, current: &[String], present: bool) -> kube::Result<()> {
-        let Some(patch) = finalizer_patch(current, &self.settings.finalizer, present) else {
+    async fn patch_finalizers(&self, service: &Service, current: &[String]) -> kube::Result<()> {
+        let Some(patch) = finalizer_removal(current, &self.settings.finalizer) else {
             return Ok(());
         };
         let api = self.service_api(service);
@@ -354,7 +354,7 @@ impl Context {
         if clear_status {
             self.write_status(service, &[], None, None).await?;
         }
-        self.set_finalizer(service, false).await?;
+        self.remove_finalizer(service).await?;
         self.events.forget(service);
         Ok(())
     }

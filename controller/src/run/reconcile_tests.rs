@@ -109,7 +109,7 @@ async fn finish(running: tokio::task::JoinHandle<crate::error::Result<Action>>) 
 }
 
 #[tokio::test]
-async fn a_new_service_gets_the_finalizer_before_its_daemonset_is_created() {
+async fn a_new_service_gets_its_daemonset_applied_and_no_finalizer() {
     let service = ServiceBuilder::new("web").build();
     let index =
         index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
@@ -118,14 +118,6 @@ async fn a_new_service_gets_the_finalizer_before_its_daemonset_is_created() {
 
     let lookup = api.expect("GET", &daemonset_path(&service), 404, rejected(404, "NotFound", "not found")).await;
     assert!(lookup.body.is_null());
-    let finalizer = api.expect("PATCH", SERVICE_PATH, 200, json_of(&with_finalizer(service.clone()))).await;
-    assert_eq!(
-        finalizer.body,
-        json!([
-            { "op": "test", "path": "/metadata/finalizers", "value": null },
-            { "op": "add", "path": "/metadata/finalizers", "value": [names::FINALIZER] },
-        ])
-    );
     let applied = api.expect("PATCH", &daemonset_path(&service), 200, json_of(&ours(&service, 1))).await;
     assert!(applied.query.contains("fieldManager=hostlb-controller") && applied.query.contains("force=true"));
     assert_eq!(
@@ -153,8 +145,8 @@ async fn a_new_service_gets_the_finalizer_before_its_daemonset_is_created() {
 }
 
 #[tokio::test]
-async fn a_finalizer_the_cache_has_not_seen_yet_is_read_afresh_and_not_added_twice() {
-    let service = ServiceBuilder::new("web").build();
+async fn an_older_versions_finalizer_is_removed_where_it_is_now_when_the_cache_is_behind() {
+    let service = with_finalizer(ServiceBuilder::new("web").build());
     let index =
         index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
     let (context, mut api) = context(std::slice::from_ref(&service), index);
@@ -162,8 +154,13 @@ async fn a_finalizer_the_cache_has_not_seen_yet_is_read_afresh_and_not_added_twi
 
     api.expect("GET", &daemonset_path(&service), 404, rejected(404, "NotFound", "not found")).await;
     let failed_test = rejected(422, "Invalid", "the server rejected our request due to an error in our request");
-    api.expect("PATCH", SERVICE_PATH, 422, failed_test).await;
-    api.expect("GET", SERVICE_PATH, 200, json_of(&with_finalizer(service.clone()))).await;
+    let first = api.expect("PATCH", SERVICE_PATH, 422, failed_test).await;
+    assert_eq!(first.body[1], json!({ "op": "remove", "path": "/metadata/finalizers/0" }));
+    let mut moved = service.clone();
+    moved.metadata.finalizers = Some(vec!["other".into(), names::FINALIZER.into()]);
+    api.expect("GET", SERVICE_PATH, 200, json_of(&moved)).await;
+    let second = api.expect("PATCH", SERVICE_PATH, 200, json_of(&service)).await;
+    assert_eq!(second.body[1], json!({ "op": "remove", "path": "/metadata/finalizers/1" }));
     api.expect("PATCH", &daemonset_path(&service), 200, json_of(&ours(&service, 1))).await;
     api.expect_event("shop", "DaemonSetApplied").await;
     api.expect_nothing_more().await;
@@ -172,7 +169,7 @@ async fn a_finalizer_the_cache_has_not_seen_yet_is_read_afresh_and_not_added_twi
 
 #[tokio::test]
 async fn a_foreign_daemonset_with_our_name_is_refused_with_a_warning() {
-    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let service = ServiceBuilder::new("web").build();
     let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
     let (context, mut api) = context(std::slice::from_ref(&service), index);
     let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
@@ -208,7 +205,7 @@ fn reconcile_on_two_nodes(
 
 #[tokio::test]
 async fn ready_proxy_pods_are_published_with_a_status_apply() {
-    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let service = ServiceBuilder::new("web").build();
     let daemonset = ours(&service, 2);
     let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)].map(|pod| made_from(pod, &daemonset));
     let (mut api, running) = reconcile_on_two_nodes(&service, &daemonset, &pods);
@@ -237,7 +234,7 @@ async fn ready_proxy_pods_are_published_with_a_status_apply() {
 
 #[tokio::test]
 async fn an_out_of_date_proxy_pod_is_deleted_for_its_daemonset_to_replace() {
-    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let service = ServiceBuilder::new("web").build();
     let daemonset = ours(&service, 2);
     let pods = [proxy_pod("old", "n1", true), made_from(proxy_pod("new", "n2", true), &daemonset)];
     let (mut api, running) = reconcile_on_two_nodes(&service, &daemonset, &pods);
@@ -253,11 +250,11 @@ async fn an_out_of_date_proxy_pod_is_deleted_for_its_daemonset_to_replace() {
 }
 
 #[tokio::test]
-async fn a_type_change_deletes_the_proxies_clears_the_status_and_releases_the_finalizer() {
+async fn a_type_change_deletes_the_proxies_clears_the_status_and_removes_an_older_versions_finalizer() {
     let mut service = with_finalizer(ServiceBuilder::new("web").type_("ClusterIP").build());
     service.status =
         Some(serde_json::from_value(json!({ "loadBalancer": { "ingress": [{ "ip": "10.0.0.1" }] } })).unwrap());
-    let daemonset = ours(&with_finalizer(ServiceBuilder::new("web").build()), 1);
+    let daemonset = ours(&ServiceBuilder::new("web").build(), 1);
     let (context, mut api) = context(
         std::slice::from_ref(&service),
         index_of(std::slice::from_ref(&service), &[], &[], std::slice::from_ref(&daemonset)),
@@ -297,7 +294,7 @@ async fn a_type_change_deletes_the_proxies_clears_the_status_and_releases_the_fi
 
 #[tokio::test]
 async fn the_orphan_sweep_deletes_daemonsets_no_service_will_clean_up() {
-    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let service = ServiceBuilder::new("web").build();
     let served = ours(&service, 1);
     let mut orphan = ours(&service, 1);
     orphan.metadata.name = Some("hostlb-gone-12345678".into());
@@ -327,7 +324,7 @@ async fn the_orphan_sweep_deletes_daemonsets_no_service_will_clean_up() {
 
 #[tokio::test]
 async fn the_orphan_sweep_keeps_a_daemonset_whose_service_the_cache_has_not_seen_yet() {
-    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let service = ServiceBuilder::new("web").build();
     let index = index_of(&[], &[], &[], &[ours(&service, 1)]);
     let (context, mut api) = context(&[], index);
     let sweeping = tokio::spawn(async move { context.delete_orphans().await });
@@ -339,7 +336,7 @@ async fn the_orphan_sweep_keeps_a_daemonset_whose_service_the_cache_has_not_seen
 
 #[tokio::test]
 async fn a_refused_apply_is_warned_while_the_status_follows_the_running_proxies() {
-    let service = with_finalizer(ServiceBuilder::new("web").build());
+    let service = ServiceBuilder::new("web").build();
     let pods = [proxy_pod("p1", "n1", true)];
     let index =
         index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &pods, &[]);
@@ -379,11 +376,11 @@ async fn a_write_in_flight_when_the_term_ends_is_dropped_and_nothing_is_sent_aft
     let running = tokio::spawn(reconcile(Arc::new(service.clone()), context));
 
     api.expect("GET", &daemonset_path(&service), 404, rejected(404, "NotFound", "not found")).await;
-    let (_, in_flight) = api.hold("PATCH", SERVICE_PATH).await;
+    let (_, in_flight) = api.hold("PATCH", &daemonset_path(&service)).await;
     leading.send_replace(None);
     let error = finish(running).await.expect_err("the reconcile is cut off");
     assert_eq!(error.metric_label(), "term_over");
-    // Answered only now: nobody waits for it any more, and the DaemonSet is never applied.
+    // Answered only now: nobody waits for it any more, and no Event tells of it.
     in_flight.send_response(http::Response::new(kube::client::Body::empty()));
     api.expect_nothing_more().await;
     assert!(metrics.render().contains("hostlb_api_writes_total{verb=\"PATCH\"} 1"));

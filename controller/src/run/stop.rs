@@ -1,5 +1,5 @@
 //! Stopping the controller's own Deployment before `--uninstall` releases the Services: a
-//! replica still running would put back the finalizers and proxies the uninstall removes.
+//! replica still running would put back the statuses and proxies the uninstall removes.
 
 use std::time::{Duration, Instant};
 

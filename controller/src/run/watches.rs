@@ -20,9 +20,11 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use crate::decide::condition::reasons_of_served;
 use crate::decide::{claim, Settings};
 use crate::error::{Error, Result};
 use crate::run::api_contact::ApiContact;
+use crate::run::metrics::Metrics;
 use crate::state::node_liveness::NODE_LEASE_NAMESPACE;
 use crate::state::{triggers, Index};
 
@@ -49,6 +51,7 @@ pub fn watch(
     client: &Client,
     settings: &Settings,
     contact: ApiContact,
+    metrics: Arc<Metrics>,
 ) -> (Watched, impl Stream<Item = Triggers> + Send + 'static) {
     let namespace = settings.proxy.namespace.clone();
     let all = watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
@@ -57,8 +60,14 @@ pub fn watch(
 
     let service_triggers = {
         let (index, settings) = (index.clone(), settings.clone());
+        let cache = services.clone();
         let services = watched(Api::<Service>::all(client.clone()), all.clone()).modify(keep_what_hostlb_reads);
         services.reflect(service_writer).map_ok(move |event| {
+            // Counted over the cache, once a relist is complete rather than for each object in it.
+            if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                let cached = cache.state();
+                metrics.count_services(reasons_of_served(cached.iter().map(Arc::as_ref), &settings));
+            }
             let mut index = index.write().expect("index lock");
             let changes = index.apply_service(&event, |service| claim(service, &settings));
             triggers::of_services(&changes, &index)

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hostlb_model::names;
+use hostlb_model::node_labels::carries_enablelb;
 use hostlb_model::options::ServiceLb;
 use hostlb_model::readiness::{node_can_serve, node_is_ready};
 use hostlb_proxy_spec::Protocol;
@@ -208,7 +209,7 @@ impl Index {
 
     pub fn apply_node(&mut self, event: &watcher::Event<Node>) -> Vec<Change<Arc<Node>>> {
         self.nodes.apply(event, |node| {
-            let opted = node.labels().contains_key(names::NODE_LABEL_ENABLE_LB);
+            let opted = carries_enablelb(node.labels());
             Some((Arc::new(node.clone()), opted.then_some(CarriesEnableLb).into_iter().collect()))
         })
     }

@@ -26,16 +26,12 @@ pub fn service_ref(key: &str) -> ObjectRef<Service> {
     }
 }
 
-/// A changed Service, while it exists; and, when what it claims changed, every other Service
-/// that claims one of its ports before or after, since a port it frees or takes changes where
-/// they run.
+/// A changed Service, also one that is gone (its reconcile finds no Service and sweeps its
+/// proxies away at once); and, when what it claims changed, every other Service that claims
+/// one of its ports before or after, since a port it frees or takes changes where they run.
 pub fn of_services(changes: &ServiceChanges, index: &Index) -> Vec<ObjectRef<Service>> {
-    let mut triggers: Vec<ObjectRef<Service>> = changes
-        .services
-        .iter()
-        .filter(|change| change.after.is_some())
-        .map(|change| service_ref(&change.key))
-        .collect();
+    let mut triggers: Vec<ObjectRef<Service>> =
+        changes.services.iter().map(|change| service_ref(&change.key)).collect();
     let mut neighbours = BTreeSet::new();
     for change in &changes.claims {
         let ports: BTreeSet<PortKey> = change
@@ -47,7 +43,7 @@ pub fn of_services(changes: &ServiceChanges, index: &Index) -> Vec<ObjectRef<Ser
         let others = ports.iter().flat_map(|port| index.claims.group(port));
         neighbours.extend(others.map(|other| format!("{}/{}", other.namespace, other.name)));
     }
-    // A changed Service is itself above while it exists, and not to be woken once it is gone.
+    // A changed Service is itself above.
     let own: BTreeSet<Key> = changes.services.iter().map(|change| change.key.clone()).collect();
     triggers.extend(neighbours.iter().filter(|key| !own.contains(*key)).map(|key| service_ref(key)));
     triggers
@@ -185,10 +181,10 @@ mod tests {
         deleting.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH));
         assert_eq!(apply(watcher::Event::Apply(deleting)), ["first", "elsewhere"]);
-        assert!(apply(watcher::Event::Delete(moved)).is_empty(), "nothing left to free");
+        assert_eq!(apply(watcher::Event::Delete(moved)), ["first"], "gone, with nothing left to free");
 
         assert_eq!(apply(watcher::Event::Apply(with_version(first, "5"))), ["first", "second"]);
-        assert_eq!(apply(watcher::Event::Delete(second)), ["first"]);
+        assert_eq!(apply(watcher::Event::Delete(second)), ["second", "first"]);
     }
 
     #[test]
