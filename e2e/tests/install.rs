@@ -29,34 +29,29 @@ const INSTALL_GONE: Duration = Duration::from_secs(240);
 const HARNESS_OVERLAY: &str = "e2e/cluster/install/";
 
 fn helm(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    let program = std::env::var("HOSTLB_HELM").context("HOSTLB_HELM is not set; e2e/chart/tools.sh installs helm")?;
-    let output = Command::new(&program)
-        .env("KUBECONFIG", cluster.var("KUBECONFIG")?)
-        .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()?;
-    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    println!("$ helm {}\n{printed}", args.join(" "));
-    if !output.status.success() {
-        bail!("helm {} failed: {printed}", args.join(" "));
-    }
-    Ok(printed)
+    run_tool(cluster, "helm", "HOSTLB_HELM", "e2e/chart/tools.sh installs helm", args)
 }
 
 /// kubectl as users run it on the harness's install: a current one, whose kustomize builds the
 /// overlay (1.20's does not).
 fn kustomize_kubectl(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    let program = std::env::var("HOSTLB_KUSTOMIZE_KUBECTL")
-        .context("HOSTLB_KUSTOMIZE_KUBECTL is not set; e2e/chart/tools.sh installs a current kubectl")?;
+    let hint = "e2e/chart/tools.sh installs a current kubectl";
+    run_tool(cluster, "kubectl", "HOSTLB_KUSTOMIZE_KUBECTL", hint, args)
+}
+
+/// Runs the program the environment variable `program_var` names against the cluster, from the
+/// repository's root, and prints what it printed.
+fn run_tool(cluster: &Cluster, name: &str, program_var: &str, hint: &str, args: &[&str]) -> Result<String> {
+    let program = std::env::var(program_var).with_context(|| format!("{program_var} is not set; {hint}"))?;
     let output = Command::new(&program)
         .env("KUBECONFIG", cluster.var("KUBECONFIG")?)
         .args(args)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()?;
     let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    println!("$ kubectl {}\n{printed}", args.join(" "));
+    println!("$ {name} {}\n{printed}", args.join(" "));
     if !output.status.success() {
-        bail!("kubectl {} failed: {printed}", args.join(" "));
+        bail!("{name} {} failed: {printed}", args.join(" "));
     }
     Ok(printed)
 }

@@ -531,19 +531,22 @@ mod tests {
         assert_eq!(inner[0].end(), Some("fe00::".parse().unwrap()));
     }
 
+    /// How many intervals each step that fills a set adds.
+    fn intervals_per_step(steps: &[Step]) -> Vec<usize> {
+        let counts = steps.iter().filter_map(|step| match step {
+            Step::AddIntervals { intervals, .. } => Some(intervals.len()),
+            _ => None,
+        });
+        counts.collect()
+    }
+
     #[test]
     fn thousands_of_ranges_are_one_set_filled_in_steps_the_netlink_attribute_can_hold() {
         let ranges: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 256 * 2, i % 256)).collect();
         let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
         let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10"], &ranges));
         let sets = steps.iter().filter(|step| matches!(step, Step::AddSet { .. })).count();
-        let filled: Vec<usize> = steps
-            .iter()
-            .filter_map(|step| match step {
-                Step::AddIntervals { intervals, .. } => Some(intervals.len()),
-                _ => None,
-            })
-            .collect();
+        let filled = intervals_per_step(&steps);
         // Every other /16 is full (256 /24s that touch), so the 5,000 ranges are 20 intervals.
         assert_eq!((sets, filled), (1, vec![20]));
         let allowed = steps.iter().filter(|s| matches!(s, Step::AddRule { chain: CHAIN_ALLOWED_SOURCES, .. })).count();
@@ -552,13 +555,7 @@ mod tests {
         let apart: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 128, i % 128 * 2)).collect();
         let apart: Vec<&str> = apart.iter().map(String::as_str).collect();
         let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10"], &apart));
-        let filled: Vec<usize> = steps
-            .iter()
-            .filter_map(|step| match step {
-                Step::AddIntervals { intervals, .. } => Some(intervals.len()),
-                _ => None,
-            })
-            .collect();
+        let filled = intervals_per_step(&steps);
         assert_eq!(filled.iter().sum::<usize>(), 5000);
         assert!(filled.iter().all(|count| *count <= INTERVALS_PER_STEP), "{filled:?}");
     }

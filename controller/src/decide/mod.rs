@@ -94,6 +94,8 @@ pub struct Serving {
     /// A proxy pod (`namespace/name`) to delete, so that the DaemonSet controller replaces it
     /// with a current one.
     pub replace_pod: Option<String>,
+    /// Proxy pods someone else is deleting gracefully, to remove at once (`serve`).
+    pub finish_deleting: Vec<String>,
     /// A node is held published while its proxy is replaced: look again when its window ends.
     pub recheck: Option<Duration>,
 }
@@ -153,6 +155,10 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
 
     let uid = &service.uid;
     let pods: Vec<&ProxyPod> = index.proxy_pods_of(uid).collect();
+    // A pod deleted gracefully (an eviction, `kubectl delete pod`) claims its host ports in the
+    // scheduler's view until its kubelet has torn it down, and its replacement waits for that:
+    // removed at once, the replacement is placed while the old pod still forwards.
+    serving.finish_deleting = pods.iter().filter(|pod| pod.deleting).map(|pod| pod.key.clone()).collect();
     serving.warnings.extend(unschedulable(&pods));
     serving.warnings.extend(failing_pods(&pods));
     let schedulable = placement.as_ref().map_or_else(Vec::new, |p| schedulable_nodes(p, &tolerations, &pods, index));
@@ -639,6 +645,7 @@ mod tests {
         drop(index.apply_proxy_pod(&watcher::Event::Apply(old.clone()), now));
         let terminating = served_at(&service, &index, Some(&existing), now);
         assert_eq!((terminating.publish, terminating.replace_pod), (None, None), "n2 stays; one pod at a time");
+        assert_eq!(terminating.finish_deleting, ["hostlb-system/old"], "a graceful deletion is finished at once");
 
         drop(index.apply_proxy_pod(&watcher::Event::Delete(old), now));
         let gone = served_at(&service, &index, Some(&existing), now + 2 * SECOND);

@@ -209,8 +209,17 @@ impl Context {
         if let Err(refused) = &proxies {
             serving.warnings.extend(refused.as_warning());
         }
+        for pod in &serving.finish_deleting {
+            if self.delete_pod_at_once(pod).await? {
+                info!(pod = %pod, "removed a proxy pod under graceful deletion, so that its replacement is placed now");
+            }
+        }
         if let Some(pod) = &serving.replace_pod {
-            self.replace_proxy_pod(service, pod).await?;
+            if self.delete_pod_at_once(pod).await? {
+                info!(pod = %pod, "replacing out-of-date proxy pod");
+                let message = format!("replacing out-of-date proxy pod {pod}");
+                self.events.publish(service, Reason::ProxyPodReplaced, message);
+            }
         }
         if serving.publish.is_some() || serving.condition.is_some() {
             // Every apply carries hostlb's condition: one without it would drop it.
@@ -234,27 +243,20 @@ impl Context {
         proxies
     }
 
-    /// Deletes an out-of-date proxy pod; the DaemonSet controller creates its replacement.
+    /// Deletes a proxy pod without a grace period, for the DaemonSet controller to replace; false
+    /// when it was gone already.
     ///
-    /// At once, without a grace period: the scheduler places no replacement on the node while
-    /// the old pod's object claims the host ports, and a graceful deletion keeps it until the
-    /// kubelet has torn the pod down (seconds; on 1.20 sometimes a minute). The old pod forwards
-    /// until its kubelet stops it, and the node stays published throughout (`decide::roll`).
-    async fn replace_proxy_pod(&self, service: &Service, key: &str) -> Result<()> {
+    /// The scheduler places no replacement on the node while the old pod's object claims the
+    /// host ports, and a graceful deletion keeps it until the kubelet has torn the pod down
+    /// (seconds; on 1.20 sometimes a minute). The old pod forwards until its kubelet stops it,
+    /// and the node stays published throughout (`decide::roll`).
+    async fn delete_pod_at_once(&self, key: &str) -> Result<bool> {
         let name = key.rsplit('/').next().unwrap_or(key);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.settings.proxy.namespace);
         let at_once = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
         match pods.delete(name, &at_once).await {
-            Ok(_) => {
-                info!(pod = %key, "replacing out-of-date proxy pod");
-                self.events.publish(
-                    service,
-                    Reason::ProxyPodReplaced,
-                    format!("replacing out-of-date proxy pod {key}"),
-                );
-                Ok(())
-            }
-            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
             Err(error) => Err(Error::kube(format!("delete proxy pod {key}"))(error)),
         }
     }
