@@ -13,8 +13,12 @@ repo=$PWD
 mkdir -p "$1"
 out=$(cd "$1" && pwd)
 read -r version commit < <(grep -v "^#" e2e/upgrade/previous-release)
+if ! git cat-file -e "$commit^{commit}" 2>/dev/null && [[ $(git rev-parse --is-shallow-repository) == true ]]; then
+  # A shallow clone: the rest of the history from where it came.
+  timeout 300 git fetch --quiet --unshallow >&2 || true
+fi
 if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
-  echo "commit $commit of $version is not in this clone (a shallow one? git fetch --unshallow)" >&2
+  echo "commit $commit of $version is not in this clone, and fetching it failed" >&2
   exit 1
 fi
 source="$out/source-$version"
