@@ -206,6 +206,30 @@ pub struct Nodes {
     pub unpublished2: IpAddr,
 }
 
+impl Nodes {
+    /// Both ways into a Service on `port` of each node: the published address (kube-proxy's
+    /// rules) and the unpublished one (the proxy pod's host port), in the order `path_names` names.
+    pub fn paths(&self, port: u16) -> [Target; 4] {
+        [(self.ip1, port), (self.ip2, port), (self.unpublished1, port), (self.unpublished2, port)]
+    }
+
+    /// Names for the targets of `paths`, in their order.
+    pub fn path_names(&self) -> [String; 4] {
+        [
+            format!("published {}", self.node1),
+            format!("published {}", self.node2),
+            format!("proxy path {}", self.node1),
+            format!("proxy path {}", self.node2),
+        ]
+    }
+
+    /// The records of traffic on `paths`, each under its name.
+    pub fn describe_paths(&self, records: &[(Target, PathRecord)]) -> String {
+        let lines = self.path_names().into_iter().zip(records).map(|(name, (_, record))| format!("{name}: {record}"));
+        lines.collect::<Vec<_>>().join("; ")
+    }
+}
+
 pub fn nodes(cluster: &Cluster) -> Result<Nodes> {
     Ok(Nodes {
         node1: cluster.var("NODE1_NAME")?.into(),
@@ -441,6 +465,23 @@ impl TestNamespace {
     /// A merge patch. The 1.20 API server's Service storage can answer a patch with 409 Conflict
     /// when another write (the controller's status or finalizer) lands at the same moment, even
     /// though the patch names no resourceVersion; a conflict is retried, as kubectl's patch does.
+    /// The echo backend on node-1 and a LoadBalancer Service for it on `port`, once the Service
+    /// publishes both nodes (each wait bounded by `timeout`).
+    pub async fn echo_service(
+        &self,
+        cluster: &Cluster,
+        nodes: &Nodes,
+        name: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
+        self.wait_ready("echo", 1, timeout).await?;
+        self.load_balancer(name, "echo", &http(port), json!({})).await?;
+        cluster.wait_for_addresses(&self.name, name, &[nodes.ip1, nodes.ip2], timeout).await?;
+        Ok(())
+    }
+
     pub async fn patch_service(&self, name: &str, patch: Value) -> Result<Service> {
         let mut attempts = 0;
         loop {
@@ -659,6 +700,12 @@ impl StatusWatch {
         self.stop.store(true, Ordering::Release);
         self.watcher.await?
     }
+}
+
+/// Waits until `address:port` answers a request from the client; returns the answer.
+pub async fn answers(cluster: &Cluster, address: IpAddr, port: u16, timeout: Duration) -> Result<EchoReply> {
+    let client = cluster.client()?;
+    eventually_blocking(timeout, move || client.http_get(address, port)).await
 }
 
 /// Prints a measured figure in one greppable form.

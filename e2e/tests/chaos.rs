@@ -451,11 +451,6 @@ async fn serving(test: &str, service: &str, port: u16) -> Result<(Cluster, TestN
     Ok((cluster, ns, nodes))
 }
 
-async fn answers(cluster: &Cluster, address: IpAddr, port: u16, timeout: Duration) -> Result<EchoReply> {
-    let client = cluster.client()?;
-    eventually_blocking(timeout, move || client.http_get(address, port)).await
-}
-
 #[tokio::test]
 async fn api_server_and_etcd_restarted_in_the_middle_of_a_change_the_change_completes() -> Result<()> {
     let (cluster, ns, nodes) = serving("api-restart", "moving", 19600).await?;
@@ -510,9 +505,9 @@ async fn answering_on_both_paths(
     test: &str,
     service: &str,
     port: u16,
-) -> Result<(Cluster, TestNamespace, Nodes, [(IpAddr, u16); 4])> {
+) -> Result<(Cluster, TestNamespace, Nodes, [Target; 4])> {
     let (cluster, ns, nodes) = serving(test, service, port).await?;
-    let targets = [(nodes.ip1, port), (nodes.ip2, port), (nodes.unpublished1, port), (nodes.unpublished2, port)];
+    let targets = nodes.paths(port);
     for (ip, port) in targets {
         answers(&cluster, ip, port, SETTLE).await?;
     }
@@ -689,21 +684,6 @@ async fn an_api_server_hung_for_45_s_withdraws_no_healthy_node_and_fails_no_path
     Ok(())
 }
 
-/// Names the paths of `answering_on_both_paths`'s targets, in their order.
-fn path_names(nodes: &Nodes) -> [String; 4] {
-    [
-        format!("published {}", nodes.node1),
-        format!("published {}", nodes.node2),
-        format!("proxy path {}", nodes.node1),
-        format!("proxy path {}", nodes.node2),
-    ]
-}
-
-fn describe_paths(nodes: &Nodes, records: &[(Target, PathRecord)]) -> String {
-    let lines = path_names(nodes).into_iter().zip(records).map(|(name, (_, record))| format!("{name}: {record}"));
-    lines.collect::<Vec<_>>().join("; ")
-}
-
 /// How long a path may fail before a test gives up on it.
 const PATH_GIVE_UP: Duration = Duration::from_secs(90);
 
@@ -745,7 +725,7 @@ async fn a_proxy_roll_under_traffic_loses_no_request_on_a_published_address() ->
         "proxies rolled (kubectl rollout restart): both replaced and Ready after {:.1}s, {replaced} ProxyPodReplaced \
          Events; {}; {} status reads, {} showed fewer than both nodes",
         rolled_after.as_secs_f64(),
-        describe_paths(&nodes, &records),
+        nodes.describe_paths(&records),
         statuses.reads,
         statuses.shrunk.len()
     ));
@@ -832,7 +812,7 @@ async fn every_kubelet_silent_at_once_withdraws_no_node() -> Result<()> {
         statuses.reads,
         statuses.shrunk.len(),
         writes_after - writes_before,
-        describe_paths(&nodes, &records)
+        nodes.describe_paths(&records)
     ));
     ensure!(
         silences.iter().all(|silence| *silence > Duration::from_secs(13)),

@@ -12,7 +12,6 @@ use hostlb_e2e::*;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 const RELEASE: &str = "e2e-helm";
 const RELEASE_NAMESPACE: &str = "e2e-helm-system";
@@ -135,13 +134,8 @@ async fn helm_lifecycle(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) ->
     let deployment = format!("deployment/{RELEASE}-hostlb-controller");
     cluster.kubectl(&["-n", RELEASE_NAMESPACE, "rollout", "status", &deployment, "--timeout=180s"])?;
 
-    ns.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
-    ns.wait_ready("echo", 1, SETTLE).await?;
-    ns.load_balancer("web", "echo", &http(18400), json!({})).await?;
-    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    let client = cluster.client()?;
-    let address = nodes.ip1;
-    eventually_blocking(SETTLE, move || client.http_get(address, 18400)).await?;
+    ns.echo_service(cluster, nodes, "web", 18400, SETTLE).await?;
+    answers(cluster, nodes.ip1, 18400, SETTLE).await?;
 
     helm(
         cluster,
@@ -180,13 +174,8 @@ async fn helm_lifecycle(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) ->
 #[tokio::test]
 async fn kubectl_delete_k_with_a_served_service_leaves_its_namespace_deletable() -> Result<()> {
     let (cluster, ns, nodes) = setup("delete-k").await?;
-    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
-    ns.wait_ready("echo", 1, SETTLE).await?;
-    ns.load_balancer("web", "echo", &http(18410), json!({})).await?;
-    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    let client = cluster.client()?;
-    let address = nodes.ip1;
-    eventually_blocking(SETTLE, move || client.http_get(address, 18410)).await?;
+    ns.echo_service(&cluster, &nodes, "web", 18410, SETTLE).await?;
+    answers(&cluster, nodes.ip1, 18410, SETTLE).await?;
 
     let outcome = async {
         kustomize_kubectl(&cluster, &["delete", "-k", HARNESS_OVERLAY, "--wait=false"])?;

@@ -15,7 +15,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 const SETTLE: Duration = Duration::from_secs(300);
 const PORT: u16 = 19700;
@@ -59,14 +58,10 @@ async fn upgrade(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes, version: 
     cluster.kubectl(&rollout)?;
     ensure_controller_image(cluster, version).await?;
 
-    ns.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
-    ns.wait_ready("echo", 1, SETTLE).await?;
-    ns.load_balancer("web", "echo", &http(PORT), json!({})).await?;
-    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    let targets = [(nodes.ip1, PORT), (nodes.ip2, PORT), (nodes.unpublished1, PORT), (nodes.unpublished2, PORT)];
+    ns.echo_service(cluster, nodes, "web", PORT, SETTLE).await?;
+    let targets = nodes.paths(PORT);
     for (address, port) in targets {
-        let client = cluster.client()?;
-        eventually_blocking(SETTLE, move || client.http_get(address, port)).await?;
+        answers(cluster, address, port, SETTLE).await?;
     }
     let served_by_old = cluster.proxy_pods(&ns.name, "web").await?;
     ensure!(
@@ -91,20 +86,12 @@ async fn upgrade(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes, version: 
     let controller_rolled = upgraded?;
     let stranded = stranded_node_lease_rbac(cluster).await?;
 
-    let names = [
-        format!("published {}", nodes.node1),
-        format!("published {}", nodes.node2),
-        format!("proxy path {}", nodes.node1),
-        format!("proxy path {}", nodes.node2),
-    ];
-    let paths: Vec<String> =
-        names.iter().zip(&records).map(|(name, (_, record))| format!("{name}: {record}")).collect();
     say(format!(
         "{version} -> this tree: controller rolled out after {:.1}s, every proxy pod replaced and Ready after {:.1}s; \
          {}; {} status reads, {} showed fewer than both nodes; left by `kubectl apply`: {}",
         controller_rolled.as_secs_f64(),
         proxies_rolled.as_secs_f64(),
-        paths.join("; "),
+        nodes.describe_paths(&records),
         statuses.reads,
         statuses.shrunk.len(),
         if stranded.is_empty() { "nothing".to_string() } else { stranded.join(", ") }
