@@ -170,7 +170,8 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         serving.warnings.extend(creation_failure(ours, pods.len() < schedulable.len(), failures));
     }
     let policy = address_options.policy(&settings.addresses);
-    let eligible_nodes = schedulable.iter().filter(|node| index.serves(node)).count();
+    let serving_nodes: Vec<&Node> = schedulable.iter().copied().filter(|node| index.serves(node)).collect();
+    let eligible_nodes = serving_nodes.len();
     let partly_held = placement.as_ref().is_some_and(|placement| !placement.excluded_nodes.is_empty());
     let starting = placement.as_ref().and_then(|_| {
         let daemonset_since = match (&serving.daemonset, observed.daemonset) {
@@ -178,7 +179,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
             (_, Some(daemonset)) => daemonset.metadata.creation_timestamp.as_ref().map(|time| time.0),
             _ => None,
         };
-        let podless = schedulable.iter().filter(|node| index.serves(node)).any(|node| !has_pod(&pods, node));
+        let podless = serving_nodes.iter().any(|node| !has_pod(&pods, node));
         // The DaemonSet controller creates pods in growing batches, the first of one pod: while
         // nodes wait for theirs, the newest pod tells that it is still at work.
         let newest_pod = pods.iter().filter_map(|pod| pod.created).max();
