@@ -6,7 +6,9 @@
 #
 #   HOSTLB_BENCH_PARTS   which parts to run (default "proxy cluster scale"):
 #     proxy    network namespaces only: data path, hostlb-lb init time, image size, memory
-#     cluster  the local two-node cluster (cluster.sh up ... down): 30 Services at once
+#     cluster  the local two-node cluster (cluster.sh up ... down): 30 Services at once, the
+#              memory of a proxy pod on its node, and the figures of the tests that roll proxies,
+#              upgrade from the previous release and stop a node under traffic
 #     scale    its own API server on loopback with simulated nodes: 100, 300, 1000 Services
 set -euo pipefail
 
@@ -15,8 +17,10 @@ HERE=e2e/bench
 OUT=target/bench
 PARTS="${HOSTLB_BENCH_PARTS:-proxy cluster scale}"
 TARGET=x86_64-unknown-linux-gnu
+# Every figure comes from this run: an earlier run's parts go first, and a part that fails
+# writes no key. goals.tsv lists every key a full run writes; the run names those missing.
+rm -rf "$OUT/parts"
 mkdir -p "$OUT/parts"
-# A part that fails still leaves what it measured; the table shows it and the run exits 1.
 failed=()
 
 [[ $(id -u) == 0 ]] || { echo "make bench must run as root (network namespaces)" >&2; exit 1; }
@@ -40,7 +44,7 @@ bin="$PWD/target/$TARGET/release"
 if [[ " $PARTS " == *" proxy "* ]]; then
   jq -n --argjson bytes "$(stat -c %s _out/images/lb.tar)" '{lb_image_bytes: $bytes}' >"$OUT/parts/image.json"
   HOSTLB_BENCH_OUT="$PWD/$OUT/parts/proxy.json" HOSTLB_LB_BINARY="$bin/hostlb-lb" \
-    cargo bench --locked -p hostlb-lb --bench proxy
+    timeout 20m cargo bench --locked -p hostlb-lb --bench proxy || failed+=(proxy)
 fi
 
 if [[ " $PARTS " == *" cluster "* ]]; then
@@ -50,13 +54,23 @@ if [[ " $PARTS " == *" cluster "* ]]; then
   exec 8>"${HOSTLB_CLUSTER_LOCK:-/run/hostlb-cluster.lock}"
   flock 8
   status=0
+  figures="$OUT/figures.jsonl"
+  rm -f "$figures"
+  # The tests' own figures, from the tests that assert on them: a proxy roll, a killed proxy
+  # pod and a stopped node under traffic, and the upgrade from the previous release.
   { bash e2e/cluster/cluster.sh up &&
-    HOSTLB_BENCH_OUT="$PWD/$OUT/parts/controller.json" cargo bench --locked -p hostlb-e2e --bench controller
+    HOSTLB_BENCH_OUT="$PWD/$OUT/parts/controller.json" timeout 15m \
+      cargo bench --locked -p hostlb-e2e --bench controller &&
+    HOSTLB_FIGURES="$PWD/$figures" timeout 15m cargo test --locked -p hostlb-e2e --test chaos -- \
+      --test-threads=1 --nocapture a_proxy_roll a_killed_proxy_pod a_restarted_node &&
+    HOSTLB_FIGURES="$PWD/$figures" timeout 25m cargo test --locked -p hostlb-e2e --test upgrade -- \
+      --test-threads=1 --nocapture &&
+    jq -s 'add' "$figures" >"$OUT/parts/tests.json"
   } 8>&- || status=1
   bash e2e/cluster/cluster.sh down 8>&- || status=1
   flock -u 8
   exec 8>&-
-  [[ $status == 0 ]] || failed+=(cluster)
+  [[ $status == 0 ]] || { failed+=(cluster); rm -f "$OUT/parts/controller.json" "$OUT/parts/tests.json"; }
 fi
 
 if [[ " $PARTS " == *" scale "* ]]; then
@@ -74,7 +88,9 @@ if [[ " $PARTS " == *" scale "* ]]; then
   trap - EXIT
 fi
 
-jq -s 'add' "$OUT"/parts/*.json >"$OUT/results.json"
+shopt -s nullglob
+parts=("$OUT"/parts/*.json)
+jq -n '[inputs] | add // {}' "${parts[@]}" >"$OUT/results.json"
 
 if [[ -s $OUT/lags.tsv ]]; then
   jq -r '"100\t\(.ctl_all_ready_s_100)", "300\t\(.ctl_all_ready_s_300)", "1000\t\(.ctl_all_ready_s)"' \
@@ -82,8 +98,10 @@ if [[ -s $OUT/lags.tsv ]]; then
   gnuplot -e "dir='$OUT'" "$HERE/plot.gp"
 fi
 
-# One row per line of goals.tsv: goal, measured, baseline and, for raw figures, measured / baseline.
-jq -r --rawfile goals "$HERE/goals.tsv" '
+# One row per line of goals.tsv: goal, measured (the median where the figure has a spread),
+# min and max, baseline and, for raw figures, measured / baseline.
+rows() { grep -v '^#' "$HERE/goals.tsv" | grep -v '^$'; }
+jq -r --rawfile goals <(rows) '
   . as $r
   | def show: if . == null then "-" elif (. | floor) == . then tostring else (. * 1000 | round / 1000 | tostring) end;
     def met($goal; $value):
@@ -91,18 +109,30 @@ jq -r --rawfile goals "$HERE/goals.tsv" '
       else ($goal | split(" ")) as [$op, $n] | ($n | tonumber) as $n
         | if ($op == "<=" and $value <= $n) or ($op == ">=" and $value >= $n) then "yes" else "no" end
       end;
-  "| key | goal | measured | baseline | ratio | goal met |",
-  "|---|---|---|---|---|---|",
-  ($goals | split("\n")[] | select(length > 0 and (startswith("#") | not)) | split("\t")
-   | . as [$key, $goal, $base, $what]
+  "| key | goal | measured | min - max | baseline | ratio | goal met |",
+  "|---|---|---|---|---|---|---|",
+  ($goals | split("\n")[] | select(length > 0) | split("\t")
+   | . as [$key, $goal, $spread, $base, $what]
    | $r[$key] as $value | (if $base == "-" then null else $r[$base] end) as $b
    | "| `\($key)` (\($what)) | \($goal) | \($value | show) | "
+     + (if $spread == "-" then "-" else "\($r[$key + "_min"] | show) - \($r[$key + "_max"] | show)" end) + " | "
      + (if $b == null then "-" else "\($b | show) (`\($base)`)" end) + " | "
-     + (if $b == null or $b == 0 or $value == null or ($key | endswith("_ratio")) then "-" else ($value / $b | show) end)
+     + (if $b == null or $b == 0 or $value == null or ($key | contains("_ratio")) then "-" else ($value / $b | show) end)
      + " | \(met($goal; $value)) |")
 ' "$OUT/results.json" | tee "$OUT/table.md"
 echo "wrote $OUT/results.json and $OUT/table.md"
+
+# Every key goals.tsv names (with _min and _max where it has a spread) that this run did not write.
+mapfile -t missing < <(rows | awk -F'\t' '{ print $1; if ($3 != "-") { print $1 "_min"; print $1 "_max" } }' |
+  while read -r key; do jq -e --arg key "$key" 'has($key)' "$OUT/results.json" >/dev/null || echo "$key"; done)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "not measured in this run (part not selected, or it failed): ${missing[*]}" >&2
+fi
 if [[ ${#failed[@]} -gt 0 ]]; then
   echo "failed parts: ${failed[*]}" >&2
+  exit 1
+fi
+if [[ ${#missing[@]} -gt 0 && $PARTS == "proxy cluster scale" ]]; then
+  echo "a full run left keys unwritten" >&2
   exit 1
 fi

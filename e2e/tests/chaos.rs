@@ -592,6 +592,8 @@ async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
         proxy_gap.as_secs_f64(),
         published_gap.as_secs_f64()
     ));
+    figure("killed_proxy_gap_ms_proxy_path", proxy_gap.as_millis() as f64)?;
+    figure("killed_proxy_gap_ms_published", published_gap.as_millis() as f64)?;
     ensure!(published_gap.is_zero(), "the published address failed for {published_gap:?}");
     ensure!(proxy_gap <= PROXY_PATH_GAP_BOUND, "a gap of {proxy_gap:?} through the proxy pod");
     Ok(())
@@ -618,6 +620,8 @@ async fn a_restarted_node_gets_its_proxies_and_its_address_back() -> Result<()> 
         started_at.duration_since(stopped_at).as_secs_f64(),
         returned.as_secs_f64()
     ));
+    figure("node_failover_s", withdrawn.as_secs_f64())?;
+    figure("node_return_s", returned.as_secs_f64())?;
     Ok(())
 }
 
@@ -729,6 +733,8 @@ async fn a_proxy_roll_under_traffic_loses_no_request_on_a_published_address() ->
         statuses.reads,
         statuses.shrunk.len()
     ));
+    traffic_figures("roll", &records)?;
+    figure("roll_s", rolled_after.as_secs_f64())?;
     ensure!(statuses.shrunk.is_empty(), "the status shrank: {:?}", statuses.shrunk);
     let lost_published: u32 = records[..2].iter().map(|(_, record)| record.lost).sum();
     ensure!(lost_published == 0, "{lost_published} requests lost on the published addresses");

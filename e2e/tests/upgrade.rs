@@ -96,6 +96,9 @@ async fn upgrade(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes, version: 
         statuses.shrunk.len(),
         if stranded.is_empty() { "nothing".to_string() } else { stranded.join(", ") }
     ));
+    traffic_figures("upgrade", &records)?;
+    figure("upgrade_controller_s", controller_rolled.as_secs_f64())?;
+    figure("upgrade_proxies_s", proxies_rolled.as_secs_f64())?;
     ensure!(statuses.shrunk.is_empty(), "the status shrank: {:?}", statuses.shrunk);
     let lost_published: u32 = records[..2].iter().map(|(_, record)| record.lost).sum();
     ensure!(lost_published == 0, "{lost_published} requests lost on the published addresses");

@@ -27,7 +27,6 @@ pub struct Steps {
 #[derive(Default, Debug)]
 pub struct PodSteps {
     pub created: Option<Instant>,
-    pub running: Option<Instant>,
     pub ready: Option<Instant>,
 }
 
@@ -78,10 +77,6 @@ pub fn watch(client: &Client, namespace: &str, addresses: usize) -> Timeline {
             let mut timeline = t.lock().unwrap();
             let steps = timeline.entry(service).or_default().pods.entry(pod.name_any()).or_default();
             first(&mut steps.created);
-            let status = pod.status.as_ref();
-            if status.and_then(|s| s.phase.as_deref()) == Some("Running") {
-                first(&mut steps.running);
-            }
             if pod_ready(&pod) {
                 first(&mut steps.ready);
             }
