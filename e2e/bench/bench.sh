@@ -25,8 +25,8 @@ failed=()
 
 [[ $(id -u) == 0 ]] || { echo "make bench must run as root (network namespaces)" >&2; exit 1; }
 
-# iperf3 and HAProxy are the data path's load and userspace baseline; gnuplot draws the plots.
-deps=(iperf3 haproxy gnuplot-nox jq iptables nftables iproute2)
+# iperf3 is the data path's load, conntrack flushes its tables between runs; gnuplot draws the plots.
+deps=(iperf3 conntrack gnuplot-nox jq iptables nftables iproute2)
 missing=()
 for p in "${deps[@]}"; do
   dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing+=("$p")

@@ -23,3 +23,10 @@ pub fn rounded(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
 }
+
+/// The smallest, the median and the largest of `values`: a figure with its spread.
+pub fn min_median_max(values: &[f64]) -> (f64, f64, f64) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, median(values.to_vec()), max)
+}
