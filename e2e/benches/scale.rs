@@ -393,44 +393,6 @@ impl AuditLog {
     }
 }
 
-/// The controller's `hostlb_reconcile_queue_seconds` histogram, as (upper bound in seconds,
-/// observations up to it).
-fn queue_histogram() -> Result<Vec<(f64, f64)>> {
-    let output = Command::new("curl").args(["-fsS", "--max-time", "3", "http://127.0.0.1:18090/metrics"]).output()?;
-    ensure!(output.status.success(), "the controller's metrics: {}", String::from_utf8_lossy(&output.stderr));
-    let text = String::from_utf8(output.stdout)?;
-    let buckets = text.lines().filter_map(|line| line.strip_prefix("hostlb_reconcile_queue_seconds_bucket{le=\""));
-    buckets
-        .map(|bucket| {
-            let (bound, count) = bucket.split_once("\"} ").with_context(|| format!("a bucket line: {bucket}"))?;
-            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse()? };
-            Ok((bound, count.trim().parse()?))
-        })
-        .collect()
-}
-
-/// The observations of one round: the histogram after it less the one before.
-fn round_histogram(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
-    after.iter().zip(before).map(|(&(bound, after), &(_, before))| (bound, after - before)).collect()
-}
-
-/// The `q` quantile of a histogram (s), interpolated within its bucket as Prometheus's
-/// `histogram_quantile` does; the last finite bound when it falls in the `+Inf` bucket.
-fn histogram_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
-    let rank = q * buckets.last().map_or(0.0, |&(_, count)| count);
-    let (mut lower_bound, mut lower_count) = (0.0, 0.0);
-    for &(bound, count) in buckets {
-        if count >= rank && count > lower_count {
-            if bound.is_infinite() {
-                return lower_bound;
-            }
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count);
-        }
-        (lower_bound, lower_count) = (bound, count);
-    }
-    lower_bound
-}
-
 /// When this program saw each proxy pod of a round Ready, by the wall clock.
 fn seen_ready(timeline: &Timeline) -> BTreeMap<String, Timestamp> {
     let (now, wall_now) = (Instant::now(), Timestamp::now());
@@ -558,12 +520,10 @@ async fn measure(
     let mut first_port = FIRST_PORT;
     for count in ROUNDS {
         let cpu_before = controller.cpu_s()?;
-        let queue_before = queue_histogram()?;
         let audit_offset = audit.end()?;
         let namespace = format!("scale-{count}");
         let timeline = round(client, &namespace, count, first_port).await?;
         let cpu = controller.cpu_s()? - cpu_before;
-        let queue = round_histogram(&queue_before, &queue_histogram()?);
         first_port += count;
         let (lags, all_ready) = lags(&timeline)?;
         eprintln!(
@@ -601,8 +561,6 @@ async fn measure(
                 results.insert("ctl_status_write_p99_ms", rounded(percentile(&parts.write, 0.99), 1));
                 results.insert("ctl_pod_watch_p50_ms", rounded(percentile(&parts.pod_watch, 0.5), 1));
                 results.insert("ctl_pod_watch_p99_ms", rounded(percentile(&parts.pod_watch, 0.99), 1));
-                results.insert("ctl_queue_p50_ms", rounded(histogram_quantile(&queue, 0.5) * 1e3, 1));
-                results.insert("ctl_queue_p99_ms", rounded(histogram_quantile(&queue, 0.99) * 1e3, 1));
                 results.insert("ctl_cpu_s_1000", rounded(cpu, 2));
                 results.insert("ctl_rss_mib_1000", rounded(controller.rss_mib()?, 1));
             }
