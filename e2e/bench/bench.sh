@@ -7,7 +7,7 @@
 #   HOSTLB_BENCH_PARTS   which parts to run (default "proxy cluster scale"):
 #     proxy    network namespaces only: data path, hostlb-lb init time, image size, memory
 #     cluster  the local two-node cluster (cluster.sh up ... down): 30 Services at once
-#     scale    its own API server on loopback with simulated nodes: 100, 300, 1000 Services
+#     scale    its own control plane on loopback with simulated kubelets: 100, 300, 1000 Services
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -61,7 +61,9 @@ fi
 
 if [[ " $PARTS " == *" scale "* ]]; then
   cargo bench --locked -p hostlb-e2e --bench scale --no-run
-  # In memory: etcd's fsyncs on this machine's disk, not the controller, would set the pace.
+  # The state folder holds etcd's data. In memory by default: on this machine's disk etcd's
+  # fsyncs, not the controller, would set the pace (docs/BENCHMARKS.md has a run on disk).
+  # HOSTLB_BENCH_SCALE_STATE=target/bench/scale-state puts it on disk.
   scale_state="${HOSTLB_BENCH_SCALE_STATE:-/dev/shm/hostlb-bench-scale}"
   trap 'HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" down' EXIT
   HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" up
@@ -70,6 +72,7 @@ if [[ " $PARTS " == *" scale "* ]]; then
     failed+=(scale)
   # Kept for reading what the controller did; the state folder goes with the API server.
   cp "$scale_state/controller.log" "$OUT/scale-controller.log" 2>/dev/null || true
+  cp "$scale_state/controller-restart.log" "$OUT/scale-controller-restart.log" 2>/dev/null || true
   HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" down
   trap - EXIT
 fi
@@ -77,8 +80,8 @@ fi
 jq -s 'add' "$OUT"/parts/*.json >"$OUT/results.json"
 
 if [[ -s $OUT/lags.tsv ]]; then
-  jq -r '"100\t\(.ctl_all_ready_s_100)", "300\t\(.ctl_all_ready_s_300)", "1000\t\(.ctl_all_ready_s)"' \
-    "$OUT/results.json" >"$OUT/all-ready.tsv"
+  jq -r '. as $r | (100, 300, 1000) | "\(.)\t\($r["ctl_ready_s_\(.)"])\t\($r["ctl_pods_ready_s_\(.)"])"' \
+    "$OUT/results.json" >"$OUT/ready.tsv"
   gnuplot -e "dir='$OUT'" "$HERE/plot.gp"
 fi
 
