@@ -61,9 +61,9 @@ fi
 
 if [[ " $PARTS " == *" scale "* ]]; then
   cargo bench --locked -p hostlb-e2e --bench scale --no-run
-  # The state folder holds etcd's data. In memory by default: on this machine's disk etcd's
-  # fsyncs, not the controller, would set the pace (docs/BENCHMARKS.md has a run on disk).
-  # HOSTLB_BENCH_SCALE_STATE=target/bench/scale-state puts it on disk.
+  # The state folder holds etcd's data: in memory by default, so that a slow disk's fsyncs
+  # cannot set the pace of a run; HOSTLB_BENCH_SCALE_STATE=$PWD/target/bench/scale-state puts
+  # it on disk, as a cluster's etcd is.
   scale_state="${HOSTLB_BENCH_SCALE_STATE:-/dev/shm/hostlb-bench-scale}"
   trap 'HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" down' EXIT
   HOSTLB_BENCH_SCALE_STATE="$scale_state" bash "$HERE/scale-apiserver.sh" up
