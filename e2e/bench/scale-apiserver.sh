@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A control plane on loopback for the scale bench, apart from the local cluster: etcd,
-# kube-apiserver (127.0.0.1, every request allowed, an audit log of writes) and
-# kube-controller-manager with its DaemonSet controller only. There is no kubelet and no
-# scheduler: the bench creates Node objects and plays both for the proxy pods.
+# kube-apiserver (127.0.0.1, every request allowed, an audit log of writes),
+# kube-controller-manager with its DaemonSet controller only, and kube-scheduler, which binds
+# the proxy pods and so holds each node to its pod budget. There is no kubelet: the bench
+# creates Node objects and their Leases and plays the kubelets.
 #
-#   scale-apiserver.sh up     start it; writes two kubeconfigs to the state folder: admin (the
-#                             bench) and controller (hostlb-controller, so that the audit log
-#                             tells its writes apart)
+#   scale-apiserver.sh up     start it; writes kubeconfigs to the state folder: admin (the
+#                             bench), controller (hostlb-controller) and scheduler, so that the
+#                             audit log tells their writes apart
 #   scale-apiserver.sh down   stop exactly the processes `up` started, remove the state folder
 set -euo pipefail
 
@@ -33,8 +34,10 @@ up() {
   sign apiserver "/CN=kube-apiserver" serverAuth "IP:127.0.0.1"
   sign admin "/O=system:masters/CN=hostlb-bench" clientAuth
   sign controller "/O=system:masters/CN=hostlb-controller" clientAuth
+  sign scheduler "/O=system:masters/CN=hostlb-bench-scheduler" clientAuth
   kubeconfig "$STATE/admin.kubeconfig" admin
   kubeconfig "$STATE/controller.kubeconfig" controller
+  kubeconfig "$STATE/scheduler.kubeconfig" scheduler
   cat >"$STATE/audit.yaml" <<YAML
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -67,10 +70,16 @@ YAML
     --kubeconfig="$STATE/admin.kubeconfig" --controllers=daemonset --leader-elect=false \
     --port=0 --secure-port=0 --kube-api-qps="$QPS" --kube-api-burst="$BURST" \
     --profiling=false --v=1
+  # No serving ports (the local cluster's scheduler has the default ones); the bench waits for
+  # its pods to be bound, which tells that it runs.
+  start_daemon kube-scheduler "$BIN/kube-scheduler" "$BIN/kube-scheduler" \
+    --kubeconfig="$STATE/scheduler.kubeconfig" --leader-elect=false \
+    --port=0 --secure-port=0 --kube-api-qps="$QPS" --kube-api-burst="$BURST" \
+    --profiling=false --v=1
 }
 
 down() {
-  for daemon in kube-controller-manager kube-apiserver etcd; do stop_daemon "$daemon"; done
+  for daemon in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_daemon "$daemon"; done
   rm -rf "$STATE"
 }
 
