@@ -1,5 +1,5 @@
-//! Small statistics shared by `make bench`'s programs (included with `#[path]`, as they live in
-//! two crates).
+//! Small statistics shared by `make bench`'s programs, and the reading of the memory figures
+//! they take from /proc (included with `#[path]`, as they live in two crates).
 
 #![allow(dead_code)] // each program uses a different part
 
@@ -29,4 +29,10 @@ pub fn min_median_max(values: &[f64]) -> (f64, f64, f64) {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (min, median(values.to_vec()), max)
+}
+
+/// A `Name:  123 kB` field of a /proc file (`status`, `smaps_rollup`), in KiB.
+pub fn kib_field(text: &str, field: &str) -> Option<f64> {
+    let value = text.lines().find_map(|line| line.strip_prefix(field))?;
+    value.trim().trim_end_matches("kB").trim().parse().ok()
 }

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use stats::{median, rounded};
+use stats::{kib_field, median, rounded};
 use timeline::{first, ms, watch, Steps};
 
 const SERVICES: u16 = 30;
@@ -112,16 +112,12 @@ async fn burst(cluster: &Cluster, namespace: &TestNamespace) -> Result<BTreeMap<
 /// time a proxy pod's replacement; with 60 pods still being torn down, the kubelets' teardown
 /// would be what they time (a replacement took 9 s behind it, against 2.5 s on its own).
 async fn torn_down(cluster: &Cluster, namespace: &str) -> Result<()> {
-    let selector = format!("{}={namespace}", names::LABEL_SERVICE_NAMESPACE);
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
     let started = Instant::now();
     loop {
-        let left = pods.list(&ListParams::default().labels(&selector)).await?.items.len();
+        let left = proxy_pods_of(cluster, namespace).await?.len();
         if left == 0 {
-            eprintln!(
-                "the burst's proxy pods were gone {:.1}s after its namespace was deleted",
-                ms(started, Instant::now()) / 1e3
-            );
+            let gone_after = started.elapsed().as_secs_f64();
+            eprintln!("the burst's proxy pods were gone {gone_after:.1}s after its namespace was deleted");
             return Ok(());
         }
         ensure!(started.elapsed() < TIMEOUT, "{left} proxy pods of {namespace} left after {TIMEOUT:?}");
@@ -134,9 +130,7 @@ async fn torn_down(cluster: &Cluster, namespace: &str) -> Result<()> {
 /// sandbox's pause process and `hostlb-lb hold`), and their proportional share (PSS), which
 /// splits the pages pods share, such as the binaries' own, between them.
 async fn proxy_pod_memory(cluster: &Cluster, namespace: &str) -> Result<BTreeMap<&'static str, f64>> {
-    let selector = format!("{}={namespace}", names::LABEL_SERVICE_NAMESPACE);
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
-    let pods = pods.list(&ListParams::default().labels(&selector)).await?.items;
+    let pods = proxy_pods_of(cluster, namespace).await?;
     let processes = node_processes()?;
     let mut parts: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for pod in &pods {
@@ -160,6 +154,13 @@ async fn proxy_pod_memory(cluster: &Cluster, namespace: &str) -> Result<BTreeMap
     let results: BTreeMap<&'static str, f64> = parts.into_iter().map(|(key, kib)| (key, median(kib))).collect();
     eprintln!("memory per proxy pod, {} pods: {results:?}", pods.len());
     Ok(results)
+}
+
+/// The proxy pods of every Service in `namespace`.
+async fn proxy_pods_of(cluster: &Cluster, namespace: &str) -> Result<Vec<Pod>> {
+    let selector = format!("{}={namespace}", names::LABEL_SERVICE_NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
 }
 
 /// A process of this machine, as far as telling which pod it serves needs.
@@ -210,10 +211,4 @@ fn node_processes() -> Result<Vec<NodeProcess>> {
         });
     }
     Ok(processes)
-}
-
-/// A `Name:  123 kB` field of a /proc file.
-fn kib_field(text: &str, field: &str) -> Option<f64> {
-    let value = text.lines().find_map(|line| line.strip_prefix(field))?;
-    value.trim().trim_end_matches("kB").trim().parse().ok()
 }

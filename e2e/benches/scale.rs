@@ -39,7 +39,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Config, ResourceExt};
 use serde_json::{json, Value};
-use stats::{median, percentile, rounded};
+use stats::{kib_field, median, percentile, rounded};
 use timeline::{ms, watch, Timeline};
 
 /// Services per pool and nodes per pool. A node has room for 110 pods (the kubelet's default)
@@ -409,11 +409,7 @@ impl Controller {
     /// Its peak resident memory so far (VmHWM), MiB.
     fn peak_rss_mib(&self) -> Result<f64> {
         let status = self.proc_file("status")?;
-        let kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .context("VmHWM")?;
+        let kib = kib_field(&status, "VmHWM:").context("VmHWM")?;
         Ok(kib / 1024.0)
     }
 

@@ -48,7 +48,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use stats::{median, min_median_max, percentile, rounded};
+use stats::{kib_field, median, min_median_max, percentile, rounded};
 use support::{sh, Netns, LB};
 
 /// The client's addresses, one per client thread: UDP transactions each need a source port not
@@ -252,13 +252,7 @@ fn hold_rss(lb: &str, results: &mut Results) {
     let mut hold = Command::new(lb).arg("hold").stderr(Stdio::null()).spawn().expect("starting hostlb-lb hold");
     std::thread::sleep(Duration::from_millis(300));
     let status = std::fs::read_to_string(format!("/proc/{}/status", hold.id())).unwrap();
-    let kib = |field: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
-    };
+    let kib = |field: &str| kib_field(&status, field).unwrap_or_else(|| panic!("{field} in /proc/PID/status"));
     let (rss, anon) = (kib("VmRSS:"), kib("RssAnon:"));
     kill(Pid::from_raw(hold.id() as i32), Signal::SIGTERM).unwrap();
     let exit = hold.wait().unwrap();
