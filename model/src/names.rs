@@ -92,7 +92,7 @@ pub fn lease_name(load_balancer_class: &str) -> String {
 }
 
 /// `name` itself for the default install, `name-ID` for the install of any other class.
-fn for_install(name: &str, load_balancer_class: &str) -> String {
+pub fn for_install(name: &str, load_balancer_class: &str) -> String {
     if load_balancer_class == DEFAULT_LOAD_BALANCER_CLASS {
         name.to_string()
     } else {

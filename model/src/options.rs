@@ -31,7 +31,7 @@ pub enum Destination {
     /// `externalTrafficPolicy: Local`: the Service's ready endpoints on the proxy pod's own
     /// node, found by the endpoint follower through the names of the Service ports. The health
     /// check port tells the proxy pod whether the node has one.
-    NodeLocal { health_check_node_port: u16, port_names: Vec<NamedPort> },
+    NodeLocal { health_check_node_port: u16 },
 }
 
 /// A Service option or field that hostlb cannot honour, named the way the user wrote it.
@@ -55,6 +55,8 @@ pub struct ServiceLb {
     pub uid: String,
     pub families: Vec<Family>,
     pub ports: Vec<PortMap>,
+    /// The Service port behind each listened port that has a name: endpoints are found by it.
+    pub port_names: Vec<NamedPort>,
     pub destination: Destination,
     pub source_ranges: Vec<Cidr>,
     pub pool: Option<String>,
@@ -117,7 +119,7 @@ pub fn parse(service: &Service) -> Parsed {
                 errors.push(error("spec.healthCheckNodePort", "is unset; externalTrafficPolicy: Local needs it"));
                 0
             });
-        Destination::NodeLocal { health_check_node_port, port_names }
+        Destination::NodeLocal { health_check_node_port }
     } else {
         Destination::ClusterIps(cluster_ips)
     };
@@ -157,6 +159,7 @@ pub fn parse(service: &Service) -> Parsed {
             uid: meta.uid.clone().unwrap_or_default(),
             families,
             ports,
+            port_names,
             destination,
             source_ranges,
             pool,
@@ -504,7 +507,8 @@ mod tests {
             ]
         );
         let https = NamedPort { protocol: Protocol::Tcp, listen: 443, name: "https".into() };
-        assert_eq!(lb.destination, Destination::NodeLocal { health_check_node_port: 32000, port_names: vec![https] });
+        assert_eq!(lb.destination, Destination::NodeLocal { health_check_node_port: 32000 });
+        assert_eq!(lb.port_names, vec![https]);
     }
 
     #[test]

@@ -8,6 +8,9 @@ use std::fmt;
 pub enum Reason {
     DaemonSetApplied,
     DaemonSetDeleted,
+    /// The Service's plan for the node agents was written or deleted (`--dataplane agent`).
+    PlanApplied,
+    PlanDeleted,
     OrphanDeleted,
     StatusUpdated,
     /// An out-of-date proxy pod was deleted for the DaemonSet controller to replace.
@@ -38,9 +41,11 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Reason::DaemonSetApplied,
         Reason::DaemonSetDeleted,
+        Reason::PlanApplied,
+        Reason::PlanDeleted,
         Reason::OrphanDeleted,
         Reason::StatusUpdated,
         Reason::ProxyPodReplaced,
@@ -62,6 +67,8 @@ impl Reason {
         match self {
             Reason::DaemonSetApplied => "DaemonSetApplied",
             Reason::DaemonSetDeleted => "DaemonSetDeleted",
+            Reason::PlanApplied => "PlanApplied",
+            Reason::PlanDeleted => "PlanDeleted",
             Reason::OrphanDeleted => "OrphanDeleted",
             Reason::StatusUpdated => "StatusUpdated",
             Reason::ProxyPodReplaced => "ProxyPodReplaced",
@@ -85,6 +92,8 @@ impl Reason {
             self,
             Reason::DaemonSetApplied
                 | Reason::DaemonSetDeleted
+                | Reason::PlanApplied
+                | Reason::PlanDeleted
                 | Reason::OrphanDeleted
                 | Reason::StatusUpdated
                 | Reason::ProxyPodReplaced
@@ -96,6 +105,8 @@ impl Reason {
         match self {
             Reason::DaemonSetApplied => "ApplyDaemonSet",
             Reason::DaemonSetDeleted | Reason::OrphanDeleted => "DeleteDaemonSet",
+            Reason::PlanApplied => "ApplyPlan",
+            Reason::PlanDeleted => "DeletePlan",
             Reason::StatusUpdated => "PublishAddresses",
             Reason::ProxyPodReplaced => "ReplaceProxyPod",
             _ => "Reconcile",

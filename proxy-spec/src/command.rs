@@ -13,8 +13,12 @@ pub const LB_BINARY: &str = "/hostlb-lb";
 pub const CONTROLLER_BINARY: &str = "/hostlb-controller";
 /// The controller binary's subcommand that runs `FollowArgs`.
 pub const FOLLOW_ENDPOINTS: &str = "follow-endpoints";
+/// The controller binary's subcommand that runs `AgentArgs`.
+pub const NODE_AGENT: &str = "node-agent";
 /// Filled in by kubelet from the downward API (`spec.nodeName`).
 pub const NODE_NAME_ENV: &str = "HOSTLB_NODE_NAME";
+/// Filled in by kubelet from the downward API (`metadata.namespace`).
+pub const NAMESPACE_ENV: &str = "HOSTLB_NAMESPACE";
 /// kubelet does not expand downward-API variables in exec probes, so the probe reads its own.
 pub const PROBE_ADDRESS_ENV: &str = "HOSTLB_PROBE_ADDRESS";
 pub const PROBE_PORT_ENV: &str = "HOSTLB_PROBE_PORT";
@@ -35,6 +39,9 @@ pub mod flag {
     pub const SERVICE_NAME: &str = "service-name";
     pub const NODE: &str = "node";
     pub const PORT_NAME: &str = "port-name";
+    pub const NAMESPACE: &str = "namespace";
+    pub const INSTALL: &str = "install";
+    pub const DAEMONSET: &str = "daemonset";
 }
 
 const INIT: &str = "init";
@@ -178,9 +185,13 @@ impl FollowArgs {
     /// The container's command: the controller binary, the subcommand and one flag per value.
     /// The node is left to `NODE_NAME_ENV`.
     pub fn command_line(&self) -> Vec<String> {
-        [CONTROLLER_BINARY.to_string(), FOLLOW_ENDPOINTS.to_string()]
-            .into_iter()
-            .chain(flag_values(flag::SERVICE_NAMESPACE, [&self.namespace]))
+        [CONTROLLER_BINARY.to_string(), FOLLOW_ENDPOINTS.to_string()].into_iter().chain(self.to_args()).collect()
+    }
+
+    /// The flags without the node, which the reader gives: a proxy pod from `NODE_NAME_ENV`,
+    /// the node agent its own node (`ServicePlan::parse`).
+    pub fn to_args(&self) -> Vec<String> {
+        flag_values(flag::SERVICE_NAMESPACE, [&self.namespace])
             .chain(flag_values(flag::SERVICE_NAME, [&self.service]))
             .chain(flag_values(flag::PORT_NAME, &self.port_names))
             .chain(self.rules.to_args())
@@ -191,6 +202,54 @@ impl FollowArgs {
     pub fn port_name(&self, port: &PortMap) -> &str {
         let named = |named: &&NamedPort| (named.protocol, named.listen) == (port.protocol, port.listen);
         self.port_names.iter().find(named).map_or("", |named| named.name.as_str())
+    }
+}
+
+/// One Service's forwarding as the node agent reads it from the controller's plan: the
+/// follower's arguments, whose `node` is the agent's own. With an address as destination
+/// (`externalTrafficPolicy: Cluster`) the agent forwards to the ready endpoints of every node,
+/// with `node-endpoints` to those of its own.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Parser)]
+#[command(name = "plan", no_binary_name = true)]
+pub struct ServicePlan {
+    #[command(flatten)]
+    pub follow: FollowArgs,
+}
+
+impl ServicePlan {
+    /// Reads `FollowArgs::to_args` back, for `node`.
+    pub fn parse(args: &[String], node: &str) -> Result<ServicePlan, clap::Error> {
+        use clap::Parser;
+        let node_flag = [format!("--{}", flag::NODE), node.to_string()];
+        ServicePlan::try_parse_from(args.iter().cloned().chain(node_flag))
+    }
+}
+
+/// What the node agent runs with (`CONTROLLER_BINARY NODE_AGENT`): one per node, in the node's
+/// network namespace, programming the plans the controller writes into its namespace.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct AgentArgs {
+    /// Where the controller writes the plans and the agents their reports.
+    #[arg(long = flag::NAMESPACE, value_name = "NAMESPACE", env = NAMESPACE_ENV)]
+    pub namespace: String,
+    /// The install whose plans this agent programs (`hostlb.io/install`).
+    #[arg(long = flag::INSTALL, value_name = "ID")]
+    pub install: String,
+    /// The agent's DaemonSet: once it is gone, a stopping agent removes its rules.
+    #[arg(long = flag::DAEMONSET, value_name = "NAME")]
+    pub daemonset: String,
+    #[arg(long = flag::NODE, value_name = "NODE", env = NODE_NAME_ENV)]
+    pub node: String,
+}
+
+impl AgentArgs {
+    /// The container's command; the node and namespace are left to the downward API.
+    pub fn command_line(&self) -> Vec<String> {
+        [CONTROLLER_BINARY.to_string(), NODE_AGENT.to_string()]
+            .into_iter()
+            .chain(flag_values(flag::INSTALL, [&self.install]))
+            .chain(flag_values(flag::DAEMONSET, [&self.daemonset]))
+            .collect()
     }
 }
 
@@ -331,6 +390,35 @@ mod tests {
         let https = PortMap { protocol: Protocol::Tcp, listen: 443, target: 443 };
         assert_eq!(parsed.port_name(&https), "https");
         assert_eq!(parsed.port_name(&PortMap { listen: 80, ..https }), "", "a port without a name");
+    }
+
+    #[test]
+    fn the_agent_reads_a_plan_back_for_its_own_node() {
+        let follow = FollowArgs {
+            namespace: "shop".into(),
+            service: "web".into(),
+            node: "node-2".into(),
+            port_names: vec![NamedPort { protocol: Protocol::Tcp, listen: 443, name: "https".into() }],
+            rules: cluster_rules(),
+        };
+        let plan = ServicePlan::parse(&follow.to_args(), "node-2").unwrap();
+        assert_eq!(plan.follow, follow);
+        let error = ServicePlan::parse(&["--service-name".into()], "node-2").unwrap_err();
+        assert!(error.to_string().contains("--service-name"), "{error}");
+    }
+
+    #[test]
+    fn the_agent_takes_its_node_and_namespace_from_the_environment() {
+        let agent = AgentArgs {
+            namespace: String::new(),
+            install: "0a1b2c3d".into(),
+            daemonset: "hostlb-agent".into(),
+            node: String::new(),
+        };
+        assert_eq!(
+            agent.command_line(),
+            ["/hostlb-controller", "node-agent", "--install", "0a1b2c3d", "--daemonset", "hostlb-agent"]
+        );
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use command::{
-    flag, Command, FollowArgs, ProbeArgs, RuleArgs, CONTROLLER_BINARY, FAMILIES_ENV, FOLLOW_ENDPOINTS, LB_BINARY,
-    NODE_NAME_ENV, PORTS_ENV, PROBE_ADDRESS_ENV, PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV,
+    flag, AgentArgs, Command, FollowArgs, ProbeArgs, RuleArgs, ServicePlan, CONTROLLER_BINARY, FAMILIES_ENV,
+    FOLLOW_ENDPOINTS, LB_BINARY, NAMESPACE_ENV, NODE_AGENT, NODE_NAME_ENV, PORTS_ENV, PROBE_ADDRESS_ENV,
+    PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
