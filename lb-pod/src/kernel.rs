@@ -11,10 +11,9 @@ use nix::libc;
 use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType};
 use nix::sys::time::TimeVal;
 
-use crate::conntrack::{encode_deletes, encode_dump, is_stale, parse_dump, Deletes};
+use crate::conntrack::{encode_deletes, encode_dump, parse_dump, Deletes, Flow};
 use crate::error::Error;
 use crate::netlink::{encode_batch, parse_replies, Acks, Sequence};
-use crate::plan::Plan;
 use crate::rules::Step;
 use hostlb_proxy_spec::Family;
 
@@ -90,10 +89,10 @@ pub fn apply(steps: &[Step]) -> Result<(), Error> {
     acks.result(steps)
 }
 
-/// Deletes the conntrack entries of the flows that `plan`'s rules would not make anew
-/// (`conntrack::is_stale`), in the namespace of the calling thread, so that their next packets
-/// meet these rules. Returns how many it deleted.
-pub fn forget_stale_flows(plan: &Plan) -> Result<usize, Error> {
+/// Deletes the conntrack entries of the flows that `is_stale` picks (see `conntrack::is_stale`),
+/// in the namespace of the calling thread, so that their next packets meet the rules now in
+/// place. Returns how many it deleted.
+pub fn forget_stale_flows(is_stale: impl Fn(&Flow) -> bool) -> Result<usize, Error> {
     let fd = open_netfilter_socket()?;
     let mut buf = vec![0u8; RECEIVE_BUFFER];
     let dump = 1;
@@ -101,7 +100,7 @@ pub fn forget_stale_flows(plan: &Plan) -> Result<usize, Error> {
     let mut stale = Vec::new();
     let outcome = loop {
         let part = parse_dump(receive(&fd, &mut buf, "receiving the conntrack entries")?);
-        stale.extend(part.flows.into_iter().filter(|flow| is_stale(plan, flow)));
+        stale.extend(part.flows.into_iter().filter(|flow| is_stale(flow)));
         if let Some(outcome) = part.end {
             break outcome;
         }

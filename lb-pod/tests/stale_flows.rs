@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hostlb_lb::plan::{Forward, Plan};
-use hostlb_lb::{kernel, rules};
+use hostlb_lb::{conntrack, kernel, rules};
 use hostlb_proxy_spec::{Cidr, Destination, Family, PortMap, Protocol, RuleArgs};
 use support::Topology;
 
@@ -63,7 +63,7 @@ fn a_udp_flow_follows_the_endpoints_once_its_stale_entry_is_forgotten(family: Fa
             .run(move || {
                 kernel::apply(&steps)?;
                 if forget {
-                    kernel::forget_stale_flows(&applied)
+                    kernel::forget_stale_flows(|flow| conntrack::is_stale(&applied, flow))
                 } else {
                     Ok(0)
                 }
