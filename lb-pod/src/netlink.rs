@@ -588,8 +588,10 @@ impl Acks {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::plan::tests::plan;
+    use crate::node_table::{node_ruleset, NodeRules, ServiceRules};
+    use crate::plan::tests::{self as plan_tests, plan};
     use crate::rules::{ruleset, INTERVALS_PER_STEP};
+    use hostlb_proxy_spec::Protocol;
 
     const SEQ: Sequence = Sequence { first: 100 };
     const NFGENMSG_LEN: usize = 4;
@@ -871,6 +873,58 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(rule_expressions(rules[2]), &vec![verdict(0, None)]);
+    }
+
+    /// The node table of one node address and one masqueraded Service, tcp 80 to `backend`.
+    fn node_table(address: &str, backend: &str) -> Vec<Step> {
+        let family = Family::of(&address.parse().unwrap());
+        let forwards = vec![plan_tests::forward(Protocol::Tcp, 80, &[backend])];
+        let plan = plan(&["tcp:80:80"], &["node-endpoints"], &[]).with_endpoints([(family, forwards)].into());
+        let node = NodeRules {
+            addresses: vec![address.parse().unwrap()],
+            services: vec![ServiceRules { plan, masquerade: true }],
+        };
+        node_ruleset(&node)
+    }
+
+    #[test]
+    fn node_masquerade_loads_the_original_destination_with_the_keys_nft_uses() {
+        let steps = node_table("fd00::10", "[fd00:42::7]:8080");
+        let messages = decode_messages(&encode_batch(&steps, SEQ));
+        let rule = messages.iter().rfind(|m| m.kind & 0xff == NFT_MSG_NEWRULE).unwrap();
+        assert_eq!(rule.attrs[1], string(NFTA_RULE_CHAIN, "postrouting"));
+        let ct_original = |key: u32| {
+            expr("ct", vec![be32(NFTA_CT_DREG, 1), be32(NFTA_CT_KEY, key), Attr::Bytes(NFTA_CT_DIRECTION, vec![0])])
+        };
+        assert_eq!(
+            rule_expressions(rule),
+            &vec![
+                ct_original(22),
+                expr("lookup", vec![string(NFTA_LOOKUP_SET, "node-addresses"), be32(NFTA_LOOKUP_SREG, 1)]),
+                expr("meta", vec![be32(NFTA_META_DREG, 1), be32(NFTA_META_KEY, 16)]),
+                expr("cmp", vec![be32(NFTA_CMP_SREG, 1), be32(NFTA_CMP_OP, 0), value(NFTA_CMP_DATA, &[6])]),
+                ct_original(12),
+                expr("cmp", vec![be32(NFTA_CMP_SREG, 1), be32(NFTA_CMP_OP, 0), value(NFTA_CMP_DATA, &[0, 80])]),
+                expr("masq", vec![]),
+            ]
+        );
+        let v4 = node_table("192.168.1.10", "10.42.1.7:8080");
+        let messages = decode_messages(&encode_batch(&v4, SEQ));
+        let rule = messages.iter().rfind(|m| m.kind & 0xff == NFT_MSG_NEWRULE).unwrap();
+        assert_eq!(rule_expressions(rule)[0], ct_original(20));
+    }
+
+    #[test]
+    fn the_node_output_chain_hooks_local_out() {
+        let messages = decode_messages(&encode_batch(&node_table("192.168.1.10", "10.42.1.7:8080"), SEQ));
+        let output = messages
+            .iter()
+            .find(|m| m.kind & 0xff == NFT_MSG_NEWCHAIN && m.attrs[1] == string(NFTA_CHAIN_NAME, "output"))
+            .unwrap();
+        assert_eq!(
+            output.attrs[2],
+            Attr::Nest(NFTA_CHAIN_HOOK, vec![be32(NFTA_HOOK_HOOKNUM, 3), be32(NFTA_HOOK_PRIORITY, -100i32 as u32)])
+        );
     }
 
     #[test]
