@@ -16,7 +16,11 @@
 //! - hostlb: the node's hostPorts, portmap's DNAT to the hostlb pod, `hostlb-lb init`'s rules
 //!   to the ClusterIP, kube-proxy's DNAT to the backend;
 //! - klipper: the same through a pod with klipper-lb's iptables rules (the path hostlb
-//!   replaces), on hostPorts of its own.
+//!   replaces), on hostPorts of its own;
+//! - agent: the opt-in node agent's table in the node's own namespace (`node_ruleset`, as the
+//!   agent programs it for a Service of `externalTrafficPolicy: Cluster`): DNAT of the node's
+//!   address straight to the backend pod, masquerade, beside kube-proxy's and portmap's rules. On
+//!   ports of its own, as the proxy pods' hostPorts hold the Service's here.
 //!
 //! Conntrack keeps the kernel's default timeouts, so within one path's run the tables fill as a
 //! busy node's do (every short connection stays 120 s in TIME_WAIT, in each namespace that
@@ -44,6 +48,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use hostlb_lb::kernel;
+use hostlb_lb::node_table::{node_ruleset, NodeRules, ServiceRules};
+use hostlb_lb::plan::Plan;
+use hostlb_proxy_spec::{Destination, PortMap, Protocol, RuleArgs};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
@@ -100,6 +108,8 @@ struct ProxyPod {
 
 const HOSTLB: ProxyPod = ProxyPod { name: "hostlb", address: "10.42.1.2", host_port_offset: 0 };
 const KLIPPER: ProxyPod = ProxyPod { name: "klipper", address: "10.42.2.2", host_port_offset: 1 };
+/// The node agent's ports are the Service's plus this, past the proxy pods' hostPorts.
+const AGENT_PORT_OFFSET: u16 = 2;
 
 /// One way from the client to the backend's servers: where it connects, on which port for each
 /// of `SERVICE_PORTS`, and through which proxy pod.
@@ -117,7 +127,7 @@ impl Path {
     }
 }
 
-fn paths() -> [Path; 4] {
+fn paths() -> [Path; 5] {
     let through = |pod: &'static ProxyPod| Path {
         name: pod.name,
         to: NODE,
@@ -129,10 +139,11 @@ fn paths() -> [Path; 4] {
         Path { name: "nodeport", to: NODE, ports: SERVICE_PORTS.map(|port| port.node_port.unwrap()), via: None },
         through(&HOSTLB),
         through(&KLIPPER),
+        Path { name: "agent", to: NODE, ports: SERVICE_PORTS.map(|port| port.port + AGENT_PORT_OFFSET), via: None },
     ]
 }
 
-/// 7 rounds keep the part under 4 minutes on a 2-core machine.
+/// 7 rounds of the five paths keep the part near 4 minutes on a 2-core machine.
 const ROUNDS: usize = 7;
 const IPERF_SECONDS: &str = "2";
 const RPS_WINDOW: Duration = Duration::from_secs(2);
@@ -428,6 +439,24 @@ fn node_rules() -> String {
     nat.text() + &filter.text()
 }
 
+/// What the node agent programs for the measured Service, `externalTrafficPolicy: Cluster`:
+/// its ports on the node's address, forwarded to the backend pod and masqueraded.
+fn agent_rules() -> NodeRules {
+    let ports = SERVICE_PORTS.map(|ServicePort { protocol, port, target, .. }| PortMap {
+        protocol: Protocol::from_arg(protocol).expect("a known protocol"),
+        listen: port + AGENT_PORT_OFFSET,
+        target,
+    });
+    let args = RuleArgs {
+        ports: ports.to_vec(),
+        to: vec![Destination::Address(BACKEND.parse().unwrap())],
+        families: Vec::new(),
+        source_ranges: Vec::new(),
+    };
+    let plan = Plan::new(&args).expect("a valid plan");
+    NodeRules { addresses: vec![NODE.parse().unwrap()], services: vec![ServiceRules { plan, masquerade: true }] }
+}
+
 /// klipper-lb's rules for the measured Service, as its entry script adds them with `iptables`
 /// in its pod (one container per port, all in the pod's namespace): per port, an ACCEPT in
 /// FORWARD for each source range (all, when the Service sets none) and a DROP after them, a
@@ -493,6 +522,8 @@ impl Bench {
         }
         bench.exec(&bench.node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         bench.restore(&bench.node, &node_rules());
+        let agent = node_ruleset(&agent_rules());
+        bench.node.run(move || kernel::apply(&agent)).unwrap_or_else(|error| panic!("the agent's table: {error}"));
         // Many short connections from one address: the whole port range, and reuse of ports
         // whose connections wait in TIME_WAIT.
         let client_sysctls = ["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1"];
@@ -875,9 +906,15 @@ fn data_path(lb: &str, results: &mut Results) {
         results.insert(format!("dp_{name}_us_added"), rounded(added, 1));
     }
     // Ratios of the medians: with the order shuffled, rounds no longer pair the paths.
+    let ratios = [
+        ("hostlb", "", "direct"),
+        ("hostlb", "_vs_klipper", "klipper"),
+        ("hostlb", "_vs_nodeport", "nodeport"),
+        ("agent", "_agent_vs_nodeport", "nodeport"),
+    ];
     for (figure, short) in [("rps", "rps"), ("tcp_gbps", "tcp"), ("udp_tps", "udp")] {
-        for (suffix, baseline) in [("", "direct"), ("_vs_klipper", "klipper"), ("_vs_nodeport", "nodeport")] {
-            let ratio = medians[&(figure, "hostlb")] / medians[&(figure, baseline)];
+        for (path, suffix, baseline) in ratios {
+            let ratio = medians[&(figure, path)] / medians[&(figure, baseline)];
             results.insert(format!("dp_{short}_ratio{suffix}"), rounded(ratio, 3));
         }
     }

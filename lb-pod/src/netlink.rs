@@ -12,7 +12,10 @@ use nix::errno::Errno;
 
 use crate::error::Error;
 use crate::rule_text::step_text;
-use crate::rules::{BaseChain, ChainType, Expr, Hook, Interval, PayloadBase, Reg, Step, Verdict, TABLE};
+use crate::rules::{
+    BaseChain, ChainType, CtOriginalKey, Expr, Hook, Interval, PayloadBase, Reg, Step, Verdict, DIRECTION_ORIGINAL,
+    TABLE,
+};
 use hostlb_proxy_spec::{address_bytes, Family};
 
 const NLMSG_HDRLEN: usize = 16;
@@ -68,8 +71,8 @@ const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_ID: u16 = 10;
 const NFT_SET_CONSTANT: u32 = 0x2;
 const NFT_SET_INTERVAL: u32 = 0x4;
-/// The kernel wants an id for a set made in a batch, for anonymous sets; ours is named
-/// wherever it is used, and is the only one of its table.
+/// The kernel wants an id for a set made in a batch, for anonymous sets; ours are named
+/// wherever they are used, so they can all have the same.
 const SET_ID: u32 = 1;
 /// The key types as `nft` numbers them (`enum datatypes` in nftables' `datatype.h`): the kernel
 /// keeps them for `nft list`, which prints addresses by them.
@@ -94,7 +97,11 @@ const NFTA_META_KEY: u16 = 2;
 const NFT_META_L4PROTO: u32 = 16;
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
+const NFTA_CT_DIRECTION: u16 = 3;
 const NFT_CT_DIRECTION: u32 = 1;
+const NFT_CT_PROTO_DST: u32 = 12;
+const NFT_CT_DST_IP: u32 = 20;
+const NFT_CT_DST_IP6: u32 = 22;
 const NFTA_NG_DREG: u16 = 1;
 const NFTA_NG_MODULUS: u16 = 2;
 const NFTA_NG_TYPE: u16 = 3;
@@ -120,6 +127,7 @@ const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
 const NFT_NAT_DNAT: u32 = 1;
 
 const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
 const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
@@ -187,7 +195,7 @@ fn encode_step(w: &mut Writer, step: &Step, seq: u32) {
         Step::AddChain { name, base, .. } => {
             let start = w.begin(message(NFT_MSG_NEWCHAIN), request | NLM_F_CREATE | NLM_F_EXCL, seq, family, 0);
             w.attr_str(NFTA_CHAIN_TABLE, TABLE);
-            w.attr_str(NFTA_CHAIN_NAME, name);
+            w.attr_str(NFTA_CHAIN_NAME, &name.to_string());
             if let Some(base) = base {
                 encode_base_chain(w, base);
             }
@@ -196,7 +204,7 @@ fn encode_step(w: &mut Writer, step: &Step, seq: u32) {
         Step::AddRule { chain, exprs, .. } => {
             let start = w.begin(message(NFT_MSG_NEWRULE), request | NLM_F_CREATE | NLM_F_APPEND, seq, family, 0);
             w.attr_str(NFTA_RULE_TABLE, TABLE);
-            w.attr_str(NFTA_RULE_CHAIN, chain);
+            w.attr_str(NFTA_RULE_CHAIN, &chain.to_string());
             let list = w.nest(NFTA_RULE_EXPRESSIONS);
             for expr in exprs {
                 let elem = w.nest(NFTA_LIST_ELEM);
@@ -213,7 +221,7 @@ fn encode_step(w: &mut Writer, step: &Step, seq: u32) {
                 Family::V6 => (NFT_TYPE_IPV6_ADDR, 16),
             };
             w.attr_str(NFTA_SET_TABLE, TABLE);
-            w.attr_str(NFTA_SET_NAME, name);
+            w.attr_str(NFTA_SET_NAME, &name.to_string());
             w.attr_be32(NFTA_SET_FLAGS, NFT_SET_CONSTANT | NFT_SET_INTERVAL);
             w.attr_be32(NFTA_SET_KEY_TYPE, key_type);
             w.attr_be32(NFTA_SET_KEY_LEN, key_len);
@@ -223,7 +231,7 @@ fn encode_step(w: &mut Writer, step: &Step, seq: u32) {
         Step::AddIntervals { set, intervals, .. } => {
             let start = w.begin(message(NFT_MSG_NEWSETELEM), request | NLM_F_CREATE, seq, family, 0);
             w.attr_str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
-            w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+            w.attr_str(NFTA_SET_ELEM_LIST_SET, &set.to_string());
             let list = w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
             for interval in intervals {
                 encode_interval(w, interval);
@@ -257,6 +265,7 @@ fn encode_base_chain(w: &mut Writer, base: &BaseChain) {
         NFTA_HOOK_HOOKNUM,
         match base.hook {
             Hook::Prerouting => NF_INET_PRE_ROUTING,
+            Hook::Output => NF_INET_LOCAL_OUT,
             Hook::Postrouting => NF_INET_POST_ROUTING,
         },
     );
@@ -275,7 +284,7 @@ fn encode_base_chain(w: &mut Writer, base: &BaseChain) {
 fn encode_expr(w: &mut Writer, expr: &Expr) {
     let name = match expr {
         Expr::MetaL4Proto { .. } => "meta",
-        Expr::CtDirection { .. } => "ct",
+        Expr::CtDirection { .. } | Expr::CtOriginal { .. } => "ct",
         Expr::Payload { .. } => "payload",
         Expr::CmpEq { .. } => "cmp",
         Expr::Lookup { .. } => "lookup",
@@ -295,6 +304,20 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
             w.attr_be32(NFTA_CT_DREG, dreg.number());
             w.attr_be32(NFTA_CT_KEY, NFT_CT_DIRECTION);
         }
+        // The keys `nft` uses for `ct original ip daddr` and `ct original proto-dst`; the
+        // older `NFT_CT_DST` is deprecated.
+        Expr::CtOriginal { key, dreg } => {
+            w.attr_be32(NFTA_CT_DREG, dreg.number());
+            w.attr_be32(
+                NFTA_CT_KEY,
+                match key {
+                    CtOriginalKey::DestinationAddress(Family::V4) => NFT_CT_DST_IP,
+                    CtOriginalKey::DestinationAddress(Family::V6) => NFT_CT_DST_IP6,
+                    CtOriginalKey::DestinationPort => NFT_CT_PROTO_DST,
+                },
+            );
+            w.attr(NFTA_CT_DIRECTION, &[DIRECTION_ORIGINAL]);
+        }
         Expr::Payload { base, offset, len, dreg } => {
             w.attr_be32(NFTA_PAYLOAD_DREG, dreg.number());
             w.attr_be32(
@@ -313,7 +336,7 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
             w.data_value(NFTA_CMP_DATA, data);
         }
         Expr::Lookup { sreg, set } => {
-            w.attr_str(NFTA_LOOKUP_SET, set);
+            w.attr_str(NFTA_LOOKUP_SET, &set.to_string());
             w.attr_be32(NFTA_LOOKUP_SREG, sreg.number());
         }
         Expr::Immediate { dreg, data } => {
@@ -331,7 +354,7 @@ fn encode_expr(w: &mut Writer, expr: &Expr) {
             };
             w.attr_be32(NFTA_VERDICT_CODE, code as u32);
             if let Some(chain) = chain {
-                w.attr_str(NFTA_VERDICT_CHAIN, chain);
+                w.attr_str(NFTA_VERDICT_CHAIN, &chain.to_string());
             }
             w.end_nest(inner);
             w.end_nest(outer);
@@ -565,8 +588,10 @@ impl Acks {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::plan::tests::plan;
+    use crate::node_table::{node_ruleset, NodeRules, ServiceRules};
+    use crate::plan::tests::{self as plan_tests, plan};
     use crate::rules::{ruleset, INTERVALS_PER_STEP};
+    use hostlb_proxy_spec::Protocol;
 
     const SEQ: Sequence = Sequence { first: 100 };
     const NFGENMSG_LEN: usize = 4;
@@ -848,6 +873,58 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(rule_expressions(rules[2]), &vec![verdict(0, None)]);
+    }
+
+    /// The node table of one node address and one masqueraded Service, tcp 80 to `backend`.
+    fn node_table(address: &str, backend: &str) -> Vec<Step> {
+        let family = Family::of(&address.parse().unwrap());
+        let forwards = vec![plan_tests::forward(Protocol::Tcp, 80, &[backend])];
+        let plan = plan(&["tcp:80:80"], &["node-endpoints"], &[]).with_endpoints([(family, forwards)].into());
+        let node = NodeRules {
+            addresses: vec![address.parse().unwrap()],
+            services: vec![ServiceRules { plan, masquerade: true }],
+        };
+        node_ruleset(&node)
+    }
+
+    #[test]
+    fn node_masquerade_loads_the_original_destination_with_the_keys_nft_uses() {
+        let steps = node_table("fd00::10", "[fd00:42::7]:8080");
+        let messages = decode_messages(&encode_batch(&steps, SEQ));
+        let rule = messages.iter().rfind(|m| m.kind & 0xff == NFT_MSG_NEWRULE).unwrap();
+        assert_eq!(rule.attrs[1], string(NFTA_RULE_CHAIN, "postrouting"));
+        let ct_original = |key: u32| {
+            expr("ct", vec![be32(NFTA_CT_DREG, 1), be32(NFTA_CT_KEY, key), Attr::Bytes(NFTA_CT_DIRECTION, vec![0])])
+        };
+        assert_eq!(
+            rule_expressions(rule),
+            &vec![
+                ct_original(22),
+                expr("lookup", vec![string(NFTA_LOOKUP_SET, "node-addresses"), be32(NFTA_LOOKUP_SREG, 1)]),
+                expr("meta", vec![be32(NFTA_META_DREG, 1), be32(NFTA_META_KEY, 16)]),
+                expr("cmp", vec![be32(NFTA_CMP_SREG, 1), be32(NFTA_CMP_OP, 0), value(NFTA_CMP_DATA, &[6])]),
+                ct_original(12),
+                expr("cmp", vec![be32(NFTA_CMP_SREG, 1), be32(NFTA_CMP_OP, 0), value(NFTA_CMP_DATA, &[0, 80])]),
+                expr("masq", vec![]),
+            ]
+        );
+        let v4 = node_table("192.168.1.10", "10.42.1.7:8080");
+        let messages = decode_messages(&encode_batch(&v4, SEQ));
+        let rule = messages.iter().rfind(|m| m.kind & 0xff == NFT_MSG_NEWRULE).unwrap();
+        assert_eq!(rule_expressions(rule)[0], ct_original(20));
+    }
+
+    #[test]
+    fn the_node_output_chain_hooks_local_out() {
+        let messages = decode_messages(&encode_batch(&node_table("192.168.1.10", "10.42.1.7:8080"), SEQ));
+        let output = messages
+            .iter()
+            .find(|m| m.kind & 0xff == NFT_MSG_NEWCHAIN && m.attrs[1] == string(NFTA_CHAIN_NAME, "output"))
+            .unwrap();
+        assert_eq!(
+            output.attrs[2],
+            Attr::Nest(NFTA_CHAIN_HOOK, vec![be32(NFTA_HOOK_HOOKNUM, 3), be32(NFTA_HOOK_PRIORITY, -100i32 as u32)])
+        );
     }
 
     #[test]

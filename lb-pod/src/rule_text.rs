@@ -7,8 +7,8 @@ use hostlb_proxy_spec::{bytes_address, Family, Protocol};
 
 use crate::plan::socket_text;
 use crate::rules::{
-    address_fields, address_number, ChainType, Expr, Hook, Interval, PayloadBase, Reg, Step, Verdict, DESTINATION_PORT,
-    DIRECTION_ORIGINAL, DIRECTION_REPLY, TABLE,
+    address_fields, address_number, ChainType, CtOriginalKey, Expr, Hook, Interval, PayloadBase, Reg, Step, Verdict,
+    DESTINATION_PORT, DIRECTION_ORIGINAL, DIRECTION_REPLY, TABLE,
 };
 
 /// Intervals an `add element` text shows; the rest are counted, so that an error message about a
@@ -31,6 +31,7 @@ pub fn step_text(step: &Step) -> String {
             },
             match base.hook {
                 Hook::Prerouting => "prerouting",
+                Hook::Output => "output",
                 Hook::Postrouting => "postrouting",
             },
             base.priority
@@ -93,6 +94,7 @@ enum Field {
 enum Held<'a> {
     L4Proto,
     CtDirection,
+    CtOriginal(CtOriginalKey),
     Field(Field),
     Data(&'a [u8]),
     /// `numgen random mod` this modulus.
@@ -113,12 +115,14 @@ impl<'a> Reader<'a> {
         match expr {
             Expr::MetaL4Proto { dreg } => self.load(*dreg, Some(Held::L4Proto)),
             Expr::CtDirection { dreg } => self.load(*dreg, Some(Held::CtDirection)),
+            Expr::CtOriginal { key, dreg } => self.load(*dreg, Some(Held::CtOriginal(*key))),
             Expr::Payload { base, offset, len, dreg } => {
                 self.load(*dreg, Some(Held::Field(self.field(*base, *offset, *len))))
             }
             Expr::Lookup { sreg, set } => {
                 let value = match self.held(*sreg) {
                     Some(Held::Field(field)) => self.field_name(field),
+                    Some(Held::CtOriginal(key)) => ct_original_name(key),
                     _ => self.operand(*sreg),
                 };
                 self.push(format!("{value} @{set}"));
@@ -163,6 +167,7 @@ impl<'a> Reader<'a> {
                 [DIRECTION_REPLY] => "ct direction reply".into(),
                 _ => format!("ct direction {}", value(data)),
             },
+            (Some(Held::CtOriginal(key)), _) => format!("{} {}", ct_original_name(key), value(data)),
             // The kernel stores the number in host order.
             (Some(Held::Random(modulus)), _) => match <[u8; 4]>::try_from(data) {
                 Ok(bytes) => format!("numgen random mod {modulus} {}", u32::from_ne_bytes(bytes)),
@@ -229,6 +234,13 @@ impl<'a> Reader<'a> {
     }
 }
 
+fn ct_original_name(key: CtOriginalKey) -> String {
+    match key {
+        CtOriginalKey::DestinationAddress(family) => format!("ct original {} daddr", nft_family(family)),
+        CtOriginalKey::DestinationPort => "ct original proto-dst".into(),
+    }
+}
+
 fn nft_family(family: Family) -> &'static str {
     match family {
         Family::V4 => "ip",
@@ -258,6 +270,7 @@ fn port_number(data: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::Name;
 
     fn ipv4(exprs: &[Expr]) -> String {
         nft_text(Family::V4, exprs)
@@ -295,6 +308,19 @@ mod tests {
     }
 
     #[test]
+    fn the_original_tuple_is_named_as_nft_lists_it() {
+        let address = |family| Expr::CtOriginal { key: CtOriginalKey::DestinationAddress(family), dreg: Reg::R1 };
+        let port = [Expr::CtOriginal { key: CtOriginalKey::DestinationPort, dreg: Reg::R1 }, compare(&[0, 80])];
+        let tcp = [Expr::MetaL4Proto { dreg: Reg::R1 }, compare(&[6])];
+        assert_eq!(
+            ipv4(&[&[address(Family::V4), compare(&[10, 0, 0, 1])][..], &tcp, &port].concat()),
+            "ct original ip daddr 10.0.0.1 meta l4proto tcp ct original proto-dst 80"
+        );
+        let lookup = [address(Family::V6), Expr::Lookup { sreg: Reg::R1, set: Name::new("node-addresses") }];
+        assert_eq!(nft_text(Family::V6, &lookup), "ct original ip6 daddr @node-addresses");
+    }
+
+    #[test]
     fn addresses_are_named_by_family_and_direction() {
         let daddr = [load(PayloadBase::Network, 16, 4), compare(&[10, 0, 0, 1])];
         assert_eq!(ipv4(&daddr), "ip daddr 10.0.0.1");
@@ -305,12 +331,12 @@ mod tests {
 
     #[test]
     fn a_set_lookup_names_the_field_and_the_set() {
-        let lookup = [load(PayloadBase::Network, 8, 16), Expr::Lookup { sreg: Reg::R1, set: "allowed" }];
+        let lookup = [load(PayloadBase::Network, 8, 16), Expr::Lookup { sreg: Reg::R1, set: Name::new("allowed") }];
         assert_eq!(
             nft_text(Family::V6, &[&lookup[..], &[Expr::Verdict(Verdict::Accept)]].concat()),
             "ip6 saddr @allowed accept"
         );
-        assert_eq!(ipv4(&[Expr::Lookup { sreg: Reg::R2, set: "allowed" }]), "reg 2 @allowed");
+        assert_eq!(ipv4(&[Expr::Lookup { sreg: Reg::R2, set: Name::new("allowed") }]), "reg 2 @allowed");
     }
 
     #[test]
@@ -324,7 +350,11 @@ mod tests {
             interval("10.6.0.0", "10.6.0.1"),
         ];
         let step = |intervals: &[Interval]| {
-            step_text(&Step::AddIntervals { family: Family::V4, set: "ranges", intervals: intervals.to_vec() })
+            step_text(&Step::AddIntervals {
+                family: Family::V4,
+                set: Name::new("ranges"),
+                intervals: intervals.to_vec(),
+            })
         };
         assert_eq!(
             step(&intervals[..3]),
@@ -356,7 +386,11 @@ mod tests {
 
     #[test]
     fn verdicts_end_the_text() {
-        let jump = [load(PayloadBase::Network, 12, 4), compare(&[10, 0, 0, 7]), Expr::Verdict(Verdict::Jump("next"))];
+        let jump = [
+            load(PayloadBase::Network, 12, 4),
+            compare(&[10, 0, 0, 7]),
+            Expr::Verdict(Verdict::Jump(Name::new("next"))),
+        ];
         assert_eq!(ipv4(&jump), "ip saddr 10.0.0.7 jump next");
         assert_eq!(ipv4(&[Expr::Verdict(Verdict::Accept)]), "accept");
         assert_eq!(ipv4(&[compare(&[1, 2, 3])]), "reg 1 == 0x010203");

@@ -18,7 +18,11 @@
 //!   family's ranges, merged where they overlap or touch: one lookup per packet however many
 //!   ranges there are, where a rule per range would be tried one after the other. A family without
 //!   ranges has no set and no lookup, so its packets to listened ports are all dropped.
+//!
+//! `service_rules` builds one Service's source filter and DNAT rules for the pod's table and for
+//! the node agent's (`node_table`).
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hostlb_proxy_spec::{address_bytes, Cidr, Family, Protocol};
@@ -26,11 +30,11 @@ use hostlb_proxy_spec::{address_bytes, Cidr, Family, Protocol};
 use crate::plan::{Forward, Plan};
 
 pub const TABLE: &str = "hostlb";
-pub const CHAIN_DNAT: &str = "prerouting";
-pub const CHAIN_MASQUERADE: &str = "postrouting";
-pub const CHAIN_SOURCE_FILTER: &str = "source-filter";
-pub const CHAIN_ALLOWED_SOURCES: &str = "allowed-sources";
-pub const SET_SOURCE_RANGES: &str = "source-ranges";
+pub const CHAIN_DNAT: Name = Name::new("prerouting");
+pub const CHAIN_MASQUERADE: Name = Name::new("postrouting");
+pub const CHAIN_SOURCE_FILTER: Name = Name::new("source-filter");
+pub const CHAIN_ALLOWED_SOURCES: Name = Name::new("allowed-sources");
+pub const SET_SOURCE_RANGES: Name = Name::new("source-ranges");
 /// Intervals per `AddIntervals` step: the elements of one message are one attribute, whose length
 /// is 16 bits. An IPv6 interval takes 64 bytes at most (a start and an end element), so 512 take
 /// 32 KiB.
@@ -46,6 +50,35 @@ pub const PRIORITY_SOURCE_FILTER: i32 = -150;
 pub const DIRECTION_ORIGINAL: u8 = 0;
 pub const DIRECTION_REPLY: u8 = 1;
 
+/// The name of a chain or set in our table: a fixed stem, numbered by Service where the node's
+/// table has one per Service (`allowed-sources-3`). A value rather than a string, so that names
+/// stay constants that patterns can match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Name {
+    stem: &'static str,
+    service: Option<usize>,
+}
+
+impl Name {
+    pub const fn new(stem: &'static str) -> Name {
+        Name { stem, service: None }
+    }
+
+    /// This name numbered for the `service`th Service's own chain or set.
+    pub const fn of_service(self, service: usize) -> Name {
+        Name { stem: self.stem, service: Some(service) }
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.service {
+            None => f.write_str(self.stem),
+            Some(service) => write!(f, "{}-{service}", self.stem),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChainType {
     Nat,
@@ -55,6 +88,8 @@ pub enum ChainType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
+    /// Packets the host itself sends.
+    Output,
     Postrouting,
 }
 
@@ -95,7 +130,7 @@ pub enum PayloadBase {
 pub enum Verdict {
     Accept,
     Drop,
-    Jump(&'static str),
+    Jump(Name),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +141,12 @@ pub enum Expr {
     },
     /// `ct direction` into a register: `DIRECTION_ORIGINAL` or `DIRECTION_REPLY`.
     CtDirection {
+        dreg: Reg,
+    },
+    /// `ct original KEY` into a register: a field of the connection's first packet as it
+    /// arrived, before any NAT.
+    CtOriginal {
+        key: CtOriginalKey,
         dreg: Reg,
     },
     Payload {
@@ -121,7 +162,7 @@ pub enum Expr {
     /// Whether the register's value is in the set: the rule goes on if it is.
     Lookup {
         sreg: Reg,
-        set: &'static str,
+        set: Name,
     },
     Immediate {
         dreg: Reg,
@@ -141,6 +182,15 @@ pub enum Expr {
     Masquerade,
 }
 
+/// What `Expr::CtOriginal` loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtOriginalKey {
+    /// The destination address, of the table's family: 4 or 16 bytes.
+    DestinationAddress(Family),
+    /// The destination port, 2 bytes.
+    DestinationPort,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Creates the table if it is missing and does nothing otherwise, so that the delete
@@ -150,25 +200,25 @@ pub enum Step {
     AddTable(Family),
     AddChain {
         family: Family,
-        name: &'static str,
+        name: Name,
         base: Option<BaseChain>,
     },
     AddRule {
         family: Family,
-        chain: &'static str,
+        chain: Name,
         exprs: Vec<Expr>,
     },
     /// A set of addresses of the family, `flags constant, interval`: filled in the same batch
     /// (`AddIntervals`) and never changed after, as the whole table is replaced instead.
     AddSet {
         family: Family,
-        name: &'static str,
+        name: Name,
     },
     /// Intervals into a set, ascending, neither overlapping nor touching: the kernel refuses
     /// overlapping ones.
     AddIntervals {
         family: Family,
-        set: &'static str,
+        set: Name,
         intervals: Vec<Interval>,
     },
 }
@@ -205,16 +255,17 @@ impl Step {
 /// Every step of the one batch that makes the kernel's state match `plan`: both families'
 /// tables are removed, then the tables of the families with a destination are built anew.
 pub fn ruleset(plan: &Plan) -> Vec<Step> {
-    let mut steps = Vec::new();
-    for family in Family::ALL {
-        steps.push(Step::EnsureTable(family));
-        steps.push(Step::DeleteTable(family));
-    }
+    let mut steps = removals();
     for (family, forwards) in &plan.forwards {
         steps.push(Step::AddTable(*family));
         steps.extend(table(plan, *family, forwards));
     }
     steps
+}
+
+/// Removes both families' tables, whether they are there or not.
+pub fn removals() -> Vec<Step> {
+    Family::ALL.into_iter().flat_map(|family| [Step::EnsureTable(family), Step::DeleteTable(family)]).collect()
 }
 
 /// The batch for a namespace that has no table of ours yet, as a new pod's has: `ruleset`
@@ -234,27 +285,78 @@ pub fn fresh_ruleset(plan: &Plan) -> Vec<Step> {
     steps
 }
 
+/// The pod's table: its namespace sees only the Service's traffic, so its rules match on ports
+/// alone.
 fn table(plan: &Plan, family: Family, forwards: &[Forward]) -> Vec<Step> {
-    let chain = |name, base| Step::AddChain { family, name, base };
-    let rule = |chain, exprs| Step::AddRule { family, chain, exprs };
     let mut steps = vec![
-        chain(CHAIN_DNAT, Some(BaseChain { kind: ChainType::Nat, hook: Hook::Prerouting, priority: PRIORITY_DSTNAT })),
-        chain(
-            CHAIN_MASQUERADE,
-            Some(BaseChain { kind: ChainType::Nat, hook: Hook::Postrouting, priority: PRIORITY_SRCNAT }),
-        ),
+        Step::AddChain { family, name: CHAIN_DNAT, base: Some(base_chain(ChainType::Nat, Hook::Prerouting)) },
+        Step::AddChain { family, name: CHAIN_MASQUERADE, base: Some(base_chain(ChainType::Nat, Hook::Postrouting)) },
     ];
     if plan.restricts_sources() {
-        steps.push(chain(
-            CHAIN_SOURCE_FILTER,
-            Some(BaseChain { kind: ChainType::Filter, hook: Hook::Prerouting, priority: PRIORITY_SOURCE_FILTER }),
-        ));
-        steps.push(chain(CHAIN_ALLOWED_SOURCES, None));
+        steps.push(Step::AddChain {
+            family,
+            name: CHAIN_SOURCE_FILTER,
+            base: Some(base_chain(ChainType::Filter, Hook::Prerouting)),
+        });
+    }
+    let names =
+        ServiceNames { dnat: CHAIN_DNAT, allowed_sources: CHAIN_ALLOWED_SOURCES, source_ranges: SET_SOURCE_RANGES };
+    steps.extend(service_rules(plan, family, forwards, &[], &names));
+    let mut masqueraded: Vec<(IpAddr, Protocol, u16)> = forwards
+        .iter()
+        .flat_map(|forward| forward.backends.iter().map(|backend| (backend.ip(), forward.protocol, backend.port())))
+        .collect();
+    masqueraded.sort();
+    masqueraded.dedup();
+    for (address, protocol, port) in masqueraded {
+        let exprs = [destination_is(address), protocol_and_port(protocol, port), vec![Expr::Masquerade]].concat();
+        steps.push(Step::AddRule { family, chain: CHAIN_MASQUERADE, exprs });
+    }
+    steps
+}
+
+/// Our base chains: DNAT before the routing decision (or, for the host's own packets, before
+/// it reroutes), masquerade after it, and the source filter before DNAT.
+pub fn base_chain(kind: ChainType, hook: Hook) -> BaseChain {
+    let priority = match (kind, hook) {
+        (ChainType::Filter, _) => PRIORITY_SOURCE_FILTER,
+        (ChainType::Nat, Hook::Postrouting) => PRIORITY_SRCNAT,
+        (ChainType::Nat, Hook::Prerouting | Hook::Output) => PRIORITY_DSTNAT,
+    };
+    BaseChain { kind, hook, priority }
+}
+
+/// Where one Service's rules go in a table: the pod's table holds one Service, the node's one
+/// per Service.
+pub struct ServiceNames {
+    /// The chain its DNAT rules are added to.
+    pub dnat: Name,
+    /// Its chain of allowed sources, jumped to from `CHAIN_SOURCE_FILTER`, and their set.
+    pub allowed_sources: Name,
+    pub source_ranges: Name,
+}
+
+/// One Service's rules in a family's table whose chains `CHAIN_SOURCE_FILTER` (when the Service
+/// restricts sources) and `names.dnat` exist: its source filter, for packets to `to` (what the
+/// destination address must match; nothing where every packet is for the Service), and its
+/// DNAT rules.
+pub fn service_rules(
+    plan: &Plan,
+    family: Family,
+    forwards: &[Forward],
+    to: &[Expr],
+    names: &ServiceNames,
+) -> Vec<Step> {
+    let rule = |chain, exprs| Step::AddRule { family, chain, exprs };
+    let mut steps = Vec::new();
+    if plan.restricts_sources() {
+        steps.push(Step::AddChain { family, name: names.allowed_sources, base: None });
         for port in &plan.ports {
             let exprs = [
                 original_direction(),
+                to.to_vec(),
                 protocol_and_port(port.protocol, port.listen),
-                vec![Expr::Verdict(Verdict::Jump(CHAIN_ALLOWED_SOURCES))],
+                vec![Expr::Verdict(Verdict::Jump(names.allowed_sources))],
             ]
             .concat();
             steps.push(rule(CHAIN_SOURCE_FILTER, exprs));
@@ -263,19 +365,16 @@ fn table(plan: &Plan, family: Family, forwards: &[Forward]) -> Vec<Step> {
         if !intervals.is_empty() {
             // The set and its elements come before the rule that looks it up: the kernel
             // refuses elements for a constant set that a rule already uses.
-            steps.push(Step::AddSet { family, name: SET_SOURCE_RANGES });
-            for chunk in intervals.chunks(INTERVALS_PER_STEP) {
-                steps.push(Step::AddIntervals { family, set: SET_SOURCE_RANGES, intervals: chunk.to_vec() });
-            }
+            steps.extend(address_set(family, names.source_ranges, &intervals));
             let AddressFields { source, len, .. } = address_fields(family);
             let exprs = vec![
                 Expr::Payload { base: PayloadBase::Network, offset: source, len, dreg: Reg::R1 },
-                Expr::Lookup { sreg: Reg::R1, set: SET_SOURCE_RANGES },
+                Expr::Lookup { sreg: Reg::R1, set: names.source_ranges },
                 Expr::Verdict(Verdict::Accept),
             ];
-            steps.push(rule(CHAIN_ALLOWED_SOURCES, exprs));
+            steps.push(rule(names.allowed_sources, exprs));
         }
-        steps.push(rule(CHAIN_ALLOWED_SOURCES, vec![Expr::Verdict(Verdict::Drop)]));
+        steps.push(rule(names.allowed_sources, vec![Expr::Verdict(Verdict::Drop)]));
     }
     for forward in forwards {
         // A connection goes to backend i with probability 1/(n-i) among those left: evenly
@@ -296,24 +395,24 @@ fn table(plan: &Plan, family: Family, forwards: &[Forward]) -> Vec<Step> {
                 ],
             ]
             .concat();
-            steps.push(rule(CHAIN_DNAT, exprs));
+            steps.push(rule(names.dnat, exprs));
         }
     }
-    let mut masqueraded: Vec<(IpAddr, Protocol, u16)> = forwards
-        .iter()
-        .flat_map(|forward| forward.backends.iter().map(|backend| (backend.ip(), forward.protocol, backend.port())))
-        .collect();
-    masqueraded.sort();
-    masqueraded.dedup();
-    for (address, protocol, port) in masqueraded {
-        let exprs = [destination_is(address), protocol_and_port(protocol, port), vec![Expr::Masquerade]].concat();
-        steps.push(rule(CHAIN_MASQUERADE, exprs));
+    steps
+}
+
+/// A constant set of the family's addresses holding `intervals` (ascending, apart), filled in
+/// steps that one message can hold.
+pub fn address_set(family: Family, name: Name, intervals: &[Interval]) -> Vec<Step> {
+    let mut steps = vec![Step::AddSet { family, name }];
+    for chunk in intervals.chunks(INTERVALS_PER_STEP) {
+        steps.push(Step::AddIntervals { family, set: name, intervals: chunk.to_vec() });
     }
     steps
 }
 
 /// `ct direction original`: from the side that opened the connection, not the answers to it.
-fn original_direction() -> Vec<Expr> {
+pub fn original_direction() -> Vec<Expr> {
     vec![Expr::CtDirection { dreg: Reg::R1 }, Expr::CmpEq { sreg: Reg::R1, data: vec![DIRECTION_ORIGINAL] }]
 }
 
@@ -321,14 +420,18 @@ fn original_direction() -> Vec<Expr> {
 pub const DESTINATION_PORT: (u32, u32) = (2, 2);
 
 /// `meta l4proto PROTO th dport PORT`.
-fn protocol_and_port(protocol: Protocol, port: u16) -> Vec<Expr> {
+pub fn protocol_and_port(protocol: Protocol, port: u16) -> Vec<Expr> {
     let (offset, len) = DESTINATION_PORT;
-    vec![
-        Expr::MetaL4Proto { dreg: Reg::R1 },
-        Expr::CmpEq { sreg: Reg::R1, data: vec![protocol.number()] },
+    let port = [
         Expr::Payload { base: PayloadBase::Transport, offset, len, dreg: Reg::R1 },
         Expr::CmpEq { sreg: Reg::R1, data: port.to_be_bytes().to_vec() },
-    ]
+    ];
+    [protocol_is(protocol), port.to_vec()].concat()
+}
+
+/// `meta l4proto PROTO`.
+pub fn protocol_is(protocol: Protocol) -> Vec<Expr> {
+    vec![Expr::MetaL4Proto { dreg: Reg::R1 }, Expr::CmpEq { sreg: Reg::R1, data: vec![protocol.number()] }]
 }
 
 /// Where the network header of a family has its addresses.

@@ -140,6 +140,8 @@ pub struct Topology {
     servers: Vec<Server>,
     /// How many UDP datagrams each server address has received.
     datagrams: Vec<(SocketAddr, Arc<AtomicUsize>)>,
+    /// How many TCP connections each server address has accepted.
+    connections: Vec<(SocketAddr, Arc<AtomicUsize>)>,
     pub client: Netns,
     pub pod: Netns,
     pub backend: Netns,
@@ -157,7 +159,16 @@ impl Topology {
         let backend = Netns::new(format!("{prefix}-backend"));
         // Two /24s and two /64s per topology, distinct between the tests of one run.
         let (front, back) = ((id * 2) % 250, (id * 2 + 1) % 250);
-        let topology = Topology { servers: Vec::new(), datagrams: Vec::new(), client, pod, backend, front, back };
+        let topology = Topology {
+            servers: Vec::new(),
+            datagrams: Vec::new(),
+            connections: Vec::new(),
+            client,
+            pod,
+            backend,
+            front,
+            back,
+        };
         topology.client.ip(&[
             "link",
             "add",
@@ -251,18 +262,23 @@ impl Topology {
     pub fn serve(&mut self, port: u16) {
         for address in [self.backend_v4(), self.backend_v6()] {
             let at = SocketAddr::new(address, port);
-            let datagrams = Arc::new(AtomicUsize::new(0));
-            let counted = datagrams.clone();
-            let server = self.backend.run(move || Server::start(at, counted));
+            let (datagrams, connections) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let counted = (datagrams.clone(), connections.clone());
+            let server = self.backend.run(move || Server::start(at, counted.0, counted.1));
             self.servers.push(server);
             self.datagrams.push((at, datagrams));
+            self.connections.push((at, connections));
         }
     }
 
     /// How many UDP datagrams the server at `at` has received so far.
     pub fn datagrams_to(&self, at: SocketAddr) -> usize {
-        let (_, count) = self.datagrams.iter().find(|(server, _)| *server == at).expect("a server at that address");
-        count.load(Ordering::SeqCst)
+        count_at(&self.datagrams, at)
+    }
+
+    /// How many TCP connections the server at `at` has accepted so far.
+    pub fn connections_to(&self, at: SocketAddr) -> usize {
+        count_at(&self.connections, at)
     }
 
     /// Starts sending to `to` from the client, every few milliseconds from one socket: a UDP flow
@@ -298,13 +314,19 @@ impl Topology {
     }
 }
 
+fn count_at(counts: &[(SocketAddr, Arc<AtomicUsize>)], at: SocketAddr) -> usize {
+    let (_, count) = counts.iter().find(|(server, _)| *server == at).expect("a server at that address");
+    count.load(Ordering::SeqCst)
+}
+
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(700);
 const STREAM_INTERVAL: Duration = Duration::from_millis(5);
 
 /// A client's UDP flow from `Topology::udp_stream`, stopped on drop.
 pub struct UdpStream(Server);
 
-fn tcp_ask(to: SocketAddr) -> Result<String, String> {
+/// Asks over TCP from the calling thread's namespace: Ok(the address the server saw), or why not.
+pub fn tcp_ask(to: SocketAddr) -> Result<String, String> {
     let mut stream = TcpStream::connect_timeout(&to, ANSWER_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
     let mut answer = String::new();
@@ -348,7 +370,7 @@ pub struct Server {
 
 impl Server {
     /// Must run inside the namespace the sockets belong to.
-    fn start(at: SocketAddr, datagrams: Arc<AtomicUsize>) -> Server {
+    fn start(at: SocketAddr, datagrams: Arc<AtomicUsize>, connections: Arc<AtomicUsize>) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let tcp = TcpListener::bind(at).unwrap_or_else(|e| panic!("binding tcp {at}: {e}"));
         tcp.set_nonblocking(true).unwrap();
@@ -359,6 +381,7 @@ impl Server {
             while !tcp_stop.load(Ordering::SeqCst) {
                 match tcp.accept() {
                     Ok((mut stream, peer)) => {
+                        connections.fetch_add(1, Ordering::SeqCst);
                         let _ = stream.set_nonblocking(false);
                         let _ = writeln!(stream, "{}", peer.ip());
                     }
