@@ -1,5 +1,6 @@
-//! Where a proxy pod of an `externalTrafficPolicy: Local` Service forwards: the Service's
-//! endpoints on the pod's own node, read from its EndpointSlices. Pure.
+//! Where a Service's traffic goes, read from its EndpointSlices: for a proxy pod of an
+//! `externalTrafficPolicy: Local` Service, the endpoints on the pod's own node; for the node
+//! agent, those of its node (Local) or of every node (Cluster). Pure.
 //!
 //! kube-proxy cannot do this for the proxy pod: it treats traffic from pod addresses to a
 //! NodePort as in-cluster traffic and spreads it over the endpoints of every node.
@@ -98,12 +99,13 @@ impl EndpointSlice {
     }
 }
 
-/// For each family and listened port of `args`, the ready endpoints on `args.node` of the
-/// Service port behind it (or, if none is ready, those still serving while they terminate).
-/// Ports without endpoints on the node are left out.
-pub fn node_forwards<'a>(
+/// For each family and listened port of `args`, the ready endpoints of the Service port behind
+/// it (or, if none is ready, those still serving while they terminate), on `node` or, without
+/// one, anywhere. Ports without endpoints are left out.
+pub fn endpoint_forwards<'a>(
     args: &FollowArgs,
     slices: impl IntoIterator<Item = &'a EndpointSlice> + Clone,
+    node: Option<&str>,
 ) -> BTreeMap<Family, Vec<Forward>> {
     let mut forwards: BTreeMap<Family, Vec<Forward>> = BTreeMap::new();
     for family in Family::ALL {
@@ -116,7 +118,8 @@ pub fn node_forwards<'a>(
                     .filter(|slice| slice.family() == Some(family))
                     .filter_map(|slice| Some((slice, slice.port(port.protocol, name)?)))
                     .flat_map(|(slice, number)| {
-                        let on_node = slice.endpoints.iter().filter(|e| e.on_node(&args.node) && usable(e));
+                        let on_node =
+                            slice.endpoints.iter().filter(|e| node.is_none_or(|node| e.on_node(node)) && usable(e));
                         on_node.filter_map(move |endpoint| Some(SocketAddr::new(endpoint.address()?, number)))
                     })
                     .filter(|backend| Family::of(&backend.ip()) == family)
@@ -196,10 +199,20 @@ mod tests {
                 {"name": "metrics", "protocol": "TCP", "port": 9090}
             ]
         }))];
-        let forwards = node_forwards(&args(&[(Protocol::Tcp, 80, "http"), (Protocol::Udp, 53, "dns")]), &slices);
+        let forwards = endpoint_forwards(
+            &args(&[(Protocol::Tcp, 80, "http"), (Protocol::Udp, 53, "dns")]),
+            &slices,
+            Some("node-1"),
+        );
         assert_eq!(backends(&forwards, Family::V4, 80), ["10.1.1.5:8080", "10.1.1.6:8080"]);
         assert_eq!(backends(&forwards, Family::V4, 53), ["10.1.1.5:5353", "10.1.1.6:5353"]);
         assert!(!forwards.contains_key(&Family::V6));
+        let anywhere = endpoint_forwards(&args(&[(Protocol::Tcp, 80, "http")]), &slices, None);
+        assert_eq!(
+            backends(&anywhere, Family::V4, 80),
+            ["10.1.1.5:8080", "10.1.1.6:8080", "10.1.1.8:8080", "10.1.2.5:8080"],
+            "every node's ready endpoints, and those placed on none"
+        );
     }
 
     #[test]
@@ -212,10 +225,10 @@ mod tests {
             }))
         };
         let slices = [one_port("IPv4", "10.1.1.5"), one_port("IPv6", "fd00:1::5"), one_port("FQDN", "db.example")];
-        let forwards = node_forwards(&args(&[(Protocol::Tcp, 80, "")]), &slices);
+        let forwards = endpoint_forwards(&args(&[(Protocol::Tcp, 80, "")]), &slices, Some("node-1"));
         assert_eq!(backends(&forwards, Family::V4, 80), ["10.1.1.5:8080"]);
         assert_eq!(backends(&forwards, Family::V6, 80), ["[fd00:1::5]:8080"]);
-        let udp = node_forwards(&args(&[(Protocol::Udp, 80, "")]), &slices);
+        let udp = endpoint_forwards(&args(&[(Protocol::Udp, 80, "")]), &slices, Some("node-1"));
         assert!(udp.is_empty(), "a port without protocol is TCP: {udp:?}");
     }
 
@@ -228,9 +241,9 @@ mod tests {
             slice(json!({"addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "http", "port": 8080}]}))
         };
         let web = args(&[(Protocol::Tcp, 80, "http")]);
-        let rolling = node_forwards(&web, &[slice_of(json!([terminating.clone(), ready]))]);
+        let rolling = endpoint_forwards(&web, &[slice_of(json!([terminating.clone(), ready]))], Some("node-1"));
         assert_eq!(backends(&rolling, Family::V4, 80), ["10.1.1.5:8080"]);
-        let last = node_forwards(&web, &[slice_of(json!([terminating]))]);
+        let last = endpoint_forwards(&web, &[slice_of(json!([terminating]))], Some("node-1"));
         assert_eq!(backends(&last, Family::V4, 80), ["10.1.1.9:8080"]);
     }
 
@@ -245,7 +258,7 @@ mod tests {
             ],
             "ports": [{"name": "http", "port": 8080}]
         }))];
-        let forwards = node_forwards(&args(&[(Protocol::Tcp, 80, "http")]), &slices);
+        let forwards = endpoint_forwards(&args(&[(Protocol::Tcp, 80, "http")]), &slices, Some("node-1"));
         assert_eq!(backends(&forwards, Family::V4, 80), ["10.1.1.5:8080"], "nodeName wins over the topology");
     }
 
@@ -256,7 +269,7 @@ mod tests {
             slice(json!({"addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "http", "port": 8080}]}))
         };
         let slices = [part(&["10.1.1.6", "10.1.1.5"]), part(&["10.1.1.5", "not-an-address"]), EndpointSlice::default()];
-        let forwards = node_forwards(&args(&[(Protocol::Tcp, 80, "http")]), &slices);
+        let forwards = endpoint_forwards(&args(&[(Protocol::Tcp, 80, "http")]), &slices, Some("node-1"));
         assert_eq!(backends(&forwards, Family::V4, 80), ["10.1.1.5:8080", "10.1.1.6:8080"]);
     }
 }

@@ -1,5 +1,6 @@
-//! The follower's one error type. Each error ends the follower: its container restarts, and
-//! once it crash-loops the Service gets a ProxyPodFailing Warning.
+//! The error type of the follower and the node agent. Each error ends the process: its
+//! container restarts, and once a proxy pod crash-loops its Service gets a ProxyPodFailing
+//! Warning.
 
 use std::time::Duration;
 
@@ -17,6 +18,16 @@ pub enum Error {
     Rules(hostlb_lb::error::Error),
     #[error("cannot wait for SIGTERM: {0}")]
     Signal(std::io::Error),
+    #[error("{action}: {source}")]
+    Api { action: String, source: Box<kube::Error> },
+}
+
+impl Error {
+    /// Names what was asked of the API server, for `map_err`.
+    pub fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Api { action, source: Box::new(source) }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

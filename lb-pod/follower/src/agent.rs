@@ -1,0 +1,244 @@
+//! `hostlb-controller node-agent`: the opt-in data plane. One pod per node, in the node's
+//! network namespace, programs one nftables table for every Service the controller's plans
+//! give the node (`agent_rules`), in one transaction per change, and reports per Service
+//! whether the node forwards it. Its rules stay when it stops, so that an agent restart or
+//! upgrade loses no packet; they go when its DaemonSet is gone (an uninstall, or the
+//! controller back on proxy pods).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::stream::{self, BoxStream};
+use futures::{FutureExt, StreamExt};
+use hostlb_lb::node_table::{node_ruleset, removal, NodeRules};
+use hostlb_lb::{conntrack, kernel};
+use hostlb_model::agent::{self, ServiceReport};
+use hostlb_model::names;
+use hostlb_proxy_spec::{AgentArgs, Family, Protocol};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::agent_rules::{desired, node_addresses, PlanEntry, ServiceSlice};
+use crate::listed::Listed;
+use crate::{endpoint_slice, endpoint_slice_resource, signal, Error, Result};
+
+/// The field manager of the agents' reports.
+const MANAGER: &str = "hostlb-agent";
+/// How soon a failed transaction or report is tried again.
+const RETRY: Duration = Duration::from_secs(5);
+
+enum Update {
+    Plan(watcher::Event<ConfigMap>),
+    Slice(watcher::Event<DynamicObject>),
+    Node(Box<watcher::Event<Node>>),
+}
+
+/// What the watches have told so far.
+#[derive(Default)]
+struct Seen {
+    plans: Listed<PlanEntry>,
+    slices: Listed<ServiceSlice>,
+    node: Listed<Node>,
+}
+
+impl Seen {
+    fn apply(&mut self, update: Update) -> bool {
+        match update {
+            Update::Plan(event) => self.plans.apply(event, PlanEntry::of),
+            Update::Slice(event) => self.slices.apply(event, |object| {
+                ServiceSlice::of(&object.namespace().unwrap_or_default(), object.labels(), endpoint_slice(object)?)
+            }),
+            Update::Node(event) => self.node.apply(*event, |node| Some(node.clone())),
+        }
+    }
+
+    /// Nothing is programmed before every watch has listed: an agent that restarts would
+    /// otherwise replace the rules in place with a partial set.
+    fn synced(&self) -> bool {
+        self.plans.synced && self.slices.synced && self.node.synced
+    }
+}
+
+pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &args.namespace);
+    let own = daemonsets.get(&args.daemonset).await.map_err(Error::api(format!("get DaemonSet {}", args.daemonset)))?;
+    for family in Family::ALL {
+        if let Err(error) = kernel::enable_forwarding(family) {
+            tracing::warn!(%error, family = family.name(), "cannot turn forwarding on");
+        }
+    }
+    let resource = endpoint_slice_resource(&client).await?;
+    let config = watcher::Config::default();
+    let plans = Api::<ConfigMap>::namespaced(client.clone(), &args.namespace);
+    let plans = watcher(plans, config.clone().labels(&agent::plan_selector(&args.install)));
+    let slices = watcher(Api::<DynamicObject>::all_with(client.clone(), &resource), config.clone());
+    let node = watcher(Api::<Node>::all(client.clone()), config.fields(&format!("metadata.name={}", args.node)));
+    let mut updates: BoxStream<'static, Result<Update, watcher::Error>> = stream::select_all([
+        plans.default_backoff().map(|event| event.map(Update::Plan)).boxed(),
+        slices.default_backoff().map(|event| event.map(Update::Slice)).boxed(),
+        node.default_backoff().map(|event| event.map(|event| Update::Node(Box::new(event)))).boxed(),
+    ])
+    .boxed();
+    tracing::info!(node = args.node, namespace = args.namespace, "programming this node's plans");
+
+    let report_name = agent::report_name(&args.daemonset, &args.node);
+    let reports: Api<ConfigMap> = Api::namespaced(client.clone(), &args.namespace);
+    let mut seen = Seen::default();
+    let mut installed: Option<NodeRules> = None;
+    let mut reported: Option<BTreeMap<String, ServiceReport>> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            update = updates.next() => {
+                let Some(update) = update else { return Ok(()) };
+                absorb(&mut seen, update);
+                // A burst (a relist, many Services at once) makes one transaction.
+                while let Some(Some(update)) = updates.next().now_or_never() {
+                    absorb(&mut seen, update);
+                }
+            }
+            () = retry => retry_at = None,
+            _ = terminate.recv() => return stop(&daemonsets, &own, &reports, &report_name).await,
+        }
+        if !seen.synced() {
+            continue;
+        }
+        let addresses = seen.node.current.values().next().map(node_addresses).unwrap_or_default();
+        let mut wanted = desired(&args.node, addresses, seen.plans.current.values(), seen.slices.current.values());
+        if installed.as_ref() != Some(&wanted.rules) {
+            match program(&wanted.rules) {
+                Ok(()) => installed = Some(wanted.rules.clone()),
+                Err(error) => {
+                    tracing::error!(%error, "programming the node's table failed; the rules in place stay");
+                    for report in wanted.reports.values_mut() {
+                        *report = ServiceReport {
+                            forwarding: false,
+                            problem: Some(format!("the node's rules could not be programmed: {error}")),
+                            ..report.clone()
+                        };
+                    }
+                    retry_at = Some(tokio::time::Instant::now() + RETRY);
+                }
+            }
+        }
+        if reported.as_ref() != Some(&wanted.reports) {
+            match write_report(&reports, &report_name, &args, &own, &wanted.reports).await {
+                Ok(()) => reported = Some(wanted.reports),
+                Err(error) => {
+                    tracing::warn!(%error, report = report_name, "writing the report failed; trying again");
+                    retry_at = Some(tokio::time::Instant::now() + RETRY);
+                }
+            }
+        }
+    }
+}
+
+fn absorb(seen: &mut Seen, update: Result<Update, watcher::Error>) {
+    match update {
+        Ok(update) => {
+            seen.apply(update);
+        }
+        Err(error) => tracing::warn!(%error, "a watch failed; retrying"),
+    }
+}
+
+/// Replaces the node's table in one transaction, then forgets the UDP flows to the node's
+/// addresses that the new rules would send elsewhere.
+fn program(rules: &NodeRules) -> Result<(), hostlb_lb::error::Error> {
+    kernel::apply(&node_ruleset(rules))?;
+    let udp = |service: &&hostlb_lb::node_table::ServiceRules| {
+        service.plan.ports.iter().any(|port| port.protocol == Protocol::Udp)
+    };
+    let forwarded: usize = rules.services.iter().flat_map(|s| s.plan.forwards.values()).map(Vec::len).sum();
+    tracing::info!(services = rules.services.len(), forwarded, addresses = ?rules.addresses, "programmed the node's table");
+    if rules.services.iter().any(|service| udp(&service)) {
+        let to_node = |flow: &conntrack::Flow| rules.addresses.contains(&flow.original.destination.ip());
+        let stale = |flow: &conntrack::Flow| {
+            to_node(flow) && rules.services.iter().any(|service| conntrack::is_stale(&service.plan, flow))
+        };
+        match kernel::forget_stale_flows(stale) {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(forgotten, "forgot the UDP flows that the old rules sent elsewhere"),
+            Err(error) => tracing::warn!(%error, "cannot forget the UDP flows that the old rules sent elsewhere"),
+        }
+    }
+    Ok(())
+}
+
+/// The report as the agent's own: owned by its DaemonSet, so that it goes with it.
+async fn write_report(
+    reports: &Api<ConfigMap>,
+    name: &str,
+    args: &AgentArgs,
+    own: &DaemonSet,
+    entries: &BTreeMap<String, ServiceReport>,
+) -> Result<()> {
+    let mut labels = BTreeMap::from([
+        (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),
+        (names::LABEL_COMPONENT.to_string(), agent::COMPONENT_REPORT.to_string()),
+        (names::LABEL_INSTALL.to_string(), args.install.clone()),
+    ]);
+    // A node name longer than a label value allows is named by the report's name alone.
+    if args.node.len() <= 63 {
+        labels.insert(agent::LABEL_NODE.into(), args.node.clone());
+    }
+    let report = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "name": own.name_any(),
+                "uid": own.uid().unwrap_or_default(),
+            }],
+        },
+        "data": agent::report_data(entries),
+    });
+    let params = PatchParams::apply(MANAGER).force();
+    reports
+        .patch(name, &params, &Patch::Apply(&report))
+        .await
+        .map_err(Error::api(format!("apply ConfigMap {name}")))?;
+    Ok(())
+}
+
+/// On SIGTERM: the rules stay while the agent's DaemonSet does (a restart, an upgrade, a node
+/// drain); they and the report go when it is gone or being deleted, or when the agent may no
+/// longer read it (its ServiceAccount deleted with the namespace).
+async fn stop(daemonsets: &Api<DaemonSet>, own: &DaemonSet, reports: &Api<ConfigMap>, report: &str) -> Result<()> {
+    let current = daemonsets.get_opt(&own.name_any()).await;
+    let uninstalled = match &current {
+        Ok(Some(daemonset)) => daemonset.uid() != own.uid() || daemonset.metadata.deletion_timestamp.is_some(),
+        Ok(None) => true,
+        Err(kube::Error::Api(status)) => status.code == 401 || status.code == 403,
+        Err(_) => false,
+    };
+    if !uninstalled {
+        if let Err(error) = &current {
+            tracing::warn!(%error, "cannot tell whether hostlb is being uninstalled; the rules stay");
+        } else {
+            tracing::info!("stopping; the node's rules stay in place for the next agent");
+        }
+        return Ok(());
+    }
+    kernel::apply(&removal()).map_err(Error::Rules)?;
+    tracing::info!("the agent's DaemonSet is gone: removed the node's table");
+    match reports.delete(report, &DeleteParams::default()).await {
+        Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
+        Err(error) => Err(Error::api(format!("delete ConfigMap {report}"))(error)),
+    }
+}
