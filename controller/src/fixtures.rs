@@ -1,10 +1,12 @@
 //! The controller's settings for the pure-layer tests, beside the model's object builders.
 
 pub use hostlb_model::fixtures::*;
+use std::sync::Arc;
+
 use hostlb_model::names;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
 use kube::runtime::watcher;
 
 use crate::decide::claim;
@@ -39,6 +41,8 @@ pub fn settings() -> crate::decide::Settings {
             default_priority_class: "hostlb-proxy".into(),
             follower_image: "localhost/hostlb/controller:test".into(),
             install_id: names::install_id(CLASS),
+            dataplane: crate::decide::daemonset::Dataplane::Pods,
+            agent: hostlb_model::agent::agent_name(CLASS),
         },
         ports: crate::decide::port_policy::PortPolicy {
             denied: crate::decide::port_policy::DEFAULT_DENIED_PORTS
@@ -75,6 +79,9 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
     listed(nodes).iter().for_each(|e| drop(index.apply_node(e)));
     listed(pods).iter().for_each(|e| drop(index.apply_proxy_pod(e, k8s_openapi::jiff::Timestamp::now())));
     listed(daemonsets).iter().for_each(|e| drop(index.apply_daemonset(e)));
+    listed::<DaemonSet>(&[]).iter().for_each(|e| drop(index.agents.apply(e, |d| Some((Arc::new(d.clone()), vec![])))));
+    listed::<ConfigMap>(&[]).iter().for_each(|e| drop(index.apply_plan(e)));
+    listed::<ConfigMap>(&[]).iter().for_each(|e| drop(index.apply_agent_report(e, hostlb_model::agent::AGENT)));
     listed::<Event>(&[]).iter().for_each(|e| drop(index.apply_creation_failure(e)));
     listed::<Lease>(&[]).iter().for_each(|e| index.apply_node_lease(e, std::time::Instant::now()));
     index

@@ -23,6 +23,10 @@ async fn main() -> ExitCode {
             Ok(client) => hostlb_follower::follow(client, follow).await.map_err(anyhow::Error::from),
             Err(error) => Err(error),
         },
+        Some(ProxyCommand::NodeAgent(agent)) => match client().await {
+            Ok(client) => hostlb_follower::run_agent(client, agent).await.map_err(anyhow::Error::from),
+            Err(error) => Err(error),
+        },
         None => control(cli.controller).await,
     };
     match outcome {

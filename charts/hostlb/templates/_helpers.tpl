@@ -41,6 +41,11 @@ app.kubernetes.io/component: controller
 {{- .Values.settings.defaultPriorityClass | default (printf "%s-proxy" (include "hostlb.fullname" .)) -}}
 {{- end -}}
 
+{{/* The ServiceAccount of the node agents: the controller names it so. */}}
+{{- define "hostlb.agentServiceAccount" -}}
+hostlb-agent
+{{- end -}}
+
 {{/* The ServiceAccount of proxy pods that follow endpoints: the controller names it so. */}}
 {{- define "hostlb.proxyServiceAccount" -}}
 hostlb-proxy

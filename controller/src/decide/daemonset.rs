@@ -27,6 +27,18 @@ pub enum ForwardingMode {
     Sysctls,
 }
 
+/// What carries the Services' traffic on the nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dataplane {
+    /// A DaemonSet of proxy pods per Service, each claiming the Service's ports as host ports;
+    /// only an init container holds a capability.
+    #[default]
+    Pods,
+    /// One agent pod per node programs every Service the node serves; it holds NET_ADMIN in the
+    /// node's network namespace for its whole life.
+    Agent,
+}
+
 /// Cluster-wide choices that shape every proxy DaemonSet.
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
@@ -40,6 +52,9 @@ pub struct ProxySettings {
     pub follower_image: String,
     /// `names::install_id` of the install, labelled on its DaemonSets.
     pub install_id: String,
+    pub dataplane: Dataplane,
+    /// The agents' DaemonSet (`hostlb_model::agent::agent_name`).
+    pub agent: String,
 }
 
 const UNPRIVILEGED_UID: i64 = 65534;
@@ -68,7 +83,7 @@ pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &Proxy
     let spec = pod_spec(lb, placement, settings);
     let template_annotations =
         BTreeMap::from([(names::ANNOTATION_PROXY_SPEC_HASH.to_string(), proxy_spec_hash(&spec))]);
-    let mut daemonset = DaemonSet {
+    let daemonset = DaemonSet {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: Some(settings.namespace.clone()),
@@ -100,6 +115,11 @@ pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &Proxy
         }),
         status: None,
     };
+    with_config_hash(daemonset)
+}
+
+/// The DaemonSet carrying a hash of itself, so that an unchanged one need not be re-applied.
+pub fn with_config_hash(mut daemonset: DaemonSet) -> DaemonSet {
     let hash = config_hash(&daemonset);
     daemonset.metadata.annotations = Some(BTreeMap::from([(names::ANNOTATION_CONFIG_HASH.to_string(), hash)]));
     daemonset
@@ -153,7 +173,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
         })
         .collect();
     let (readiness_probe, probe_env, follower) = match &lb.destination {
-        Destination::NodeLocal { health_check_node_port, port_names } => {
+        Destination::NodeLocal { health_check_node_port } => {
             let probe = Probe {
                 exec: Some(ExecAction {
                     command: Some(
@@ -168,13 +188,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
             };
             // The health check answers on every node address; the primary one is enough.
             let env = vec![field_env(PROBE_ADDRESS_ENV, "status.hostIP")];
-            let follow = proxy::FollowArgs {
-                namespace: lb.namespace.clone(),
-                service: lb.name.clone(),
-                node: String::new(),
-                port_names: port_names.clone(),
-                rules: rule_args.clone(),
-            };
+            let follow = follow_args(lb);
             let follower = Container {
                 name: "follow-endpoints".into(),
                 image: Some(settings.follower_image.clone()),
@@ -250,6 +264,18 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
     }
 }
 
+/// What the endpoint follower, or the node agent, needs of the Service; the node is the
+/// reader's own.
+pub fn follow_args(lb: &ServiceLb) -> proxy::FollowArgs {
+    proxy::FollowArgs {
+        namespace: lb.namespace.clone(),
+        service: lb.name.clone(),
+        node: String::new(),
+        port_names: lb.port_names.clone(),
+        rules: rule_args(lb),
+    }
+}
+
 /// Which port goes where, and from where it may come.
 fn rule_args(lb: &ServiceLb) -> proxy::RuleArgs {
     let to = match &lb.destination {
@@ -304,7 +330,7 @@ fn unprivileged() -> SecurityContext {
     }
 }
 
-fn resources(cpu: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {
+pub fn resources(cpu: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity(cpu.into())),
@@ -373,6 +399,8 @@ mod tests {
             default_priority_class: "system-node-critical".into(),
             follower_image: "example.org/hostlb/controller:1".into(),
             install_id: names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS),
+            dataplane: Dataplane::Pods,
+            agent: hostlb_model::agent::AGENT.into(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! the executor must do. The modules beside it are its pieces, and `leadership` decides who
 //! leads from the Lease as read.
 
+pub mod agent;
 pub mod condition;
 pub mod conflicts;
 pub mod daemonset;
@@ -28,13 +29,14 @@ use hostlb_model::reason::{listed, one_per_reason, Reason, Warning};
 use hostlb_model::service::ServiceView;
 use hostlb_model::taints::{describe_taint, repelling_taint};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Service, Toleration};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service, Toleration};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::state::{key_of, Index, ProxyPod};
+use agent::{desired_plan, plan_needs_apply};
 use conflicts::held_by_older_services;
-use daemonset::{config_hash_of, desired_daemonset, pod_template_marks};
+use daemonset::{config_hash_of, desired_daemonset, pod_template_marks, Dataplane};
 use placement::Placement;
 use port_policy::RefusedPort;
 use proxy_health::{creation_failure, failing_pods, unschedulable};
@@ -48,6 +50,8 @@ pub struct Observed<'a> {
     pub daemonset: Option<&'a DaemonSet>,
     /// What hostlb itself last wrote to that DaemonSet, if this replica remembers it.
     pub last_applied: Option<&'a Applied>,
+    /// The ConfigMap with the name of the Service's plan for the node agents, whoever made it.
+    pub plan: Option<&'a ConfigMap>,
     pub now: Timestamp,
 }
 
@@ -81,6 +85,8 @@ pub struct Serving {
     /// to run for the Service or its namespace to be deleted once hostlb is gone.
     pub remove_finalizer: bool,
     pub daemonset: Option<DaemonSetAction>,
+    /// With the node agents as data plane.
+    pub plan: Option<PlanAction>,
     /// The addresses to publish, when they (or their `ipMode`) differ from those published.
     pub publish: Option<Vec<Address>>,
     /// The `ipMode` to publish them with, where the API server keeps it.
@@ -100,17 +106,22 @@ pub struct Serving {
     pub recheck: Option<Duration>,
 }
 
+/// What becomes of the object that carries a Service's forwarding: its proxy DaemonSet, or its
+/// plan for the node agents.
 #[derive(Debug)]
-pub enum DaemonSetAction {
+pub enum ProxyAction<K> {
     Apply {
-        daemonset: DaemonSet,
+        object: K,
         created: bool,
         /// The ports it serves, for the Event.
         ports: String,
     },
-    /// The Service has no port left that it may claim.
-    Delete(DaemonSet),
+    /// The Service has no port left that it may claim, or the other data plane serves it.
+    Delete(K),
 }
+
+pub type DaemonSetAction = ProxyAction<DaemonSet>;
+pub type PlanAction = ProxyAction<ConfigMap>;
 
 pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Decision {
     let service = observed.service;
@@ -165,7 +176,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     if let Some(placement) = placement.as_ref().filter(|_| valid && schedulable.is_empty()) {
         serving.warnings.extend(all_repelled(placement, &tolerations, index));
     }
-    if let Some(ours) = observed.daemonset.filter(|existing| made_by_hostlb_for(existing, uid)) {
+    if let Some(ours) = observed.daemonset.filter(|existing| made_by_hostlb_for(*existing, uid)) {
         let failures = index.creation_failures.group(&ours.name_any()).map(AsRef::as_ref);
         serving.warnings.extend(creation_failure(ours, pods.len() < schedulable.len(), failures));
     }
@@ -384,7 +395,7 @@ fn plan_proxies(
     settings: &Settings,
 ) -> Option<Placement> {
     if lb.ports.is_empty() {
-        let ours = observed.daemonset.filter(|existing| made_by_hostlb_for(existing, &lb.uid));
+        let ours = observed.daemonset.filter(|existing| made_by_hostlb_for(*existing, &lb.uid));
         serving.daemonset = ours.map(|existing| DaemonSetAction::Delete(existing.clone()));
         return None;
     }
@@ -398,30 +409,87 @@ fn plan_proxies(
     serving.warnings.extend(held.messages.into_iter().map(|m| Warning::new(Reason::PortConflict, m)));
     placement.excluded_nodes = held.nodes;
 
-    if let Some(existing) = observed.daemonset.filter(|existing| !made_by_hostlb_for(existing, &lb.uid)) {
-        serving.warnings.push(Warning::new(
-            Reason::DaemonSetNameTaken,
-            format!(
-                "DaemonSet {} exists and was not made by hostlb for this Service; it is left alone",
-                key_of(existing)
-            ),
-        ));
-        return Some(placement);
+    match settings.proxy.dataplane {
+        Dataplane::Pods => {
+            let ours = observed.plan.filter(|existing| made_by_hostlb_for(*existing, &lb.uid));
+            serving.plan = ours.map(|existing| PlanAction::Delete(existing.clone()));
+            plan_daemonset(serving, observed, lb, &placement, index, settings);
+        }
+        Dataplane::Agent => {
+            let ours = observed.daemonset.filter(|existing| made_by_hostlb_for(*existing, &lb.uid));
+            serving.daemonset = ours.map(|existing| DaemonSetAction::Delete(existing.clone()));
+            plan_for_agents(serving, observed, lb, &placement, index, settings);
+        }
     }
-    let desired = desired_daemonset(lb, &placement, &settings.proxy);
+    Some(placement)
+}
+
+/// The proxy DaemonSet, and the next out-of-date proxy pod to replace.
+fn plan_daemonset(
+    serving: &mut Serving,
+    observed: &Observed<'_>,
+    lb: &ServiceLb,
+    placement: &Placement,
+    index: &Index,
+    settings: &Settings,
+) {
+    if let Some(existing) = observed.daemonset.filter(|existing| !made_by_hostlb_for(*existing, &lb.uid)) {
+        serving.warnings.push(name_taken("DaemonSet", existing));
+        return;
+    }
+    let desired = desired_daemonset(lb, placement, &settings.proxy);
     if needs_apply(observed.daemonset, &desired, observed.last_applied) {
-        let ports = lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name()));
         let created = observed.daemonset.is_none();
-        serving.daemonset = Some(DaemonSetAction::Apply { daemonset: desired, created, ports: listed(ports) });
+        serving.daemonset = Some(DaemonSetAction::Apply { object: desired, created, ports: ports_text(lb) });
     } else if let (Some(spec_hash), Some(existing)) = (pod_template_marks(&desired).0, observed.daemonset) {
         let current = roll::Current { spec_hash, restarted_at: pod_template_marks(existing).1 };
         let pods: Vec<&ProxyPod> = index.proxy_pods_of(&lb.uid).collect();
-        let nodes = eligible_node_names(index, &placement);
+        let nodes = eligible_node_names(index, placement);
         let pending = roll::departure_pending(&pods, nodes, |node| index.departed(&lb.uid, node), observed.now);
         let next = roll::next_to_replace(&pods, current, pending);
         serving.replace_pod = next.map(|pod| pod.key.clone());
     }
-    Some(placement)
+}
+
+/// The plan for the node agents: the nodes it may be served on are those the placement admits
+/// and whose taints the Service tolerates, as the scheduler would place its proxy pods.
+fn plan_for_agents(
+    serving: &mut Serving,
+    observed: &Observed<'_>,
+    lb: &ServiceLb,
+    placement: &Placement,
+    index: &Index,
+    settings: &Settings,
+) {
+    if let Some(existing) = observed.plan.filter(|existing| !made_by_hostlb_for(*existing, &lb.uid)) {
+        serving.warnings.push(name_taken("ConfigMap", existing));
+        return;
+    }
+    let tolerations = daemonset::tolerations(&lb.extra_tolerations);
+    let mut nodes: Vec<&str> = index
+        .nodes
+        .values()
+        .filter(|node| placement.admits(node) && repelling_taint(node, &tolerations).is_none())
+        .filter_map(|node| node.metadata.name.as_deref())
+        .collect();
+    nodes.sort_unstable();
+    let desired = desired_plan(lb, &nodes, &settings.proxy);
+    if plan_needs_apply(observed.plan, &desired) {
+        let created = observed.plan.is_none();
+        serving.plan = Some(PlanAction::Apply { object: desired, created, ports: ports_text(lb) });
+    }
+}
+
+fn name_taken(kind: &str, existing: &impl ResourceExt) -> Warning {
+    Warning::new(
+        Reason::DaemonSetNameTaken,
+        format!("{kind} {} exists and was not made by hostlb for this Service; it is left alone", key_of(existing)),
+    )
+}
+
+/// The ports a Service serves, as its Events name them.
+fn ports_text(lb: &ServiceLb) -> String {
+    listed(lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name())))
 }
 
 /// What a Service claims of the nodes' host ports, for the index: the ports it is admitted to,
@@ -448,8 +516,8 @@ fn admit(lb: ServiceLb, settings: &Settings) -> Result<(ServiceLb, Vec<RefusedPo
 }
 
 /// Whether the DaemonSet carries the labels hostlb gives the proxies of this very Service.
-fn made_by_hostlb_for(daemonset: &DaemonSet, service_uid: &str) -> bool {
-    let labels = daemonset.labels();
+fn made_by_hostlb_for(object: &impl ResourceExt, service_uid: &str) -> bool {
+    let labels = object.labels();
     labels.get(names::LABEL_MANAGED_BY).map(String::as_str) == Some(names::MANAGED_BY)
         && labels.get(names::LABEL_SERVICE_UID).map(String::as_str) == Some(service_uid)
 }
@@ -493,7 +561,7 @@ mod tests {
             config_hash: config_hash_of(d).unwrap_or_default().into(),
         });
         let view = ServiceView::of(service);
-        let observed = Observed { service: &view, daemonset, last_applied: last_applied.as_ref(), now };
+        let observed = Observed { service: &view, daemonset, last_applied: last_applied.as_ref(), plan: None, now };
         match decide(&observed, index, &settings()) {
             Decision::Serve(serving) => *serving,
             other => panic!("expected to serve, got {other:?}"),
@@ -541,7 +609,7 @@ mod tests {
             index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").internal("10.0.0.1").build()], &[], &[]);
         let serving = served(&service, &index, None);
         assert!(!serving.remove_finalizer);
-        let Some(DaemonSetAction::Apply { daemonset, created, ports }) = serving.daemonset else {
+        let Some(DaemonSetAction::Apply { object: daemonset, created, ports }) = serving.daemonset else {
             panic!("expected a DaemonSet to create, got {:?}", serving.daemonset)
         };
         assert!(created);
@@ -727,7 +795,9 @@ mod tests {
         let serving = served(&everywhere, &index, None);
         assert_eq!(reasons(&serving.warnings), vec![Reason::PortConflict, Reason::ProxyPodUnschedulable]);
         assert!(serving.warnings[0].message.contains("shop/rival"), "{:?}", serving.warnings);
-        let Some(DaemonSetAction::Apply { daemonset, .. }) = serving.daemonset else { panic!("expected a DaemonSet") };
+        let Some(DaemonSetAction::Apply { object: daemonset, .. }) = serving.daemonset else {
+            panic!("expected a DaemonSet")
+        };
         let affinity = daemonset.spec.unwrap().template.spec.unwrap().affinity.unwrap().node_affinity.unwrap();
         let term = &affinity.required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms[0];
         assert_eq!(term.match_fields.as_ref().unwrap()[0].values, Some(vec!["n1".to_string()]), "n1 is left out");
@@ -795,7 +865,8 @@ mod tests {
         let mut trusting = settings();
         trusting.tenants.toleration_keys = vec!["dedicated".into()];
         let view = ServiceView::of(&tolerated.build());
-        let observed = Observed { service: &view, daemonset: None, last_applied: None, now: Timestamp::now() };
+        let observed =
+            Observed { service: &view, daemonset: None, last_applied: None, plan: None, now: Timestamp::now() };
         let Decision::Serve(serving) = decide(&observed, &index, &trusting) else { panic!("expected to serve") };
         assert!(serving.warnings.is_empty(), "{:?}", serving.warnings);
     }
@@ -858,6 +929,7 @@ mod tests {
             service: &ServiceView::of(&proxy),
             daemonset: Some(&existing),
             last_applied: None,
+            plan: None,
             now: Timestamp::now(),
         };
         let Decision::Serve(serving) = decide(&observed, &index, &old_server) else { panic!("expected to serve") };
@@ -961,7 +1033,8 @@ mod tests {
         let nothing = index_of(&[], &[], &[], &[]);
         let decide_for = |service: &Service, index: &Index| {
             let view = ServiceView::of(service);
-            let observed = Observed { service: &view, daemonset: None, last_applied: None, now: Timestamp::now() };
+            let observed =
+                Observed { service: &view, daemonset: None, last_applied: None, plan: None, now: Timestamp::now() };
             decide(&observed, index, &settings())
         };
         let changed_type = published(ServiceBuilder::new("web").type_("ClusterIP").build(), &["10.0.0.1"]);

@@ -228,6 +228,8 @@ mod tests {
             vec![
                 Reason::DaemonSetApplied,
                 Reason::DaemonSetDeleted,
+                Reason::PlanApplied,
+                Reason::PlanDeleted,
                 Reason::OrphanDeleted,
                 Reason::StatusUpdated,
                 Reason::ProxyPodReplaced

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hostlb_model::address::{AddressKind, AddressPolicy, AddressType};
-use hostlb_model::names;
-use hostlb_proxy_spec::{FollowArgs, FOLLOW_ENDPOINTS};
+use hostlb_model::{agent, names};
+use hostlb_proxy_spec::{AgentArgs, FollowArgs, FOLLOW_ENDPOINTS, NODE_AGENT};
 use k8s_openapi::apimachinery::pkg::version::Info;
 
-use crate::decide::daemonset::{ForwardingMode, ProxySettings};
+use crate::decide::daemonset::{Dataplane, ForwardingMode, ProxySettings};
 use crate::decide::leadership::LeaseTiming;
 use crate::decide::limits::{self, ServiceLimits};
 use crate::decide::port_policy::{self, PortPolicy, PortRange};
@@ -35,6 +35,10 @@ pub enum ProxyCommand {
     /// (externalTrafficPolicy: Local); needs NET_ADMIN in the pod's network namespace.
     #[command(name = FOLLOW_ENDPOINTS)]
     FollowEndpoints(FollowArgs),
+    /// Program every Service this node serves in its network namespace (--dataplane agent);
+    /// needs NET_ADMIN in the node's network namespace.
+    #[command(name = NODE_AGENT)]
+    NodeAgent(AgentArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +70,11 @@ pub struct Args {
     /// beside hostlb-lb to follow the endpoints on their node.
     #[arg(long, env = "HOSTLB_CONTROLLER_IMAGE", required_unless_present = "uninstall")]
     pub controller_image: Option<String>,
+    /// What carries the traffic: a DaemonSet of proxy pods per Service, or one agent per node
+    /// that programs every Service in the node's network namespace (see the README's security
+    /// section for what each holds).
+    #[arg(long, env = "HOSTLB_DATAPLANE", value_enum, default_value_t = Dataplane::Pods)]
+    pub dataplane: Dataplane,
     /// How proxy pods turn on forwarding.
     #[arg(long, env = "HOSTLB_FORWARDING_MODE", value_enum, default_value_t = ForwardingMode::InitContainer)]
     pub forwarding_mode: ForwardingMode,
@@ -202,6 +211,8 @@ impl Args {
                 default_priority_class: self.default_priority_class.clone(),
                 follower_image: self.controller_image.clone().unwrap_or_default(),
                 install_id: names::install_id(&self.load_balancer_class),
+                dataplane: self.dataplane,
+                agent: agent::agent_name(&self.load_balancer_class),
             },
             load_balancer_class: self.load_balancer_class.clone(),
         }

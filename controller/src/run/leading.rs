@@ -148,7 +148,10 @@ impl Leader {
             let mut stopped = std::pin::pin!(stop_requested(stopping.clone()));
             loop {
                 tokio::select! {
-                    _ = sweeps.tick() => context.delete_orphans().await,
+                    _ = sweeps.tick() => {
+                        context.keep_agents().await;
+                        context.delete_orphans().await;
+                    }
                     () = &mut stopped => return,
                 }
             }

@@ -9,32 +9,71 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::json;
 use tracing::{info, warn};
 
 use hostlb_model::address::{Address, IpMode};
-use hostlb_model::names;
 use hostlb_model::reason::{listed, Reason};
 use hostlb_model::service::{ingress, ServiceView};
+use hostlb_model::{agent, names};
 
+use crate::decide::agent::desired_agent;
 use crate::decide::condition;
-use crate::decide::daemonset::config_hash_of;
+use crate::decide::daemonset::{config_hash_of, Dataplane};
 use crate::decide::finalizer::finalizer_removal;
 use crate::decide::orphans::orphaned;
-use crate::decide::{decide, Applied, DaemonSetAction, Decision, Observed, Serving, Settings};
+use crate::decide::{decide, Applied, DaemonSetAction, Decision, Observed, PlanAction, Serving, Settings};
 use crate::error::{Error, Result};
 use crate::run::events::Events;
 use crate::run::metrics::Metrics;
 use crate::state::proxy_pod::owning_service_key;
 use crate::state::triggers::service_ref;
 use crate::state::{key_of, Index, Key};
+
+/// The kinds of object that carry a Service's forwarding: a proxy DaemonSet, or a plan for the
+/// node agents.
+trait ProxyObject:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: &'static str;
+    /// The Event of its deletion for the Service.
+    const DELETED: Reason;
+    /// The label selector of this install's objects of the kind.
+    fn selector(install_id: &str) -> String;
+}
+
+impl ProxyObject for DaemonSet {
+    const KIND: &'static str = "DaemonSet";
+    const DELETED: Reason = Reason::DaemonSetDeleted;
+    fn selector(install_id: &str) -> String {
+        names::daemonset_selector(install_id)
+    }
+}
+
+impl ProxyObject for ConfigMap {
+    const KIND: &'static str = "ConfigMap";
+    const DELETED: Reason = Reason::PlanDeleted;
+    fn selector(install_id: &str) -> String {
+        agent::plan_selector(install_id)
+    }
+}
 
 /// A resync now and then repairs anything a missed watch event left behind.
 const RESYNC: Duration = Duration::from_secs(600);
@@ -80,7 +119,7 @@ impl Context {
         self.index.read().expect("index lock")
     }
 
-    fn proxy_api(&self) -> Api<DaemonSet> {
+    fn proxy_api<K: ProxyObject>(&self) -> Api<K> {
         Api::namespaced(self.client.clone(), &self.settings.proxy.namespace)
     }
 
@@ -110,8 +149,8 @@ fn retry_delay(failures_in_a_row: u32) -> Duration {
 }
 
 /// Releases every Service this install serves or left something on, as if each were no longer
-/// served (status cleared, an older version's finalizer removed), then deletes
-/// whatever proxy DaemonSet of this install is left. Returns how many Services it released.
+/// served (status cleared, an older version's finalizer removed), then deletes whatever proxy
+/// DaemonSet, plan and node agent of this install is left. Returns how many Services it released.
 pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
     let (services, _) = reflector::store();
     let index = Arc::new(RwLock::new(Index::default()));
@@ -130,9 +169,18 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
         info!(service = %ObjectRef::from_obj(service), "released");
         released += 1;
     }
-    for daemonset in context.list_proxies(None).await? {
+    for daemonset in context.list_proxies::<DaemonSet>(None).await? {
         let action = format!("delete DaemonSet {}", key_of(&daemonset));
-        context.delete_daemonset(&daemonset).await.map_err(Error::kube(action))?;
+        context.delete_proxy_object(&daemonset).await.map_err(Error::kube(action))?;
+    }
+    for plan in context.list_proxies::<ConfigMap>(None).await? {
+        let action = format!("delete ConfigMap {}", key_of(&plan));
+        context.delete_proxy_object(&plan).await.map_err(Error::kube(action))?;
+    }
+    // Its agents, seeing it gone, remove their nodes' rules.
+    let agents = context.proxy_api::<DaemonSet>().get_opt(&context.settings.proxy.agent).await;
+    if let Some(agents) = agents.map_err(Error::kube("get the node agents' DaemonSet"))? {
+        context.delete_proxy_object(&agents).await.map_err(Error::kube("delete the node agents' DaemonSet"))?;
     }
     context.events.flush().await;
     Ok(released)
@@ -147,13 +195,20 @@ pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<A
         return Ok(Action::requeue(UNTIL_SYNCED));
     }
     let view = ServiceView::of(&service);
-    let daemonset = context.fetch_daemonset(&view).await?;
+    let daemonset = context.fetch_proxy_object(&view, Dataplane::Pods, |index, key| index.daemonsets.get(key).cloned());
+    let plan = context.fetch_proxy_object(&view, Dataplane::Agent, |index, key| index.plans.get(key).cloned());
+    let (daemonset, plan) = (daemonset.await?, plan.await?);
     let decision = {
         let key = daemonset.as_deref().map(key_of);
         let applied = context.applied.lock().expect("applied lock");
         let last_applied = key.and_then(|key| applied.get(&key));
-        let observed =
-            Observed { service: &view, daemonset: daemonset.as_deref(), last_applied, now: Timestamp::now() };
+        let observed = Observed {
+            service: &view,
+            daemonset: daemonset.as_deref(),
+            last_applied,
+            plan: plan.as_deref(),
+            now: Timestamp::now(),
+        };
         decide(&observed, &context.read_index(), &context.settings)
     };
     let action = match decision {
@@ -175,20 +230,28 @@ pub async fn reconcile(service: Arc<Service>, context: Arc<Context>) -> Result<A
 }
 
 impl Context {
-    /// The DaemonSet named for this Service, if the Service is served: from the index, or, as
-    /// only hostlb's own DaemonSets are indexed, from the API server, so that one of the same
-    /// name that is not ours is seen before it would be overwritten.
-    async fn fetch_daemonset(&self, service: &ServiceView) -> Result<Option<Arc<DaemonSet>>> {
+    /// The object named for this Service's forwarding (its proxy DaemonSet or its plan), if the
+    /// Service is served: from the index, or, as only hostlb's own are indexed, from the API
+    /// server when `dataplane` is the one in use, so that one of the same name that is not ours
+    /// is seen before it would be overwritten. Of the other data plane, only the index's, which
+    /// are hostlb's own, left to delete.
+    async fn fetch_proxy_object<K: ProxyObject>(
+        &self,
+        service: &ServiceView,
+        dataplane: Dataplane,
+        indexed: impl FnOnce(&Index, &str) -> Option<Arc<K>>,
+    ) -> Result<Option<Arc<K>>> {
         if !self.settings.serves(service) || service.deleting {
             return Ok(None);
         }
         let name = names::daemonset_name(&service.name, &service.uid);
         let namespace = &self.settings.proxy.namespace;
-        if let Some(indexed) = self.read_index().daemonsets.get(&format!("{namespace}/{name}")) {
-            return Ok(Some(indexed.clone()));
+        let found = indexed(&self.read_index(), &format!("{namespace}/{name}"));
+        if found.is_some() || dataplane != self.settings.proxy.dataplane {
+            return Ok(found);
         }
-        let found =
-            self.proxy_api().get_opt(&name).await.map_err(Error::kube(format!("get DaemonSet {namespace}/{name}")))?;
+        let action = format!("get {} {namespace}/{name}", K::KIND);
+        let found = self.proxy_api::<K>().get_opt(&name).await.map_err(Error::kube(action))?;
         Ok(found.map(Arc::new))
     }
 
@@ -199,13 +262,23 @@ impl Context {
         if serving.remove_finalizer {
             self.remove_finalizer(service).await?;
         }
-        let proxies = match &serving.daemonset {
-            Some(DaemonSetAction::Apply { daemonset, created, ports }) => {
-                self.apply_daemonset(service, daemonset, *created, ports).await
+        let mut proxies = match &serving.daemonset {
+            Some(DaemonSetAction::Apply { object, created, ports }) => {
+                self.apply_daemonset(service, object, *created, ports).await
             }
             Some(DaemonSetAction::Delete(daemonset)) => self.delete_proxies(service, daemonset).await,
             None => Ok(()),
         };
+        let plan = match &serving.plan {
+            Some(PlanAction::Apply { object, created, ports }) => {
+                self.apply_plan(service, object, *created, ports).await
+            }
+            Some(PlanAction::Delete(plan)) => self.delete_proxies(service, plan).await,
+            None => Ok(()),
+        };
+        if proxies.is_ok() {
+            proxies = plan;
+        }
         if let Err(refused) = &proxies {
             serving.warnings.extend(refused.as_warning());
         }
@@ -264,7 +337,7 @@ impl Context {
     async fn apply_daemonset(&self, service: &Service, desired: &DaemonSet, created: bool, ports: &str) -> Result<()> {
         let key = key_of(desired);
         let applied = self
-            .proxy_api()
+            .proxy_api::<DaemonSet>()
             .patch(&desired.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(desired))
             .await
             .map_err(Error::kube(format!("apply DaemonSet {key}")))?;
@@ -278,6 +351,20 @@ impl Context {
         info!(daemonset = %key, verb, "applied proxy DaemonSet");
         let message = format!("{verb} DaemonSet {key} for ports {ports}");
         self.events.publish(service, Reason::DaemonSetApplied, message);
+        Ok(())
+    }
+
+    async fn apply_plan(&self, service: &Service, desired: &ConfigMap, created: bool, ports: &str) -> Result<()> {
+        let key = key_of(desired);
+        let params = PatchParams::apply(names::MANAGER).force();
+        let api = self.proxy_api::<ConfigMap>();
+        api.patch(&desired.name_any(), &params, &Patch::Apply(desired))
+            .await
+            .map_err(Error::kube(format!("apply ConfigMap {key}")))?;
+        self.metrics.daemonset_applies.inc();
+        let verb = if created { "created" } else { "updated" };
+        info!(plan = %key, verb, "applied the plan for the node agents");
+        self.events.publish(service, Reason::PlanApplied, format!("{verb} plan {key} for ports {ports}"));
         Ok(())
     }
 
@@ -349,9 +436,12 @@ impl Context {
     /// from the API server, not the index, so that nothing created just before is missed.
     async fn clean_up(&self, service: &Service, clear_status: bool) -> Result<()> {
         // An empty UID selects nothing, never every DaemonSet.
-        let daemonsets = self.list_proxies(Some(&service.uid().unwrap_or_default())).await?;
-        for daemonset in daemonsets {
+        let uid = service.uid().unwrap_or_default();
+        for daemonset in self.list_proxies::<DaemonSet>(Some(&uid)).await? {
             self.delete_proxies(service, &daemonset).await?;
+        }
+        for plan in self.list_proxies::<ConfigMap>(Some(&uid)).await? {
+            self.delete_proxies(service, &plan).await?;
         }
         if clear_status {
             self.write_status(service, &[], None, None).await?;
@@ -361,35 +451,35 @@ impl Context {
         Ok(())
     }
 
-    /// This install's proxy DaemonSets, or those of the Service with this UID, as the API server
-    /// has them.
-    async fn list_proxies(&self, service_uid: Option<&str>) -> Result<Vec<DaemonSet>> {
-        let mut selector = names::daemonset_selector(&self.settings.proxy.install_id);
+    /// This install's proxy DaemonSets or plans, or those of the Service with this UID, as the
+    /// API server has them.
+    async fn list_proxies<K: ProxyObject>(&self, service_uid: Option<&str>) -> Result<Vec<K>> {
+        let mut selector = K::selector(&self.settings.proxy.install_id);
         if let Some(uid) = service_uid {
             selector = format!("{selector},{}={uid}", names::LABEL_SERVICE_UID);
         }
-        let listed = self.proxy_api().list(&ListParams::default().labels(&selector)).await;
-        Ok(listed.map_err(Error::kube("list proxy DaemonSets"))?.items)
+        let listed = self.proxy_api::<K>().list(&ListParams::default().labels(&selector)).await;
+        Ok(listed.map_err(Error::kube(format!("list {}s", K::KIND)))?.items)
     }
 
-    async fn delete_proxies(&self, service: &Service, daemonset: &DaemonSet) -> Result<()> {
-        let action = format!("delete DaemonSet {}", key_of(daemonset));
-        if let Some(deleted) = self.delete_daemonset(daemonset).await.map_err(Error::kube(action))? {
-            info!(daemonset = %deleted, "deleted proxy DaemonSet");
-            self.events.publish(service, Reason::DaemonSetDeleted, format!("deleted DaemonSet {deleted}"));
+    async fn delete_proxies<K: ProxyObject>(&self, service: &Service, object: &K) -> Result<()> {
+        let action = format!("delete {} {}", K::KIND, key_of(object));
+        if let Some(deleted) = self.delete_proxy_object(object).await.map_err(Error::kube(action))? {
+            info!(object = %deleted, kind = K::KIND, "deleted the Service's forwarding");
+            self.events.publish(service, K::DELETED, format!("deleted {} {deleted}", K::KIND));
         }
         Ok(())
     }
 
-    /// Deletes this very proxy DaemonSet (a UID precondition guards against a new one of the
-    /// same name). Its `namespace/name` when deleted; `None` when it was gone already.
-    async fn delete_daemonset(&self, daemonset: &DaemonSet) -> Result<Option<String>, kube::Error> {
+    /// Deletes this very object (a UID precondition guards against a new one of the same
+    /// name). Its `namespace/name` when deleted; `None` when it was gone already.
+    async fn delete_proxy_object<K: ProxyObject>(&self, object: &K) -> Result<Option<String>, kube::Error> {
         let only_this_one = DeleteParams {
-            preconditions: Some(Preconditions { uid: daemonset.uid(), resource_version: None }),
+            preconditions: Some(Preconditions { uid: object.uid(), resource_version: None }),
             ..DeleteParams::background()
         };
-        let key = key_of(daemonset);
-        match self.proxy_api().delete(&daemonset.name_any(), &only_this_one).await {
+        let key = key_of(object);
+        match self.proxy_api::<K>().delete(&object.name_any(), &only_this_one).await {
             Ok(_) => {
                 self.metrics.daemonset_deletes.inc();
                 self.applied.lock().expect("applied lock").remove(&key);
@@ -400,50 +490,85 @@ impl Context {
         }
     }
 
-    /// Deletes the proxy DaemonSets that no Service will clean up. Failures are only logged: the
-    /// next sweep tries again.
-    /// Whether the proxy DaemonSet is still orphaned against its Service as the API server
-    /// has it now.
-    async fn orphaned_by_the_api_server(&self, daemonset: &DaemonSet) -> Result<bool> {
-        let Some(service) = owning_service_key(daemonset).map(|key| service_ref(&key)) else { return Ok(true) };
+    /// Whether the proxy object is still orphaned against its Service as the API server has
+    /// it now.
+    async fn orphaned_by_the_api_server<K: ProxyObject>(&self, object: &K) -> Result<bool> {
+        let Some(service) = owning_service_key(object).map(|key| service_ref(&key)) else { return Ok(true) };
         let namespace = service.namespace.as_deref().unwrap_or_default();
         let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
         let action = format!("get Service {namespace}/{}", service.name);
         let live = services.get_opt(&service.name).await.map_err(Error::kube(action))?;
-        Ok(!orphaned([daemonset], &live.iter().collect::<Vec<_>>(), &self.settings).is_empty())
+        Ok(!orphaned([object], &live.iter().collect::<Vec<_>>(), &self.settings).is_empty())
     }
 
+    /// Deletes the proxy DaemonSets and plans that no Service will clean up. Failures are only
+    /// logged: the next sweep tries again.
     pub async fn delete_orphans(&self) {
         // Before the Services have listed, every DaemonSet would look orphaned.
         if !self.synced.load(Ordering::Acquire) {
             return;
         }
+        let (daemonsets, plans): (Vec<Arc<DaemonSet>>, Vec<Arc<ConfigMap>>) = {
+            let index = self.read_index();
+            (index.daemonsets.values().cloned().collect(), index.plans.values().cloned().collect())
+        };
+        self.delete_orphaned(&daemonsets).await;
+        self.delete_orphaned(&plans).await;
+    }
+
+    async fn delete_orphaned<K: ProxyObject>(&self, objects: &[Arc<K>]) {
         let services = self.services.state();
         let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
-        let daemonsets: Vec<Arc<DaemonSet>> = self.read_index().daemonsets.values().cloned().collect();
-        for daemonset in orphaned(daemonsets.iter().map(Arc::as_ref), &services, &self.settings) {
-            let service = owning_service_key(daemonset).unwrap_or_else(|| "an unknown Service".into());
+        for object in orphaned(objects.iter().map(Arc::as_ref), &services, &self.settings) {
+            let service = owning_service_key(object).unwrap_or_else(|| "an unknown Service".into());
             // The cache may lag (a new leader whose Service watch is behind its DaemonSet
             // watch): only what the API server says now deletes proxies that serve.
-            match self.orphaned_by_the_api_server(daemonset).await {
+            match self.orphaned_by_the_api_server(object).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(error) => {
-                    warn!(daemonset = %key_of(daemonset), %error, "could not read its Service; the DaemonSet is kept");
+                    warn!(object = %key_of(object), %error, "could not read its Service; the object is kept");
                     continue;
                 }
             }
-            match self.delete_daemonset(daemonset).await {
+            match self.delete_proxy_object(object).await {
                 Ok(Some(deleted)) => {
-                    info!(daemonset = %deleted, %service, "deleted orphaned proxy DaemonSet");
-                    let note = format!("deleted DaemonSet {deleted}: {service} no longer needs it");
-                    self.events.publish(daemonset, Reason::OrphanDeleted, note);
+                    info!(object = %deleted, kind = K::KIND, %service, "deleted an orphaned proxy object");
+                    let note = format!("deleted {} {deleted}: {service} no longer needs it", K::KIND);
+                    self.events.publish(object, Reason::OrphanDeleted, note);
                 }
                 Ok(None) => {}
-                Err(error) => {
-                    warn!(daemonset = %key_of(daemonset), %error, "could not delete orphaned proxy DaemonSet")
-                }
+                Err(error) => warn!(object = %key_of(object), %error, "could not delete an orphaned proxy object"),
             }
+        }
+    }
+
+    /// Keeps the agents' DaemonSet as the data plane needs it: applied with the node agents
+    /// (when it is missing or differs), deleted with proxy pods, whose agents then remove
+    /// their nodes' rules.
+    pub async fn keep_agents(&self) {
+        if !self.synced.load(Ordering::Acquire) {
+            return;
+        }
+        let desired = desired_agent(&self.settings.proxy);
+        let name = desired.name_any();
+        let existing = self.read_index().agents.values().next().cloned();
+        let outcome = match (self.settings.proxy.dataplane, existing) {
+            (Dataplane::Agent, existing)
+                if existing.as_ref().is_none_or(|e| config_hash_of(e) != config_hash_of(&desired)) =>
+            {
+                let params = PatchParams::apply(names::MANAGER).force();
+                let applied = self.proxy_api::<DaemonSet>().patch(&name, &params, &Patch::Apply(&desired)).await;
+                applied.map(|_| info!(daemonset = %name, "applied the node agents"))
+            }
+            (Dataplane::Pods, Some(existing)) => self
+                .delete_proxy_object(existing.as_ref())
+                .await
+                .map(|_| info!(daemonset = %name, "deleted the node agents")),
+            _ => Ok(()),
+        };
+        if let Err(error) = outcome {
+            warn!(daemonset = %name, %error, "could not bring the node agents' DaemonSet in line; trying again");
         }
     }
 }

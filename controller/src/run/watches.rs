@@ -8,11 +8,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{stream, Stream, StreamExt, TryStreamExt};
-use hostlb_model::names;
 use hostlb_model::service::keep_what_hostlb_reads;
+use hostlb_model::{agent, names};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Node, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -76,8 +76,28 @@ pub fn watch(
     let proxy_daemonsets = all.clone().labels(&names::daemonset_selector(&settings.proxy.install_id));
     let daemonset_triggers =
         indexed(Api::<DaemonSet>::namespaced(client.clone(), &namespace), proxy_daemonsets, &index, |index, event| {
-            triggers::of_daemonsets(&index.apply_daemonset(event))
+            triggers::of_proxy_objects(&index.apply_daemonset(event))
         });
+    // Watched in both data planes: the plans and reports of the other are swept or read while
+    // it hands over.
+    let plans = all.clone().labels(&agent::plan_selector(&settings.proxy.install_id));
+    let plan_triggers =
+        indexed(Api::<ConfigMap>::namespaced(client.clone(), &namespace), plans, &index, |index, event| {
+            triggers::of_proxy_objects(&index.apply_plan(event))
+        });
+    let agents = all.clone().fields(&format!("metadata.name={}", settings.proxy.agent));
+    let agent_triggers =
+        indexed(Api::<DaemonSet>::namespaced(client.clone(), &namespace), agents, &index, |index, event| {
+            index.agents.apply(event, |agents| Some((Arc::new(agents.clone()), Vec::new())));
+            Vec::new()
+        });
+    let reports = all.clone().labels(&agent::report_selector(&settings.proxy.install_id));
+    let report_triggers = {
+        let agent = settings.proxy.agent.clone();
+        indexed(Api::<ConfigMap>::namespaced(client.clone(), &namespace), reports, &index, move |index, event| {
+            triggers::of_agent_reports(&index.apply_agent_report(event, &agent))
+        })
+    };
     let proxy_pods = all.clone().labels(&names::managed_selector());
     let pod_triggers =
         indexed(Api::<Pod>::namespaced(client.clone(), &namespace), proxy_pods, &index, |index, event| {
@@ -115,6 +135,9 @@ pub fn watch(
     let triggers = stream::select_all([
         service_triggers.boxed(),
         daemonset_triggers.boxed(),
+        plan_triggers.boxed(),
+        agent_triggers.boxed(),
+        report_triggers.boxed(),
         pod_triggers.boxed(),
         node_triggers.boxed(),
         lease_triggers.boxed(),

@@ -17,12 +17,13 @@ use hostlb_model::readiness::{node_can_serve, node_is_ready};
 use hostlb_proxy_spec::Protocol;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, Pod, PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
+use crate::state::agent_report::AgentReport;
 use crate::state::node_liveness::{Renewal, NODE_LEASE_NAMESPACE};
 use crate::state::proxy_pod::ProxyPod;
 use crate::state::section::{Change, Section};
@@ -84,6 +85,12 @@ pub struct Index {
     pub proxy_pods: Section<Arc<ProxyPod>, String>,
     /// Proxy DaemonSets, by `namespace/name`.
     pub daemonsets: Section<Arc<DaemonSet>, ()>,
+    /// The node agents' DaemonSet, when there is one.
+    pub agents: Section<Arc<DaemonSet>, ()>,
+    /// Plans for the node agents, by `namespace/name`.
+    pub plans: Section<Arc<ConfigMap>, ()>,
+    /// The node agents' reports, grouped by the UIDs of the Services they name.
+    pub agent_reports: Section<Arc<AgentReport>, String>,
     /// Every Service's resourceVersion, so that a relist tells which Services changed.
     pub services: Section<String, ()>,
     /// Served Services, grouped by the host ports they claim.
@@ -276,8 +283,27 @@ impl Index {
         self.nodes.get(name).map(Arc::as_ref)
     }
 
-    pub fn proxy_pods_of(&self, service_uid: &str) -> impl Iterator<Item = &ProxyPod> {
-        self.proxy_pods.group(&service_uid.to_string()).map(Arc::as_ref)
+    /// The Service's proxy pods, and, with the node agents, what each node's agent reports of it.
+    pub fn proxy_pods_of<'a>(&'a self, service_uid: &'a str) -> impl Iterator<Item = &'a ProxyPod> {
+        let pods = self.proxy_pods.group(&service_uid.to_string()).map(Arc::as_ref);
+        let reports = self.agent_reports.group(&service_uid.to_string());
+        pods.chain(reports.filter_map(move |report| report.services.get(service_uid)))
+    }
+
+    pub fn apply_plan(&mut self, event: &watcher::Event<ConfigMap>) -> Vec<Change<Arc<ConfigMap>>> {
+        self.plans.apply(event, |plan| Some((Arc::new(plan.clone()), Vec::new())))
+    }
+
+    pub fn apply_agent_report(
+        &mut self,
+        event: &watcher::Event<ConfigMap>,
+        agent: &str,
+    ) -> Vec<Change<Arc<AgentReport>>> {
+        self.agent_reports.apply(event, |config_map| {
+            let report = AgentReport::of(config_map, agent)?;
+            let uids = report.services.keys().cloned().collect();
+            Some((Arc::new(report), uids))
+        })
     }
 
     /// The watches that have not yet delivered their first complete list.
@@ -287,6 +313,9 @@ impl Index {
             ("nodes", self.nodes.synced()),
             ("proxy pods", self.proxy_pods.synced()),
             ("proxy daemonsets", self.daemonsets.synced()),
+            ("node agents", self.agents.synced()),
+            ("plans", self.plans.synced()),
+            ("agent reports", self.agent_reports.synced()),
             ("proxy creation failures", self.creation_failures.synced()),
             ("node leases", self.node_leases.synced()),
         ]
@@ -598,11 +627,20 @@ mod tests {
     #[test]
     fn watches_count_as_synced_after_their_first_list() {
         let mut index = Index::default();
-        let all = ["services", "nodes", "proxy pods", "proxy daemonsets", "proxy creation failures", "node leases"];
+        let all = [
+            "services",
+            "nodes",
+            "proxy pods",
+            "proxy daemonsets",
+            "node agents",
+            "plans",
+            "agent reports",
+            "proxy creation failures",
+            "node leases",
+        ];
         assert_eq!(index.unsynced(), all);
         index.apply_node(&watcher::Event::Init);
         index.apply_node(&watcher::Event::InitDone);
-        let rest = ["services", "proxy pods", "proxy daemonsets", "proxy creation failures", "node leases"];
-        assert_eq!(index.unsynced(), rest);
+        assert_eq!(index.unsynced(), all.into_iter().filter(|watch| *watch != "nodes").collect::<Vec<_>>());
     }
 }

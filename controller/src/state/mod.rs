@@ -1,6 +1,7 @@
 //! What the watches know of the cluster, beyond the Service cache: the index, and which
 //! Services each committed change concerns. Pure: the watches hand in their events.
 
+pub mod agent_report;
 pub mod index;
 pub mod node_liveness;
 pub mod proxy_pod;

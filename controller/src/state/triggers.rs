@@ -10,10 +10,11 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use hostlb_model::names;
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Node, Service};
 use kube::runtime::reflector::ObjectRef;
+use kube::ResourceExt;
 
+use crate::state::agent_report::AgentReport;
 use crate::state::index::{Index, PortKey, ServiceChanges};
 use crate::state::proxy_pod::{owning_service_key, ProxyPod};
 use crate::state::section::{Change, Key};
@@ -74,15 +75,30 @@ pub fn of_proxy_pods(changes: &[Change<Arc<ProxyPod>>]) -> Vec<ObjectRef<Service
     )
 }
 
-/// The Services whose proxy DaemonSets changed.
-pub fn of_daemonsets(changes: &[Change<Arc<DaemonSet>>]) -> Vec<ObjectRef<Service>> {
+/// The Services whose proxy DaemonSets, or plans, changed.
+pub fn of_proxy_objects<K: ResourceExt>(changes: &[Change<Arc<K>>]) -> Vec<ObjectRef<Service>> {
     owners(
         changes
             .iter()
             .flat_map(|change| [&change.before, &change.after])
             .flatten()
-            .filter_map(|d| owning_service_key(d.as_ref())),
+            .filter_map(|object| owning_service_key(object.as_ref())),
     )
+}
+
+/// The Services whose entries in a node agent's report changed.
+pub fn of_agent_reports(changes: &[Change<Arc<AgentReport>>]) -> Vec<ObjectRef<Service>> {
+    let entries = |report: &Option<Arc<AgentReport>>| report.as_ref().map(|r| r.services.clone()).unwrap_or_default();
+    owners(changes.iter().flat_map(|change| {
+        let (before, after) = (entries(&change.before), entries(&change.after));
+        let changed: Vec<Key> = before
+            .iter()
+            .chain(&after)
+            .filter(|(uid, pod)| before.get(*uid) != Some(pod) || after.get(*uid) != Some(pod))
+            .filter_map(|(_, pod)| pod.service.clone())
+            .collect();
+        changed
+    }))
 }
 
 /// The Services whose proxy DaemonSets the DaemonSet controller reported a failure of.
