@@ -6,6 +6,7 @@
 //! controller back on proxy pods).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream};
@@ -16,14 +17,15 @@ use hostlb_model::agent::{self, ServiceReport};
 use hostlb_model::names;
 use hostlb_proxy_spec::{AgentArgs, Family, Protocol};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::agent_rules::{desired, node_addresses, PlanEntry, ServiceSlice};
+use crate::agent_rules::{desired, PlanEntry, ServiceSlice};
 use crate::listed::Listed;
+use crate::local_addresses;
 use crate::{endpoint_slice, endpoint_slice_resource, signal, Error, Result};
 
 /// The field manager of the agents' reports.
@@ -31,18 +33,21 @@ const MANAGER: &str = "hostlb-agent";
 /// How soon a failed transaction or report is tried again.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// How often the node's addresses are read: an address added later (DHCP, a second NIC) is
+/// served within this long.
+const ADDRESS_POLL: Duration = Duration::from_secs(10);
+
 enum Update {
     Plan(watcher::Event<ConfigMap>),
     Slice(watcher::Event<DynamicObject>),
-    Node(Box<watcher::Event<Node>>),
 }
 
-/// What the watches have told so far.
+/// What the watches and the kernel have told so far.
 #[derive(Default)]
 struct Seen {
     plans: Listed<PlanEntry>,
     slices: Listed<ServiceSlice>,
-    node: Listed<Node>,
+    addresses: Option<Vec<IpAddr>>,
 }
 
 impl Seen {
@@ -52,14 +57,13 @@ impl Seen {
             Update::Slice(event) => self.slices.apply(event, |object| {
                 ServiceSlice::of(&object.namespace().unwrap_or_default(), object.labels(), endpoint_slice(object)?)
             }),
-            Update::Node(event) => self.node.apply(*event, |node| Some(node.clone())),
         }
     }
 
     /// Nothing is programmed before every watch has listed: an agent that restarts would
     /// otherwise replace the rules in place with a partial set.
     fn synced(&self) -> bool {
-        self.plans.synced && self.slices.synced && self.node.synced
+        self.plans.synced && self.slices.synced && self.addresses.is_some()
     }
 }
 
@@ -75,12 +79,10 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
     let config = watcher::Config::default();
     let plans = Api::<ConfigMap>::namespaced(client.clone(), &args.namespace);
     let plans = watcher(plans, config.clone().labels(&agent::plan_selector(&args.install)));
-    let slices = watcher(Api::<DynamicObject>::all_with(client.clone(), &resource), config.clone());
-    let node = watcher(Api::<Node>::all(client.clone()), config.fields(&format!("metadata.name={}", args.node)));
+    let slices = watcher(Api::<DynamicObject>::all_with(client.clone(), &resource), config);
     let mut updates: BoxStream<'static, Result<Update, watcher::Error>> = stream::select_all([
         plans.default_backoff().map(|event| event.map(Update::Plan)).boxed(),
         slices.default_backoff().map(|event| event.map(Update::Slice)).boxed(),
-        node.default_backoff().map(|event| event.map(|event| Update::Node(Box::new(event)))).boxed(),
     ])
     .boxed();
     tracing::info!(node = args.node, namespace = args.namespace, "programming this node's plans");
@@ -92,6 +94,7 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
     let mut reported: Option<BTreeMap<String, ServiceReport>> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut address_poll = tokio::time::interval(ADDRESS_POLL);
     loop {
         let retry = async {
             match retry_at {
@@ -109,12 +112,20 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
                 }
             }
             () = retry => retry_at = None,
+            _ = address_poll.tick() => match local_addresses::read().await {
+                Ok(addresses) if seen.addresses.as_ref() == Some(&addresses) => continue,
+                Ok(addresses) => seen.addresses = Some(addresses),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the node's addresses; trying again");
+                    continue;
+                }
+            },
             _ = terminate.recv() => return stop(&daemonsets, &own, &reports, &report_name).await,
         }
         if !seen.synced() {
             continue;
         }
-        let addresses = seen.node.current.values().next().map(node_addresses).unwrap_or_default();
+        let addresses = seen.addresses.clone().unwrap_or_default();
         let mut wanted = desired(&args.node, addresses, seen.plans.current.values(), seen.slices.current.values());
         if installed.as_ref() != Some(&wanted.rules) {
             match program(&wanted.rules) {

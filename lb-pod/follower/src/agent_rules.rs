@@ -1,5 +1,5 @@
 //! What the node agent programs and reports, from the controller's plans, the EndpointSlices
-//! and its Node. Pure.
+//! and the node's own addresses. Pure.
 //!
 //! The agent forwards to endpoint addresses, never to a ClusterIP: in the node's network
 //! namespace a connection is NATed once per hook, so a DNAT to the ClusterIP at prerouting
@@ -13,7 +13,7 @@ use hostlb_lb::plan::Plan;
 use hostlb_model::agent::{ServiceReport, PLAN_ARGS, PLAN_NODES};
 use hostlb_model::names;
 use hostlb_proxy_spec::ServicePlan;
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 
 use crate::endpoints::{endpoint_forwards, EndpointSlice, SERVICE_NAME_LABEL};
@@ -54,21 +54,6 @@ impl ServiceSlice {
     pub fn of(namespace: &str, labels: &BTreeMap<String, String>, slice: EndpointSlice) -> Option<ServiceSlice> {
         Some(ServiceSlice { service: format!("{namespace}/{}", labels.get(SERVICE_NAME_LABEL)?), slice })
     }
-}
-
-/// The node's own addresses, where the agent accepts traffic: those it reports as internal or
-/// external, as hostlb publishes them.
-pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
-    let addresses = node.status.as_ref().and_then(|status| status.addresses.as_ref());
-    let mut found: Vec<IpAddr> = addresses
-        .into_iter()
-        .flatten()
-        .filter(|address| matches!(address.type_.as_str(), "InternalIP" | "ExternalIP"))
-        .filter_map(|address| address.address.parse().ok())
-        .collect();
-    found.sort();
-    found.dedup();
-    found
 }
 
 /// Everything the agent on `node` does: the rules of every plan that names the node, and a
@@ -122,7 +107,6 @@ pub fn desired<'a>(
 #[cfg(test)]
 mod tests {
     use hostlb_proxy_spec::{Destination, FollowArgs, NamedPort, PortMap, Protocol, RuleArgs};
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
     use serde_json::json;
 
     use super::*;
@@ -202,25 +186,5 @@ mod tests {
         let problem = on_one.reports["uid-x"].problem.clone().unwrap_or_default();
         assert!(!on_one.reports["uid-x"].forwarding && problem.contains("--port"), "{problem}");
         assert_eq!(on_one.rules.services.len(), 1, "a plan that cannot be read is left out");
-    }
-
-    #[test]
-    fn the_nodes_internal_and_external_addresses_are_its_own() {
-        let address = |type_: &str, address: &str| NodeAddress { type_: type_.into(), address: address.into() };
-        let node = Node {
-            status: Some(NodeStatus {
-                addresses: Some(vec![
-                    address("InternalIP", "10.0.0.2"),
-                    address("ExternalIP", "203.0.113.7"),
-                    address("Hostname", "node-1"),
-                    address("InternalIP", "fd00::2"),
-                    address("InternalIP", "10.0.0.2"),
-                ]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let found: Vec<String> = node_addresses(&node).iter().map(ToString::to_string).collect();
-        assert_eq!(found, ["10.0.0.2", "203.0.113.7", "fd00::2"]);
     }
 }

@@ -16,6 +16,7 @@ mod agent_rules;
 mod endpoints;
 mod error;
 mod listed;
+mod local_addresses;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
