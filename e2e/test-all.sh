@@ -185,6 +185,12 @@ if run_step one "cluster up" 50 up "${CLUSTER[@]}" up; then
   status=$?
   grep -oE 'upgrade: .*' "$LOG_DIR/upgrade.log" || true
   if [[ $status -ne 0 ]]; then cluster_logs; fi
+  # The node agent data plane (--dataplane agent): its tests switch the controller over and back.
+  run_step cargo "node agent data plane" 20 agent \
+    cargo test -p hostlb-e2e --test agent --no-fail-fast -- --test-threads=1 --nocapture
+  status=$?
+  grep -oE 'figure: agent.*' "$LOG_DIR/agent.log" || true
+  if [[ $status -ne 0 ]]; then cluster_logs; fi
 else
   cluster_logs
 fi

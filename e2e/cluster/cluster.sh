@@ -185,8 +185,11 @@ install_hostlb() {
   manifest=$("$tools/kubectl" kustomize "$HERE/install/")
   k apply -f - <<<"$manifest" >&2
   if [[ $1 == after-import ]] && grep -qx controller "$STATE/images-changed" 2>/dev/null; then
-    log "the controller image changed: restarting the controller"
+    log "the controller image changed: restarting the controller and any node agents"
     k -n hostlb-system rollout restart deployment/hostlb-controller >&2
+    if k -n hostlb-system get daemonset/hostlb-agent >/dev/null 2>&1; then
+      k -n hostlb-system rollout restart daemonset/hostlb-agent >&2
+    fi
   fi
   if ! k -n hostlb-system rollout status deployment/hostlb-controller --timeout=180s >&2 ||
     ! k -n hostlb-system wait --for=condition=Available deployment/hostlb-controller --timeout=30s >&2; then

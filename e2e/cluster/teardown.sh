@@ -177,6 +177,27 @@ flush_chains() {
   done
 }
 
+# The node agents' tables in node-1's namespace, which is this machine's own: the pods were
+# force-deleted with their DaemonSet still there, which agents take for a restart, not an uninstall.
+# node-2's go with its namespace.
+AGENT_TABLES=("ip hostlb" "ip6 hostlb")
+
+remove_agent_tables() {
+  local table
+  for table in "${AGENT_TABLES[@]}"; do
+    # shellcheck disable=SC2086 # family and name are two words
+    nft delete table $table 2>/dev/null || true
+  done
+}
+
+agent_tables_left() {
+  local table
+  for table in "${AGENT_TABLES[@]}"; do
+    # shellcheck disable=SC2086 # family and name are two words
+    if nft list table $table >/dev/null 2>&1; then echo "nftables table: $table"; fi
+  done
+}
+
 cleanup_iptables() {
   if [[ -x $BIN/kube-proxy ]] && [[ -n "$(our_chains | grep ' KUBE-' || true)" ]]; then
     "$BIN/kube-proxy" --cleanup >>"$LOGS/kube-proxy-cleanup.log" 2>&1 </dev/null || true
@@ -208,6 +229,7 @@ leftovers() {
   done
   for l in $(our_links); do echo "link: $l"; done
   our_chains | sed 's/^/chain: /'
+  agent_tables_left
   for mnt in $(cgroup_mounts); do
     for n in 1 2; do [[ -d $mnt/$(node_cgroup "$n") ]] && echo "cgroup: $mnt/$(node_cgroup "$n")"; done
   done
@@ -251,6 +273,7 @@ do_down() {
   unmount_ours
   remove_network
   cleanup_iptables
+  remove_agent_tables
   remove_cgroups
   remove_created_dirs
   restore_sysctls

@@ -708,6 +708,36 @@ pub async fn answers(cluster: &Cluster, address: IpAddr, port: u16, timeout: Dur
     eventually_blocking(timeout, move || client.http_get(address, port)).await
 }
 
+/// Fails unless every request to `address:port` from the client fails for `during`.
+pub async fn refuses(cluster: &Cluster, address: IpAddr, port: u16, during: Duration) -> Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < during {
+        let client = cluster.client()?;
+        if let Ok(reply) = tokio::task::spawn_blocking(move || client.http_get(address, port)).await? {
+            bail!("{address}:{port} answered ({reply:?}) but should refuse");
+        }
+    }
+    Ok(())
+}
+
+/// Puts the controller on the data plane `mode` (`pods` or `agent`, as `--dataplane` spells
+/// them) and waits for its rollout; nothing when it is there already. A reinstall of the
+/// harness's install (`cluster.sh install`) puts it back on proxy pods.
+pub async fn use_dataplane(cluster: &Cluster, mode: &str) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let deployment = deployments.get("hostlb-controller").await?;
+    let containers = deployment.spec.and_then(|spec| spec.template.spec).map(|spec| spec.containers);
+    let env = containers.into_iter().flatten().flat_map(|container| container.env.unwrap_or_default());
+    let current = env.filter(|var| var.name == "HOSTLB_DATAPLANE").find_map(|var| var.value);
+    if current.as_deref().unwrap_or("pods") == mode {
+        return Ok(());
+    }
+    let deployment = ["-n", SYSTEM_NAMESPACE, "deployment/hostlb-controller"];
+    cluster.kubectl(&[&["set", "env"], &deployment[..], &[&format!("HOSTLB_DATAPLANE={mode}")]].concat())?;
+    cluster.kubectl(&[&["rollout", "status"], &deployment[..], &["--timeout=180s"]].concat())?;
+    Ok(())
+}
+
 /// Prints a measured figure in one greppable form.
 pub fn report_timing(what: &str, took: Duration) {
     println!("timing: {what}: {:.2}s", took.as_secs_f64());

@@ -53,14 +53,7 @@ async fn answered_http(cluster: &Cluster, address: IpAddr, port: u16) -> Result<
 
 /// A request that keeps failing for `STAYS_REFUSED` is refused.
 async fn refused_http(cluster: &Cluster, address: IpAddr, port: u16) -> Result<()> {
-    let started = Instant::now();
-    while started.elapsed() < STAYS_REFUSED {
-        let handle = cluster.client()?;
-        if let Ok(reply) = tokio::task::spawn_blocking(move || handle.http_get(address, port)).await? {
-            bail!("{address}:{port} answered ({reply:?}) but should refuse");
-        }
-    }
-    Ok(())
+    refuses(cluster, address, port, STAYS_REFUSED).await
 }
 
 async fn proxy_pod_on(cluster: &Cluster, ns: &str, service: &str, node: &str) -> Result<Pod> {

@@ -1,0 +1,250 @@
+//! The node agent data plane (`--dataplane agent`) on the real two-node cluster: each test puts
+//! the controller in that mode (a rollout, once), and the last one puts it back. Traffic to a
+//! node's unpublished address can only cross the agent's rules: kube-proxy knows only the
+//! published one. Run one test at a time (`--test-threads=1`).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use hostlb_e2e::*;
+use hostlb_model::agent::{self, COMPONENT_AGENT};
+use hostlb_model::readiness::pod_is_ready;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+const SETTLE: Duration = Duration::from_secs(90);
+/// How often traffic probes a path while something changes under it.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+
+async fn agent_pods(cluster: &Cluster) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let selector = format!("{}={COMPONENT_AGENT}", names::LABEL_COMPONENT);
+    Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
+}
+
+fn node_of(pod: &Pod) -> &str {
+    pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()).unwrap_or_default()
+}
+
+/// The controller in agent mode, with a Ready agent on each node.
+async fn agent_mode(cluster: &Cluster) -> Result<Vec<Pod>> {
+    use_dataplane(cluster, "agent").await?;
+    eventually(SETTLE, || async {
+        let pods = agent_pods(cluster).await?;
+        let ready: BTreeSet<&str> = pods.iter().filter(|pod| pod_is_ready(pod)).map(node_of).collect();
+        ensure!(ready.len() == 2 && pods.len() == 2, "agents Ready on {ready:?} of {} pods", pods.len());
+        Ok(pods)
+    })
+    .await
+}
+
+async fn plan_of(cluster: &Cluster, namespace: &str, service: &str) -> Result<Option<ConfigMap>> {
+    let plans: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let selector = format!(
+        "{},{}={namespace},{}={service}",
+        agent::plan_selector(&names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS)),
+        names::LABEL_SERVICE_NAMESPACE,
+        names::LABEL_SERVICE_NAME
+    );
+    Ok(plans.list(&ListParams::default().labels(&selector)).await?.items.into_iter().next())
+}
+
+/// The pods hostlb runs on each node: with the agents, one whatever the number of Services.
+async fn hostlb_pods_per_node(cluster: &Cluster) -> Result<Vec<usize>> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let selector = format!("{}={}", names::LABEL_MANAGED_BY, names::MANAGED_BY);
+    let listed = pods.list(&ListParams::default().labels(&selector)).await?.items;
+    let nodes = nodes(cluster)?;
+    Ok([&nodes.node1, &nodes.node2].iter().map(|node| listed.iter().filter(|p| node_of(p) == *node).count()).collect())
+}
+
+#[tokio::test]
+async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Result<()> {
+    let (cluster, ns, nodes) = setup("agent-basic").await?;
+    agent_mode(&cluster).await?;
+    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("echo", 1, SETTLE).await?;
+    let created = Instant::now();
+    ns.load_balancer(
+        "web",
+        "echo",
+        &[("http", "TCP", 18300, ECHO_HTTP_PORT), ("dns", "UDP", 18300, ECHO_UDP_PORT)],
+        json!({}),
+    )
+    .await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    report_timing("agent: Service creation to status with both nodes", created.elapsed());
+
+    // Node-2's unpublished address: the agent there forwards to the backend on node-1.
+    for address in [nodes.unpublished1, nodes.unpublished2, nodes.ip1] {
+        let reply = answers(&cluster, address, 18300, SETTLE).await?;
+        ensure!(reply.pod.starts_with("echo-"), "unexpected answer {reply:?}");
+        let client = cluster.client()?;
+        let udp = eventually_blocking(SETTLE, move || client.udp_echo(address, 18300)).await?;
+        ensure!(udp.pod.starts_with("echo-"), "unexpected UDP answer {udp:?}");
+    }
+    ensure!(cluster.proxy_daemonsets(&ns.name, "web").await?.is_empty(), "a proxy DaemonSet was made");
+    ensure!(cluster.proxy_pods(&ns.name, "web").await?.is_empty(), "proxy pods run");
+    let plan = plan_of(&cluster, &ns.name, "web").await?.context("no plan for the Service")?;
+    let planned = plan.data.unwrap_or_default();
+    ensure!(planned[agent::PLAN_NODES] == format!("{}\n{}\n", nodes.node1, nodes.node2), "{planned:?}");
+    ensure!(hostlb_pods_per_node(&cluster).await? == [1, 1], "hostlb runs more than its agent on a node");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_service_forwards_on_every_node_within_a_second_of_its_creation() -> Result<()> {
+    let (cluster, ns, nodes) = setup("agent-new").await?;
+    agent_mode(&cluster).await?;
+    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("echo", 1, SETTLE).await?;
+    let started = Instant::now();
+    ns.load_balancer("web", "echo", &http(18310), json!({})).await?;
+    // From the creation, which is before the controller's decision: an upper bound.
+    let client = cluster.client()?;
+    let mut forwarding = Vec::new();
+    for address in [nodes.unpublished1, nodes.unpublished2] {
+        let client = client.clone();
+        eventually_blocking(SETTLE, move || client.http_get(address, 18310)).await?;
+        forwarding.push(started.elapsed());
+    }
+    let every_node = forwarding.iter().max().copied().unwrap_or_default();
+    figure("agent_program_ms_new_service", every_node.as_millis() as f64)?;
+    ensure!(every_node <= Duration::from_secs(3), "forwarding on every node took {every_node:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_port_change_rolls_no_pod_and_moves_the_traffic() -> Result<()> {
+    let (cluster, ns, nodes) = setup("agent-change").await?;
+    let agents: BTreeSet<String> =
+        agent_mode(&cluster).await?.iter().map(|pod| pod.uid().unwrap_or_default()).collect();
+    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("echo", 1, SETTLE).await?;
+    ns.load_balancer("web", "echo", &http(18320), json!({})).await?;
+    answers(&cluster, nodes.unpublished2, 18320, SETTLE).await?;
+
+    let changed = Instant::now();
+    ns.patch_service("web", json!({ "spec": { "ports": [{ "name": "http", "protocol": "TCP", "port": 18321, "targetPort": ECHO_HTTP_PORT }] } })).await?;
+    for address in [nodes.unpublished1, nodes.unpublished2] {
+        answers(&cluster, address, 18321, SETTLE).await?;
+    }
+    let moved = changed.elapsed();
+    figure("agent_program_ms_port_change", moved.as_millis() as f64)?;
+    refuses(&cluster, nodes.unpublished2, 18320, Duration::from_secs(3)).await?;
+    let now: BTreeSet<String> = agent_pods(&cluster).await?.iter().map(|pod| pod.uid().unwrap_or_default()).collect();
+    ensure!(now == agents, "the agents were replaced: {agents:?} then {now:?}");
+    ensure!(cluster.proxy_pods(&ns.name, "web").await?.is_empty(), "proxy pods run");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_restart_under_traffic_loses_no_request() -> Result<()> {
+    let (cluster, ns, nodes) = setup("agent-restart").await?;
+    let agents = agent_mode(&cluster).await?;
+    ns.echo_service(&cluster, &nodes, "web", 18330, SETTLE).await?;
+    let targets = nodes.paths(18330);
+    for (address, port) in targets {
+        answers(&cluster, address, port, SETTLE).await?;
+    }
+    let statuses = StatusWatch::start(ns.services(), &["web"], BTreeSet::from([nodes.ip1, nodes.ip2]));
+    let traffic = Traffic::start(&cluster.client()?, &targets, PROBE_EVERY, SETTLE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let restarted = Instant::now();
+    for agent in &agents {
+        pods.delete(&agent.name_any(), &DeleteParams::default()).await?;
+    }
+    let old: BTreeSet<String> = agents.iter().map(|pod| pod.name_any()).collect();
+    eventually(SETTLE, || async {
+        let fresh = agent_pods(&cluster).await?;
+        let ready = fresh.iter().filter(|pod| !old.contains(&pod.name_any()) && pod_is_ready(pod)).count();
+        ensure!(ready == 2, "{ready} new agents Ready");
+        Ok(())
+    })
+    .await?;
+    let replaced = restarted.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = traffic.finish().await?;
+    let shrunk = statuses.finish().await?.shrunk;
+    println!("agents replaced in {:.1}s; {}", replaced.as_secs_f64(), nodes.describe_paths(&records));
+    traffic_figures("agent_restart", &records)?;
+    figure("agent_restart_s", replaced.as_secs_f64())?;
+    let lost: u32 = records.iter().map(|(_, record)| record.lost).sum();
+    ensure!(lost == 0, "{lost} requests lost: {}", nodes.describe_paths(&records));
+    ensure!(shrunk.is_empty(), "the status shrank: {shrunk:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn local_policy_keeps_the_client_address_and_forwards_only_where_an_endpoint_is() -> Result<()> {
+    let (cluster, ns, nodes) = setup("agent-local").await?;
+    agent_mode(&cluster).await?;
+    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("echo", 1, SETTLE).await?;
+    ns.load_balancer("web", "echo", &http(18340), json!({ "externalTrafficPolicy": "Local" })).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1], SETTLE).await?;
+    let reply = answers(&cluster, nodes.unpublished1, 18340, SETTLE).await?;
+    let client_ip = cluster.ip("CLIENT_IP")?;
+    ensure!(reply.client == client_ip, "the backend saw {} instead of the client {client_ip}", reply.client);
+    refuses(&cluster, nodes.unpublished2, 18340, Duration::from_secs(3)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn source_ranges_refuse_other_clients_on_the_agents_path() -> Result<()> {
+    let (cluster, ns, nodes) = setup("agent-ranges").await?;
+    agent_mode(&cluster).await?;
+    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("echo", 1, SETTLE).await?;
+    let others = json!({ "loadBalancerSourceRanges": ["192.0.2.0/24"] });
+    ns.load_balancer("web", "echo", &http(18350), others).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    refuses(&cluster, nodes.unpublished2, 18350, Duration::from_secs(4)).await?;
+    let client = format!("{}/32", cluster.ip("CLIENT_IP")?);
+    ns.patch_service("web", json!({ "spec": { "loadBalancerSourceRanges": [client] } })).await?;
+    answers(&cluster, nodes.unpublished2, 18350, SETTLE).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn switching_back_to_proxy_pods_removes_the_agents_their_rules_and_the_plans() -> Result<()> {
+    let (cluster, ns, nodes) = setup("agent-back").await?;
+    agent_mode(&cluster).await?;
+    ns.echo_service(&cluster, &nodes, "web", 18360, SETTLE).await?;
+    answers(&cluster, nodes.unpublished2, 18360, SETTLE).await?;
+    ensure!(plan_of(&cluster, &ns.name, "web").await?.is_some(), "no plan in agent mode");
+
+    use_dataplane(&cluster, "pods").await?;
+    eventually(SETTLE, || async {
+        let left = agent_pods(&cluster).await?.len();
+        ensure!(left == 0, "{left} agents left");
+        ensure!(plan_of(&cluster, &ns.name, "web").await?.is_none(), "the plan is left");
+        Ok(())
+    })
+    .await?;
+    for node_netns in [None, Some(cluster.var("NODE2_NETNS")?)] {
+        ensure!(!agent_table_present(node_netns)?, "the agent's table is left in {node_netns:?}");
+    }
+    // Proxy pods take over.
+    answers(&cluster, nodes.unpublished2, 18360, SETTLE).await?;
+    ensure!(!cluster.proxy_pods(&ns.name, "web").await?.is_empty(), "no proxy pods after the switch");
+    Ok(())
+}
+
+/// Whether hostlb's IPv4 table is in node-1's network namespace (this machine's) or another.
+fn agent_table_present(netns: Option<&str>) -> Result<bool> {
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = std::process::Command::new("ip");
+            command.args(["netns", "exec", netns, "nft"]);
+            command
+        }
+        None => std::process::Command::new("nft"),
+    };
+    let output = command.args(["list", "table", "ip", "hostlb"]).output().context("running nft")?;
+    Ok(output.status.success())
+}
