@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context as _, Result};
+use hostlb_e2e::names::short_hash;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -195,24 +196,31 @@ fn the_schema_refuses_values_the_controller_would_crash_on() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn an_overlay_moves_the_base_and_changes_its_images() -> Result<()> {
-    let overlay = std::env::temp_dir().join(format!("hostlb-overlay-{}", std::process::id()));
+/// Renders an overlay of the base whose kustomization.yaml (after its `resources:` line naming
+/// the base) is `rest`.
+fn overlay(rest: &str) -> Result<BTreeMap<Key, Value>> {
+    let overlay = std::env::temp_dir().join(format!("hostlb-overlay-{}-{}", std::process::id(), short_hash(rest)));
     std::fs::create_dir_all(&overlay)?;
     // kustomize takes only relative paths to bases.
-    let base = std::iter::repeat_n("..", overlay.components().count() - 1)
+    let manifests = std::iter::repeat_n("..", overlay.components().count() - 1)
         .collect::<PathBuf>()
         .join(repository().join("manifests").canonicalize()?.strip_prefix("/")?);
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        format!(
-            "namespace: lb\nresources: [{}]\nimages:\n- name: localhost/hostlb/controller\n  newName: registry.example/controller\n  newTag: v7\n- name: localhost/hostlb/lb\n  newName: registry.example/lb\n  newTag: v7\n",
-            base.display()
-        ),
-    )?;
+    let text = format!(
+        "resources: [{}]\n{}",
+        manifests.display(),
+        rest.replace("MANIFESTS", &manifests.display().to_string())
+    );
+    std::fs::write(overlay.join("kustomization.yaml"), text)?;
     let rendered = kustomize(&overlay.display().to_string());
     std::fs::remove_dir_all(&overlay)?;
-    let rendered = rendered?;
+    rendered
+}
+
+#[test]
+fn an_overlay_moves_the_base_and_changes_its_images() -> Result<()> {
+    let rendered = overlay(
+        "namespace: lb\nimages:\n- name: localhost/hostlb/controller\n  newName: registry.example/controller\n  newTag: v7\n- name: localhost/hostlb/lb\n  newName: registry.example/lb\n  newTag: v7\n",
+    )?;
     object(&rendered, "Namespace", "lb")?;
     for ((kind, name), object) in &rendered {
         let namespace = field(object, "/metadata/namespace");
@@ -226,6 +234,20 @@ fn an_overlay_moves_the_base_and_changes_its_images() -> Result<()> {
     let images = object(&rendered, "ConfigMap", "hostlb-images")?;
     ensure!(images["data"]["lb-image"] == "registry.example/lb:v7", "{images}");
     ensure!(images["data"]["controller-image"] == "registry.example/controller:v7", "{images}");
+    Ok(())
+}
+
+#[test]
+fn the_node_agent_components_choose_the_agents_and_guard_their_reports() -> Result<()> {
+    let rendered = overlay("components: [MANIFESTS/components/node-agent, MANIFESTS/components/agent-report-guard]\n")?;
+    let env = controller_env(&rendered, "hostlb-controller")?;
+    ensure!(env.get("HOSTLB_DATAPLANE").is_some_and(|var| var["value"] == "agent"), "{env:?}");
+    let policy = object(&rendered, "ValidatingAdmissionPolicy", "hostlb-agent-reports")?;
+    let rule = field(policy, "/spec/validations/0/expression");
+    ensure!(rule.contains("authentication.kubernetes.io/node-name") && rule.contains("'hostlb-agent.'"), "{rule}");
+    object(&rendered, "ValidatingAdmissionPolicyBinding", "hostlb-agent-reports")?;
+    let role = object(&rendered, "Role", "hostlb-agent")?;
+    ensure!(role.to_string().contains("configmaps"), "{role}");
     Ok(())
 }
 
