@@ -8,7 +8,8 @@
 #     proxy    network namespaces only: data path, hostlb-lb init time, image size, memory
 #     cluster  the local two-node cluster (cluster.sh up ... down): 30 Services at once, the
 #              memory of a proxy pod on its node, and the figures of the tests that roll proxies,
-#              upgrade from the previous release and stop a node under traffic
+#              upgrade from the previous release and stop a node under traffic; then the node
+#              agents: a new Service, a port change, agents restarted under traffic, 1,000 Services
 #     scale    its own control plane on loopback with simulated kubelets: 100, 300, 1000 Services
 set -euo pipefail
 
@@ -48,7 +49,7 @@ if [[ " $PARTS " == *" proxy "* ]]; then
 fi
 
 if [[ " $PARTS " == *" cluster "* ]]; then
-  cargo bench --locked -p hostlb-e2e --bench controller --no-run
+  cargo bench --locked -p hostlb-e2e --bench controller --bench agent --no-run
   # The cluster's state folder is fixed, so runs on one machine take turns: the lock is held
   # from up to down (not inherited by the cluster's daemons), and down runs whatever the bench did.
   exec 8>"${HOSTLB_CLUSTER_LOCK:-/run/hostlb-cluster.lock}"
@@ -65,12 +66,15 @@ if [[ " $PARTS " == *" cluster "* ]]; then
       --test-threads=1 --nocapture a_proxy_roll a_killed_proxy_pod a_restarted_node &&
     HOSTLB_FIGURES="$PWD/$figures" timeout 25m cargo test --locked -p hostlb-e2e --test upgrade -- \
       --test-threads=1 --nocapture &&
+    HOSTLB_FIGURES="$PWD/$figures" timeout 15m cargo test --locked -p hostlb-e2e --test agent -- \
+      --test-threads=1 --nocapture a_new_service a_port_change an_agent_restart &&
+    HOSTLB_BENCH_OUT="$PWD/$OUT/parts/agent.json" timeout 20m cargo bench --locked -p hostlb-e2e --bench agent &&
     jq -s 'add' "$figures" >"$OUT/parts/tests.json"
   } 8>&- || status=1
   bash e2e/cluster/cluster.sh down 8>&- || status=1
   flock -u 8
   exec 8>&-
-  [[ $status == 0 ]] || { failed+=(cluster); rm -f "$OUT/parts/controller.json" "$OUT/parts/tests.json"; }
+  [[ $status == 0 ]] || { failed+=(cluster); rm -f "$OUT/parts/controller.json" "$OUT/parts/tests.json" "$OUT/parts/agent.json"; }
 fi
 
 if [[ " $PARTS " == *" scale "* ]]; then
