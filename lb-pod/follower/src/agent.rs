@@ -26,7 +26,7 @@ use serde_json::json;
 use crate::agent_rules::{desired, PlanEntry, ServiceSlice};
 use crate::listed::Listed;
 use crate::local_addresses;
-use crate::{endpoint_slice, endpoint_slice_resource, signal, Error, Result};
+use crate::{endpoint_slice, endpoint_slice_resource, signal, watch_config, Error, Result};
 
 /// The field manager of the agents' reports.
 const MANAGER: &str = "hostlb-agent";
@@ -76,7 +76,7 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
         }
     }
     let resource = endpoint_slice_resource(&client).await?;
-    let config = watcher::Config::default();
+    let config = watch_config();
     let plans = Api::<ConfigMap>::namespaced(client.clone(), &args.namespace);
     let plans = watcher(plans, config.clone().labels(&agent::plan_selector(&args.install)));
     let slices = watcher(Api::<DynamicObject>::all_with(client.clone(), &resource), config);
@@ -167,12 +167,14 @@ fn absorb(seen: &mut Seen, update: Result<Update, watcher::Error>) {
 /// Replaces the node's table in one transaction, then forgets the UDP flows to the node's
 /// addresses that the new rules would send elsewhere.
 fn program(rules: &NodeRules) -> Result<(), hostlb_lb::error::Error> {
+    let started = std::time::Instant::now();
     kernel::apply(&node_ruleset(rules))?;
+    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
     let udp = |service: &&hostlb_lb::node_table::ServiceRules| {
         service.plan.ports.iter().any(|port| port.protocol == Protocol::Udp)
     };
     let forwarded: usize = rules.services.iter().flat_map(|s| s.plan.forwards.values()).map(Vec::len).sum();
-    tracing::info!(services = rules.services.len(), forwarded, addresses = ?rules.addresses, "programmed the node's table");
+    tracing::info!(services = rules.services.len(), forwarded, took_ms, addresses = ?rules.addresses, "programmed the node's table");
     if rules.services.iter().any(|service| udp(&service)) {
         let to_node = |flow: &conntrack::Flow| rules.addresses.contains(&flow.original.destination.ip());
         let stale = |flow: &conntrack::Flow| {

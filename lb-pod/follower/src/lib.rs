@@ -50,7 +50,7 @@ pub async fn follow(client: kube::Client, args: FollowArgs) -> Result<()> {
         api = resource.api_version,
         "following the Service's endpoints on this node"
     );
-    let mut events = watcher(api, watcher::Config::default().labels(&selector)).default_backoff().boxed();
+    let mut events = watcher(api, watch_config().labels(&selector)).default_backoff().boxed();
     let mut slices: Listed<EndpointSlice> = Listed::default();
     let mut installed: Option<BTreeMap<Family, Vec<Forward>>> = None;
     let first_list = tokio::time::sleep(FIRST_LIST_TIMEOUT);
@@ -91,6 +91,14 @@ async fn endpoint_slice_resource(client: &kube::Client) -> Result<ApiResource> {
     let group = oneshot::group(client, "discovery.k8s.io").await.map_err(|error| Error::Discovery(Box::new(error)))?;
     let (resource, _) = group.recommended_kind("EndpointSlice").ok_or(Error::NoEndpointSlices)?;
     Ok(resource)
+}
+
+/// Below the client's read timeout (the controller binary's 60 s), so that the API server ends a
+/// quiet watch, which is then resumed, before the read timeout cuts it and forces a relist.
+const WATCH_TIMEOUT_SECONDS: u32 = 50;
+
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS)
 }
 
 /// What the follower and the agent keep of an EndpointSlice; one that cannot be read is
