@@ -12,12 +12,11 @@ use hostlb_model::options::ServiceLb;
 use hostlb_proxy_spec::{self as proxy, NAMESPACE_ENV, NODE_NAME_ENV};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecurityContext, Toleration,
+    Capabilities, ConfigMap, Container, PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use crate::decide::daemonset::{follow_args, resources, service_labels, with_config_hash, ProxySettings};
+use crate::decide::daemonset::{field_env, follow_args, resources, service_labels, with_config_hash, ProxySettings};
 
 /// The plan of a valid Service with ports to serve, for the agents on `nodes`.
 pub fn desired_plan(lb: &ServiceLb, nodes: &[&str], settings: &ProxySettings) -> ConfigMap {
@@ -57,14 +56,6 @@ pub fn desired_agent(settings: &ProxySettings) -> DaemonSet {
         (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),
         (names::LABEL_INSTALL.to_string(), settings.install_id.clone()),
     ]);
-    let field_env = |name: &str, field_path: &str| EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: field_path.into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let args = proxy::AgentArgs {
         namespace: String::new(),
         install: settings.install_id.clone(),

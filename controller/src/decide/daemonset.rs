@@ -154,14 +154,6 @@ fn config_hash(daemonset: &DaemonSet) -> String {
 
 fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> PodSpec {
     let rule_args = rule_args(lb);
-    let field_env = |name: &str, field_path: &str| EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: field_path.into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let ports: Vec<ContainerPort> = lb
         .ports
         .iter()
@@ -273,6 +265,18 @@ pub fn follow_args(lb: &ServiceLb) -> proxy::FollowArgs {
         node: String::new(),
         port_names: lb.port_names.clone(),
         rules: rule_args(lb),
+    }
+}
+
+/// An environment variable the kubelet fills in from the pod (the downward API).
+pub fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: field_path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
