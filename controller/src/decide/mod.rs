@@ -409,15 +409,20 @@ fn plan_proxies(
     serving.warnings.extend(held.messages.into_iter().map(|m| Warning::new(Reason::PortConflict, m)));
     placement.excluded_nodes = held.nodes;
 
+    // The other data plane's object goes once this one forwards wherever that one did, so that
+    // switching data planes withdraws no node and loses no path.
+    let (pods, agents) = (index.nodes_forwarding_through_pods(&lb.uid), index.nodes_forwarding_through_agents(&lb.uid));
     match settings.proxy.dataplane {
         Dataplane::Pods => {
             let ours = observed.plan.filter(|existing| made_by_hostlb_for(*existing, &lb.uid));
-            serving.plan = ours.map(|existing| PlanAction::Delete(existing.clone()));
+            serving.plan =
+                ours.filter(|_| agents.is_subset(&pods)).map(|existing| PlanAction::Delete(existing.clone()));
             plan_daemonset(serving, observed, lb, &placement, index, settings);
         }
         Dataplane::Agent => {
             let ours = observed.daemonset.filter(|existing| made_by_hostlb_for(*existing, &lb.uid));
-            serving.daemonset = ours.map(|existing| DaemonSetAction::Delete(existing.clone()));
+            serving.daemonset =
+                ours.filter(|_| pods.is_subset(&agents)).map(|existing| DaemonSetAction::Delete(existing.clone()));
             plan_for_agents(serving, observed, lb, &placement, index, settings);
         }
     }
@@ -550,6 +555,64 @@ mod tests {
     use k8s_openapi::api::core::v1::{Event, Pod};
     use k8s_openapi::api::core::v1::{LoadBalancerStatus, PodCondition, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    /// An agent's report that node `node` forwards (or not) the fixtures' Service.
+    fn agent_report(node: &str, forwarding: bool) -> k8s_openapi::api::core::v1::ConfigMap {
+        use hostlb_model::agent::{report_data, ServiceReport, AGENT, COMPONENT_REPORT};
+        let entry = ServiceReport { service: "shop/web".into(), forwarding, problem: None };
+        k8s_openapi::api::core::v1::ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{AGENT}.{node}")),
+                namespace: Some("hostlb-system".into()),
+                labels: Some([(names::LABEL_COMPONENT.to_string(), COMPONENT_REPORT.to_string())].into()),
+                ..Default::default()
+            },
+            data: Some(report_data(&[(UID.to_string(), entry)].into())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn switching_data_planes_removes_the_old_forwarding_only_once_the_new_one_forwards_everywhere_it_did() {
+        let service = ServiceBuilder::new("web").build();
+        let nodes = [NodeBuilder::new("n1").build(), NodeBuilder::new("n2").build()];
+        let view = ServiceView::of(&service);
+        let lb = ServiceLb::from_service(&service).unwrap();
+        let mut agent_settings = settings();
+        agent_settings.proxy.dataplane = Dataplane::Agent;
+        let daemonset = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy);
+        let plan = desired_plan(&lb, &["n1", "n2"], &agent_settings.proxy);
+        let pods =
+            [made_from(proxy_pod("p1", "n1", true), &daemonset), made_from(proxy_pod("p2", "n2", true), &daemonset)];
+        let decide_in = |index: &Index, settings: &Settings| {
+            let observed = Observed {
+                service: &view,
+                daemonset: Some(&daemonset),
+                last_applied: None,
+                plan: Some(&plan),
+                now: Timestamp::now(),
+            };
+            match decide(&observed, index, settings) {
+                Decision::Serve(serving) => *serving,
+                other => panic!("expected to serve, got {other:?}"),
+            }
+        };
+        let mut index = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&daemonset));
+        index.apply_agent_report(&watcher::Event::Apply(agent_report("n1", true)), hostlb_model::agent::AGENT);
+        index.apply_agent_report(&watcher::Event::Apply(agent_report("n2", false)), hostlb_model::agent::AGENT);
+
+        let to_agents = decide_in(&index, &agent_settings);
+        assert!(to_agents.daemonset.is_none(), "n2's agent does not forward yet: the proxy pods stay");
+        let to_pods = decide_in(&index, &settings());
+        assert!(matches!(to_pods.plan, Some(PlanAction::Delete(_))), "the pods forward wherever the agents do");
+
+        index.apply_agent_report(&watcher::Event::Apply(agent_report("n2", true)), hostlb_model::agent::AGENT);
+        let to_agents = decide_in(&index, &agent_settings);
+        assert!(matches!(to_agents.daemonset, Some(DaemonSetAction::Delete(_))), "both agents forward now");
+        index.apply_proxy_pod(&watcher::Event::Delete(pods[1].clone()), Timestamp::now());
+        let to_pods = decide_in(&index, &settings());
+        assert!(to_pods.plan.is_none(), "n2's proxy pod is gone: the agents keep forwarding there");
+    }
 
     fn served(service: &Service, index: &Index, daemonset: Option<&DaemonSet>) -> Serving {
         served_at(service, index, daemonset, Timestamp::now())

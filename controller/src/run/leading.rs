@@ -28,6 +28,8 @@ use crate::state::Index;
 
 /// How often proxy DaemonSets that no Service will clean up are looked for.
 const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
+/// How soon a sweep that found the watches not yet synced looks again.
+const SWEEP_UNTIL_SYNCED: Duration = Duration::from_millis(500);
 
 /// Services to reconcile that the leader has not taken yet; one that falls behind by more
 /// reconciles every Service instead.
@@ -149,6 +151,11 @@ impl Leader {
             loop {
                 tokio::select! {
                     _ = sweeps.tick() => {
+                        // The first sweep of a term waits for the watches, not a whole period.
+                        if !context.synced() {
+                            sweeps.reset_after(SWEEP_UNTIL_SYNCED);
+                            continue;
+                        }
                         context.keep_agents().await;
                         context.delete_orphans().await;
                     }

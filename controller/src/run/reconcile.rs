@@ -115,6 +115,11 @@ impl Context {
         Context { client, settings, services, index, applied, events, metrics, failures, synced }
     }
 
+    /// Whether every watch has listed its objects.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         self.index.read().expect("index lock")
     }
@@ -544,8 +549,8 @@ impl Context {
     }
 
     /// Keeps the agents' DaemonSet as the data plane needs it: applied with the node agents
-    /// (when it is missing or differs), deleted with proxy pods, whose agents then remove
-    /// their nodes' rules.
+    /// (when it is missing or differs), deleted with proxy pods once no plan is left, whose
+    /// agents then remove their nodes' rules.
     pub async fn keep_agents(&self) {
         if !self.synced.load(Ordering::Acquire) {
             return;
@@ -561,7 +566,8 @@ impl Context {
                 let applied = self.proxy_api::<DaemonSet>().patch(&name, &params, &Patch::Apply(&desired)).await;
                 applied.map(|_| info!(daemonset = %name, "applied the node agents"))
             }
-            (Dataplane::Pods, Some(existing)) => self
+            // Once no plan is left, every Service's proxy pods have taken over from its agents.
+            (Dataplane::Pods, Some(existing)) if self.read_index().plans.values().next().is_none() => self
                 .delete_proxy_object(existing.as_ref())
                 .await
                 .map(|_| info!(daemonset = %name, "deleted the node agents")),

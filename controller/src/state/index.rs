@@ -290,6 +290,21 @@ impl Index {
         pods.chain(reports.filter_map(move |report| report.services.get(service_uid)))
     }
 
+    /// The nodes whose Ready proxy pod forwards the Service.
+    pub fn nodes_forwarding_through_pods(&self, service_uid: &str) -> BTreeSet<&str> {
+        let pods = self.proxy_pods.group(&service_uid.to_string()).map(Arc::as_ref);
+        pods.filter(|pod| pod.ready).filter_map(|pod| pod.node.as_deref()).collect()
+    }
+
+    /// The nodes whose agent reports that it forwards the Service.
+    pub fn nodes_forwarding_through_agents(&self, service_uid: &str) -> BTreeSet<&str> {
+        let reports = self.agent_reports.group(&service_uid.to_string());
+        reports
+            .filter(|report| report.services.get(service_uid).is_some_and(|entry| entry.ready))
+            .map(|r| r.node.as_str())
+            .collect()
+    }
+
     pub fn apply_plan(&mut self, event: &watcher::Event<ConfigMap>) -> Vec<Change<Arc<ConfigMap>>> {
         self.plans.apply(event, |plan| Some((Arc::new(plan.clone()), Vec::new())))
     }
