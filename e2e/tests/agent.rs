@@ -180,6 +180,38 @@ async fn an_agent_restart_under_traffic_loses_no_request() -> Result<()> {
 }
 
 #[tokio::test]
+async fn switching_from_proxy_pods_to_agents_under_traffic_loses_no_request() -> Result<()> {
+    let (cluster, ns, nodes) = setup("agent-switch").await?;
+    use_dataplane(&cluster, "pods").await?;
+    ns.echo_service(&cluster, &nodes, "web", 18370, SETTLE).await?;
+    let targets = nodes.paths(18370);
+    for (address, port) in targets {
+        answers(&cluster, address, port, SETTLE).await?;
+    }
+    let statuses = StatusWatch::start(ns.services(), &["web"], BTreeSet::from([nodes.ip1, nodes.ip2]));
+    let traffic = Traffic::start(&cluster.client()?, &targets, PROBE_EVERY, SETTLE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let switched = Instant::now();
+    agent_mode(&cluster).await?;
+    eventually(SETTLE, || async {
+        let left = cluster.proxy_pods(&ns.name, "web").await?.len();
+        ensure!(left == 0, "{left} proxy pods left");
+        Ok(())
+    })
+    .await?;
+    let took = switched.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = traffic.finish().await?;
+    let shrunk = statuses.finish().await?.shrunk;
+    println!("switched to the agents in {:.1}s; {}", took.as_secs_f64(), nodes.describe_paths(&records));
+    traffic_figures("dataplane_switch", &records)?;
+    let lost: u32 = records.iter().map(|(_, record)| record.lost).sum();
+    ensure!(lost == 0, "{lost} requests lost: {}", nodes.describe_paths(&records));
+    ensure!(shrunk.is_empty(), "the status shrank: {shrunk:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn local_policy_keeps_the_client_address_and_forwards_only_where_an_endpoint_is() -> Result<()> {
     let (cluster, ns, nodes) = setup("agent-local").await?;
     agent_mode(&cluster).await?;
