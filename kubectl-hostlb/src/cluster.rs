@@ -1,7 +1,7 @@
 //! The only part that talks to the API server: lists what a report is made of, all at once.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
 use kube::api::ListParams;
 use kube::{Api, Client};
 
@@ -36,12 +36,15 @@ pub async fn observe(client: &Client, scope: &Scope<'_>, hostlb_namespace: &str)
         chosen = chosen.labels(selector);
     }
     let proxies = ListParams::default().labels(&names::managed_selector());
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), hostlb_namespace);
+    let agents = ListParams::default().labels(&format!("{}={}", names::LABEL_MANAGED_BY, names::MANAGED_BY));
     let warnings = ListParams::default().fields("type=Warning,involvedObject.kind=Service");
-    let (services, nodes, daemonsets, pods, warnings) = tokio::try_join!(
+    let (services, nodes, daemonsets, pods, agent_objects, warnings) = tokio::try_join!(
         services.list(&chosen),
         nodes.list(&everything),
         daemonsets.list(&proxies),
         pods.list(&proxies),
+        config_maps.list(&agents),
         events.list(&warnings),
     )?;
     Ok(Observed {
@@ -49,6 +52,7 @@ pub async fn observe(client: &Client, scope: &Scope<'_>, hostlb_namespace: &str)
         nodes: nodes.items,
         daemonsets: daemonsets.items,
         pods: pods.items,
+        agent_objects: agent_objects.items,
         warnings: warnings.items,
     })
 }

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use hostlb_model::agent::{self, read_report, ServiceReport as AgentEntry};
 use hostlb_model::names;
 use hostlb_model::readiness::{failure_of, node_can_serve, pod_is_ready, pod_node, start_up_of, unschedulable_message};
 use hostlb_model::service::ServiceView;
+use hostlb_proxy_spec::{flag, PortMap};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ContainerPort, Event, Node, Pod, PodSpec, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerPort, Event, Node, Pod, PodSpec, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::{Serialize, Serializer};
@@ -25,6 +27,8 @@ pub struct Observed {
     pub nodes: Vec<Node>,
     pub daemonsets: Vec<DaemonSet>,
     pub pods: Vec<Pod>,
+    /// The node agents' plans and reports (`--dataplane agent`), of the hostlb namespace.
+    pub agent_objects: Vec<ConfigMap>,
     pub warnings: Vec<Event>,
 }
 
@@ -43,6 +47,8 @@ pub struct ServiceReport {
     pub ports: Vec<PortReport>,
     /// The proxy DaemonSet in the hostlb namespace, if the controller applied one.
     pub daemon_set: Option<String>,
+    /// With the node agents: the Service's plan in the hostlb namespace.
+    pub plan: Option<String>,
     pub nodes: Vec<NodeReport>,
     pub conflicts: Vec<Conflict>,
     /// The newest Warnings about the Service, newest first.
@@ -136,8 +142,9 @@ pub fn report(observed: &Observed) -> Report {
         .filter(|service| !service.uid.is_empty())
         .filter_map(|service| {
             let daemonset = observed.daemonsets.iter().find(|ds| serves(ds.labels(), &service.uid));
+            let plan = plan_of(&service.uid, &observed.agent_objects);
             let ours = service.is_handled(names::DEFAULT_LOAD_BALANCER_CLASS, true)
-                || (daemonset.is_some() && service.is_load_balancer);
+                || ((daemonset.is_some() || plan.is_some()) && service.is_load_balancer);
             ours.then(|| service_report(service, daemonset, observed))
         })
         .collect();
@@ -151,16 +158,27 @@ fn serves(labels: &BTreeMap<String, String>, uid: &str) -> bool {
 
 fn service_report(service: ServiceView, daemonset: Option<&DaemonSet>, observed: &Observed) -> ServiceReport {
     let uid = service.uid.as_str();
+    let plan = plan_of(uid, &observed.agent_objects).filter(|_| daemonset.is_none());
     let template = daemonset.and_then(|ds| ds.spec.as_ref()).and_then(|s| s.template.spec.as_ref());
-    let claimed = template.map(host_ports).unwrap_or_default();
+    let claimed = match plan {
+        Some(plan) => planned_ports(plan),
+        None => template.map(host_ports).unwrap_or_default(),
+    };
     let ports = service
         .ports
         .iter()
         .map(|port| PortReport { port: port.0, protocol: port.1.clone(), claimed: claimed.contains(port) })
         .collect();
     let pods: Vec<&Pod> = observed.pods.iter().filter(|pod| serves(pod.labels(), uid)).collect();
-    let mut nodes: Vec<NodeReport> =
-        observed.nodes.iter().map(|node| node_report(node, template, &pods, service.parsed.local)).collect();
+    let local = service.parsed.local;
+    let mut nodes: Vec<NodeReport> = observed
+        .nodes
+        .iter()
+        .map(|node| match plan {
+            Some(plan) => agent_node_report(node, plan, uid, &observed.agent_objects, local),
+            None => node_report(node, template, &pods, local),
+        })
+        .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let conflicts = nodes
         .iter()
@@ -171,12 +189,68 @@ fn service_report(service: ServiceView, daemonset: Option<&DaemonSet>, observed:
         addresses: service.published.addresses.iter().map(ToString::to_string).collect(),
         ports,
         daemon_set: daemonset.map(|ds| ds.name_any()),
+        plan: plan.map(|plan| plan.name_any()),
         nodes,
         conflicts,
         warnings: latest_warnings(uid, &observed.warnings),
         namespace: service.namespace,
         name: service.name,
     }
+}
+
+fn plan_of<'a>(uid: &str, agent_objects: &'a [ConfigMap]) -> Option<&'a ConfigMap> {
+    agent_objects.iter().find(|object| is_component(object, agent::COMPONENT_PLAN) && serves(object.labels(), uid))
+}
+
+fn is_component(object: &ConfigMap, component: &str) -> bool {
+    object.labels().get(names::LABEL_COMPONENT).is_some_and(|label| label == component)
+}
+
+fn plan_lines<'a>(plan: &'a ConfigMap, key: &str) -> impl Iterator<Item = &'a str> {
+    plan.data.as_ref().and_then(|data| data.get(key)).map(String::as_str).unwrap_or_default().lines()
+}
+
+/// The ports (with protocol) a plan has the agents listen on: its `--port PROTO:LISTEN:TARGET`.
+fn planned_ports(plan: &ConfigMap) -> Vec<(i32, String)> {
+    let args: Vec<&str> = plan_lines(plan, agent::PLAN_ARGS).collect();
+    args.windows(2)
+        .filter(|pair| pair[0] == format!("--{}", flag::PORT))
+        .filter_map(|pair| PortMap::parse(pair[1]).ok())
+        .map(|port| (i32::from(port.listen), port.protocol.api_name().to_string()))
+        .collect()
+}
+
+/// Where a node stands for a Service the node agents serve: from its plan and the node's report.
+fn agent_node_report(node: &Node, plan: &ConfigMap, uid: &str, agent_objects: &[ConfigMap], local: bool) -> NodeReport {
+    let name = node.name_any();
+    let report = agent_objects.iter().find(|object| {
+        is_component(object, agent::COMPONENT_REPORT) && object.name_any().ends_with(&format!(".{name}"))
+    });
+    let entry = report.and_then(|report| read_report(report.data.as_ref()?).remove(uid));
+    let (state, reason) = if !plan_lines(plan, agent::PLAN_NODES).any(|planned| planned == name) {
+        (
+            NodeState::NotEligible,
+            Some("not among its plan's nodes: placement, a taint, or an older Service's port".into()),
+        )
+    } else if !node_can_serve(node) {
+        let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+        if cordoned {
+            (NodeState::NodeCordoned, None)
+        } else {
+            (NodeState::NodeNotReady, None)
+        }
+    } else {
+        match entry {
+            None => (NodeState::NoProxyPod, Some("the node's agent has not reported the Service yet".into())),
+            Some(entry) if entry.forwarding => (NodeState::Serving, None),
+            Some(AgentEntry { problem: Some(problem), .. }) => (NodeState::Failing, Some(problem)),
+            Some(_) if local => {
+                (NodeState::NotReady, Some("the node's agent forwards nothing: no ready endpoint on this node".into()))
+            }
+            Some(_) => (NodeState::NotReady, Some("the node's agent does not forward it".into())),
+        }
+    };
+    NodeReport { name, serving: state == NodeState::Serving, state, reason }
 }
 
 /// The host ports (with protocol) a proxy pod claims.
@@ -309,7 +383,7 @@ mod tests {
             nodes,
             daemonsets: vec![daemonset("web", UID, HTTP, daemonset_template)],
             pods,
-            warnings: vec![],
+            ..Default::default()
         };
         report(&observed).services.into_iter().next().expect("the Service is reported")
     }
@@ -417,7 +491,7 @@ mod tests {
             nodes: vec![ready_node("n1")],
             daemonsets: vec![daemonset("web", UID, HTTP, json!({}))],
             pods: vec![pod_on("n1", running.clone())],
-            warnings: vec![],
+            ..Default::default()
         };
         let reason = &report(&observed).services[0].nodes[0].reason;
         assert_eq!(reason.as_deref(), Some("not Ready: no ready endpoint of the Service on this node"));
@@ -465,6 +539,68 @@ mod tests {
         let claimed: Vec<(i32, bool)> =
             report(&observed).services[0].ports.iter().map(|p| (p.port, p.claimed)).collect();
         assert_eq!(claimed, vec![(22, false), (80, true), (53, true)]);
+    }
+
+    /// A plan for the fixtures' Service on `nodes`, and each node's agent report of it.
+    fn agent_objects(nodes: &[&str], reports: &[(&str, bool, Option<&str>)]) -> Vec<ConfigMap> {
+        let labelled = |name: String, component: &str| kube::api::ObjectMeta {
+            name: Some(name),
+            labels: Some(
+                [
+                    (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),
+                    (names::LABEL_COMPONENT.to_string(), component.to_string()),
+                    (names::LABEL_SERVICE_UID.to_string(), UID.to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let args = "--service-namespace\nshop\n--service-name\nweb\n--port\ntcp:80:8080\n--to\n10.96.0.10\n";
+        let nodes: String = nodes.iter().map(|node| format!("{node}\n")).collect();
+        let plan = ConfigMap {
+            metadata: labelled("hostlb-web-1234".into(), agent::COMPONENT_PLAN),
+            data: Some(
+                [(agent::PLAN_ARGS.to_string(), args.to_string()), (agent::PLAN_NODES.to_string(), nodes)].into(),
+            ),
+            ..Default::default()
+        };
+        let report = |(node, forwarding, problem): &(&str, bool, Option<&str>)| {
+            let entry =
+                AgentEntry { service: "shop/web".into(), forwarding: *forwarding, problem: problem.map(Into::into) };
+            ConfigMap {
+                metadata: labelled(format!("hostlb-agent.{node}"), agent::COMPONENT_REPORT),
+                data: Some(agent::report_data(&[(UID.to_string(), entry)].into())),
+                ..Default::default()
+            }
+        };
+        [plan].into_iter().chain(reports.iter().map(report)).collect()
+    }
+
+    #[test]
+    fn with_the_node_agents_each_node_says_what_its_agent_reports() {
+        let nodes = ["n1", "n2", "n3", "n4"].map(ready_node).to_vec();
+        let observed = Observed {
+            services: vec![service("web", UID, HTTP, &["10.0.0.1"])],
+            nodes,
+            agent_objects: agent_objects(&["n1", "n2", "n3"], &[("n1", true, None), ("n2", false, Some("no table"))]),
+            ..Default::default()
+        };
+        let service = &report(&observed).services[0];
+        assert_eq!((service.daemon_set.as_deref(), service.plan.as_deref()), (None, Some("hostlb-web-1234")));
+        assert!(service.ports.iter().all(|port| port.claimed), "{:?}", service.ports);
+        assert_eq!(
+            states(service),
+            vec![
+                ("n1", NodeState::Serving, None),
+                ("n2", NodeState::Failing, Some("no table")),
+                ("n3", NodeState::NoProxyPod, Some("the node's agent has not reported the Service yet")),
+                (
+                    "n4",
+                    NodeState::NotEligible,
+                    Some("not among its plan's nodes: placement, a taint, or an older Service's port")
+                ),
+            ]
+        );
     }
 
     #[test]
@@ -518,6 +654,7 @@ mod tests {
             daemonsets: vec![daemonset("web", UID, HTTP, json!({}))],
             pods: vec![pod_on("n1", ready())],
             warnings: vec![warning(UID, "PortRefused", "port 22/TCP", 0)],
+            ..Default::default()
         };
         let json = serde_json::to_value(report(&observed)).unwrap();
         let web = &json["services"][0];

@@ -31,7 +31,8 @@ pub fn render(report: &Report, now: Timestamp, wide: bool) -> String {
         if wide {
             let serving: Vec<&str> =
                 service.nodes.iter().filter(|node| node.serving).map(|node| node.name.as_str()).collect();
-            cells.push(or_none(service.daemon_set.clone().unwrap_or_default()));
+            // With the node agents, the Service's plan stands where its DaemonSet would.
+            cells.push(or_none(service.daemon_set.clone().or_else(|| service.plan.clone()).unwrap_or_default()));
             cells.push(or_none(serving.join(",")));
         }
         cells
@@ -157,6 +158,7 @@ mod tests {
             addresses: vec!["10.0.0.1".into(), "10.0.0.2".into()],
             ports: vec![PortReport { port: 80, protocol: "TCP".into(), claimed: true }],
             daemon_set: Some(format!("hostlb-{name}")),
+            plan: None,
             nodes: vec![node("node-1", NodeState::Serving, None), node("node-2", NodeState::Serving, None)],
             conflicts: vec![],
             warnings: vec![],
