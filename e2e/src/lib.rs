@@ -241,9 +241,17 @@ pub fn nodes(cluster: &Cluster) -> Result<Nodes> {
     })
 }
 
-/// The cluster, a fresh namespace for the test, and the nodes.
+/// The data plane the suite runs on when `HOSTLB_E2E_DATAPLANE` names one (`pods`, `agent`);
+/// otherwise whichever the install has.
+pub const DATAPLANE_ENV: &str = "HOSTLB_E2E_DATAPLANE";
+
+/// The cluster, on the data plane `DATAPLANE_ENV` asks for, a fresh namespace for the test, and
+/// the nodes.
 pub async fn setup(test: &str) -> Result<(Cluster, TestNamespace, Nodes)> {
     let cluster = Cluster::connect().await?;
+    if let Ok(mode) = std::env::var(DATAPLANE_ENV) {
+        use_dataplane(&cluster, &mode).await?;
+    }
     let namespace = cluster.namespace(test).await?;
     let nodes = nodes(&cluster)?;
     Ok((cluster, namespace, nodes))
