@@ -166,13 +166,18 @@ async fn an_agent_restart_under_traffic_loses_no_request() -> Result<()> {
         Ok(())
     })
     .await?;
-    let replaced = restarted.elapsed();
+    figure("agent_restart_s", restarted.elapsed().as_secs_f64())?;
+    nothing_lost(traffic, statuses, &nodes, "agent_restart").await
+}
+
+/// Ends the traffic and the status watch started before a change: their figures under `prefix`,
+/// and a failure for any request lost or any read that showed fewer nodes.
+async fn nothing_lost(traffic: Traffic, statuses: StatusWatch, nodes: &Nodes, prefix: &str) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let records = traffic.finish().await?;
     let shrunk = statuses.finish().await?.shrunk;
-    println!("agents replaced in {:.1}s; {}", replaced.as_secs_f64(), nodes.describe_paths(&records));
-    traffic_figures("agent_restart", &records)?;
-    figure("agent_restart_s", replaced.as_secs_f64())?;
+    println!("{prefix}: {}", nodes.describe_paths(&records));
+    traffic_figures(prefix, &records)?;
     let lost: u32 = records.iter().map(|(_, record)| record.lost).sum();
     ensure!(lost == 0, "{lost} requests lost: {}", nodes.describe_paths(&records));
     ensure!(shrunk.is_empty(), "the status shrank: {shrunk:?}");
@@ -199,16 +204,8 @@ async fn switching_from_proxy_pods_to_agents_under_traffic_loses_no_request() ->
         Ok(())
     })
     .await?;
-    let took = switched.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let records = traffic.finish().await?;
-    let shrunk = statuses.finish().await?.shrunk;
-    println!("switched to the agents in {:.1}s; {}", took.as_secs_f64(), nodes.describe_paths(&records));
-    traffic_figures("dataplane_switch", &records)?;
-    let lost: u32 = records.iter().map(|(_, record)| record.lost).sum();
-    ensure!(lost == 0, "{lost} requests lost: {}", nodes.describe_paths(&records));
-    ensure!(shrunk.is_empty(), "the status shrank: {shrunk:?}");
-    Ok(())
+    figure("dataplane_switch_s", switched.elapsed().as_secs_f64())?;
+    nothing_lost(traffic, statuses, &nodes, "dataplane_switch").await
 }
 
 #[tokio::test]

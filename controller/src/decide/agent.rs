@@ -11,12 +11,12 @@ use hostlb_model::names;
 use hostlb_model::options::ServiceLb;
 use hostlb_proxy_spec::{self as proxy, NAMESPACE_ENV, NODE_NAME_ENV};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Toleration,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use crate::decide::daemonset::{field_env, follow_args, resources, service_labels, with_config_hash, ProxySettings};
+use crate::decide::daemonset::{
+    field_env, follow_args, net_admin, resources, service_labels, with_config_hash, ProxySettings,
+};
 
 /// The plan of a valid Service with ports to serve, for the agents on `nodes`.
 pub fn desired_plan(lb: &ServiceLb, nodes: &[&str], settings: &ProxySettings) -> ConfigMap {
@@ -69,15 +69,8 @@ pub fn desired_agent(settings: &ProxySettings) -> DaemonSet {
         command: Some(args.command_line()),
         env: Some(vec![field_env(NODE_NAME_ENV, "spec.nodeName"), field_env(NAMESPACE_ENV, "metadata.namespace")]),
         // NET_ADMIN in the node's network namespace, for the pod's whole life: the trade of
-        // this mode. Root because kubelet grants added capabilities to root only.
-        security_context: Some(SecurityContext {
-            capabilities: Some(Capabilities { add: Some(vec!["NET_ADMIN".into()]), drop: Some(vec!["ALL".into()]) }),
-            run_as_user: Some(0),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
-            ..Default::default()
-        }),
+        // this mode.
+        security_context: Some(net_admin()),
         resources: Some(resources("10m", "32Mi", "256Mi")),
         ..Default::default()
     };

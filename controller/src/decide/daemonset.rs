@@ -308,9 +308,9 @@ fn forwarding_sysctls(families: &[Family]) -> Vec<Sysctl> {
         .collect()
 }
 
-/// Programming nftables in the pod's own network namespace needs NET_ADMIN there, and root:
-/// kubelet grants added capabilities to root only.
-fn net_admin() -> SecurityContext {
+/// Programming nftables needs NET_ADMIN in the network namespace, and root: kubelet grants
+/// added capabilities to root only.
+pub fn net_admin() -> SecurityContext {
     SecurityContext {
         capabilities: Some(Capabilities { add: Some(vec!["NET_ADMIN".into()]), drop: Some(vec!["ALL".into()]) }),
         run_as_user: Some(0),
