@@ -26,7 +26,7 @@ use serde_json::json;
 use crate::agent_rules::{desired, PlanEntry, ServiceSlice};
 use crate::listed::Listed;
 use crate::local_addresses;
-use crate::{endpoint_slice, endpoint_slice_resource, signal, watch_config, Error, Result};
+use crate::{endpoint_slice, endpoint_slice_resource, forget_stale_flows, signal, watch_config, Error, Result};
 
 /// The field manager of the agents' reports.
 const MANAGER: &str = "hostlb-agent";
@@ -51,13 +51,13 @@ struct Seen {
 }
 
 impl Seen {
-    fn apply(&mut self, update: Update) -> bool {
+    fn apply(&mut self, update: Update) {
         match update {
             Update::Plan(event) => self.plans.apply(event, PlanEntry::of),
             Update::Slice(event) => self.slices.apply(event, |object| {
                 ServiceSlice::of(&object.namespace().unwrap_or_default(), object.labels(), endpoint_slice(object)?)
             }),
-        }
+        };
     }
 
     /// Nothing is programmed before every watch has listed: an agent that restarts would
@@ -157,9 +157,7 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
 
 fn absorb(seen: &mut Seen, update: Result<Update, watcher::Error>) {
     match update {
-        Ok(update) => {
-            seen.apply(update);
-        }
+        Ok(update) => seen.apply(update),
         Err(error) => tracing::warn!(%error, "a watch failed; retrying"),
     }
 }
@@ -180,11 +178,7 @@ fn program(rules: &NodeRules) -> Result<(), hostlb_lb::error::Error> {
         let stale = |flow: &conntrack::Flow| {
             to_node(flow) && rules.services.iter().any(|service| conntrack::is_stale(&service.plan, flow))
         };
-        match kernel::forget_stale_flows(stale) {
-            Ok(0) => {}
-            Ok(forgotten) => tracing::info!(forgotten, "forgot the UDP flows that the old rules sent elsewhere"),
-            Err(error) => tracing::warn!(%error, "cannot forget the UDP flows that the old rules sent elsewhere"),
-        }
+        forget_stale_flows(stale);
     }
     Ok(())
 }

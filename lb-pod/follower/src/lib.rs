@@ -80,7 +80,7 @@ pub async fn follow(client: kube::Client, args: FollowArgs) -> Result<()> {
         let applied = plan.with_endpoints(forwards.clone());
         kernel::apply(&rules::ruleset(&applied)).map_err(Error::Rules)?;
         log_forwards(&forwards);
-        forget_stale_flows(&applied);
+        forget_stale_flows(|flow| conntrack::is_stale(&applied, flow));
         installed = Some(forwards);
     }
 }
@@ -124,10 +124,11 @@ fn log_forwards(forwards: &BTreeMap<Family, Vec<Forward>>) {
     }
 }
 
-/// A failure is logged, not returned: the rules are in place and new flows follow them, and
-/// ending the follower would not make the next attempt succeed.
-fn forget_stale_flows(applied: &Plan) {
-    match kernel::forget_stale_flows(|flow| conntrack::is_stale(applied, flow)) {
+/// Forgets the flows `is_stale` picks, for the follower and the agent. A failure is logged, not
+/// returned: the rules are in place and new flows follow them, and ending the process would not
+/// make the next attempt succeed.
+fn forget_stale_flows(is_stale: impl Fn(&conntrack::Flow) -> bool) {
+    match kernel::forget_stale_flows(is_stale) {
         Ok(0) => {}
         Ok(forgotten) => tracing::info!(forgotten, "forgot the UDP flows that the old rules sent elsewhere"),
         Err(error) => tracing::warn!(
