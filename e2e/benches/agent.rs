@@ -42,8 +42,7 @@ async fn main() -> Result<()> {
     })
     .await?;
     let namespace = cluster.namespace("bench-agent").await?;
-    namespace.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
-    namespace.wait_ready("echo", 1, Duration::from_secs(120)).await?;
+    namespace.echo_on_node1(&cluster, &nodes, Duration::from_secs(120)).await?;
 
     let started = Instant::now();
     futures::stream::iter(0..SERVICES)

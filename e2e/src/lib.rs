@@ -432,6 +432,12 @@ impl TestNamespace {
         .await
     }
 
+    /// The echo backend `echo`, one replica on node-1, once Ready (within `timeout`).
+    pub async fn echo_on_node1(&self, cluster: &Cluster, nodes: &Nodes, timeout: Duration) -> Result<()> {
+        self.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
+        self.wait_ready("echo", 1, timeout).await
+    }
+
     /// A LoadBalancer Service for the echo backend `app`; `ports` are (name, protocol, port, targetPort).
     pub async fn load_balancer(
         &self,
@@ -483,8 +489,7 @@ impl TestNamespace {
         port: u16,
         timeout: Duration,
     ) -> Result<()> {
-        self.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
-        self.wait_ready("echo", 1, timeout).await?;
+        self.echo_on_node1(cluster, nodes, timeout).await?;
         self.load_balancer(name, "echo", &http(port), json!({})).await?;
         cluster.wait_for_addresses(&self.name, name, &[nodes.ip1, nodes.ip2], timeout).await?;
         Ok(())

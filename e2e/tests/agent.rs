@@ -65,8 +65,7 @@ async fn agents_per_node(cluster: &Cluster) -> Result<Vec<usize>> {
 async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Result<()> {
     let (cluster, ns, nodes) = setup("agent-basic").await?;
     agent_mode(&cluster).await?;
-    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
-    ns.wait_ready("echo", 1, SETTLE).await?;
+    ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let created = Instant::now();
     ns.load_balancer(
         "web",
@@ -99,8 +98,7 @@ async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Resu
 async fn a_new_service_forwards_on_every_node_within_a_second_of_its_creation() -> Result<()> {
     let (cluster, ns, nodes) = setup("agent-new").await?;
     agent_mode(&cluster).await?;
-    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
-    ns.wait_ready("echo", 1, SETTLE).await?;
+    ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let started = Instant::now();
     ns.load_balancer("web", "echo", &http(18310), json!({})).await?;
     // From the creation, which is before the controller's decision: an upper bound.
@@ -122,8 +120,7 @@ async fn a_port_change_rolls_no_pod_and_moves_the_traffic() -> Result<()> {
     let (cluster, ns, nodes) = setup("agent-change").await?;
     let agents: BTreeSet<String> =
         agent_mode(&cluster).await?.iter().map(|pod| pod.uid().unwrap_or_default()).collect();
-    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
-    ns.wait_ready("echo", 1, SETTLE).await?;
+    ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     ns.load_balancer("web", "echo", &http(18320), json!({})).await?;
     answers(&cluster, nodes.unpublished2, 18320, SETTLE).await?;
 
@@ -212,8 +209,7 @@ async fn switching_from_proxy_pods_to_agents_under_traffic_loses_no_request() ->
 async fn local_policy_keeps_the_client_address_and_forwards_only_where_an_endpoint_is() -> Result<()> {
     let (cluster, ns, nodes) = setup("agent-local").await?;
     agent_mode(&cluster).await?;
-    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
-    ns.wait_ready("echo", 1, SETTLE).await?;
+    ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     ns.load_balancer("web", "echo", &http(18340), json!({ "externalTrafficPolicy": "Local" })).await?;
     cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1], SETTLE).await?;
     let reply = answers(&cluster, nodes.unpublished1, 18340, SETTLE).await?;
@@ -227,8 +223,7 @@ async fn local_policy_keeps_the_client_address_and_forwards_only_where_an_endpoi
 async fn source_ranges_refuse_other_clients_on_the_agents_path() -> Result<()> {
     let (cluster, ns, nodes) = setup("agent-ranges").await?;
     agent_mode(&cluster).await?;
-    ns.echo_backend(&cluster, "echo", 1, Some(&nodes.node1)).await?;
-    ns.wait_ready("echo", 1, SETTLE).await?;
+    ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let others = json!({ "loadBalancerSourceRanges": ["192.0.2.0/24"] });
     ns.load_balancer("web", "echo", &http(18350), others).await?;
     cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;

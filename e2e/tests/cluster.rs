@@ -30,8 +30,7 @@ const STAYS_REFUSED: Duration = Duration::from_secs(6);
 /// The echo backend on node-1, so that the proxy pod there reaches it without the pod network's
 /// own masquerading between nodes.
 async fn backend_on_node1(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) -> Result<()> {
-    ns.echo_backend(cluster, "echo", 1, Some(&nodes.node1)).await?;
-    ns.wait_ready("echo", 1, SETTLE).await
+    ns.echo_on_node1(cluster, nodes, SETTLE).await
 }
 
 /// The note of the first Event with this reason about the Service, once there is one (Normal
