@@ -241,17 +241,21 @@ pub fn nodes(cluster: &Cluster) -> Result<Nodes> {
     })
 }
 
-/// The data plane the suite runs on when `HOSTLB_E2E_DATAPLANE` names one (`pods`, `agent`);
-/// otherwise whichever the install has.
+/// The data plane the suite runs on (`pods`, `agent`); proxy pods when unset, whatever an
+/// earlier test left the controller on.
 pub const DATAPLANE_ENV: &str = "HOSTLB_E2E_DATAPLANE";
 
 /// The cluster, on the data plane `DATAPLANE_ENV` asks for, a fresh namespace for the test, and
 /// the nodes.
 pub async fn setup(test: &str) -> Result<(Cluster, TestNamespace, Nodes)> {
+    let mode = std::env::var(DATAPLANE_ENV).unwrap_or_else(|_| "pods".into());
+    setup_on(test, &mode).await
+}
+
+/// `setup` on the data plane `mode`.
+pub async fn setup_on(test: &str, mode: &str) -> Result<(Cluster, TestNamespace, Nodes)> {
     let cluster = Cluster::connect().await?;
-    if let Ok(mode) = std::env::var(DATAPLANE_ENV) {
-        use_dataplane(&cluster, &mode).await?;
-    }
+    use_dataplane(&cluster, mode).await?;
     let namespace = cluster.namespace(test).await?;
     let nodes = nodes(&cluster)?;
     Ok((cluster, namespace, nodes))

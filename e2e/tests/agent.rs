@@ -63,7 +63,7 @@ async fn agents_per_node(cluster: &Cluster) -> Result<Vec<usize>> {
 
 #[tokio::test]
 async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Result<()> {
-    let (cluster, ns, nodes) = setup("agent-basic").await?;
+    let (cluster, ns, nodes) = setup_on("agent-basic", "agent").await?;
     agent_mode(&cluster).await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let created = Instant::now();
@@ -96,7 +96,7 @@ async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Resu
 
 #[tokio::test]
 async fn a_new_service_forwards_on_every_node_within_a_second_of_its_creation() -> Result<()> {
-    let (cluster, ns, nodes) = setup("agent-new").await?;
+    let (cluster, ns, nodes) = setup_on("agent-new", "agent").await?;
     agent_mode(&cluster).await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let started = Instant::now();
@@ -117,7 +117,7 @@ async fn a_new_service_forwards_on_every_node_within_a_second_of_its_creation() 
 
 #[tokio::test]
 async fn a_port_change_rolls_no_pod_and_moves_the_traffic() -> Result<()> {
-    let (cluster, ns, nodes) = setup("agent-change").await?;
+    let (cluster, ns, nodes) = setup_on("agent-change", "agent").await?;
     let agents: BTreeSet<String> =
         agent_mode(&cluster).await?.iter().map(|pod| pod.uid().unwrap_or_default()).collect();
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
@@ -140,7 +140,7 @@ async fn a_port_change_rolls_no_pod_and_moves_the_traffic() -> Result<()> {
 
 #[tokio::test]
 async fn an_agent_restart_under_traffic_loses_no_request() -> Result<()> {
-    let (cluster, ns, nodes) = setup("agent-restart").await?;
+    let (cluster, ns, nodes) = setup_on("agent-restart", "agent").await?;
     let agents = agent_mode(&cluster).await?;
     ns.echo_service(&cluster, &nodes, "web", 18330, SETTLE).await?;
     let targets = nodes.paths(18330);
@@ -183,8 +183,7 @@ async fn nothing_lost(traffic: Traffic, statuses: StatusWatch, nodes: &Nodes, pr
 
 #[tokio::test]
 async fn switching_from_proxy_pods_to_agents_under_traffic_loses_no_request() -> Result<()> {
-    let (cluster, ns, nodes) = setup("agent-switch").await?;
-    use_dataplane(&cluster, "pods").await?;
+    let (cluster, ns, nodes) = setup_on("agent-switch", "pods").await?;
     ns.echo_service(&cluster, &nodes, "web", 18370, SETTLE).await?;
     let targets = nodes.paths(18370);
     for (address, port) in targets {
@@ -207,7 +206,7 @@ async fn switching_from_proxy_pods_to_agents_under_traffic_loses_no_request() ->
 
 #[tokio::test]
 async fn local_policy_keeps_the_client_address_and_forwards_only_where_an_endpoint_is() -> Result<()> {
-    let (cluster, ns, nodes) = setup("agent-local").await?;
+    let (cluster, ns, nodes) = setup_on("agent-local", "agent").await?;
     agent_mode(&cluster).await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     ns.load_balancer("web", "echo", &http(18340), json!({ "externalTrafficPolicy": "Local" })).await?;
@@ -221,7 +220,7 @@ async fn local_policy_keeps_the_client_address_and_forwards_only_where_an_endpoi
 
 #[tokio::test]
 async fn source_ranges_refuse_other_clients_on_the_agents_path() -> Result<()> {
-    let (cluster, ns, nodes) = setup("agent-ranges").await?;
+    let (cluster, ns, nodes) = setup_on("agent-ranges", "agent").await?;
     agent_mode(&cluster).await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let others = json!({ "loadBalancerSourceRanges": ["192.0.2.0/24"] });
@@ -236,7 +235,7 @@ async fn source_ranges_refuse_other_clients_on_the_agents_path() -> Result<()> {
 
 #[tokio::test]
 async fn switching_back_to_proxy_pods_removes_the_agents_their_rules_and_the_plans() -> Result<()> {
-    let (cluster, ns, nodes) = setup("agent-back").await?;
+    let (cluster, ns, nodes) = setup_on("agent-back", "agent").await?;
     agent_mode(&cluster).await?;
     ns.echo_service(&cluster, &nodes, "web", 18360, SETTLE).await?;
     answers(&cluster, nodes.unpublished2, 18360, SETTLE).await?;
