@@ -66,6 +66,27 @@ pub fn settings() -> crate::decide::Settings {
 }
 
 /// Feeds whole lists to a fresh index, as the watches' first lists would.
+/// A node agent's pod on `node`, of the fixtures' install, its container waiting for `waiting`.
+pub fn agent_pod(node: &str, waiting: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": format!("hostlb-agent-{node}"),
+            "namespace": "hostlb-system",
+            "labels": {
+                names::LABEL_MANAGED_BY: names::MANAGED_BY,
+                names::LABEL_COMPONENT: hostlb_model::agent::COMPONENT_AGENT,
+                names::LABEL_INSTALL: names::install_id(CLASS),
+            },
+        },
+        "spec": { "nodeName": node, "containers": [{ "name": "agent" }] },
+        "status": { "containerStatuses": [{
+            "name": "agent", "ready": false, "restartCount": 0, "image": "", "imageID": "",
+            "state": { "waiting": { "reason": waiting, "message": "cannot pull" } },
+        }] },
+    }))
+    .expect("an agent pod")
+}
+
 pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: &[DaemonSet]) -> Index {
     fn listed<K: Clone>(objects: &[K]) -> Vec<watcher::Event<K>> {
         let mut events = vec![watcher::Event::Init];
@@ -78,6 +99,7 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
     listed(services).iter().for_each(|e| drop(index.apply_service(e, |s| claim(s, &settings))));
     listed(nodes).iter().for_each(|e| drop(index.apply_node(e)));
     listed(pods).iter().for_each(|e| drop(index.apply_proxy_pod(e, k8s_openapi::jiff::Timestamp::now())));
+    listed(pods).iter().for_each(|e| drop(index.apply_agent_pod(e, &settings.proxy.install_id)));
     listed(daemonsets).iter().for_each(|e| drop(index.apply_daemonset(e)));
     listed::<DaemonSet>(&[]).iter().for_each(|e| drop(index.agents.apply(e, |d| Some((Arc::new(d.clone()), vec![])))));
     listed::<ConfigMap>(&[]).iter().for_each(|e| drop(index.apply_plan(e)));

@@ -38,6 +38,12 @@ pub fn plan_selector(install_id: &str) -> String {
     format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_PLAN},{LABEL_INSTALL}={install_id}")
 }
 
+/// Label selector matching the pods that forward, of either data plane: proxy pods and node
+/// agents.
+pub fn forwarding_pod_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT} in ({},{COMPONENT_AGENT})", names::COMPONENT_PROXY)
+}
+
 pub fn report_selector(install_id: &str) -> String {
     format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_REPORT},{LABEL_INSTALL}={install_id}")
 }
@@ -104,6 +110,10 @@ mod tests {
         assert_eq!(
             plan_selector("abc"),
             "app.kubernetes.io/managed-by=hostlb,app.kubernetes.io/component=forwarding-plan,hostlb.io/install=abc"
+        );
+        assert_eq!(
+            forwarding_pod_selector(),
+            "app.kubernetes.io/managed-by=hostlb,app.kubernetes.io/component in (lb-proxy,node-agent)"
         );
     }
 }

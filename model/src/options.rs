@@ -430,7 +430,7 @@ fn pool(
     }
 }
 
-fn is_label_value(value: &str) -> bool {
+pub(crate) fn is_label_value(value: &str) -> bool {
     let alnum = |c: char| c.is_ascii_alphanumeric();
     value.len() <= 63
         && value.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))

@@ -20,6 +20,16 @@ pub fn pod_node(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref())
 }
 
+/// The node a DaemonSet made the pod for, before the scheduler binds it: the DaemonSet
+/// controller pins each pod to its node with a required affinity on the node's name.
+pub fn daemon_pod_target_node(pod: &Pod) -> Option<&str> {
+    let affinity = pod.spec.as_ref()?.affinity.as_ref()?.node_affinity.as_ref()?;
+    let terms = &affinity.required_during_scheduling_ignored_during_execution.as_ref()?.node_selector_terms;
+    let fields = terms.iter().flat_map(|term| term.match_fields.iter().flatten());
+    let pinned = fields.filter(|field| field.key == "metadata.name" && field.operator == "In");
+    pinned.filter_map(|field| field.values.as_ref()?.first()).map(String::as_str).next()
+}
+
 pub fn pod_is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && condition_true(pod.status.as_ref().and_then(|s| s.conditions.as_ref()), "Ready")

@@ -4,6 +4,9 @@
 
 use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 
+use crate::names;
+use crate::options::{annotation_error, is_label_value, FieldError};
+
 /// Taints the DaemonSet controller tolerates on every DaemonSet pod by itself.
 const TOLERATED_BY_DAEMONSETS: [&str; 6] = [
     "node.kubernetes.io/not-ready",
@@ -35,6 +38,41 @@ fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     effect_matches && key_matches && value_matches
 }
 
+/// What the API server would refuse in the Service's tolerations, as it checks a pod's: one
+/// error for the whole list, naming each bad item. Where no pod carries them (the node agents
+/// read them to choose nodes), nothing else would say so.
+pub fn invalid_tolerations(tolerations: &[Toleration]) -> Option<FieldError> {
+    let problems: Vec<String> = tolerations
+        .iter()
+        .enumerate()
+        .filter_map(|(index, toleration)| Some(format!("item {index}: {}", toleration_problem(toleration)?)))
+        .collect();
+    let shown: Vec<&str> = problems.iter().take(3).map(String::as_str).collect();
+    let more = problems.len().saturating_sub(shown.len());
+    let more = if more > 0 { format!(", and {more} more") } else { String::new() };
+    (!problems.is_empty())
+        .then(|| annotation_error(names::ANNOTATION_TOLERATIONS, format!("{}{more}", shown.join("; "))))
+}
+
+fn toleration_problem(toleration: &Toleration) -> Option<String> {
+    let value = toleration.value.as_deref().unwrap_or_default();
+    let effect = toleration.effect.as_deref().unwrap_or_default();
+    match toleration.operator.as_deref().unwrap_or_default() {
+        "Exists" if !value.is_empty() => return Some(format!("operator Exists with value {value:?}")),
+        "Exists" => {}
+        "" | "Equal" if !is_label_value(value) => return Some(format!("value {value:?} is not a label value")),
+        "" | "Equal" => {}
+        other => return Some(format!("operator {other:?} is neither Equal nor Exists")),
+    }
+    if !matches!(effect, "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Some(format!("effect {effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"));
+    }
+    if toleration.toleration_seconds.is_some() && effect != "NoExecute" {
+        return Some("tolerationSeconds needs effect NoExecute".into());
+    }
+    None
+}
+
 /// `key=value:Effect`, or `key:Effect` without a value, as kubectl writes taints.
 pub fn describe_taint(taint: &Taint) -> String {
     match taint.value.as_deref().filter(|v| !v.is_empty()) {
@@ -47,6 +85,28 @@ pub fn describe_taint(taint: &Taint) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn tolerations_the_api_server_would_refuse_are_named_in_one_error() {
+        let tolerations: Vec<Toleration> = serde_json::from_value(json!([
+            { "key": "a", "operator": "Exists" },
+            { "key": "b", "operator": "Equal", "value": "v", "effect": "NoExecute", "tolerationSeconds": 30 },
+            { "key": "c", "operator": "Sometimes" },
+            { "key": "d", "operator": "Exists", "value": "v" },
+            { "key": "e", "value": "not a value!" },
+            { "key": "f", "effect": "Never" },
+            { "key": "g", "tolerationSeconds": 5 },
+        ]))
+        .unwrap();
+        assert!(invalid_tolerations(&tolerations[..2]).is_none());
+        let error = invalid_tolerations(&tolerations).unwrap();
+        assert_eq!(error.field, "metadata.annotations[hostlb.io/tolerations]");
+        assert_eq!(
+            error.message,
+            "item 2: operator \"Sometimes\" is neither Equal nor Exists; item 3: operator Exists with value \"v\"; \
+             item 4: value \"not a value!\" is not a label value, and 2 more"
+        );
+    }
 
     fn tainted(taints: serde_json::Value) -> Node {
         serde_json::from_value(json!({ "metadata": { "name": "n1" }, "spec": { "taints": taints } })).unwrap()

@@ -27,7 +27,7 @@ use hostlb_model::names;
 use hostlb_model::options::{is_handled, FieldError, ServiceLb};
 use hostlb_model::reason::{listed, one_per_reason, Reason, Warning};
 use hostlb_model::service::ServiceView;
-use hostlb_model::taints::{describe_taint, repelling_taint};
+use hostlb_model::taints::{describe_taint, invalid_tolerations, repelling_taint};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service, Toleration};
 use k8s_openapi::jiff::Timestamp;
@@ -39,7 +39,7 @@ use conflicts::held_by_older_services;
 use daemonset::{config_hash_of, desired_daemonset, pod_template_marks, Dataplane};
 use placement::Placement;
 use port_policy::RefusedPort;
-use proxy_health::{creation_failure, failing_pods, unschedulable};
+use proxy_health::{creation_failure, failing_pods, unschedulable, NODE_AGENT, PROXY_POD};
 use publication::{desired_addresses, Publication};
 pub use settings::Settings;
 
@@ -170,9 +170,12 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     // scheduler's view until its kubelet has torn it down, and its replacement waits for that:
     // removed at once, the replacement is placed while the old pod still forwards.
     serving.finish_deleting = pods.iter().filter(|pod| pod.deleting).map(|pod| pod.key.clone()).collect();
-    serving.warnings.extend(unschedulable(&pods));
-    serving.warnings.extend(failing_pods(&pods));
+    serving.warnings.extend(unschedulable(PROXY_POD, &pods));
+    serving.warnings.extend(failing_pods(PROXY_POD, &pods));
     let schedulable = placement.as_ref().map_or_else(Vec::new, |p| schedulable_nodes(p, &tolerations, &pods, index));
+    if settings.proxy.dataplane == Dataplane::Agent {
+        serving.warnings.extend(agents_missing(&schedulable, index));
+    }
     if let Some(placement) = placement.as_ref().filter(|_| valid && schedulable.is_empty()) {
         serving.warnings.extend(all_repelled(placement, &tolerations, index));
     }
@@ -218,6 +221,9 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     serving.warnings.extend(problems);
     serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
     serving.warnings.extend(load_balancer_ip_ignored(service));
+    if settings.proxy.dataplane == Dataplane::Agent {
+        serving.warnings.extend(priority_class_ignored(service));
+    }
     serving.warnings = one_per_reason(std::mem::take(&mut serving.warnings));
     let findings = condition::Findings {
         valid,
@@ -270,6 +276,22 @@ fn schedulable_nodes<'a>(
 ) -> Vec<&'a Node> {
     let nodes = index.nodes.values().map(AsRef::as_ref).filter(|node| placement.admits(node));
     nodes.filter(|node| repelling_taint(node, tolerations).is_none() || has_pod(pods, node)).collect()
+}
+
+/// Why the node agents of nodes the Service may be served on do not run: each such agent
+/// pod's scheduling or failure, and the DaemonSet controller's reason when nodes have none.
+fn agents_missing(nodes: &[&Node], index: &Index) -> Vec<Warning> {
+    let nodes: Vec<&str> = nodes.iter().filter_map(|node| node.metadata.name.as_deref()).collect();
+    let agents: Vec<&ProxyPod> =
+        nodes.iter().flat_map(|node| index.agent_pods.group(&node.to_string())).map(AsRef::as_ref).collect();
+    let mut warnings = unschedulable(NODE_AGENT, &agents);
+    warnings.extend(failing_pods(NODE_AGENT, &agents));
+    let without_agent = nodes.iter().any(|node| index.agent_pods.group_is_empty(&node.to_string()));
+    for daemonset in index.agents.values() {
+        let failures = index.creation_failures.group(&daemonset.name_any()).map(AsRef::as_ref);
+        warnings.extend(creation_failure(daemonset, without_agent, failures));
+    }
+    warnings
 }
 
 fn has_pod(pods: &[&ProxyPod], node: &Node) -> bool {
@@ -354,6 +376,19 @@ fn load_balancer_ip_ignored(service: &ServiceView) -> Option<Warning> {
          the Service; to publish fewer, choose them with a pool ({}) or {}",
         names::POOL,
         names::ANNOTATION_MAX_NODES
+    );
+    Some(Warning::new(Reason::OptionIgnored, message))
+}
+
+/// The node agents forward every Service at the one class the admin gave them: a Service's own
+/// PriorityClass has nothing to apply to.
+fn priority_class_ignored(service: &ServiceView) -> Option<Warning> {
+    let lb = service.parsed.options.as_ref().ok()?;
+    let class = lb.priority_class.as_deref()?;
+    let message = format!(
+        "metadata.annotations[{}]: PriorityClass {class:?} is not used: the node agents (--dataplane agent) forward \
+         every Service at the class the admin gave them; it applies to proxy pods only",
+        names::ANNOTATION_PRIORITY_CLASS
     );
     Some(Warning::new(Reason::OptionIgnored, message))
 }
@@ -514,6 +549,10 @@ pub fn claim(service: &Service, settings: &Settings) -> Option<ServiceLb> {
 fn admit(lb: ServiceLb, settings: &Settings) -> Result<(ServiceLb, Vec<RefusedPort>), Vec<FieldError>> {
     let mut refusals = settings.limits.excess(&lb);
     refusals.extend(settings.tenants.refusals(&lb, &settings.proxy.default_priority_class));
+    // A proxy DaemonSet's tolerations are checked by the API server; the agents only read them.
+    if settings.proxy.dataplane == Dataplane::Agent {
+        refusals.extend(invalid_tolerations(&lb.extra_tolerations));
+    }
     if !refusals.is_empty() {
         return Err(refusals);
     }
@@ -612,6 +651,73 @@ mod tests {
         index.apply_proxy_pod(&watcher::Event::Delete(pods[1].clone()), Timestamp::now());
         let to_pods = decide_in(&index, &settings());
         assert!(to_pods.plan.is_none(), "n2's proxy pod is gone: the agents keep forwarding there");
+    }
+
+    fn served_by_agents(service: &Service, index: &Index) -> Serving {
+        let mut settings = settings();
+        settings.proxy.dataplane = Dataplane::Agent;
+        let view = ServiceView::of(service);
+        let observed =
+            Observed { service: &view, daemonset: None, last_applied: None, plan: None, now: Timestamp::now() };
+        match decide(&observed, index, &settings) {
+            Decision::Serve(serving) => *serving,
+            other => panic!("expected to serve, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn with_the_node_agents_a_service_says_why_the_agent_of_a_node_it_may_use_does_not_run() {
+        let service = ServiceBuilder::new("web").build();
+        let nodes = [NodeBuilder::new("n1").build(), NodeBuilder::new("n2").build()];
+        let pods = [crate::fixtures::agent_pod("n1", "ImagePullBackOff")];
+        let mut index = index_of(std::slice::from_ref(&service), &nodes, &pods, &[]);
+        let agents = agent::desired_agent(&settings().proxy);
+        index.agents.apply(&watcher::Event::Apply(agents.clone()), |agents| {
+            Some((std::sync::Arc::new(agents.clone()), vec![]))
+        });
+        let failed = Event {
+            involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                name: agents.metadata.name.clone(),
+                ..Default::default()
+            },
+            message: Some("Error creating: pods \"hostlb-agent-x\" is forbidden: exceeded quota: q".into()),
+            ..Default::default()
+        };
+        index.apply_creation_failure(&watcher::Event::Apply(failed));
+
+        let serving = served_by_agents(&service, &index);
+        let messages: Vec<(Reason, &str)> = serving.warnings.iter().map(|w| (w.reason, w.message.as_str())).collect();
+        assert_eq!(
+            messages,
+            [
+                (
+                    Reason::ProxyPodFailing,
+                    "node agent hostlb-system/hostlb-agent-n1 on n1: container agent: ImagePullBackOff (cannot pull)"
+                ),
+                (
+                    Reason::ProxyPodsNotCreated,
+                    "DaemonSet hostlb-system/hostlb-agent cannot create pods: exceeded quota: q"
+                ),
+            ]
+        );
+        assert!(served(&service, &index, None).warnings.is_empty(), "proxy pods need no agent");
+    }
+
+    #[test]
+    fn with_the_node_agents_bad_tolerations_are_refused_and_a_priority_class_is_said_to_be_unused() {
+        let tolerations = r#"[{"key":"example.com/dedicated","operator":"Sometimes"}]"#;
+        let service = ServiceBuilder::new("web").annotation(names::ANNOTATION_TOLERATIONS, tolerations).build();
+        let mut index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
+        let serving = served_by_agents(&service, &index);
+        assert_eq!(reasons(&serving.warnings), [Reason::InvalidOption]);
+        assert!(serving.warnings[0].message.contains("item 0: operator \"Sometimes\" is neither Equal nor Exists"));
+        assert!(serving.plan.is_none(), "the plan is left as it was");
+
+        let classed = ServiceBuilder::new("web").annotation(names::ANNOTATION_PRIORITY_CLASS, "hostlb-proxy").build();
+        index = index_of(std::slice::from_ref(&classed), &[NodeBuilder::new("n1").build()], &[], &[]);
+        let serving = served_by_agents(&classed, &index);
+        assert_eq!(reasons(&serving.warnings), [Reason::OptionIgnored]);
+        assert!(serving.plan.is_some(), "served all the same");
     }
 
     fn served(service: &Service, index: &Index, daemonset: Option<&DaemonSet>) -> Serving {

@@ -8,22 +8,28 @@ use k8s_openapi::api::core::v1::Event;
 
 use crate::state::{key_of, ProxyPod};
 
-/// One Warning per proxy pod that failed or is stuck, naming the pod, its node and the reason.
-pub fn failing_pods(pods: &[&ProxyPod]) -> Vec<Warning> {
+/// What forwards on a node: a Service's proxy pod, or the node agent.
+pub const PROXY_POD: &str = "proxy pod";
+pub const NODE_AGENT: &str = "node agent";
+
+/// One Warning per pod (`what`: `PROXY_POD` or `NODE_AGENT`) that failed or is stuck, naming
+/// the pod, its node and the reason.
+pub fn failing_pods(what: &str, pods: &[&ProxyPod]) -> Vec<Warning> {
     let failing = pods.iter().filter(|pod| !pod.deleting);
     failing
         .filter_map(|pod| {
             let node = pod.node.as_deref().unwrap_or("no node yet");
-            let message = format!("proxy pod {} on {node}: {}", pod.key, pod.failure.as_deref()?);
+            let message = format!("{what} {} on {node}: {}", pod.key, pod.failure.as_deref()?);
             Some(Warning::new(Reason::ProxyPodFailing, message))
         })
         .collect()
 }
 
-/// One Warning per proxy pod that the scheduler cannot place, with the scheduler's message.
-pub fn unschedulable(pods: &[&ProxyPod]) -> Vec<Warning> {
+/// One Warning per pod (`what`, as for `failing_pods`) that the scheduler cannot place, with
+/// the scheduler's message.
+pub fn unschedulable(what: &str, pods: &[&ProxyPod]) -> Vec<Warning> {
     let message =
-        |pod: &ProxyPod| Some(format!("proxy pod {} cannot be scheduled: {}", pod.key, pod.unschedulable.as_deref()?));
+        |pod: &ProxyPod| Some(format!("{what} {} cannot be scheduled: {}", pod.key, pod.unschedulable.as_deref()?));
     pods.iter().filter_map(|pod| Some(Warning::new(Reason::ProxyPodUnschedulable, message(pod)?))).collect()
 }
 
@@ -44,7 +50,7 @@ pub fn creation_failure<'a>(
     let message = latest.message.as_deref().unwrap_or("no message");
     // "Error creating: pods "NAME" is forbidden: WHY": the pod name changes with every try.
     let why = message.split_once(" is forbidden: ").map_or(message, |(_, why)| why);
-    let message = format!("DaemonSet {} cannot create proxy pods: {why}", key_of(daemonset));
+    let message = format!("DaemonSet {} cannot create pods: {why}", key_of(daemonset));
     Some(Warning::new(Reason::ProxyPodsNotCreated, message))
 }
 
@@ -85,7 +91,7 @@ mod tests {
 
     fn messages(pods: &[Pod]) -> Vec<String> {
         let pods: Vec<ProxyPod> = pods.iter().map(ProxyPod::of).collect();
-        failing_pods(&pods.iter().collect::<Vec<_>>()).into_iter().map(|w| w.message).collect()
+        failing_pods(PROXY_POD, &pods.iter().collect::<Vec<_>>()).into_iter().map(|w| w.message).collect()
     }
 
     #[test]
@@ -158,7 +164,7 @@ mod tests {
         ];
         let warning = creation_failure(&daemonset(2, 0), false, events.iter()).unwrap();
         assert_eq!(warning.reason, Reason::ProxyPodsNotCreated);
-        assert_eq!(warning.message, "DaemonSet hostlb-system/hostlb-web-1 cannot create proxy pods: exceeded quota: q");
+        assert_eq!(warning.message, "DaemonSet hostlb-system/hostlb-web-1 cannot create pods: exceeded quota: q");
         assert!(creation_failure(&daemonset(2, 2), false, events.iter()).is_none(), "a fixed problem is not reported");
         assert!(creation_failure(&daemonset(2, 0), false, [].iter()).is_none());
         let never_counted = daemonset(0, 0);

@@ -98,11 +98,17 @@ pub fn watch(
             triggers::of_agent_reports(&index.apply_agent_report(event, &agent))
         })
     };
-    let proxy_pods = all.clone().labels(&names::managed_selector());
-    let pod_triggers =
-        indexed(Api::<Pod>::namespaced(client.clone(), &namespace), proxy_pods, &index, |index, event| {
-            triggers::of_proxy_pods(&index.apply_proxy_pod(event, Timestamp::now()))
-        });
+    // The node agents' pods too, so that a Service can say why one does not run.
+    let proxy_pods = all.clone().labels(&agent::forwarding_pod_selector());
+    let pod_triggers = {
+        let (services, settings) = (services.clone(), settings.clone());
+        indexed(Api::<Pod>::namespaced(client.clone(), &namespace), proxy_pods, &index, move |index, event| {
+            let mut triggers = triggers::of_proxy_pods(&index.apply_proxy_pod(event, Timestamp::now()));
+            let agents = index.apply_agent_pod(event, &settings.proxy.install_id);
+            triggers.extend(triggers::of_agent_pods(&agents, || concerned(&services, &settings)));
+            triggers
+        })
+    };
     let node_triggers = {
         let (services, settings) = (services.clone(), settings.clone());
         indexed(Api::<Node>::all(client.clone()), all.clone(), &index, move |index, event| {
@@ -126,11 +132,18 @@ pub fn watch(
     };
     // The DaemonSet controller reports pods it cannot create only as Events on the DaemonSet.
     let failed_creations = all.clone().fields("involvedObject.kind=DaemonSet,reason=FailedCreate");
-    let failure_triggers =
-        indexed(Api::<CoreEvent>::namespaced(client.clone(), &namespace), failed_creations, &index, |index, event| {
-            let changes = index.apply_creation_failure(event);
-            triggers::of_creation_failures(&changes, index)
-        });
+    let failure_triggers = {
+        let (services, settings) = (services.clone(), settings.clone());
+        indexed(
+            Api::<CoreEvent>::namespaced(client.clone(), &namespace),
+            failed_creations,
+            &index,
+            move |index, event| {
+                let changes = index.apply_creation_failure(event);
+                triggers::of_creation_failures(&changes, index, || concerned(&services, &settings))
+            },
+        )
+    };
 
     let triggers = stream::select_all([
         service_triggers.boxed(),

@@ -10,10 +10,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hostlb_model::agent::COMPONENT_AGENT;
 use hostlb_model::names;
 use hostlb_model::node_labels::carries_enablelb;
 use hostlb_model::options::ServiceLb;
-use hostlb_model::readiness::{node_can_serve, node_is_ready};
+use hostlb_model::readiness::{daemon_pod_target_node, node_can_serve, node_is_ready};
 use hostlb_proxy_spec::Protocol;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -87,6 +88,8 @@ pub struct Index {
     pub daemonsets: Section<Arc<DaemonSet>, ()>,
     /// The node agents' DaemonSet, when there is one.
     pub agents: Section<Arc<DaemonSet>, ()>,
+    /// The node agents' pods, grouped by the node each is for.
+    pub agent_pods: Section<Arc<ProxyPod>, String>,
     /// Plans for the node agents, by `namespace/name`.
     pub plans: Section<Arc<ConfigMap>, ()>,
     /// The node agents' reports, grouped by the UIDs of the Services they name.
@@ -239,6 +242,24 @@ impl Index {
         changes
     }
 
+    /// Keeps the pods of this install's node agents (`install_id`), by the node each is for:
+    /// the one it is bound to, or, while the scheduler has not placed it, the one its
+    /// DaemonSet made it for.
+    pub fn apply_agent_pod(&mut self, event: &watcher::Event<Pod>, install_id: &str) -> Vec<Change<Arc<ProxyPod>>> {
+        self.agent_pods.apply(event, |pod| {
+            let labels = pod.labels();
+            let is_agent = labels.get(names::LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_AGENT)
+                && labels.get(names::LABEL_INSTALL).map(String::as_str) == Some(install_id);
+            if !is_agent {
+                return None;
+            }
+            let mut kept = ProxyPod::of(pod);
+            kept.node = kept.node.or_else(|| daemon_pod_target_node(pod).map(str::to_string));
+            let node = kept.node.clone()?;
+            Some((Arc::new(kept), vec![node]))
+        })
+    }
+
     /// When the Service's proxy pod on `node` was last seen going, if not long ago.
     pub fn departed(&self, service_uid: &str, node: &str) -> Option<Timestamp> {
         self.departures.get(&(service_uid.to_string(), node.to_string())).copied()
@@ -344,7 +365,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::proxy_health::failing_pods;
+    use crate::decide::proxy_health::{failing_pods, PROXY_POD};
     use crate::fixtures::{index_of, proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
 
     const GRACE: Option<Duration> = Some(Duration::from_secs(10));
@@ -609,7 +630,7 @@ mod tests {
             }
         );
         assert_eq!(
-            failing_pods(&[kept])[0].message,
+            failing_pods(PROXY_POD, &[kept])[0].message,
             "proxy pod hostlb-system/p1 on n1: container lb: CrashLoopBackOff"
         );
     }

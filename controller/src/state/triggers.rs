@@ -101,15 +101,43 @@ pub fn of_agent_reports(changes: &[Change<Arc<AgentReport>>]) -> Vec<ObjectRef<S
     }))
 }
 
-/// The Services whose proxy DaemonSets the DaemonSet controller reported a failure of.
-pub fn of_creation_failures(changes: &[Change<Arc<Event>>], index: &Index) -> Vec<ObjectRef<Service>> {
-    let daemonsets =
-        changes.iter().flat_map(|change| [&change.before, &change.after]).flatten().filter_map(|failure| {
-            let daemonset = &failure.involved_object;
-            let key = format!("{}/{}", daemonset.namespace.as_deref().unwrap_or_default(), daemonset.name.as_deref()?);
-            index.daemonsets.get(&key).and_then(|daemonset| owning_service_key(daemonset.as_ref()))
-        });
-    owners(daemonsets)
+/// Every Service `concerned` lists, when a node agent's pod came, went, or changed in what
+/// hostlb tells of it (its node, a failure, the scheduler's refusal): the Services on that
+/// node may say why. Restarts and readiness alone tell nothing.
+pub fn of_agent_pods(
+    changes: &[Change<Arc<ProxyPod>>],
+    concerned: impl FnOnce() -> Vec<ObjectRef<Service>>,
+) -> Vec<ObjectRef<Service>> {
+    let told = |pod: &Option<Arc<ProxyPod>>| {
+        pod.as_deref().map(|pod| (pod.node.clone(), pod.failure.clone(), pod.unschedulable.clone()))
+    };
+    if changes.iter().any(|change| told(&change.before) != told(&change.after)) {
+        concerned()
+    } else {
+        Vec::new()
+    }
+}
+
+/// The Services whose proxy DaemonSets the DaemonSet controller reported a failure of; every
+/// Service `concerned` lists, for a failure of the node agents' DaemonSet.
+pub fn of_creation_failures(
+    changes: &[Change<Arc<Event>>],
+    index: &Index,
+    concerned: impl FnOnce() -> Vec<ObjectRef<Service>>,
+) -> Vec<ObjectRef<Service>> {
+    let keys = changes.iter().flat_map(|change| [&change.before, &change.after]).flatten().filter_map(|failure| {
+        let daemonset = &failure.involved_object;
+        Some(format!("{}/{}", daemonset.namespace.as_deref().unwrap_or_default(), daemonset.name.as_deref()?))
+    });
+    let keys: BTreeSet<String> = keys.collect();
+    let mut triggers = owners(
+        keys.iter()
+            .filter_map(|key| index.daemonsets.get(key).and_then(|daemonset| owning_service_key(daemonset.as_ref()))),
+    );
+    if keys.iter().any(|key| index.agents.get(key).is_some()) {
+        triggers.extend(concerned());
+    }
+    triggers
 }
 
 fn owners(keys: impl Iterator<Item = Key>) -> Vec<ObjectRef<Service>> {
@@ -306,7 +334,47 @@ mod tests {
         }))
         .unwrap();
         let changes = index.apply_creation_failure(&watcher::Event::Apply(failure));
-        assert_eq!(names(of_creation_failures(&changes, &index)), ["web"]);
+        let every_service = || vec![service_ref("shop/other")];
+        assert_eq!(names(of_creation_failures(&changes, &index, every_service)), ["web"]);
+
+        let agents = crate::decide::agent::desired_agent(&settings().proxy);
+        index.agents.apply(&watcher::Event::Apply(agents.clone()), |agents| Some((Arc::new(agents.clone()), vec![])));
+        let failure: Event = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "f2", "namespace": "hostlb-system" },
+            "involvedObject": { "kind": "DaemonSet", "namespace": "hostlb-system", "name": agents.metadata.name },
+            "reason": "FailedCreate", "message": "quota"
+        }))
+        .unwrap();
+        let changes = index.apply_creation_failure(&watcher::Event::Apply(failure));
+        assert_eq!(
+            names(of_creation_failures(&changes, &index, every_service)),
+            ["other"],
+            "the agents serve them all"
+        );
+    }
+
+    #[test]
+    fn a_node_agent_triggers_every_service_when_it_comes_goes_or_fails_and_not_when_it_only_restarts() {
+        let mut index = index_of(&[], &[], &[], &[]);
+        let install = settings().proxy.install_id;
+        let every_service = || vec![service_ref("shop/web")];
+        let pulling = crate::fixtures::agent_pod("n1", "ImagePullBackOff");
+        let came = index.apply_agent_pod(&watcher::Event::Apply(pulling.clone()), &install);
+        assert_eq!(names(of_agent_pods(&came, every_service)), ["web"]);
+
+        let mut restarting = pulling.clone();
+        let state = &mut restarting.status.as_mut().unwrap().container_statuses.as_mut().unwrap()[0];
+        state.restart_count = 3;
+        let restarted = index.apply_agent_pod(&watcher::Event::Apply(restarting.clone()), &install);
+        assert!(of_agent_pods(&restarted, every_service).is_empty(), "the same failure, told already");
+
+        let running = crate::fixtures::agent_pod("n1", "ContainerCreating");
+        let recovered = index.apply_agent_pod(&watcher::Event::Apply(running), &install);
+        assert_eq!(names(of_agent_pods(&recovered, every_service)), ["web"], "the failure is over");
+
+        let mut proxy = proxy_pod("p1", "n1", true);
+        proxy.metadata.namespace = Some("hostlb-system".into());
+        assert!(index.apply_agent_pod(&watcher::Event::Apply(proxy), &install).is_empty(), "a proxy pod is no agent");
     }
 
     #[test]
