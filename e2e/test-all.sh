@@ -145,20 +145,6 @@ else
   count_step "installing helm for the chart test" 1
 fi
 
-# The end-to-end tests that hold on either data plane: they look at Services, statuses, Events
-# and traffic, not at proxy pods. The rest assert on proxy DaemonSets and pods.
-AGENT_MODE_TESTS=(
-  udp_service_answers_through_the_node_address
-  source_ranges_warn_of_open_node_ports_which_a_service_can_do_without
-  local_policy_publishes_only_nodes_with_a_ready_endpoint_and_keeps_the_client_address
-  invalid_options_are_reported_and_harm_no_other_service
-  status_follows_node_changes
-  node_public_addresses_and_hostnames_are_published_as_asked
-  a_node_in_two_pools_serves_both_and_k3s_servicelbs_pool_labels_count
-  a_node_tainted_against_the_proxies_is_not_counted_as_eligible
-  the_ready_condition_says_why_a_service_is_not_served
-)
-
 cluster_logs() {
   bounded "cluster logs" 5 "${CLUSTER[@]}" logs || true
 }
@@ -200,14 +186,15 @@ if run_step one "cluster up" 50 up "${CLUSTER[@]}" up; then
   grep -oE 'upgrade: .*' "$LOG_DIR/upgrade.log" || true
   if [[ $status -ne 0 ]]; then cluster_logs; fi
   # The node agent data plane (--dataplane agent): its own tests, which switch the controller
-  # over and back; then the end-to-end tests that ask nothing of proxy pods, on the agents.
+  # over and back; then the whole end-to-end suite again, on the agents.
   run_step cargo "node agent data plane" 20 agent \
     cargo test -p hostlb-e2e --test agent --no-fail-fast -- --test-threads=1 --nocapture
   status=$?
   grep -oE 'figure: agent.*' "$LOG_DIR/agent.log" || true
-  run_step cargo "end-to-end tests on the node agents" 20 e2e-agent env HOSTLB_E2E_DATAPLANE=agent \
-    cargo test -p hostlb-e2e --test cluster --no-fail-fast -- --test-threads=1 --nocapture "${AGENT_MODE_TESTS[@]}"
+  run_step cargo "end-to-end suite on the node agents" 30 e2e-agent env HOSTLB_E2E_DATAPLANE=agent \
+    cargo test -p hostlb-e2e --test cluster --no-fail-fast -- --test-threads=1 --nocapture
   agent_mode_status=$?
+  grep -oE 'timing: .*' "$LOG_DIR/e2e-agent.log" || true
   if [[ $status -ne 0 || $agent_mode_status -ne 0 ]]; then cluster_logs; fi
 else
   cluster_logs

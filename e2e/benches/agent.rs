@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
 use hostlb_e2e::{
-    eventually, eventually_blocking, names, nodes, published, use_dataplane, Cluster, Nodes, ECHO_HTTP_PORT,
+    eventually, eventually_blocking, names, nodes, published, use_dataplane, Cluster, Dataplane, Nodes, ECHO_HTTP_PORT,
     SYSTEM_NAMESPACE,
 };
 use hostlb_model::agent::COMPONENT_AGENT;
@@ -34,7 +34,7 @@ async fn main() -> Result<()> {
     let out = std::env::var("HOSTLB_BENCH_OUT").unwrap_or_else(|_| "target/bench/agent.json".into());
     let cluster = Cluster::connect().await?;
     let nodes = nodes(&cluster)?;
-    use_dataplane(&cluster, "agent").await?;
+    use_dataplane(&cluster, Dataplane::Agent).await?;
     eventually(Duration::from_secs(120), || async {
         let ready = hostlb_pods(&cluster).await?.iter().filter(|pod| pod_is_ready(pod)).count();
         ensure!(ready == 2, "{ready} agents Ready");
@@ -110,7 +110,7 @@ async fn main() -> Result<()> {
         Ok(())
     })
     .await?;
-    use_dataplane(&cluster, "pods").await?;
+    use_dataplane(&cluster, Dataplane::Pods).await?;
     let json = serde_json::to_string_pretty(&results)?;
     eprintln!("wrote {out}: {json}");
     std::fs::write(&out, json + "\n")?;

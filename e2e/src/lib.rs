@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use hostlb_model::agent;
+use hostlb_model::readiness::pod_is_ready;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -27,6 +29,35 @@ pub const ECHO_UDP_PORT: u16 = 8081;
 pub struct Cluster {
     env: BTreeMap<String, String>,
     pub client: Client,
+    /// The data plane the test runs on, which the helpers that look at forwarding follow.
+    pub dataplane: Dataplane,
+}
+
+/// hostlb's two data planes, as `--dataplane` and `DATAPLANE_ENV` spell them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dataplane {
+    /// A proxy DaemonSet per Service.
+    Pods,
+    /// One node agent per node, programming a plan per Service.
+    Agent,
+}
+
+impl Dataplane {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataplane::Pods => "pods",
+            Dataplane::Agent => "agent",
+        }
+    }
+
+    /// The one `DATAPLANE_ENV` asks for; proxy pods when it is unset.
+    pub fn of_suite() -> Result<Dataplane> {
+        match std::env::var(DATAPLANE_ENV).as_deref() {
+            Err(_) | Ok("pods") => Ok(Dataplane::Pods),
+            Ok("agent") => Ok(Dataplane::Agent),
+            Ok(other) => bail!("{DATAPLANE_ENV}={other}: expected pods or agent"),
+        }
+    }
 }
 
 impl Cluster {
@@ -39,7 +70,7 @@ impl Cluster {
         let kubeconfig_path = env.get("KUBECONFIG").ok_or_else(|| anyhow!("{path} has no KUBECONFIG"))?;
         let kubeconfig = Kubeconfig::read_from(kubeconfig_path)?;
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        Ok(Cluster { client: Client::try_from(config)?, env })
+        Ok(Cluster { client: Client::try_from(config)?, env, dataplane: Dataplane::of_suite()? })
     }
 
     pub fn var(&self, key: &str) -> Result<&str> {
@@ -101,6 +132,90 @@ impl Cluster {
         let selector = service_selector(namespace, service);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
         Ok(api.list(&ListParams::default().labels(&selector)).await?.items)
+    }
+
+    /// The Service's plans for the node agents.
+    pub async fn plans(&self, namespace: &str, service: &str) -> Result<Vec<ConfigMap>> {
+        let install = names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS);
+        let selector = format!("{},{}", agent::plan_selector(&install), service_selector(namespace, service));
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        Ok(api.list(&ListParams::default().labels(&selector)).await?.items)
+    }
+
+    /// The names of what carries the Service's forwarding on the test's data plane: its proxy
+    /// DaemonSets, or its plans.
+    pub async fn forwarders(&self, namespace: &str, service: &str) -> Result<Vec<String>> {
+        Ok(match self.dataplane {
+            Dataplane::Pods => {
+                self.proxy_daemonsets(namespace, service).await?.iter().map(ResourceExt::name_any).collect()
+            }
+            Dataplane::Agent => self.plans(namespace, service).await?.iter().map(ResourceExt::name_any).collect(),
+        })
+    }
+
+    /// Where the Service is forwarded on the test's data plane, a pair per forwarder: each proxy
+    /// pod's node ("" until it is placed) and whether it is Ready; or each node whose agent
+    /// reports on the Service, and whether it forwards it.
+    pub async fn forwarding(&self, namespace: &str, service: &str) -> Result<Vec<(String, bool)>> {
+        if self.dataplane == Dataplane::Pods {
+            let pods = self.proxy_pods(namespace, service).await?;
+            let node = |pod: &Pod| pod.spec.as_ref().and_then(|spec| spec.node_name.clone()).unwrap_or_default();
+            return Ok(pods.iter().map(|pod| (node(pod), pod_is_ready(pod))).collect());
+        }
+        let install = names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS);
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let reports = api.list(&ListParams::default().labels(&agent::report_selector(&install))).await?.items;
+        let wanted = format!("{namespace}/{service}");
+        let mut forwarding = Vec::new();
+        for report in reports {
+            let name = report.name_any();
+            let node = name.strip_prefix(&format!("{}.", agent::AGENT)).unwrap_or(&name).to_string();
+            let entries = agent::read_report(report.data.as_ref().unwrap_or(&BTreeMap::new()));
+            let entry = entries.into_values().find(|entry| entry.service == wanted);
+            forwarding.extend(entry.map(|entry| (node.clone(), entry.forwarding)));
+        }
+        Ok(forwarding)
+    }
+
+    /// The (port, protocol) pairs the Service's forwarding claims on the test's data plane, sorted:
+    /// its proxy DaemonSet's host ports, or its plan's ports.
+    pub async fn claimed_ports(&self, namespace: &str, service: &str) -> Result<Vec<(i32, String)>> {
+        match self.dataplane {
+            Dataplane::Pods => host_ports_of(&proxy_daemonset(self, namespace, service).await?),
+            Dataplane::Agent => Ok(plan_ports(&self.plan(namespace, service).await?)),
+        }
+    }
+
+    /// The nodes the Service's forwarding is wanted on: as its DaemonSet's status counts them, or
+    /// as its plan lists them.
+    pub async fn nodes_wanted(&self, namespace: &str, service: &str) -> Result<usize> {
+        match self.dataplane {
+            Dataplane::Pods => {
+                let daemonset = proxy_daemonset(self, namespace, service).await?;
+                let scheduled = daemonset.status.map_or(0, |status| status.desired_number_scheduled);
+                Ok(usize::try_from(scheduled).unwrap_or_default())
+            }
+            Dataplane::Agent => Ok(plan_nodes(&self.plan(namespace, service).await?).len()),
+        }
+    }
+
+    /// A mark that changes with each change hostlb makes to the Service's forwarding: its
+    /// DaemonSet's generation, or its plan's resource version.
+    pub async fn forwarding_revision(&self, namespace: &str, service: &str) -> Result<String> {
+        Ok(match self.dataplane {
+            Dataplane::Pods => {
+                let generation = proxy_daemonset(self, namespace, service).await?.metadata.generation;
+                generation.unwrap_or_default().to_string()
+            }
+            Dataplane::Agent => self.plan(namespace, service).await?.resource_version().unwrap_or_default(),
+        })
+    }
+
+    /// The Service's one plan.
+    async fn plan(&self, namespace: &str, service: &str) -> Result<ConfigMap> {
+        let mut plans = self.plans(namespace, service).await?;
+        ensure!(plans.len() == 1, "{namespace}/{service} has {} plans", plans.len());
+        Ok(plans.remove(0))
     }
 
     /// The client network namespace, the one place test traffic comes from.
@@ -248,14 +363,20 @@ pub const DATAPLANE_ENV: &str = "HOSTLB_E2E_DATAPLANE";
 /// The cluster, on the data plane `DATAPLANE_ENV` asks for, a fresh namespace for the test, and
 /// the nodes.
 pub async fn setup(test: &str) -> Result<(Cluster, TestNamespace, Nodes)> {
-    let mode = std::env::var(DATAPLANE_ENV).unwrap_or_else(|_| "pods".into());
-    setup_on(test, &mode).await
+    setup_on(test, Dataplane::of_suite()?).await
 }
 
 /// `setup` on the data plane `mode`.
-pub async fn setup_on(test: &str, mode: &str) -> Result<(Cluster, TestNamespace, Nodes)> {
-    let cluster = Cluster::connect().await?;
+pub async fn setup_on(test: &str, mode: Dataplane) -> Result<(Cluster, TestNamespace, Nodes)> {
+    let mut cluster = Cluster::connect().await?;
+    cluster.dataplane = mode;
     use_dataplane(&cluster, mode).await?;
+    if mode == Dataplane::Agent {
+        // An earlier test may have left the agents rolling, or not yet made.
+        let agents = format!("daemonset/{}", agent::AGENT);
+        let rolled = ["-n", SYSTEM_NAMESPACE, "rollout", "status", &agents, "--timeout=60s"];
+        eventually(Duration::from_secs(180), || async { cluster.kubectl(&rolled).map(drop) }).await?;
+    }
     let namespace = cluster.namespace(test).await?;
     let nodes = nodes(&cluster)?;
     Ok((cluster, namespace, nodes))
@@ -566,17 +687,24 @@ pub fn host_ports_of(daemonset: &DaemonSet) -> Result<Vec<(i32, String)>> {
     Ok(ports)
 }
 
-pub async fn host_ports(cluster: &Cluster, ns: &str, service: &str) -> Result<Vec<(i32, String)>> {
-    host_ports_of(&proxy_daemonset(cluster, ns, service).await?)
-}
-
-/// Waits until the Service's proxies claim `port` over TCP and every node runs a ready proxy pod
-/// of that template.
+/// Waits until the Service's forwarding claims `port` over TCP and every node it is wanted on
+/// forwards it: with proxy pods, a ready pod of the current template on every node.
 pub async fn wait_rolled_to(cluster: &Cluster, ns: &str, service: &str, port: i32, timeout: Duration) -> Result<()> {
     eventually(timeout, || async {
+        let ports = cluster.claimed_ports(ns, service).await?;
+        ensure!(ports == vec![(port, "TCP".to_string())], "the claimed ports are {ports:?}");
+        if cluster.dataplane == Dataplane::Agent {
+            let planned = plan_nodes(&cluster.plan(ns, service).await?);
+            let forwarding = cluster.forwarding(ns, service).await?;
+            let forwarding: BTreeSet<&str> =
+                forwarding.iter().filter(|(_, forwards)| *forwards).map(|(node, _)| node.as_str()).collect();
+            ensure!(
+                planned.iter().all(|node| forwarding.contains(node.as_str())),
+                "forwarded on {forwarding:?} of {planned:?}"
+            );
+            return Ok(());
+        }
         let daemonset = proxy_daemonset(cluster, ns, service).await?;
-        let ports = host_ports_of(&daemonset)?;
-        ensure!(ports == vec![(port, "TCP".to_string())], "host ports are {ports:?}");
         let status = daemonset.status.unwrap_or_default();
         let desired = status.desired_number_scheduled;
         ensure!(
@@ -590,6 +718,29 @@ pub async fn wait_rolled_to(cluster: &Cluster, ns: &str, service: &str, port: i3
         Ok(())
     })
     .await
+}
+
+/// The (port, protocol) pairs of a plan's `--port PROTO:LISTEN:TARGET` arguments, sorted.
+pub fn plan_ports(plan: &ConfigMap) -> Vec<(i32, String)> {
+    let args = plan.data.as_ref().and_then(|data| data.get(agent::PLAN_ARGS)).cloned().unwrap_or_default();
+    let lines: Vec<&str> = args.lines().collect();
+    let mut ports: Vec<(i32, String)> = lines
+        .windows(2)
+        .filter(|pair| pair[0] == "--port")
+        .filter_map(|pair| {
+            let mut fields = pair[1].split(':');
+            let protocol = fields.next()?.to_uppercase();
+            Some((fields.next()?.parse().ok()?, protocol))
+        })
+        .collect();
+    ports.sort();
+    ports
+}
+
+/// The nodes a plan names.
+pub fn plan_nodes(plan: &ConfigMap) -> Vec<String> {
+    let nodes = plan.data.as_ref().and_then(|data| data.get(agent::PLAN_NODES));
+    nodes.map(|nodes| nodes.lines().map(str::to_string).collect()).unwrap_or_default()
 }
 
 /// What one path answered while a change went on: requests sent and lost, and the longest run of
@@ -740,12 +891,13 @@ pub async fn refuses(cluster: &Cluster, address: IpAddr, port: u16, during: Dura
 /// Puts the controller on the data plane `mode` (`pods` or `agent`, as `--dataplane` spells
 /// them) and waits for its rollout; nothing when it is there already. A reinstall of the
 /// harness's install (`cluster.sh install`) puts it back on proxy pods.
-pub async fn use_dataplane(cluster: &Cluster, mode: &str) -> Result<()> {
+pub async fn use_dataplane(cluster: &Cluster, mode: Dataplane) -> Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
     let deployment = deployments.get("hostlb-controller").await?;
     let containers = deployment.spec.and_then(|spec| spec.template.spec).map(|spec| spec.containers);
     let env = containers.into_iter().flatten().flat_map(|container| container.env.unwrap_or_default());
     let current = env.filter(|var| var.name == "HOSTLB_DATAPLANE").find_map(|var| var.value);
+    let mode = mode.name();
     if current.as_deref().unwrap_or("pods") == mode {
         return Ok(());
     }

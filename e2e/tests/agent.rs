@@ -10,7 +10,7 @@ use anyhow::{ensure, Context as _, Result};
 use hostlb_e2e::*;
 use hostlb_model::agent::{self, COMPONENT_AGENT};
 use hostlb_model::readiness::pod_is_ready;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -31,7 +31,7 @@ fn node_of(pod: &Pod) -> &str {
 
 /// The controller in agent mode, with a Ready agent on each node.
 async fn agent_mode(cluster: &Cluster) -> Result<Vec<Pod>> {
-    use_dataplane(cluster, "agent").await?;
+    use_dataplane(cluster, Dataplane::Agent).await?;
     eventually(SETTLE, || async {
         let pods = agent_pods(cluster).await?;
         let ready: BTreeSet<&str> = pods.iter().filter(|pod| pod_is_ready(pod)).map(node_of).collect();
@@ -39,17 +39,6 @@ async fn agent_mode(cluster: &Cluster) -> Result<Vec<Pod>> {
         Ok(pods)
     })
     .await
-}
-
-async fn plan_of(cluster: &Cluster, namespace: &str, service: &str) -> Result<Option<ConfigMap>> {
-    let plans: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
-    let selector = format!(
-        "{},{}={namespace},{}={service}",
-        agent::plan_selector(&names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS)),
-        names::LABEL_SERVICE_NAMESPACE,
-        names::LABEL_SERVICE_NAME
-    );
-    Ok(plans.list(&ListParams::default().labels(&selector)).await?.items.into_iter().next())
 }
 
 /// The agents on each node: one, whatever the number of Services. (The proxy pods of other
@@ -63,7 +52,7 @@ async fn agents_per_node(cluster: &Cluster) -> Result<Vec<usize>> {
 
 #[tokio::test]
 async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-basic", "agent").await?;
+    let (cluster, ns, nodes) = setup_on("agent-basic", Dataplane::Agent).await?;
     agent_mode(&cluster).await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let created = Instant::now();
@@ -87,7 +76,7 @@ async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Resu
     }
     ensure!(cluster.proxy_daemonsets(&ns.name, "web").await?.is_empty(), "a proxy DaemonSet was made");
     ensure!(cluster.proxy_pods(&ns.name, "web").await?.is_empty(), "proxy pods run");
-    let plan = plan_of(&cluster, &ns.name, "web").await?.context("no plan for the Service")?;
+    let plan = cluster.plans(&ns.name, "web").await?.into_iter().next().context("no plan for the Service")?;
     let planned = plan.data.unwrap_or_default();
     ensure!(planned[agent::PLAN_NODES] == format!("{}\n{}\n", nodes.node1, nodes.node2), "{planned:?}");
     ensure!(agents_per_node(&cluster).await? == [1, 1], "not one agent per node");
@@ -96,7 +85,7 @@ async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Resu
 
 #[tokio::test]
 async fn a_new_service_forwards_on_every_node_within_a_second_of_its_creation() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-new", "agent").await?;
+    let (cluster, ns, nodes) = setup_on("agent-new", Dataplane::Agent).await?;
     agent_mode(&cluster).await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let started = Instant::now();
@@ -117,7 +106,7 @@ async fn a_new_service_forwards_on_every_node_within_a_second_of_its_creation() 
 
 #[tokio::test]
 async fn a_port_change_rolls_no_pod_and_moves_the_traffic() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-change", "agent").await?;
+    let (cluster, ns, nodes) = setup_on("agent-change", Dataplane::Agent).await?;
     let agents: BTreeSet<String> =
         agent_mode(&cluster).await?.iter().map(|pod| pod.uid().unwrap_or_default()).collect();
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
@@ -140,7 +129,7 @@ async fn a_port_change_rolls_no_pod_and_moves_the_traffic() -> Result<()> {
 
 #[tokio::test]
 async fn an_agent_restart_under_traffic_loses_no_request() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-restart", "agent").await?;
+    let (cluster, ns, nodes) = setup_on("agent-restart", Dataplane::Agent).await?;
     let agents = agent_mode(&cluster).await?;
     ns.echo_service(&cluster, &nodes, "web", 18330, SETTLE).await?;
     let targets = nodes.paths(18330);
@@ -183,7 +172,7 @@ async fn nothing_lost(traffic: Traffic, statuses: StatusWatch, nodes: &Nodes, pr
 
 #[tokio::test]
 async fn switching_from_proxy_pods_to_agents_under_traffic_loses_no_request() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-switch", "pods").await?;
+    let (cluster, ns, nodes) = setup_on("agent-switch", Dataplane::Pods).await?;
     ns.echo_service(&cluster, &nodes, "web", 18370, SETTLE).await?;
     let targets = nodes.paths(18370);
     for (address, port) in targets {
@@ -206,7 +195,7 @@ async fn switching_from_proxy_pods_to_agents_under_traffic_loses_no_request() ->
 
 #[tokio::test]
 async fn local_policy_keeps_the_client_address_and_forwards_only_where_an_endpoint_is() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-local", "agent").await?;
+    let (cluster, ns, nodes) = setup_on("agent-local", Dataplane::Agent).await?;
     agent_mode(&cluster).await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     ns.load_balancer("web", "echo", &http(18340), json!({ "externalTrafficPolicy": "Local" })).await?;
@@ -220,7 +209,7 @@ async fn local_policy_keeps_the_client_address_and_forwards_only_where_an_endpoi
 
 #[tokio::test]
 async fn source_ranges_refuse_other_clients_on_the_agents_path() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-ranges", "agent").await?;
+    let (cluster, ns, nodes) = setup_on("agent-ranges", Dataplane::Agent).await?;
     agent_mode(&cluster).await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let others = json!({ "loadBalancerSourceRanges": ["192.0.2.0/24"] });
@@ -235,17 +224,17 @@ async fn source_ranges_refuse_other_clients_on_the_agents_path() -> Result<()> {
 
 #[tokio::test]
 async fn switching_back_to_proxy_pods_removes_the_agents_their_rules_and_the_plans() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-back", "agent").await?;
+    let (cluster, ns, nodes) = setup_on("agent-back", Dataplane::Agent).await?;
     agent_mode(&cluster).await?;
     ns.echo_service(&cluster, &nodes, "web", 18360, SETTLE).await?;
     answers(&cluster, nodes.unpublished2, 18360, SETTLE).await?;
-    ensure!(plan_of(&cluster, &ns.name, "web").await?.is_some(), "no plan in agent mode");
+    ensure!(!cluster.plans(&ns.name, "web").await?.is_empty(), "no plan in agent mode");
 
-    use_dataplane(&cluster, "pods").await?;
+    use_dataplane(&cluster, Dataplane::Pods).await?;
     eventually(SETTLE, || async {
         let left = agent_pods(&cluster).await?.len();
         ensure!(left == 0, "{left} agents left");
-        ensure!(plan_of(&cluster, &ns.name, "web").await?.is_none(), "the plan is left");
+        ensure!(cluster.plans(&ns.name, "web").await?.is_empty(), "the plan is left");
         Ok(())
     })
     .await?;

@@ -179,7 +179,7 @@ async fn settled(
         let expected = wanted.expected(nodes);
         ensure!(published(service) == expected, "{name} publishes {:?}, expected {expected:?}", published(service));
         if !expected.is_empty() {
-            let ports = host_ports(cluster, &ns.name, name).await?;
+            let ports = cluster.claimed_ports(&ns.name, name).await?;
             ensure!(ports == vec![(i32::from(wanted.port), "TCP".into())], "{name}'s proxies claim {ports:?}");
         }
     }

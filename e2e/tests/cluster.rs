@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use hostlb_e2e::*;
-use hostlb_model::readiness::pod_is_ready;
+use hostlb_model::agent;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ResourceQuota};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -65,6 +65,16 @@ async fn proxy_pod_on(cluster: &Cluster, ns: &str, service: &str, node: &str) ->
     .await
 }
 
+/// Waits until `node` forwards the Service, on the test's data plane.
+async fn forwarded_on(cluster: &Cluster, ns: &str, service: &str, node: &str) -> Result<()> {
+    eventually(SETTLE, || async {
+        let forwarding = cluster.forwarding(ns, service).await?;
+        ensure!(forwarding.iter().any(|(on, forwards)| on == node && *forwards), "{node} does not forward yet");
+        Ok(())
+    })
+    .await
+}
+
 fn pod_ip(pod: &Pod) -> Option<IpAddr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
 }
@@ -72,9 +82,9 @@ fn pod_ip(pod: &Pod) -> Option<IpAddr> {
 async fn wait_gone(cluster: &Cluster, ns: &str, service: &str) -> Result<Duration> {
     let started = Instant::now();
     eventually(POD_GONE, || async {
-        let daemonsets = cluster.proxy_daemonsets(ns, service).await?;
-        let pods = cluster.proxy_pods(ns, service).await?;
-        ensure!(daemonsets.is_empty() && pods.is_empty(), "{} DaemonSets, {} pods left", daemonsets.len(), pods.len());
+        let forwarders = cluster.forwarders(ns, service).await?;
+        let forwarding = cluster.forwarding(ns, service).await?;
+        ensure!(forwarders.is_empty() && forwarding.is_empty(), "{forwarders:?} left, forwarding on {forwarding:?}");
         Ok(())
     })
     .await?;
@@ -97,14 +107,17 @@ async fn publishes_node_addresses_and_carries_traffic_on_both_paths() -> Result<
     let published = answered_http(&cluster, nodes.ip1, 18080).await?;
     ensure!(published.pod.starts_with("echo-"), "unexpected answer {published:?}");
 
-    // An address kube-proxy does not know: only the proxy pod's own rules can carry this.
-    let proxy = proxy_pod_on(&cluster, &ns.name, "web", &nodes.node1).await?;
+    // An address kube-proxy does not know: only hostlb's own rules can carry this, masqueraded
+    // to the proxy pod's address, or to node-1's own on the pod network.
+    let masqueraded_to = match cluster.dataplane {
+        Dataplane::Pods => pod_ip(&proxy_pod_on(&cluster, &ns.name, "web", &nodes.node1).await?),
+        Dataplane::Agent => Some(cluster.ip("NODE1_POD_GATEWAY")?),
+    };
     let through_proxy = answered_http(&cluster, nodes.unpublished1, 18080).await?;
     ensure!(
-        Some(through_proxy.client) == pod_ip(&proxy),
-        "the backend saw {} instead of the proxy pod {:?}",
+        Some(through_proxy.client) == masqueraded_to,
+        "the backend saw {} instead of {masqueraded_to:?}",
         through_proxy.client,
-        pod_ip(&proxy)
     );
     Ok(())
 }
@@ -131,7 +144,8 @@ async fn one_port_number_over_two_protocols_is_served_on_both() -> Result<()> {
     let ports = [("http", "TCP", 18090, ECHO_HTTP_PORT), ("echo", "UDP", 18090, ECHO_UDP_PORT)];
     ns.load_balancer("mixed", "echo", &ports, json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "mixed", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    ensure!(host_ports(&cluster, &ns.name, "mixed").await? == vec![(18090, "TCP".into()), (18090, "UDP".into())]);
+    let claimed = cluster.claimed_ports(&ns.name, "mixed").await?;
+    ensure!(claimed == vec![(18090, "TCP".into()), (18090, "UDP".into())], "claims {claimed:?}");
     answered_http(&cluster, nodes.unpublished1, 18090).await?;
     let client = cluster.client()?;
     let address = nodes.unpublished1;
@@ -194,8 +208,8 @@ async fn an_older_versions_finalizer_goes_and_a_deleted_services_proxies_are_swe
     backend_on_node1(&cluster, &ns, &nodes).await?;
     ns.load_balancer("released", "echo", &http(18115), json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "released", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    let daemonsets = cluster.proxy_daemonsets(&ns.name, "released").await?;
-    let daemonset = daemonsets.first().map(ResourceExt::name_any).context("the Service has no proxy DaemonSet")?;
+    let forwarders = cluster.forwarders(&ns.name, "released").await?;
+    let forwarder = forwarders.first().cloned().context("nothing forwards the Service")?;
 
     // As hostlb 0.1.0 left it.
     ns.patch_service("released", json!({ "metadata": { "finalizers": [FINALIZER] } })).await?;
@@ -212,8 +226,8 @@ async fn an_older_versions_finalizer_goes_and_a_deleted_services_proxies_are_swe
     refused_http(&cluster, nodes.unpublished1, 18115).await?;
     // Normal Events follow what they tell of from a queue of their own.
     eventually(SETTLE, || async {
-        let events = cluster.events(SYSTEM_NAMESPACE, &daemonset, Reason::OrphanDeleted).await?;
-        ensure!(events.len() == 1, "expected one OrphanDeleted Event about {daemonset}, found {}", events.len());
+        let events = cluster.events(SYSTEM_NAMESPACE, &forwarder, Reason::OrphanDeleted).await?;
+        ensure!(events.len() == 1, "expected one OrphanDeleted Event about {forwarder}, found {}", events.len());
         Ok(())
     })
     .await
@@ -230,24 +244,23 @@ async fn the_first_service_on_a_port_keeps_every_node_through_its_rolls() -> Res
     let note = warned(&cluster, &ns.name, "second", Reason::PortConflict).await?;
     ensure!(note.contains("claimed it first") && note.contains("leave those nodes out"), "{note:?}");
     let second_left_out = || async {
-        let daemonset = proxy_daemonset(&cluster, &ns.name, "second").await?;
-        let scheduled = daemonset.status.map(|s| s.desired_number_scheduled);
-        ensure!(scheduled == Some(0), "the second Service's proxies are wanted on {scheduled:?} nodes");
+        let wanted = cluster.nodes_wanted(&ns.name, "second").await?;
+        ensure!(wanted == 0, "the second Service's forwarding is wanted on {wanted} nodes");
         let second = ns.services().get("second").await?;
         ensure!(published(&second).is_empty(), "the second Service publishes {:?}", published(&second));
         Ok(())
     };
     eventually(SETTLE, second_left_out).await?;
 
-    // Each change of the first Service rolls its proxies: a pending pod of the second one
-    // would take a node over while the first one's pod is replaced.
+    // Each change of the first Service rolls its proxy pods: a pending pod of the second one
+    // would take a node over while the first one's pod is replaced. The agents roll nothing.
     let ranges = [vec!["0.0.0.0/0"], vec!["0.0.0.0/1", "128.0.0.0/1"], vec!["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/1"]];
     for (roll, ranges) in ranges.into_iter().enumerate() {
-        let before = proxy_daemonset(&cluster, &ns.name, "first").await?.metadata.generation;
+        let before = cluster.forwarding_revision(&ns.name, "first").await?;
         ns.patch_service("first", json!({ "spec": { "loadBalancerSourceRanges": ranges } })).await?;
         eventually(SETTLE, || async {
-            let now = proxy_daemonset(&cluster, &ns.name, "first").await?.metadata.generation;
-            ensure!(now > before, "roll {roll}: the DaemonSet is still at generation {now:?}");
+            let now = cluster.forwarding_revision(&ns.name, "first").await?;
+            ensure!(now != before, "roll {roll}: the forwarding is still at revision {now}");
             Ok(())
         })
         .await?;
@@ -269,7 +282,7 @@ async fn source_ranges_refuse_other_clients_on_both_paths() -> Result<()> {
     let elsewhere = json!({ "loadBalancerSourceRanges": ["192.0.2.0/24"] });
     ns.load_balancer("web", "echo", &http(18130), elsewhere).await?;
     cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    proxy_pod_on(&cluster, &ns.name, "web", &nodes.node1).await?;
+    forwarded_on(&cluster, &ns.name, "web", &nodes.node1).await?;
     refused_http(&cluster, nodes.ip1, 18130).await.context("published path")?;
     refused_http(&cluster, nodes.unpublished1, 18130).await.context("proxy pod path")?;
 
@@ -400,14 +413,15 @@ async fn ports_of_the_nodes_own_daemons_are_refused_and_the_other_ports_served()
     // The API server itself refuses 10250; the kubelet's read-only port is hostlb's to refuse.
     ns.load_balancer("kubelet", "echo", &[("kubelet", "TCP", 10255, ECHO_HTTP_PORT)], json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "mixed", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    ensure!(host_ports(&cluster, &ns.name, "mixed").await? == vec![(18180, "TCP".into())]);
+    let claimed = cluster.claimed_ports(&ns.name, "mixed").await?;
+    ensure!(claimed == vec![(18180, "TCP".into())], "claims {claimed:?}");
     answered_http(&cluster, nodes.unpublished1, 18180).await?;
     for (service, port) in [("mixed", "port 22/TCP"), ("kubelet", "port 10255/TCP")] {
         let note = warned(&cluster, &ns.name, service, Reason::PortRefused).await?;
         ensure!(note.contains(port) && note.contains("--denied-ports"), "the Event does not name {port}: {note:?}");
     }
-    let claimed = cluster.proxy_daemonsets(&ns.name, "kubelet").await?;
-    ensure!(claimed.is_empty(), "a proxy DaemonSet claims the kubelet's port");
+    let claimed = cluster.forwarders(&ns.name, "kubelet").await?;
+    ensure!(claimed.is_empty(), "{claimed:?} claim the kubelet's port");
     cluster.wait_for_addresses(&ns.name, "kubelet", &[], SETTLE).await?;
     Ok(())
 }
@@ -428,17 +442,24 @@ async fn scheduling_privileges_the_admin_did_not_grant_are_refused() -> Result<(
         ns.load_balancer_with_metadata(service, "echo", &http(port), json!({}), metadata).await?;
         let note = warned(&cluster, &ns.name, service, Reason::InvalidOption).await?;
         ensure!(note.contains(setting), "the Event on {service} does not name {setting}: {note:?}");
-        ensure!(cluster.proxy_daemonsets(&ns.name, service).await?.is_empty(), "{service} got proxies");
+        ensure!(cluster.forwarders(&ns.name, service).await?.is_empty(), "{service} is forwarded");
     }
     cluster.wait_for_addresses(&ns.name, "plain", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    let daemonset = proxy_daemonset(&cluster, &ns.name, "plain").await?;
-    let class = daemonset.spec.and_then(|s| s.template.spec).and_then(|s| s.priority_class_name);
-    ensure!(class.as_deref() == Some("hostlb-proxy"), "proxy pods run at {class:?}");
+    // The agents run at the class the admin gave the proxies.
+    let daemonset = match cluster.dataplane {
+        Dataplane::Pods => proxy_daemonset(&cluster, &ns.name, "plain").await?,
+        Dataplane::Agent => cluster.daemonsets().get(agent::AGENT).await?,
+    };
+    let pod_spec = daemonset.spec.as_ref().and_then(|spec| spec.template.spec.as_ref());
+    let class = pod_spec.and_then(|spec| spec.priority_class_name.as_deref());
+    ensure!(class == Some("hostlb-proxy"), "the {} pods run at {class:?}", daemonset.name_any());
     Ok(())
 }
 
+/// The API server refuses the proxy DaemonSet of a toleration Kubernetes does not allow; with
+/// the node agents, which only read the tolerations, the controller refuses it itself.
 #[tokio::test]
-async fn a_daemonset_the_api_server_refuses_is_warned_and_the_status_stays() -> Result<()> {
+async fn a_toleration_kubernetes_refuses_is_warned_and_the_status_stays() -> Result<()> {
     let (cluster, ns, nodes) = setup("refused").await?;
     backend_on_node1(&cluster, &ns, &nodes).await?;
     ns.load_balancer("web", "echo", &http(18200), json!({})).await?;
@@ -447,7 +468,11 @@ async fn a_daemonset_the_api_server_refuses_is_warned_and_the_status_stays() -> 
     let tolerations = names::ANNOTATION_TOLERATIONS;
     let invalid = r#"[{"key":"e2e.hostlb.io/allowed","operator":"Sometimes"}]"#;
     ns.patch_service("web", json!({ "metadata": { "annotations": { tolerations: invalid } } })).await?;
-    let note = warned(&cluster, &ns.name, "web", Reason::ApplyRefused).await?;
+    let refusal = match cluster.dataplane {
+        Dataplane::Pods => Reason::ApplyRefused,
+        Dataplane::Agent => Reason::InvalidOption,
+    };
+    let note = warned(&cluster, &ns.name, "web", refusal).await?;
     ensure!(note.contains("operator"), "the Event does not name the field: {note:?}");
     cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18200).await?;
@@ -455,27 +480,48 @@ async fn a_daemonset_the_api_server_refuses_is_warned_and_the_status_stays() -> 
 }
 
 #[tokio::test]
-async fn proxy_pods_that_cannot_be_created_are_explained_on_the_service() -> Result<()> {
-    let (cluster, ns, _) = setup("notcreated").await?;
-    // A class that exists, and a quota in hostlb's namespace that allows it no pods.
-    let classes: Api<PriorityClass> = Api::all(cluster.client.clone());
-    let class = json!({ "metadata": { "name": "e2e-quota" }, "value": 1000, "preemptionPolicy": "Never" });
-    match classes.create(&PostParams::default(), &serde_json::from_value(class)?).await {
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
-        created => drop(created?),
+async fn pods_that_cannot_be_created_are_explained_on_the_service() -> Result<()> {
+    let (cluster, ns, nodes) = setup("notcreated").await?;
+    match cluster.dataplane {
+        Dataplane::Pods => proxy_pods_not_created(&cluster, &ns).await,
+        Dataplane::Agent => agent_not_created(&cluster, &ns, &nodes).await,
     }
+}
+
+/// A quota in hostlb's namespace that allows pods of `class` no pods, once the quota
+/// controller has counted what the namespace holds (until then admission refuses every pod,
+/// for another reason).
+async fn no_pods_of_class(cluster: &Cluster, class: &str) -> Result<Api<ResourceQuota>> {
     let quotas: Api<ResourceQuota> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
     let quota = json!({
         "metadata": { "name": "e2e-quota" },
         "spec": {
             "hard": { "pods": "0" },
-            "scopeSelector": { "matchExpressions": [{ "scopeName": "PriorityClass", "operator": "In", "values": ["e2e-quota"] }] },
+            "scopeSelector": { "matchExpressions": [{ "scopeName": "PriorityClass", "operator": "In", "values": [class] }] },
         },
     });
     match quotas.create(&PostParams::default(), &serde_json::from_value(quota)?).await {
         Err(kube::Error::Api(status)) if status.code == 409 => {}
         created => drop(created?),
     }
+    eventually(SETTLE, || async {
+        let counted = quotas.get("e2e-quota").await?.status.and_then(|status| status.used);
+        ensure!(counted.is_some_and(|used| used.contains_key("pods")), "not counted yet");
+        Ok(())
+    })
+    .await?;
+    Ok(quotas)
+}
+
+/// Proxy pods of a PriorityClass that does not exist, or that a quota allows none of.
+async fn proxy_pods_not_created(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
+    let classes: Api<PriorityClass> = Api::all(cluster.client.clone());
+    let class = json!({ "metadata": { "name": "e2e-quota" }, "value": 1000, "preemptionPolicy": "Never" });
+    match classes.create(&PostParams::default(), &serde_json::from_value(class)?).await {
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        created => drop(created?),
+    }
+    let quotas = no_pods_of_class(cluster, "e2e-quota").await?;
     let class_key = names::ANNOTATION_PRIORITY_CLASS;
     let cases = [
         ("missing", 18210, "e2e-missing", "no PriorityClass with name e2e-missing"),
@@ -485,13 +531,40 @@ async fn proxy_pods_that_cannot_be_created_are_explained_on_the_service() -> Res
         let metadata = json!({ "annotations": { class_key: class } });
         ns.load_balancer_with_metadata(service, "echo", &http(port), json!({}), metadata).await?;
         let started = Instant::now();
-        let note = warned(&cluster, &ns.name, service, Reason::ProxyPodsNotCreated).await?;
+        let note = warned(cluster, &ns.name, service, Reason::ProxyPodsNotCreated).await?;
         ensure!(note.contains(expected), "the Event on {service} does not say {expected:?}: {note:?}");
         println!("timing: {service}: creation to ProxyPodsNotCreated: {:.2}s", started.elapsed().as_secs_f64());
     }
     quotas.delete("e2e-quota", &Default::default()).await?;
     classes.delete("e2e-quota", &Default::default()).await?;
     Ok(())
+}
+
+/// With the node agents: node-1's agent cannot come back, and the Service says so, while the
+/// rules it left go on forwarding.
+async fn agent_not_created(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) -> Result<()> {
+    backend_on_node1(cluster, ns, nodes).await?;
+    ns.load_balancer("web", "echo", &http(18212), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let quotas = no_pods_of_class(cluster, "hostlb-proxy").await?;
+    let outcome = async {
+        let node1 = format!("spec.nodeName={}", nodes.node1);
+        let selector = format!("{}={}", names::LABEL_COMPONENT, agent::COMPONENT_AGENT);
+        cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "delete", "pod", "-l", &selector, "--field-selector", &node1])?;
+        let started = Instant::now();
+        let note = warned(cluster, &ns.name, "web", Reason::ProxyPodsNotCreated).await?;
+        ensure!(note.contains("hostlb-agent cannot create pods") && note.contains("exceeded quota"), "{note:?}");
+        println!("timing: agent: deleted to ProxyPodsNotCreated: {:.2}s", started.elapsed().as_secs_f64());
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+        answered_http(cluster, nodes.unpublished1, 18212).await.context("node-1's rules without its agent")?;
+        Ok(())
+    }
+    .await;
+    // Whatever happened, the next tests need node-1's agent back.
+    quotas.delete("e2e-quota", &Default::default()).await?;
+    let agents = format!("daemonset/{}", agent::AGENT);
+    cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "rollout", "status", &agents, "--timeout=150s"])?;
+    outcome
 }
 
 /// What a hostile Service must lead to.
@@ -530,6 +603,11 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     let controllers = cluster.controller_restarts().await?;
 
     let (tolerations, class, pool) = (names::ANNOTATION_TOLERATIONS, names::ANNOTATION_PRIORITY_CLASS, names::POOL);
+    // The controller checks what no API server sees with the node agents.
+    let agents_or = |with_agents: Reason, with_pods: Reason| match cluster.dataplane {
+        Dataplane::Pods => with_pods,
+        Dataplane::Agent => with_agents,
+    };
     let ip_mode = names::ANNOTATION_IP_MODE;
     let invalid = Reason::InvalidOption;
     let many_keys: Vec<serde_json::Value> =
@@ -562,7 +640,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             "tol-bad-operator",
             18306,
             annotated(tolerations, r#"[{"key":"e2e.hostlb.io/allowed","operator":"Sometimes"}]"#),
-            Expect::Warning(Reason::ApplyRefused, "operator"),
+            Expect::Warning(agents_or(invalid, Reason::ApplyRefused), "operator"),
         ),
         hostile("class-bad-name", 18307, annotated(class, "Not_A_Name"), Expect::Warning(invalid, class)),
         hostile("class-empty", 18308, annotated(class, ""), Expect::Warning(invalid, class)),
@@ -576,7 +654,10 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             "class-missing",
             18310,
             annotated(class, "e2e-missing"),
-            Expect::Warning(Reason::ProxyPodsNotCreated, "no PriorityClass"),
+            match cluster.dataplane {
+                Dataplane::Pods => Expect::Warning(Reason::ProxyPodsNotCreated, "no PriorityClass"),
+                Dataplane::Agent => Expect::Warning(Reason::OptionIgnored, "not used"),
+            },
         ),
         hostile("port-ssh", 22, json!({}), Expect::Warning(Reason::PortRefused, "port 22/TCP")),
         hostile("port-apiserver", 6443, json!({}), Expect::Warning(Reason::PortRefused, "port 6443/TCP")),
@@ -631,24 +712,34 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             row.ports.iter().map(|(name, protocol, port, target)| (name.as_str(), *protocol, *port, *target)).collect();
         ns.load_balancer_with_metadata(&row.name, "echo", &ports, row.spec.clone(), row.metadata.clone()).await?;
     }
-    // A DaemonSet with the name hostlb would give the proxies, made by someone else before the
-    // Service became valid.
+    // A DaemonSet (or ConfigMap, with the agents) with the name hostlb would give the Service's
+    // forwarding, made by someone else before the Service became valid.
     ns.load_balancer_with_metadata("taken", "echo", &http(18319), json!({}), annotated(tolerations, "{")).await?;
     let uid = ns.services().get("taken").await?.uid().context("no UID")?;
-    let foreign: DaemonSet = serde_json::from_value(json!({
-        "metadata": { "name": names::daemonset_name("taken", &uid), "labels": { "app": "foreign" } },
-        "spec": {
-            "selector": { "matchLabels": { "app": "foreign" } },
-            "template": {
-                "metadata": { "labels": { "app": "foreign" } },
+    let taken_name = names::daemonset_name("taken", &uid);
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    match cluster.dataplane {
+        Dataplane::Pods => {
+            let foreign: DaemonSet = serde_json::from_value(json!({
+                "metadata": { "name": taken_name, "labels": { "app": "foreign" } },
                 "spec": {
-                    "nodeSelector": { "e2e.hostlb.io/nowhere": "true" },
-                    "containers": [{ "name": "pause", "image": "localhost/hostlb/pause:dev" }]
+                    "selector": { "matchLabels": { "app": "foreign" } },
+                    "template": {
+                        "metadata": { "labels": { "app": "foreign" } },
+                        "spec": {
+                            "nodeSelector": { "e2e.hostlb.io/nowhere": "true" },
+                            "containers": [{ "name": "pause", "image": "localhost/hostlb/pause:dev" }]
+                        }
+                    }
                 }
-            }
+            }))?;
+            cluster.daemonsets().create(&PostParams::default(), &foreign).await?;
         }
-    }))?;
-    cluster.daemonsets().create(&PostParams::default(), &foreign).await?;
+        Dataplane::Agent => {
+            let foreign: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": taken_name } }))?;
+            config_maps.create(&PostParams::default(), &foreign).await?;
+        }
+    }
     ns.patch_service("taken", json!({ "metadata": { "annotations": { tolerations: null } } })).await?;
     table.push(Hostile {
         ports: Vec::new(),
@@ -684,15 +775,19 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             .count();
         ensure!(warnings <= 2, "{cause} made {warnings} Warning Events");
         println!("count: bad input: {cause}: {warnings} Warning Event(s)");
-        ensure!(cluster.proxy_daemonsets(&ns.name, service).await?.is_empty(), "{service} got proxies");
+        ensure!(cluster.forwarders(&ns.name, service).await?.is_empty(), "{service} is forwarded");
     }
     let started_after = Instant::now();
     ns.load_balancer("after-hostile", "echo", &http(18322), json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "after-hostile", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     report_timing("bad input: a new Service among the hostile ones, creation to status", started_after.elapsed());
-    let note = warned(&cluster, &ns.name, "hundred-ports", Reason::DaemonSetApplied).await?;
+    let applied = agents_or(Reason::PlanApplied, Reason::DaemonSetApplied);
+    let note = warned(&cluster, &ns.name, "hundred-ports", applied).await?;
     ensure!(note.ends_with("18419/TCP and 80 more"), "the 100 ports are not summed up: {note:?}");
-    cluster.daemonsets().delete(&foreign.name_any(), &Default::default()).await?;
+    match cluster.dataplane {
+        Dataplane::Pods => drop(cluster.daemonsets().delete(&taken_name, &Default::default()).await?),
+        Dataplane::Agent => drop(config_maps.delete(&taken_name, &Default::default()).await?),
+    }
     cluster.ensure_no_controller_restarted(&controllers).await?;
     cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18300).await?;
@@ -746,7 +841,7 @@ async fn a_namespace_quota_of_load_balancers_is_enforced_by_the_api_server() -> 
     ensure!(retyped.contains("services.loadbalancers"), "the refusal does not name the quota: {retyped:?}");
     println!("refused: a ClusterIP Service changed to LoadBalancer: {retyped}");
     for service in ["second", "internal"] {
-        ensure!(cluster.proxy_daemonsets(&ns.name, service).await?.is_empty(), "{service} got proxies");
+        ensure!(cluster.forwarders(&ns.name, service).await?.is_empty(), "{service} is forwarded");
     }
     cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     Ok(())
@@ -908,9 +1003,14 @@ async fn a_proxy_image_that_cannot_be_pulled_is_reported_on_the_service() -> Res
     let installed = deployments.get("hostlb-controller").await?;
     let containers = installed.spec.and_then(|s| s.template.spec).map(|s| s.containers).unwrap_or_default();
     let env = containers.iter().find(|c| c.name == "controller").and_then(|c| c.env.clone()).unwrap_or_default();
-    let original = env.into_iter().find(|e| e.name == "HOSTLB_LB_IMAGE").context("no HOSTLB_LB_IMAGE")?;
+    // The proxy pods' image, or the agents', which is the controller's.
+    let variable = match cluster.dataplane {
+        Dataplane::Pods => "HOSTLB_LB_IMAGE",
+        Dataplane::Agent => "HOSTLB_CONTROLLER_IMAGE",
+    };
+    let original = env.into_iter().find(|e| e.name == variable).with_context(|| format!("no {variable}"))?;
     let set_image = |value: serde_json::Value, value_from: serde_json::Value| {
-        let env = json!([{ "name": "HOSTLB_LB_IMAGE", "value": value, "valueFrom": value_from }]);
+        let env = json!([{ "name": variable, "value": value, "valueFrom": value_from }]);
         json!({ "spec": { "template": { "spec": { "containers": [{ "name": "controller", "env": env }] } } } })
     };
     let rollout = ["-n", SYSTEM_NAMESPACE, "rollout", "status", "deployment/hostlb-controller", "--timeout=120s"];
@@ -997,7 +1097,7 @@ async fn uninstall_and_check(cluster: &Cluster, ns: &TestNamespace) -> Result<()
     let service = ns.services().get("web").await?;
     ensure!(!service.finalizers().iter().any(|f| f == FINALIZER), "the finalizer is still set");
     ensure!(published(&service).is_empty(), "the status still publishes {:?}", published(&service));
-    ensure!(cluster.proxy_daemonsets(&ns.name, "web").await?.is_empty(), "the proxies are still there");
+    ensure!(cluster.forwarders(&ns.name, "web").await?.is_empty(), "the forwarding is still there");
     ns.delete_service("web").await?;
     eventually(Duration::from_secs(10), || async {
         ensure!(ns.services().get_opt("web").await?.is_none(), "the Service is still there");
@@ -1122,11 +1222,11 @@ async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_c
     };
     let chosen = one_node().await?;
     ensure!(chosen[0] == nodes.ip1 || chosen[0] == nodes.ip2, "{chosen:?} is no node address");
-    // Both proxy pods are ready before the status is checked for churn.
+    // Both nodes forward before the status is checked for churn.
     eventually(SETTLE, || async {
-        let pods = cluster.proxy_pods(&ns.name, "web").await?;
-        let ready = pods.iter().filter(|pod| pod_is_ready(pod)).count();
-        ensure!(ready == 2, "expected a ready proxy pod on each node");
+        let forwarding = cluster.forwarding(&ns.name, "web").await?;
+        let ready = forwarding.iter().filter(|(_, forwards)| *forwards).count();
+        ensure!(ready == 2, "expected both nodes to forward: {forwarding:?}");
         Ok(())
     })
     .await?;
