@@ -105,7 +105,7 @@ pub struct Conflict {
     pub port: i32,
     pub protocol: String,
     pub node: String,
-    /// `namespace/name` of the Service whose proxy pod holds the port there.
+    /// `namespace/name` of the Service whose proxy pod, or plan, holds the port there.
     pub held_by: String,
 }
 
@@ -175,7 +175,7 @@ fn service_report(service: ServiceView, daemonset: Option<&DaemonSet>, observed:
         .nodes
         .iter()
         .map(|node| match plan {
-            Some(plan) => agent_node_report(node, plan, uid, &observed.agent_objects, local),
+            Some(plan) => agent_node_report(node, plan, uid, &claimed, &observed.agent_objects, local),
             None => node_report(node, template, &pods, local),
         })
         .collect();
@@ -183,7 +183,10 @@ fn service_report(service: ServiceView, daemonset: Option<&DaemonSet>, observed:
     let conflicts = nodes
         .iter()
         .filter(|node| node.state == NodeState::PortHeld)
-        .flat_map(|node| holders(&node.name, uid, &claimed, &observed.pods))
+        .flat_map(|node| match plan {
+            Some(_) => plan_holders(&node.name, uid, &claimed, &observed.agent_objects),
+            None => holders(&node.name, uid, &claimed, &observed.pods),
+        })
         .collect();
     ServiceReport {
         addresses: service.published.addresses.iter().map(ToString::to_string).collect(),
@@ -221,17 +224,25 @@ fn planned_ports(plan: &ConfigMap) -> Vec<(i32, String)> {
 }
 
 /// Where a node stands for a Service the node agents serve: from its plan and the node's report.
-fn agent_node_report(node: &Node, plan: &ConfigMap, uid: &str, agent_objects: &[ConfigMap], local: bool) -> NodeReport {
+fn agent_node_report(
+    node: &Node,
+    plan: &ConfigMap,
+    uid: &str,
+    claimed: &[(i32, String)],
+    agent_objects: &[ConfigMap],
+    local: bool,
+) -> NodeReport {
     let name = node.name_any();
     let report = agent_objects.iter().find(|object| {
         is_component(object, agent::COMPONENT_REPORT) && object.name_any().ends_with(&format!(".{name}"))
     });
     let entry = report.and_then(|report| read_report(report.data.as_ref()?).remove(uid));
-    let (state, reason) = if !plan_lines(plan, agent::PLAN_NODES).any(|planned| planned == name) {
-        (
-            NodeState::NotEligible,
-            Some("not among its plan's nodes: placement, a taint, or an older Service's port".into()),
-        )
+    let (state, reason) = if !plan_names(plan, &name) {
+        if plan_holders(&name, uid, claimed, agent_objects).is_empty() {
+            (NodeState::NotEligible, Some("not among its plan's nodes: its placement, or a taint".into()))
+        } else {
+            (NodeState::PortHeld, Some(PORT_HELD.into()))
+        }
     } else if !node_can_serve(node) {
         let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
         if cordoned {
@@ -263,24 +274,40 @@ fn host_ports(spec: &PodSpec) -> Vec<(i32, String)> {
         .collect()
 }
 
+const PORT_HELD: &str = "an older Service holds one of the ports on this node";
+
+fn plan_names(plan: &ConfigMap, node: &str) -> bool {
+    plan_lines(plan, agent::PLAN_NODES).any(|planned| planned == node)
+}
+
 /// Other Services' proxy pods on the node that hold one of these host ports.
 fn holders(node: &str, uid: &str, claimed: &[(i32, String)], pods: &[Pod]) -> Vec<Conflict> {
     let on_node = pods.iter().filter(|pod| pod_node(pod) == Some(node) && !serves(pod.labels(), uid));
-    let mut conflicts = Vec::new();
-    for pod in on_node {
-        let held = pod.spec.as_ref().map(host_ports).unwrap_or_default();
-        let label = |key: &str| pod.labels().get(key).cloned().unwrap_or_default();
-        let held_by = format!("{}/{}", label(names::LABEL_SERVICE_NAMESPACE), label(names::LABEL_SERVICE_NAME));
-        for (port, protocol) in claimed.iter().filter(|port| held.contains(port)) {
-            conflicts.push(Conflict {
-                port: *port,
-                protocol: protocol.clone(),
-                node: node.into(),
-                held_by: held_by.clone(),
-            });
-        }
-    }
-    conflicts
+    on_node
+        .flat_map(|pod| held_of(node, pod, &pod.spec.as_ref().map(host_ports).unwrap_or_default(), claimed))
+        .collect()
+}
+
+/// Other Services' plans that have the node's agent listen on one of these ports.
+fn plan_holders(node: &str, uid: &str, claimed: &[(i32, String)], agent_objects: &[ConfigMap]) -> Vec<Conflict> {
+    let plans = agent_objects.iter().filter(|object| is_component(object, agent::COMPONENT_PLAN));
+    let on_node = plans.filter(|plan| !serves(plan.labels(), uid) && plan_names(plan, node));
+    on_node.flat_map(|plan| held_of(node, plan, &planned_ports(plan), claimed)).collect()
+}
+
+/// The conflicts of `claimed` with the ports `held` on the node by another Service's object.
+fn held_of(node: &str, holder: &impl ResourceExt, held: &[(i32, String)], claimed: &[(i32, String)]) -> Vec<Conflict> {
+    let label = |key: &str| holder.labels().get(key).cloned().unwrap_or_default();
+    let held_by = format!("{}/{}", label(names::LABEL_SERVICE_NAMESPACE), label(names::LABEL_SERVICE_NAME));
+    let conflicting = claimed.iter().filter(|port| held.contains(port));
+    conflicting
+        .map(|(port, protocol)| Conflict {
+            port: *port,
+            protocol: protocol.clone(),
+            node: node.into(),
+            held_by: held_by.clone(),
+        })
+        .collect()
 }
 
 fn node_report(node: &Node, template: Option<&PodSpec>, pods: &[&Pod], local: bool) -> NodeReport {
@@ -305,9 +332,7 @@ fn node_state(node: &Node, template: Option<&PodSpec>, pod: Option<&Pod>, local:
             Refusal::Taint(taint) => {
                 (NodeState::NotEligible, Some(format!("proxy pods do not tolerate taint {taint}")))
             }
-            Refusal::LeftOutByName => {
-                (NodeState::PortHeld, Some("an older Service holds one of the ports on this node".into()))
-            }
+            Refusal::LeftOutByName => (NodeState::PortHeld, Some(PORT_HELD.into())),
         };
     }
     if !node_can_serve(node) {
@@ -594,13 +619,40 @@ mod tests {
                 ("n1", NodeState::Serving, None),
                 ("n2", NodeState::Failing, Some("no table")),
                 ("n3", NodeState::NoProxyPod, Some("the node's agent has not reported the Service yet")),
-                (
-                    "n4",
-                    NodeState::NotEligible,
-                    Some("not among its plan's nodes: placement, a taint, or an older Service's port")
-                ),
+                ("n4", NodeState::NotEligible, Some("not among its plan's nodes: its placement, or a taint")),
             ]
         );
+    }
+
+    #[test]
+    fn with_the_node_agents_a_node_an_older_services_plan_holds_the_port_on_is_port_held() {
+        let mut objects = agent_objects(&["n2"], &[]);
+        let mut older = objects[0].clone();
+        older.metadata.name = Some("hostlb-older-5678".into());
+        let labels = older.metadata.labels.as_mut().unwrap();
+        labels.insert(names::LABEL_SERVICE_UID.into(), "uid-older".into());
+        labels.insert(names::LABEL_SERVICE_NAMESPACE.into(), "shop".into());
+        labels.insert(names::LABEL_SERVICE_NAME.into(), "older".into());
+        older.data.as_mut().unwrap().insert(agent::PLAN_NODES.into(), "n1\n".into());
+        objects.push(older);
+        let observed = Observed {
+            services: vec![service("web", UID, HTTP, &[])],
+            nodes: ["n1", "n2", "n3"].map(ready_node).to_vec(),
+            agent_objects: objects,
+            ..Default::default()
+        };
+        let service = &report(&observed).services[0];
+        assert_eq!(
+            states(service),
+            vec![
+                ("n1", NodeState::PortHeld, Some(PORT_HELD)),
+                ("n2", NodeState::NoProxyPod, Some("the node's agent has not reported the Service yet")),
+                ("n3", NodeState::NotEligible, Some("not among its plan's nodes: its placement, or a taint")),
+            ]
+        );
+        let held: Vec<(&str, i32, &str)> =
+            service.conflicts.iter().map(|c| (c.node.as_str(), c.port, c.held_by.as_str())).collect();
+        assert_eq!(held, vec![("n1", 80, "shop/older")]);
     }
 
     #[test]
