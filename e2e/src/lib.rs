@@ -211,6 +211,61 @@ impl Cluster {
         })
     }
 
+    /// The pods that forward the Service on the test's data plane: its proxy pods, or the node
+    /// agents, which forward every Service.
+    pub async fn forwarding_pods(&self, namespace: &str, service: &str) -> Result<Vec<Pod>> {
+        match self.dataplane {
+            Dataplane::Pods => self.proxy_pods(namespace, service).await,
+            Dataplane::Agent => {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+                let selector = format!("{}={}", names::LABEL_COMPONENT, agent::COMPONENT_AGENT);
+                Ok(api.list(&ListParams::default().labels(&selector)).await?.items)
+            }
+        }
+    }
+
+    /// The name of the DaemonSet whose pods forward the Service on the test's data plane.
+    pub async fn forwarding_daemonset(&self, namespace: &str, service: &str) -> Result<String> {
+        Ok(match self.dataplane {
+            Dataplane::Pods => proxy_daemonset(self, namespace, service).await?.name_any(),
+            Dataplane::Agent => agent::AGENT.to_string(),
+        })
+    }
+
+    /// Every proxy DaemonSet, or every plan, of the test's data plane: its name, and the UID of
+    /// the Service it serves.
+    pub async fn forwarder_owners(&self) -> Result<Vec<(String, String)>> {
+        let selector = ListParams::default().labels(names::LABEL_SERVICE_UID);
+        Ok(match self.dataplane {
+            Dataplane::Pods => served_uids(&self.daemonsets().list(&selector).await?.items),
+            Dataplane::Agent => {
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+                served_uids(&api.list(&selector).await?.items)
+            }
+        })
+    }
+
+    /// The nodes whose network namespace still holds the node agents' IPv4 table: node-1's is
+    /// this machine's, node-2's the harness's network namespace.
+    pub fn nodes_with_agent_table(&self) -> Result<Vec<String>> {
+        let mut left = Vec::new();
+        for (node, netns) in [("NODE1_NAME", None), ("NODE2_NAME", Some(self.var("NODE2_NETNS")?))] {
+            let mut nft = match netns {
+                Some(netns) => {
+                    let mut command = Command::new("ip");
+                    command.args(["netns", "exec", netns, "nft"]);
+                    command
+                }
+                None => Command::new("nft"),
+            };
+            let listed = nft.args(["list", "table", "ip", "hostlb"]).output().context("running nft")?;
+            if listed.status.success() {
+                left.push(self.var(node)?.to_string());
+            }
+        }
+        Ok(left)
+    }
+
     /// The Service's one plan.
     async fn plan(&self, namespace: &str, service: &str) -> Result<ConfigMap> {
         let mut plans = self.plans(namespace, service).await?;
@@ -388,6 +443,12 @@ pub fn http(port: u16) -> Vec<(&'static str, &'static str, u16, u16)> {
 }
 
 /// Selects the proxy objects of the named Service.
+/// Each object's name and the UID of the Service it serves, from hostlb's label.
+fn served_uids<K: ResourceExt>(objects: &[K]) -> Vec<(String, String)> {
+    let uid = |object: &K| object.labels().get(names::LABEL_SERVICE_UID).cloned().unwrap_or_default();
+    objects.iter().map(|object| (object.name_any(), uid(object))).collect()
+}
+
 fn service_selector(namespace: &str, service: &str) -> String {
     format!("{}={namespace},{}={service}", names::LABEL_SERVICE_NAMESPACE, names::LABEL_SERVICE_NAME)
 }

@@ -2,7 +2,9 @@
 //! stopped gracefully or frozen past its renew deadline, the API server and etcd restarted, the
 //! controller away, a proxy pod killed, the proxies rolled under traffic, every kubelet silent at
 //! once, a node's kubelet and containerd restarted. Each test says what it broke and checks that
-//! nothing was lost; the figures are printed as `chaos:` lines.
+//! nothing was lost; the figures are printed as `chaos:` lines. With `HOSTLB_E2E_DATAPLANE=agent`
+//! the same faults strike the node agent data plane: the agent of node-1 killed, the agents
+//! rolled.
 //!
 //! The faults go through the harness (`cluster.sh`), which signals only the processes it
 //! started. Run with `--test-threads=1`: the tests share the controller.
@@ -160,8 +162,9 @@ async fn create_churned(ns: &TestNamespace, name: &str, service: &Churned) -> Re
     Ok(())
 }
 
-/// Every remaining churned Service publishes what it should and its proxies claim its port;
-/// every deleted one is gone; no proxy DaemonSet of the install is left without its Service.
+/// Every remaining churned Service publishes what it should and its forwarding claims its port;
+/// every deleted one is gone; no proxy DaemonSet or plan of the install is left without its
+/// Service.
 async fn settled(
     cluster: &Cluster,
     ns: &TestNamespace,
@@ -180,7 +183,7 @@ async fn settled(
         ensure!(published(service) == expected, "{name} publishes {:?}, expected {expected:?}", published(service));
         if !expected.is_empty() {
             let ports = cluster.claimed_ports(&ns.name, name).await?;
-            ensure!(ports == vec![(i32::from(wanted.port), "TCP".into())], "{name}'s proxies claim {ports:?}");
+            ensure!(ports == vec![(i32::from(wanted.port), "TCP".into())], "{name}'s forwarding claims {ports:?}");
         }
     }
     let uids: BTreeSet<String> = Api::<Service>::all(cluster.client.clone())
@@ -190,9 +193,8 @@ async fn settled(
         .iter()
         .filter_map(|service| service.uid())
         .collect();
-    for daemonset in cluster.daemonsets().list(&ListParams::default().labels(names::LABEL_SERVICE_UID)).await?.items {
-        let owner = daemonset.labels().get(names::LABEL_SERVICE_UID).cloned().unwrap_or_default();
-        ensure!(uids.contains(&owner), "DaemonSet {} is orphaned (Service {owner} is gone)", daemonset.name_any());
+    for (forwarder, owner) in cluster.forwarder_owners().await? {
+        ensure!(uids.contains(&owner), "{forwarder} is orphaned (Service {owner} is gone)");
     }
     Ok(())
 }
@@ -291,8 +293,10 @@ async fn churn_while_killing_the_leader(cluster: &Cluster, ns: &TestNamespace, n
     let remaining = churned.values().filter(|s| !s.deleted).count();
     let serving = churned.values().filter(|s| !s.deleted && !s.expected(nodes).is_empty()).count();
     say(format!(
-        "churn: {CHURNED} Services created, {changed} changed, {deleted} deleted, {remaining} remain ({serving} with proxies); \
-         {} leader kills; settled {:.1}s after the churn; 0 wrong statuses, 0 orphaned DaemonSets, 0 Services stuck on the finalizer",
+        "churn ({}): {CHURNED} Services created, {changed} changed, {deleted} deleted, {remaining} remain ({serving} \
+         forwarded); {} leader kills; settled {:.1}s after the churn; 0 wrong statuses, 0 orphaned DaemonSets or plans, \
+         0 Services stuck on the finalizer",
+        cluster.dataplane.name(),
         failovers.len(),
         churn_over.elapsed().as_secs_f64()
     ));
@@ -381,8 +385,8 @@ async fn a_leader_frozen_past_its_renew_deadline_writes_nothing_when_it_wakes() 
         // Work for the new leader, and for the frozen one to find in its watches when it wakes.
         ns.load_balancer("woken", "echo", &http(19640), json!({})).await?;
         eventually(MARGIN, || async {
-            let daemonsets = cluster.proxy_daemonsets(&ns.name, "woken").await?;
-            ensure!(!daemonsets.is_empty(), "{successor} has not created the proxy DaemonSet yet");
+            let forwarders = cluster.forwarders(&ns.name, "woken").await?;
+            ensure!(!forwarders.is_empty(), "{successor} has not created the Service's forwarding yet");
             Ok(())
         })
         .await?;
@@ -406,10 +410,10 @@ async fn a_leader_frozen_past_its_renew_deadline_writes_nothing_when_it_wakes() 
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     cluster.ensure_no_controller_restarted(&restarts).await?;
-    // The counter that stayed still counts: the new leader's moved with the DaemonSet it made.
+    // The counter that stayed still counts: the new leader's moved with what it made.
     let pods = cluster.controller_pods().await?;
     let new_leader = pods.iter().find(|pod| pod.name_any() == successor).context("the new leader's pod")?;
-    ensure!(api_writes(new_leader)? > 0, "{successor} counts no API writes although it created a DaemonSet");
+    ensure!(api_writes(new_leader)? > 0, "{successor} counts no API writes although it created the forwarding");
     say(format!(
         "leader {} frozen for {:.1}s: {successor} led {:.1}s after the freeze; the woken one counted {before} writes \
          before and {after} over {samples} reads in the {}s after it woke: 0 writes once past its renew deadline",
@@ -421,8 +425,8 @@ async fn a_leader_frozen_past_its_renew_deadline_writes_nothing_when_it_wakes() 
     Ok(())
 }
 
-/// Waits until every node runs a Ready proxy pod of the Service claiming `port`, and the
-/// Service publishes both nodes.
+/// Waits until every node forwards the Service on `port` (with proxy pods, a Ready one of the
+/// current template), and the Service publishes both nodes.
 async fn serves_on_both_nodes(
     cluster: &Cluster,
     ns: &TestNamespace,
@@ -556,6 +560,7 @@ async fn services_keep_answering_on_both_paths_while_the_controller_is_away() ->
 /// How often the traffic of a test goes out on each path.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
 
+/// A proxy pod, or with the node agents the agent, of node-1 deleted.
 #[tokio::test]
 async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
     let (cluster, ns, nodes) = serving("proxy-kill", "struck", 19620).await?;
@@ -564,18 +569,18 @@ async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
     answers(&cluster, proxy_path.0, proxy_path.1, SETTLE).await?;
 
     let on_node1 = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(nodes.node1.as_str());
-    let victim =
-        cluster.proxy_pods(&ns.name, "struck").await?.into_iter().find(on_node1).context("no proxy pod on node-1")?;
+    let pods = cluster.forwarding_pods(&ns.name, "struck").await?;
+    let victim = pods.into_iter().find(on_node1).context("no pod forwards on node-1")?;
     let traffic = Traffic::start(&cluster.client()?, &[proxy_path, published_path], PROBE_EVERY, SETTLE);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed_at = Instant::now();
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
     pods.delete(&victim.name_any(), &DeleteParams::default()).await?;
     let replacement = eventually(SETTLE, || async {
-        let pods = cluster.proxy_pods(&ns.name, "struck").await?;
+        let pods = cluster.forwarding_pods(&ns.name, "struck").await?;
         let back =
             pods.into_iter().find(|pod| on_node1(pod) && pod.name_any() != victim.name_any() && pod_is_ready(pod));
-        back.context("no new Ready proxy pod on node-1 yet")
+        back.context("no new Ready pod forwards on node-1 yet")
     })
     .await?;
     let back_after = killed_at.elapsed();
@@ -584,16 +589,21 @@ async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let records = traffic.finish().await?;
     let (proxy_gap, published_gap) = (records[0].1.longest_gap, records[1].1.longest_gap);
+    let (what, figures) = match cluster.dataplane {
+        Dataplane::Pods => ("proxy pod", "killed_proxy"),
+        Dataplane::Agent => ("node agent", "killed_agent"),
+    };
     say(format!(
-        "proxy pod {} deleted: {} Ready {:.1}s later; traffic gap {:.1}s through the proxy pod, {:.1}s to the published address",
+        "{what} {} deleted: {} Ready {:.1}s later; traffic gap {:.1}s through hostlb's own rules, {:.1}s to the \
+         published address",
         victim.name_any(),
         replacement.name_any(),
         back_after.as_secs_f64(),
         proxy_gap.as_secs_f64(),
         published_gap.as_secs_f64()
     ));
-    figure("killed_proxy_gap_ms_proxy_path", proxy_gap.as_millis() as f64)?;
-    figure("killed_proxy_gap_ms_published", published_gap.as_millis() as f64)?;
+    figure(&format!("{figures}_gap_ms_proxy_path"), proxy_gap.as_millis() as f64)?;
+    figure(&format!("{figures}_gap_ms_published"), published_gap.as_millis() as f64)?;
     ensure!(published_gap.is_zero(), "the published address failed for {published_gap:?}");
     ensure!(proxy_gap <= PROXY_PATH_GAP_BOUND, "a gap of {proxy_gap:?} through the proxy pod");
     Ok(())
@@ -694,9 +704,9 @@ const PATH_GIVE_UP: Duration = Duration::from_secs(90);
 #[tokio::test]
 async fn a_proxy_roll_under_traffic_loses_no_request_on_a_published_address() -> Result<()> {
     let (cluster, ns, nodes, targets) = answering_on_both_paths("roll", "rolled", 19660).await?;
-    let daemonset = proxy_daemonset(&cluster, &ns.name, "rolled").await?.name_any();
+    let daemonset = cluster.forwarding_daemonset(&ns.name, "rolled").await?;
     let old: BTreeSet<String> =
-        cluster.proxy_pods(&ns.name, "rolled").await?.iter().map(|pod| pod.name_any()).collect();
+        cluster.forwarding_pods(&ns.name, "rolled").await?.iter().map(|pod| pod.name_any()).collect();
     let statuses = StatusWatch::start(ns.services(), &["rolled"], BTreeSet::from([nodes.ip1, nodes.ip2]));
     let traffic = Traffic::start(&cluster.client()?, &targets, PROBE_EVERY, PATH_GIVE_UP);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -706,13 +716,9 @@ async fn a_proxy_roll_under_traffic_loses_no_request_on_a_published_address() ->
     let rolled = match cluster.kubectl(&restart) {
         Ok(_) => {
             eventually(SETTLE, || async {
-                let pods = cluster.proxy_pods(&ns.name, "rolled").await?;
+                let pods = cluster.forwarding_pods(&ns.name, "rolled").await?;
                 let fresh = pods.iter().filter(|pod| !old.contains(&pod.name_any()) && pod_is_ready(pod)).count();
-                ensure!(
-                    fresh == 2 && pods.len() == 2,
-                    "{fresh} of 2 proxy pods replaced and Ready, {} pods",
-                    pods.len()
-                );
+                ensure!(fresh == 2 && pods.len() == 2, "{fresh} of 2 pods replaced and Ready, {} pods", pods.len());
                 Ok(())
             })
             .await
@@ -726,21 +732,31 @@ async fn a_proxy_roll_under_traffic_loses_no_request_on_a_published_address() ->
     let replaced = cluster.events(&ns.name, "rolled", Reason::ProxyPodReplaced).await?;
     let replaced: i32 = replaced.iter().map(|event| event.series.as_ref().map_or(1, |series| series.count)).sum();
     say(format!(
-        "proxies rolled (kubectl rollout restart): both replaced and Ready after {:.1}s, {replaced} ProxyPodReplaced \
-         Events; {}; {} status reads, {} showed fewer than both nodes",
+        "{daemonset} rolled (kubectl rollout restart): both replaced and Ready after {:.1}s, {replaced} \
+         ProxyPodReplaced Events; {}; {} status reads, {} showed fewer than both nodes",
         rolled_after.as_secs_f64(),
         nodes.describe_paths(&records),
         statuses.reads,
         statuses.shrunk.len()
     ));
-    traffic_figures("roll", &records)?;
-    figure("roll_s", rolled_after.as_secs_f64())?;
     ensure!(statuses.shrunk.is_empty(), "the status shrank: {:?}", statuses.shrunk);
     let lost_published: u32 = records[..2].iter().map(|(_, record)| record.lost).sum();
     ensure!(lost_published == 0, "{lost_published} requests lost on the published addresses");
-    ensure!(replaced == 2, "hostlb replaced {replaced} proxy pods, not one per node");
     let longest = records[2..].iter().map(|(_, record)| record.longest_gap).max().unwrap_or_default();
-    ensure!(longest <= PROXY_PATH_GAP_BOUND, "a gap of {longest:?} on a proxy path");
+    match cluster.dataplane {
+        Dataplane::Pods => {
+            traffic_figures("roll", &records)?;
+            figure("roll_s", rolled_after.as_secs_f64())?;
+            ensure!(replaced == 2, "hostlb replaced {replaced} proxy pods, not one per node");
+            ensure!(longest <= PROXY_PATH_GAP_BOUND, "a gap of {longest:?} on a proxy path");
+        }
+        // The DaemonSet controller rolls the agents, and their rules stay meanwhile.
+        Dataplane::Agent => {
+            traffic_figures("agent_roll", &records)?;
+            let lost: u32 = records.iter().map(|(_, record)| record.lost).sum();
+            ensure!(lost == 0, "{lost} requests lost while the agents rolled");
+        }
+    }
     Ok(())
 }
 
@@ -829,11 +845,11 @@ async fn every_kubelet_silent_at_once_withdraws_no_node() -> Result<()> {
     Ok(())
 }
 
-/// The uid of the Service's proxy pod on `node`.
-async fn proxy_pod_on(cluster: &Cluster, ns: &TestNamespace, service: &str, node: &str) -> Result<String> {
-    let pods = cluster.proxy_pods(&ns.name, service).await?;
+/// The uid of the pod that forwards the Service on `node`.
+async fn forwarding_pod_on(cluster: &Cluster, ns: &TestNamespace, service: &str, node: &str) -> Result<String> {
+    let pods = cluster.forwarding_pods(&ns.name, service).await?;
     let here = pods.iter().find(|pod| pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()) == Some(node));
-    here.and_then(|pod| pod.uid()).with_context(|| format!("no proxy pod of {service} on {node}"))
+    here.and_then(|pod| pod.uid()).with_context(|| format!("no pod forwards {service} on {node}"))
 }
 
 #[tokio::test]
@@ -848,21 +864,21 @@ async fn a_node_leaving_and_joining_the_pool_replaces_no_proxy_that_serves() -> 
         let metadata = json!({ "annotations": { names::POOL: POOL } });
         ns.load_balancer_with_metadata("pooled", "echo", &http(19680), json!({}), metadata).await?;
         serves_on_both_nodes(&cluster, &ns, &nodes, "pooled", 19680).await?;
-        let serving = proxy_pod_on(&cluster, &ns, "pooled", &nodes.node1).await?;
+        let serving = forwarding_pod_on(&cluster, &ns, "pooled", &nodes.node1).await?;
 
         label_node(&cluster, &nodes.node2, None).await?;
         let left = cluster.wait_for_addresses(&ns.name, "pooled", &[nodes.ip1], SETTLE).await?;
         label_node(&cluster, &nodes.node2, Some(POOL)).await?;
         let joined = cluster.wait_for_addresses(&ns.name, "pooled", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-        let still = proxy_pod_on(&cluster, &ns, "pooled", &nodes.node1).await?;
+        let still = forwarding_pod_on(&cluster, &ns, "pooled", &nodes.node1).await?;
         say(format!(
             "node-2 left the Service's pool: out of the status after {:.1}s; joined again: back after {:.1}s; \
-             node-1's proxy pod {}",
+             node-1's forwarding pod {}",
             left.as_secs_f64(),
             joined.as_secs_f64(),
             if still == serving { "was left alone" } else { "was replaced" }
         ));
-        ensure!(still == serving, "node-1's proxy pod was replaced when node-2 left and joined the pool");
+        ensure!(still == serving, "node-1's forwarding pod was replaced when node-2 left and joined the pool");
         anyhow::Ok(())
     }
     .await;

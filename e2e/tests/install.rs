@@ -105,6 +105,19 @@ async fn helm_install_upgrade_and_uninstall_leave_no_service_that_cannot_be_dele
         Ok(())
     })
     .await?;
+    if cluster.dataplane == Dataplane::Agent {
+        // One install per cluster may run node agents: the harness's hands its Services back to
+        // proxy pods, and its agents go, before Helm's install takes over with agents of its own.
+        use_dataplane(&cluster, Dataplane::Pods).await?;
+        let agents = ListParams::default().fields(&format!("metadata.name={}", hostlb_model::agent::AGENT));
+        eventually(POD_GONE, || async {
+            ensure!(cluster.daemonsets().list(&agents).await?.items.is_empty(), "the harness's agents are still there");
+            let left = cluster.nodes_with_agent_table()?;
+            ensure!(left.is_empty(), "the harness's agents left their table on {left:?}");
+            Ok(())
+        })
+        .await?;
+    }
     scale_harness_install(&cluster, 0).await?;
     let outcome = helm_lifecycle(&cluster, &ns, &nodes).await;
     // Whatever happened, the next tests need the harness's install back, and nothing of ours.
@@ -115,7 +128,8 @@ async fn helm_install_upgrade_and_uninstall_leave_no_service_that_cannot_be_dele
 }
 
 async fn helm_lifecycle(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) -> Result<()> {
-    // The README's command, with the images the harness built.
+    // The README's command, with the images the harness built, on the test's data plane.
+    let dataplane = format!("settings.dataplane={}", cluster.dataplane.name());
     helm(
         cluster,
         &[
@@ -129,6 +143,8 @@ async fn helm_lifecycle(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) ->
             "image.controller.tag=dev",
             "--set",
             "image.lb.tag=dev",
+            "--set",
+            &dataplane,
         ],
     )?;
     let deployment = format!("deployment/{RELEASE}-hostlb-controller");
@@ -165,6 +181,13 @@ async fn helm_lifecycle(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) ->
     }
     let service = ns.services().get("web").await?;
     ensure!(!service.finalizers().iter().any(|f| f == FINALIZER), "the finalizer outlived the release");
+    // The uninstall deletes the agents' DaemonSet; the agents, seeing it gone, take their rules.
+    eventually(POD_GONE, || async {
+        let left = cluster.nodes_with_agent_table()?;
+        ensure!(left.is_empty(), "helm uninstall left the node agents' table on {left:?}");
+        Ok(())
+    })
+    .await?;
 
     let took = delete_namespace_of_service(cluster, ns).await?;
     report_timing("namespace of a Service deleted after helm uninstall", took);
@@ -181,7 +204,7 @@ async fn kubectl_delete_k_with_a_served_service_leaves_its_namespace_deletable()
         kustomize_kubectl(&cluster, &["delete", "-k", HARNESS_OVERLAY, "--wait=false"])?;
         let took = delete_namespace_of_service(&cluster, &ns).await?;
         report_timing("namespace of a Service deleted after kubectl delete -k", took);
-        Ok(())
+        anyhow::Ok(())
     }
     .await;
     // Whatever happened, the next tests need the harness's install back.
@@ -191,7 +214,11 @@ async fn kubectl_delete_k_with_a_served_service_leaves_its_namespace_deletable()
         Ok(())
     })
     .await?;
+    // The node agents take their rules with them when their DaemonSet goes with the namespace.
+    let stranded = cluster.nodes_with_agent_table()?;
     kustomize_kubectl(&cluster, &["apply", "-k", HARNESS_OVERLAY])?;
     scale_harness_install(&cluster, 2).await?;
-    outcome
+    outcome?;
+    ensure!(stranded.is_empty(), "kubectl delete -k left the node agents' table on {stranded:?}");
+    Ok(())
 }

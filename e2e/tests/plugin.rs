@@ -46,8 +46,7 @@ fn array(value: &Value) -> &[Value] {
 
 #[tokio::test]
 async fn status_shows_served_nodes_refused_ports_and_who_holds_a_port() -> Result<()> {
-    let cluster = Cluster::connect().await?;
-    let ns = cluster.namespace("plugin").await?;
+    let (cluster, ns, _) = setup("plugin").await?;
     let (node1, node2) = (cluster.var("NODE1_NAME")?, cluster.var("NODE2_NAME")?);
     let (ip1, ip2) = (cluster.ip("NODE1_IP")?, cluster.ip("NODE2_IP")?);
     ns.echo_backend(&cluster, "echo", 1, Some(node1)).await?;

@@ -2,6 +2,8 @@
 //! `e2e/upgrade/previous-release`, built from its commit with its own install (previous.sh), serves
 //! a Service; then this tree's install is applied over it (`cluster.sh install`, the same apply
 //! `make up` does). The figures are printed as `upgrade:` lines. Needs the cluster (`make up`).
+//! With `HOSTLB_E2E_DATAPLANE=agent` the upgraded install is then put on the node agents, still
+//! under traffic: the previous release has proxy pods only.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -76,7 +78,9 @@ async fn upgrade(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes, version: 
     let upgraded = match cluster.harness(&["install"]) {
         Ok(()) => {
             let controller_rolled = upgrade_started.elapsed();
-            eventually(SETTLE, || proxies_current(cluster, ns)).await.map(|()| controller_rolled)
+            let switched = use_dataplane(cluster, cluster.dataplane).await;
+            let current = async { eventually(SETTLE, || forwarding_current(cluster, ns)).await };
+            switched.and(current.await).map(|()| controller_rolled)
         }
         Err(failed) => Err(failed),
     };
@@ -87,18 +91,24 @@ async fn upgrade(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes, version: 
     let stranded = stranded_node_lease_rbac(cluster).await?;
 
     say(format!(
-        "{version} -> this tree: controller rolled out after {:.1}s, every proxy pod replaced and Ready after {:.1}s; \
-         {}; {} status reads, {} showed fewer than both nodes; left by `kubectl apply`: {}",
+        "{version} -> this tree ({}): controller rolled out after {:.1}s, the Service forwarded by this tree's \
+         {} after {:.1}s; {}; {} status reads, {} showed fewer than both nodes; left by `kubectl apply`: {}",
+        cluster.dataplane.name(),
         controller_rolled.as_secs_f64(),
+        if cluster.dataplane == Dataplane::Pods { "proxy pods" } else { "node agents" },
         proxies_rolled.as_secs_f64(),
         nodes.describe_paths(&records),
         statuses.reads,
         statuses.shrunk.len(),
         if stranded.is_empty() { "nothing".to_string() } else { stranded.join(", ") }
     ));
-    traffic_figures("upgrade", &records)?;
-    figure("upgrade_controller_s", controller_rolled.as_secs_f64())?;
-    figure("upgrade_proxies_s", proxies_rolled.as_secs_f64())?;
+    let (prefix, forwarded) = match cluster.dataplane {
+        Dataplane::Pods => ("upgrade", "upgrade_proxies_s"),
+        Dataplane::Agent => ("upgrade_to_agents", "upgrade_to_agents_forwarding_s"),
+    };
+    traffic_figures(prefix, &records)?;
+    figure(&format!("{prefix}_controller_s"), controller_rolled.as_secs_f64())?;
+    figure(forwarded, proxies_rolled.as_secs_f64())?;
     ensure!(statuses.shrunk.is_empty(), "the status shrank: {:?}", statuses.shrunk);
     let lost_published: u32 = records[..2].iter().map(|(_, record)| record.lost).sum();
     ensure!(lost_published == 0, "{lost_published} requests lost on the published addresses");
@@ -114,8 +124,18 @@ async fn ensure_controller_image(cluster: &Cluster, version: &str) -> Result<()>
     Ok(())
 }
 
-/// Both proxy pods carry the spec hash of their DaemonSet's template and are Ready.
-async fn proxies_current(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
+/// This tree forwards the Service on both nodes: with proxy pods, both carry the spec hash of
+/// their DaemonSet's template and are Ready; with the node agents, both nodes' agents forward
+/// it and no proxy pod is left.
+async fn forwarding_current(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
+    if cluster.dataplane == Dataplane::Agent {
+        let forwarding = cluster.forwarding(&ns.name, "web").await?;
+        let forwarded = forwarding.iter().filter(|(_, forwards)| *forwards).count();
+        ensure!(forwarded == 2, "the agents forward on {forwarding:?}");
+        let left = cluster.proxy_pods(&ns.name, "web").await?.len();
+        ensure!(left == 0, "{left} proxy pods are left");
+        return Ok(());
+    }
     let daemonset = proxy_daemonset(cluster, &ns.name, "web").await?;
     let template = daemonset.spec.and_then(|spec| spec.template.metadata).unwrap_or_default();
     let hash = template.annotations.unwrap_or_default().remove(names::ANNOTATION_PROXY_SPEC_HASH);
