@@ -194,35 +194,6 @@ async fn switching_from_proxy_pods_to_agents_under_traffic_loses_no_request() ->
 }
 
 #[tokio::test]
-async fn local_policy_keeps_the_client_address_and_forwards_only_where_an_endpoint_is() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-local", Dataplane::Agent).await?;
-    agent_mode(&cluster).await?;
-    ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
-    ns.load_balancer("web", "echo", &http(18340), json!({ "externalTrafficPolicy": "Local" })).await?;
-    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1], SETTLE).await?;
-    let reply = answers(&cluster, nodes.unpublished1, 18340, SETTLE).await?;
-    let client_ip = cluster.ip("CLIENT_IP")?;
-    ensure!(reply.client == client_ip, "the backend saw {} instead of the client {client_ip}", reply.client);
-    refuses(&cluster, nodes.unpublished2, 18340, Duration::from_secs(3)).await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn source_ranges_refuse_other_clients_on_the_agents_path() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-ranges", Dataplane::Agent).await?;
-    agent_mode(&cluster).await?;
-    ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
-    let others = json!({ "loadBalancerSourceRanges": ["192.0.2.0/24"] });
-    ns.load_balancer("web", "echo", &http(18350), others).await?;
-    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    refuses(&cluster, nodes.unpublished2, 18350, Duration::from_secs(4)).await?;
-    let client = format!("{}/32", cluster.ip("CLIENT_IP")?);
-    ns.patch_service("web", json!({ "spec": { "loadBalancerSourceRanges": [client] } })).await?;
-    answers(&cluster, nodes.unpublished2, 18350, SETTLE).await?;
-    Ok(())
-}
-
-#[tokio::test]
 async fn switching_back_to_proxy_pods_removes_the_agents_their_rules_and_the_plans() -> Result<()> {
     let (cluster, ns, nodes) = setup_on("agent-back", Dataplane::Agent).await?;
     agent_mode(&cluster).await?;
