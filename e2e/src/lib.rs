@@ -182,7 +182,11 @@ impl Cluster {
     pub async fn claimed_ports(&self, namespace: &str, service: &str) -> Result<Vec<(i32, String)>> {
         match self.dataplane {
             Dataplane::Pods => host_ports_of(&proxy_daemonset(self, namespace, service).await?),
-            Dataplane::Agent => Ok(plan_ports(&self.plan(namespace, service).await?)),
+            Dataplane::Agent => {
+                let mut ports = agent::plan_ports(&self.plan(namespace, service).await?);
+                ports.sort();
+                Ok(ports)
+            }
         }
     }
 
@@ -195,7 +199,7 @@ impl Cluster {
                 let scheduled = daemonset.status.map_or(0, |status| status.desired_number_scheduled);
                 Ok(usize::try_from(scheduled).unwrap_or_default())
             }
-            Dataplane::Agent => Ok(plan_nodes(&self.plan(namespace, service).await?).len()),
+            Dataplane::Agent => Ok(agent::plan_nodes(&self.plan(namespace, service).await?).count()),
         }
     }
 
@@ -755,14 +759,12 @@ pub async fn wait_rolled_to(cluster: &Cluster, ns: &str, service: &str, port: i3
         let ports = cluster.claimed_ports(ns, service).await?;
         ensure!(ports == vec![(port, "TCP".to_string())], "the claimed ports are {ports:?}");
         if cluster.dataplane == Dataplane::Agent {
-            let planned = plan_nodes(&cluster.plan(ns, service).await?);
+            let plan = cluster.plan(ns, service).await?;
+            let planned: BTreeSet<&str> = agent::plan_nodes(&plan).collect();
             let forwarding = cluster.forwarding(ns, service).await?;
             let forwarding: BTreeSet<&str> =
                 forwarding.iter().filter(|(_, forwards)| *forwards).map(|(node, _)| node.as_str()).collect();
-            ensure!(
-                planned.iter().all(|node| forwarding.contains(node.as_str())),
-                "forwarded on {forwarding:?} of {planned:?}"
-            );
+            ensure!(planned.is_subset(&forwarding), "forwarded on {forwarding:?} of {planned:?}");
             return Ok(());
         }
         let daemonset = proxy_daemonset(cluster, ns, service).await?;
@@ -779,29 +781,6 @@ pub async fn wait_rolled_to(cluster: &Cluster, ns: &str, service: &str, port: i3
         Ok(())
     })
     .await
-}
-
-/// The (port, protocol) pairs of a plan's `--port PROTO:LISTEN:TARGET` arguments, sorted.
-pub fn plan_ports(plan: &ConfigMap) -> Vec<(i32, String)> {
-    let args = plan.data.as_ref().and_then(|data| data.get(agent::PLAN_ARGS)).cloned().unwrap_or_default();
-    let lines: Vec<&str> = args.lines().collect();
-    let mut ports: Vec<(i32, String)> = lines
-        .windows(2)
-        .filter(|pair| pair[0] == "--port")
-        .filter_map(|pair| {
-            let mut fields = pair[1].split(':');
-            let protocol = fields.next()?.to_uppercase();
-            Some((fields.next()?.parse().ok()?, protocol))
-        })
-        .collect();
-    ports.sort();
-    ports
-}
-
-/// The nodes a plan names.
-pub fn plan_nodes(plan: &ConfigMap) -> Vec<String> {
-    let nodes = plan.data.as_ref().and_then(|data| data.get(agent::PLAN_NODES));
-    nodes.map(|nodes| nodes.lines().map(str::to_string).collect()).unwrap_or_default()
 }
 
 /// What one path answered while a change went on: requests sent and lost, and the longest run of

@@ -7,7 +7,6 @@ use hostlb_model::agent::{self, read_report, ServiceReport as AgentEntry};
 use hostlb_model::names;
 use hostlb_model::readiness::{failure_of, node_can_serve, pod_is_ready, pod_node, start_up_of, unschedulable_message};
 use hostlb_model::service::ServiceView;
-use hostlb_proxy_spec::{flag, PortMap};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerPort, Event, Node, Pod, PodSpec, Service};
 use k8s_openapi::jiff::Timestamp;
@@ -161,7 +160,7 @@ fn service_report(service: ServiceView, daemonset: Option<&DaemonSet>, observed:
     let plan = plan_of(uid, &observed.agent_objects).filter(|_| daemonset.is_none());
     let template = daemonset.and_then(|ds| ds.spec.as_ref()).and_then(|s| s.template.spec.as_ref());
     let claimed = match plan {
-        Some(plan) => planned_ports(plan),
+        Some(plan) => agent::plan_ports(plan),
         None => template.map(host_ports).unwrap_or_default(),
     };
     let ports = service
@@ -207,20 +206,6 @@ fn plan_of<'a>(uid: &str, agent_objects: &'a [ConfigMap]) -> Option<&'a ConfigMa
 
 fn is_component(object: &ConfigMap, component: &str) -> bool {
     object.labels().get(names::LABEL_COMPONENT).is_some_and(|label| label == component)
-}
-
-fn plan_lines<'a>(plan: &'a ConfigMap, key: &str) -> impl Iterator<Item = &'a str> {
-    plan.data.as_ref().and_then(|data| data.get(key)).map(String::as_str).unwrap_or_default().lines()
-}
-
-/// The ports (with protocol) a plan has the agents listen on: its `--port PROTO:LISTEN:TARGET`.
-fn planned_ports(plan: &ConfigMap) -> Vec<(i32, String)> {
-    let args: Vec<&str> = plan_lines(plan, agent::PLAN_ARGS).collect();
-    args.windows(2)
-        .filter(|pair| pair[0] == format!("--{}", flag::PORT))
-        .filter_map(|pair| PortMap::parse(pair[1]).ok())
-        .map(|port| (i32::from(port.listen), port.protocol.api_name().to_string()))
-        .collect()
 }
 
 /// Where a node stands for a Service the node agents serve: from its plan and the node's report.
@@ -277,7 +262,7 @@ fn host_ports(spec: &PodSpec) -> Vec<(i32, String)> {
 const PORT_HELD: &str = "an older Service holds one of the ports on this node";
 
 fn plan_names(plan: &ConfigMap, node: &str) -> bool {
-    plan_lines(plan, agent::PLAN_NODES).any(|planned| planned == node)
+    agent::plan_nodes(plan).any(|planned| planned == node)
 }
 
 /// Other Services' proxy pods on the node that hold one of these host ports.
@@ -292,7 +277,7 @@ fn holders(node: &str, uid: &str, claimed: &[(i32, String)], pods: &[Pod]) -> Ve
 fn plan_holders(node: &str, uid: &str, claimed: &[(i32, String)], agent_objects: &[ConfigMap]) -> Vec<Conflict> {
     let plans = agent_objects.iter().filter(|object| is_component(object, agent::COMPONENT_PLAN));
     let on_node = plans.filter(|plan| !serves(plan.labels(), uid) && plan_names(plan, node));
-    on_node.flat_map(|plan| held_of(node, plan, &planned_ports(plan), claimed)).collect()
+    on_node.flat_map(|plan| held_of(node, plan, &agent::plan_ports(plan), claimed)).collect()
 }
 
 /// The conflicts of `claimed` with the ports `held` on the node by another Service's object.

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use hostlb_proxy_spec::{flag, PortMap};
+use k8s_openapi::api::core::v1::ConfigMap;
 use serde::{Deserialize, Serialize};
 
 use crate::names::{self, LABEL_COMPONENT, LABEL_INSTALL, LABEL_MANAGED_BY, MANAGED_BY};
@@ -23,6 +25,28 @@ pub const LABEL_NODE: &str = "hostlb.io/node";
 /// line, and the nodes that may serve it, one per line.
 pub const PLAN_ARGS: &str = "args";
 pub const PLAN_NODES: &str = "nodes";
+
+/// The lines of a plan's key (`PLAN_ARGS`, `PLAN_NODES`), empty ones left out.
+pub fn plan_lines<'a>(plan: &'a ConfigMap, key: &str) -> impl Iterator<Item = &'a str> {
+    let text = plan.data.as_ref().and_then(|data| data.get(key)).map(String::as_str).unwrap_or_default();
+    text.lines().filter(|line| !line.is_empty())
+}
+
+/// The ports (with protocol, as the API spells it) a plan has the agents listen on: its
+/// `--port PROTO:LISTEN:TARGET` arguments, in their order.
+pub fn plan_ports(plan: &ConfigMap) -> Vec<(i32, String)> {
+    let args: Vec<&str> = plan_lines(plan, PLAN_ARGS).collect();
+    args.windows(2)
+        .filter(|pair| pair[0] == format!("--{}", flag::PORT))
+        .filter_map(|pair| PortMap::parse(pair[1]).ok())
+        .map(|port| (i32::from(port.listen), port.protocol.api_name().to_string()))
+        .collect()
+}
+
+/// The nodes a plan names.
+pub fn plan_nodes(plan: &ConfigMap) -> impl Iterator<Item = &str> {
+    plan_lines(plan, PLAN_NODES)
+}
 
 /// The agents' DaemonSet of the install serving `load_balancer_class`.
 pub fn agent_name(load_balancer_class: &str) -> String {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use hostlb_lb::node_table::{NodeRules, ServiceRules};
 use hostlb_lb::plan::Plan;
-use hostlb_model::agent::{ServiceReport, PLAN_ARGS, PLAN_NODES};
+use hostlb_model::agent::{plan_lines, ServiceReport, PLAN_ARGS, PLAN_NODES};
 use hostlb_model::names;
 use hostlb_proxy_spec::ServicePlan;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -35,10 +35,7 @@ impl PlanEntry {
         let uid = labels.get(names::LABEL_SERVICE_UID)?.clone();
         let service =
             format!("{}/{}", labels.get(names::LABEL_SERVICE_NAMESPACE)?, labels.get(names::LABEL_SERVICE_NAME)?);
-        let lines = |key: &str| -> Vec<String> {
-            let text = config_map.data.as_ref().and_then(|data| data.get(key)).map(String::as_str).unwrap_or_default();
-            text.lines().filter(|line| !line.is_empty()).map(str::to_string).collect()
-        };
+        let lines = |key: &str| -> Vec<String> { plan_lines(config_map, key).map(str::to_string).collect() };
         Some(PlanEntry { uid, service, args: lines(PLAN_ARGS), nodes: lines(PLAN_NODES) })
     }
 }
