@@ -15,7 +15,6 @@ use hostlb_e2e::{
     eventually, eventually_blocking, names, nodes, published, use_dataplane, Cluster, Dataplane, Nodes, ECHO_HTTP_PORT,
     SYSTEM_NAMESPACE,
 };
-use hostlb_model::agent::COMPONENT_AGENT;
 use hostlb_model::readiness::pod_is_ready;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -36,7 +35,7 @@ async fn main() -> Result<()> {
     let nodes = nodes(&cluster)?;
     use_dataplane(&cluster, Dataplane::Agent).await?;
     eventually(Duration::from_secs(120), || async {
-        let ready = hostlb_pods(&cluster).await?.iter().filter(|pod| pod_is_ready(pod)).count();
+        let ready = cluster.agent_pods().await?.iter().filter(|pod| pod_is_ready(pod)).count();
         ensure!(ready == 2, "{ready} agents Ready");
         Ok(())
     })
@@ -115,12 +114,6 @@ async fn main() -> Result<()> {
     eprintln!("wrote {out}: {json}");
     std::fs::write(&out, json + "\n")?;
     Ok(())
-}
-
-async fn hostlb_pods(cluster: &Cluster) -> Result<Vec<Pod>> {
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
-    let selector = format!("{}={COMPONENT_AGENT}", names::LABEL_COMPONENT);
-    Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
 }
 
 /// Every pod hostlb made (agents and any proxy pod), per node.

@@ -220,12 +220,15 @@ impl Cluster {
     pub async fn forwarding_pods(&self, namespace: &str, service: &str) -> Result<Vec<Pod>> {
         match self.dataplane {
             Dataplane::Pods => self.proxy_pods(namespace, service).await,
-            Dataplane::Agent => {
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
-                let selector = format!("{}={}", names::LABEL_COMPONENT, agent::COMPONENT_AGENT);
-                Ok(api.list(&ListParams::default().labels(&selector)).await?.items)
-            }
+            Dataplane::Agent => self.agent_pods().await,
         }
+    }
+
+    /// The node agents' pods.
+    pub async fn agent_pods(&self) -> Result<Vec<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let selector = format!("{}={}", names::LABEL_COMPONENT, agent::COMPONENT_AGENT);
+        Ok(api.list(&ListParams::default().labels(&selector)).await?.items)
     }
 
     /// The name of the DaemonSet whose pods forward the Service on the test's data plane.

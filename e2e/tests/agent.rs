@@ -8,22 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use hostlb_e2e::*;
-use hostlb_model::agent::{self, COMPONENT_AGENT};
+use hostlb_model::agent;
 use hostlb_model::readiness::pod_is_ready;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
 const SETTLE: Duration = Duration::from_secs(90);
 /// How often traffic probes a path while something changes under it.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
-
-async fn agent_pods(cluster: &Cluster) -> Result<Vec<Pod>> {
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
-    let selector = format!("{}={COMPONENT_AGENT}", names::LABEL_COMPONENT);
-    Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
-}
 
 fn node_of(pod: &Pod) -> &str {
     pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()).unwrap_or_default()
@@ -33,7 +27,7 @@ fn node_of(pod: &Pod) -> &str {
 async fn agent_mode(cluster: &Cluster) -> Result<Vec<Pod>> {
     use_dataplane(cluster, Dataplane::Agent).await?;
     eventually(SETTLE, || async {
-        let pods = agent_pods(cluster).await?;
+        let pods = cluster.agent_pods().await?;
         let ready: BTreeSet<&str> = pods.iter().filter(|pod| pod_is_ready(pod)).map(node_of).collect();
         ensure!(ready.len() == 2 && pods.len() == 2, "agents Ready on {ready:?} of {} pods", pods.len());
         Ok(pods)
@@ -45,7 +39,7 @@ async fn agent_mode(cluster: &Cluster) -> Result<Vec<Pod>> {
 /// tests' Services may still be going away, so they are not counted here; make bench counts
 /// every hostlb pod with 1,000 Services.)
 async fn agents_per_node(cluster: &Cluster) -> Result<Vec<usize>> {
-    let agents = agent_pods(cluster).await?;
+    let agents = cluster.agent_pods().await?;
     let nodes = nodes(cluster)?;
     Ok([&nodes.node1, &nodes.node2].iter().map(|node| agents.iter().filter(|p| node_of(p) == *node).count()).collect())
 }
@@ -121,7 +115,7 @@ async fn a_port_change_rolls_no_pod_and_moves_the_traffic() -> Result<()> {
     let moved = changed.elapsed();
     figure("agent_program_ms_port_change", moved.as_millis() as f64)?;
     refuses(&cluster, nodes.unpublished2, 18320, Duration::from_secs(3)).await?;
-    let now: BTreeSet<String> = agent_pods(&cluster).await?.iter().map(|pod| pod.uid().unwrap_or_default()).collect();
+    let now: BTreeSet<String> = cluster.agent_pods().await?.iter().map(|pod| pod.uid().unwrap_or_default()).collect();
     ensure!(now == agents, "the agents were replaced: {agents:?} then {now:?}");
     ensure!(cluster.proxy_pods(&ns.name, "web").await?.is_empty(), "proxy pods run");
     Ok(())
@@ -146,7 +140,7 @@ async fn an_agent_restart_under_traffic_loses_no_request() -> Result<()> {
     }
     let old: BTreeSet<String> = agents.iter().map(|pod| pod.name_any()).collect();
     eventually(SETTLE, || async {
-        let fresh = agent_pods(&cluster).await?;
+        let fresh = cluster.agent_pods().await?;
         let ready = fresh.iter().filter(|pod| !old.contains(&pod.name_any()) && pod_is_ready(pod)).count();
         ensure!(ready == 2, "{ready} new agents Ready");
         Ok(())
@@ -203,7 +197,7 @@ async fn switching_back_to_proxy_pods_removes_the_agents_their_rules_and_the_pla
 
     use_dataplane(&cluster, Dataplane::Pods).await?;
     eventually(SETTLE, || async {
-        let left = agent_pods(&cluster).await?.len();
+        let left = cluster.agent_pods().await?.len();
         ensure!(left == 0, "{left} agents left");
         ensure!(cluster.plans(&ns.name, "web").await?.is_empty(), "the plan is left");
         Ok(())
