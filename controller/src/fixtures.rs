@@ -65,7 +65,6 @@ pub fn settings() -> crate::decide::Settings {
     }
 }
 
-/// Feeds whole lists to a fresh index, as the watches' first lists would.
 /// A node agent's pod on `node`, of the fixtures' install, its container waiting for `waiting`.
 pub fn agent_pod(node: &str, waiting: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
@@ -87,6 +86,7 @@ pub fn agent_pod(node: &str, waiting: &str) -> Pod {
     .expect("an agent pod")
 }
 
+/// Feeds whole lists to a fresh index, as the watches' first lists would.
 pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: &[DaemonSet]) -> Index {
     fn listed<K: Clone>(objects: &[K]) -> Vec<watcher::Event<K>> {
         let mut events = vec![watcher::Event::Init];

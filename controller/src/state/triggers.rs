@@ -56,8 +56,18 @@ pub fn of_nodes(
     changes: &[Change<Arc<Node>>],
     concerned: impl FnOnce() -> Vec<ObjectRef<Service>>,
 ) -> Vec<ObjectRef<Service>> {
-    let fingerprint = |node: &Option<Arc<Node>>| node.as_deref().map(node_fingerprint);
-    if changes.iter().any(|change| fingerprint(&change.before) != fingerprint(&change.after)) {
+    when_read_changed(changes, |node| node_fingerprint(node), concerned)
+}
+
+/// `concerned()` when some change altered what `read` takes of an object (its coming and going
+/// included); nothing otherwise.
+fn when_read_changed<V, R: PartialEq>(
+    changes: &[Change<V>],
+    read: impl Fn(&V) -> R,
+    concerned: impl FnOnce() -> Vec<ObjectRef<Service>>,
+) -> Vec<ObjectRef<Service>> {
+    let read = |object: &Option<V>| object.as_ref().map(&read);
+    if changes.iter().any(|change| read(&change.before) != read(&change.after)) {
         concerned()
     } else {
         Vec::new()
@@ -108,14 +118,8 @@ pub fn of_agent_pods(
     changes: &[Change<Arc<ProxyPod>>],
     concerned: impl FnOnce() -> Vec<ObjectRef<Service>>,
 ) -> Vec<ObjectRef<Service>> {
-    let told = |pod: &Option<Arc<ProxyPod>>| {
-        pod.as_deref().map(|pod| (pod.node.clone(), pod.failure.clone(), pod.unschedulable.clone()))
-    };
-    if changes.iter().any(|change| told(&change.before) != told(&change.after)) {
-        concerned()
-    } else {
-        Vec::new()
-    }
+    let told = |pod: &Arc<ProxyPod>| (pod.node.clone(), pod.failure.clone(), pod.unschedulable.clone());
+    when_read_changed(changes, told, concerned)
 }
 
 /// The Services whose proxy DaemonSets the DaemonSet controller reported a failure of; every
