@@ -65,6 +65,16 @@ pub fn settings() -> crate::decide::Settings {
     }
 }
 
+/// The DaemonSet controller's FailedCreate Event `name` about `daemonset`.
+pub fn failed_create(name: &str, daemonset: &DaemonSet, message: &str) -> Event {
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "namespace": "hostlb-system" },
+        "involvedObject": { "kind": "DaemonSet", "namespace": "hostlb-system", "name": daemonset.metadata.name },
+        "reason": "FailedCreate", "message": message
+    }))
+    .expect("a FailedCreate Event")
+}
+
 /// A node agent's pod on `node`, of the fixtures' install, its container waiting for `waiting`.
 pub fn agent_pod(node: &str, waiting: &str) -> Pod {
     serde_json::from_value(serde_json::json!({

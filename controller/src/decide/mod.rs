@@ -587,11 +587,11 @@ pub fn needs_apply(existing: Option<&DaemonSet>, desired: &DaemonSet, last_appli
 mod tests {
     use super::*;
     use crate::fixtures::index_of;
-    use crate::fixtures::{made_from, proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
+    use crate::fixtures::{failed_create, made_from, proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
     use kube::runtime::watcher;
 
     const SECOND: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_secs(1);
-    use k8s_openapi::api::core::v1::{Event, Pod};
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{LoadBalancerStatus, PodCondition, ServiceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -675,14 +675,8 @@ mod tests {
         index.agents.apply(&watcher::Event::Apply(agents.clone()), |agents| {
             Some((std::sync::Arc::new(agents.clone()), vec![]))
         });
-        let failed = Event {
-            involved_object: k8s_openapi::api::core::v1::ObjectReference {
-                name: agents.metadata.name.clone(),
-                ..Default::default()
-            },
-            message: Some("Error creating: pods \"hostlb-agent-x\" is forbidden: exceeded quota: q".into()),
-            ..Default::default()
-        };
+        let failed =
+            failed_create("f1", &agents, "Error creating: pods \"hostlb-agent-x\" is forbidden: exceeded quota: q");
         index.apply_creation_failure(&watcher::Event::Apply(failed));
 
         let serving = served_by_agents(&service, &index);
@@ -995,14 +989,7 @@ mod tests {
             NodeBuilder::new("n1").internal("10.0.0.1").build(),
             NodeBuilder::new("n2").internal("10.0.0.2").taint("dedicated", "NoSchedule").build(),
         ];
-        let failed = Event {
-            involved_object: k8s_openapi::api::core::v1::ObjectReference {
-                name: existing.metadata.name.clone(),
-                ..Default::default()
-            },
-            message: Some("Error creating: pods \"x\" is forbidden: an hour ago".into()),
-            ..Default::default()
-        };
+        let failed = failed_create("f1", &existing, "Error creating: pods \"x\" is forbidden: an hour ago");
         // A pod created just now: a podless eligible node would hold the status write for more.
         let mut new_pod = proxy_pod("p1", "n1", true);
         new_pod.metadata.creation_timestamp = Some(Time(Timestamp::now()));

@@ -173,7 +173,7 @@ fn node_fingerprint(node: &Node) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{index_of, proxy_pod, settings, NodeBuilder, ServiceBuilder, NAMESPACE};
+    use crate::fixtures::{failed_create, index_of, proxy_pod, settings, NodeBuilder, ServiceBuilder, NAMESPACE};
     use k8s_openapi::api::core::v1::{NodeCondition, Pod};
     use k8s_openapi::jiff::Timestamp;
     use kube::runtime::watcher;
@@ -331,25 +331,13 @@ mod tests {
         let placement = crate::decide::placement::Placement::for_service(&lb, false);
         let daemonset = crate::decide::daemonset::desired_daemonset(&lb, &placement, &settings().proxy);
         let mut index = index_of(&[], &[], &[], std::slice::from_ref(&daemonset));
-        let failure: Event = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": "f1", "namespace": "hostlb-system" },
-            "involvedObject": { "kind": "DaemonSet", "namespace": "hostlb-system", "name": daemonset.metadata.name },
-            "reason": "FailedCreate", "message": "quota"
-        }))
-        .unwrap();
-        let changes = index.apply_creation_failure(&watcher::Event::Apply(failure));
+        let changes = index.apply_creation_failure(&watcher::Event::Apply(failed_create("f1", &daemonset, "quota")));
         let every_service = || vec![service_ref("shop/other")];
         assert_eq!(names(of_creation_failures(&changes, &index, every_service)), ["web"]);
 
         let agents = crate::decide::agent::desired_agent(&settings().proxy);
         index.agents.apply(&watcher::Event::Apply(agents.clone()), |agents| Some((Arc::new(agents.clone()), vec![])));
-        let failure: Event = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": "f2", "namespace": "hostlb-system" },
-            "involvedObject": { "kind": "DaemonSet", "namespace": "hostlb-system", "name": agents.metadata.name },
-            "reason": "FailedCreate", "message": "quota"
-        }))
-        .unwrap();
-        let changes = index.apply_creation_failure(&watcher::Event::Apply(failure));
+        let changes = index.apply_creation_failure(&watcher::Event::Apply(failed_create("f2", &agents, "quota")));
         assert_eq!(
             names(of_creation_failures(&changes, &index, every_service)),
             ["other"],
