@@ -11,7 +11,7 @@
 //!   (`reconcile`), Events, metrics and the HTTP server.
 //!
 //! The same binary also runs in the proxy pods of `externalTrafficPolicy: Local` Services,
-//! where `main` runs `hostlb_follower` to keep their forwarding on the node's endpoints.
+//! where `main` runs `hostlb_agent` to keep their forwarding on the node's endpoints.
 
 pub mod decide;
 mod error;

@@ -20,11 +20,11 @@ async fn main() -> ExitCode {
     cli.controller.log_format.init();
     let outcome = match cli.proxy {
         Some(ProxyCommand::FollowEndpoints(follow)) => match client().await {
-            Ok(client) => hostlb_follower::follow(client, follow).await.map_err(anyhow::Error::from),
+            Ok(client) => hostlb_agent::follow(client, follow).await.map_err(anyhow::Error::from),
             Err(error) => Err(error),
         },
         Some(ProxyCommand::NodeAgent(agent)) => match client().await {
-            Ok(client) => hostlb_follower::run_agent(client, agent).await.map_err(anyhow::Error::from),
+            Ok(client) => hostlb_agent::run_agent(client, agent).await.map_err(anyhow::Error::from),
             Err(error) => Err(error),
         },
         None => control(cli.controller).await,

@@ -170,7 +170,7 @@ impl Cluster {
         for report in reports {
             let name = report.name_any();
             let node = name.strip_prefix(&format!("{}.", agent::AGENT)).unwrap_or(&name).to_string();
-            let entries = agent::read_report(report.data.as_ref().unwrap_or(&BTreeMap::new()));
+            let entries = hostlb_contract::agent::read_report(report.data.as_ref().unwrap_or(&BTreeMap::new()));
             let entry = entries.into_values().find(|entry| entry.service == wanted);
             forwarding.extend(entry.map(|entry| (node.clone(), entry.forwarding)));
         }
@@ -183,7 +183,7 @@ impl Cluster {
         match self.dataplane {
             Dataplane::Pods => host_ports_of(&proxy_daemonset(self, namespace, service).await?),
             Dataplane::Agent => {
-                let mut ports = agent::plan_ports(&self.plan(namespace, service).await?);
+                let mut ports = hostlb_contract::agent::plan_ports(self.plan(namespace, service).await?.data.as_ref());
                 ports.sort();
                 Ok(ports)
             }
@@ -199,7 +199,9 @@ impl Cluster {
                 let scheduled = daemonset.status.map_or(0, |status| status.desired_number_scheduled);
                 Ok(usize::try_from(scheduled).unwrap_or_default())
             }
-            Dataplane::Agent => Ok(agent::plan_nodes(&self.plan(namespace, service).await?).count()),
+            Dataplane::Agent => {
+                Ok(hostlb_contract::agent::plan_nodes(self.plan(namespace, service).await?.data.as_ref()).count())
+            }
         }
     }
 
@@ -763,7 +765,7 @@ pub async fn wait_rolled_to(cluster: &Cluster, ns: &str, service: &str, port: i3
         ensure!(ports == vec![(port, "TCP".to_string())], "the claimed ports are {ports:?}");
         if cluster.dataplane == Dataplane::Agent {
             let plan = cluster.plan(ns, service).await?;
-            let planned: BTreeSet<&str> = agent::plan_nodes(&plan).collect();
+            let planned: BTreeSet<&str> = hostlb_contract::agent::plan_nodes(plan.data.as_ref()).collect();
             let forwarding = cluster.forwarding(ns, service).await?;
             let forwarding: BTreeSet<&str> =
                 forwarding.iter().filter(|(_, forwards)| *forwards).map(|(node, _)| node.as_str()).collect();

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use hostlb_e2e::*;
-use hostlb_model::agent;
 use hostlb_model::readiness::pod_is_ready;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
@@ -72,7 +71,10 @@ async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Resu
     ensure!(cluster.proxy_pods(&ns.name, "web").await?.is_empty(), "proxy pods run");
     let plan = cluster.plans(&ns.name, "web").await?.into_iter().next().context("no plan for the Service")?;
     let planned = plan.data.unwrap_or_default();
-    ensure!(planned[agent::PLAN_NODES] == format!("{}\n{}\n", nodes.node1, nodes.node2), "{planned:?}");
+    ensure!(
+        planned[hostlb_contract::agent::PLAN_NODES] == format!("{}\n{}\n", nodes.node1, nodes.node2),
+        "{planned:?}"
+    );
     ensure!(agents_per_node(&cluster).await? == [1, 1], "not one agent per node");
     Ok(())
 }

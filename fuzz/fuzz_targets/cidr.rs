@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use hostlb_proxy_spec::{address_bytes, Cidr, Family};
+use hostlb_contract::{address_bytes, Cidr, Family};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

@@ -16,7 +16,7 @@ use hostlb_lb::netlink::{encode_batch, Sequence};
 use hostlb_lb::plan::Plan;
 use hostlb_lb::rule_text::step_text;
 use hostlb_lb::rules::{ruleset, Step, CHAIN_DNAT};
-use hostlb_proxy_spec::{
+use hostlb_contract::{
     flag, Command, Destination, RuleArgs, FAMILIES_ENV, LB_BINARY, PORTS_ENV, PROBE_ADDRESS_ENV, PROBE_PORT_ENV,
     SOURCE_RANGES_ENV, TO_ENV,
 };

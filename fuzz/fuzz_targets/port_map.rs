@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use hostlb_proxy_spec::PortMap;
+use hostlb_contract::PortMap;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

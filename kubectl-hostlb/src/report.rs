@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use hostlb_model::agent::{self, read_report, ServiceReport as AgentEntry};
+use hostlb_contract::agent::{self as contract, read_report, ServiceReport as AgentEntry};
+use hostlb_model::agent;
 use hostlb_model::names;
 use hostlb_model::readiness::{failure_of, node_can_serve, pod_is_ready, pod_node, start_up_of, unschedulable_message};
 use hostlb_model::service::ServiceView;
@@ -160,7 +161,7 @@ fn service_report(service: ServiceView, daemonset: Option<&DaemonSet>, observed:
     let plan = plan_of(uid, &observed.agent_objects).filter(|_| daemonset.is_none());
     let template = daemonset.and_then(|ds| ds.spec.as_ref()).and_then(|s| s.template.spec.as_ref());
     let claimed = match plan {
-        Some(plan) => agent::plan_ports(plan),
+        Some(plan) => contract::plan_ports(plan.data.as_ref()),
         None => template.map(host_ports).unwrap_or_default(),
     };
     let ports = service
@@ -262,7 +263,7 @@ fn host_ports(spec: &PodSpec) -> Vec<(i32, String)> {
 const PORT_HELD: &str = "an older Service holds one of the ports on this node";
 
 fn plan_names(plan: &ConfigMap, node: &str) -> bool {
-    agent::plan_nodes(plan).any(|planned| planned == node)
+    contract::plan_nodes(plan.data.as_ref()).any(|planned| planned == node)
 }
 
 /// Other Services' proxy pods on the node that hold one of these host ports.
@@ -277,7 +278,7 @@ fn holders(node: &str, uid: &str, claimed: &[(i32, String)], pods: &[Pod]) -> Ve
 fn plan_holders(node: &str, uid: &str, claimed: &[(i32, String)], agent_objects: &[ConfigMap]) -> Vec<Conflict> {
     let plans = agent_objects.iter().filter(|object| is_component(object, agent::COMPONENT_PLAN));
     let on_node = plans.filter(|plan| !serves(plan.labels(), uid) && plan_names(plan, node));
-    on_node.flat_map(|plan| held_of(node, plan, &agent::plan_ports(plan), claimed)).collect()
+    on_node.flat_map(|plan| held_of(node, plan, &contract::plan_ports(plan.data.as_ref()), claimed)).collect()
 }
 
 /// The conflicts of `claimed` with the ports `held` on the node by another Service's object.
@@ -570,7 +571,7 @@ mod tests {
         let plan = ConfigMap {
             metadata: labelled("hostlb-web-1234".into(), agent::COMPONENT_PLAN),
             data: Some(
-                [(agent::PLAN_ARGS.to_string(), args.to_string()), (agent::PLAN_NODES.to_string(), nodes)].into(),
+                [(contract::PLAN_ARGS.to_string(), args.to_string()), (contract::PLAN_NODES.to_string(), nodes)].into(),
             ),
             ..Default::default()
         };
@@ -579,7 +580,7 @@ mod tests {
                 AgentEntry { service: "shop/web".into(), forwarding: *forwarding, problem: problem.map(Into::into) };
             ConfigMap {
                 metadata: labelled(format!("hostlb-agent.{node}"), agent::COMPONENT_REPORT),
-                data: Some(agent::report_data(&[(UID.to_string(), entry)].into())),
+                data: Some(contract::report_data(&[(UID.to_string(), entry)].into())),
                 ..Default::default()
             }
         };
@@ -618,7 +619,7 @@ mod tests {
         labels.insert(names::LABEL_SERVICE_UID.into(), "uid-older".into());
         labels.insert(names::LABEL_SERVICE_NAMESPACE.into(), "shop".into());
         labels.insert(names::LABEL_SERVICE_NAME.into(), "older".into());
-        older.data.as_mut().unwrap().insert(agent::PLAN_NODES.into(), "n1\n".into());
+        older.data.as_mut().unwrap().insert(contract::PLAN_NODES.into(), "n1\n".into());
         objects.push(older);
         let observed = Observed {
             services: vec![service("web", UID, HTTP, &[])],

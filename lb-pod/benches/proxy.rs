@@ -48,10 +48,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use hostlb_contract::{Destination, PortMap, Protocol, RuleArgs};
 use hostlb_lb::kernel;
 use hostlb_lb::node_table::{node_ruleset, NodeRules, ServiceRules};
 use hostlb_lb::plan::Plan;
-use hostlb_proxy_spec::{Destination, PortMap, Protocol, RuleArgs};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};

@@ -15,7 +15,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use hostlb_proxy_spec::{Family, Protocol};
+use hostlb_contract::{Family, Protocol};
 use nix::errno::Errno;
 
 use crate::netlink::{
@@ -122,8 +122,8 @@ fn write_tuple(w: &mut Writer, kind: u16, protocol: u8, tuple: &Tuple) {
         SocketAddr::V4(_) => (CTA_IP_V4_SRC, CTA_IP_V4_DST),
         SocketAddr::V6(_) => (CTA_IP_V6_SRC, CTA_IP_V6_DST),
     };
-    w.attr(source, &hostlb_proxy_spec::address_bytes(&tuple.source.ip()));
-    w.attr(destination, &hostlb_proxy_spec::address_bytes(&tuple.destination.ip()));
+    w.attr(source, &hostlb_contract::address_bytes(&tuple.source.ip()));
+    w.attr(destination, &hostlb_contract::address_bytes(&tuple.destination.ip()));
     w.end_nest(ip);
     let ports = w.nest(CTA_TUPLE_PROTO);
     w.attr(CTA_PROTO_NUM, &[protocol]);

@@ -8,7 +8,7 @@ use nix::errno::Errno;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An argument (or its environment fallback) that cannot be honoured: exit code 2. `arg`
-    /// is the flag as `hostlb_proxy_spec::flag` spells it, without its `--`.
+    /// is the flag as `hostlb_contract::flag` spells it, without its `--`.
     #[error("{}", BadArgumentDisplay { arg, value: value.as_deref(), reason })]
     BadArgument { arg: &'static str, value: Option<String>, reason: String },
 
@@ -108,7 +108,7 @@ impl fmt::Display for RefusedDisplay<'_> {
 
 #[cfg(test)]
 mod tests {
-    use hostlb_proxy_spec::flag;
+    use hostlb_contract::flag;
 
     use super::*;
 

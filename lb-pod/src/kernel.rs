@@ -15,7 +15,7 @@ use crate::conntrack::{encode_deletes, encode_dump, parse_dump, Deletes, Flow};
 use crate::error::Error;
 use crate::netlink::{encode_batch, parse_replies, Acks, Sequence};
 use crate::rules::Step;
-use hostlb_proxy_spec::Family;
+use hostlb_contract::Family;
 
 /// How long to wait for the kernel's answers to a batch.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,11 +1,11 @@
 //! `hostlb-lb`: runs in each proxy pod of a LoadBalancer Service, in the pod's own network
 //! namespace, and forwards the Service's ports to its ClusterIP. For `externalTrafficPolicy:
 //! Local` (`--to node-endpoints`) it installs the tables and the source filter with nothing to
-//! forward; the endpoint follower (`hostlb-follower`) fills in the node's ready endpoints. The
+//! forward; the endpoint follower (`hostlb-agent`) fills in the node's ready endpoints. The
 //! opt-in node agent uses the library instead: one table in the node's own namespace for every
 //! Service the node serves.
 //!
-//! The command line is `hostlb_proxy_spec::Command`, the very type the controller writes it
+//! The command line is `hostlb_contract::Command`, the very type the controller writes it
 //! from. Layers: `plan` (the parsed arguments to a validated description), `rules` (the
 //! nftables objects for it), `node_table` (the node agent's table, from the same per-Service
 //! rules), `rule_text` (a step's nft spelling, a rule's read from its expressions), `netlink`

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hostlb_proxy_spec::{Command, Family, RuleArgs};
+use hostlb_contract::{Command, Family, RuleArgs};
 
 use hostlb_lb::error::Error;
 use hostlb_lb::plan::{socket_text, Plan};

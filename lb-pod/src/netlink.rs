@@ -16,7 +16,7 @@ use crate::rules::{
     BaseChain, ChainType, CtOriginalKey, Expr, Hook, Interval, PayloadBase, Reg, Step, Verdict, DIRECTION_ORIGINAL,
     TABLE,
 };
-use hostlb_proxy_spec::{address_bytes, Family};
+use hostlb_contract::{address_bytes, Family};
 
 const NLMSG_HDRLEN: usize = 16;
 const NLA_HDRLEN: usize = 4;
@@ -591,7 +591,7 @@ pub(crate) mod tests {
     use crate::node_table::{node_ruleset, NodeRules, ServiceRules};
     use crate::plan::tests::{self as plan_tests, plan};
     use crate::rules::{ruleset, INTERVALS_PER_STEP};
-    use hostlb_proxy_spec::Protocol;
+    use hostlb_contract::Protocol;
 
     const SEQ: Sequence = Sequence { first: 100 };
     const NFGENMSG_LEN: usize = 4;

@@ -22,7 +22,7 @@
 
 use std::net::IpAddr;
 
-use hostlb_proxy_spec::{Cidr, Family, Protocol};
+use hostlb_contract::{Cidr, Family, Protocol};
 
 use crate::plan::Plan;
 use crate::rules::{

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use hostlb_proxy_spec::{flag, Cidr, Destination, Family, PortMap, Protocol, RuleArgs, PORTS_ENV, TO_ENV};
+use hostlb_contract::{flag, Cidr, Destination, Family, PortMap, Protocol, RuleArgs, PORTS_ENV, TO_ENV};
 
 use crate::error::Error;
 

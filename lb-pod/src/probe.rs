@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use hostlb_proxy_spec::{flag, ProbeArgs, PROBE_ADDRESS_ENV};
+use hostlb_contract::{flag, ProbeArgs, PROBE_ADDRESS_ENV};
 
 use crate::error::Error;
 use crate::plan::socket_text;

@@ -3,7 +3,7 @@
 //! is how `nft list ruleset` prints our rules, except that `dnat` names its family, as the
 //! expression carries it.
 
-use hostlb_proxy_spec::{bytes_address, Family, Protocol};
+use hostlb_contract::{bytes_address, Family, Protocol};
 
 use crate::plan::socket_text;
 use crate::rules::{

@@ -25,7 +25,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hostlb_proxy_spec::{address_bytes, Cidr, Family, Protocol};
+use hostlb_contract::{address_bytes, Cidr, Family, Protocol};
 
 use crate::plan::{Forward, Plan};
 

@@ -240,9 +240,9 @@ fn hundreds_of_ports_install_in_one_batch_with_every_step_acknowledged() {
 fn node_endpoints_forward_nothing_until_installed_then_share_new_connections() {
     use std::collections::BTreeMap;
 
+    use hostlb_contract::{Destination, Family, PortMap, Protocol, RuleArgs};
     use hostlb_lb::plan::{Forward, Plan};
     use hostlb_lb::{kernel, rules};
-    use hostlb_proxy_spec::{Destination, Family, PortMap, Protocol, RuleArgs};
 
     let mut t = Topology::new();
     // Only the first backend answers: the second refuses, so each connection tells where it went.

@@ -10,11 +10,11 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use hostlb_contract::{Cidr, Destination, Family, PortMap, Protocol, RuleArgs};
 use hostlb_lb::kernel;
 use hostlb_lb::node_table::{node_ruleset, removal, NodeRules, ServiceRules};
 use hostlb_lb::plan::{Forward, Plan};
 use hostlb_lb::rules::Step;
-use hostlb_proxy_spec::{Cidr, Destination, Family, PortMap, Protocol, RuleArgs};
 use support::{tcp_ask, Topology};
 
 const TIMEOUT: Duration = Duration::from_secs(2);

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use hostlb_contract::{Cidr, Destination, Family, PortMap, Protocol, RuleArgs};
 use hostlb_lb::plan::{Forward, Plan};
 use hostlb_lb::{conntrack, kernel, rules};
-use hostlb_proxy_spec::{Cidr, Destination, Family, PortMap, Protocol, RuleArgs};
 use support::Topology;
 
 /// Long enough for the stream to send dozens of datagrams.

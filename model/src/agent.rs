@@ -1,14 +1,8 @@
-//! What the node agent data plane (`--dataplane agent`) shares between the controller and the
-//! agents: the per-Service plan the controller writes, and the per-node report each agent
-//! writes back. Both are ConfigMaps in hostlb's namespace: a plan per served Service, named as
-//! its proxy DaemonSet would be; a report per node, named after the node, which says for each
-//! Service whether the node forwards it.
-
-use std::collections::BTreeMap;
-
-use hostlb_proxy_spec::{flag, PortMap};
-use k8s_openapi::api::core::v1::ConfigMap;
-use serde::{Deserialize, Serialize};
+//! The objects of the node agent data plane (`--dataplane agent`), by name and label: the
+//! per-Service plan the controller writes and the per-node report each agent writes back.
+//! Both are ConfigMaps in hostlb's namespace: a plan per served Service, named as its proxy
+//! DaemonSet would be; a report per node, named after the node. What they carry is
+//! `hostlb_contract::agent`'s.
 
 use crate::names::{self, LABEL_COMPONENT, LABEL_INSTALL, LABEL_MANAGED_BY, MANAGED_BY};
 
@@ -20,33 +14,6 @@ pub const AGENT: &str = "hostlb-agent";
 pub const AGENT_SERVICE_ACCOUNT: &str = "hostlb-agent";
 /// The node a report speaks for.
 pub const LABEL_NODE: &str = "hostlb.io/node";
-
-/// A plan's keys: the follower's arguments of the Service (`FollowArgs::to_args`), one per
-/// line, and the nodes that may serve it, one per line.
-pub const PLAN_ARGS: &str = "args";
-pub const PLAN_NODES: &str = "nodes";
-
-/// The lines of a plan's key (`PLAN_ARGS`, `PLAN_NODES`), empty ones left out.
-pub fn plan_lines<'a>(plan: &'a ConfigMap, key: &str) -> impl Iterator<Item = &'a str> {
-    let text = plan.data.as_ref().and_then(|data| data.get(key)).map(String::as_str).unwrap_or_default();
-    text.lines().filter(|line| !line.is_empty())
-}
-
-/// The ports (with protocol, as the API spells it) a plan has the agents listen on: its
-/// `--port PROTO:LISTEN:TARGET` arguments, in their order.
-pub fn plan_ports(plan: &ConfigMap) -> Vec<(i32, String)> {
-    let args: Vec<&str> = plan_lines(plan, PLAN_ARGS).collect();
-    args.windows(2)
-        .filter(|pair| pair[0] == format!("--{}", flag::PORT))
-        .filter_map(|pair| PortMap::parse(pair[1]).ok())
-        .map(|port| (i32::from(port.listen), port.protocol.api_name().to_string()))
-        .collect()
-}
-
-/// The nodes a plan names.
-pub fn plan_nodes(plan: &ConfigMap) -> impl Iterator<Item = &str> {
-    plan_lines(plan, PLAN_NODES)
-}
 
 /// The agents' DaemonSet of the install serving `load_balancer_class`.
 pub fn agent_name(load_balancer_class: &str) -> String {
@@ -72,60 +39,9 @@ pub fn report_selector(install_id: &str) -> String {
     format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_REPORT},{LABEL_INSTALL}={install_id}")
 }
 
-/// What a node does for one Service, under the Service's UID in the report's data.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceReport {
-    /// `namespace/name`.
-    pub service: String,
-    /// Whether packets to the node's addresses on the Service's ports are forwarded.
-    pub forwarding: bool,
-    /// Why not, when that is a fault rather than a node without a ready endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-}
-
-/// A report's data: each Service's entry as JSON under its UID.
-pub fn report_data(reports: &BTreeMap<String, ServiceReport>) -> BTreeMap<String, String> {
-    reports
-        .iter()
-        .map(|(uid, report)| (uid.clone(), serde_json::to_string(report).expect("a report always serialises")))
-        .collect()
-}
-
-/// A report's entries; one that cannot be read counts as a fault of that Service on the node.
-pub fn read_report(data: &BTreeMap<String, String>) -> BTreeMap<String, ServiceReport> {
-    data.iter()
-        .map(|(uid, text)| {
-            let report = serde_json::from_str(text).unwrap_or_else(|error| ServiceReport {
-                service: String::new(),
-                forwarding: false,
-                problem: Some(format!("unreadable report entry: {error}")),
-            });
-            (uid.clone(), report)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_report_reads_back_and_a_broken_entry_is_a_fault() {
-        let reports = BTreeMap::from([
-            ("uid-1".to_string(), ServiceReport { service: "shop/web".into(), forwarding: true, problem: None }),
-            (
-                "uid-2".to_string(),
-                ServiceReport { service: "shop/db".into(), forwarding: false, problem: Some("bad --port".into()) },
-            ),
-        ]);
-        let mut data = report_data(&reports);
-        assert_eq!(data["uid-1"], r#"{"service":"shop/web","forwarding":true}"#);
-        assert_eq!(read_report(&data), reports);
-        data.insert("uid-3".into(), "{".into());
-        let broken = &read_report(&data)["uid-3"];
-        assert!(!broken.forwarding && broken.problem.as_deref().is_some_and(|p| p.starts_with("unreadable")));
-    }
 
     #[test]
     fn names_and_selectors_of_the_default_install() {

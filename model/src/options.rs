@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use hostlb_proxy_spec::{Cidr, Family, NamedPort, PortMap, Protocol};
+use hostlb_contract::{Cidr, Family, NamedPort, PortMap, Protocol};
 use k8s_openapi::api::core::v1::{Service, ServiceSpec, Toleration};
 
 use crate::address::{AddressKind, AddressPolicy, IpMode};

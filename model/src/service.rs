@@ -260,7 +260,7 @@ mod tests {
         let errors = view.parsed.options.as_ref().unwrap_err();
         assert_eq!(errors[0].field, "metadata.annotations[hostlb.io/tolerations]");
         assert_eq!(view.parsed.addresses.max_nodes, Some(2), "kept while another option is wrong");
-        assert_eq!(view.parsed.declared_families, [hostlb_proxy_spec::Family::V4]);
+        assert_eq!(view.parsed.declared_families, [hostlb_contract::Family::V4]);
         assert!(published(&ips(&["10.0.0.1"]), None).holds_status());
     }
 }

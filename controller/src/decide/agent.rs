@@ -6,10 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use hostlb_model::agent::{self as contract, AGENT_SERVICE_ACCOUNT, COMPONENT_AGENT, COMPONENT_PLAN};
+use hostlb_contract::agent as contract;
+use hostlb_contract::{self as proxy, NAMESPACE_ENV, NODE_NAME_ENV};
+use hostlb_model::agent::{AGENT_SERVICE_ACCOUNT, COMPONENT_AGENT, COMPONENT_PLAN};
 use hostlb_model::names;
 use hostlb_model::options::ServiceLb;
-use hostlb_proxy_spec::{self as proxy, NAMESPACE_ENV, NODE_NAME_ENV};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -106,7 +107,7 @@ pub fn desired_agent(settings: &ProxySettings) -> DaemonSet {
 
 #[cfg(test)]
 mod tests {
-    use hostlb_proxy_spec::{Destination, ServicePlan};
+    use hostlb_contract::{Destination, PlannedService};
 
     use super::*;
     use crate::fixtures::{settings, ServiceBuilder};
@@ -119,7 +120,7 @@ mod tests {
         let data = plan.data.clone().unwrap();
         assert_eq!(data[contract::PLAN_NODES], "node-1\nnode-2\n");
         let args: Vec<String> = data[contract::PLAN_ARGS].lines().map(str::to_string).collect();
-        let read = ServicePlan::parse(&args, "node-2").unwrap().follow;
+        let read = PlannedService::parse(&args, "node-2").unwrap().follow;
         assert_eq!((read.namespace.as_str(), read.service.as_str(), read.node.as_str()), ("shop", "web", "node-2"));
         assert_eq!(read.rules.ports, lb.ports);
         assert!(matches!(read.rules.to[..], [Destination::Address(_)]), "{:?}", read.rules.to);

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use hostlb_proxy_spec::{self as proxy, Family, LB_BINARY, NODE_NAME_ENV, PROBE_ADDRESS_ENV};
+use hostlb_contract::{self as proxy, Family, LB_BINARY, NODE_NAME_ENV, PROBE_ADDRESS_ENV};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, NodeAffinity, NodeSelector,

@@ -597,7 +597,8 @@ mod tests {
 
     /// An agent's report that node `node` forwards (or not) the fixtures' Service.
     fn agent_report(node: &str, forwarding: bool) -> k8s_openapi::api::core::v1::ConfigMap {
-        use hostlb_model::agent::{report_data, ServiceReport, AGENT, COMPONENT_REPORT};
+        use hostlb_contract::agent::{report_data, ServiceReport};
+        use hostlb_model::agent::{AGENT, COMPONENT_REPORT};
         let entry = ServiceReport { service: "shop/web".into(), forwarding, problem: None };
         k8s_openapi::api::core::v1::ConfigMap {
             metadata: kube::api::ObjectMeta {

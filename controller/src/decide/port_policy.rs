@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use hostlb_proxy_spec::PortMap;
+use hostlb_contract::PortMap;
 
 use hostlb_model::options::ServiceLb;
 

@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use hostlb_contract::Family;
 use hostlb_model::address::{Address, AddressKind, AddressPolicy, AddressType};
 use hostlb_model::names;
 use hostlb_model::readiness::node_can_serve;
 use hostlb_model::service::ServiceView;
-use hostlb_proxy_spec::Family;
 use k8s_openapi::api::core::v1::Node;
 
 use crate::decide::placement::Placement;

@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hostlb_contract::{AgentArgs, FollowArgs, FOLLOW_ENDPOINTS, NODE_AGENT};
 use hostlb_model::address::{AddressKind, AddressPolicy, AddressType};
 use hostlb_model::{agent, names};
-use hostlb_proxy_spec::{AgentArgs, FollowArgs, FOLLOW_ENDPOINTS, NODE_AGENT};
 use k8s_openapi::apimachinery::pkg::version::Info;
 
 use crate::decide::daemonset::{Dataplane, ForwardingMode, ProxySettings};

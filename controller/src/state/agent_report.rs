@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use hostlb_model::agent::{read_report, COMPONENT_REPORT};
+use hostlb_contract::agent::read_report;
+use hostlb_model::agent::COMPONENT_REPORT;
 use hostlb_model::names;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
@@ -51,7 +52,7 @@ impl AgentReport {
 
 #[cfg(test)]
 mod tests {
-    use hostlb_model::agent::{report_data, ServiceReport};
+    use hostlb_contract::agent::{report_data, ServiceReport};
     use kube::api::ObjectMeta;
 
     use super::*;

@@ -10,12 +10,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hostlb_contract::Protocol;
 use hostlb_model::agent::COMPONENT_AGENT;
 use hostlb_model::names;
 use hostlb_model::node_labels::carries_enablelb;
 use hostlb_model::options::ServiceLb;
 use hostlb_model::readiness::{daemon_pod_target_node, node_can_serve, node_is_ready};
-use hostlb_proxy_spec::Protocol;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, PodTemplateSpec, Service};

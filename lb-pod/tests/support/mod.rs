@@ -15,7 +15,7 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hostlb_proxy_spec::{FAMILIES_ENV, PORTS_ENV, PROBE_ADDRESS_ENV, PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV};
+use hostlb_contract::{FAMILIES_ENV, PORTS_ENV, PROBE_ADDRESS_ENV, PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV};
 use nix::sched::{setns, CloneFlags};
 
 pub const LB: &str = env!("CARGO_BIN_EXE_hostlb-lb");

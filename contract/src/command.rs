@@ -189,7 +189,7 @@ impl FollowArgs {
     }
 
     /// The flags without the node, which the reader gives: a proxy pod from `NODE_NAME_ENV`,
-    /// the node agent its own node (`ServicePlan::parse`).
+    /// the node agent its own node (`PlannedService::parse`).
     pub fn to_args(&self) -> Vec<String> {
         flag_values(flag::SERVICE_NAMESPACE, [&self.namespace])
             .chain(flag_values(flag::SERVICE_NAME, [&self.service]))
@@ -211,17 +211,17 @@ impl FollowArgs {
 /// with `node-endpoints` to those of its own.
 #[derive(Clone, Debug, PartialEq, Eq, clap::Parser)]
 #[command(name = "plan", no_binary_name = true)]
-pub struct ServicePlan {
+pub struct PlannedService {
     #[command(flatten)]
     pub follow: FollowArgs,
 }
 
-impl ServicePlan {
+impl PlannedService {
     /// Reads `FollowArgs::to_args` back, for `node`.
-    pub fn parse(args: &[String], node: &str) -> Result<ServicePlan, clap::Error> {
+    pub fn parse(args: &[String], node: &str) -> Result<PlannedService, clap::Error> {
         use clap::Parser;
         let node_flag = [format!("--{}", flag::NODE), node.to_string()];
-        ServicePlan::try_parse_from(args.iter().cloned().chain(node_flag))
+        PlannedService::try_parse_from(args.iter().cloned().chain(node_flag))
     }
 }
 
@@ -401,9 +401,9 @@ mod tests {
             port_names: vec![NamedPort { protocol: Protocol::Tcp, listen: 443, name: "https".into() }],
             rules: cluster_rules(),
         };
-        let plan = ServicePlan::parse(&follow.to_args(), "node-2").unwrap();
+        let plan = PlannedService::parse(&follow.to_args(), "node-2").unwrap();
         assert_eq!(plan.follow, follow);
-        let error = ServicePlan::parse(&["--service-name".into()], "node-2").unwrap_err();
+        let error = PlannedService::parse(&["--service-name".into()], "node-2").unwrap_err();
         assert!(error.to_string().contains("--service-name"), "{error}");
     }
 

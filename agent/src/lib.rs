@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use hostlb_contract::{Family, FollowArgs};
 use hostlb_lb::plan::{Forward, Plan};
 use hostlb_lb::{conntrack, kernel, rules};
-use hostlb_proxy_spec::{Family, FollowArgs};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::discovery::oneshot;
 use kube::runtime::{watcher, WatchStreamExt};

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use futures::stream::{self, BoxStream};
 use futures::{FutureExt, StreamExt};
+use hostlb_contract::agent::ServiceReport;
+use hostlb_contract::{AgentArgs, Family, Protocol};
 use hostlb_lb::node_table::{node_ruleset, removal, NodeRules};
 use hostlb_lb::{conntrack, kernel};
-use hostlb_model::agent::{self, ServiceReport};
+use hostlb_model::agent;
 use hostlb_model::names;
-use hostlb_proxy_spec::{AgentArgs, Family, Protocol};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
@@ -213,7 +214,7 @@ async fn write_report(
                 "uid": own.uid().unwrap_or_default(),
             }],
         },
-        "data": agent::report_data(entries),
+        "data": hostlb_contract::agent::report_data(entries),
     });
     let params = PatchParams::apply(MANAGER).force();
     reports

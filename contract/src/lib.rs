@@ -3,13 +3,14 @@
 //! them back into the same types with clap. One definition, so the two sides cannot drift
 //! apart. Pure: no I/O.
 
+pub mod agent;
 mod command;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use command::{
-    flag, AgentArgs, Command, FollowArgs, ProbeArgs, RuleArgs, ServicePlan, CONTROLLER_BINARY, FAMILIES_ENV,
+    flag, AgentArgs, Command, FollowArgs, PlannedService, ProbeArgs, RuleArgs, CONTROLLER_BINARY, FAMILIES_ENV,
     FOLLOW_ENDPOINTS, LB_BINARY, NAMESPACE_ENV, NODE_AGENT, NODE_NAME_ENV, PORTS_ENV, PROBE_ADDRESS_ENV,
     PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV,
 };

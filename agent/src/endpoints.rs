@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use hostlb_contract::{Family, FollowArgs, Protocol};
 use hostlb_lb::plan::Forward;
-use hostlb_proxy_spec::{Family, FollowArgs, Protocol};
 use serde::Deserialize;
 
 /// The label that ties an EndpointSlice to its Service.
@@ -143,7 +143,7 @@ pub fn endpoint_forwards<'a>(
 
 #[cfg(test)]
 mod tests {
-    use hostlb_proxy_spec::{Destination, NamedPort, PortMap, RuleArgs};
+    use hostlb_contract::{Destination, NamedPort, PortMap, RuleArgs};
     use serde_json::json;
 
     use super::*;

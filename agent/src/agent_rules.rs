@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use hostlb_contract::agent::{plan_lines, ServiceReport, PLAN_ARGS, PLAN_NODES};
+use hostlb_contract::PlannedService;
 use hostlb_lb::node_table::{NodeRules, ServiceRules};
 use hostlb_lb::plan::Plan;
-use hostlb_model::agent::{plan_lines, ServiceReport, PLAN_ARGS, PLAN_NODES};
 use hostlb_model::names;
-use hostlb_proxy_spec::ServicePlan;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 
@@ -35,7 +35,8 @@ impl PlanEntry {
         let uid = labels.get(names::LABEL_SERVICE_UID)?.clone();
         let service =
             format!("{}/{}", labels.get(names::LABEL_SERVICE_NAMESPACE)?, labels.get(names::LABEL_SERVICE_NAME)?);
-        let lines = |key: &str| -> Vec<String> { plan_lines(config_map, key).map(str::to_string).collect() };
+        let lines =
+            |key: &str| -> Vec<String> { plan_lines(config_map.data.as_ref(), key).map(str::to_string).collect() };
         Some(PlanEntry { uid, service, args: lines(PLAN_ARGS), nodes: lines(PLAN_NODES) })
     }
 }
@@ -79,7 +80,7 @@ pub fn desired<'a>(
             forwarding,
             problem,
         };
-        let parsed = ServicePlan::parse(&plan.args, node)
+        let parsed = PlannedService::parse(&plan.args, node)
             .map_err(|error| error.to_string().lines().next().unwrap_or_default().to_string())
             .and_then(|parsed| Ok((Plan::new(&parsed.follow.rules).map_err(|e| e.to_string())?, parsed.follow)));
         let (rules, follow) = match parsed {
@@ -103,7 +104,7 @@ pub fn desired<'a>(
 
 #[cfg(test)]
 mod tests {
-    use hostlb_proxy_spec::{Destination, FollowArgs, NamedPort, PortMap, Protocol, RuleArgs};
+    use hostlb_contract::{Destination, FollowArgs, NamedPort, PortMap, Protocol, RuleArgs};
     use serde_json::json;
 
     use super::*;
