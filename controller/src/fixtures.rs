@@ -33,15 +33,15 @@ pub fn settings() -> crate::decide::Settings {
             max_nodes: None,
         },
         server_has_ip_mode: true,
-        proxy: crate::decide::daemonset::ProxySettings {
+        forwarding: crate::decide::dataplane::ForwardingSettings {
             namespace: "hostlb-system".into(),
             image: "example.org/hostlb/lb:1".into(),
             image_pull_policy: "IfNotPresent".into(),
-            forwarding: crate::decide::daemonset::ForwardingMode::InitContainer,
+            forwarding_mode: crate::decide::dataplane::settings::ForwardingMode::InitContainer,
             default_priority_class: "hostlb-proxy".into(),
-            follower_image: "localhost/hostlb/controller:test".into(),
+            controller_image: "localhost/hostlb/controller:test".into(),
             install_id: names::install_id(CLASS),
-            dataplane: crate::decide::daemonset::Dataplane::Pods,
+            dataplane: crate::decide::dataplane::DataPlaneKind::Pods,
             agent: hostlb_model::agent::agent_name(CLASS),
         },
         ports: crate::decide::port_policy::PortPolicy {
@@ -109,7 +109,7 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
     listed(services).iter().for_each(|e| drop(index.apply_service(e, |s| claim(s, &settings))));
     listed(nodes).iter().for_each(|e| drop(index.apply_node(e)));
     listed(pods).iter().for_each(|e| drop(index.apply_proxy_pod(e, k8s_openapi::jiff::Timestamp::now())));
-    listed(pods).iter().for_each(|e| drop(index.apply_agent_pod(e, &settings.proxy.install_id)));
+    listed(pods).iter().for_each(|e| drop(index.apply_agent_pod(e, &settings.forwarding.install_id)));
     listed(daemonsets).iter().for_each(|e| drop(index.apply_daemonset(e)));
     listed::<DaemonSet>(&[]).iter().for_each(|e| drop(index.agents.apply(e, |d| Some((Arc::new(d.clone()), vec![])))));
     listed::<ConfigMap>(&[]).iter().for_each(|e| drop(index.apply_plan(e)));

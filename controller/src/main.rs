@@ -53,7 +53,7 @@ async fn control(args: Args) -> anyhow::Result<()> {
     let settings = args.settings(&server);
     if args.uninstall {
         if let Some(deployment) = &args.stop_deployment {
-            run::stop::stop_deployment(client.clone(), &settings.proxy.namespace, deployment).await?;
+            run::stop::stop_deployment(client.clone(), &settings.forwarding.namespace, deployment).await?;
             tracing::info!(%deployment, "stopped the controller");
         }
         let released = run::uninstall(client, settings).await?;
@@ -64,7 +64,7 @@ async fn control(args: Args) -> anyhow::Result<()> {
     let (lease_name, identity) = (args.lease_name(), settings.instance.clone().unwrap_or_else(names::process_identity));
     tracing::info!(?settings, server = %server.git_version, "starting hostlb-controller {}", env!("CARGO_PKG_VERSION"));
     tracing::info!(lease = %lease_name, %identity, ?timing, "electing a leader");
-    let elector = Elector::new(client.clone(), &settings.proxy.namespace, &lease_name, &identity, timing);
+    let elector = Elector::new(client.clone(), &settings.forwarding.namespace, &lease_name, &identity, timing);
     let sync_timeout = Duration::from_secs(args.sync_timeout_seconds);
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));

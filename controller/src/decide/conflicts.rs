@@ -11,7 +11,7 @@ use hostlb_model::options::ServiceLb;
 
 /// Where the ports of `lb` are held by older Services.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct HeldPorts {
+pub struct ClaimedPorts {
     /// Nodes this Service's proxies must leave out.
     pub nodes: BTreeSet<String>,
     /// One line per port and older Service, naming that Service only if it is in the same
@@ -20,9 +20,9 @@ pub struct HeldPorts {
 }
 
 /// Looks only at the Services that claim one of `lb`'s ports.
-pub fn held_by_older_services(lb: &ServiceLb, placement: &Placement, index: &Index) -> HeldPorts {
+pub fn claimed_by_older_services(lb: &ServiceLb, placement: &Placement, index: &Index) -> ClaimedPorts {
     let enablelb = index.enablelb_in_use();
-    let mut held = HeldPorts::default();
+    let mut held = ClaimedPorts::default();
     for port in &lb.ports {
         let older = index
             .claims
@@ -75,10 +75,10 @@ mod tests {
         service
     }
 
-    fn held(service: &Service, index: &Index) -> HeldPorts {
+    fn held(service: &Service, index: &Index) -> ClaimedPorts {
         let lb = ServiceLb::from_service(service).unwrap();
         let placement = Placement::for_service(&lb, index.enablelb_in_use());
-        held_by_older_services(&lb, &placement, index)
+        claimed_by_older_services(&lb, &placement, index)
     }
 
     fn two_nodes() -> [k8s_openapi::api::core::v1::Node; 2] {
@@ -91,7 +91,7 @@ mod tests {
         let newer = created_at(ServiceBuilder::new("b").uid("1").port("TCP", 80, 0).build(), 20);
         let other_protocol = created_at(ServiceBuilder::new("c").uid("3").port("UDP", 80, 0).build(), 5);
         let index = index_of(&[older.clone(), newer.clone(), other_protocol], &two_nodes(), &[], &[]);
-        assert_eq!(held(&older, &index), HeldPorts::default());
+        assert_eq!(held(&older, &index), ClaimedPorts::default());
         let held = held(&newer, &index);
         assert_eq!(held.nodes, ["n1".to_string(), "n2".to_string()].into());
         assert_eq!(
@@ -125,7 +125,7 @@ mod tests {
         let a = created_at(ServiceBuilder::new("a").uid("1").label(names::POOL, "a").build(), 10);
         let b = created_at(ServiceBuilder::new("b").uid("2").label(names::POOL, "b").build(), 20);
         let index = index_of(&[a, b.clone()], &nodes, &[], &[]);
-        assert_eq!(held(&b, &index), HeldPorts::default());
+        assert_eq!(held(&b, &index), ClaimedPorts::default());
     }
 
     #[test]

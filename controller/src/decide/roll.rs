@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::state::ProxyPod;
+use crate::decide::placement::Placement;
+use crate::state::{Index, ProxyPod};
 
 /// How long a published node stays published while its proxy pod is replaced: from the old
 /// pod's departure, or the new pod's creation, until the new pod is Ready.
@@ -108,6 +109,15 @@ pub fn next_to_replace<'a>(
         return None;
     }
     pods.iter().filter(|pod| !current.has(pod)).min_by_key(|pod| (pod.ready, pod.node.clone())).copied()
+}
+
+/// The nodes the placement admits and whose Lease and Ready condition say they serve.
+pub fn eligible_node_names<'a>(index: &'a Index, placement: &'a Placement) -> impl Iterator<Item = &'a str> {
+    index
+        .nodes
+        .values()
+        .filter(|node| placement.admits(node) && index.serves(node))
+        .filter_map(|node| node.metadata.name.as_deref())
 }
 
 #[cfg(test)]

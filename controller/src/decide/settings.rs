@@ -5,7 +5,7 @@ use hostlb_model::options::is_handled;
 use hostlb_model::service::ServiceView;
 use k8s_openapi::api::core::v1::Service;
 
-use crate::decide::daemonset::ProxySettings;
+use crate::decide::dataplane::ForwardingSettings;
 use crate::decide::limits::ServiceLimits;
 use crate::decide::port_policy::PortPolicy;
 use crate::decide::tenancy::TenantPolicy;
@@ -22,7 +22,7 @@ pub struct Settings {
     pub addresses: AddressPolicy,
     /// Whether the API server keeps `status.loadBalancer.ingress[].ipMode` (1.30 and later).
     pub server_has_ip_mode: bool,
-    pub proxy: ProxySettings,
+    pub forwarding: ForwardingSettings,
     pub ports: PortPolicy,
     pub tenants: TenantPolicy,
     pub limits: ServiceLimits,

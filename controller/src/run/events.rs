@@ -122,7 +122,12 @@ impl Events {
     /// Queues a one-off Event. Each is written with a recorder of its own: a shared one would
     /// fold different notes with the same reason into one series and hide all but the first.
     pub fn publish<K: Resource<DynamicType = ()>>(&self, regarding: &K, reason: Reason, note: String) {
-        let queued = Queued { regarding: regarding.object_ref(&()), reason, note };
+        self.publish_regarding(regarding.object_ref(&()), reason, note);
+    }
+
+    /// `publish`, about the object `regarding` refers to.
+    pub fn publish_regarding(&self, regarding: ObjectReference, reason: Reason, note: String) {
+        let queued = Queued { regarding, reason, note };
         let queue = self.queue.lock().expect("queue lock");
         let Some(queue) = queue.as_ref() else { return };
         if let Err(error) = queue.try_send(queued) {

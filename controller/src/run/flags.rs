@@ -10,7 +10,8 @@ use hostlb_model::address::{AddressKind, AddressPolicy, AddressType};
 use hostlb_model::{agent, names};
 use k8s_openapi::apimachinery::pkg::version::Info;
 
-use crate::decide::daemonset::{Dataplane, ForwardingMode, ProxySettings};
+use crate::decide::dataplane::settings::ForwardingMode;
+use crate::decide::dataplane::{DataPlaneKind, ForwardingSettings};
 use crate::decide::leadership::LeaseTiming;
 use crate::decide::limits::{self, ServiceLimits};
 use crate::decide::port_policy::{self, PortPolicy, PortRange};
@@ -73,8 +74,8 @@ pub struct Args {
     /// What carries the traffic: a DaemonSet of proxy pods per Service, or one agent per node
     /// that programs every Service in the node's network namespace (see the README's security
     /// section for what each holds).
-    #[arg(long, env = "HOSTLB_DATAPLANE", value_enum, default_value_t = Dataplane::Pods)]
-    pub dataplane: Dataplane,
+    #[arg(long, env = "HOSTLB_DATAPLANE", value_enum, default_value_t = DataPlaneKind::Pods)]
+    pub dataplane: DataPlaneKind,
     /// How proxy pods turn on forwarding.
     #[arg(long, env = "HOSTLB_FORWARDING_MODE", value_enum, default_value_t = ForwardingMode::InitContainer)]
     pub forwarding_mode: ForwardingMode,
@@ -203,13 +204,13 @@ impl Args {
                 allowed: self.allowed_ports.clone(),
                 node_ports: self.node_port_range,
             },
-            proxy: ProxySettings {
+            forwarding: ForwardingSettings {
                 namespace: self.namespace.clone(),
                 image: self.lb_image.clone().unwrap_or_default(),
                 image_pull_policy: self.lb_image_pull_policy.clone(),
-                forwarding: self.forwarding_mode,
+                forwarding_mode: self.forwarding_mode,
                 default_priority_class: self.default_priority_class.clone(),
-                follower_image: self.controller_image.clone().unwrap_or_default(),
+                controller_image: self.controller_image.clone().unwrap_or_default(),
                 install_id: names::install_id(&self.load_balancer_class),
                 dataplane: self.dataplane,
                 agent: agent::agent_name(&self.load_balancer_class),

@@ -156,7 +156,7 @@ impl Leader {
                             sweeps.reset_after(SWEEP_UNTIL_SYNCED);
                             continue;
                         }
-                        context.keep_agents().await;
+                        context.keep_shared_objects().await;
                         context.delete_orphans().await;
                     }
                     () = &mut stopped => return,

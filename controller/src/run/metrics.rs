@@ -51,8 +51,8 @@ pub struct Metrics {
     queue: Histogram,
     /// Per Service with a reconcile owed, when the oldest change it owes it for was seen.
     owed_since: Mutex<HashMap<ObjectRef<Service>, Instant>>,
-    pub daemonset_applies: Counter,
-    pub daemonset_deletes: Counter,
+    pub forwarding_applies: Counter,
+    pub forwarding_deletes: Counter,
     pub status_updates: Counter,
     /// Requests other than reads that terms of leadership sent, by HTTP method.
     api_writes: Family<VerbLabels, Counter>,
@@ -72,8 +72,8 @@ impl Default for Metrics {
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             queue: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             owed_since: Mutex::default(),
-            daemonset_applies: Counter::default(),
-            daemonset_deletes: Counter::default(),
+            forwarding_applies: Counter::default(),
+            forwarding_deletes: Counter::default(),
             status_updates: Counter::default(),
             api_writes: Family::default(),
             warnings: Family::default(),
@@ -91,10 +91,14 @@ impl Default for Metrics {
         );
         registry.register(
             "daemonset_applies",
-            "Proxy DaemonSets created or changed",
-            metrics.daemonset_applies.clone(),
+            "Forwarding objects (proxy DaemonSets, node-agent plans) created or changed",
+            metrics.forwarding_applies.clone(),
         );
-        registry.register("daemonset_deletes", "Proxy DaemonSets deleted", metrics.daemonset_deletes.clone());
+        registry.register(
+            "daemonset_deletes",
+            "Forwarding objects (proxy DaemonSets, node-agent plans) deleted",
+            metrics.forwarding_deletes.clone(),
+        );
         registry.register("status_updates", "Writes of status.loadBalancer", metrics.status_updates.clone());
         registry.register(
             "api_writes",

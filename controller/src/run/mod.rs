@@ -7,6 +7,7 @@ mod api_version;
 pub mod events;
 mod fence;
 pub mod flags;
+mod forwarding;
 pub mod leader_election;
 mod leading;
 pub mod metrics;
@@ -18,5 +19,5 @@ pub mod server;
 pub mod stop;
 pub mod watches;
 
+pub use forwarding::uninstall;
 pub use process::run;
-pub use reconcile::uninstall;

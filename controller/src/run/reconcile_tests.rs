@@ -14,10 +14,10 @@ use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use super::{error_policy, reconcile, retry_delay, Context};
-use crate::decide::daemonset::{config_hash_of, desired_daemonset};
+use crate::decide::dataplane::proxy_daemonset::{config_hash_of, desired_daemonset};
+use crate::decide::dataplane::Applied;
 use crate::decide::leadership::Term;
 use crate::decide::placement::Placement;
-use crate::decide::Applied;
 use crate::fixtures::index_of;
 use crate::fixtures::{made_from, proxy_pod, settings, NodeBuilder, ServiceBuilder, UID};
 use crate::run::fence::Fence;
@@ -73,7 +73,7 @@ fn with_finalizer(mut service: Service) -> Service {
 
 fn ours(service: &Service, generation: i64) -> DaemonSet {
     let lb = ServiceLb::from_service(service).unwrap();
-    let mut daemonset = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().proxy);
+    let mut daemonset = desired_daemonset(&lb, &Placement::for_service(&lb, false), &settings().forwarding);
     daemonset.metadata.generation = Some(generation);
     daemonset.metadata.uid = Some("ds-uid".into());
     daemonset
@@ -140,7 +140,8 @@ async fn a_new_service_gets_its_daemonset_applied_and_no_finalizer() {
     api.expect_nothing_more().await;
     let next = finish(running).await.expect("the reconcile succeeds");
     assert_eq!(next, Action::requeue(crate::decide::STARTING_PROXIES_WINDOW));
-    let remembered = context.applied.lock().unwrap().get(&key_of(&ours(&service, 1))).cloned();
+    let remembered =
+        context.applied.lock().unwrap().get(&("DaemonSet".to_string(), key_of(&ours(&service, 1)))).cloned();
     assert_eq!(remembered.map(|a| a.generation), Some(1));
 }
 
@@ -199,7 +200,7 @@ fn reconcile_on_two_nodes(
     let index = index_of(std::slice::from_ref(service), &nodes, pods, std::slice::from_ref(daemonset));
     let (context, api) = context(std::slice::from_ref(service), index);
     let applied = Applied { generation: 2, config_hash: config_hash_of(daemonset).unwrap().into() };
-    context.applied.lock().unwrap().insert(key_of(daemonset), applied);
+    context.applied.lock().unwrap().insert(("DaemonSet".to_string(), key_of(daemonset)), applied);
     (api, tokio::spawn(reconcile(Arc::new(service.clone()), context)))
 }
 
@@ -264,7 +265,7 @@ async fn a_type_change_deletes_the_proxies_clears_the_status_and_removes_an_olde
     let list =
         json!({ "kind": "DaemonSetList", "apiVersion": "apps/v1", "metadata": {}, "items": [json_of(&daemonset)] });
     let listed = api.expect("GET", "/apis/apps/v1/namespaces/hostlb-system/daemonsets", 200, list).await;
-    let install = names::daemonset_selector(&settings().proxy.install_id);
+    let install = names::daemonset_selector(&settings().forwarding.install_id);
     let selector = format!("{install},{}={UID}", names::LABEL_SERVICE_UID);
     assert!(
         listed.query.contains(&format!(

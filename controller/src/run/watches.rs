@@ -53,7 +53,7 @@ pub fn watch(
     contact: ApiContact,
     metrics: Arc<Metrics>,
 ) -> (Watched, impl Stream<Item = Triggers> + Send + 'static) {
-    let namespace = settings.proxy.namespace.clone();
+    let namespace = settings.forwarding.namespace.clone();
     let all = watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
     let index = Arc::new(RwLock::new(Index::default()));
     let (services, service_writer) = reflector::store();
@@ -73,27 +73,27 @@ pub fn watch(
             triggers::of_services(&changes, &index)
         })
     };
-    let proxy_daemonsets = all.clone().labels(&names::daemonset_selector(&settings.proxy.install_id));
+    let proxy_daemonsets = all.clone().labels(&names::daemonset_selector(&settings.forwarding.install_id));
     let daemonset_triggers =
         indexed(Api::<DaemonSet>::namespaced(client.clone(), &namespace), proxy_daemonsets, &index, |index, event| {
             triggers::of_proxy_objects(&index.apply_daemonset(event))
         });
     // Watched in both data planes: the plans and reports of the other are swept or read while
     // it hands over.
-    let plans = all.clone().labels(&agent::plan_selector(&settings.proxy.install_id));
+    let plans = all.clone().labels(&agent::plan_selector(&settings.forwarding.install_id));
     let plan_triggers =
         indexed(Api::<ConfigMap>::namespaced(client.clone(), &namespace), plans, &index, |index, event| {
             triggers::of_proxy_objects(&index.apply_plan(event))
         });
-    let agents = all.clone().fields(&format!("metadata.name={}", settings.proxy.agent));
+    let agents = all.clone().fields(&format!("metadata.name={}", settings.forwarding.agent));
     let agent_triggers =
         indexed(Api::<DaemonSet>::namespaced(client.clone(), &namespace), agents, &index, |index, event| {
             index.agents.apply(event, |agents| Some((Arc::new(agents.clone()), Vec::new())));
             Vec::new()
         });
-    let reports = all.clone().labels(&agent::report_selector(&settings.proxy.install_id));
+    let reports = all.clone().labels(&agent::report_selector(&settings.forwarding.install_id));
     let report_triggers = {
-        let agent = settings.proxy.agent.clone();
+        let agent = settings.forwarding.agent.clone();
         indexed(Api::<ConfigMap>::namespaced(client.clone(), &namespace), reports, &index, move |index, event| {
             triggers::of_agent_reports(&index.apply_agent_report(event, &agent))
         })
@@ -104,7 +104,7 @@ pub fn watch(
         let (services, settings) = (services.clone(), settings.clone());
         indexed(Api::<Pod>::namespaced(client.clone(), &namespace), proxy_pods, &index, move |index, event| {
             let mut triggers = triggers::of_proxy_pods(&index.apply_proxy_pod(event, Timestamp::now()));
-            let agents = index.apply_agent_pod(event, &settings.proxy.install_id);
+            let agents = index.apply_agent_pod(event, &settings.forwarding.install_id);
             triggers.extend(triggers::of_agent_pods(&agents, || concerned(&services, &settings)));
             triggers
         })
@@ -203,7 +203,7 @@ fn lease_liveness(
                 for node in &flipped {
                     info!(node = %node.name_any(), serves = index.serves(node), "node Lease renewal judged anew");
                 }
-                let held = index.withdrawals_held();
+                let held = index.withdrawals_paused();
                 let hold_changed = held != was_held.swap(held, Ordering::Relaxed);
                 if hold_changed && held {
                     warn!("nodes look down at once or just after the control plane was away: no address is withdrawn meanwhile");

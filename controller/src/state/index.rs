@@ -206,7 +206,7 @@ impl Index {
     /// renewals (`judge_leases`), and for `AFTER_BLINDNESS` after this
     /// controller regained sight of the node Leases, when the node controller, which was just
     /// as blind, marks nodes and their pods NotReady until their kubelets report again.
-    pub fn withdrawals_held(&self) -> bool {
+    pub fn withdrawals_paused(&self) -> bool {
         let nodes = self.nodes.values().count();
         let unhealthy = self.nodes.values().filter(|node| !(node_is_ready(node) && self.renews(node))).count();
         unhealthy * 2 > nodes || self.blind || self.recovering
@@ -444,7 +444,7 @@ mod tests {
             index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_000 + second as i64)), at(second));
         }
         assert_eq!(names(index.judge_leases(at(21), GRACE, true)), ["n1"], "one of three: it died");
-        assert!(!index.withdrawals_held());
+        assert!(!index.withdrawals_paused());
         // The watch stalls: every Lease falls silent.
         assert!(index.judge_leases(at(60), GRACE, true).is_empty(), "two more of three at once: not believed");
         assert!(index.serving_node("n2").is_some() && index.serving_node("n1").is_none());
@@ -475,14 +475,14 @@ mod tests {
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n3", 1_074)), at(74));
         assert!(index.judge_leases(at(80), GRACE, true).is_empty());
         assert!(index.serving_node("n1").is_none() && index.serving_node("n3").is_some(), "n1 stays out");
-        assert!(index.withdrawals_held(), "the node controller may still mark nodes it could not hear from");
+        assert!(index.withdrawals_paused(), "the node controller may still mark nodes it could not hear from");
         for node in ["n2", "n3"] {
             index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_100)), at(100));
         }
         index.judge_leases(at(109), GRACE, true);
-        assert!(index.withdrawals_held(), "sight returned at 80 s, when most were heard from again");
+        assert!(index.withdrawals_paused(), "sight returned at 80 s, when most were heard from again");
         index.judge_leases(at(110), GRACE, true);
-        assert!(!index.withdrawals_held(), "30 s after sight returned");
+        assert!(!index.withdrawals_paused(), "30 s after sight returned");
     }
 
     #[test]
@@ -493,7 +493,7 @@ mod tests {
         index.apply_node_lease(&watcher::Event::Apply(node_lease("n2", 1_009)), at(9));
         // The API server hangs at 10 s: n1, which renewed first, falls silent first.
         assert!(index.judge_leases(at(21), GRACE, false).is_empty(), "n1 silent 21 s, n2 12 s");
-        assert!(index.withdrawals_held(), "blind");
+        assert!(index.withdrawals_paused(), "blind");
         assert!(index.judge_leases(at(55), GRACE, false).is_empty());
         // It answers again at 56 s; n2's kubelet renews at 57 s, n1's never: it died meanwhile.
         let mut went_stale = None;
@@ -504,7 +504,7 @@ mod tests {
             if !index.judge_leases(at(second), GRACE, true).is_empty() {
                 went_stale = went_stale.or(Some(second));
             }
-            assert_eq!(index.withdrawals_held(), second < 57 + 30, "at {second} s");
+            assert_eq!(index.withdrawals_paused(), second < 57 + 30, "at {second} s");
         }
         assert_eq!(went_stale, Some(78), "n1 gets a full interval and grace from when sight returned at 57 s");
     }
@@ -533,10 +533,10 @@ mod tests {
     fn most_nodes_not_ready_at_once_is_a_disruption_and_one_of_two_is_not() {
         let ready = NodeBuilder::new("n1").build();
         let not_ready = |name: &str| NodeBuilder::new(name).not_ready().build();
-        assert!(!index_of(&[], &[ready.clone(), not_ready("n2")], &[], &[]).withdrawals_held());
-        assert!(index_of(&[], &[ready.clone(), not_ready("n2"), not_ready("n3")], &[], &[]).withdrawals_held());
+        assert!(!index_of(&[], &[ready.clone(), not_ready("n2")], &[], &[]).withdrawals_paused());
+        assert!(index_of(&[], &[ready.clone(), not_ready("n2"), not_ready("n3")], &[], &[]).withdrawals_paused());
         let cordoned = NodeBuilder::new("n2").unschedulable().build();
-        assert!(!index_of(&[], &[ready, cordoned], &[], &[]).withdrawals_held(), "a cordon is no failure");
+        assert!(!index_of(&[], &[ready, cordoned], &[], &[]).withdrawals_paused(), "a cordon is no failure");
     }
 
     #[test]

@@ -329,13 +329,14 @@ mod tests {
     fn a_creation_failure_triggers_the_service_of_its_daemonset() {
         let lb = hostlb_model::options::ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
         let placement = crate::decide::placement::Placement::for_service(&lb, false);
-        let daemonset = crate::decide::daemonset::desired_daemonset(&lb, &placement, &settings().proxy);
+        let daemonset =
+            crate::decide::dataplane::proxy_daemonset::desired_daemonset(&lb, &placement, &settings().forwarding);
         let mut index = index_of(&[], &[], &[], std::slice::from_ref(&daemonset));
         let changes = index.apply_creation_failure(&watcher::Event::Apply(failed_create("f1", &daemonset, "quota")));
         let every_service = || vec![service_ref("shop/other")];
         assert_eq!(names(of_creation_failures(&changes, &index, every_service)), ["web"]);
 
-        let agents = crate::decide::agent::desired_agent(&settings().proxy);
+        let agents = crate::decide::dataplane::node_agents::desired_agent(&settings().forwarding);
         index.agents.apply(&watcher::Event::Apply(agents.clone()), |agents| Some((Arc::new(agents.clone()), vec![])));
         let changes = index.apply_creation_failure(&watcher::Event::Apply(failed_create("f2", &agents, "quota")));
         assert_eq!(
@@ -348,7 +349,7 @@ mod tests {
     #[test]
     fn a_node_agent_triggers_every_service_when_it_comes_goes_or_fails_and_not_when_it_only_restarts() {
         let mut index = index_of(&[], &[], &[], &[]);
-        let install = settings().proxy.install_id;
+        let install = settings().forwarding.install_id;
         let every_service = || vec![service_ref("shop/web")];
         let pulling = crate::fixtures::agent_pod("n1", "ImagePullBackOff");
         let came = index.apply_agent_pod(&watcher::Event::Apply(pulling.clone()), &install);

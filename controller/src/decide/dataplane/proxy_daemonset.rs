@@ -12,50 +12,10 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
+use crate::decide::dataplane::settings::{ForwardingMode, ForwardingSettings};
 use crate::decide::placement::Placement;
 use hostlb_model::names;
 use hostlb_model::options::{Destination, ServiceLb};
-
-/// How proxy pods get forwarding turned on in their network namespace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ForwardingMode {
-    /// A privileged init container sets forwarding and installs the rules; the long-running
-    /// container has no capabilities at all. Works on every cluster.
-    InitContainer,
-    /// ServiceLB's way: the pod asks kubelet for the forwarding sysctls and one container with
-    /// NET_ADMIN installs the rules. Needs kubelets that allow those sysctls.
-    Sysctls,
-}
-
-/// What carries the Services' traffic on the nodes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Dataplane {
-    /// A DaemonSet of proxy pods per Service, each claiming the Service's ports as host ports;
-    /// only an init container holds a capability.
-    #[default]
-    Pods,
-    /// One agent pod per node programs every Service the node serves; it holds NET_ADMIN in the
-    /// node's network namespace for its whole life.
-    Agent,
-}
-
-/// Cluster-wide choices that shape every proxy DaemonSet.
-#[derive(Clone, Debug)]
-pub struct ProxySettings {
-    pub namespace: String,
-    pub image: String,
-    pub image_pull_policy: String,
-    pub forwarding: ForwardingMode,
-    pub default_priority_class: String,
-    /// The controller's own image, whose binary follows the endpoints in the proxy pods of
-    /// `externalTrafficPolicy: Local` Services.
-    pub follower_image: String,
-    /// `names::install_id` of the install, labelled on its DaemonSets.
-    pub install_id: String,
-    pub dataplane: Dataplane,
-    /// The agents' DaemonSet (`hostlb_model::agent::agent_name`).
-    pub agent: String,
-}
 
 const UNPRIVILEGED_UID: i64 = 65534;
 
@@ -73,7 +33,7 @@ pub fn service_labels(lb: &ServiceLb, daemonset_name: &str) -> BTreeMap<String, 
 }
 
 /// The desired DaemonSet, carrying a hash of itself so an unchanged one need not be re-applied.
-pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> DaemonSet {
+pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &ForwardingSettings) -> DaemonSet {
     let name = names::daemonset_name(&lb.name, &lb.uid);
     let labels = service_labels(lb, &name);
     let selector = BTreeMap::from([
@@ -152,7 +112,7 @@ fn config_hash(daemonset: &DaemonSet) -> String {
     names::hex_digest(&json)[..16].to_string()
 }
 
-fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> PodSpec {
+fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ForwardingSettings) -> PodSpec {
     let rule_args = rule_args(lb);
     let ports: Vec<ContainerPort> = lb
         .ports
@@ -183,7 +143,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
             let follow = follow_args(lb);
             let follower = Container {
                 name: "follow-endpoints".into(),
-                image: Some(settings.follower_image.clone()),
+                image: Some(settings.controller_image.clone()),
                 image_pull_policy: Some(settings.image_pull_policy.clone()),
                 command: Some(follow.command_line()),
                 env: Some(vec![field_env(NODE_NAME_ENV, "spec.nodeName")]),
@@ -207,7 +167,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ProxySettings) -> 
         security_context: Some(unprivileged()),
         ..base.clone()
     };
-    let (init_containers, main, sysctls) = match settings.forwarding {
+    let (init_containers, main, sysctls) = match settings.forwarding_mode {
         ForwardingMode::InitContainer => {
             let init = Container {
                 name: "install-rules".into(),
@@ -394,16 +354,16 @@ mod tests {
     use super::*;
     use crate::fixtures::{ServiceBuilder, UID};
 
-    fn settings(forwarding: ForwardingMode) -> ProxySettings {
-        ProxySettings {
+    fn settings(forwarding: ForwardingMode) -> ForwardingSettings {
+        ForwardingSettings {
             namespace: "hostlb-system".into(),
             image: "example.org/hostlb/lb:1".into(),
             image_pull_policy: "IfNotPresent".into(),
-            forwarding,
+            forwarding_mode: forwarding,
             default_priority_class: "system-node-critical".into(),
-            follower_image: "example.org/hostlb/controller:1".into(),
+            controller_image: "example.org/hostlb/controller:1".into(),
             install_id: names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS),
-            dataplane: Dataplane::Pods,
+            dataplane: crate::decide::dataplane::DataPlaneKind::Pods,
             agent: hostlb_model::agent::AGENT.into(),
         }
     }
@@ -432,7 +392,7 @@ mod tests {
         assert_ne!(config_hash_of(&everywhere), config_hash_of(&elsewhere), "the DaemonSet is applied anew");
         assert_eq!(pod_template_marks(&everywhere), pod_template_marks(&elsewhere), "its pods stay current");
 
-        let new_image = ProxySettings { image: "example.org/hostlb/lb:2".into(), ..settings };
+        let new_image = ForwardingSettings { image: "example.org/hostlb/lb:2".into(), ..settings };
         let changed = desired_daemonset(&lb, &Placement::for_service(&lb, false), &new_image);
         assert_ne!(pod_template_marks(&everywhere).0, pod_template_marks(&changed).0, "new pods are rolled out");
         assert!(pod_template_marks(&changed).0.is_some());

@@ -1,26 +1,138 @@
 //! The node agent data plane (`--dataplane agent`): instead of a DaemonSet of proxy pods per
 //! Service, a plan per Service (a ConfigMap naming its ports, destination, source ranges and
 //! the nodes that may serve it) and one DaemonSet of agents that program every plan of their
-//! node in the node's network namespace. The decisions are the same in both modes; only what
-//! carries them out differs. Pure.
+//! node in the node's network namespace and report back which Services the node forwards.
+//! No scheduler reads a plan: the checks the API server and the scheduler make of a proxy pod
+//! (its tolerations) are made here, and the agents' own pods say why a node does not forward.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hostlb_contract::agent as contract;
 use hostlb_contract::{self as proxy, NAMESPACE_ENV, NODE_NAME_ENV};
-use hostlb_model::agent::{AGENT_SERVICE_ACCOUNT, COMPONENT_AGENT, COMPONENT_PLAN};
+use hostlb_model::agent::{self as objects, AGENT_SERVICE_ACCOUNT, COMPONENT_AGENT, COMPONENT_PLAN};
 use hostlb_model::names;
-use hostlb_model::options::ServiceLb;
+use hostlb_model::options::{FieldError, ServiceLb};
+use hostlb_model::reason::{Reason, Warning};
+use hostlb_model::service::ServiceView;
+use hostlb_model::taints::{invalid_tolerations, repelling_taint};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Toleration};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, PodSpec, PodTemplateSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::core::ApiResource;
+use kube::ResourceExt;
 
-use crate::decide::daemonset::{
-    field_env, follow_args, net_admin, resources, service_labels, with_config_hash, ProxySettings,
+use super::proxy_daemonset::{
+    config_hash_of, field_env, follow_args, net_admin, resources, service_labels, tolerations, with_config_hash,
+};
+use super::{
+    apply, erased, typed, DataPlane, Forwarded, Forwarding, ForwardingKind, ForwardingObject, ForwardingSettings,
+    SharedChange,
+};
+use crate::decide::proxy_health::{creation_failure, failing_pods, unschedulable, NODE_AGENT};
+use crate::state::{Index, ProxyPod};
+
+pub struct NodeAgents;
+
+static PLAN: ForwardingKind = ForwardingKind {
+    noun: "plan",
+    resource: || ApiResource::erase::<ConfigMap>(&()),
+    applied: Reason::PlanApplied,
+    deleted: Reason::PlanDeleted,
+    selector: objects::plan_selector,
 };
 
+impl DataPlane for NodeAgents {
+    fn kind(&self) -> &'static ForwardingKind {
+        &PLAN
+    }
+
+    /// A proxy DaemonSet's tolerations are checked by the API server; the agents only read them.
+    fn refusals(&self, lb: &ServiceLb) -> Vec<FieldError> {
+        invalid_tolerations(&lb.extra_tolerations).into_iter().collect()
+    }
+
+    /// The node agents forward every Service at the one class the admin gave them: a Service's
+    /// own PriorityClass has nothing to apply to.
+    fn unused_option(&self, service: &ServiceView) -> Option<Warning> {
+        let lb = service.parsed.options.as_ref().ok()?;
+        let class = lb.priority_class.as_deref()?;
+        let message = format!(
+            "metadata.annotations[{}]: PriorityClass {class:?} is not used: the node agents (--dataplane agent) \
+             forward every Service at the class the admin gave them; it applies to proxy pods only",
+            names::ANNOTATION_PRIORITY_CLASS
+        );
+        Some(Warning::new(Reason::OptionIgnored, message))
+    }
+
+    /// The plan: the nodes it may be served on are those the placement admits and whose taints
+    /// the Service tolerates, as the scheduler would place its proxy pods.
+    fn forward(&self, service: &Forwarded<'_>) -> Forwarding {
+        let Forwarded { lb, placement, index, .. } = *service;
+        let tolerations = tolerations(&lb.extra_tolerations);
+        let mut nodes: Vec<&str> = index
+            .nodes
+            .values()
+            .filter(|node| placement.admits(node) && repelling_taint(node, &tolerations).is_none())
+            .filter_map(|node| node.metadata.name.as_deref())
+            .collect();
+        nodes.sort_unstable();
+        let desired = desired_plan(lb, &nodes, service.settings);
+        let existing: Option<ConfigMap> = service.existing.and_then(typed);
+        let apply =
+            plan_needs_apply(existing.as_ref(), &desired).then(|| apply(&PLAN, &desired, existing.is_none(), lb));
+        Forwarding { apply, replace_pod: None }
+    }
+
+    /// The agents run already: a new plan starts no pod.
+    fn creating_since(&self, _: Option<&ForwardingObject>, _: bool, _: Timestamp) -> Option<Timestamp> {
+        None
+    }
+
+    /// Each agent of those nodes that cannot be scheduled or fails, and the DaemonSet
+    /// controller's reason when nodes have none.
+    fn not_running(
+        &self,
+        _: Option<&ForwardingObject>,
+        _: &[&ProxyPod],
+        nodes: &[&Node],
+        index: &Index,
+    ) -> Vec<Warning> {
+        let nodes: Vec<&str> = nodes.iter().filter_map(|node| node.metadata.name.as_deref()).collect();
+        let agents: Vec<&ProxyPod> =
+            nodes.iter().flat_map(|node| index.agent_pods.group(&node.to_string())).map(AsRef::as_ref).collect();
+        let mut warnings = unschedulable(NODE_AGENT, &agents);
+        warnings.extend(failing_pods(NODE_AGENT, &agents));
+        let without_agent = nodes.iter().any(|node| index.agent_pods.group_is_empty(&node.to_string()));
+        for daemonset in index.agents.values() {
+            let failures = index.creation_failures.group(&daemonset.name_any()).map(AsRef::as_ref);
+            warnings.extend(creation_failure(daemonset, without_agent, failures));
+        }
+        warnings
+    }
+
+    fn nodes_forwarding<'a>(&self, index: &'a Index, service_uid: &str) -> BTreeSet<&'a str> {
+        index.nodes_forwarding_through_agents(service_uid)
+    }
+
+    fn indexed(&self, index: &Index, key: &str) -> Option<ForwardingObject> {
+        index.plans.get(key).map(|plan| erased(plan.as_ref()))
+    }
+
+    fn all_indexed(&self, index: &Index) -> Vec<ForwardingObject> {
+        index.plans.values().map(|plan| erased(plan.as_ref())).collect()
+    }
+
+    /// The agents' DaemonSet, when it is missing or differs.
+    fn shared_change(&self, settings: &ForwardingSettings, index: &Index) -> Option<SharedChange> {
+        let desired = desired_agent(settings);
+        let current = index.agents.values().next().is_some_and(|e| config_hash_of(e) == config_hash_of(&desired));
+        (!current).then_some(SharedChange::Apply(desired))
+    }
+}
+
 /// The plan of a valid Service with ports to serve, for the agents on `nodes`.
-pub fn desired_plan(lb: &ServiceLb, nodes: &[&str], settings: &ProxySettings) -> ConfigMap {
+pub fn desired_plan(lb: &ServiceLb, nodes: &[&str], settings: &ForwardingSettings) -> ConfigMap {
     let name = names::daemonset_name(&lb.name, &lb.uid);
     let mut labels = service_labels(lb, &name);
     labels.insert(names::LABEL_COMPONENT.into(), COMPONENT_PLAN.into());
@@ -50,7 +162,7 @@ pub fn plan_needs_apply(existing: Option<&ConfigMap>, desired: &ConfigMap) -> bo
 /// The agents' DaemonSet: one pod per node, in the node's network namespace, tolerating every
 /// taint, since which Service a node serves is decided per plan (with the Service's own
 /// tolerations) and not by where the agent runs.
-pub fn desired_agent(settings: &ProxySettings) -> DaemonSet {
+pub fn desired_agent(settings: &ForwardingSettings) -> DaemonSet {
     let labels = BTreeMap::from([
         (names::LABEL_NAME.to_string(), names::APP_NAME.to_string()),
         (names::LABEL_COMPONENT.to_string(), COMPONENT_AGENT.to_string()),
@@ -65,7 +177,7 @@ pub fn desired_agent(settings: &ProxySettings) -> DaemonSet {
     };
     let agent = Container {
         name: "agent".into(),
-        image: Some(settings.follower_image.clone()),
+        image: Some(settings.controller_image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         command: Some(args.command_line()),
         env: Some(vec![field_env(NODE_NAME_ENV, "spec.nodeName"), field_env(NAMESPACE_ENV, "metadata.namespace")]),
@@ -116,7 +228,7 @@ mod tests {
     fn a_plan_carries_what_a_proxy_pod_would_run_and_reads_back_on_each_node() {
         let service = ServiceBuilder::new("web").port("TCP", 80, 30080).build();
         let lb = ServiceLb::from_service(&service).unwrap();
-        let plan = desired_plan(&lb, &["node-1", "node-2"], &settings().proxy);
+        let plan = desired_plan(&lb, &["node-1", "node-2"], &settings().forwarding);
         let data = plan.data.clone().unwrap();
         assert_eq!(data[contract::PLAN_NODES], "node-1\nnode-2\n");
         let args: Vec<String> = data[contract::PLAN_ARGS].lines().map(str::to_string).collect();
@@ -130,13 +242,13 @@ mod tests {
 
         assert!(!plan_needs_apply(Some(&plan), &plan));
         assert!(plan_needs_apply(None, &plan));
-        let fewer_nodes = desired_plan(&lb, &["node-1"], &settings().proxy);
+        let fewer_nodes = desired_plan(&lb, &["node-1"], &settings().forwarding);
         assert!(plan_needs_apply(Some(&plan), &fewer_nodes));
     }
 
     #[test]
     fn the_agent_runs_on_every_node_in_its_network_namespace_with_net_admin_alone() {
-        let agent = desired_agent(&settings().proxy);
+        let agent = desired_agent(&settings().forwarding);
         let spec = agent.spec.unwrap().template.spec.unwrap();
         assert_eq!(spec.host_network, Some(true));
         assert_eq!(spec.tolerations.unwrap()[0].operator.as_deref(), Some("Exists"));

@@ -1,0 +1,127 @@
+//! The proxy pod data plane (the default): a DaemonSet per Service, whose pods claim the
+//! Service's ports as host ports on every node it may use (`proxy_daemonset`). The scheduler
+//! places them, so it also keeps two Services off one port of a node; hostlb replaces their
+//! pods itself, one node at a time and only when what they do changes (`decide::roll`).
+
+use std::collections::BTreeSet;
+
+use hostlb_model::names;
+use hostlb_model::options::{FieldError, ServiceLb};
+use hostlb_model::reason::Warning;
+use hostlb_model::service::ServiceView;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::ApiResource;
+
+use super::proxy_daemonset::{config_hash_of, desired_daemonset, pod_template_marks};
+use super::{
+    apply, erased, typed, Applied, DataPlane, Forwarded, Forwarding, ForwardingKind, ForwardingObject,
+    ForwardingSettings, SharedChange,
+};
+use crate::decide::proxy_health::creation_failure;
+use crate::decide::roll::{self, eligible_node_names};
+use crate::state::{Index, ProxyPod};
+
+pub struct ProxyPods;
+
+static PROXY_DAEMONSET: ForwardingKind = ForwardingKind {
+    noun: "DaemonSet",
+    resource: || ApiResource::erase::<DaemonSet>(&()),
+    applied: hostlb_model::reason::Reason::DaemonSetApplied,
+    deleted: hostlb_model::reason::Reason::DaemonSetDeleted,
+    selector: names::daemonset_selector,
+};
+
+impl DataPlane for ProxyPods {
+    fn kind(&self) -> &'static ForwardingKind {
+        &PROXY_DAEMONSET
+    }
+
+    /// The API server checks a DaemonSet's pod template itself.
+    fn refusals(&self, _: &ServiceLb) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    fn unused_option(&self, _: &ServiceView) -> Option<Warning> {
+        None
+    }
+
+    /// The proxy DaemonSet, or else the next out-of-date proxy pod to replace.
+    fn forward(&self, service: &Forwarded<'_>) -> Forwarding {
+        let Forwarded { lb, placement, index, now, .. } = *service;
+        let existing: Option<DaemonSet> = service.existing.and_then(typed);
+        let desired = desired_daemonset(lb, placement, service.settings);
+        if needs_apply(existing.as_ref(), &desired, service.last_applied) {
+            let apply = Some(apply(&PROXY_DAEMONSET, &desired, existing.is_none(), lb));
+            return Forwarding { apply, replace_pod: None };
+        }
+        let (Some(spec_hash), Some(existing)) = (pod_template_marks(&desired).0, existing.as_ref()) else {
+            return Forwarding::default();
+        };
+        let current = roll::Current { spec_hash, restarted_at: pod_template_marks(existing).1 };
+        let pods: Vec<&ProxyPod> = index.proxy_pods_of(&lb.uid).collect();
+        let nodes = eligible_node_names(index, placement);
+        let pending = roll::departure_pending(&pods, nodes, |node| index.departed(&lb.uid, node), now);
+        let next = roll::next_to_replace(&pods, current, pending);
+        Forwarding { apply: None, replace_pod: next.map(|pod| pod.key.clone()) }
+    }
+
+    fn creating_since(&self, existing: Option<&ForwardingObject>, created: bool, now: Timestamp) -> Option<Timestamp> {
+        match existing {
+            _ if created => Some(now),
+            Some(daemonset) => daemonset.metadata.creation_timestamp.as_ref().map(|time| time.0),
+            None => None,
+        }
+    }
+
+    /// The DaemonSet controller's reason for not creating the proxy pods.
+    fn not_running(
+        &self,
+        existing: Option<&ForwardingObject>,
+        forwarders: &[&ProxyPod],
+        nodes: &[&Node],
+        index: &Index,
+    ) -> Vec<Warning> {
+        let Some(daemonset) = existing.and_then(typed::<DaemonSet>) else { return Vec::new() };
+        let name = daemonset.metadata.name.clone().unwrap_or_default();
+        let failures = index.creation_failures.group(&name).map(AsRef::as_ref);
+        creation_failure(&daemonset, forwarders.len() < nodes.len(), failures).into_iter().collect()
+    }
+
+    fn nodes_forwarding<'a>(&self, index: &'a Index, service_uid: &str) -> BTreeSet<&'a str> {
+        index.nodes_forwarding_through_pods(service_uid)
+    }
+
+    fn indexed(&self, index: &Index, key: &str) -> Option<ForwardingObject> {
+        index.daemonsets.get(key).map(|daemonset| erased(daemonset.as_ref()))
+    }
+
+    fn all_indexed(&self, index: &Index) -> Vec<ForwardingObject> {
+        index.daemonsets.values().map(|daemonset| erased(daemonset.as_ref())).collect()
+    }
+
+    /// Once no plan is left, every Service's proxy pods have taken over from the node agents,
+    /// whose DaemonSet then goes (and its agents, seeing it gone, remove their nodes' rules).
+    fn shared_change(&self, _: &ForwardingSettings, index: &Index) -> Option<SharedChange> {
+        let agents = index.agents.values().next()?;
+        index.plans.values().next().is_none().then(|| SharedChange::Delete(agents.clone()))
+    }
+}
+
+/// Whether the DaemonSet must be applied. A server-side apply on every reconcile would also
+/// repair hand edits, but it is a write on every proxy pod event and every resync; instead a
+/// DaemonSet is applied when its configuration hash differs from the desired one or when its
+/// generation moved past the one hostlb's own last apply produced (someone else changed its
+/// spec). A replica that has not applied it yet (just started) applies it once.
+pub fn needs_apply(existing: Option<&DaemonSet>, desired: &DaemonSet, last_applied: Option<&Applied>) -> bool {
+    let Some(existing) = existing else { return true };
+    let generation = existing.metadata.generation.unwrap_or_default();
+    let (current_hash, edited_since) = match last_applied {
+        // The cache has not caught up with hostlb's own last write yet: that write is current.
+        Some(applied) if generation < applied.generation => (Some(applied.config_hash.as_str()), false),
+        Some(applied) => (config_hash_of(existing), generation > applied.generation),
+        None => (config_hash_of(existing), true),
+    };
+    current_hash != config_hash_of(desired) || edited_since
+}

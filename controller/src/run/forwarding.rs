@@ -1,0 +1,299 @@
+//! The writes to the objects that carry Services' forwarding, of every data plane through one
+//! path: each data plane names its kind (`decide::dataplane::ForwardingKind`) and the executor
+//! reads, applies, lists and deletes them as dynamic objects. Also the clean-up of a Service
+//! hostlb no longer serves, the orphan sweep, the data planes' shared objects, and uninstall.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use hostlb_model::names;
+use hostlb_model::reason::Reason;
+use hostlb_model::service::ServiceView;
+
+use crate::decide::dataplane::Applied;
+use crate::decide::dataplane::{
+    DataPlaneKind, ForwardingAction, ForwardingChange, ForwardingKind, ForwardingObject, SharedChange,
+};
+use crate::decide::orphans::orphaned;
+use crate::decide::{forwarding_key, Settings};
+use crate::error::{Error, Result};
+use crate::run::metrics::Metrics;
+use crate::run::reconcile::{AppliedKey, Context};
+use crate::state::proxy_pod::owning_service_key;
+use crate::state::triggers::service_ref;
+use crate::state::{key_of, Index};
+
+/// Releases every Service this install serves or left something on, as if each were no longer
+/// served (status cleared, an older version's finalizer removed), then deletes whatever
+/// forwarding object and shared object of this install is left. Returns how many Services it
+/// released.
+pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
+    let (services, _) = reflector::store();
+    let index = Arc::new(RwLock::new(Index::default()));
+    let synced = Arc::new(AtomicBool::new(true));
+    let context = Context::new(client.clone(), settings, services, index, Arc::new(Metrics::default()), synced);
+    let all = Api::<Service>::all(client).list(&ListParams::default()).await.map_err(Error::kube("list Services"))?;
+    let mut released = 0;
+    for service in &all.items {
+        let view = ServiceView::of(service);
+        // The forwarding of Services not served any more is among the objects deleted below.
+        if !context.settings.serves(&view) && !context.settings.must_release(&view, false) {
+            continue;
+        }
+        let clear_status = !view.deleting && view.holds_status();
+        context.clean_up(service, clear_status).await?;
+        info!(service = %ObjectRef::from_obj(service), "released");
+        released += 1;
+    }
+    for kind in DataPlaneKind::ALL.map(|kind| kind.implementation().kind()) {
+        for object in context.list_forwarding(kind, None).await? {
+            let action = format!("delete {} {}", object_kind(&object), key_of(&object));
+            context.delete_object(&context.forwarding_api(kind), &object).await.map_err(Error::kube(action))?;
+        }
+    }
+    // Its agents, seeing it gone, remove their nodes' rules.
+    let daemonsets: Api<DaemonSet> = Api::namespaced(context.client.clone(), &context.settings.forwarding.namespace);
+    let agents = daemonsets.get_opt(&context.settings.forwarding.agent).await;
+    if let Some(agents) = agents.map_err(Error::kube("get the node agents' DaemonSet"))? {
+        context.delete_object(&daemonsets, &agents).await.map_err(Error::kube("delete the node agents' DaemonSet"))?;
+    }
+    context.events.flush().await;
+    Ok(released)
+}
+
+fn object_kind(object: &ForwardingObject) -> &str {
+    object.types.as_ref().map_or("object", |types| types.kind.as_str())
+}
+
+impl Context {
+    pub(super) fn forwarding_api(&self, kind: &ForwardingKind) -> Api<ForwardingObject> {
+        Api::namespaced_with(self.client.clone(), &self.settings.forwarding.namespace, &(kind.resource)())
+    }
+
+    pub(super) fn applied_key(&self, object: &ForwardingObject) -> AppliedKey {
+        (object_kind(object).to_string(), key_of(object))
+    }
+
+    /// The object named for this Service's forwarding in the data plane in use, if the
+    /// Service is served: from the index, or, as only hostlb's own are indexed, from the API
+    /// server, so that one of the same name that is not ours is seen before it would be
+    /// overwritten. With it, hostlb's own of the other data planes, from the index, to hand
+    /// the Service over from.
+    pub(super) async fn fetch_forwarding(
+        &self,
+        service: &ServiceView,
+    ) -> Result<(Option<ForwardingObject>, Vec<(DataPlaneKind, ForwardingObject)>)> {
+        if !self.settings.serves(service) || service.deleting {
+            return Ok((None, Vec::new()));
+        }
+        let key = forwarding_key(service, &self.settings);
+        let current = self.settings.forwarding.dataplane;
+        let (found, previous) = {
+            let index = self.read_index();
+            let previous = current
+                .others()
+                .filter_map(|kind| Some((kind, kind.implementation().indexed(&index, &key)?)))
+                .collect();
+            (current.implementation().indexed(&index, &key), previous)
+        };
+        if found.is_some() {
+            return Ok((found, previous));
+        }
+        let kind = current.implementation().kind();
+        let name = key.rsplit('/').next().unwrap_or_default();
+        let action = format!("get {} {key}", (kind.resource)().kind);
+        let found = self.forwarding_api(kind).get_opt(name).await.map_err(Error::kube(action))?;
+        Ok((found, previous))
+    }
+
+    pub(super) async fn change_forwarding(&self, service: &Service, change: &ForwardingChange) -> Result<()> {
+        match &change.action {
+            ForwardingAction::Apply { object, created, ports } => {
+                self.apply_forwarding(service, change.kind, object, *created, ports).await
+            }
+            ForwardingAction::Delete(object) => self.delete_forwarding(service, change.kind, object).await,
+        }
+    }
+
+    async fn apply_forwarding(
+        &self,
+        service: &Service,
+        kind: &ForwardingKind,
+        desired: &ForwardingObject,
+        created: bool,
+        ports: &str,
+    ) -> Result<()> {
+        let (kind_name, key) = self.applied_key(desired);
+        let params = PatchParams::apply(names::MANAGER).force();
+        let applied = self
+            .forwarding_api(kind)
+            .patch(&desired.name_any(), &params, &Patch::Apply(desired))
+            .await
+            .map_err(Error::kube(format!("apply {kind_name} {key}")))?;
+        let record = Applied {
+            generation: applied.metadata.generation.unwrap_or_default(),
+            config_hash: desired.annotations().get(names::ANNOTATION_CONFIG_HASH).cloned().unwrap_or_default(),
+        };
+        self.applied.lock().expect("applied lock").insert((kind_name.clone(), key.clone()), record);
+        self.metrics.forwarding_applies.inc();
+        let verb = if created { "created" } else { "updated" };
+        info!(object = %key, kind = %kind_name, verb, "applied the Service's forwarding");
+        self.events.publish(service, kind.applied, format!("{verb} {} {key} for ports {ports}", kind.noun));
+        Ok(())
+    }
+
+    /// Removes everything hostlb made for a Service that is deleted or no longer ours. Lists
+    /// from the API server, not the index, so that nothing created just before is missed.
+    pub(super) async fn clean_up(&self, service: &Service, clear_status: bool) -> Result<()> {
+        // An empty UID selects nothing, never every object.
+        let uid = service.uid().unwrap_or_default();
+        for kind in DataPlaneKind::ALL.map(|kind| kind.implementation().kind()) {
+            for object in self.list_forwarding(kind, Some(&uid)).await? {
+                self.delete_forwarding(service, kind, &object).await?;
+            }
+        }
+        if clear_status {
+            self.write_status(service, &[], None, None).await?;
+        }
+        self.remove_finalizer(service).await?;
+        self.events.forget(service);
+        Ok(())
+    }
+
+    /// This install's forwarding objects of the kind, or those of the Service with this UID, as
+    /// the API server has them.
+    async fn list_forwarding(&self, kind: &ForwardingKind, service_uid: Option<&str>) -> Result<Vec<ForwardingObject>> {
+        let mut selector = (kind.selector)(&self.settings.forwarding.install_id);
+        if let Some(uid) = service_uid {
+            selector = format!("{selector},{}={uid}", names::LABEL_SERVICE_UID);
+        }
+        let listed = self.forwarding_api(kind).list(&ListParams::default().labels(&selector)).await;
+        Ok(listed.map_err(Error::kube(format!("list {}s", (kind.resource)().kind)))?.items)
+    }
+
+    async fn delete_forwarding(
+        &self,
+        service: &Service,
+        kind: &ForwardingKind,
+        object: &ForwardingObject,
+    ) -> Result<()> {
+        let kind_name = object_kind(object);
+        let action = format!("delete {kind_name} {}", key_of(object));
+        let deleted = self.delete_object(&self.forwarding_api(kind), object).await.map_err(Error::kube(action))?;
+        if let Some(deleted) = deleted {
+            info!(object = %deleted, kind = kind_name, "deleted the Service's forwarding");
+            self.events.publish(service, kind.deleted, format!("deleted {kind_name} {deleted}"));
+        }
+        Ok(())
+    }
+
+    /// Deletes this very object (a UID precondition guards against a new one of the same
+    /// name). Its `namespace/name` when deleted; `None` when it was gone already.
+    async fn delete_object<K>(&self, api: &Api<K>, object: &K) -> Result<Option<String>, kube::Error>
+    where
+        K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    {
+        let only_this_one = DeleteParams {
+            preconditions: Some(Preconditions { uid: object.uid(), resource_version: None }),
+            ..DeleteParams::background()
+        };
+        let key = key_of(object);
+        match api.delete(&object.name_any(), &only_this_one).await {
+            Ok(_) => {
+                self.metrics.forwarding_deletes.inc();
+                self.applied.lock().expect("applied lock").retain(|(_, applied), _| *applied != key);
+                Ok(Some(key))
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether the forwarding object is still orphaned against its Service as the API server
+    /// has it now.
+    async fn orphaned_by_the_api_server(&self, object: &ForwardingObject) -> Result<bool> {
+        let Some(service) = owning_service_key(object).map(|key| service_ref(&key)) else { return Ok(true) };
+        let namespace = service.namespace.as_deref().unwrap_or_default();
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let action = format!("get Service {namespace}/{}", service.name);
+        let live = services.get_opt(&service.name).await.map_err(Error::kube(action))?;
+        Ok(!orphaned([object], &live.iter().collect::<Vec<_>>(), &self.settings).is_empty())
+    }
+
+    /// Deletes the forwarding objects, of every data plane, that no Service will clean up.
+    /// Failures are only logged: the next sweep tries again.
+    pub async fn delete_orphans(&self) {
+        // Before the Services have listed, every object would look orphaned.
+        if !self.synced.load(Ordering::Acquire) {
+            return;
+        }
+        for plane in DataPlaneKind::ALL.map(DataPlaneKind::implementation) {
+            let objects = plane.all_indexed(&self.read_index());
+            self.delete_orphaned(plane.kind(), &objects).await;
+        }
+    }
+
+    async fn delete_orphaned(&self, kind: &ForwardingKind, objects: &[ForwardingObject]) {
+        let services = self.services.state();
+        let services: Vec<&Service> = services.iter().map(Arc::as_ref).collect();
+        for object in orphaned(objects, &services, &self.settings) {
+            let service = owning_service_key(object).unwrap_or_else(|| "an unknown Service".into());
+            // The cache may lag (a new leader whose Service watch is behind its DaemonSet
+            // watch): only what the API server says now deletes forwarding that serves.
+            match self.orphaned_by_the_api_server(object).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    warn!(object = %key_of(object), %error, "could not read its Service; the object is kept");
+                    continue;
+                }
+            }
+            let kind_name = object_kind(object);
+            match self.delete_object(&self.forwarding_api(kind), object).await {
+                Ok(Some(deleted)) => {
+                    info!(object = %deleted, kind = kind_name, %service, "deleted an orphaned forwarding object");
+                    let note = format!("deleted {kind_name} {deleted}: {service} no longer needs it");
+                    self.events.publish_regarding(object.object_ref(&(kind.resource)()), Reason::OrphanDeleted, note);
+                }
+                Ok(None) => {}
+                Err(error) => warn!(object = %key_of(object), %error, "could not delete an orphaned forwarding object"),
+            }
+        }
+    }
+
+    /// Keeps the objects a data plane shares between Services as the data plane in use needs
+    /// them: the node agents' DaemonSet, applied with the node agents, deleted with proxy pods
+    /// once no plan is left.
+    pub async fn keep_shared_objects(&self) {
+        if !self.synced.load(Ordering::Acquire) {
+            return;
+        }
+        let change = self.settings.forwarding.data_plane().shared_change(&self.settings.forwarding, &self.read_index());
+        let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), &self.settings.forwarding.namespace);
+        let name = &self.settings.forwarding.agent;
+        let outcome = match change {
+            Some(SharedChange::Apply(desired)) => {
+                let params = PatchParams::apply(names::MANAGER).force();
+                let applied = daemonsets.patch(name, &params, &Patch::Apply(&desired)).await;
+                applied.map(|_| info!(daemonset = %name, "applied the node agents"))
+            }
+            Some(SharedChange::Delete(existing)) => {
+                let deleted = self.delete_object(&daemonsets, existing.as_ref()).await;
+                deleted.map(|_| info!(daemonset = %name, "deleted the node agents"))
+            }
+            None => Ok(()),
+        };
+        if let Err(error) = outcome {
+            warn!(daemonset = %name, %error, "could not bring the node agents' DaemonSet in line; trying again");
+        }
+    }
+}
