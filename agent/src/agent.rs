@@ -170,14 +170,14 @@ fn program(rules: &NodeRules) -> Result<(), hostlb_lb::error::Error> {
     kernel::apply(&node_ruleset(rules))?;
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;
     let udp = |service: &&hostlb_lb::node_table::ServiceRules| {
-        service.plan.ports.iter().any(|port| port.protocol == Protocol::Udp)
+        service.forwarding.ports.iter().any(|port| port.protocol == Protocol::Udp)
     };
-    let forwarded: usize = rules.services.iter().flat_map(|s| s.plan.forwards.values()).map(Vec::len).sum();
+    let forwarded: usize = rules.services.iter().flat_map(|s| s.forwarding.forwards.values()).map(Vec::len).sum();
     tracing::info!(services = rules.services.len(), forwarded, took_ms, addresses = ?rules.addresses, "programmed the node's table");
     if rules.services.iter().any(|service| udp(&service)) {
         let to_node = |flow: &conntrack::Flow| rules.addresses.contains(&flow.original.destination.ip());
         let stale = |flow: &conntrack::Flow| {
-            to_node(flow) && rules.services.iter().any(|service| conntrack::is_stale(&service.plan, flow))
+            to_node(flow) && rules.services.iter().any(|service| conntrack::is_stale(&service.forwarding, flow))
         };
         forget_stale_flows(stale);
     }

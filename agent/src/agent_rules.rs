@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use hostlb_contract::agent::{plan_lines, ServiceReport, PLAN_ARGS, PLAN_NODES};
 use hostlb_contract::PlannedService;
 use hostlb_lb::node_table::{NodeRules, ServiceRules};
-use hostlb_lb::plan::Plan;
+use hostlb_lb::port_forwarding::PortForwarding;
 use hostlb_model::names;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
@@ -82,21 +82,23 @@ pub fn desired<'a>(
         };
         let parsed = PlannedService::parse(&plan.args, node)
             .map_err(|error| error.to_string().lines().next().unwrap_or_default().to_string())
-            .and_then(|parsed| Ok((Plan::new(&parsed.follow.rules).map_err(|e| e.to_string())?, parsed.follow)));
-        let (rules, follow) = match parsed {
+            .and_then(|parsed| {
+                Ok((PortForwarding::new(&parsed.follow.rules).map_err(|e| e.to_string())?, parsed.follow))
+            });
+        let (port_forwarding, follow) = match parsed {
             Ok(parsed) => parsed,
             Err(problem) => {
                 reports.insert(plan.uid.clone(), report(false, Some(format!("its plan cannot be read: {problem}"))));
                 continue;
             }
         };
-        let local = rules.follows_endpoints;
+        let local = port_forwarding.follows_endpoints;
         let service_slices = by_service.get(plan.service.as_str()).into_iter().flatten().copied();
         let forwards = endpoint_forwards(&follow, service_slices, local.then_some(node));
         // Local: published only where an endpoint is ready, as kube-proxy's health check says.
         // Cluster: wherever the rules are, as a proxy pod is Ready once its rules are in.
         let forwarding = !local || !forwards.is_empty();
-        services.push(ServiceRules { plan: rules.with_endpoints(forwards), masquerade: !local });
+        services.push(ServiceRules { forwarding: port_forwarding.with_endpoints(forwards), masquerade: !local });
         reports.insert(plan.uid.clone(), report(forwarding, None));
     }
     Desired { rules: NodeRules { addresses, services }, reports }
@@ -141,7 +143,7 @@ mod tests {
     }
 
     fn backends(desired: &Desired, index: usize) -> Vec<String> {
-        let forwards = desired.rules.services[index].plan.forwards.values().flatten();
+        let forwards = desired.rules.services[index].forwarding.forwards.values().flatten();
         forwards.flat_map(|f| f.backends.iter().map(ToString::to_string)).collect()
     }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use hostlb_contract::{Family, FollowArgs, Protocol};
-use hostlb_lb::plan::Forward;
+use hostlb_lb::port_forwarding::Forward;
 use serde::Deserialize;
 
 /// The label that ties an EndpointSlice to its Service.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use hostlb_contract::{Family, FollowArgs};
-use hostlb_lb::plan::{Forward, Plan};
+use hostlb_lb::port_forwarding::{Forward, PortForwarding};
 use hostlb_lb::{conntrack, kernel, rules};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::discovery::oneshot;
@@ -40,7 +40,7 @@ const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Follows the Service's EndpointSlices until the stream ends or SIGTERM arrives.
 pub async fn follow(client: kube::Client, args: FollowArgs) -> Result<()> {
-    let plan = Plan::new(&args.rules).map_err(Error::Rules)?;
+    let forwarding = PortForwarding::new(&args.rules).map_err(Error::Rules)?;
     let resource = endpoint_slice_resource(&client).await?;
     let api: Api<DynamicObject> = Api::namespaced_with(client, &args.namespace, &resource);
     let selector = format!("{SERVICE_NAME_LABEL}={}", args.service);
@@ -77,7 +77,7 @@ pub async fn follow(client: kube::Client, args: FollowArgs) -> Result<()> {
         if installed.as_ref() == Some(&forwards) {
             continue;
         }
-        let applied = plan.with_endpoints(forwards.clone());
+        let applied = forwarding.with_endpoints(forwards.clone());
         kernel::apply(&rules::ruleset(&applied)).map_err(Error::Rules)?;
         log_forwards(&forwards);
         forget_stale_flows(|flow| conntrack::is_stale(&applied, flow));

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStringExt;
 use arbitrary::Arbitrary;
 use clap::Parser;
 use hostlb_lb::netlink::{encode_batch, Sequence};
-use hostlb_lb::plan::Plan;
+use hostlb_lb::port_forwarding::PortForwarding;
 use hostlb_lb::rule_text::step_text;
 use hostlb_lb::rules::{ruleset, Step, CHAIN_DNAT};
 use hostlb_contract::{
@@ -186,7 +186,7 @@ fuzz_target!(
 );
 
 fn check_plan(args: &RuleArgs) {
-    let plan = match Plan::new(args) {
+    let plan = match PortForwarding::new(args) {
         Ok(plan) => plan,
         Err(error) => {
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");

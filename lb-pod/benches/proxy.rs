@@ -51,7 +51,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hostlb_contract::{Destination, PortMap, Protocol, RuleArgs};
 use hostlb_lb::kernel;
 use hostlb_lb::node_table::{node_ruleset, NodeRules, ServiceRules};
-use hostlb_lb::plan::Plan;
+use hostlb_lb::port_forwarding::PortForwarding;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
@@ -453,8 +453,8 @@ fn agent_rules() -> NodeRules {
         families: Vec::new(),
         source_ranges: Vec::new(),
     };
-    let plan = Plan::new(&args).expect("a valid plan");
-    NodeRules { addresses: vec![NODE.parse().unwrap()], services: vec![ServiceRules { plan, masquerade: true }] }
+    let forwarding = PortForwarding::new(&args).expect("a valid port forwarding");
+    NodeRules { addresses: vec![NODE.parse().unwrap()], services: vec![ServiceRules { forwarding, masquerade: true }] }
 }
 
 /// klipper-lb's rules for the measured Service, as its entry script adds them with `iptables`

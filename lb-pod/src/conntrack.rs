@@ -22,7 +22,7 @@ use crate::netlink::{
     attributes, messages, nfproto, parse_error, Reply, Writer, AF_UNSPEC, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
     NLM_F_DUMP, NLM_F_REQUEST,
 };
-use crate::plan::Plan;
+use crate::port_forwarding::PortForwarding;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
@@ -69,17 +69,17 @@ pub struct Flow {
     pub id: u32,
 }
 
-/// Whether `flow` is a UDP flow to a port `plan` listens on that its rules would not make
+/// Whether `flow` is a UDP flow to a port `forwarding` listens on that its rules would not make
 /// anew: DNATed to a backend that the port no longer has, or not DNATed at all although the
 /// port now has backends (it arrived while it had none).
-pub fn is_stale(plan: &Plan, flow: &Flow) -> bool {
+pub fn is_stale(forwarding: &PortForwarding, flow: &Flow) -> bool {
     let listen = flow.original.destination.port();
     let udp = Protocol::Udp;
-    if flow.protocol != udp.number() || !plan.ports.iter().any(|p| (p.protocol, p.listen) == (udp, listen)) {
+    if flow.protocol != udp.number() || !forwarding.ports.iter().any(|p| (p.protocol, p.listen) == (udp, listen)) {
         return false;
     }
     let family = Family::of(&flow.original.destination.ip());
-    let forwards = plan.forwards.get(&family).into_iter().flatten();
+    let forwards = forwarding.forwards.get(&family).into_iter().flatten();
     let backends = forwards.filter(|f| (f.protocol, f.listen) == (udp, listen)).flat_map(|f| &f.backends);
     if flow.destination_nat {
         !backends.clone().any(|backend| *backend == flow.reply.source)
@@ -285,7 +285,7 @@ mod tests {
 
     use super::*;
     use crate::netlink::tests::{be32 as be32_attr, decode_messages, error_message, Attr};
-    use crate::plan::tests::{forward, plan};
+    use crate::port_forwarding::tests::{forward, forwarding};
 
     fn tuple(source: &str, destination: &str) -> Tuple {
         Tuple { source: source.parse().unwrap(), destination: destination.parse().unwrap() }
@@ -442,21 +442,21 @@ mod tests {
         assert_eq!((deletes.done(), deletes.result()), (true, Err(Errno::EPERM)));
     }
 
-    fn with_endpoints(udp_53: &[&str], tcp_80: &[&str]) -> Plan {
+    fn with_endpoints(udp_53: &[&str], tcp_80: &[&str]) -> PortForwarding {
         let forwards = [forward(Protocol::Udp, 53, udp_53), forward(Protocol::Tcp, 80, tcp_80)]
             .into_iter()
             .filter(|f| !f.backends.is_empty())
             .collect();
-        plan(&["udp:53:53", "tcp:80:80"], &["node-endpoints"], &[])
+        forwarding(&["udp:53:53", "tcp:80:80"], &["node-endpoints"], &[])
             .with_endpoints(BTreeMap::from([(Family::V4, forwards)]))
     }
 
     #[test]
     fn a_udp_flow_to_a_backend_the_port_no_longer_has_is_stale() {
-        let plan = with_endpoints(&["10.1.1.6:5353"], &[]);
-        assert!(is_stale(&plan, &udp_flow("10.1.1.5:5353", true)));
-        assert!(!is_stale(&plan, &udp_flow("10.1.1.6:5353", true)));
-        assert!(is_stale(&plan, &udp_flow("10.1.1.6:5354", true)), "the port counts too");
+        let forwarding = with_endpoints(&["10.1.1.6:5353"], &[]);
+        assert!(is_stale(&forwarding, &udp_flow("10.1.1.5:5353", true)));
+        assert!(!is_stale(&forwarding, &udp_flow("10.1.1.6:5353", true)));
+        assert!(is_stale(&forwarding, &udp_flow("10.1.1.6:5354", true)), "the port counts too");
         let none = with_endpoints(&[], &["10.1.1.5:8080"]);
         assert!(is_stale(&none, &udp_flow("10.1.1.6:5353", true)), "a port left without backends");
     }
@@ -470,16 +470,16 @@ mod tests {
 
     #[test]
     fn tcp_flows_and_other_ports_are_left_alone() {
-        let plan = with_endpoints(&["10.1.1.6:5353"], &["10.1.1.6:8080"]);
+        let forwarding = with_endpoints(&["10.1.1.6:5353"], &["10.1.1.6:8080"]);
         let mut tcp = udp_flow("10.1.1.5:8080", true);
         tcp.protocol = 6;
         tcp.original.destination.set_port(80);
-        assert!(!is_stale(&plan, &tcp));
+        assert!(!is_stale(&forwarding, &tcp));
         let mut other = udp_flow("10.0.0.1:54", false);
         other.original.destination.set_port(54);
-        assert!(!is_stale(&plan, &other));
+        assert!(!is_stale(&forwarding, &other));
         let mut v6 = udp_flow("[fd00:1::5]:5353", true);
         v6.original = tuple("[2001:db8::7]:40000", "[fd00::1]:53");
-        assert!(is_stale(&plan, &v6), "the IPv6 table has no backend, so none of its DNATs holds");
+        assert!(is_stale(&forwarding, &v6), "the IPv6 table has no backend, so none of its DNATs holds");
     }
 }

@@ -6,13 +6,13 @@
 //! Service the node serves.
 //!
 //! The command line is `hostlb_contract::Command`, the very type the controller writes it
-//! from. Layers: `plan` (the parsed arguments to a validated description), `rules` (the
-//! nftables objects for it), `node_table` (the node agent's table, from the same per-Service
-//! rules), `rule_text` (a step's nft spelling, a rule's read from its expressions), `netlink`
-//! (their bytes and the kernel's answers), `conntrack` (which flows a change of destinations
-//! leaves stale, and the messages that list and delete them): all pure; `kernel`, `probe` and
-//! `hold` do the I/O. A library beside the binary so that the pure layers can be driven from
-//! outside, as the fuzz targets and the node agent do.
+//! from. Layers: `port_forwarding` (the parsed arguments to a validated description), `rules`
+//! (the nftables objects for it), `node_table` (the node agent's table, from the same
+//! per-Service rules), `rule_text` (a step's nft spelling, a rule's read from its expressions),
+//! `netlink` (their bytes and the kernel's answers), `conntrack` (which flows a change of
+//! destinations leaves stale, and the messages that list and delete them): all pure; `kernel`,
+//! `probe` and `hold` do the I/O. A library beside the binary so that the pure layers can be
+//! driven from outside, as the fuzz targets and the node agent do.
 
 pub mod conntrack;
 pub mod error;
@@ -20,7 +20,7 @@ pub mod hold;
 pub mod kernel;
 pub mod netlink;
 pub mod node_table;
-pub mod plan;
+pub mod port_forwarding;
 pub mod probe;
 pub mod rule_text;
 pub mod rules;

@@ -7,7 +7,7 @@ use clap::Parser;
 use hostlb_contract::{Command, Family, RuleArgs};
 
 use hostlb_lb::error::Error;
-use hostlb_lb::plan::{socket_text, Plan};
+use hostlb_lb::port_forwarding::{socket_text, PortForwarding};
 use hostlb_lb::{hold, kernel, probe, rules};
 
 /// Source ranges named in the log, per family; the rest are counted, so that thousands make one
@@ -53,8 +53,8 @@ fn run(command: Command) -> Result<(), Error> {
 }
 
 fn install(args: &RuleArgs) -> Result<(), Error> {
-    let plan = Plan::new(args)?;
-    for family in plan.families() {
+    let forwarding = PortForwarding::new(args)?;
+    for family in forwarding.families() {
         let path = kernel::forwarding_sysctl(family);
         if kernel::enable_forwarding(family)? {
             eprintln!("forwarding: wrote 1 to {path}");
@@ -62,25 +62,25 @@ fn install(args: &RuleArgs) -> Result<(), Error> {
             eprintln!("forwarding: {path} is already 1");
         }
     }
-    let mut steps = rules::fresh_ruleset(&plan);
+    let mut steps = rules::fresh_ruleset(&forwarding);
     if let Err(error) = kernel::apply(&steps) {
         if !error.is_already_there() {
             return Err(error);
         }
         // Only a second run in the same pod (an init container restarted) finds one.
         eprintln!("table {} is already there ({error}): replacing it", rules::TABLE);
-        steps = rules::ruleset(&plan);
+        steps = rules::ruleset(&forwarding);
         kernel::apply(&steps)?;
     }
-    for (family, forwards) in &plan.forwards {
-        if plan.follows_endpoints {
+    for (family, forwards) in &forwarding.forwards {
+        if forwarding.follows_endpoints {
             eprintln!("{}: nothing forwarded until the endpoint follower finds the node's endpoints", family.name());
         }
         for forward in forwards {
             eprintln!("{forward}");
         }
-        if plan.restricts_sources() {
-            let ranges: Vec<String> = plan.ranges(*family).map(ToString::to_string).collect();
+        if forwarding.restricts_sources() {
+            let ranges: Vec<String> = forwarding.ranges(*family).map(ToString::to_string).collect();
             if ranges.is_empty() {
                 eprintln!("{}: no source range given, every packet to these ports is dropped", family.name());
             } else {
@@ -88,7 +88,7 @@ fn install(args: &RuleArgs) -> Result<(), Error> {
                 if ranges.len() > SHOWN_RANGES {
                     shown.push_str(&format!(" and {} more", ranges.len() - SHOWN_RANGES));
                 }
-                let intervals = match rules::merged(plan.ranges(*family)).len() {
+                let intervals = match rules::merged(forwarding.ranges(*family)).len() {
                     1 => "one interval".to_string(),
                     count => format!("{count} intervals"),
                 };
@@ -96,7 +96,7 @@ fn install(args: &RuleArgs) -> Result<(), Error> {
             }
         }
     }
-    for family in Family::ALL.into_iter().filter(|f| !plan.forwards.contains_key(f)) {
+    for family in Family::ALL.into_iter().filter(|f| !forwarding.forwards.contains_key(f)) {
         eprintln!("{}: no destination, no rules", family.name());
     }
     eprintln!("installed {} nftables changes in one transaction (table {})", steps.len(), rules::TABLE);

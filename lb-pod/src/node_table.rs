@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use hostlb_contract::{Cidr, Family, Protocol};
 
-use crate::plan::Plan;
+use crate::port_forwarding::PortForwarding;
 use crate::rules::{
     address_fields, address_set, base_chain, merged, protocol_is, removals, service_rules, ChainType, CtOriginalKey,
     Expr, Hook, Interval, Name, PayloadBase, Reg, ServiceNames, Step, Verdict, CHAIN_ALLOWED_SOURCES, CHAIN_MASQUERADE,
@@ -40,8 +40,8 @@ pub const CHAIN_SERVICES: Name = Name::new("services");
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceRules {
     /// Ports, source ranges and forwards with concrete backends (endpoint addresses), as
-    /// `Plan::with_endpoints` gives.
-    pub plan: Plan,
+    /// `PortForwarding::with_endpoints` gives.
+    pub forwarding: PortForwarding,
     /// Masquerade what is forwarded (externalTrafficPolicy Cluster: backends may be on other
     /// nodes); false for Local, which keeps the client's address.
     pub masquerade: bool,
@@ -86,8 +86,12 @@ fn table(node: &NodeRules, family: Family, addresses: &[Interval]) -> Vec<Step> 
     let chain = |name, base| Step::AddChain { family, name, base };
     let rule = |chain, exprs| Step::AddRule { family, chain, exprs };
     // The family's Services, with their index, which names their own chains and sets.
-    let services: Vec<(usize, &ServiceRules)> =
-        node.services.iter().enumerate().filter(|(_, service)| service.plan.forwards.contains_key(&family)).collect();
+    let services: Vec<(usize, &ServiceRules)> = node
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, service)| service.forwarding.forwards.contains_key(&family))
+        .collect();
     let jump_to_services = [to_node(family), vec![Expr::Verdict(Verdict::Jump(CHAIN_SERVICES))]].concat();
 
     // The set before the rules that look it up: the kernel refuses elements for a constant set
@@ -101,7 +105,7 @@ fn table(node: &NodeRules, family: Family, addresses: &[Interval]) -> Vec<Step> 
         rule(CHAIN_OUTPUT, jump_to_services),
         chain(CHAIN_MASQUERADE, Some(base_chain(ChainType::Nat, Hook::Postrouting))),
     ]);
-    if services.iter().any(|(_, service)| service.plan.restricts_sources()) {
+    if services.iter().any(|(_, service)| service.forwarding.restricts_sources()) {
         steps.push(chain(CHAIN_SOURCE_FILTER, Some(base_chain(ChainType::Filter, Hook::Prerouting))));
     }
     for (index, service) in &services {
@@ -110,12 +114,18 @@ fn table(node: &NodeRules, family: Family, addresses: &[Interval]) -> Vec<Step> 
             allowed_sources: CHAIN_ALLOWED_SOURCES.of_service(*index),
             source_ranges: SET_SOURCE_RANGES.of_service(*index),
         };
-        steps.extend(service_rules(&service.plan, family, &service.plan.forwards[&family], &to_node(family), &names));
+        steps.extend(service_rules(
+            &service.forwarding,
+            family,
+            &service.forwarding.forwards[&family],
+            &to_node(family),
+            &names,
+        ));
     }
     let mut masqueraded: Vec<(Protocol, u16)> = services
         .iter()
         .filter(|(_, service)| service.masquerade)
-        .flat_map(|(_, service)| &service.plan.forwards[&family])
+        .flat_map(|(_, service)| &service.forwarding.forwards[&family])
         .filter(|forward| !forward.backends.is_empty())
         .map(|forward| (forward.protocol, forward.listen))
         .collect();

@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::plan::tests::{forward, plan};
-use crate::plan::Forward;
+use crate::port_forwarding::tests::{forward, forwarding};
+use crate::port_forwarding::Forward;
 use crate::rule_text::step_text;
 use crate::rules::{ruleset, BaseChain, CHAIN_DNAT};
 
@@ -18,8 +18,8 @@ fn service(ports: &[&str], ranges: &[&str], forwards: Vec<Forward>, masquerade: 
         let family = forward.backends.first().map_or(Family::V4, |backend| Family::of(&backend.ip()));
         endpoints.entry(family).or_default().push(forward);
     }
-    let plan = plan(ports, &["node-endpoints"], ranges).with_endpoints(endpoints);
-    ServiceRules { plan, masquerade }
+    let forwarding = forwarding(ports, &["node-endpoints"], ranges).with_endpoints(endpoints);
+    ServiceRules { forwarding, masquerade }
 }
 
 fn addresses(texts: &[&str]) -> Vec<IpAddr> {
@@ -64,7 +64,7 @@ fn services_are_dnated_by_the_rules_of_a_pods_table() {
     let backends = ["10.42.1.7:8080", "10.42.2.7:8080", "10.42.3.7:8080"];
     let forwards = vec![forward(Protocol::Tcp, 80, &backends), forward(Protocol::Udp, 53, &["10.42.1.7:5353"])];
     let web = service(&["tcp:80:80", "udp:53:53"], &[], forwards, false);
-    let pod_dnat: Vec<Vec<Expr>> = ruleset(&web.plan)
+    let pod_dnat: Vec<Vec<Expr>> = ruleset(&web.forwarding)
         .into_iter()
         .filter_map(|step| match step {
             Step::AddRule { chain: CHAIN_DNAT, exprs, .. } => Some(exprs),
@@ -148,7 +148,7 @@ fn source_ranges_are_a_chain_and_set_per_service_named_by_its_index() {
 fn a_family_without_node_address_gets_no_table_and_a_service_without_the_family_no_rules() {
     let v4_only = service(&["tcp:80:80"], &[], vec![forward(Protocol::Tcp, 80, &["10.42.1.7:80"])], true);
     let mut v6_only = service(&["tcp:81:81"], &[], vec![forward(Protocol::Tcp, 81, &["[fd00:42::7]:81"])], true);
-    v6_only.plan.forwards.remove(&Family::V4);
+    v6_only.forwarding.forwards.remove(&Family::V4);
     let node = NodeRules { addresses: addresses(&["192.168.1.10"]), services: vec![v4_only.clone(), v6_only] };
     let steps = node_ruleset(&node);
     assert!(!steps.contains(&Step::AddTable(Family::V6)));

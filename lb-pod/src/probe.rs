@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hostlb_contract::{flag, ProbeArgs, PROBE_ADDRESS_ENV};
 
 use crate::error::Error;
-use crate::plan::socket_text;
+use crate::port_forwarding::socket_text;
 
 /// The whole check, connect to answer, must fit in kubelet's probe timeout (2 s).
 pub const TIMEOUT: Duration = Duration::from_millis(1500);

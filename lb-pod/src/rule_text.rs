@@ -5,7 +5,7 @@
 
 use hostlb_contract::{bytes_address, Family, Protocol};
 
-use crate::plan::socket_text;
+use crate::port_forwarding::socket_text;
 use crate::rules::{
     address_fields, address_number, ChainType, CtOriginalKey, Expr, Hook, Interval, PayloadBase, Reg, Step, Verdict,
     DESTINATION_PORT, DIRECTION_ORIGINAL, DIRECTION_REPLY, TABLE,

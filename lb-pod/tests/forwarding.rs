@@ -241,7 +241,7 @@ fn node_endpoints_forward_nothing_until_installed_then_share_new_connections() {
     use std::collections::BTreeMap;
 
     use hostlb_contract::{Destination, Family, PortMap, Protocol, RuleArgs};
-    use hostlb_lb::plan::{Forward, Plan};
+    use hostlb_lb::port_forwarding::{Forward, PortForwarding};
     use hostlb_lb::{kernel, rules};
 
     let mut t = Topology::new();
@@ -259,7 +259,7 @@ fn node_endpoints_forward_nothing_until_installed_then_share_new_connections() {
     };
     let backends = [8080, 8081].map(|port| std::net::SocketAddr::new(t.backend_v4(), port)).to_vec();
     let endpoints = BTreeMap::from([(Family::V4, vec![Forward { protocol: Protocol::Tcp, listen: 80, backends }])]);
-    let steps = rules::ruleset(&Plan::new(&args).unwrap().with_endpoints(endpoints));
+    let steps = rules::ruleset(&PortForwarding::new(&args).unwrap().with_endpoints(endpoints));
     t.pod.run(move || kernel::apply(&steps)).unwrap();
     assert!(t.pod.ruleset().contains("numgen random mod 2"), "{}", t.pod.ruleset());
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use hostlb_contract::{Cidr, Destination, Family, PortMap, Protocol, RuleArgs};
 use hostlb_lb::kernel;
 use hostlb_lb::node_table::{node_ruleset, removal, NodeRules, ServiceRules};
-use hostlb_lb::plan::{Forward, Plan};
+use hostlb_lb::port_forwarding::{Forward, PortForwarding};
 use hostlb_lb::rules::Step;
 use support::{tcp_ask, Topology};
 
@@ -58,7 +58,7 @@ fn service(t: &Topology, listen: u16, target: u16, source_ranges: &[&str], masqu
             (family, forwards.to_vec())
         })
         .collect();
-    ServiceRules { plan: Plan::new(&args).unwrap().with_endpoints(endpoints), masquerade }
+    ServiceRules { forwarding: PortForwarding::new(&args).unwrap().with_endpoints(endpoints), masquerade }
 }
 
 /// The node with every address of both families and `services`.

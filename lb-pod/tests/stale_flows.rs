@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hostlb_contract::{Cidr, Destination, Family, PortMap, Protocol, RuleArgs};
-use hostlb_lb::plan::{Forward, Plan};
+use hostlb_lb::port_forwarding::{Forward, PortForwarding};
 use hostlb_lb::{conntrack, kernel, rules};
 use support::Topology;
 
@@ -51,13 +51,13 @@ fn a_udp_flow_follows_the_endpoints_once_its_stale_entry_is_forgotten(family: Fa
         families: Vec::new(),
         source_ranges: [client_v4, client_v6].map(|range| Cidr::parse(&range).unwrap()).to_vec(),
     };
-    let plan = Plan::new(&args).unwrap();
+    let forwarding = PortForwarding::new(&args).unwrap();
     // The node's endpoints become `backends`; `forget` false is a follower that leaves conntrack
     // alone. Returns how many entries were forgotten.
     let follow = |backends: &[SocketAddr], forget: bool| -> usize {
         let forward = Forward { protocol: Protocol::Udp, listen: 53, backends: backends.to_vec() };
         let endpoints = BTreeMap::from([(family, vec![forward])]);
-        let applied = plan.with_endpoints(endpoints);
+        let applied = forwarding.with_endpoints(endpoints);
         let steps = rules::ruleset(&applied);
         t.pod
             .run(move || {

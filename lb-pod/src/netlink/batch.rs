@@ -86,14 +86,14 @@ impl Acks {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::plan::tests::plan;
+    use crate::port_forwarding::tests::forwarding;
     use crate::rules::ruleset;
 
     pub(crate) const SEQ: Sequence = Sequence { first: 100 };
 
     #[test]
     fn acks_succeed_only_when_every_step_is_acknowledged() {
-        let steps = ruleset(&plan(&["tcp:80:80"], &["10.0.0.1"], &[]));
+        let steps = ruleset(&forwarding(&["tcp:80:80"], &["10.0.0.1"], &[]));
         let mut acks = Acks::new(SEQ, steps.len());
         for index in 0..steps.len() - 1 {
             acks.record(Reply { seq: SEQ.of_step(index), errno: 0, message: None });
@@ -109,7 +109,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_first_refused_step_is_reported_with_its_errno() {
-        let steps = ruleset(&plan(&["tcp:80:80"], &["10.0.0.1"], &[]));
+        let steps = ruleset(&forwarding(&["tcp:80:80"], &["10.0.0.1"], &[]));
         let mut acks = Acks::new(SEQ, steps.len());
         for index in 0..steps.len() {
             let errno = if index >= 6 { 22 } else { 0 };
@@ -129,7 +129,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_error_for_the_batch_itself_ends_the_wait_and_is_reported_as_the_batch() {
-        let steps = ruleset(&plan(&["tcp:80:80"], &["10.0.0.1"], &[]));
+        let steps = ruleset(&forwarding(&["tcp:80:80"], &["10.0.0.1"], &[]));
         let mut acks = Acks::new(SEQ, steps.len());
         acks.record(Reply { seq: SEQ.first, errno: 1, message: None });
         assert!(acks.done());

@@ -3,7 +3,7 @@ use crate::netlink::batch::tests::SEQ;
 use crate::netlink::tests::{be32, decode_messages, Attr, Message};
 use crate::netlink::NFPROTO_IPV6;
 use crate::node_table::{node_ruleset, NodeRules, ServiceRules};
-use crate::plan::tests::{self as plan_tests, plan};
+use crate::port_forwarding::tests::{self as forwarding_tests, forwarding};
 use crate::rules::{ruleset, INTERVALS_PER_STEP};
 use hostlb_contract::Protocol;
 
@@ -28,7 +28,7 @@ fn batch_of_one_table_step_has_these_exact_bytes() {
 
 #[test]
 fn every_step_is_one_acked_nftables_message_between_begin_and_end() {
-    let steps = ruleset(&plan(&["tcp:80:8080"], &["10.0.0.1", "fd00::1"], &["10.0.0.0/8"]));
+    let steps = ruleset(&forwarding(&["tcp:80:8080"], &["10.0.0.1", "fd00::1"], &["10.0.0.0/8"]));
     let messages = decode_messages(&encode_batch(&steps, SEQ));
     assert_eq!(messages.len(), steps.len() + 2);
     let (begin, end) = (&messages[0], &messages[messages.len() - 1]);
@@ -61,7 +61,7 @@ fn replacing_a_table_ensures_then_deletes_then_creates_exclusively() {
 
 #[test]
 fn base_chain_carries_hook_priority_policy_and_type() {
-    let steps = ruleset(&plan(&["tcp:80:80"], &["10.0.0.1"], &[]));
+    let steps = ruleset(&forwarding(&["tcp:80:80"], &["10.0.0.1"], &[]));
     let messages = decode_messages(&encode_batch(&steps, SEQ));
     let chain = messages.iter().find(|m| m.kind & 0xff == NFT_MSG_NEWCHAIN).unwrap();
     assert_eq!(
@@ -110,7 +110,7 @@ fn rule_expressions(message: &Message) -> &Vec<Attr> {
 
 #[test]
 fn dnat_rule_encodes_match_registers_and_nat_expression() {
-    let steps = ruleset(&plan(&["udp:53:5353"], &["10.96.0.10"], &[]));
+    let steps = ruleset(&forwarding(&["udp:53:5353"], &["10.96.0.10"], &[]));
     let messages = decode_messages(&encode_batch(&steps, SEQ));
     let rule = messages.iter().find(|m| m.kind & 0xff == NFT_MSG_NEWRULE).unwrap();
     assert_eq!(rule.flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND);
@@ -134,7 +134,7 @@ fn dnat_rule_encodes_match_registers_and_nat_expression() {
 
 #[test]
 fn masquerade_rule_matches_destination_then_port() {
-    let steps = ruleset(&plan(&["tcp:80:8080"], &["fd00::10"], &[]));
+    let steps = ruleset(&forwarding(&["tcp:80:8080"], &["fd00::10"], &[]));
     let messages = decode_messages(&encode_batch(&steps, SEQ));
     let rule = messages.iter().rfind(|m| m.kind & 0xff == NFT_MSG_NEWRULE).unwrap();
     assert_eq!(rule.family, NFPROTO_IPV6);
@@ -158,7 +158,7 @@ fn masquerade_rule_matches_destination_then_port() {
 
 #[test]
 fn source_ranges_encode_direction_jump_set_intervals_lookup_and_drop() {
-    let steps = ruleset(&plan(&["tcp:80:80"], &["10.0.0.1"], &["192.168.0.0/16", "255.255.255.255/32"]));
+    let steps = ruleset(&forwarding(&["tcp:80:80"], &["10.0.0.1"], &["192.168.0.0/16", "255.255.255.255/32"]));
     let messages = decode_messages(&encode_batch(&steps, SEQ));
     let rules: Vec<&Message> = messages.iter().filter(|m| m.kind & 0xff == NFT_MSG_NEWRULE).collect();
     let verdict = |code: i32, chain: Option<&str>| {
@@ -233,11 +233,11 @@ fn source_ranges_encode_direction_jump_set_intervals_lookup_and_drop() {
 /// The node table of one node address and one masqueraded Service, tcp 80 to `backend`.
 fn node_table(address: &str, backend: &str) -> Vec<Step> {
     let family = Family::of(&address.parse().unwrap());
-    let forwards = vec![plan_tests::forward(Protocol::Tcp, 80, &[backend])];
-    let plan = plan(&["tcp:80:80"], &["node-endpoints"], &[]).with_endpoints([(family, forwards)].into());
+    let forwards = vec![forwarding_tests::forward(Protocol::Tcp, 80, &[backend])];
+    let forwarding = forwarding(&["tcp:80:80"], &["node-endpoints"], &[]).with_endpoints([(family, forwards)].into());
     let node = NodeRules {
         addresses: vec![address.parse().unwrap()],
-        services: vec![ServiceRules { plan, masquerade: true }],
+        services: vec![ServiceRules { forwarding, masquerade: true }],
     };
     node_ruleset(&node)
 }
@@ -286,7 +286,7 @@ fn the_node_output_chain_hooks_local_out() {
 fn the_elements_of_the_largest_step_fit_one_attribute() {
     let ranges: Vec<String> = (0..INTERVALS_PER_STEP).map(|i| format!("fd00:{:x}::/32", i * 2)).collect();
     let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
-    let steps = ruleset(&plan(&["tcp:80:80"], &["fd00::1"], &ranges));
+    let steps = ruleset(&forwarding(&["tcp:80:80"], &["fd00::1"], &ranges));
     let batch = encode_batch(&steps, SEQ);
     let elements = decode_messages(&batch).into_iter().find(|m| m.kind & 0xff == NFT_MSG_NEWSETELEM).unwrap();
     let Attr::Nest(NFTA_SET_ELEM_LIST_ELEMENTS, list) = &elements.attrs[2] else { panic!("no elements") };

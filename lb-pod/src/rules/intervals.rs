@@ -72,16 +72,16 @@ fn last_number(family: Family) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests::plan;
+    use crate::port_forwarding::tests::forwarding;
 
     #[test]
     fn overlapping_repeated_and_touching_ranges_become_one_interval() {
         let ranges = ["10.0.0.0/24", "10.0.0.128/25", "10.0.0.0/24", "10.0.1.0/24", "10.0.3.0/24", "0.0.0.0/32"];
-        let v4 = plan(&["tcp:80:80"], &["10.96.0.10"], &ranges);
+        let v4 = forwarding(&["tcp:80:80"], &["10.96.0.10"], &ranges);
         let text: Vec<String> =
             merged(v4.ranges(Family::V4)).iter().map(|i| format!("{}-{}", i.first, i.last)).collect();
         assert_eq!(text, ["0.0.0.0-0.0.0.0", "10.0.0.0-10.0.1.255", "10.0.3.0-10.0.3.255"]);
-        let everything = plan(&["tcp:80:80"], &["fd00::10"], &["fd00::/8", "::/0", "ffff::/16"]);
+        let everything = forwarding(&["tcp:80:80"], &["fd00::10"], &["fd00::/8", "::/0", "ffff::/16"]);
         let all = merged(everything.ranges(Family::V6));
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].first.to_string(), all[0].end()), ("::".to_string(), None), "no end after the last address");

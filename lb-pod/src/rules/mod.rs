@@ -1,4 +1,4 @@
-//! The nftables ruleset of a proxy pod for a `Plan`, as plain values: no I/O, no bytes.
+//! The nftables ruleset of a proxy pod for a `PortForwarding`, as plain values: no I/O, no bytes.
 //!
 //! One table per IP family (`ip hostlb`, `ip6 hostlb`) rather than one `inet` table: NAT in
 //! `inet` tables needs Linux 5.2, per-family NAT tables work on every kernel with nftables, and
@@ -42,7 +42,7 @@ use std::net::IpAddr;
 
 use hostlb_contract::{address_bytes, Family, Protocol};
 
-use crate::plan::{Forward, Plan};
+use crate::port_forwarding::{Forward, PortForwarding};
 use matches::destination_is;
 
 pub const TABLE: &str = "hostlb";
@@ -61,13 +61,13 @@ pub const PRIORITY_SRCNAT: i32 = 100;
 /// Before DNAT rewrites the destination port, after conntrack (-200), which gives the direction.
 pub const PRIORITY_SOURCE_FILTER: i32 = -150;
 
-/// Every step of the one batch that makes the kernel's state match `plan`: both families'
+/// Every step of the one batch that makes the kernel's state match `forwarding`: both families'
 /// tables are removed, then the tables of the families with a destination are built anew.
-pub fn ruleset(plan: &Plan) -> Vec<Step> {
+pub fn ruleset(forwarding: &PortForwarding) -> Vec<Step> {
     let mut steps = removals();
-    for (family, forwards) in &plan.forwards {
+    for (family, forwards) in &forwarding.forwards {
         steps.push(Step::AddTable(*family));
-        steps.extend(table(plan, *family, forwards));
+        steps.extend(table(forwarding, *family, forwards));
     }
     steps
 }
@@ -83,12 +83,12 @@ pub fn removals() -> Vec<Step> {
 /// machine, twice what the rest of the work takes). Both families' tables are added
 /// exclusively, so the batch fails as a whole with EEXIST where either is already there; the
 /// table of a family without a destination stays empty, which no packet notices.
-pub fn fresh_ruleset(plan: &Plan) -> Vec<Step> {
+pub fn fresh_ruleset(forwarding: &PortForwarding) -> Vec<Step> {
     let mut steps = Vec::new();
     for family in Family::ALL {
         steps.push(Step::AddTable(family));
-        if let Some(forwards) = plan.forwards.get(&family) {
-            steps.extend(table(plan, family, forwards));
+        if let Some(forwards) = forwarding.forwards.get(&family) {
+            steps.extend(table(forwarding, family, forwards));
         }
     }
     steps
@@ -96,12 +96,12 @@ pub fn fresh_ruleset(plan: &Plan) -> Vec<Step> {
 
 /// The pod's table: its namespace sees only the Service's traffic, so its rules match on ports
 /// alone.
-fn table(plan: &Plan, family: Family, forwards: &[Forward]) -> Vec<Step> {
+fn table(forwarding: &PortForwarding, family: Family, forwards: &[Forward]) -> Vec<Step> {
     let mut steps = vec![
         Step::AddChain { family, name: CHAIN_DNAT, base: Some(base_chain(ChainType::Nat, Hook::Prerouting)) },
         Step::AddChain { family, name: CHAIN_MASQUERADE, base: Some(base_chain(ChainType::Nat, Hook::Postrouting)) },
     ];
-    if plan.restricts_sources() {
+    if forwarding.restricts_sources() {
         steps.push(Step::AddChain {
             family,
             name: CHAIN_SOURCE_FILTER,
@@ -110,7 +110,7 @@ fn table(plan: &Plan, family: Family, forwards: &[Forward]) -> Vec<Step> {
     }
     let names =
         ServiceNames { dnat: CHAIN_DNAT, allowed_sources: CHAIN_ALLOWED_SOURCES, source_ranges: SET_SOURCE_RANGES };
-    steps.extend(service_rules(plan, family, forwards, &[], &names));
+    steps.extend(service_rules(forwarding, family, forwards, &[], &names));
     let mut masqueraded: Vec<(IpAddr, Protocol, u16)> = forwards
         .iter()
         .flat_map(|forward| forward.backends.iter().map(|backend| (backend.ip(), forward.protocol, backend.port())))
@@ -150,7 +150,7 @@ pub struct ServiceNames {
 /// destination address must match; nothing where every packet is for the Service), and its
 /// DNAT rules.
 pub fn service_rules(
-    plan: &Plan,
+    forwarding: &PortForwarding,
     family: Family,
     forwards: &[Forward],
     to: &[Expr],
@@ -158,9 +158,9 @@ pub fn service_rules(
 ) -> Vec<Step> {
     let rule = |chain, exprs| Step::AddRule { family, chain, exprs };
     let mut steps = Vec::new();
-    if plan.restricts_sources() {
+    if forwarding.restricts_sources() {
         steps.push(Step::AddChain { family, name: names.allowed_sources, base: None });
-        for port in &plan.ports {
+        for port in &forwarding.ports {
             let exprs = [
                 original_direction(),
                 to.to_vec(),
@@ -170,7 +170,7 @@ pub fn service_rules(
             .concat();
             steps.push(rule(CHAIN_SOURCE_FILTER, exprs));
         }
-        let intervals = merged(plan.ranges(family));
+        let intervals = merged(forwarding.ranges(family));
         if !intervals.is_empty() {
             // The set and its elements come before the rule that looks it up: the kernel
             // refuses elements for a constant set that a rule already uses.

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::plan::tests::plan;
+use crate::port_forwarding::tests::forwarding;
 use crate::rule_text::step_text;
 
 fn described(steps: &[Step]) -> Vec<String> {
@@ -10,7 +10,7 @@ fn described(steps: &[Step]) -> Vec<String> {
 
 #[test]
 fn single_stack_replaces_both_tables_and_builds_only_its_own() {
-    let steps = ruleset(&plan(&["tcp:80:8080", "udp:53:53"], &["10.96.0.10"], &[]));
+    let steps = ruleset(&forwarding(&["tcp:80:8080", "udp:53:53"], &["10.96.0.10"], &[]));
     assert_eq!(
         described(&steps),
         vec![
@@ -31,7 +31,7 @@ fn single_stack_replaces_both_tables_and_builds_only_its_own() {
 
 #[test]
 fn dual_stack_builds_one_table_per_family_with_its_own_destination() {
-    let steps = ruleset(&plan(&["tcp:443:443"], &["10.96.0.10", "fd00::10"], &[]));
+    let steps = ruleset(&forwarding(&["tcp:443:443"], &["10.96.0.10", "fd00::10"], &[]));
     let text = described(&steps);
     assert!(text.contains(&"add rule ip hostlb prerouting tcp dport 443 dnat ip to 10.96.0.10:443".to_string()));
     assert!(text.contains(&"add rule ip6 hostlb prerouting tcp dport 443 dnat ip6 to [fd00::10]:443".to_string()));
@@ -41,7 +41,7 @@ fn dual_stack_builds_one_table_per_family_with_its_own_destination() {
 
 #[test]
 fn several_backends_share_new_connections_evenly_and_none_means_no_forwarding() {
-    let waiting = plan(&["tcp:80:80", "udp:53:53"], &["node-endpoints"], &[]);
+    let waiting = forwarding(&["tcp:80:80", "udp:53:53"], &["node-endpoints"], &[]);
     let text = described(&ruleset(&waiting));
     assert!(text.iter().all(|line| !line.contains("add rule")), "no endpoint yet, no rule: {text:?}");
     assert!(text.contains(&"add chain ip6 hostlb prerouting { type nat hook prerouting priority -100; }".into()));
@@ -65,15 +65,15 @@ fn several_backends_share_new_connections_evenly_and_none_means_no_forwarding() 
 
 #[test]
 fn a_fresh_namespace_gets_the_same_tables_without_removals() {
-    let plan = plan(&["tcp:80:8080"], &["10.96.0.10", "fd00::10"], &["10.0.0.0/8"]);
-    let fresh = fresh_ruleset(&plan);
+    let forwarding = forwarding(&["tcp:80:8080"], &["10.96.0.10", "fd00::10"], &["10.0.0.0/8"]);
+    let fresh = fresh_ruleset(&forwarding);
     assert!(fresh.iter().all(|step| !matches!(step, Step::EnsureTable(_) | Step::DeleteTable(_))));
-    assert_eq!(ruleset(&plan)[4..], fresh[..]);
+    assert_eq!(ruleset(&forwarding)[4..], fresh[..]);
 }
 
 #[test]
 fn a_fresh_namespace_gets_both_tables_so_that_either_already_there_is_found() {
-    let v4_only = plan(&["tcp:80:8080"], &["10.96.0.10"], &[]);
+    let v4_only = forwarding(&["tcp:80:8080"], &["10.96.0.10"], &[]);
     let tables: Vec<Step> =
         fresh_ruleset(&v4_only).into_iter().filter(|step| matches!(step, Step::AddTable(_))).collect();
     assert_eq!(tables, vec![Step::AddTable(Family::V4), Step::AddTable(Family::V6)]);
@@ -84,7 +84,7 @@ fn a_fresh_namespace_gets_both_tables_so_that_either_already_there_is_found() {
 
 #[test]
 fn ipv6_only_has_no_ipv4_table_but_still_deletes_an_old_one() {
-    let steps = ruleset(&plan(&["tcp:80:80"], &["fd00::10"], &[]));
+    let steps = ruleset(&forwarding(&["tcp:80:80"], &["fd00::10"], &[]));
     assert!(steps.contains(&Step::DeleteTable(Family::V4)));
     assert!(!steps.contains(&Step::AddTable(Family::V4)));
     assert!(steps.iter().skip(4).all(|step| step.family() == Family::V6));
@@ -93,7 +93,7 @@ fn ipv6_only_has_no_ipv4_table_but_still_deletes_an_old_one() {
 #[test]
 fn source_ranges_jump_listened_ports_to_one_set_lookup_ending_in_drop() {
     let ranges = ["192.168.0.0/16", "10.0.0.7/32", "fd00::/8"];
-    let steps = ruleset(&plan(&["tcp:80:8080"], &["10.96.0.10", "fd00::10"], &ranges));
+    let steps = ruleset(&forwarding(&["tcp:80:8080"], &["10.96.0.10", "fd00::10"], &ranges));
     let text = described(&steps);
     let v4: Vec<&String> = text.iter().filter(|t| t.contains("ip hostlb") && t.contains("source")).collect();
     assert_eq!(
@@ -124,7 +124,7 @@ fn intervals_per_step(steps: &[Step]) -> Vec<usize> {
 fn thousands_of_ranges_are_one_set_filled_in_steps_the_netlink_attribute_can_hold() {
     let ranges: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 256 * 2, i % 256)).collect();
     let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
-    let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10"], &ranges));
+    let steps = ruleset(&forwarding(&["tcp:80:80"], &["10.96.0.10"], &ranges));
     let sets = steps.iter().filter(|step| matches!(step, Step::AddSet { .. })).count();
     let filled = intervals_per_step(&steps);
     // Every other /16 is full (256 /24s that touch), so the 5,000 ranges are 20 intervals.
@@ -134,7 +134,7 @@ fn thousands_of_ranges_are_one_set_filled_in_steps_the_netlink_attribute_can_hol
 
     let apart: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 128, i % 128 * 2)).collect();
     let apart: Vec<&str> = apart.iter().map(String::as_str).collect();
-    let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10"], &apart));
+    let steps = ruleset(&forwarding(&["tcp:80:80"], &["10.96.0.10"], &apart));
     let filled = intervals_per_step(&steps);
     assert_eq!(filled.iter().sum::<usize>(), 5000);
     assert!(filled.iter().all(|count| *count <= INTERVALS_PER_STEP), "{filled:?}");
@@ -142,7 +142,7 @@ fn thousands_of_ranges_are_one_set_filled_in_steps_the_netlink_attribute_can_hol
 
 #[test]
 fn only_the_original_direction_is_filtered_so_answers_to_a_listened_port_pass() {
-    let steps = ruleset(&plan(&["udp:500:4500"], &["10.96.0.10"], &["192.168.0.0/16"]));
+    let steps = ruleset(&forwarding(&["udp:500:4500"], &["10.96.0.10"], &["192.168.0.0/16"]));
     let filters: Vec<&Vec<Expr>> = steps
         .iter()
         .filter_map(|step| match step {
@@ -166,7 +166,7 @@ fn only_the_original_direction_is_filtered_so_answers_to_a_listened_port_pass() 
 
 #[test]
 fn a_family_without_ranges_drops_everything_when_another_family_has_some() {
-    let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10", "fd00::10"], &["192.168.0.0/16"]));
+    let steps = ruleset(&forwarding(&["tcp:80:80"], &["10.96.0.10", "fd00::10"], &["192.168.0.0/16"]));
     let v6_allowed: Vec<String> = steps
         .iter()
         .filter(|s| matches!(s, Step::AddRule { family: Family::V6, chain: CHAIN_ALLOWED_SOURCES, .. }))
@@ -179,20 +179,20 @@ fn a_family_without_ranges_drops_everything_when_another_family_has_some() {
 
 #[test]
 fn without_source_ranges_there_is_no_filter_chain() {
-    let steps = ruleset(&plan(&["tcp:80:80"], &["10.96.0.10"], &[]));
+    let steps = ruleset(&forwarding(&["tcp:80:80"], &["10.96.0.10"], &[]));
     assert!(!described(&steps).iter().any(|s| s.contains("source")));
 }
 
 #[test]
 fn masquerade_is_one_rule_per_protocol_and_target() {
-    let steps = ruleset(&plan(&["tcp:80:8080", "tcp:81:8080", "udp:80:8080"], &["10.0.0.1"], &[]));
+    let steps = ruleset(&forwarding(&["tcp:80:8080", "tcp:81:8080", "udp:80:8080"], &["10.0.0.1"], &[]));
     let masq = steps.iter().filter(|s| matches!(s, Step::AddRule { chain: CHAIN_MASQUERADE, .. })).count();
     assert_eq!(masq, 2);
 }
 
 #[test]
 fn dnat_rule_loads_protocol_port_address_and_target_port() {
-    let steps = ruleset(&plan(&["sctp:9:1009"], &["fd00::10"], &[]));
+    let steps = ruleset(&forwarding(&["sctp:9:1009"], &["fd00::10"], &[]));
     let Some(Step::AddRule { exprs, .. }) = steps.iter().find(|s| matches!(s, Step::AddRule { chain: CHAIN_DNAT, .. }))
     else {
         panic!("no dnat rule");
@@ -215,7 +215,7 @@ fn dnat_rule_loads_protocol_port_address_and_target_port() {
 #[test]
 fn every_rule_reads_back_as_the_nft_people_write() {
     let ranges = ["0.0.0.0/0", "10.0.0.0/8", "10.0.0.7/32", "fd00::/8"];
-    let steps = ruleset(&plan(&["tcp:80:8080", "udp:53:53", "sctp:9:9"], &["10.96.0.10", "fd00::10"], &ranges));
+    let steps = ruleset(&forwarding(&["tcp:80:8080", "udp:53:53", "sctp:9:9"], &["10.96.0.10", "fd00::10"], &ranges));
     for text in described(&steps) {
         assert!(
             !["reg ", "0x", "@nh", "@th", "meta l4proto", "th dport"].iter().any(|raw| text.contains(raw)),
@@ -225,8 +225,8 @@ fn every_rule_reads_back_as_the_nft_people_write() {
 }
 
 #[test]
-fn same_plan_gives_the_same_steps() {
-    let a = ruleset(&plan(&["udp:53:53", "tcp:80:80"], &["10.0.0.1"], &["10.0.0.0/8"]));
-    let b = ruleset(&plan(&["tcp:80:80", "udp:53:53"], &["10.0.0.1"], &["10.0.0.0/8"]));
+fn same_forwarding_gives_the_same_steps() {
+    let a = ruleset(&forwarding(&["udp:53:53", "tcp:80:80"], &["10.0.0.1"], &["10.0.0.0/8"]));
+    let b = ruleset(&forwarding(&["tcp:80:80", "udp:53:53"], &["10.0.0.1"], &["10.0.0.0/8"]));
     assert_eq!(a, b);
 }

@@ -1,4 +1,6 @@
-//! What to forward where, validated from the parsed arguments: no I/O.
+//! A proxy's port forwarding: which ports it listens on, where each one's packets go, and from
+//! which sources, validated from its parsed arguments before `rules` makes nftables objects of it.
+//! No I/O.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,7 +30,7 @@ impl fmt::Display for Forward {
 
 /// Everything `init` installs, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
+pub struct PortForwarding {
     /// Sorted, without duplicates.
     pub ports: Vec<PortMap>,
     /// The families that get a table, each with its forwards (sorted by protocol and port).
@@ -40,12 +42,12 @@ pub struct Plan {
     pub source_ranges: Vec<Cidr>,
 }
 
-impl Plan {
+impl PortForwarding {
     /// Checks what the arguments' types cannot: that there is something to forward, to one
     /// destination per family. Destinations of families the Service does not have are dropped,
     /// and no `--family` at all keeps every family. With `node-endpoints` as destination the
     /// tables are those of the given families (both if none), with no forwards yet.
-    pub fn new(args: &RuleArgs) -> Result<Plan, Error> {
+    pub fn new(args: &RuleArgs) -> Result<PortForwarding, Error> {
         let ports = distinct_ports(&args.ports)?;
         let wanted = |family: &Family| args.families.is_empty() || args.families.contains(family);
         let follows_endpoints = args.to.contains(&Destination::NodeEndpoints);
@@ -75,12 +77,12 @@ impl Plan {
         let mut source_ranges = args.source_ranges.clone();
         source_ranges.sort();
         source_ranges.dedup();
-        Ok(Plan { ports, forwards, follows_endpoints, source_ranges })
+        Ok(PortForwarding { ports, forwards, follows_endpoints, source_ranges })
     }
 
-    /// This plan with the node's endpoints as the forwards of its families; forwards of other
-    /// families or of ports the plan does not listen on are left out.
-    pub fn with_endpoints(&self, mut endpoints: BTreeMap<Family, Vec<Forward>>) -> Plan {
+    /// This port forwarding with the node's endpoints as the forwards of its families; forwards of
+    /// other families or of ports it does not listen on are left out.
+    pub fn with_endpoints(&self, mut endpoints: BTreeMap<Family, Vec<Forward>>) -> PortForwarding {
         let listened =
             |forward: &Forward| self.ports.iter().any(|p| (p.protocol, p.listen) == (forward.protocol, forward.listen));
         let forwards = self
@@ -97,7 +99,7 @@ impl Plan {
                 (*family, forwards)
             })
             .collect();
-        Plan { forwards, ..self.clone() }
+        PortForwarding { forwards, ..self.clone() }
     }
 
     /// The families that get a table.
@@ -200,9 +202,9 @@ fn one_address_per_family(destinations: &[Destination]) -> Result<BTreeMap<Famil
 pub mod tests {
     use super::*;
 
-    /// The plan of valid arguments, from the spellings of their values.
-    pub fn plan(ports: &[&str], to: &[&str], ranges: &[&str]) -> Plan {
-        Plan::new(&rule_args(ports, to, ranges)).unwrap_or_else(|error| panic!("{error}"))
+    /// The port forwarding of valid arguments, from the spellings of their values.
+    pub fn forwarding(ports: &[&str], to: &[&str], ranges: &[&str]) -> PortForwarding {
+        PortForwarding::new(&rule_args(ports, to, ranges)).unwrap_or_else(|error| panic!("{error}"))
     }
 
     /// `listen` of `protocol` to the backends, from their spellings, in the order given.
@@ -222,11 +224,11 @@ pub mod tests {
         }
     }
 
-    fn checked(ports: &[&str], to: &[&str], ranges: &[&str]) -> Result<Plan, Error> {
-        Plan::new(&rule_args(ports, to, ranges))
+    fn checked(ports: &[&str], to: &[&str], ranges: &[&str]) -> Result<PortForwarding, Error> {
+        PortForwarding::new(&rule_args(ports, to, ranges))
     }
 
-    fn message(result: Result<Plan, Error>) -> String {
+    fn message(result: Result<PortForwarding, Error>) -> String {
         let error = result.expect_err("expected a bad argument");
         assert_eq!(error.exit_code(), 2, "{error}");
         error.to_string()
@@ -235,21 +237,21 @@ pub mod tests {
     #[test]
     fn families_drop_destinations_of_other_families() {
         let dual = rule_args(&["tcp:80:30080"], &["10.0.0.1", "fd00::1"], &[]);
-        let only = |families: &[Family]| Plan::new(&RuleArgs { families: families.to_vec(), ..dual.clone() });
+        let only = |families: &[Family]| PortForwarding::new(&RuleArgs { families: families.to_vec(), ..dual.clone() });
         let v4 = only(&[Family::V4]).unwrap();
         assert_eq!(v4.families().collect::<Vec<_>>(), vec![Family::V4]);
         let v6 = only(&[Family::V6]).unwrap();
         assert_eq!(v6.families().collect::<Vec<_>>(), vec![Family::V6]);
         assert_eq!(only(&[]).unwrap(), only(&[Family::V4, Family::V6]).unwrap());
         let v4_only = RuleArgs { families: vec![Family::V6], ..rule_args(&["tcp:80:30080"], &["10.0.0.1"], &[]) };
-        assert_eq!(message(Plan::new(&v4_only)), "--to: no destination address of the families IPv6");
+        assert_eq!(message(PortForwarding::new(&v4_only)), "--to: no destination address of the families IPv6");
     }
 
     #[test]
     fn ports_are_sorted_by_protocol_and_port() {
-        let plan = plan(&["udp:53:5353", "tcp:80:8080", "sctp:9:9"], &["10.96.0.10"], &[]);
+        let forwarding = forwarding(&["udp:53:5353", "tcp:80:8080", "sctp:9:9"], &["10.96.0.10"], &[]);
         assert_eq!(
-            plan.ports,
+            forwarding.ports,
             vec![
                 PortMap { protocol: Protocol::Tcp, listen: 80, target: 8080 },
                 PortMap { protocol: Protocol::Udp, listen: 53, target: 5353 },
@@ -258,12 +260,12 @@ pub mod tests {
         );
         let backends = |forwards: &[Forward]| forwards.iter().map(|f| f.backends.clone()).collect::<Vec<_>>();
         assert_eq!(
-            backends(&plan.forwards[&Family::V4]),
+            backends(&forwarding.forwards[&Family::V4]),
             [["10.96.0.10:8080"], ["10.96.0.10:5353"], ["10.96.0.10:9"]]
                 .map(|b| b.map(|a| a.parse().unwrap()).to_vec())
         );
-        assert!(!plan.forwards.contains_key(&Family::V6));
-        assert!(!plan.restricts_sources());
+        assert!(!forwarding.forwards.contains_key(&Family::V6));
+        assert!(!forwarding.restricts_sources());
     }
 
     #[test]
@@ -272,9 +274,9 @@ pub mod tests {
             message(checked(&["tcp:80:8080", "tcp:80:9090"], &["10.0.0.1"], &[])),
             r#"--port "tcp:80:9090": tcp 80 is already forwarded to port 8080; a listened port can have one target"#
         );
-        let plan = plan(&["tcp:80:8080", "tcp:80:8080", "udp:80:8080"], &["10.0.0.1"], &[]);
-        assert_eq!(plan.ports.len(), 2);
-        assert_eq!(plan.forwards[&Family::V4].len(), 2);
+        let forwarding = forwarding(&["tcp:80:8080", "tcp:80:8080", "udp:80:8080"], &["10.0.0.1"], &[]);
+        assert_eq!(forwarding.ports.len(), 2);
+        assert_eq!(forwarding.forwards[&Family::V4].len(), 2);
     }
 
     #[test]
@@ -290,7 +292,7 @@ pub mod tests {
             r#"--to "10.0.0.2": a second IPv4 destination besides 10.0.0.1; give at most one per family"#
         );
         assert!(message(checked(&["tcp:80:80"], &["fd00::1", "fd00::2"], &[])).contains("second IPv6"));
-        let same_twice = plan(&["tcp:80:80"], &["10.0.0.1", "10.0.0.1"], &[]);
+        let same_twice = forwarding(&["tcp:80:80"], &["10.0.0.1", "10.0.0.1"], &[]);
         assert_eq!(same_twice.forwards[&Family::V4][0].backends, vec!["10.0.0.1:80".parse().unwrap()]);
     }
 
@@ -305,10 +307,10 @@ pub mod tests {
     fn node_endpoints_give_tables_without_forwards_until_the_follower_fills_them() {
         let args =
             RuleArgs { families: vec![Family::V6], ..rule_args(&["tcp:80:80", "udp:53:53"], &["node-endpoints"], &[]) };
-        let waiting = Plan::new(&args).unwrap();
+        let waiting = PortForwarding::new(&args).unwrap();
         assert!(waiting.follows_endpoints);
         assert_eq!(waiting.forwards, BTreeMap::from([(Family::V6, Vec::new())]));
-        let both = plan(&["tcp:80:80"], &["node-endpoints"], &[]);
+        let both = forwarding(&["tcp:80:80"], &["node-endpoints"], &[]);
         assert_eq!(both.families().collect::<Vec<_>>(), Family::ALL);
 
         let endpoints = BTreeMap::from([
@@ -342,19 +344,20 @@ pub mod tests {
 
     #[test]
     fn a_family_without_destination_has_no_rules() {
-        let v6_only = plan(&["tcp:80:80"], &["fd00::a"], &[]);
+        let v6_only = forwarding(&["tcp:80:80"], &["fd00::a"], &[]);
         assert_eq!(v6_only.families().collect::<Vec<_>>(), vec![Family::V6]);
-        let dual = plan(&["tcp:80:80"], &["fd00::a", "10.0.0.1"], &[]);
+        let dual = forwarding(&["tcp:80:80"], &["fd00::a", "10.0.0.1"], &[]);
         assert_eq!(dual.families().collect::<Vec<_>>(), vec![Family::V4, Family::V6]);
     }
 
     #[test]
     fn source_ranges_are_split_by_family_sorted_without_repeats() {
-        let plan = plan(&["tcp:80:80"], &["10.0.0.1"], &["10.1.2.3/16", "fd00:1:2::5/48", "10.1.0.0/16", "0.0.0.0/0"]);
-        assert!(plan.restricts_sources());
-        let v4: Vec<String> = plan.ranges(Family::V4).map(ToString::to_string).collect();
+        let forwarding =
+            forwarding(&["tcp:80:80"], &["10.0.0.1"], &["10.1.2.3/16", "fd00:1:2::5/48", "10.1.0.0/16", "0.0.0.0/0"]);
+        assert!(forwarding.restricts_sources());
+        let v4: Vec<String> = forwarding.ranges(Family::V4).map(ToString::to_string).collect();
         assert_eq!(v4, vec!["0.0.0.0/0", "10.1.0.0/16"]);
-        let v6: Vec<String> = plan.ranges(Family::V6).map(ToString::to_string).collect();
+        let v6: Vec<String> = forwarding.ranges(Family::V6).map(ToString::to_string).collect();
         assert_eq!(v6, vec!["fd00:1:2::/48"]);
     }
 
