@@ -46,7 +46,7 @@ impl LeaseTiming {
 
 /// What to do with the Lease as just read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Plan {
+pub enum LeaseAction {
     /// Write this replica into it (create, take over or renew).
     Claim,
     /// Someone else holds it and their claim stands.
@@ -129,8 +129,8 @@ impl Election {
     }
 
     /// What to do with the Lease as read at `now` (`None`: there is none yet).
-    pub fn plan(&mut self, lease: Option<&LeaseSpec>, now: Instant) -> Plan {
-        let Some(spec) = lease else { return Plan::Claim };
+    pub fn action(&mut self, lease: Option<&LeaseSpec>, now: Instant) -> LeaseAction {
+        let Some(spec) = lease else { return LeaseAction::Claim };
         let record = (spec.holder_identity.clone(), spec.renew_time.clone());
         if self.seen.as_ref() != Some(&record) {
             self.seen = Some(record);
@@ -138,7 +138,7 @@ impl Election {
         }
         let holder = spec.holder_identity.as_deref().unwrap_or_default();
         if holder.is_empty() || holder == self.identity {
-            return Plan::Claim;
+            return LeaseAction::Claim;
         }
         let duration = spec
             .lease_duration_seconds
@@ -146,9 +146,9 @@ impl Election {
             .map_or(self.timing.duration, Duration::from_secs);
         let unchanged_for = self.seen_changed_at.map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
         if unchanged_for > duration {
-            Plan::Claim
+            LeaseAction::Claim
         } else {
-            Plan::Follow { holder: holder.to_string() }
+            LeaseAction::Follow { holder: holder.to_string() }
         }
     }
 
@@ -269,24 +269,24 @@ mod tests {
     fn a_missing_free_or_own_lease_is_claimed() {
         let start = Instant::now();
         let mut election = Election::new("a", timing());
-        assert_eq!(election.plan(None, start), Plan::Claim);
+        assert_eq!(election.action(None, start), LeaseAction::Claim);
         let free = LeaseSpec { holder_identity: Some(String::new()), ..LeaseSpec::default() };
-        assert_eq!(election.plan(Some(&free), start), Plan::Claim);
-        assert_eq!(election.plan(Some(&released(&held_by("b", 100), wall(101))), start), Plan::Claim);
-        assert_eq!(election.plan(Some(&held_by("a", 100)), start), Plan::Claim);
+        assert_eq!(election.action(Some(&free), start), LeaseAction::Claim);
+        assert_eq!(election.action(Some(&released(&held_by("b", 100), wall(101))), start), LeaseAction::Claim);
+        assert_eq!(election.action(Some(&held_by("a", 100)), start), LeaseAction::Claim);
     }
 
     #[test]
     fn another_holder_is_followed_until_its_claim_has_not_changed_for_the_lease_duration() {
         let start = Instant::now();
         let mut election = Election::new("a", timing());
-        let follow_b = Plan::Follow { holder: "b".into() };
-        assert_eq!(election.plan(Some(&held_by("b", 100)), start), follow_b);
-        assert_eq!(election.plan(Some(&held_by("b", 100)), start + 15 * SECOND), follow_b);
+        let follow_b = LeaseAction::Follow { holder: "b".into() };
+        assert_eq!(election.action(Some(&held_by("b", 100)), start), follow_b);
+        assert_eq!(election.action(Some(&held_by("b", 100)), start + 15 * SECOND), follow_b);
         // Renewed meanwhile: the wait starts again from when the renewal was seen.
-        assert_eq!(election.plan(Some(&held_by("b", 110)), start + 16 * SECOND), follow_b);
-        assert_eq!(election.plan(Some(&held_by("b", 110)), start + 31 * SECOND), follow_b);
-        assert_eq!(election.plan(Some(&held_by("b", 110)), start + 32 * SECOND), Plan::Claim);
+        assert_eq!(election.action(Some(&held_by("b", 110)), start + 16 * SECOND), follow_b);
+        assert_eq!(election.action(Some(&held_by("b", 110)), start + 31 * SECOND), follow_b);
+        assert_eq!(election.action(Some(&held_by("b", 110)), start + 32 * SECOND), LeaseAction::Claim);
     }
 
     #[test]
@@ -294,7 +294,7 @@ mod tests {
         let start = Instant::now();
         let mut election = Election::new("a", timing());
         let from_the_past = held_by("b", 0);
-        assert_eq!(election.plan(Some(&from_the_past), start), Plan::Follow { holder: "b".into() });
+        assert_eq!(election.action(Some(&from_the_past), start), LeaseAction::Follow { holder: "b".into() });
     }
 
     #[test]

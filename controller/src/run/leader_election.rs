@@ -18,7 +18,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::decide::leadership::{released, Election, Leadership, LeaseTiming, Outcome, Plan, Term};
+use crate::decide::leadership::{released, Election, Leadership, LeaseAction, LeaseTiming, Outcome, Term};
 use crate::run::api_contact::ApiContact;
 use crate::run::metrics::Metrics;
 
@@ -113,7 +113,7 @@ impl Elector {
             }
         };
         let spec = lease.as_ref().and_then(|lease| lease.spec.as_ref());
-        if let Plan::Follow { holder } = self.election.plan(spec, now) {
+        if let LeaseAction::Follow { holder } = self.election.action(spec, now) {
             return Outcome::HeldBy(holder);
         }
         let spec = self.election.claim(spec, Timestamp::now());
