@@ -1,6 +1,6 @@
 //! The node's own addresses, where the agent takes traffic for the Services it serves: every
 //! address a proxy pod's host port answers on (kubelet's host ports are DNATed for any local
-//! address), except loopback, link-local ones, and those of the links that hold Service
+//! address), except loopback, link-local ones, and those of the links that carry Service
 //! addresses (kube-proxy's IPVS mode, NodeLocal DNSCache), whose traffic is not for the node.
 
 use std::collections::BTreeMap;
@@ -80,7 +80,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn global_addresses_of_the_nodes_links_but_not_those_holding_service_addresses() {
+    fn global_addresses_of_the_nodes_links_but_not_those_carrying_service_addresses() {
         let links = BTreeMap::from([(1, "lo".to_string()), (2, "eth0".to_string()), (3, "kube-ipvs0".to_string())]);
         let address =
             |link: u32, scope: AddressScope, text: &str| LinkAddress { link, scope, address: text.parse().unwrap() };

@@ -73,9 +73,9 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether the arguments after the binary are exactly `hold`. The holder runs for the pod's
+    /// Whether the arguments after the binary are exactly `hold`. `hold` runs for the pod's
     /// whole life, so `hostlb-lb` takes it without the parser, whose code pages then never
-    /// become part of the holder's resident memory.
+    /// become part of its resident memory.
     pub fn is_hold<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> bool {
         let mut args = args.into_iter();
         args.next().is_some_and(|first| first.as_ref() == HOLD) && args.next().is_none()

@@ -4,8 +4,8 @@
 //! Writes flat JSON (numbers only) to `HOSTLB_BENCH_OUT` once every figure is taken: a run that
 //! fails writes nothing.
 //!
-//! Topology, IPv4: client --- node --- {hostlb pod, klipper pod, backend pod}. The node holds
-//! the rules a Kubernetes node holds, loaded with `iptables-restore` (nf_tables backend):
+//! Topology, IPv4: client --- node --- {hostlb pod, klipper pod, backend pod}. The node has
+//! the rules a Kubernetes node has, loaded with `iptables-restore` (nf_tables backend):
 //! kube-proxy's (1.20, iptables mode) for the measured Service and for `OTHER_SERVICES` more, and
 //! CNI portmap's for both proxy pods' hostPorts. A proxy pod forwards to the Service's ClusterIP,
 //! which the node's kube-proxy rules DNAT once more to the backend, as in a cluster.
@@ -20,7 +20,7 @@
 //! - agent: the opt-in node agent's table in the node's own namespace (`node_ruleset`, as the
 //!   agent programs it for a Service of `externalTrafficPolicy: Cluster`): DNAT of the node's
 //!   address straight to the backend pod, masquerade, beside kube-proxy's and portmap's rules. On
-//!   ports of its own, as the proxy pods' hostPorts hold the Service's here.
+//!   ports of its own, as the proxy pods' hostPorts take the Service's here.
 //!
 //! Conntrack keeps the kernel's default timeouts, so within one path's run the tables fill as a
 //! busy node's do (every short connection stays 120 s in TIME_WAIT, in each namespace that
@@ -170,7 +170,7 @@ const UDP_LOSS_LIMIT: usize = 1000;
 /// The backend's whole answer. The client closes first once it has read it, so that the client
 /// and not the backend keeps each connection in TIME_WAIT: a NAT'd path's masquerade, its
 /// conntrack flushed between runs, would otherwise pick source ports whose earlier connections
-/// the backend still holds in TIME_WAIT, and PAWS there would refuse the new SYN for a second.
+/// the backend still keeps in TIME_WAIT, and PAWS there would refuse the new SYN for a second.
 const ANSWER: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
 const PROGRAM_RUNS: usize = 15;
 

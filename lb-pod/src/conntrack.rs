@@ -133,7 +133,7 @@ fn write_tuple(w: &mut Writer, kind: u16, protocol: u8, tuple: &Tuple) {
     w.end_nest(nest);
 }
 
-/// What one datagram of a dump's answers holds.
+/// What one datagram of a dump's answers contains.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DumpPart {
     /// Its entries of protocols with ports; entries of others (ICMP) are skipped.
@@ -480,6 +480,6 @@ mod tests {
         assert!(!is_stale(&forwarding, &other));
         let mut v6 = udp_flow("[fd00:1::5]:5353", true);
         v6.original = tuple("[2001:db8::7]:40000", "[fd00::1]:53");
-        assert!(is_stale(&forwarding, &v6), "the IPv6 table has no backend, so none of its DNATs holds");
+        assert!(is_stale(&forwarding, &v6), "the IPv6 table has no backend, so none of its DNATs applies");
     }
 }

@@ -89,9 +89,9 @@ enum Field {
     Raw { base: PayloadBase, offset: u32, len: u32 },
 }
 
-/// What a register holds at some point of the rule.
+/// What a register was last loaded with, as far as the rule has been read.
 #[derive(Clone, Copy)]
-enum Held<'a> {
+enum Loaded<'a> {
     L4Proto,
     CtDirection,
     CtOriginal(CtOriginalKey),
@@ -103,7 +103,7 @@ enum Held<'a> {
 
 struct Reader<'a> {
     family: Family,
-    registers: [Option<Held<'a>>; 3],
+    registers: [Option<Loaded<'a>>; 3],
     words: Vec<String>,
     /// The protocol of an `l4proto` match that is the last word so far: nft folds it into the
     /// port match that follows (`tcp dport 80`).
@@ -113,23 +113,23 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn read(&mut self, expr: &'a Expr) {
         match expr {
-            Expr::MetaL4Proto { dreg } => self.load(*dreg, Some(Held::L4Proto)),
-            Expr::CtDirection { dreg } => self.load(*dreg, Some(Held::CtDirection)),
-            Expr::CtOriginal { key, dreg } => self.load(*dreg, Some(Held::CtOriginal(*key))),
+            Expr::MetaL4Proto { dreg } => self.load(*dreg, Some(Loaded::L4Proto)),
+            Expr::CtDirection { dreg } => self.load(*dreg, Some(Loaded::CtDirection)),
+            Expr::CtOriginal { key, dreg } => self.load(*dreg, Some(Loaded::CtOriginal(*key))),
             Expr::Payload { base, offset, len, dreg } => {
-                self.load(*dreg, Some(Held::Field(self.field(*base, *offset, *len))))
+                self.load(*dreg, Some(Loaded::Field(self.field(*base, *offset, *len))))
             }
             Expr::Lookup { sreg, set } => {
-                let value = match self.held(*sreg) {
-                    Some(Held::Field(field)) => self.field_name(field),
-                    Some(Held::CtOriginal(key)) => ct_original_name(key),
+                let value = match self.loaded(*sreg) {
+                    Some(Loaded::Field(field)) => self.field_name(field),
+                    Some(Loaded::CtOriginal(key)) => ct_original_name(key),
                     _ => self.operand(*sreg),
                 };
                 self.push(format!("{value} @{set}"));
             }
             Expr::CmpEq { sreg, data } => self.compare(*sreg, data),
-            Expr::Immediate { dreg, data } => self.load(*dreg, Some(Held::Data(data))),
-            Expr::Numgen { dreg, modulus } => self.load(*dreg, Some(Held::Random(*modulus))),
+            Expr::Immediate { dreg, data } => self.load(*dreg, Some(Loaded::Data(data))),
+            Expr::Numgen { dreg, modulus } => self.load(*dreg, Some(Loaded::Random(*modulus))),
             Expr::Verdict(Verdict::Accept) => self.push("accept".into()),
             Expr::Verdict(Verdict::Drop) => self.push("drop".into()),
             Expr::Verdict(Verdict::Jump(chain)) => self.push(format!("jump {chain}")),
@@ -145,8 +145,8 @@ impl<'a> Reader<'a> {
     }
 
     fn compare(&mut self, sreg: Reg, data: &[u8]) {
-        let text = match (self.held(sreg), self.protocol_matched.take()) {
-            (Some(Held::L4Proto), _) => {
+        let text = match (self.loaded(sreg), self.protocol_matched.take()) {
+            (Some(Loaded::L4Proto), _) => {
                 let name = match data {
                     [number] => Protocol::ALL
                         .into_iter()
@@ -158,24 +158,24 @@ impl<'a> Reader<'a> {
                 self.protocol_matched = Some(name);
                 return;
             }
-            (Some(Held::Field(Field::DestinationPort)), Some(protocol)) => {
+            (Some(Loaded::Field(Field::DestinationPort)), Some(protocol)) => {
                 self.words.pop();
                 format!("{protocol} dport {}", value(data))
             }
-            (Some(Held::CtDirection), _) => match data {
+            (Some(Loaded::CtDirection), _) => match data {
                 [DIRECTION_ORIGINAL] => "ct direction original".into(),
                 [DIRECTION_REPLY] => "ct direction reply".into(),
                 _ => format!("ct direction {}", value(data)),
             },
-            (Some(Held::CtOriginal(key)), _) => format!("{} {}", ct_original_name(key), value(data)),
+            (Some(Loaded::CtOriginal(key)), _) => format!("{} {}", ct_original_name(key), value(data)),
             // The kernel stores the number in host order.
-            (Some(Held::Random(modulus)), _) => match <[u8; 4]>::try_from(data) {
+            (Some(Loaded::Random(modulus)), _) => match <[u8; 4]>::try_from(data) {
                 Ok(bytes) => format!("numgen random mod {modulus} {}", u32::from_ne_bytes(bytes)),
                 Err(_) => format!("numgen random mod {modulus} {}", value(data)),
             },
-            (Some(Held::Field(field @ Field::Raw { .. })), _) => format!("{} {}", self.field_name(field), hex(data)),
-            (Some(Held::Field(field)), _) => format!("{} {}", self.field_name(field), value(data)),
-            (Some(Held::Data(_)) | None, _) => format!("{} == {}", self.operand(sreg), value(data)),
+            (Some(Loaded::Field(field @ Field::Raw { .. })), _) => format!("{} {}", self.field_name(field), hex(data)),
+            (Some(Loaded::Field(field)), _) => format!("{} {}", self.field_name(field), value(data)),
+            (Some(Loaded::Data(_)) | None, _) => format!("{} == {}", self.operand(sreg), value(data)),
         };
         self.push(text);
     }
@@ -185,17 +185,17 @@ impl<'a> Reader<'a> {
         self.words.push(word);
     }
 
-    fn load(&mut self, reg: Reg, held: Option<Held<'a>>) {
-        self.registers[reg.number() as usize] = held;
+    fn load(&mut self, reg: Reg, loaded: Option<Loaded<'a>>) {
+        self.registers[reg.number() as usize] = loaded;
     }
 
-    fn held(&self, reg: Reg) -> Option<Held<'a>> {
+    fn loaded(&self, reg: Reg) -> Option<Loaded<'a>> {
         self.registers[reg.number() as usize]
     }
 
     fn data(&self, reg: Reg) -> Option<&'a [u8]> {
-        match self.held(reg) {
-            Some(Held::Data(data)) => Some(data),
+        match self.loaded(reg) {
+            Some(Loaded::Data(data)) => Some(data),
             _ => None,
         }
     }

@@ -129,12 +129,12 @@ fn five_thousand_source_ranges_are_one_set_per_family_and_still_decide_who_conne
     );
     assert_eq!(rules.matches("saddr @source-ranges accept").count(), 2, "one lookup per family");
     assert_eq!(t.tcp(t.pod_v4(), 80), Ok(t.pod_back_v4().to_string()), "the client's /24 lets it in");
-    assert!(t.tcp(t.pod_v6(), 80).is_err(), "no IPv6 range holds the client");
+    assert!(t.tcp(t.pod_v6(), 80).is_err(), "no IPv6 range contains the client");
 
     let mut ranges: Vec<String> = (0..5000).map(apart).collect();
     ranges.push(format!("{}/64", t.client_v6()));
     init(ranges);
-    assert!(t.tcp(t.pod_v4(), 80).is_err(), "no IPv4 range holds the client");
+    assert!(t.tcp(t.pod_v4(), 80).is_err(), "no IPv4 range contains the client");
     assert_eq!(t.tcp(t.pod_v6(), 80), Ok(t.pod_back_v6().to_string()), "the client's /64 lets it in");
 }
 
@@ -229,7 +229,7 @@ fn hundreds_of_ports_install_in_one_batch_with_every_step_acknowledged() {
     for port in 1000..1300 {
         args.extend(["--port".into(), format!("tcp:{port}:8080"), "--port".into(), format!("udp:{port}:8080")]);
     }
-    // Thousands of steps: more answers than a default receive buffer holds.
+    // Thousands of steps: more answers than a default receive buffer takes.
     let log = t.pod.lb_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(log.contains("installed 2419 nftables changes in one transaction"), "{log}");
     assert_eq!(t.tcp(t.pod_v4(), 1299), Ok(t.pod_back_v4().to_string()));

@@ -3,8 +3,9 @@
 //! Service's options (`options`) and the view of a Service that every decision reads
 //! (`service`), what hostlb publishes of a node (`address`), what a node's or pod's status
 //! says (`readiness`), what a node's labels say of where proxies may run (`node_labels`),
-//! whether a node's taints keep proxy pods off it (`taints`), and the reasons of hostlb's
-//! Events (`reason`), and what the node agent data plane's plans and reports hold (`agent`). Pure: no client, no clock.
+//! whether a node's taints keep proxy pods off it (`taints`), the reasons of hostlb's Events
+//! (`reason`), and what the node agent data plane's plans and reports contain (`agent`). Pure:
+//! no client, no clock.
 
 pub mod address;
 pub mod agent;

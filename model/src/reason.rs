@@ -128,7 +128,7 @@ pub struct Warning {
 }
 
 impl Warning {
-    /// The message is cut to what an Event's note may hold.
+    /// The message is cut to what an Event's note may contain.
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         debug_assert!(reason.is_warning(), "{reason} is not a warning");
         Warning { reason, message: bounded(message.into()) }
@@ -224,17 +224,17 @@ mod tests {
     #[test]
     fn warnings_of_one_reason_fold_into_one_naming_the_first_and_counting_the_rest() {
         let failing = (0..2000).map(|i| Warning::new(Reason::ProxyPodFailing, format!("pod p{i}: crashing")));
-        let warnings: Vec<Warning> = [Warning::new(Reason::PortConflict, "port 80/TCP is held")]
+        let warnings: Vec<Warning> = [Warning::new(Reason::PortConflict, "port 80/TCP is taken")]
             .into_iter()
             .chain(failing)
-            .chain([Warning::new(Reason::PortConflict, "port 80/TCP is held")])
+            .chain([Warning::new(Reason::PortConflict, "port 80/TCP is taken")])
             .collect();
         let folded = one_per_reason(warnings);
         assert_eq!(
             folded.iter().map(|w| w.reason).collect::<Vec<_>>(),
             [Reason::PortConflict, Reason::ProxyPodFailing]
         );
-        assert_eq!(folded[0].message, "port 80/TCP is held", "a repeated message counts once");
+        assert_eq!(folded[0].message, "port 80/TCP is taken", "a repeated message counts once");
         assert!(folded[1].message.starts_with("pod p0: crashing; pod p1: crashing; "), "{}", folded[1].message);
         assert!(folded[1].message.ends_with("pod p19: crashing and 1980 more"), "{}", folded[1].message);
     }

@@ -34,7 +34,7 @@ pub struct ServiceView {
     pub condition: Option<Condition>,
 }
 
-/// What `status.loadBalancer.ingress` holds now.
+/// What `status.loadBalancer.ingress` contains now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Published {
     /// The addresses, in order.
@@ -99,7 +99,7 @@ impl ServiceView {
 
     /// Whether the Service carries addresses or a condition of hostlb's, to clear when hostlb
     /// lets it go.
-    pub fn holds_status(&self) -> bool {
+    pub fn carries_status(&self) -> bool {
         !self.published.addresses.is_empty() || self.condition.is_some()
     }
 
@@ -233,7 +233,7 @@ mod tests {
         let view = ServiceView::of(&service);
         keep_what_hostlb_reads(&mut service);
         let kept = ServiceView::of(&service);
-        assert_eq!((kept.is_load_balancer, kept.holds_status()), (view.is_load_balancer, view.holds_status()));
+        assert_eq!((kept.is_load_balancer, kept.carries_status()), (view.is_load_balancer, view.carries_status()));
         assert_eq!((kept.finalizers, kept.uid, kept.name), (view.finalizers, view.uid, view.name));
         let size = serde_json::to_vec(&service).unwrap().len();
         assert!(size < 1024, "{size} bytes kept of a ClusterIP Service");
@@ -256,11 +256,11 @@ mod tests {
         assert!(view.has_finalizer(names::FINALIZER) && !view.deleting);
         assert_eq!(view.ports, [(80, "TCP".into()), (53, "UDP".into())]);
         assert_eq!(view.node_ports, ["30080/TCP"]);
-        assert!(!view.holds_status());
+        assert!(!view.carries_status());
         let errors = view.parsed.options.as_ref().unwrap_err();
         assert_eq!(errors[0].field, "metadata.annotations[hostlb.io/tolerations]");
         assert_eq!(view.parsed.addresses.max_nodes, Some(2), "kept while another option is wrong");
         assert_eq!(view.parsed.declared_families, [hostlb_contract::Family::V4]);
-        assert!(published(&ips(&["10.0.0.1"]), None).holds_status());
+        assert!(published(&ips(&["10.0.0.1"]), None).carries_status());
     }
 }

@@ -112,7 +112,7 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
         let has_forwarding =
             DataPlaneKind::ALL.into_iter().any(|kind| kind.implementation().indexed(index, &key).is_some());
         return if settings.must_release(service, has_forwarding) {
-            Decision::CleanUp { clear_status: !deleting && service.holds_status() }
+            Decision::CleanUp { clear_status: !deleting && service.carries_status() }
         } else {
             Decision::Ignore
         };

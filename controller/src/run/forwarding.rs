@@ -49,7 +49,7 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
         if !context.settings.serves(&view) && !context.settings.must_release(&view, false) {
             continue;
         }
-        let clear_status = !view.deleting && view.holds_status();
+        let clear_status = !view.deleting && view.carries_status();
         context.clean_up(service, clear_status).await?;
         info!(service = %ObjectRef::from_obj(service), "released");
         released += 1;

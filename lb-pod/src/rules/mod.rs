@@ -135,7 +135,7 @@ pub fn base_chain(kind: ChainType, hook: Hook) -> BaseChain {
     BaseChain { kind, hook, priority }
 }
 
-/// Where one Service's rules go in a table: the pod's table holds one Service, the node's one
+/// Where one Service's rules go in a table: the pod's table has one Service, the node's one
 /// per Service.
 pub struct ServiceNames {
     /// The chain its DNAT rules are added to.
@@ -210,8 +210,8 @@ pub fn service_rules(
     steps
 }
 
-/// A constant set of the family's addresses holding `intervals` (ascending, apart), filled in
-/// steps that one message can hold.
+/// A constant set of the family's addresses containing `intervals` (ascending, apart), filled in
+/// steps that one message can carry.
 pub fn address_set(family: Family, name: Name, intervals: &[Interval]) -> Vec<Step> {
     let mut steps = vec![Step::AddSet { family, name }];
     for chunk in intervals.chunks(INTERVALS_PER_STEP) {

@@ -121,7 +121,7 @@ fn intervals_per_step(steps: &[Step]) -> Vec<usize> {
 }
 
 #[test]
-fn thousands_of_ranges_are_one_set_filled_in_steps_the_netlink_attribute_can_hold() {
+fn thousands_of_ranges_are_one_set_filled_in_steps_the_netlink_attribute_can_carry() {
     let ranges: Vec<String> = (0..5000).map(|i| format!("10.{}.{}.0/24", i / 256 * 2, i % 256)).collect();
     let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
     let steps = ruleset(&forwarding(&["tcp:80:80"], &["10.96.0.10"], &ranges));

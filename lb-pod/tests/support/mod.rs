@@ -348,7 +348,7 @@ fn udp_ask(source_port: u16, to: SocketAddr) -> Result<String, String> {
 }
 
 /// A fixed port that this thread has just closed can still be taken for a moment: a child that a
-/// parallel test forked meanwhile holds a copy of the socket until its exec closes it.
+/// parallel test forked meanwhile keeps a copy of the socket until its exec closes it.
 fn bind_udp(at: SocketAddr) -> std::io::Result<UdpSocket> {
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     loop {
@@ -454,7 +454,7 @@ pub struct Running {
 
 impl Running {
     /// A binary copied just before is briefly busy while a child that a parallel test forked
-    /// meanwhile still holds the copy's file until its exec closes it; that passes.
+    /// meanwhile still has the copy's file open until its exec closes it; that passes.
     pub fn spawn(mut command: Command) -> Running {
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         let deadline = Instant::now() + Duration::from_secs(2);

@@ -20,7 +20,7 @@ impl fmt::Display for FieldError {
 
 /// The errors of the items of one list (thousands of invalid source ranges, say) as one error
 /// on the list that names the first items and counts the rest: a Service costs a few
-/// Warnings, whatever its lists hold.
+/// Warnings, whatever its lists contain.
 pub(super) fn one_per_list(errors: Vec<FieldError>) -> Vec<FieldError> {
     let mut lists: Vec<(String, Vec<FieldError>)> = Vec::new();
     for error in errors {
