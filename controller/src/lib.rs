@@ -1,5 +1,6 @@
-//! hostlb's controller: serves Services of type LoadBalancer from the nodes' own addresses
-//! through per-Service DaemonSets of hostPort proxy pods.
+//! hostlb's controller: serves Services of type LoadBalancer from the nodes' own addresses,
+//! through one of two data planes (`decide::dataplane`): per-Service DaemonSets of hostPort
+//! proxy pods, or node agents that program a plan per Service.
 //!
 //! Three layers, each a folder, each importing only the ones below it and `hostlb_model`
 //! (what a Service asks, and what hostlb publishes):
@@ -8,10 +9,12 @@
 //! - `decide`: what hostlb decides, pure: the one decision per reconcile (`decide::decide`)
 //!   and its pieces, and who leads;
 //! - `run`: the I/O: flags, watches, leader election, the executor of decisions
-//!   (`reconcile`), Events, metrics and the HTTP server.
+//!   (`reconcile`, and `forwarding` for the data planes' objects), Events, metrics and the
+//!   HTTP server.
 //!
-//! The same binary also runs in the proxy pods of `externalTrafficPolicy: Local` Services,
-//! where `main` runs `hostlb_agent` to keep their forwarding on the node's endpoints.
+//! The same binary also runs the endpoint follower in the proxy pods of
+//! `externalTrafficPolicy: Local` Services, and the node agents: `main` hands both to
+//! `hostlb_agent`.
 
 pub mod decide;
 mod error;

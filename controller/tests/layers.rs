@@ -58,7 +58,8 @@ fn collect(root: &Path, dir: &Path, files: &mut BTreeMap<String, String>) {
     }
 }
 
-/// Whether the parent declares the file's module under `#[cfg(test)]` (or by `#[path]`).
+/// Whether the parent declares the file's module under `#[cfg(test)]` (by name, or by
+/// `#[path]` from a file beside it).
 fn is_test_only(root: &Path, file: &Path) -> bool {
     let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
     let dir = file.parent().unwrap();
@@ -66,7 +67,10 @@ fn is_test_only(root: &Path, file: &Path) -> bool {
         let up = dir.parent().unwrap();
         vec![up.join(format!("{}.rs", dir.file_name().unwrap().to_string_lossy())), up.join("mod.rs")]
     } else {
-        vec![dir.join("mod.rs"), dir.join("lib.rs"), dir.join("main.rs"), dir.with_extension("rs")]
+        // A `#[path]` declaration may stand in any file of the folder: `x.rs` declares its
+        // tests in `x_tests.rs` beside it.
+        let siblings = fs::read_dir(dir).expect("source folder").filter_map(|entry| Some(entry.ok()?.path()));
+        siblings.chain([dir.with_extension("rs")]).collect()
     };
     let name = if stem == "mod" { dir.file_name().unwrap().to_string_lossy().into_owned() } else { stem };
     parents.iter().filter(|p| p.starts_with(root)).filter_map(|p| fs::read_to_string(p).ok()).any(|parent| {

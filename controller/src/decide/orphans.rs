@@ -1,4 +1,4 @@
-//! Proxy DaemonSets that no Service will clean up.
+//! Forwarding objects (proxy DaemonSets, plans) that no Service will clean up.
 
 use std::collections::HashSet;
 

@@ -283,7 +283,7 @@ impl Context {
         let outcome = match change {
             Some(SharedChange::Apply(desired)) => {
                 let params = PatchParams::apply(names::MANAGER).force();
-                let applied = daemonsets.patch(name, &params, &Patch::Apply(&desired)).await;
+                let applied = daemonsets.patch(name, &params, &Patch::Apply(desired.as_ref())).await;
                 applied.map(|_| info!(daemonset = %name, "applied the node agents"))
             }
             Some(SharedChange::Delete(existing)) => {

@@ -10,6 +10,7 @@ pub mod flags;
 mod forwarding;
 pub mod leader_election;
 mod leading;
+mod lease_clock;
 pub mod metrics;
 #[cfg(test)]
 mod mock_api;

@@ -1,9 +1,9 @@
 //! The watches, wiring only: on every replica each watch applies its events to the index (the
-//! Services also to the Service cache, which keeps only what hostlb reads of them), and what each event changed once committed becomes the
-//! Services it concerns (`state::triggers`). Also the clock that judges node Leases, and
-//! readiness: every watch has listed.
+//! Services also to the Service cache, which keeps only what hostlb reads of them), and what
+//! each event changed once committed becomes the Services it concerns (`state::triggers`).
+//! The node Leases also feed the clock that judges them (`lease_clock`). Also readiness:
+//! every watch has listed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,12 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
 
 use crate::decide::condition::reasons_of_served;
 use crate::decide::{claim, Settings};
 use crate::error::{Error, Result};
 use crate::run::api_contact::ApiContact;
+use crate::run::lease_clock::lease_liveness;
 use crate::run::metrics::Metrics;
 use crate::state::node_liveness::NODE_LEASE_NAMESPACE;
 use crate::state::{triggers, Index};
@@ -33,9 +33,6 @@ const WATCH_TIMEOUT_SECONDS: u32 = 50;
 
 /// How often readiness looks whether the watches have listed.
 pub const SYNC_POLL: Duration = Duration::from_millis(100);
-
-/// How often node Leases are judged against the clock.
-const LEASE_CHECK: Duration = Duration::from_secs(1);
 
 /// The Services one watch event concerns, or the watch's error.
 pub type Triggers = Result<Vec<ObjectRef<Service>>, watcher::Error>;
@@ -167,54 +164,6 @@ fn concerned(services: &Store<Service>, settings: &Settings) -> Vec<ObjectRef<Se
         .filter(|service| settings.concerns(service))
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
-}
-
-/// Judges every node's Lease each `LEASE_CHECK` while the Lease watch (whose events only feed
-/// the index) runs, and while the API server answers this process (`contact`); yields once whenever that changes what decisions see: a node whose Lease
-/// went stale or came back, or the end of a hold on withdrawals. Nothing changes in the API
-/// when a kubelet stops, so only the clock can tell.
-fn lease_liveness(
-    lease_triggers: impl Stream<Item = Triggers> + Send + 'static,
-    index: Arc<RwLock<Index>>,
-    grace: Option<Duration>,
-    contact: ApiContact,
-) -> impl Stream<Item = Result<(), watcher::Error>> + Send + 'static {
-    enum Tick {
-        Watched(Result<(), watcher::Error>),
-        Clock,
-    }
-    let watched = lease_triggers.map(|event| Tick::Watched(event.map(|_| ())));
-    let clock = stream::unfold(tokio::time::interval(LEASE_CHECK), |mut interval| async move {
-        interval.tick().await;
-        Some((Tick::Clock, interval))
-    });
-    let was_held = AtomicBool::new(false);
-    stream::select(watched, clock).filter_map(move |tick| {
-        let changed = match tick {
-            Tick::Watched(Ok(())) => None,
-            Tick::Watched(Err(error)) => {
-                index.write().expect("index lock").lease_watch_failed();
-                Some(Err(error))
-            }
-            Tick::Clock => {
-                let mut index = index.write().expect("index lock");
-                let now = Instant::now();
-                let flipped = index.judge_leases(now, grace, contact.answering(now));
-                for node in &flipped {
-                    info!(node = %node.name_any(), serves = index.serves(node), "node Lease renewal judged anew");
-                }
-                let held = index.withdrawals_paused();
-                let hold_changed = held != was_held.swap(held, Ordering::Relaxed);
-                if hold_changed && held {
-                    warn!("nodes look down at once or just after the control plane was away: no address is withdrawn meanwhile");
-                } else if hold_changed {
-                    info!("addresses follow the nodes again");
-                }
-                (!flipped.is_empty() || hold_changed && !held).then_some(Ok(()))
-            }
-        };
-        std::future::ready(changed)
-    })
 }
 
 /// A watch whose events are applied to the index, each turned into the Services its committed

@@ -1,8 +1,11 @@
 //! What reconciles need to know about objects other than their own Service, kept current by
-//! the watches and grouped the way reconciles look it up: proxy pods by Service UID, port
-//! claims by protocol and port, the nodes (and whether any carries `enablelb`), proxy
-//! DaemonSets by name. A reconcile reads its own groups and the nodes, so it costs what its own
-//! Service costs plus a pass or two over the nodes. Each `apply_*` returns what the event
+//! the watches and grouped the way reconciles look it up: the nodes (and whether any carries
+//! `enablelb`) and their Leases; port claims by protocol and port; every Service's
+//! resourceVersion; of the proxy pod data plane, proxy pods by Service UID and proxy
+//! DaemonSets by name; of the node agent data plane, plans by name, the agents' reports by the
+//! Services they name, the agents' pods by node and their DaemonSet; and the DaemonSet
+//! controller's FailedCreate Events by DaemonSet. A reconcile reads its own groups and the
+//! nodes, so it costs what its own Service costs plus a pass or two over the nodes. Each `apply_*` returns what the event
 //! changed once committed, for `triggers`. Pure: the watches hand it their events; nothing
 //! here talks to the API server.
 

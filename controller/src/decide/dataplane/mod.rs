@@ -128,7 +128,7 @@ pub struct Forwarding {
 /// What becomes of a data plane's objects that serve every Service at once.
 #[derive(Debug)]
 pub enum SharedChange {
-    Apply(DaemonSet),
+    Apply(Box<DaemonSet>),
     Delete(Arc<DaemonSet>),
 }
 

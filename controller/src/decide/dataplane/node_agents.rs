@@ -127,7 +127,7 @@ impl DataPlane for NodeAgents {
     fn shared_change(&self, settings: &ForwardingSettings, index: &Index) -> Option<SharedChange> {
         let desired = desired_agent(settings);
         let current = index.agents.values().next().is_some_and(|e| config_hash_of(e) == config_hash_of(&desired));
-        (!current).then_some(SharedChange::Apply(desired))
+        (!current).then(|| SharedChange::Apply(Box::new(desired)))
     }
 }
 

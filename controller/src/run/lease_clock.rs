@@ -1,0 +1,66 @@
+//! The clock that judges node Leases: nothing changes in the API when a kubelet stops, so
+//! only the clock can tell that a node's Lease went stale.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{stream, Stream, StreamExt};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use tracing::{info, warn};
+
+use crate::run::api_contact::ApiContact;
+use crate::state::Index;
+
+/// How often node Leases are judged against the clock.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
+
+/// Judges every node's Lease each `LEASE_CHECK` while the Lease watch (whose events only feed
+/// the index) runs, and while the API server answers this process (`contact`); yields once whenever that changes
+/// what decisions see: a node whose Lease went stale or came back, or the end of a pause in
+/// withdrawals. Nothing changes in the API
+/// when a kubelet stops, so only the clock can tell.
+pub fn lease_liveness<T>(
+    lease_events: impl Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    index: Arc<RwLock<Index>>,
+    grace: Option<Duration>,
+    contact: ApiContact,
+) -> impl Stream<Item = Result<(), watcher::Error>> + Send + 'static {
+    enum Tick {
+        Watched(Result<(), watcher::Error>),
+        Clock,
+    }
+    let watched = lease_events.map(|event| Tick::Watched(event.map(|_| ())));
+    let clock = stream::unfold(tokio::time::interval(LEASE_CHECK), |mut interval| async move {
+        interval.tick().await;
+        Some((Tick::Clock, interval))
+    });
+    let was_paused = AtomicBool::new(false);
+    stream::select(watched, clock).filter_map(move |tick| {
+        let changed = match tick {
+            Tick::Watched(Ok(())) => None,
+            Tick::Watched(Err(error)) => {
+                index.write().expect("index lock").lease_watch_failed();
+                Some(Err(error))
+            }
+            Tick::Clock => {
+                let mut index = index.write().expect("index lock");
+                let now = Instant::now();
+                let flipped = index.judge_leases(now, grace, contact.answering(now));
+                for node in &flipped {
+                    info!(node = %node.name_any(), serves = index.serves(node), "node Lease renewal judged anew");
+                }
+                let paused = index.withdrawals_paused();
+                let pause_changed = paused != was_paused.swap(paused, Ordering::Relaxed);
+                if pause_changed && paused {
+                    warn!("nodes look down at once or just after the control plane was away: no address is withdrawn meanwhile");
+                } else if pause_changed {
+                    info!("addresses follow the nodes again");
+                }
+                (!flipped.is_empty() || pause_changed && !paused).then_some(Ok(()))
+            }
+        };
+        std::future::ready(changed)
+    })
+}
