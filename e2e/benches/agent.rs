@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
-use hostlb_e2e::{
-    eventually, eventually_blocking, names, nodes, published, use_dataplane, Cluster, Dataplane, Nodes, ECHO_HTTP_PORT,
-    SYSTEM_NAMESPACE,
-};
+use hostlb_e2e::cluster::{nodes, Cluster, Nodes, SYSTEM_NAMESPACE};
+use hostlb_e2e::dataplane::{use_dataplane, NodeAgents, ProxyPods};
+use hostlb_e2e::namespace::ECHO_HTTP_PORT;
+use hostlb_e2e::poll::{eventually, eventually_blocking};
+use hostlb_e2e::status::published;
+use hostlb_model::names;
 use hostlb_model::readiness::pod_is_ready;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -33,7 +35,7 @@ async fn main() -> Result<()> {
     let out = std::env::var("HOSTLB_BENCH_OUT").unwrap_or_else(|_| "target/bench/agent.json".into());
     let cluster = Cluster::connect().await?;
     let nodes = nodes(&cluster)?;
-    use_dataplane(&cluster, Dataplane::Agent).await?;
+    use_dataplane(&cluster, &NodeAgents).await?;
     eventually(Duration::from_secs(120), || async {
         let ready = cluster.agent_pods().await?.iter().filter(|pod| pod_is_ready(pod)).count();
         ensure!(ready == 2, "{ready} agents Ready");
@@ -109,7 +111,7 @@ async fn main() -> Result<()> {
         Ok(())
     })
     .await?;
-    use_dataplane(&cluster, Dataplane::Pods).await?;
+    use_dataplane(&cluster, &ProxyPods).await?;
     let json = serde_json::to_string_pretty(&results)?;
     eprintln!("wrote {out}: {json}");
     std::fs::write(&out, json + "\n")?;

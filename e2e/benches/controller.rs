@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use hostlb_e2e::{names, Cluster, TestNamespace, SYSTEM_NAMESPACE};
+use hostlb_e2e::cluster::{Cluster, SYSTEM_NAMESPACE};
+use hostlb_e2e::namespace::TestNamespace;
+use hostlb_model::names;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};

@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
-use hostlb_e2e::{names, SYSTEM_NAMESPACE};
+use hostlb_e2e::cluster::SYSTEM_NAMESPACE;
+use hostlb_e2e::status::published;
+use hostlb_model::names;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -864,7 +866,7 @@ impl Run<'_> {
         let changed_at = Timestamp::now();
         nodes.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(node_status(new))).await?;
         let moved = |service: &Service| {
-            let shown = hostlb_e2e::published(service);
+            let shown = published(service);
             shown.contains(&new) && !shown.contains(&old)
         };
         self.wait_pool(node, namespace, moved, "its new address").await?;
@@ -882,13 +884,12 @@ impl Run<'_> {
         let address = node.address(0);
         let offset = self.audit.end()?;
         self.kubelets.silence(&node.name, true);
-        self.wait_pool(node, namespace, |service| !hostlb_e2e::published(service).contains(&address), "it gone")
-            .await?;
+        self.wait_pool(node, namespace, |service| !published(service).contains(&address), "it gone").await?;
         let last = self.audit.last_controller_status_write_since(offset)?.context("no status write after silence")?;
         // Read only now: a renewal may have been under way when the silence began.
         let renewed = self.kubelets.last_renewal(&node.name).context("its Lease was never renewed")?;
         self.kubelets.silence(&node.name, false);
-        self.wait_pool(node, namespace, |service| hostlb_e2e::published(service).contains(&address), "it back").await?;
+        self.wait_pool(node, namespace, |service| published(service).contains(&address), "it back").await?;
         Ok(renewed.duration_until(last).as_secs_f64())
     }
 
@@ -928,7 +929,7 @@ impl Run<'_> {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let services = pool_services(self.client, namespace, SOLO_POOL).await?;
             let (served, unserved): (Vec<&Service>, Vec<&Service>) =
-                services.iter().partition(|service| hostlb_e2e::published(service).contains(&node.address(0)));
+                services.iter().partition(|service| published(service).contains(&node.address(0)));
             // Pending: hostlb waits for pods it has no news of yet; any other reason is its word.
             let explained: Vec<(String, String)> = unserved
                 .iter()

@@ -7,7 +7,13 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
-use hostlb_e2e::*;
+use hostlb_e2e::cluster::{nodes, setup_on, Cluster, Nodes, SYSTEM_NAMESPACE};
+use hostlb_e2e::dataplane::{use_dataplane, NodeAgents, ProxyPods};
+use hostlb_e2e::figures::{figure, report_timing, traffic_figures};
+use hostlb_e2e::namespace::{http, ECHO_HTTP_PORT, ECHO_UDP_PORT};
+use hostlb_e2e::poll::{eventually, eventually_blocking};
+use hostlb_e2e::status::StatusWatch;
+use hostlb_e2e::traffic::{answers, refuses, Traffic};
 use hostlb_model::readiness::pod_is_ready;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
@@ -24,7 +30,7 @@ fn node_of(pod: &Pod) -> &str {
 
 /// The controller in agent mode, with a Ready agent on each node.
 async fn agent_mode(cluster: &Cluster) -> Result<Vec<Pod>> {
-    use_dataplane(cluster, Dataplane::Agent).await?;
+    use_dataplane(cluster, &NodeAgents).await?;
     eventually(SETTLE, || async {
         let pods = cluster.agent_pods().await?;
         let ready: BTreeSet<&str> = pods.iter().filter(|pod| pod_is_ready(pod)).map(node_of).collect();
@@ -45,7 +51,7 @@ async fn agents_per_node(cluster: &Cluster) -> Result<Vec<usize>> {
 
 #[tokio::test]
 async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-basic", Dataplane::Agent).await?;
+    let (cluster, ns, nodes) = setup_on("agent-basic", &NodeAgents).await?;
     agent_mode(&cluster).await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let created = Instant::now();
@@ -81,7 +87,7 @@ async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Resu
 
 #[tokio::test]
 async fn a_new_service_forwards_on_every_node_within_a_second_of_its_creation() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-new", Dataplane::Agent).await?;
+    let (cluster, ns, nodes) = setup_on("agent-new", &NodeAgents).await?;
     agent_mode(&cluster).await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
     let started = Instant::now();
@@ -102,7 +108,7 @@ async fn a_new_service_forwards_on_every_node_within_a_second_of_its_creation() 
 
 #[tokio::test]
 async fn a_port_change_rolls_no_pod_and_moves_the_traffic() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-change", Dataplane::Agent).await?;
+    let (cluster, ns, nodes) = setup_on("agent-change", &NodeAgents).await?;
     let agents: BTreeSet<String> =
         agent_mode(&cluster).await?.iter().map(|pod| pod.uid().unwrap_or_default()).collect();
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
@@ -125,7 +131,7 @@ async fn a_port_change_rolls_no_pod_and_moves_the_traffic() -> Result<()> {
 
 #[tokio::test]
 async fn an_agent_restart_under_traffic_loses_no_request() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-restart", Dataplane::Agent).await?;
+    let (cluster, ns, nodes) = setup_on("agent-restart", &NodeAgents).await?;
     let agents = agent_mode(&cluster).await?;
     ns.echo_service(&cluster, &nodes, "web", 18330, SETTLE).await?;
     let targets = nodes.paths(18330);
@@ -168,7 +174,7 @@ async fn nothing_lost(traffic: Traffic, statuses: StatusWatch, nodes: &Nodes, pr
 
 #[tokio::test]
 async fn switching_from_proxy_pods_to_agents_under_traffic_loses_no_request() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-switch", Dataplane::Pods).await?;
+    let (cluster, ns, nodes) = setup_on("agent-switch", &ProxyPods).await?;
     ns.echo_service(&cluster, &nodes, "web", 18370, SETTLE).await?;
     let targets = nodes.paths(18370);
     for (address, port) in targets {
@@ -191,13 +197,13 @@ async fn switching_from_proxy_pods_to_agents_under_traffic_loses_no_request() ->
 
 #[tokio::test]
 async fn switching_back_to_proxy_pods_removes_the_agents_their_rules_and_the_plans() -> Result<()> {
-    let (cluster, ns, nodes) = setup_on("agent-back", Dataplane::Agent).await?;
+    let (cluster, ns, nodes) = setup_on("agent-back", &NodeAgents).await?;
     agent_mode(&cluster).await?;
     ns.echo_service(&cluster, &nodes, "web", 18360, SETTLE).await?;
     answers(&cluster, nodes.unpublished2, 18360, SETTLE).await?;
     ensure!(!cluster.plans(&ns.name, "web").await?.is_empty(), "no plan in agent mode");
 
-    use_dataplane(&cluster, Dataplane::Pods).await?;
+    use_dataplane(&cluster, &ProxyPods).await?;
     eventually(SETTLE, || async {
         let left = cluster.agent_pods().await?.len();
         ensure!(left == 0, "{left} agents left");

@@ -16,8 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use hostlb_e2e::*;
+use hostlb_e2e::cluster::{setup, Cluster, Nodes, SYSTEM_NAMESPACE};
+use hostlb_e2e::figures::figure;
+use hostlb_e2e::namespace::{http, TestNamespace, ECHO_HTTP_PORT};
+use hostlb_e2e::poll::eventually;
+use hostlb_e2e::status::{published, StatusWatch};
+use hostlb_e2e::traffic::{answers, Target, Traffic};
+use hostlb_model::names;
 use hostlb_model::readiness::pod_is_ready;
+use hostlb_model::reason::Reason;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -182,7 +189,7 @@ async fn settled(
         let expected = wanted.expected(nodes);
         ensure!(published(service) == expected, "{name} publishes {:?}, expected {expected:?}", published(service));
         if !expected.is_empty() {
-            let ports = cluster.claimed_ports(&ns.name, name).await?;
+            let ports = cluster.dataplane.claimed_ports(cluster, &ns.name, name).await?;
             ensure!(ports == vec![(i32::from(wanted.port), "TCP".into())], "{name}'s forwarding claims {ports:?}");
         }
     }
@@ -193,7 +200,7 @@ async fn settled(
         .iter()
         .filter_map(|service| service.uid())
         .collect();
-    for (forwarder, owner) in cluster.forwarder_owners().await? {
+    for (forwarder, owner) in cluster.dataplane.forwarder_owners(cluster).await? {
         ensure!(uids.contains(&owner), "{forwarder} is orphaned (Service {owner} is gone)");
     }
     Ok(())
@@ -385,7 +392,7 @@ async fn a_leader_frozen_past_its_renew_deadline_writes_nothing_when_it_wakes() 
         // Work for the new leader, and for the frozen one to find in its watches when it wakes.
         ns.load_balancer("woken", "echo", &http(19640), json!({})).await?;
         eventually(MARGIN, || async {
-            let forwarders = cluster.forwarders(&ns.name, "woken").await?;
+            let forwarders = cluster.dataplane.forwarders(&cluster, &ns.name, "woken").await?;
             ensure!(!forwarders.is_empty(), "{successor} has not created the Service's forwarding yet");
             Ok(())
         })
@@ -434,7 +441,7 @@ async fn serves_on_both_nodes(
     name: &str,
     port: u16,
 ) -> Result<()> {
-    wait_rolled_to(cluster, &ns.name, name, i32::from(port), SETTLE).await?;
+    cluster.dataplane.wait_rolled_to(cluster, &ns.name, name, i32::from(port), SETTLE).await?;
     cluster.wait_for_addresses(&ns.name, name, &[nodes.ip1, nodes.ip2], SETTLE).await?;
     Ok(())
 }
@@ -569,7 +576,7 @@ async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
     answers(&cluster, proxy_path.0, proxy_path.1, SETTLE).await?;
 
     let on_node1 = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(nodes.node1.as_str());
-    let pods = cluster.forwarding_pods(&ns.name, "struck").await?;
+    let pods = cluster.dataplane.forwarding_pods(&cluster, &ns.name, "struck").await?;
     let victim = pods.into_iter().find(on_node1).context("no pod forwards on node-1")?;
     let traffic = Traffic::start(&cluster.client()?, &[proxy_path, published_path], PROBE_EVERY, SETTLE);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -577,7 +584,7 @@ async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
     pods.delete(&victim.name_any(), &DeleteParams::default()).await?;
     let replacement = eventually(SETTLE, || async {
-        let pods = cluster.forwarding_pods(&ns.name, "struck").await?;
+        let pods = cluster.dataplane.forwarding_pods(&cluster, &ns.name, "struck").await?;
         let back =
             pods.into_iter().find(|pod| on_node1(pod) && pod.name_any() != victim.name_any() && pod_is_ready(pod));
         back.context("no new Ready pod forwards on node-1 yet")
@@ -589,13 +596,11 @@ async fn a_killed_proxy_pod_comes_back_and_traffic_resumes() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let records = traffic.finish().await?;
     let (proxy_gap, published_gap) = (records[0].1.longest_gap, records[1].1.longest_gap);
-    let (what, figures) = match cluster.dataplane {
-        Dataplane::Pods => ("proxy pod", "killed_proxy"),
-        Dataplane::Agent => ("node agent", "killed_agent"),
-    };
+    let figures = cluster.dataplane.killed_pod_figures();
     say(format!(
-        "{what} {} deleted: {} Ready {:.1}s later; traffic gap {:.1}s through hostlb's own rules, {:.1}s to the \
+        "{} {} deleted: {} Ready {:.1}s later; traffic gap {:.1}s through hostlb's own rules, {:.1}s to the \
          published address",
+        cluster.dataplane.pod_noun(),
         victim.name_any(),
         replacement.name_any(),
         back_after.as_secs_f64(),
@@ -704,9 +709,9 @@ const PATH_GIVE_UP: Duration = Duration::from_secs(90);
 #[tokio::test]
 async fn a_proxy_roll_under_traffic_loses_no_request_on_a_published_address() -> Result<()> {
     let (cluster, ns, nodes, targets) = answering_on_both_paths("roll", "rolled", 19660).await?;
-    let daemonset = cluster.forwarding_daemonset(&ns.name, "rolled").await?;
-    let old: BTreeSet<String> =
-        cluster.forwarding_pods(&ns.name, "rolled").await?.iter().map(|pod| pod.name_any()).collect();
+    let daemonset = cluster.dataplane.forwarding_daemonset(&cluster, &ns.name, "rolled").await?.name_any();
+    let pods = cluster.dataplane.forwarding_pods(&cluster, &ns.name, "rolled").await?;
+    let old: BTreeSet<String> = pods.iter().map(|pod| pod.name_any()).collect();
     let statuses = StatusWatch::start(ns.services(), &["rolled"], BTreeSet::from([nodes.ip1, nodes.ip2]));
     let traffic = Traffic::start(&cluster.client()?, &targets, PROBE_EVERY, PATH_GIVE_UP);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -716,7 +721,7 @@ async fn a_proxy_roll_under_traffic_loses_no_request_on_a_published_address() ->
     let rolled = match cluster.kubectl(&restart) {
         Ok(_) => {
             eventually(SETTLE, || async {
-                let pods = cluster.forwarding_pods(&ns.name, "rolled").await?;
+                let pods = cluster.dataplane.forwarding_pods(&cluster, &ns.name, "rolled").await?;
                 let fresh = pods.iter().filter(|pod| !old.contains(&pod.name_any()) && pod_is_ready(pod)).count();
                 ensure!(fresh == 2 && pods.len() == 2, "{fresh} of 2 pods replaced and Ready, {} pods", pods.len());
                 Ok(())
@@ -742,22 +747,7 @@ async fn a_proxy_roll_under_traffic_loses_no_request_on_a_published_address() ->
     ensure!(statuses.shrunk.is_empty(), "the status shrank: {:?}", statuses.shrunk);
     let lost_published: u32 = records[..2].iter().map(|(_, record)| record.lost).sum();
     ensure!(lost_published == 0, "{lost_published} requests lost on the published addresses");
-    let longest = records[2..].iter().map(|(_, record)| record.longest_gap).max().unwrap_or_default();
-    match cluster.dataplane {
-        Dataplane::Pods => {
-            traffic_figures("roll", &records)?;
-            figure("roll_s", rolled_after.as_secs_f64())?;
-            ensure!(replaced == 2, "hostlb replaced {replaced} proxy pods, not one per node");
-            ensure!(longest <= PROXY_PATH_GAP_BOUND, "a gap of {longest:?} on a proxy path");
-        }
-        // The DaemonSet controller rolls the agents, and their rules stay meanwhile.
-        Dataplane::Agent => {
-            traffic_figures("agent_roll", &records)?;
-            let lost: u32 = records.iter().map(|(_, record)| record.lost).sum();
-            ensure!(lost == 0, "{lost} requests lost while the agents rolled");
-        }
-    }
-    Ok(())
+    cluster.dataplane.ensure_roll_kept(&records, rolled_after, replaced, PROXY_PATH_GAP_BOUND)
 }
 
 /// The aim for a proxy pod's replacement is a second; the bound is loose for a busy machine, and
@@ -847,7 +837,7 @@ async fn every_kubelet_silent_at_once_withdraws_no_node() -> Result<()> {
 
 /// The uid of the pod that forwards the Service on `node`.
 async fn forwarding_pod_on(cluster: &Cluster, ns: &TestNamespace, service: &str, node: &str) -> Result<String> {
-    let pods = cluster.forwarding_pods(&ns.name, service).await?;
+    let pods = cluster.dataplane.forwarding_pods(cluster, &ns.name, service).await?;
     let here = pods.iter().find(|pod| pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()) == Some(node));
     here.and_then(|pod| pod.uid()).with_context(|| format!("no pod forwards {service} on {node}"))
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context as _, Result};
-use hostlb_e2e::names::short_hash;
+use hostlb_model::names::short_hash;
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -7,11 +7,16 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use hostlb_e2e::*;
-use hostlb_model::agent;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ResourceQuota};
-use k8s_openapi::api::scheduling::v1::PriorityClass;
+use hostlb_e2e::cluster::{setup, Cluster, Nodes, SYSTEM_NAMESPACE};
+use hostlb_e2e::figures::report_timing;
+use hostlb_e2e::namespace::{http, TestNamespace, ECHO_HTTP_PORT, ECHO_UDP_PORT};
+use hostlb_e2e::poll::{eventually, eventually_blocking};
+use hostlb_e2e::status::published;
+use hostlb_e2e::traffic::{refuses, EchoReply};
+use hostlb_model::names::{self, FINALIZER};
+use hostlb_model::reason::Reason;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
 use kube::api::{ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -33,16 +38,9 @@ async fn backend_on_node1(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) 
     ns.echo_on_node1(cluster, nodes, SETTLE).await
 }
 
-/// The note of the first Event with this reason about the Service, once there is one (Normal
-/// Events too, which follow what they tell of from a queue of their own).
+/// The note of the first Event with this reason about the Service, once there is one.
 async fn warned(cluster: &Cluster, namespace: &str, service: &str, reason: Reason) -> Result<String> {
-    let events = eventually(SETTLE, || async {
-        let events = cluster.events(namespace, service, reason).await?;
-        ensure!(!events.is_empty(), "no {reason} Event on {namespace}/{service} yet");
-        Ok(events)
-    })
-    .await?;
-    Ok(events[0].note.clone().unwrap_or_default())
+    cluster.first_event_note(namespace, service, reason, SETTLE).await
 }
 
 async fn answered_http(cluster: &Cluster, address: IpAddr, port: u16) -> Result<EchoReply> {
@@ -55,35 +53,21 @@ async fn refused_http(cluster: &Cluster, address: IpAddr, port: u16) -> Result<(
     refuses(cluster, address, port, STAYS_REFUSED).await
 }
 
-async fn proxy_pod_on(cluster: &Cluster, ns: &str, service: &str, node: &str) -> Result<Pod> {
-    eventually(SETTLE, || async {
-        let pods = cluster.proxy_pods(ns, service).await?;
-        pods.into_iter()
-            .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node) && pod_ip(p).is_some())
-            .with_context(|| format!("no running proxy pod of {ns}/{service} on {node}"))
-    })
-    .await
-}
-
 /// Waits until `node` forwards the Service, on the test's data plane.
 async fn forwarded_on(cluster: &Cluster, ns: &str, service: &str, node: &str) -> Result<()> {
     eventually(SETTLE, || async {
-        let forwarding = cluster.forwarding(ns, service).await?;
+        let forwarding = cluster.dataplane.forwarding(cluster, ns, service).await?;
         ensure!(forwarding.iter().any(|(on, forwards)| on == node && *forwards), "{node} does not forward yet");
         Ok(())
     })
     .await
 }
 
-fn pod_ip(pod: &Pod) -> Option<IpAddr> {
-    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
-}
-
 async fn wait_gone(cluster: &Cluster, ns: &str, service: &str) -> Result<Duration> {
     let started = Instant::now();
     eventually(POD_GONE, || async {
-        let forwarders = cluster.forwarders(ns, service).await?;
-        let forwarding = cluster.forwarding(ns, service).await?;
+        let forwarders = cluster.dataplane.forwarders(cluster, ns, service).await?;
+        let forwarding = cluster.dataplane.forwarding(cluster, ns, service).await?;
         ensure!(forwarders.is_empty() && forwarding.is_empty(), "{forwarders:?} left, forwarding on {forwarding:?}");
         Ok(())
     })
@@ -109,14 +93,11 @@ async fn publishes_node_addresses_and_carries_traffic_on_both_paths() -> Result<
 
     // An address kube-proxy does not know: only hostlb's own rules can carry this, masqueraded
     // to the proxy pod's address, or to node-1's own on the pod network.
-    let masqueraded_to = match cluster.dataplane {
-        Dataplane::Pods => pod_ip(&proxy_pod_on(&cluster, &ns.name, "web", &nodes.node1).await?),
-        Dataplane::Agent => Some(cluster.ip("NODE1_POD_GATEWAY")?),
-    };
+    let masqueraded_to = cluster.dataplane.node1_masquerade_source(&cluster, &ns.name, "web", SETTLE).await?;
     let through_proxy = answered_http(&cluster, nodes.unpublished1, 18080).await?;
     ensure!(
-        Some(through_proxy.client) == masqueraded_to,
-        "the backend saw {} instead of {masqueraded_to:?}",
+        through_proxy.client == masqueraded_to,
+        "the backend saw {} instead of {masqueraded_to}",
         through_proxy.client,
     );
     Ok(())
@@ -144,7 +125,7 @@ async fn one_port_number_over_two_protocols_is_served_on_both() -> Result<()> {
     let ports = [("http", "TCP", 18090, ECHO_HTTP_PORT), ("echo", "UDP", 18090, ECHO_UDP_PORT)];
     ns.load_balancer("mixed", "echo", &ports, json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "mixed", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    let claimed = cluster.claimed_ports(&ns.name, "mixed").await?;
+    let claimed = cluster.dataplane.claimed_ports(&cluster, &ns.name, "mixed").await?;
     ensure!(claimed == vec![(18090, "TCP".into()), (18090, "UDP".into())], "claims {claimed:?}");
     answered_http(&cluster, nodes.unpublished1, 18090).await?;
     let client = cluster.client()?;
@@ -164,7 +145,7 @@ async fn changing_the_service_port_rolls_the_proxies_and_traffic_follows() -> Re
     let changed = Instant::now();
     let ports = json!([{ "name": "http", "protocol": "TCP", "port": 18101, "targetPort": ECHO_HTTP_PORT }]);
     ns.patch_service("web", json!({ "spec": { "ports": ports } })).await?;
-    wait_rolled_to(&cluster, &ns.name, "web", 18101, ROLLED_ON_BOTH_NODES).await?;
+    cluster.dataplane.wait_rolled_to(&cluster, &ns.name, "web", 18101, ROLLED_ON_BOTH_NODES).await?;
     answered_http(&cluster, nodes.unpublished1, 18101).await?;
     answered_http(&cluster, nodes.ip1, 18101).await?;
     report_timing("port change to traffic on the new port", changed.elapsed());
@@ -208,7 +189,7 @@ async fn an_older_versions_finalizer_goes_and_a_deleted_services_proxies_are_swe
     backend_on_node1(&cluster, &ns, &nodes).await?;
     ns.load_balancer("released", "echo", &http(18115), json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "released", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    let forwarders = cluster.forwarders(&ns.name, "released").await?;
+    let forwarders = cluster.dataplane.forwarders(&cluster, &ns.name, "released").await?;
     let forwarder = forwarders.first().cloned().context("nothing forwards the Service")?;
 
     // As hostlb 0.1.0 left it.
@@ -244,7 +225,7 @@ async fn the_first_service_on_a_port_keeps_every_node_through_its_rolls() -> Res
     let note = warned(&cluster, &ns.name, "second", Reason::PortConflict).await?;
     ensure!(note.contains("claimed it first") && note.contains("leave those nodes out"), "{note:?}");
     let second_left_out = || async {
-        let wanted = cluster.nodes_wanted(&ns.name, "second").await?;
+        let wanted = cluster.dataplane.nodes_wanted(&cluster, &ns.name, "second").await?;
         ensure!(wanted == 0, "the second Service's forwarding is wanted on {wanted} nodes");
         let second = ns.services().get("second").await?;
         ensure!(published(&second).is_empty(), "the second Service publishes {:?}", published(&second));
@@ -256,16 +237,16 @@ async fn the_first_service_on_a_port_keeps_every_node_through_its_rolls() -> Res
     // would take a node over while the first one's pod is replaced. The agents roll nothing.
     let ranges = [vec!["0.0.0.0/0"], vec!["0.0.0.0/1", "128.0.0.0/1"], vec!["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/1"]];
     for (roll, ranges) in ranges.into_iter().enumerate() {
-        let before = cluster.forwarding_revision(&ns.name, "first").await?;
+        let before = cluster.dataplane.forwarding_revision(&cluster, &ns.name, "first").await?;
         ns.patch_service("first", json!({ "spec": { "loadBalancerSourceRanges": ranges } })).await?;
         eventually(SETTLE, || async {
-            let now = cluster.forwarding_revision(&ns.name, "first").await?;
+            let now = cluster.dataplane.forwarding_revision(&cluster, &ns.name, "first").await?;
             ensure!(now != before, "roll {roll}: the forwarding is still at revision {now}");
             Ok(())
         })
         .await?;
         let started = Instant::now();
-        wait_rolled_to(&cluster, &ns.name, "first", 18120, ROLLED_ON_BOTH_NODES).await?;
+        cluster.dataplane.wait_rolled_to(&cluster, &ns.name, "first", 18120, ROLLED_ON_BOTH_NODES).await?;
         println!("timing: roll {} of the first Service: {:.2}s", roll + 1, started.elapsed().as_secs_f64());
         cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
         second_left_out().await?;
@@ -413,14 +394,14 @@ async fn ports_of_the_nodes_own_daemons_are_refused_and_the_other_ports_served()
     // The API server itself refuses 10250; the kubelet's read-only port is hostlb's to refuse.
     ns.load_balancer("kubelet", "echo", &[("kubelet", "TCP", 10255, ECHO_HTTP_PORT)], json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "mixed", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    let claimed = cluster.claimed_ports(&ns.name, "mixed").await?;
+    let claimed = cluster.dataplane.claimed_ports(&cluster, &ns.name, "mixed").await?;
     ensure!(claimed == vec![(18180, "TCP".into())], "claims {claimed:?}");
     answered_http(&cluster, nodes.unpublished1, 18180).await?;
     for (service, port) in [("mixed", "port 22/TCP"), ("kubelet", "port 10255/TCP")] {
         let note = warned(&cluster, &ns.name, service, Reason::PortRefused).await?;
         ensure!(note.contains(port) && note.contains("--denied-ports"), "the Event does not name {port}: {note:?}");
     }
-    let claimed = cluster.forwarders(&ns.name, "kubelet").await?;
+    let claimed = cluster.dataplane.forwarders(&cluster, &ns.name, "kubelet").await?;
     ensure!(claimed.is_empty(), "{claimed:?} claim the kubelet's port");
     cluster.wait_for_addresses(&ns.name, "kubelet", &[], SETTLE).await?;
     Ok(())
@@ -442,14 +423,11 @@ async fn scheduling_privileges_the_admin_did_not_grant_are_refused() -> Result<(
         ns.load_balancer_with_metadata(service, "echo", &http(port), json!({}), metadata).await?;
         let note = warned(&cluster, &ns.name, service, Reason::InvalidOption).await?;
         ensure!(note.contains(setting), "the Event on {service} does not name {setting}: {note:?}");
-        ensure!(cluster.forwarders(&ns.name, service).await?.is_empty(), "{service} is forwarded");
+        ensure!(cluster.dataplane.forwarders(&cluster, &ns.name, service).await?.is_empty(), "{service} is forwarded");
     }
     cluster.wait_for_addresses(&ns.name, "plain", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     // The agents run at the class the admin gave the proxies.
-    let daemonset = match cluster.dataplane {
-        Dataplane::Pods => proxy_daemonset(&cluster, &ns.name, "plain").await?,
-        Dataplane::Agent => cluster.daemonsets().get(agent::AGENT).await?,
-    };
+    let daemonset = cluster.dataplane.forwarding_daemonset(&cluster, &ns.name, "plain").await?;
     let pod_spec = daemonset.spec.as_ref().and_then(|spec| spec.template.spec.as_ref());
     let class = pod_spec.and_then(|spec| spec.priority_class_name.as_deref());
     ensure!(class == Some("hostlb-proxy"), "the {} pods run at {class:?}", daemonset.name_any());
@@ -468,11 +446,7 @@ async fn a_toleration_kubernetes_refuses_is_warned_and_the_status_stays() -> Res
     let tolerations = names::ANNOTATION_TOLERATIONS;
     let invalid = r#"[{"key":"e2e.hostlb.io/allowed","operator":"Sometimes"}]"#;
     ns.patch_service("web", json!({ "metadata": { "annotations": { tolerations: invalid } } })).await?;
-    let refusal = match cluster.dataplane {
-        Dataplane::Pods => Reason::ApplyRefused,
-        Dataplane::Agent => Reason::InvalidOption,
-    };
-    let note = warned(&cluster, &ns.name, "web", refusal).await?;
+    let note = warned(&cluster, &ns.name, "web", cluster.dataplane.refused_toleration_reason()).await?;
     ensure!(note.contains("operator"), "the Event does not name the field: {note:?}");
     cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18200).await?;
@@ -482,89 +456,7 @@ async fn a_toleration_kubernetes_refuses_is_warned_and_the_status_stays() -> Res
 #[tokio::test]
 async fn pods_that_cannot_be_created_are_explained_on_the_service() -> Result<()> {
     let (cluster, ns, nodes) = setup("notcreated").await?;
-    match cluster.dataplane {
-        Dataplane::Pods => proxy_pods_not_created(&cluster, &ns).await,
-        Dataplane::Agent => agent_not_created(&cluster, &ns, &nodes).await,
-    }
-}
-
-/// A quota in hostlb's namespace that allows pods of `class` no pods, once the quota
-/// controller has counted what the namespace holds (until then admission refuses every pod,
-/// for another reason).
-async fn no_pods_of_class(cluster: &Cluster, class: &str) -> Result<Api<ResourceQuota>> {
-    let quotas: Api<ResourceQuota> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
-    let quota = json!({
-        "metadata": { "name": "e2e-quota" },
-        "spec": {
-            "hard": { "pods": "0" },
-            "scopeSelector": { "matchExpressions": [{ "scopeName": "PriorityClass", "operator": "In", "values": [class] }] },
-        },
-    });
-    match quotas.create(&PostParams::default(), &serde_json::from_value(quota)?).await {
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
-        created => drop(created?),
-    }
-    eventually(SETTLE, || async {
-        let counted = quotas.get("e2e-quota").await?.status.and_then(|status| status.used);
-        ensure!(counted.is_some_and(|used| used.contains_key("pods")), "not counted yet");
-        Ok(())
-    })
-    .await?;
-    Ok(quotas)
-}
-
-/// Proxy pods of a PriorityClass that does not exist, or that a quota allows none of.
-async fn proxy_pods_not_created(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
-    let classes: Api<PriorityClass> = Api::all(cluster.client.clone());
-    let class = json!({ "metadata": { "name": "e2e-quota" }, "value": 1000, "preemptionPolicy": "Never" });
-    match classes.create(&PostParams::default(), &serde_json::from_value(class)?).await {
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
-        created => drop(created?),
-    }
-    let quotas = no_pods_of_class(cluster, "e2e-quota").await?;
-    let class_key = names::ANNOTATION_PRIORITY_CLASS;
-    let cases = [
-        ("missing", 18210, "e2e-missing", "no PriorityClass with name e2e-missing"),
-        ("quota", 18211, "e2e-quota", "exceeded quota"),
-    ];
-    for (service, port, class, expected) in cases {
-        let metadata = json!({ "annotations": { class_key: class } });
-        ns.load_balancer_with_metadata(service, "echo", &http(port), json!({}), metadata).await?;
-        let started = Instant::now();
-        let note = warned(cluster, &ns.name, service, Reason::ProxyPodsNotCreated).await?;
-        ensure!(note.contains(expected), "the Event on {service} does not say {expected:?}: {note:?}");
-        println!("timing: {service}: creation to ProxyPodsNotCreated: {:.2}s", started.elapsed().as_secs_f64());
-    }
-    quotas.delete("e2e-quota", &Default::default()).await?;
-    classes.delete("e2e-quota", &Default::default()).await?;
-    Ok(())
-}
-
-/// With the node agents: node-1's agent cannot come back, and the Service says so, while the
-/// rules it left go on forwarding.
-async fn agent_not_created(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) -> Result<()> {
-    backend_on_node1(cluster, ns, nodes).await?;
-    ns.load_balancer("web", "echo", &http(18212), json!({})).await?;
-    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    let quotas = no_pods_of_class(cluster, "hostlb-proxy").await?;
-    let outcome = async {
-        let node1 = format!("spec.nodeName={}", nodes.node1);
-        let selector = format!("{}={}", names::LABEL_COMPONENT, agent::COMPONENT_AGENT);
-        cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "delete", "pod", "-l", &selector, "--field-selector", &node1])?;
-        let started = Instant::now();
-        let note = warned(cluster, &ns.name, "web", Reason::ProxyPodsNotCreated).await?;
-        ensure!(note.contains("hostlb-agent cannot create pods") && note.contains("exceeded quota"), "{note:?}");
-        println!("timing: agent: deleted to ProxyPodsNotCreated: {:.2}s", started.elapsed().as_secs_f64());
-        cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-        answered_http(cluster, nodes.unpublished1, 18212).await.context("node-1's rules without its agent")?;
-        Ok(())
-    }
-    .await;
-    // Whatever happened, the next tests need node-1's agent back.
-    quotas.delete("e2e-quota", &Default::default()).await?;
-    let agents = format!("daemonset/{}", agent::AGENT);
-    cluster.kubectl(&["-n", SYSTEM_NAMESPACE, "rollout", "status", &agents, "--timeout=150s"])?;
-    outcome
+    cluster.dataplane.explains_pods_not_created(&cluster, &ns, &nodes, SETTLE).await
 }
 
 /// What a hostile Service must lead to.
@@ -603,12 +495,8 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     let controllers = cluster.controller_restarts().await?;
 
     let (tolerations, class, pool) = (names::ANNOTATION_TOLERATIONS, names::ANNOTATION_PRIORITY_CLASS, names::POOL);
-    // The controller checks what no API server sees with the node agents.
-    let agents_or = |with_agents: Reason, with_pods: Reason| match cluster.dataplane {
-        Dataplane::Pods => with_pods,
-        Dataplane::Agent => with_agents,
-    };
     let ip_mode = names::ANNOTATION_IP_MODE;
+    let (missing_class, missing_class_text) = cluster.dataplane.missing_priority_class_warning();
     let invalid = Reason::InvalidOption;
     let many_keys: Vec<serde_json::Value> =
         (0..60).map(|i| json!({ "key": format!("team-{i}.example.com/dedicated"), "operator": "Exists" })).collect();
@@ -640,7 +528,8 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             "tol-bad-operator",
             18306,
             annotated(tolerations, r#"[{"key":"e2e.hostlb.io/allowed","operator":"Sometimes"}]"#),
-            Expect::Warning(agents_or(invalid, Reason::ApplyRefused), "operator"),
+            // The controller checks what no API server sees with the node agents.
+            Expect::Warning(cluster.dataplane.refused_toleration_reason(), "operator"),
         ),
         hostile("class-bad-name", 18307, annotated(class, "Not_A_Name"), Expect::Warning(invalid, class)),
         hostile("class-empty", 18308, annotated(class, ""), Expect::Warning(invalid, class)),
@@ -654,10 +543,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             "class-missing",
             18310,
             annotated(class, "e2e-missing"),
-            match cluster.dataplane {
-                Dataplane::Pods => Expect::Warning(Reason::ProxyPodsNotCreated, "no PriorityClass"),
-                Dataplane::Agent => Expect::Warning(Reason::OptionIgnored, "not used"),
-            },
+            Expect::Warning(missing_class, missing_class_text),
         ),
         hostile("port-ssh", 22, json!({}), Expect::Warning(Reason::PortRefused, "port 22/TCP")),
         hostile("port-apiserver", 6443, json!({}), Expect::Warning(Reason::PortRefused, "port 6443/TCP")),
@@ -717,29 +603,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     ns.load_balancer_with_metadata("taken", "echo", &http(18319), json!({}), annotated(tolerations, "{")).await?;
     let uid = ns.services().get("taken").await?.uid().context("no UID")?;
     let taken_name = names::daemonset_name("taken", &uid);
-    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
-    match cluster.dataplane {
-        Dataplane::Pods => {
-            let foreign: DaemonSet = serde_json::from_value(json!({
-                "metadata": { "name": taken_name, "labels": { "app": "foreign" } },
-                "spec": {
-                    "selector": { "matchLabels": { "app": "foreign" } },
-                    "template": {
-                        "metadata": { "labels": { "app": "foreign" } },
-                        "spec": {
-                            "nodeSelector": { "e2e.hostlb.io/nowhere": "true" },
-                            "containers": [{ "name": "pause", "image": "localhost/hostlb/pause:dev" }]
-                        }
-                    }
-                }
-            }))?;
-            cluster.daemonsets().create(&PostParams::default(), &foreign).await?;
-        }
-        Dataplane::Agent => {
-            let foreign: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": taken_name } }))?;
-            config_maps.create(&PostParams::default(), &foreign).await?;
-        }
-    }
+    cluster.dataplane.occupy_forwarder_name(&cluster, &taken_name).await?;
     ns.patch_service("taken", json!({ "metadata": { "annotations": { tolerations: null } } })).await?;
     table.push(Hostile {
         ports: Vec::new(),
@@ -775,19 +639,15 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             .count();
         ensure!(warnings <= 2, "{cause} made {warnings} Warning Events");
         println!("count: bad input: {cause}: {warnings} Warning Event(s)");
-        ensure!(cluster.forwarders(&ns.name, service).await?.is_empty(), "{service} is forwarded");
+        ensure!(cluster.dataplane.forwarders(&cluster, &ns.name, service).await?.is_empty(), "{service} is forwarded");
     }
     let started_after = Instant::now();
     ns.load_balancer("after-hostile", "echo", &http(18322), json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "after-hostile", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     report_timing("bad input: a new Service among the hostile ones, creation to status", started_after.elapsed());
-    let applied = agents_or(Reason::PlanApplied, Reason::DaemonSetApplied);
-    let note = warned(&cluster, &ns.name, "hundred-ports", applied).await?;
+    let note = warned(&cluster, &ns.name, "hundred-ports", cluster.dataplane.applied_reason()).await?;
     ensure!(note.ends_with("18419/TCP and 80 more"), "the 100 ports are not summed up: {note:?}");
-    match cluster.dataplane {
-        Dataplane::Pods => drop(cluster.daemonsets().delete(&taken_name, &Default::default()).await?),
-        Dataplane::Agent => drop(config_maps.delete(&taken_name, &Default::default()).await?),
-    }
+    cluster.dataplane.release_forwarder_name(&cluster, &taken_name).await?;
     cluster.ensure_no_controller_restarted(&controllers).await?;
     cluster.wait_for_addresses(&ns.name, "healthy", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18300).await?;
@@ -841,7 +701,7 @@ async fn a_namespace_quota_of_load_balancers_is_enforced_by_the_api_server() -> 
     ensure!(retyped.contains("services.loadbalancers"), "the refusal does not name the quota: {retyped:?}");
     println!("refused: a ClusterIP Service changed to LoadBalancer: {retyped}");
     for service in ["second", "internal"] {
-        ensure!(cluster.forwarders(&ns.name, service).await?.is_empty(), "{service} is forwarded");
+        ensure!(cluster.dataplane.forwarders(&cluster, &ns.name, service).await?.is_empty(), "{service} is forwarded");
     }
     cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     Ok(())
@@ -1003,11 +863,7 @@ async fn a_proxy_image_that_cannot_be_pulled_is_reported_on_the_service() -> Res
     let installed = deployments.get("hostlb-controller").await?;
     let containers = installed.spec.and_then(|s| s.template.spec).map(|s| s.containers).unwrap_or_default();
     let env = containers.iter().find(|c| c.name == "controller").and_then(|c| c.env.clone()).unwrap_or_default();
-    // The proxy pods' image, or the agents', which is the controller's.
-    let variable = match cluster.dataplane {
-        Dataplane::Pods => "HOSTLB_LB_IMAGE",
-        Dataplane::Agent => "HOSTLB_CONTROLLER_IMAGE",
-    };
+    let variable = cluster.dataplane.image_variable();
     let original = env.into_iter().find(|e| e.name == variable).with_context(|| format!("no {variable}"))?;
     let set_image = |value: serde_json::Value, value_from: serde_json::Value| {
         let env = json!([{ "name": variable, "value": value, "valueFrom": value_from }]);
@@ -1097,7 +953,7 @@ async fn uninstall_and_check(cluster: &Cluster, ns: &TestNamespace) -> Result<()
     let service = ns.services().get("web").await?;
     ensure!(!service.finalizers().iter().any(|f| f == FINALIZER), "the finalizer is still set");
     ensure!(published(&service).is_empty(), "the status still publishes {:?}", published(&service));
-    ensure!(cluster.forwarders(&ns.name, "web").await?.is_empty(), "the forwarding is still there");
+    ensure!(cluster.dataplane.forwarders(cluster, &ns.name, "web").await?.is_empty(), "the forwarding is still there");
     ns.delete_service("web").await?;
     eventually(Duration::from_secs(10), || async {
         ensure!(ns.services().get_opt("web").await?.is_none(), "the Service is still there");
@@ -1131,7 +987,7 @@ async fn a_controller_restart_in_the_middle_of_a_change_gives_the_same_result() 
     ns.load_balancer("added", "echo", &http(18163), json!({})).await?;
 
     cluster.wait_for_addresses(&ns.name, "added", &[nodes.ip1, nodes.ip2], SETTLE * 2).await?;
-    wait_rolled_to(&cluster, &ns.name, "moved", 18161, ROLLED_ON_BOTH_NODES).await?;
+    cluster.dataplane.wait_rolled_to(&cluster, &ns.name, "moved", 18161, ROLLED_ON_BOTH_NODES).await?;
     wait_gone(&cluster, &ns.name, "removed").await?;
     cluster.wait_for_addresses(&ns.name, "moved", &[nodes.ip1, nodes.ip2], SETTLE).await?;
     answered_http(&cluster, nodes.unpublished1, 18161).await?;
@@ -1224,7 +1080,7 @@ async fn a_capped_service_keeps_its_chosen_node_and_is_not_rewritten_without_a_c
     ensure!(chosen[0] == nodes.ip1 || chosen[0] == nodes.ip2, "{chosen:?} is no node address");
     // Both nodes forward before the status is checked for churn.
     eventually(SETTLE, || async {
-        let forwarding = cluster.forwarding(&ns.name, "web").await?;
+        let forwarding = cluster.dataplane.forwarding(&cluster, &ns.name, "web").await?;
         let ready = forwarding.iter().filter(|(_, forwards)| *forwards).count();
         ensure!(ready == 2, "expected both nodes to forward: {forwarding:?}");
         Ok(())

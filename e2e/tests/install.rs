@@ -8,7 +8,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use hostlb_e2e::*;
+use hostlb_e2e::cluster::{setup, Cluster, Nodes, SYSTEM_NAMESPACE};
+use hostlb_e2e::figures::report_timing;
+use hostlb_e2e::namespace::TestNamespace;
+use hostlb_e2e::poll::eventually;
+use hostlb_e2e::status::published;
+use hostlb_e2e::traffic::answers;
+use hostlb_model::names::FINALIZER;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -105,19 +111,8 @@ async fn helm_install_upgrade_and_uninstall_leave_no_service_that_cannot_be_dele
         Ok(())
     })
     .await?;
-    if cluster.dataplane == Dataplane::Agent {
-        // One install per cluster may run node agents: the harness's hands its Services back to
-        // proxy pods, and its agents go, before Helm's install takes over with agents of its own.
-        use_dataplane(&cluster, Dataplane::Pods).await?;
-        let agents = ListParams::default().fields(&format!("metadata.name={}", hostlb_model::agent::AGENT));
-        eventually(POD_GONE, || async {
-            ensure!(cluster.daemonsets().list(&agents).await?.items.is_empty(), "the harness's agents are still there");
-            let left = cluster.nodes_with_agent_table()?;
-            ensure!(left.is_empty(), "the harness's agents left their table on {left:?}");
-            Ok(())
-        })
-        .await?;
-    }
+    // Before Helm's install takes over, with agents of its own when the test runs on them.
+    cluster.dataplane.make_way_for_another_install(&cluster, POD_GONE).await?;
     scale_harness_install(&cluster, 0).await?;
     let outcome = helm_lifecycle(&cluster, &ns, &nodes).await;
     // Whatever happened, the next tests need the harness's install back, and nothing of ours.

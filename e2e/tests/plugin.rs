@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
-use hostlb_e2e::*;
+use hostlb_e2e::cluster::{setup, Cluster};
+use hostlb_e2e::namespace::ECHO_HTTP_PORT;
+use hostlb_e2e::poll::eventually;
 use serde_json::{json, Value};
 
 const SETTLE: Duration = Duration::from_secs(90);

@@ -11,8 +11,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use hostlb_e2e::*;
-use hostlb_model::readiness::pod_is_ready;
+use hostlb_e2e::cluster::{setup, Cluster, Nodes, SYSTEM_NAMESPACE};
+use hostlb_e2e::dataplane::use_dataplane;
+use hostlb_e2e::figures::{figure, traffic_figures};
+use hostlb_e2e::namespace::TestNamespace;
+use hostlb_e2e::poll::eventually;
+use hostlb_e2e::status::StatusWatch;
+use hostlb_e2e::traffic::{answers, Traffic};
+use hostlb_model::names;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::ListParams;
@@ -79,7 +85,7 @@ async fn upgrade(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes, version: 
         Ok(()) => {
             let controller_rolled = upgrade_started.elapsed();
             let switched = use_dataplane(cluster, cluster.dataplane).await;
-            let current = async { eventually(SETTLE, || forwarding_current(cluster, ns)).await };
+            let current = eventually(SETTLE, || cluster.dataplane.ensure_current_forwarding(cluster, &ns.name, "web"));
             switched.and(current.await).map(|()| controller_rolled)
         }
         Err(failed) => Err(failed),
@@ -92,20 +98,17 @@ async fn upgrade(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes, version: 
 
     say(format!(
         "{version} -> this tree ({}): controller rolled out after {:.1}s, the Service forwarded by this tree's \
-         {} after {:.1}s; {}; {} status reads, {} showed fewer than both nodes; left by `kubectl apply`: {}",
+         {}s after {:.1}s; {}; {} status reads, {} showed fewer than both nodes; left by `kubectl apply`: {}",
         cluster.dataplane.name(),
         controller_rolled.as_secs_f64(),
-        if cluster.dataplane == Dataplane::Pods { "proxy pods" } else { "node agents" },
+        cluster.dataplane.pod_noun(),
         proxies_rolled.as_secs_f64(),
         nodes.describe_paths(&records),
         statuses.reads,
         statuses.shrunk.len(),
         if stranded.is_empty() { "nothing".to_string() } else { stranded.join(", ") }
     ));
-    let (prefix, forwarded) = match cluster.dataplane {
-        Dataplane::Pods => ("upgrade", "upgrade_proxies_s"),
-        Dataplane::Agent => ("upgrade_to_agents", "upgrade_to_agents_forwarding_s"),
-    };
+    let (prefix, forwarded) = cluster.dataplane.upgrade_figures();
     traffic_figures(prefix, &records)?;
     figure(&format!("{prefix}_controller_s"), controller_rolled.as_secs_f64())?;
     figure(forwarded, proxies_rolled.as_secs_f64())?;
@@ -121,31 +124,6 @@ async fn ensure_controller_image(cluster: &Cluster, version: &str) -> Result<()>
     let containers = deployment.spec.and_then(|spec| spec.template.spec).map(|spec| spec.containers);
     let image = containers.unwrap_or_default().into_iter().find_map(|c| c.image).context("no controller image")?;
     ensure!(image.ends_with(&format!(":{version}")), "the controller runs {image}, not {version}");
-    Ok(())
-}
-
-/// This tree forwards the Service on both nodes: with proxy pods, both carry the spec hash of
-/// their DaemonSet's template and are Ready; with the node agents, both nodes' agents forward
-/// it and no proxy pod is left.
-async fn forwarding_current(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
-    if cluster.dataplane == Dataplane::Agent {
-        let forwarding = cluster.forwarding(&ns.name, "web").await?;
-        let forwarded = forwarding.iter().filter(|(_, forwards)| *forwards).count();
-        ensure!(forwarded == 2, "the agents forward on {forwarding:?}");
-        let left = cluster.proxy_pods(&ns.name, "web").await?.len();
-        ensure!(left == 0, "{left} proxy pods are left");
-        return Ok(());
-    }
-    let daemonset = proxy_daemonset(cluster, &ns.name, "web").await?;
-    let template = daemonset.spec.and_then(|spec| spec.template.metadata).unwrap_or_default();
-    let hash = template.annotations.unwrap_or_default().remove(names::ANNOTATION_PROXY_SPEC_HASH);
-    let hash = hash.context("the proxy DaemonSet's template has no spec hash yet")?;
-    let pods = cluster.proxy_pods(&ns.name, "web").await?;
-    let current = pods
-        .iter()
-        .filter(|pod| pod.annotations().get(names::ANNOTATION_PROXY_SPEC_HASH) == Some(&hash) && pod_is_ready(pod))
-        .count();
-    ensure!(current == 2 && pods.len() == 2, "{current} of {} proxy pods current and Ready", pods.len());
     Ok(())
 }
 

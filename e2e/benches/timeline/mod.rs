@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::StreamExt;
-use hostlb_e2e::{names, published, SYSTEM_NAMESPACE};
+use hostlb_e2e::cluster::SYSTEM_NAMESPACE;
+use hostlb_e2e::status::published;
+use hostlb_model::names;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::{watcher, WatchStreamExt};
