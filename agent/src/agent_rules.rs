@@ -85,7 +85,7 @@ pub fn desired<'a>(
             .and_then(|parsed| {
                 Ok((PortForwarding::new(&parsed.follow.rules).map_err(|e| e.to_string())?, parsed.follow))
             });
-        let (port_forwarding, follow) = match parsed {
+        let (port_forwarding, service_args) = match parsed {
             Ok(parsed) => parsed,
             Err(problem) => {
                 reports.insert(plan.uid.clone(), report(false, Some(format!("its plan cannot be read: {problem}"))));
@@ -94,7 +94,7 @@ pub fn desired<'a>(
         };
         let local = port_forwarding.follows_endpoints;
         let service_slices = by_service.get(plan.service.as_str()).into_iter().flatten().copied();
-        let forwards = endpoint_forwards(&follow, service_slices, local.then_some(node));
+        let forwards = endpoint_forwards(&service_args, service_slices, local.then_some(node));
         // Local: published only where an endpoint is ready, as kube-proxy's health check says.
         // Cluster: wherever the rules are, as a proxy pod is Ready once its rules are in.
         let forwarding = !local || !forwards.is_empty();
@@ -113,7 +113,7 @@ mod tests {
 
     fn plan(uid: &str, service: &str, to: Destination, nodes: &[&str]) -> PlanEntry {
         let (namespace, name) = service.split_once('/').unwrap();
-        let follow = FollowArgs {
+        let service_args = FollowArgs {
             namespace: namespace.into(),
             service: name.into(),
             node: String::new(),
@@ -127,7 +127,7 @@ mod tests {
         PlanEntry {
             uid: uid.into(),
             service: service.into(),
-            args: follow.to_args(),
+            args: service_args.to_args(),
             nodes: nodes.iter().map(ToString::to_string).collect(),
         }
     }

@@ -1,89 +1,37 @@
-//! `hostlb-controller follow-endpoints`: runs beside the proxy of an `externalTrafficPolicy:
-//! Local` Service, in the proxy pod's network namespace, and keeps its nftables forwarding on
-//! the Service's ready endpoints on this node (`endpoints`) as they come and go. After each
-//! change it deletes the conntrack entries of the UDP flows that the new rules would send
-//! elsewhere (`hostlb_lb::conntrack`), since a client that keeps sending would otherwise stay
-//! where the old rules sent it.
+//! `hostlb-agent`: the programs of the controller's image that program nftables on the nodes
+//! from what the API server says. They need a Kubernetes client, which the controller has and
+//! the proxy's own static binary does without; their rules are built by its library
+//! (`hostlb_lb`).
 //!
-//! `hostlb-controller node-agent` (`agent`): the opt-in data plane, one pod per node that
-//! programs every Service the node serves in the node's own network namespace.
+//! - The endpoint follower (`follower`, `hostlb-controller follow-endpoints`) runs beside the
+//!   proxy of an `externalTrafficPolicy: Local` Service, in the proxy pod's network namespace,
+//!   and keeps its forwarding on the Service's ready endpoints on this node.
+//! - The node agent (`agent`, `hostlb-controller node-agent`) is the opt-in data plane: one pod
+//!   per node that programs every Service the controller's plans give the node, in the node's
+//!   own network namespace.
 //!
-//! Programs that ship in the controller's binary and image: they need a Kubernetes client,
-//! which the controller has and the proxy's own static binary does without.
+//! Both read EndpointSlices (`endpoints`) through watches whose relists replace what is known
+//! only once complete (`listed`). After each change both delete the conntrack entries of the
+//! UDP flows that the new rules would send elsewhere (`forget_stale_flows`), since a client that
+//! keeps sending would otherwise stay where the old rules sent it.
 
 mod agent;
 mod agent_rules;
 mod endpoints;
 mod error;
+mod follower;
 mod listed;
 mod local_addresses;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use futures::{StreamExt, TryStreamExt};
-use hostlb_contract::{Family, FollowArgs};
-use hostlb_lb::port_forwarding::{Forward, PortForwarding};
-use hostlb_lb::{conntrack, kernel, rules};
-use kube::api::{Api, ApiResource, DynamicObject};
+use hostlb_lb::{conntrack, kernel};
+use kube::api::{ApiResource, DynamicObject};
 use kube::discovery::oneshot;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 
 pub use agent::run as run_agent;
-use endpoints::{endpoint_forwards, EndpointSlice, SERVICE_NAME_LABEL};
+use endpoints::EndpointSlice;
 pub use error::{Error, Result};
-use listed::Listed;
-
-/// Without a first list by then the follower exits, so that the pod restarts and the Service
-/// gets a ProxyPodFailing Warning instead of a node that silently forwards nothing.
-const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Follows the Service's EndpointSlices until the stream ends or SIGTERM arrives.
-pub async fn follow(client: kube::Client, args: FollowArgs) -> Result<()> {
-    let forwarding = PortForwarding::new(&args.rules).map_err(Error::Rules)?;
-    let resource = endpoint_slice_resource(&client).await?;
-    let api: Api<DynamicObject> = Api::namespaced_with(client, &args.namespace, &resource);
-    let selector = format!("{SERVICE_NAME_LABEL}={}", args.service);
-    tracing::info!(
-        service = format!("{}/{}", args.namespace, args.service),
-        node = args.node,
-        api = resource.api_version,
-        "following the Service's endpoints on this node"
-    );
-    let mut events = watcher(api, watch_config().labels(&selector)).default_backoff().boxed();
-    let mut slices: Listed<EndpointSlice> = Listed::default();
-    let mut installed: Option<BTreeMap<Family, Vec<Forward>>> = None;
-    let first_list = tokio::time::sleep(FIRST_LIST_TIMEOUT);
-    tokio::pin!(first_list);
-    let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        let event = tokio::select! {
-            event = events.try_next() => event,
-            _ = &mut first_list, if installed.is_none() => return Err(Error::EndpointsNotListed(FIRST_LIST_TIMEOUT)),
-            _ = terminate.recv() => return Ok(()),
-        };
-        let changed = match event {
-            Ok(Some(event)) => slices.apply(event, endpoint_slice),
-            Ok(None) => return Ok(()),
-            Err(error) => {
-                tracing::warn!(%error, "watching EndpointSlices failed; retrying");
-                false
-            }
-        };
-        if !changed {
-            continue;
-        }
-        let forwards = endpoint_forwards(&args, slices.current.values(), Some(&args.node));
-        if installed.as_ref() == Some(&forwards) {
-            continue;
-        }
-        let applied = forwarding.with_endpoints(forwards.clone());
-        kernel::apply(&rules::ruleset(&applied)).map_err(Error::Rules)?;
-        log_forwards(&forwards);
-        forget_stale_flows(|flow| conntrack::is_stale(&applied, flow));
-        installed = Some(forwards);
-    }
-}
+pub use follower::follow;
 
 /// The EndpointSlice API the server serves: v1 from Kubernetes 1.21 on, v1beta1 before, with
 /// the same fields either way.
@@ -101,7 +49,7 @@ fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS)
 }
 
-/// What the follower and the agent keep of an EndpointSlice; one that cannot be read is
+/// What the follower and the node agent keep of an EndpointSlice; one that cannot be read is
 /// skipped with a warning.
 fn endpoint_slice(object: &DynamicObject) -> Option<EndpointSlice> {
     match serde_json::from_value(object.data.clone()) {
@@ -113,18 +61,7 @@ fn endpoint_slice(object: &DynamicObject) -> Option<EndpointSlice> {
     }
 }
 
-fn log_forwards(forwards: &BTreeMap<Family, Vec<Forward>>) {
-    if forwards.is_empty() {
-        tracing::info!("no ready endpoint on this node: nothing is forwarded");
-    }
-    for (family, forwards) in forwards {
-        for forward in forwards {
-            tracing::info!("{} {forward}", family.name());
-        }
-    }
-}
-
-/// Forgets the flows `is_stale` picks, for the follower and the agent. A failure is logged, not
+/// Forgets the flows `is_stale` picks, for the follower and the node agent. A failure is logged, not
 /// returned: the rules are in place and new flows follow them, and ending the process would not
 /// make the next attempt succeed.
 fn forget_stale_flows(is_stale: impl Fn(&conntrack::Flow) -> bool) {

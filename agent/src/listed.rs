@@ -1,5 +1,6 @@
-//! Objects of one watch as the agents act on them: a relist is gathered aside and replaces
-//! what was known only once complete, so that a half-listed watch never removes rules.
+//! Objects of one watch as the follower and the node agent act on them: a relist is gathered
+//! aside and replaces what was known only once complete, so that a half-listed watch never
+//! removes rules.
 
 use std::collections::BTreeMap;
 
