@@ -242,11 +242,14 @@ fn decide_forwarding(
     let plane = settings.forwarding.data_plane();
     let ours = observed.forwarding.filter(|existing| made_by_hostlb_for(*existing, &lb.uid));
     if lb.ports.is_empty() {
-        let delete = |existing: &ForwardingObject| ForwardingChange {
-            kind: plane.kind(),
-            action: ForwardingAction::Delete(existing.clone()),
+        let previous = observed.previous.iter().filter(|(_, object)| made_by_hostlb_for(*object, &lb.uid));
+        let every_plane =
+            ours.map(|object| (settings.forwarding.dataplane, object)).into_iter().chain(previous.copied());
+        let delete = |(kind, object): (DataPlaneKind, &ForwardingObject)| ForwardingChange {
+            kind: kind.implementation().kind(),
+            action: ForwardingAction::Delete(object.clone()),
         };
-        serving.forwarding.extend(ours.map(delete));
+        serving.forwarding.extend(every_plane.map(delete));
         return None;
     }
     serving.warnings.extend(node_ports_open(observed.service, lb));

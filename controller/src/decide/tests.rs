@@ -504,6 +504,28 @@ fn a_service_left_without_ports_loses_its_daemonset_and_addresses() {
 }
 
 #[test]
+fn with_the_node_agents_a_service_left_without_ports_loses_its_plan_and_a_daemonset_it_was_handed_over_from() {
+    let before = ServiceBuilder::new("web").port("TCP", 80, 0).build();
+    let lb = ServiceLb::from_service(&before).unwrap();
+    let mut agent_settings = settings();
+    agent_settings.forwarding.dataplane = DataPlaneKind::Agent;
+    let (daemonset, plan) =
+        (erased(&desired_for(&before)), erased(&desired_plan(&lb, &["n1"], &agent_settings.forwarding)));
+    let service = ServiceBuilder::new("web").port("TCP", 10250, 0).build();
+    let index = index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[], &[]);
+    let view = ServiceView::of(&service);
+    let observed = Observed {
+        service: &view,
+        forwarding: Some(&plan),
+        last_applied: None,
+        previous: vec![(DataPlaneKind::Pods, &daemonset)],
+        now: Timestamp::now(),
+    };
+    let Decision::Serve(serving) = decide(&observed, &index, &agent_settings) else { panic!("expected to serve") };
+    assert!(deletes(&serving, "ConfigMap") && deletes(&serving, "DaemonSet"), "{:?}", serving.forwarding);
+}
+
+#[test]
 fn ip_mode_proxy_is_published_where_the_api_server_keeps_it_and_otherwise_reported_as_ignored() {
     let proxy =
         published(ServiceBuilder::new("web").annotation(names::ANNOTATION_IP_MODE, "Proxy").build(), &["10.0.0.1"]);
