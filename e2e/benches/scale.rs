@@ -615,7 +615,7 @@ async fn proxy_daemonsets(client: &Client, namespace: &str) -> Result<BTreeMap<S
         .iter()
         .map(|service| {
             let name = service.name_any();
-            (names::daemonset_name(&name, &service.uid().unwrap_or_default()), name)
+            (names::forwarding_name(&name, &service.uid().unwrap_or_default()), name)
         })
         .collect())
 }

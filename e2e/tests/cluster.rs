@@ -602,12 +602,12 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
     // forwarding, made by someone else before the Service became valid.
     ns.load_balancer_with_metadata("taken", "echo", &http(18319), json!({}), annotated(tolerations, "{")).await?;
     let uid = ns.services().get("taken").await?.uid().context("no UID")?;
-    let taken_name = names::daemonset_name("taken", &uid);
+    let taken_name = names::forwarding_name("taken", &uid);
     cluster.dataplane.occupy_forwarder_name(&cluster, &taken_name).await?;
     ns.patch_service("taken", json!({ "metadata": { "annotations": { tolerations: null } } })).await?;
     table.push(Hostile {
         ports: Vec::new(),
-        ..hostile("taken", 0, json!({}), Expect::Warning(Reason::DaemonSetNameTaken, "not made by hostlb"))
+        ..hostile("taken", 0, json!({}), Expect::Warning(Reason::ForwardingNameTaken, "not made by hostlb"))
     });
 
     let started = Instant::now();

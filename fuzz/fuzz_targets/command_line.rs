@@ -1,7 +1,7 @@
 //! The whole `hostlb-lb` command line: argv is a list of arguments, each a subcommand, a flag, a
 //! value or comma-separated values of the shapes the flags take, or any bytes (not only UTF-8).
 //! Parsing never panics; a command it accepts is written back as arguments that parse as the
-//! same command; for `init` and `run`, the plan either refuses the arguments as bad ones (exit
+//! same command; for `init` and `run`, the forwarding either refuses the arguments as bad ones (exit
 //! code 2) or is consistent, and its rules read back as nft text and encode.
 
 #![no_main]
@@ -180,40 +180,40 @@ fuzz_target!(
             Err(error) => panic!("{command:?} was written as {written:?}, which is refused: {error}"),
         }
         if let Command::Init(args) | Command::Run(args) = &command {
-            check_plan(args);
+            check_forwarding(args);
         }
     }
 );
 
-fn check_plan(args: &RuleArgs) {
-    let plan = match PortForwarding::new(args) {
-        Ok(plan) => plan,
+fn check_forwarding(args: &RuleArgs) {
+    let forwarding = match PortForwarding::new(args) {
+        Ok(forwarding) => forwarding,
         Err(error) => {
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
             return;
         }
     };
-    assert!(!plan.ports.is_empty(), "{args:?}");
-    assert!(plan.ports.windows(2).all(|pair| (pair[0].protocol, pair[0].listen) < (pair[1].protocol, pair[1].listen)));
-    assert!(plan.source_ranges.windows(2).all(|pair| pair[0] < pair[1]), "{args:?}");
-    assert!(!plan.forwards.is_empty(), "{args:?}");
-    for backend in plan.forwards.values().flatten().flat_map(|forward| &forward.backends) {
+    assert!(!forwarding.ports.is_empty(), "{args:?}");
+    assert!(forwarding.ports.windows(2).all(|pair| (pair[0].protocol, pair[0].listen) < (pair[1].protocol, pair[1].listen)));
+    assert!(forwarding.source_ranges.windows(2).all(|pair| pair[0] < pair[1]), "{args:?}");
+    assert!(!forwarding.forwards.is_empty(), "{args:?}");
+    for backend in forwarding.forwards.values().flatten().flat_map(|forward| &forward.backends) {
         let address = backend.ip();
         assert!(!address.is_unspecified() && !address.is_loopback() && !address.is_multicast());
     }
-    let steps = ruleset(&plan);
+    let steps = ruleset(&forwarding);
     for step in &steps {
         let text = step_text(step);
         // Raw registers, offsets or hexadecimal mean the rule text no longer reads the rules.
         assert!(!["reg ", "0x", "@nh", "@th"].iter().any(|raw| text.contains(raw)), "{text}");
     }
     let dnat_rules = steps.iter().filter(|step| matches!(step, Step::AddRule { chain: CHAIN_DNAT, .. })).count();
-    let backends: usize = plan.forwards.values().flatten().map(|forward| forward.backends.len()).sum();
+    let backends: usize = forwarding.forwards.values().flatten().map(|forward| forward.backends.len()).sum();
     assert_eq!(dnat_rules, backends);
-    if plan.follows_endpoints {
+    if forwarding.follows_endpoints {
         assert_eq!(dnat_rules, 0, "{args:?}");
     } else {
-        assert_eq!(dnat_rules, plan.ports.len() * plan.forwards.len(), "{args:?}");
+        assert_eq!(dnat_rules, forwarding.ports.len() * forwarding.forwards.len(), "{args:?}");
     }
     let batch = encode_batch(&steps, Sequence { first: 1 });
     let mut messages = 0;

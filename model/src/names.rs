@@ -113,7 +113,7 @@ pub fn install_id(load_balancer_class: &str) -> String {
 }
 
 /// Label selector matching the proxy DaemonSets of one install.
-pub fn daemonset_selector(install_id: &str) -> String {
+pub fn proxy_daemonset_selector(install_id: &str) -> String {
     format!("{},{LABEL_INSTALL}={install_id}", managed_selector())
 }
 
@@ -122,10 +122,11 @@ pub fn managed_selector() -> String {
     format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT_PROXY}")
 }
 
-/// Name of the DaemonSet serving a Service. The Service's name keeps it readable; a hash of
-/// the UID keeps Services of the same name in different namespaces (or re-created ones)
-/// apart. Short enough that pod names derived from it stay valid.
-pub fn daemonset_name(service_name: &str, service_uid: &str) -> String {
+/// Name of the object that carries a Service's forwarding: its proxy DaemonSet, or its plan
+/// for the node agents. The Service's name keeps it readable; a hash of the UID keeps Services
+/// of the same name in different namespaces (or re-created ones) apart. Short enough that pod
+/// names derived from it stay valid.
+pub fn forwarding_name(service_name: &str, service_uid: &str) -> String {
     const MAX_SERVICE_PART: usize = 40;
     let readable: String = service_name.chars().take(MAX_SERVICE_PART).collect();
     let readable = readable.trim_end_matches('-');
@@ -159,22 +160,22 @@ mod tests {
     }
 
     #[test]
-    fn daemonset_name_keeps_short_service_names_whole() {
-        let name = daemonset_name("web", "0b0e5f3a-1111-2222-3333-444455556666");
+    fn forwarding_name_keeps_short_service_names_whole() {
+        let name = forwarding_name("web", "0b0e5f3a-1111-2222-3333-444455556666");
         assert!(name.starts_with("hostlb-web-"), "{name}");
         assert_eq!(name.len(), "hostlb-web-".len() + 8);
     }
 
     #[test]
-    fn daemonset_name_differs_for_same_name_with_other_uid() {
-        assert_ne!(daemonset_name("web", "uid-a"), daemonset_name("web", "uid-b"));
+    fn forwarding_name_differs_for_same_name_with_other_uid() {
+        assert_ne!(forwarding_name("web", "uid-a"), forwarding_name("web", "uid-b"));
     }
 
     #[test]
-    fn daemonset_name_of_longest_service_name_is_bounded_and_valid() {
+    fn forwarding_name_of_longest_service_name_is_bounded_and_valid() {
         let long = format!("a{}", "-b".repeat(31));
         assert_eq!(long.len(), 63);
-        let name = daemonset_name(&long, "uid");
+        let name = forwarding_name(&long, "uid");
         assert!(name.len() <= 55, "{name} is {} long", name.len());
         assert!(!name.contains("--"), "{name}");
         assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));

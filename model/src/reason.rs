@@ -21,8 +21,10 @@ pub enum Reason {
     NoEligibleNode,
     /// Another Service claims one of its ports on a node they share.
     PortConflict,
-    /// A DaemonSet of the name hostlb would use exists and is not hostlb's for this Service.
-    DaemonSetNameTaken,
+    /// An object of the name hostlb would give the Service's forwarding (a DaemonSet, or a
+    /// plan's ConfigMap) exists and is not hostlb's for this Service. Its Event reason keeps the
+    /// name it had before the node agents, `DaemonSetNameTaken`, so that alerts on it hold.
+    ForwardingNameTaken,
     ProxyPodUnschedulable,
     /// A port the admin's port policy does not let Services claim.
     PortRefused,
@@ -52,7 +54,7 @@ impl Reason {
         Reason::InvalidOption,
         Reason::NoEligibleNode,
         Reason::PortConflict,
-        Reason::DaemonSetNameTaken,
+        Reason::ForwardingNameTaken,
         Reason::ProxyPodUnschedulable,
         Reason::PortRefused,
         Reason::ApplyRefused,
@@ -75,7 +77,7 @@ impl Reason {
             Reason::InvalidOption => "InvalidOption",
             Reason::NoEligibleNode => "NoEligibleNode",
             Reason::PortConflict => "PortConflict",
-            Reason::DaemonSetNameTaken => "DaemonSetNameTaken",
+            Reason::ForwardingNameTaken => "DaemonSetNameTaken",
             Reason::ProxyPodUnschedulable => "ProxyPodUnschedulable",
             Reason::PortRefused => "PortRefused",
             Reason::ApplyRefused => "ApplyRefused",

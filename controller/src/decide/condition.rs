@@ -61,7 +61,7 @@ const EXPLAINING: [(Reason, &str); 8] = [
     (Reason::NoEligibleNode, "NoEligibleNodes"),
     (Reason::PortRefused, "PortRefused"),
     (Reason::PortConflict, "PortConflict"),
-    (Reason::DaemonSetNameTaken, "DaemonSetNameTaken"),
+    (Reason::ForwardingNameTaken, "DaemonSetNameTaken"),
     (Reason::ProxyPodsNotCreated, "ProxyPodsFailing"),
     (Reason::ProxyPodUnschedulable, "ProxyPodsFailing"),
     (Reason::ProxyPodFailing, "ProxyPodsFailing"),

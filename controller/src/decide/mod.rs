@@ -123,7 +123,7 @@ pub fn decide(observed: &Observed<'_>, index: &Index, settings: &Settings) -> De
 /// The index's key (`namespace/name`) of the objects that carry the Service's forwarding, of
 /// every data plane.
 pub fn forwarding_key(service: &ServiceView, settings: &Settings) -> String {
-    format!("{}/{}", settings.forwarding.namespace, names::daemonset_name(&service.name, &service.uid))
+    format!("{}/{}", settings.forwarding.namespace, names::forwarding_name(&service.name, &service.uid))
 }
 
 fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving {

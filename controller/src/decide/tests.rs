@@ -207,7 +207,7 @@ fn a_new_service_gets_its_daemonset_created_and_no_finalizer() {
     };
     assert!(created);
     assert_eq!(ports, "80/TCP");
-    assert_eq!(daemonset.metadata.name, Some(names::daemonset_name("web", UID)));
+    assert_eq!(daemonset.metadata.name, Some(names::forwarding_name("web", UID)));
     assert!(serving.publish.is_none(), "nothing to publish before a proxy pod is ready");
     assert!(serving.warnings.is_empty());
 }
@@ -342,7 +342,7 @@ fn a_foreign_daemonset_with_our_name_is_refused_and_nothing_else_happens() {
     let index =
         index_of(std::slice::from_ref(&service), &[NodeBuilder::new("n1").build()], &[proxy_pod("p", "n1", true)], &[]);
     let serving = served(&service, &index, Some(&foreign));
-    assert_eq!(reasons(&serving.warnings), vec![Reason::DaemonSetNameTaken]);
+    assert_eq!(reasons(&serving.warnings), vec![Reason::ForwardingNameTaken]);
     assert!(!touches(&serving, "DaemonSet") && serving.publish.is_none());
 }
 

@@ -226,7 +226,7 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(4);
 
     fn daemonset_path() -> String {
-        format!("/apis/apps/v1/namespaces/hostlb-system/daemonsets/{}", names::daemonset_name("web", UID))
+        format!("/apis/apps/v1/namespaces/hostlb-system/daemonsets/{}", names::forwarding_name("web", UID))
     }
 
     /// A leader in its first term, with the apply of its one Service's DaemonSet in flight.

@@ -80,7 +80,7 @@ fn ours(service: &Service, generation: i64) -> DaemonSet {
 }
 
 fn daemonset_path(service: &Service) -> String {
-    format!("/apis/apps/v1/namespaces/hostlb-system/daemonsets/{}", names::daemonset_name(&service.name_any(), UID))
+    format!("/apis/apps/v1/namespaces/hostlb-system/daemonsets/{}", names::forwarding_name(&service.name_any(), UID))
 }
 
 const SERVICE_PATH: &str = "/api/v1/namespaces/shop/services/web";
@@ -265,7 +265,7 @@ async fn a_type_change_deletes_the_proxies_clears_the_status_and_removes_an_olde
     let list =
         json!({ "kind": "DaemonSetList", "apiVersion": "apps/v1", "metadata": {}, "items": [json_of(&daemonset)] });
     let listed = api.expect("GET", "/apis/apps/v1/namespaces/hostlb-system/daemonsets", 200, list).await;
-    let install = names::daemonset_selector(&settings().forwarding.install_id);
+    let install = names::proxy_daemonset_selector(&settings().forwarding.install_id);
     let selector = format!("{install},{}={UID}", names::LABEL_SERVICE_UID);
     assert!(
         listed.query.contains(&format!(

@@ -70,7 +70,7 @@ pub fn watch(
             triggers::of_services(&changes, &index)
         })
     };
-    let proxy_daemonsets = all.clone().labels(&names::daemonset_selector(&settings.forwarding.install_id));
+    let proxy_daemonsets = all.clone().labels(&names::proxy_daemonset_selector(&settings.forwarding.install_id));
     let daemonset_triggers =
         indexed(Api::<DaemonSet>::namespaced(client.clone(), &namespace), proxy_daemonsets, &index, |index, event| {
             triggers::of_proxy_objects(&index.apply_daemonset(event))

@@ -191,7 +191,7 @@ pub fn made_by_hostlb_for(object: &impl ResourceExt, service_uid: &str) -> bool 
 pub fn name_taken(existing: &ForwardingObject) -> Warning {
     let kind = existing.types.as_ref().map_or("object", |types| types.kind.as_str());
     Warning::new(
-        Reason::DaemonSetNameTaken,
+        Reason::ForwardingNameTaken,
         format!("{kind} {} exists and was not made by hostlb for this Service; it is left alone", key_of(existing)),
     )
 }

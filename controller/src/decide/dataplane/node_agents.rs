@@ -133,7 +133,7 @@ impl DataPlane for NodeAgents {
 
 /// The plan of a valid Service with ports to serve, for the agents on `nodes`.
 pub fn desired_plan(lb: &ServiceLb, nodes: &[&str], settings: &ForwardingSettings) -> ConfigMap {
-    let name = names::daemonset_name(&lb.name, &lb.uid);
+    let name = names::forwarding_name(&lb.name, &lb.uid);
     let mut labels = service_labels(lb, &name);
     labels.insert(names::LABEL_COMPONENT.into(), COMPONENT_PLAN.into());
     labels.insert(names::LABEL_INSTALL.into(), settings.install_id.clone());

@@ -20,12 +20,12 @@ use hostlb_model::options::{Destination, ServiceLb};
 const UNPRIVILEGED_UID: i64 = 65534;
 
 /// Labels that tie an object to the Service it serves.
-pub fn service_labels(lb: &ServiceLb, daemonset_name: &str) -> BTreeMap<String, String> {
+pub fn service_labels(lb: &ServiceLb, forwarding_name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (names::LABEL_NAME.into(), names::APP_NAME.into()),
         (names::LABEL_COMPONENT.into(), names::COMPONENT_PROXY.into()),
         (names::LABEL_MANAGED_BY.into(), names::MANAGED_BY.into()),
-        (names::LABEL_INSTANCE.into(), daemonset_name.into()),
+        (names::LABEL_INSTANCE.into(), forwarding_name.into()),
         (names::LABEL_SERVICE_NAMESPACE.into(), lb.namespace.clone()),
         (names::LABEL_SERVICE_NAME.into(), lb.name.clone()),
         (names::LABEL_SERVICE_UID.into(), lb.uid.clone()),
@@ -34,7 +34,7 @@ pub fn service_labels(lb: &ServiceLb, daemonset_name: &str) -> BTreeMap<String, 
 
 /// The desired DaemonSet, carrying a hash of itself so an unchanged one need not be re-applied.
 pub fn desired_daemonset(lb: &ServiceLb, placement: &Placement, settings: &ForwardingSettings) -> DaemonSet {
-    let name = names::daemonset_name(&lb.name, &lb.uid);
+    let name = names::forwarding_name(&lb.name, &lb.uid);
     let labels = service_labels(lb, &name);
     let selector = BTreeMap::from([
         (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),

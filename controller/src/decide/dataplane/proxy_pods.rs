@@ -30,7 +30,7 @@ static PROXY_DAEMONSET: ForwardingKind = ForwardingKind {
     resource: || ApiResource::erase::<DaemonSet>(&()),
     applied: hostlb_model::reason::Reason::DaemonSetApplied,
     deleted: hostlb_model::reason::Reason::DaemonSetDeleted,
-    selector: names::daemonset_selector,
+    selector: names::proxy_daemonset_selector,
 };
 
 impl DataPlane for ProxyPods {
