@@ -122,18 +122,17 @@ pub struct Index {
 }
 
 impl Index {
-    /// Applies a Lease event seen at `now`: a renewal counts from when it is seen, and after a
-    /// relist every Lease counts as renewed now, since what happened while the watch was away
-    /// is unknown.
+    /// Applies a Lease event seen at `now`: a renewal counts from when it is seen. A relist
+    /// brings news only of the Leases whose renewal time changed meanwhile (each renewal
+    /// changes it): those, and Leases not seen before, count as renewed now; one renewed no
+    /// more keeps the time its last renewal was seen, so that a relist or a watch that came
+    /// back does not bring a dead node back to life.
     pub fn apply_node_lease(&mut self, event: &watcher::Event<Lease>, now: Instant) {
         for change in self.node_leases.apply(event, |lease| Some((Renewal::of(lease)?, Vec::new()))) {
             match change.after {
                 Some(_) => self.renewals_seen.insert(change.key, now),
                 None => self.renewals_seen.remove(&change.key),
             };
-        }
-        if matches!(event, watcher::Event::InitDone) {
-            self.renewals_seen = self.node_leases.entries().map(|(key, _)| (key.clone(), now)).collect();
         }
         if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
             self.lease_watch_healthy = true;
@@ -439,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn when_most_nodes_fall_silent_at_once_none_goes_stale_and_a_relist_starts_the_count_again() {
+    fn when_most_nodes_fall_silent_at_once_none_goes_stale_and_a_relist_revives_no_dead_node() {
         let start = Instant::now();
         let at = |seconds: u64| start + Duration::from_secs(seconds);
         let mut index = with_leases(&["n1", "n2", "n3"], start);
@@ -451,14 +450,17 @@ mod tests {
         // The watch stalls: every Lease falls silent.
         assert!(index.judge_leases(at(60), GRACE, true).is_empty(), "two more of three at once: not believed");
         assert!(index.serving_node("n2").is_some() && index.serving_node("n1").is_none());
-        // It comes back with a relist: what happened meanwhile is unknown, so the count restarts.
+        // It comes back with a relist: n2's and n3's Leases were renewed meanwhile, n1's was not.
         let leases = [node_lease("n1", 1_000), node_lease("n2", 1_055), node_lease("n3", 1_055)];
         relist(&leases).iter().for_each(|event| index.apply_node_lease(event, at(61)));
-        assert_eq!(names(index.judge_leases(at(62), GRACE, true)), ["n1"], "n1 counts as renewed at the relist");
+        assert!(index.judge_leases(at(62), GRACE, true).is_empty(), "the relist revives no dead node");
+        assert!(index.serving_node("n1").is_none() && index.serving_node("n2").is_some());
         for node in ["n2", "n3"] {
             index.apply_node_lease(&watcher::Event::Apply(node_lease(node, 1_075)), at(75));
         }
-        assert_eq!(names(index.judge_leases(at(82), GRACE, true)), ["n1"], "and is judged again 20 s on");
+        assert!(index.judge_leases(at(82), GRACE, true).is_empty(), "nor does time");
+        index.apply_node_lease(&watcher::Event::Apply(node_lease("n1", 1_083)), at(83));
+        assert_eq!(names(index.judge_leases(at(84), GRACE, true)), ["n1"], "a renewal does");
     }
 
     #[test]
