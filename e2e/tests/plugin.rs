@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
@@ -25,8 +25,13 @@ fn plugin_binary() -> Result<PathBuf> {
 }
 
 /// Runs `kubectl-hostlb ARGS` as kubectl would, with the cluster's kubeconfig in KUBECONFIG.
+fn run_plugin(cluster: &Cluster, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(plugin_binary()?).env("KUBECONFIG", cluster.var("KUBECONFIG")?).args(args).output()?)
+}
+
+/// What `kubectl-hostlb ARGS` prints, failing unless it succeeds.
 fn plugin(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    let output = Command::new(plugin_binary()?).env("KUBECONFIG", cluster.var("KUBECONFIG")?).args(args).output()?;
+    let output = run_plugin(cluster, args)?;
     if !output.status.success() {
         bail!("kubectl-hostlb {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
     }
@@ -103,9 +108,18 @@ async fn status_shows_served_nodes_refused_ports_and_who_holds_a_port() -> Resul
     ensure!(web_row.contains("2/2") && web_row.contains("22/TCP(unclaimed)"), "web's row is {web_row:?}");
     ensure!(table.contains(&format!("{}/second:", ns.name)), "no block for the second Service in\n{table}");
 
-    // kubectl's conventions: a NAME, -l, -o name, yaml and wide.
-    let one = plugin(&cluster, &["status", "-n", &ns.name, "web", "-o", "name"])?;
-    ensure!(one == "service/web\n", "`status web -o name` printed {one:?}");
+    // kubectl's conventions: a NAME, flags before the command, a missing NAME, -l, -o name, yaml
+    // and wide.
+    let one = plugin(&cluster, &["-n", &ns.name, "status", "web", "-o", "name"])?;
+    ensure!(one == "service/web\n", "`-n NS status web -o name` printed {one:?}");
+    let missing = run_plugin(&cluster, &["status", "-n", &ns.name, "absent"])?;
+    let (code, stderr) = (missing.status.code(), String::from_utf8_lossy(&missing.stderr));
+    ensure!(
+        code == Some(1)
+            && missing.stdout.is_empty()
+            && stderr == "Error from server (NotFound): services \"absent\" not found\n",
+        "`status absent` exited {code:?} with {stderr:?}"
+    );
     let unlabelled = plugin(&cluster, &["status", "-n", &ns.name, "-l", "e2e.hostlb.io/absent=yes"])?;
     ensure!(unlabelled == "No LoadBalancer Services found.\n", "-l matched {unlabelled:?}");
     let yaml: Value = serde_yaml_ng::from_str(&plugin(&cluster, &["status", "-n", &ns.name, "-o", "yaml"])?)?;

@@ -11,15 +11,25 @@ mod fixtures;
 mod report;
 mod table;
 
+use std::process::ExitCode;
+
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use hostlb_model::names;
 
-#[derive(Parser)]
-#[command(name = "kubectl hostlb", about = "Inspect how hostlb serves LoadBalancer Services")]
+// kubectl runs the plugin as `kubectl-hostlb`, but users type `kubectl hostlb`: usage says so.
+// kubectl takes its flags before or after the command, so every flag here is global.
+#[derive(Debug, PartialEq, Parser)]
+#[command(
+    name = "kubectl hostlb",
+    bin_name = "kubectl hostlb",
+    version,
+    about = "Inspect how hostlb serves LoadBalancer Services"
+)]
 struct Args {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, global = true)]
@@ -27,36 +37,55 @@ struct Args {
     /// The kubeconfig context to use.
     #[arg(long, global = true)]
     context: Option<String>,
+    /// The Services of this namespace (default: the context's namespace, as kubectl).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    /// The Services of every namespace.
+    #[arg(short = 'A', long, global = true)]
+    all_namespaces: bool,
+    /// Only Services with these labels, as kubectl's -l (`app=web,tier!=cache`).
+    #[arg(short = 'l', long, global = true)]
+    selector: Option<String>,
+    /// Where hostlb puts its proxy DaemonSets.
+    #[arg(long, global = true, default_value = names::DEFAULT_NAMESPACE)]
+    hostlb_namespace: String,
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, PartialEq, Subcommand)]
 enum Command {
     /// For each LoadBalancer Service: its addresses, ports, nodes serving and not (with why),
     /// port conflicts and latest Warnings.
     Status {
-        /// Only this Service (of the namespace).
-        #[arg(conflicts_with = "all_namespaces")]
+        /// Only this Service (of the namespace); as with kubectl, not with -l or -A.
         name: Option<String>,
-        /// The Services of this namespace (default: the context's namespace, as kubectl).
-        #[arg(short, long, conflicts_with = "all_namespaces")]
-        namespace: Option<String>,
-        /// The Services of every namespace.
-        #[arg(short = 'A', long)]
-        all_namespaces: bool,
-        /// Only Services with these labels, as kubectl's -l (`app=web,tier!=cache`).
-        #[arg(short = 'l', long)]
-        selector: Option<String>,
-        /// Where hostlb puts its proxy DaemonSets.
-        #[arg(long, default_value = names::DEFAULT_NAMESPACE)]
-        hostlb_namespace: String,
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
     },
+    /// Print the plugin's version, as --version does.
+    Version,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+impl Args {
+    /// clap leaves out conflicts between a flag before the command and one after it
+    /// (clap-rs/clap#1204), so they are checked here, on the flags wherever given.
+    fn checked(self) -> Result<Self, clap::Error> {
+        let named = matches!(self.command, Command::Status { name: Some(_) });
+        let conflicts = [
+            (self.namespace.is_some() && self.all_namespaces, "--namespace cannot be used with --all-namespaces"),
+            // kubectl's words for the same conflicts.
+            (named && self.all_namespaces, "a resource cannot be retrieved by name across all namespaces"),
+            (named && self.selector.is_some(), "name cannot be provided when a selector is specified"),
+        ];
+        match conflicts.into_iter().find(|(conflicting, _)| *conflicting) {
+            Some((_, message)) => Err(Args::command().error(ErrorKind::ArgumentConflict, message)),
+            None => Ok(self),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 enum Output {
     Table,
     Wide,
@@ -67,34 +96,43 @@ enum Output {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let config = config(args.kubeconfig.as_deref(), args.context).await?;
-    let context_namespace = config.default_namespace.clone();
-    let client = Client::try_from(config)?;
-    match args.command {
-        Command::Status { name, namespace, all_namespaces, selector, hostlb_namespace, output } => {
-            let namespace = (!all_namespaces).then(|| namespace.unwrap_or(context_namespace));
-            let scope = cluster::Scope {
-                namespace: namespace.as_deref(),
-                name: name.as_deref(),
-                selector: selector.as_deref(),
-            };
-            let observed = cluster::observe(&client, &scope, &hostlb_namespace)
-                .await
-                .context("cannot read the cluster's Services, nodes and hostlb's proxies")?;
-            let report = report::report(&observed);
-            let now = k8s_openapi::jiff::Timestamp::now();
-            match output {
-                Output::Table => print!("{}", table::render(&report, now, false)),
-                Output::Wide => print!("{}", table::render(&report, now, true)),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Yaml => print!("{}", serde_yaml_ng::to_string(&report)?),
-                Output::Name => report.services.iter().for_each(|service| println!("service/{}", service.name)),
-            }
+async fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse().checked().unwrap_or_else(|error| error.exit());
+    match &args.command {
+        Command::Status { name } => status(&args, name.as_deref()).await,
+        Command::Version => {
+            print!("{}", Args::command().render_version());
+            Ok(ExitCode::SUCCESS)
         }
     }
-    Ok(())
+}
+
+/// Prints the report; fails as kubectl does when the Service named is not in it.
+async fn status(args: &Args, name: Option<&str>) -> anyhow::Result<ExitCode> {
+    let config = config(args.kubeconfig.as_deref(), args.context.clone()).await?;
+    let context_namespace = &config.default_namespace;
+    let namespace = (!args.all_namespaces).then(|| args.namespace.as_ref().unwrap_or(context_namespace).clone());
+    let client = Client::try_from(config)?;
+    let scope = cluster::Scope { namespace: namespace.as_deref(), name, selector: args.selector.as_deref() };
+    let observed = cluster::observe(&client, &scope, &args.hostlb_namespace)
+        .await
+        .context("cannot read the cluster's Services, nodes and hostlb's proxies")?;
+    let report = match report::report_of(name, &observed) {
+        Ok(report) => report,
+        Err(unreported) => {
+            eprintln!("{unreported}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    match args.output {
+        Output::Table => print!("{}", table::render(&report, now, false)),
+        Output::Wide => print!("{}", table::render(&report, now, true)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Yaml => print!("{}", serde_yaml_ng::to_string(&report)?),
+        Output::Name => report.services.iter().for_each(|service| println!("service/{}", service.name)),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The configuration kubectl would use: an explicit file or context first, else the usual
@@ -107,3 +145,7 @@ async fn config(kubeconfig: Option<&str>, context: Option<String>) -> anyhow::Re
         None => Config::infer().await?,
     })
 }
+
+#[cfg(test)]
+#[path = "main_tests.rs"]
+mod tests;

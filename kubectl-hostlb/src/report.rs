@@ -7,6 +7,7 @@ mod node_agents;
 mod proxy_pods;
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use hostlb_model::names;
 use hostlb_model::readiness::node_can_serve;
@@ -157,6 +158,57 @@ pub fn report(observed: &Observed) -> Report {
         .collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Report { services }
+}
+
+/// Why the Service named on the command line is not in the report. kubectl fails on a name it
+/// cannot show, where a list that comes out empty succeeds.
+#[derive(Debug, PartialEq)]
+pub enum Unreported {
+    /// The namespace has no Service of that name.
+    NotFound { name: String },
+    /// The Service is of another type; hostlb serves only LoadBalancer Services.
+    NotLoadBalancer { name: String, type_: String },
+    /// A LoadBalancer Service of another class without proxies: another controller's.
+    OtherClass { name: String, class: String },
+}
+
+impl fmt::Display for Unreported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // kubectl's very words, which scripts match.
+            Unreported::NotFound { name } => write!(f, "Error from server (NotFound): services \"{name}\" not found"),
+            Unreported::NotLoadBalancer { name, type_ } => {
+                write!(f, "error: service \"{name}\" is of type {type_}, not LoadBalancer")
+            }
+            Unreported::OtherClass { name, class } => {
+                write!(f, "error: service \"{name}\" is not served by hostlb: its loadBalancerClass is {class}")
+            }
+        }
+    }
+}
+
+/// The report of the Services asked for, or why the one asked for by `name` is not in it.
+pub fn report_of(name: Option<&str>, observed: &Observed) -> Result<Report, Unreported> {
+    let report = report(observed);
+    match name {
+        Some(name) if !report.services.iter().any(|service| service.name == name) => Err(unreported(name, observed)),
+        _ => Ok(report),
+    }
+}
+
+fn unreported(name: &str, observed: &Observed) -> Unreported {
+    let name = name.to_string();
+    let Some(service) = observed.services.iter().find(|service| service.name_any() == name) else {
+        return Unreported::NotFound { name };
+    };
+    let view = ServiceView::of(service);
+    if view.is_load_balancer {
+        Unreported::OtherClass { name, class: view.load_balancer_class.unwrap_or_default() }
+    } else {
+        // The API server defaults an absent type to ClusterIP.
+        let type_ = service.spec.as_ref().and_then(|spec| spec.type_.clone());
+        Unreported::NotLoadBalancer { name, type_: type_.unwrap_or_else(|| "ClusterIP".into()) }
+    }
 }
 
 /// A port with its protocol as the API spells it: `(80, "TCP")`.

@@ -317,3 +317,48 @@ fn json_names_fields_in_camel_case_and_states_by_name() {
     assert_eq!(web["warnings"][0]["lastSeen"], "1970-01-01T00:00:00Z");
     assert_eq!(web["warnings"][0]["count"], 3);
 }
+
+/// What `kubectl hostlb status NAME` ends with when the API server lists `services` by that name.
+fn named_web(services: Vec<Service>) -> Result<Report, Unreported> {
+    report_of(Some("web"), &Observed { services, ..Default::default() })
+}
+
+#[test]
+fn a_named_service_that_does_not_exist_fails_in_kubectls_words() {
+    let missing = named_web(vec![]).unwrap_err();
+    assert_eq!(missing, Unreported::NotFound { name: "web".into() });
+    assert_eq!(missing.to_string(), r#"Error from server (NotFound): services "web" not found"#);
+}
+
+#[test]
+fn a_named_service_that_is_not_a_load_balancer_fails_saying_its_type() {
+    let mut node_port = service("web", UID, HTTP, &[]);
+    node_port.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+    let refused = named_web(vec![node_port]).unwrap_err();
+    assert_eq!(refused.to_string(), r#"error: service "web" is of type NodePort, not LoadBalancer"#);
+    let mut untyped = service("web", UID, HTTP, &[]);
+    untyped.spec.as_mut().unwrap().type_ = None;
+    let refused = named_web(vec![untyped]).unwrap_err();
+    assert_eq!(refused, Unreported::NotLoadBalancer { name: "web".into(), type_: "ClusterIP".into() });
+}
+
+#[test]
+fn a_named_load_balancer_of_another_controllers_class_fails_naming_the_class() {
+    let mut foreign = service("web", UID, HTTP, &[]);
+    foreign.spec.as_mut().unwrap().load_balancer_class = Some("metallb.io/metallb".into());
+    let refused = named_web(vec![foreign]).unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        r#"error: service "web" is not served by hostlb: its loadBalancerClass is metallb.io/metallb"#
+    );
+}
+
+#[test]
+fn a_named_service_hostlb_serves_is_reported_and_a_list_that_finds_none_succeeds_empty() {
+    let served = named_web(vec![service("web", UID, HTTP, &[])]).expect("web is reported");
+    assert_eq!(served.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["web"]);
+    let mut cluster_ip = service("internal", UID, HTTP, &[]);
+    cluster_ip.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+    let listed = report_of(None, &Observed { services: vec![cluster_ip], ..Default::default() });
+    assert_eq!(listed, Ok(Report { services: vec![] }));
+}
