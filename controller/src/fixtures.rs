@@ -62,6 +62,7 @@ pub fn settings() -> crate::decide::Settings {
         },
         instance: Some("test".into()),
         node_lease_grace: Some(std::time::Duration::from_secs(10)),
+        withdrawal_pause_limit: std::time::Duration::from_secs(300),
     }
 }
 

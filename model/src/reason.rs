@@ -40,10 +40,13 @@ pub enum Reason {
     NodePortsOpen,
     /// A serving node's hostlb annotation cannot be used; the node's own address is published.
     NodeAnnotationIgnored,
+    /// Most nodes have looked down for longer than withdrawals may pause: those still down
+    /// leave the status.
+    LongOutage,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::DaemonSetApplied,
         Reason::DaemonSetDeleted,
         Reason::PlanApplied,
@@ -63,6 +66,7 @@ impl Reason {
         Reason::OptionIgnored,
         Reason::NodePortsOpen,
         Reason::NodeAnnotationIgnored,
+        Reason::LongOutage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +90,7 @@ impl Reason {
             Reason::OptionIgnored => "OptionIgnored",
             Reason::NodePortsOpen => "NodePortsOpen",
             Reason::NodeAnnotationIgnored => "NodeAnnotationIgnored",
+            Reason::LongOutage => "LongOutage",
         }
     }
 

@@ -44,7 +44,9 @@ use placement::Placement;
 use port_policy::RefusedPort;
 use proxy_health::{failing_pods, unschedulable, PROXY_POD};
 use publication::{desired_addresses, Publication};
-use service_warnings::{all_repelled, ip_mode, load_balancer_ip_ignored, node_ports_open, refused_ports_warnings};
+use service_warnings::{
+    all_repelled, ip_mode, load_balancer_ip_ignored, long_outage, node_ports_open, refused_ports_warnings,
+};
 pub use settings::Settings;
 
 /// What the executor read for this Service besides the index.
@@ -200,6 +202,10 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     };
     let problems = publication.problems.into_iter().map(|problem| Warning::new(Reason::NodeAnnotationIgnored, problem));
     serving.warnings.extend(problems);
+    let adds_only = service.published.addresses.iter().all(|address| publication.addresses.contains(address));
+    if !adds_only {
+        serving.warnings.extend(long_outage(index, settings));
+    }
     serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
     serving.warnings.extend(load_balancer_ip_ignored(service));
     serving.warnings.extend(plane.unused_option(service));
@@ -212,7 +218,6 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
         warnings: &serving.warnings,
     };
     let ready = condition::ready(service, &findings);
-    let adds_only = service.published.addresses.iter().all(|address| publication.addresses.contains(address));
     if let Some(deadline) = starting.filter(|_| adds_only && serving.warnings.is_empty()) {
         serving.wait_for_starting = Some(until(deadline, observed.now));
         return serving;

@@ -1,6 +1,6 @@
 //! The Warnings about what a Service asks that hostlb serves otherwise than asked, or not at
 //! all, whatever the data plane: refused ports, open NodePorts, `loadBalancerIP`, `ipMode`,
-//! and nodes that all repel the Service. Pure.
+//! nodes that all repel the Service, and a long outage of most nodes. Pure.
 
 use hostlb_model::address::IpMode;
 use hostlb_model::names;
@@ -109,4 +109,16 @@ pub fn ip_mode(service: &ServiceView, settings: &Settings, warnings: &mut Vec<Wa
         warnings.push(Warning::new(Reason::OptionIgnored, message));
     }
     None
+}
+
+/// When most nodes have looked down for longer than withdrawals may pause (`Index::bound_pause`)
+/// and the Service loses addresses, a Warning saying why.
+pub fn long_outage(index: &Index, settings: &Settings) -> Option<Warning> {
+    let (down, nodes) = index.pause_outlasted()?;
+    let message = format!(
+        "{down} of {nodes} nodes have looked down for over {} s (--withdrawal-pause-limit-seconds): more than a \
+         control plane's blindness, so those still down leave the status",
+        settings.withdrawal_pause_limit.as_secs()
+    );
+    Some(Warning::new(Reason::LongOutage, message))
 }

@@ -31,6 +31,8 @@ pub struct Settings {
     /// A node whose kubelet misses a Lease renewal by more than this leaves every status;
     /// None to wait for the node controller's NotReady.
     pub node_lease_grace: Option<std::time::Duration>,
+    /// How long withdrawals may stay paused while most nodes look down.
+    pub withdrawal_pause_limit: std::time::Duration,
 }
 
 impl Settings {

@@ -754,6 +754,32 @@ fn while_most_nodes_look_down_at_once_nothing_is_withdrawn_and_additions_go_on()
     );
 }
 
+#[test]
+fn once_most_nodes_have_looked_down_past_the_limit_those_still_down_leave_with_a_warning() {
+    let service = ServiceBuilder::new("web").build();
+    let existing = desired_for(&service);
+    let down = |name: &str, ip: &str| NodeBuilder::new(name).internal(ip).not_ready().build();
+    let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build(), down("n2", "10.0.0.2"), down("n3", "10.0.0.3")];
+    let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true), proxy_pod("p3", "n3", true)];
+    let all_three = published(service, &["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    let mut index = index_of(std::slice::from_ref(&all_three), &nodes, &pods, std::slice::from_ref(&existing));
+    let start = std::time::Instant::now();
+    index.bound_pause(start, settings().withdrawal_pause_limit);
+    assert!(served(&all_three, &index, Some(&existing)).publish.is_none(), "paused");
+
+    index.bound_pause(start + settings().withdrawal_pause_limit, settings().withdrawal_pause_limit);
+    let serving = served(&all_three, &index, Some(&existing));
+    assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])));
+    assert_eq!(reasons(&serving.warnings), [Reason::LongOutage]);
+    assert_eq!(
+        serving.warnings[0].message,
+        "2 of 3 nodes have looked down for over 300 s (--withdrawal-pause-limit-seconds): more than a control \
+         plane's blindness, so those still down leave the status"
+    );
+    let withdrawn = published(ServiceBuilder::new("web").build(), &["10.0.0.1"]);
+    assert!(served(&withdrawn, &index, Some(&existing)).warnings.is_empty(), "said while addresses go, not after");
+}
+
 /// The DaemonSet the decision applies, whether it creates it, and the ports its Event names.
 fn daemonset_applied(serving: &Serving) -> Option<(DaemonSet, bool, String)> {
     serving.forwarding.iter().find_map(|change| match &change.action {

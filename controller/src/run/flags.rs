@@ -127,6 +127,11 @@ pub struct Args {
     /// every status (long before the node controller marks it NotReady); 0 to wait for NotReady.
     #[arg(long, env = "HOSTLB_NODE_LEASE_GRACE_SECONDS", default_value_t = 10)]
     pub node_lease_grace_seconds: u64,
+    /// Seconds for which no address is withdrawn while more than half the nodes look down at
+    /// once (more likely the control plane's blindness than the nodes); after that, the nodes
+    /// still down leave the status.
+    #[arg(long, env = "HOSTLB_WITHDRAWAL_PAUSE_LIMIT_SECONDS", default_value_t = 300)]
+    pub withdrawal_pause_limit_seconds: u64,
     /// Address of the /livez, /readyz and /metrics endpoints.
     #[arg(long, env = "HOSTLB_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
     pub http_address: SocketAddr,
@@ -193,6 +198,7 @@ impl Args {
             server_has_ip_mode: version_at_least(&server.major, &server.minor, 30),
             instance: self.instance.clone(),
             node_lease_grace: Some(Duration::from_secs(self.node_lease_grace_seconds)).filter(|grace| !grace.is_zero()),
+            withdrawal_pause_limit: Duration::from_secs(self.withdrawal_pause_limit_seconds),
             tenants: TenantPolicy {
                 priority_classes: self.allowed_priority_classes.clone(),
                 toleration_keys: self.allowed_toleration_keys.clone(),

@@ -11,22 +11,33 @@ use kube::ResourceExt;
 use tracing::{info, warn};
 
 use crate::run::api_contact::ApiContact;
+use crate::run::metrics::Metrics;
 use crate::state::Index;
 
 /// How often node Leases are judged against the clock.
 const LEASE_CHECK: Duration = Duration::from_secs(1);
 
+/// When the clock judges the node Leases, and how long a pause in withdrawals may last.
+pub struct LeaseClock {
+    /// How far a kubelet may miss a renewal (`None`: leave it to the node's Ready condition).
+    pub grace: Option<Duration>,
+    pub pause_limit: Duration,
+    /// Whether the API server answers this process.
+    pub contact: ApiContact,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Judges every node's Lease each `LEASE_CHECK` while the Lease watch (whose events only feed
-/// the index) runs, and while the API server answers this process (`contact`); yields once whenever that changes
-/// what decisions see: a node whose Lease went stale or came back, or the end of a pause in
-/// withdrawals. Nothing changes in the API
-/// when a kubelet stops, so only the clock can tell.
+/// the index) runs; yields once whenever that changes what decisions see: a node whose Lease
+/// went stale or came back, or the end of a pause in withdrawals (the nodes came back, or it
+/// lasted `pause_limit`). Nothing changes in the API when a kubelet stops, so only the clock
+/// can tell.
 pub fn lease_liveness<T>(
     lease_events: impl Stream<Item = Result<T, watcher::Error>> + Send + 'static,
     index: Arc<RwLock<Index>>,
-    grace: Option<Duration>,
-    contact: ApiContact,
+    clock: LeaseClock,
 ) -> impl Stream<Item = Result<(), watcher::Error>> + Send + 'static {
+    let LeaseClock { grace, pause_limit, contact, metrics } = clock;
     enum Tick {
         Watched(Result<(), watcher::Error>),
         Clock,
@@ -50,6 +61,10 @@ pub fn lease_liveness<T>(
                 let flipped = index.judge_leases(now, grace, contact.answering(now));
                 for node in &flipped {
                     info!(node = %node.name_any(), serves = index.serves(node), "node Lease renewal judged anew");
+                }
+                if index.bound_pause(now, pause_limit) {
+                    metrics.withdrawal_pauses_ended.inc();
+                    warn!(limit = ?pause_limit, "most nodes have looked down for the pause limit: those still down leave the status");
                 }
                 let paused = index.withdrawals_paused();
                 let pause_changed = paused != was_paused.swap(paused, Ordering::Relaxed);

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub forwarding_applies: Counter,
     pub forwarding_deletes: Counter,
     pub status_updates: Counter,
+    /// Pauses in withdrawals that outlasted their limit.
+    pub withdrawal_pauses_ended: Counter,
     /// Requests other than reads that terms of leadership sent, by HTTP method.
     api_writes: Family<VerbLabels, Counter>,
     warnings: Family<ReasonLabels, Counter>,
@@ -75,6 +77,7 @@ impl Default for Metrics {
             forwarding_applies: Counter::default(),
             forwarding_deletes: Counter::default(),
             status_updates: Counter::default(),
+            withdrawal_pauses_ended: Counter::default(),
             api_writes: Family::default(),
             warnings: Family::default(),
             services: Family::default(),
@@ -100,6 +103,11 @@ impl Default for Metrics {
             metrics.forwarding_deletes.clone(),
         );
         registry.register("status_updates", "Writes of status.loadBalancer", metrics.status_updates.clone());
+        registry.register(
+            "withdrawal_pauses_ended",
+            "Pauses in withdrawals, while most nodes looked down, that outlasted --withdrawal-pause-limit-seconds",
+            metrics.withdrawal_pauses_ended.clone(),
+        );
         registry.register(
             "api_writes",
             "Write requests sent to the API server while leading (reconciles, orphan sweep, Events), by HTTP method",

@@ -23,7 +23,7 @@ use crate::decide::condition::reasons_of_served;
 use crate::decide::{claim, Settings};
 use crate::error::{Error, Result};
 use crate::run::api_contact::ApiContact;
-use crate::run::lease_clock::lease_liveness;
+use crate::run::lease_clock::{lease_liveness, LeaseClock};
 use crate::run::metrics::Metrics;
 use crate::state::node_liveness::NODE_LEASE_NAMESPACE;
 use crate::state::{triggers, Index};
@@ -56,7 +56,7 @@ pub fn watch(
     let (services, service_writer) = reflector::store();
 
     let service_triggers = {
-        let (index, settings) = (index.clone(), settings.clone());
+        let (index, settings, metrics) = (index.clone(), settings.clone(), metrics.clone());
         let cache = services.clone();
         let services = watched(Api::<Service>::all(client.clone()), all.clone()).modify(keep_what_hostlb_reads);
         services.reflect(service_writer).map_ok(move |event| {
@@ -124,8 +124,13 @@ pub fn watch(
             },
         );
         let (services, settings) = (services.clone(), settings.clone());
-        lease_liveness(lease_events, index.clone(), settings.node_lease_grace, contact)
-            .map_ok(move |_| concerned(&services, &settings))
+        let clock = LeaseClock {
+            grace: settings.node_lease_grace,
+            pause_limit: settings.withdrawal_pause_limit,
+            contact,
+            metrics,
+        };
+        lease_liveness(lease_events, index.clone(), clock).map_ok(move |_| concerned(&services, &settings))
     };
     // The DaemonSet controller reports pods it cannot create only as Events on the DaemonSet.
     let failed_creations = all.clone().fields("involvedObject.kind=DaemonSet,reason=FailedCreate");

@@ -115,6 +115,10 @@ pub struct Index {
     /// `AFTER_BLINDNESS` ago when Leases were last judged.
     regained_sight: Option<Instant>,
     recovering: bool,
+    /// Since when withdrawals have been paused, and whether that pause outlasted its limit
+    /// (`bound_pause`).
+    paused_since: Option<Instant>,
+    pause_ended: bool,
     /// Nodes whose Lease was stale when the clock was last read (`judge_leases`).
     stale_nodes: BTreeSet<String>,
     /// When each (Service UID, node) last saw its proxy pod go, for `DEPARTURE_MEMORY`.
@@ -208,10 +212,39 @@ impl Index {
     /// renewals (`judge_leases`), and for `AFTER_BLINDNESS` after this
     /// controller regained sight of the node Leases, when the node controller, which was just
     /// as blind, marks nodes and their pods NotReady until their kubelets report again.
+    /// Such a pause ends once it has lasted its limit (`bound_pause`).
     pub fn withdrawals_paused(&self) -> bool {
+        self.pause_warranted() && !self.pause_ended
+    }
+
+    fn pause_warranted(&self) -> bool {
         let nodes = self.nodes.values().count();
-        let unhealthy = self.nodes.values().filter(|node| !(node_is_ready(node) && self.renews(node))).count();
-        unhealthy * 2 > nodes || self.blind || self.recovering
+        self.unhealthy_nodes() * 2 > nodes || self.blind || self.recovering
+    }
+
+    fn unhealthy_nodes(&self) -> usize {
+        self.nodes.values().filter(|node| !(node_is_ready(node) && self.renews(node))).count()
+    }
+
+    /// Ends a pause in withdrawals once it has lasted `limit`, read at `now`: as the node
+    /// controller's full-disruption mode stops believing a zone is down only while it cannot
+    /// see it, nodes that have looked down that long are believed and leave the status. Returns
+    /// whether it ended the pause now.
+    pub fn bound_pause(&mut self, now: Instant, limit: Duration) -> bool {
+        if !self.pause_warranted() {
+            (self.paused_since, self.pause_ended) = (None, false);
+            return false;
+        }
+        let since = *self.paused_since.get_or_insert(now);
+        let ended = now.saturating_duration_since(since) >= limit;
+        let ends_now = ended && !self.pause_ended;
+        self.pause_ended = ended;
+        ends_now
+    }
+
+    /// How many nodes of how many look down, when a pause in withdrawals outlasted its limit.
+    pub fn pause_outlasted(&self) -> Option<(usize, usize)> {
+        self.pause_ended.then(|| (self.unhealthy_nodes(), self.nodes.values().count()))
     }
 
     /// The node, if it `serves`.
@@ -542,6 +575,25 @@ mod tests {
         assert!(index_of(&[], &[ready.clone(), not_ready("n2"), not_ready("n3")], &[], &[]).withdrawals_paused());
         let cordoned = NodeBuilder::new("n2").unschedulable().build();
         assert!(!index_of(&[], &[ready, cordoned], &[], &[]).withdrawals_paused(), "a cordon is no failure");
+    }
+
+    #[test]
+    fn a_pause_in_withdrawals_ends_once_it_lasted_its_limit_and_begins_anew_after_the_nodes_came_back() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let limit = Duration::from_secs(300);
+        let not_ready = |name: &str| NodeBuilder::new(name).not_ready().build();
+        let mut index = index_of(&[], &[NodeBuilder::new("n1").build(), not_ready("n2"), not_ready("n3")], &[], &[]);
+        assert!(!index.bound_pause(at(0), limit) && index.withdrawals_paused());
+        assert!(!index.bound_pause(at(299), limit) && index.withdrawals_paused() && index.pause_outlasted().is_none());
+        assert!(index.bound_pause(at(300), limit), "ended now");
+        assert!(!index.withdrawals_paused() && index.pause_outlasted() == Some((2, 3)));
+        assert!(!index.bound_pause(at(301), limit) && !index.withdrawals_paused(), "ended once");
+
+        index.apply_node(&watcher::Event::Apply(NodeBuilder::new("n2").build()));
+        assert!(!index.bound_pause(at(302), limit) && !index.withdrawals_paused() && index.pause_outlasted().is_none());
+        index.apply_node(&watcher::Event::Apply(not_ready("n2")));
+        assert!(!index.bound_pause(at(303), limit) && index.withdrawals_paused(), "a new outage pauses anew");
     }
 
     #[test]
