@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Builds every image hostlb and its end-to-end cluster use, as OCI archives in _out/images/:
-#   controller  localhost/hostlb/controller:dev  the controller
-#   lb          localhost/hostlb/lb:dev          the proxy pods' binary
-#   e2e-echo    localhost/hostlb/e2e-echo:dev    the test backend
-#   pause       localhost/hostlb/pause:dev       the pod sandbox holder
+#   controller  localhost/hostlb/controller:TAG  the controller
+#   lb          localhost/hostlb/lb:TAG          the proxy pods' binary
+#   e2e-echo    localhost/hostlb/e2e-echo:TAG    the test backend
+#   pause       localhost/hostlb/pause:TAG       the pod sandbox holder
 # The binaries are static (glibc linked in), so each image is that one file and nothing else.
+#
+# HOSTLB_VERSION, the version the binaries report, defaults to the chart's appVersion, and TAG
+# (HOSTLB_IMAGE_TAG) to HOSTLB_VERSION: the images the chart and the kustomize base name by
+# default. HOSTLB_REVISION, the commit they report, defaults to what images/revision.sh says.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+HOSTLB_VERSION="${HOSTLB_VERSION:-$(sed -nE 's/^appVersion: *"?([^"]*)"? *$/\1/p' charts/hostlb/Chart.yaml)}"
+[[ -n $HOSTLB_VERSION ]] || { echo "$0: no appVersion in charts/hostlb/Chart.yaml" >&2; exit 2; }
+HOSTLB_REVISION="${HOSTLB_REVISION:-$(bash images/revision.sh)}"
+# Read by hostlb-contract's build script.
+export HOSTLB_VERSION HOSTLB_REVISION
 REGISTRY="${HOSTLB_IMAGE_PREFIX:-localhost/hostlb}"
-TAG="${HOSTLB_IMAGE_TAG:-dev}"
+TAG="${HOSTLB_IMAGE_TAG:-$HOSTLB_VERSION}"
 OUT="${HOSTLB_IMAGE_DIR:-$PWD/_out/images}"
 TARGET=x86_64-unknown-linux-gnu
 

@@ -10,6 +10,7 @@
 #                                 the kubectl plugin and its krew manifest (HOSTLB_RELEASE_URL:
 #                                 where the files will be published)
 #   SHA256SUMS                    of all of the above
+# Every binary reports VERSION and the commit (images/revision.sh) with --version.
 # amd64 only; it says why arm64 cannot be built when the toolchain for it is missing.
 set -euo pipefail
 
@@ -18,7 +19,9 @@ VERSION=${1:-}
 SEMVER='^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$'
 [[ $VERSION =~ $SEMVER ]] || { echo "usage: make release VERSION=x.y.z (SemVer), not '$VERSION'" >&2; exit 2; }
 OUT="$PWD/_out/release/$VERSION"
-REVISION=$(git rev-parse HEAD)
+REVISION=$(bash images/revision.sh)
+# The version and commit every binary reports (hostlb-contract's build script reads them).
+export HOSTLB_VERSION="$VERSION" HOSTLB_REVISION="$REVISION"
 SOURCE=$(git remote get-url origin 2>/dev/null || echo "file://$PWD")
 # Where the release's files will be downloadable from, for the krew manifest.
 RELEASE_URL=${HOSTLB_RELEASE_URL:-https://hostlb.invalid/releases/$VERSION}

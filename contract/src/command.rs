@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::{port_number, Cidr, Destination, Family, NamedPort, PortMap};
+use crate::{port_number, release, Cidr, Destination, Family, NamedPort, PortMap};
 
 /// Where the proxy image has the binary.
 pub const LB_BINARY: &str = "/hostlb-lb";
@@ -53,7 +53,7 @@ const PROBE: &str = "probe";
 #[derive(Clone, Debug, PartialEq, Eq, clap::Parser)]
 #[command(
     name = "hostlb-lb",
-    version,
+    version = release::VERSION_AND_REVISION,
     about = "hostlb's proxy pod: nftables forwarding of a Service's ports",
     long_about = None
 )]
@@ -317,6 +317,13 @@ mod tests {
     #[test]
     fn clap_accepts_the_definition() {
         <Command as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn the_version_names_the_release_and_its_commit() {
+        let error = Command::try_parse_from([LB_BINARY, "--version"]).expect_err("--version exits");
+        assert_eq!((error.kind(), error.exit_code()), (ErrorKind::DisplayVersion, 0));
+        assert_eq!(error.to_string(), format!("hostlb-lb {} (revision {})\n", release::VERSION, release::REVISION));
     }
 
     #[test]

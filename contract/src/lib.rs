@@ -1,10 +1,12 @@
 //! The contract between the controller and `hostlb-lb`: the controller turns a Service into
 //! a `Command` and writes it as the proxy pods' arguments with `to_args`; `hostlb-lb` parses
 //! them back into the same types with clap. One definition, so the two sides cannot drift
-//! apart. Pure: no I/O.
+//! apart. Also the release every binary reports (`release`), since every binary links this
+//! crate. Pure: no I/O.
 
 pub mod agent;
 mod command;
+pub mod release;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

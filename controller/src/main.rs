@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use hostlb_contract::release;
 
 use hostlb_controller::run::flags::{Args, Cli, ProxyCommand};
 use hostlb_controller::run::leader_election::Elector;
@@ -62,7 +63,7 @@ async fn control(args: Args) -> anyhow::Result<()> {
     }
     let timing = args.lease_timing().map_err(anyhow::Error::msg)?;
     let (lease_name, identity) = (args.lease_name(), settings.instance.clone().unwrap_or_else(names::process_identity));
-    tracing::info!(?settings, server = %server.git_version, "starting hostlb-controller {}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(?settings, server = %server.git_version, "starting hostlb-controller {}", release::VERSION_AND_REVISION);
     tracing::info!(lease = %lease_name, %identity, ?timing, "electing a leader");
     let elector = Elector::new(client.clone(), &settings.forwarding.namespace, &lease_name, &identity, timing);
     let sync_timeout = Duration::from_secs(args.sync_timeout_seconds);

@@ -87,7 +87,9 @@ start_image_build() {
   fi
   [[ -f $REPO/images/build.sh ]] || die "$REPO/images/build.sh is missing"
   # Beside the control plane's start; its own session, so that a failed up can stop all of it.
-  (cd "$REPO" && exec setsid bash images/build.sh) </dev/null >"$LOGS/images-build.log" 2>&1 9<&- &
+  # Tagged dev, not the version: the upgrade test imports the previous release by its version,
+  # and an archive's own name is imported too.
+  (cd "$REPO" && HOSTLB_IMAGE_TAG=dev exec setsid bash images/build.sh) </dev/null >"$LOGS/images-build.log" 2>&1 9<&- &
   IMAGE_BUILD_PID=$!
 }
 

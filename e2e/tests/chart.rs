@@ -79,10 +79,33 @@ fn object<'a>(objects: &'a BTreeMap<Key, Value>, kind: &str, name: &str) -> Resu
     objects.get(&(kind.to_string(), name.to_string())).with_context(|| format!("no {kind} {name}"))
 }
 
+/// The chart's appVersion: the default tag of its images, and of those images/build.sh makes.
+fn app_version() -> Result<String> {
+    let chart = std::fs::read_to_string(repository().join("charts/hostlb/Chart.yaml"))?;
+    Ok(field(&serde_yaml_ng::from_str::<Value>(&chart)?, "/appVersion"))
+}
+
 fn controller_env(objects: &BTreeMap<Key, Value>, deployment: &str) -> Result<BTreeMap<String, Value>> {
     let deployment = object(objects, "Deployment", deployment)?;
     let env = deployment.pointer("/spec/template/spec/containers/0/env").and_then(Value::as_array).context("no env")?;
     Ok(env.iter().map(|e| (field(e, "/name"), e.clone())).collect())
+}
+
+/// images/build.sh stamps the binaries with the appVersion and a plain cargo build with the
+/// crates' version, and the base must name the images images/build.sh makes.
+#[test]
+fn the_chart_the_base_and_the_crates_name_one_version() -> Result<()> {
+    let version = app_version()?;
+    ensure!(version == env!("CARGO_PKG_VERSION"), "appVersion {version}, crates {}", env!("CARGO_PKG_VERSION"));
+    let base = kustomize("manifests")?;
+    let deployment = object(&base, "Deployment", "hostlb-controller")?;
+    let image = field(deployment, "/spec/template/spec/containers/0/image");
+    ensure!(image == format!("localhost/hostlb/controller:{version}"), "the base's controller runs {image}");
+    let images = object(&base, "ConfigMap", "hostlb-images")?;
+    for (key, repository) in [("controller-image", "controller"), ("lb-image", "lb")] {
+        ensure!(images["data"][key] == format!("localhost/hostlb/{repository}:{version}"), "{images}");
+    }
+    Ok(())
 }
 
 #[test]
@@ -146,10 +169,7 @@ fn settings_become_the_controllers_environment() -> Result<()> {
     ensure!(deployment["spec"]["template"]["spec"]["containers"][0]["args"][0] == "--sync-timeout-seconds=60");
     let images = object(&set, "ConfigMap", "hostlb-images")?;
     ensure!(images["data"]["lb-image"] == "localhost/hostlb/lb:v9", "{images}");
-    let version = field(
-        &serde_yaml_ng::from_str::<Value>(&std::fs::read_to_string(repository().join("charts/hostlb/Chart.yaml"))?)?,
-        "/appVersion",
-    );
+    let version = app_version()?;
     ensure!(images["data"]["controller-image"] == format!("localhost/hostlb/controller:{version}"), "{images}");
 
     // The controller reads the images from the ConfigMap only at start: a change rolls it.

@@ -40,10 +40,11 @@ if [[ ! -d $target ]]; then
     -o -name 'echo_server*' -o -name pause -o -name 'pause-*' \) -exec rm -rf {} +
   mv "$target.partial" "$target"
 fi
-# 0.1.0's build reads its binaries from ./target whatever CARGO_TARGET_DIR says.
+# 0.1.0's build reads its binaries from ./target whatever CARGO_TARGET_DIR says. The extracted
+# tree is no checkout of its own, so its build is told the version and commit to report.
 ln -s "$target" "$source/target"
 (cd "$source" && env -u CARGO_TARGET_DIR HOSTLB_IMAGE_TAG="$version" HOSTLB_IMAGE_DIR="$out/images" \
-  bash images/build.sh >&2)
+  HOSTLB_VERSION="$version" HOSTLB_REVISION="$commit" bash images/build.sh >&2)
 # The release named its images by the tag dev, which is this tree's.
 sed -i "s/newTag: dev\$/newTag: $version/; s/:dev\$/:$version/" "$source/manifests/kustomization.yaml"
 tools=$(bash e2e/chart/tools.sh)

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hostlb_contract::{AgentArgs, FollowArgs, FOLLOW_ENDPOINTS, NODE_AGENT};
+use hostlb_contract::{release, AgentArgs, FollowArgs, FOLLOW_ENDPOINTS, NODE_AGENT};
 use hostlb_model::address::{AddressKind, AddressPolicy, AddressType};
 use hostlb_model::{agent, names};
 use k8s_openapi::apimachinery::pkg::version::Info;
@@ -21,7 +21,7 @@ use crate::run::api_version::version_at_least;
 
 /// Serves Kubernetes Services of type LoadBalancer from the nodes' own addresses.
 #[derive(Debug, clap::Parser)]
-#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(version = release::VERSION_AND_REVISION, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub proxy: Option<ProxyCommand>,
@@ -235,5 +235,21 @@ impl Args {
 
     pub fn lease_name(&self) -> String {
         self.lease_name.clone().unwrap_or_else(|| names::lease_name(&self.load_balancer_class))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_version_names_the_release_and_its_commit() {
+        let error = Cli::try_parse_from(["hostlb-controller", "--version"]).expect_err("--version exits");
+        assert_eq!((error.kind(), error.exit_code()), (ErrorKind::DisplayVersion, 0));
+        let expected = format!("hostlb-controller {} (revision {})\n", release::VERSION, release::REVISION);
+        assert_eq!(error.to_string(), expected);
     }
 }

@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::error::Error;
+use hostlb_contract::release;
 use hostlb_model::reason::Reason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,6 +31,7 @@ pub struct VerbLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
+    pub revision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,8 +122,8 @@ impl Default for Metrics {
             metrics.services.clone(),
         );
         let build_info = Family::<BuildLabels, Gauge>::default();
-        build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
-        registry.register("build_info", "The running controller's version, as a label; always 1", build_info);
+        build_info.get_or_create(&BuildLabels { version: release::VERSION, revision: release::REVISION }).set(1);
+        registry.register("build_info", "The running controller's version and commit, as labels; always 1", build_info);
         registry.register(
             "leader",
             "Whether this replica leads (holds the Lease and reconciles)",
@@ -235,7 +237,9 @@ mod tests {
         assert!(text.contains("hostlb_leader 1"), "{text}");
         assert!(text.contains("hostlb_services{reason=\"Serving\"} 5"), "{text}");
         assert!(!text.contains("reason=\"Pending\""), "a reason no Service has any more goes: {text}");
-        assert!(text.contains(&format!("hostlb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
+        let build_info =
+            format!("hostlb_build_info{{version=\"{}\",revision=\"{}\"}} 1", release::VERSION, release::REVISION);
+        assert!(text.contains(&build_info), "{text}");
         assert!(text.contains("hostlb_api_writes_total{verb=\"PATCH\"} 1"), "{text}");
         assert!(!text.contains("verb=\"GET\""), "{text}");
         // Once per reconcile owed, however many events owed it.
