@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context as _, Result};
-use hostlb_model::names::short_hash;
+use hostlb_model::agent::AGENT_SERVICE_ACCOUNT;
+use hostlb_model::names::{short_hash, PROXY_SERVICE_ACCOUNT};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -204,6 +205,35 @@ fn names_lease_and_bindings_follow_the_release() -> Result<()> {
     let leased = helm_template("edge", &["--set", "settings.leaseName=mine"])?;
     let role = object(&leased, "Role", "edge-hostlb-controller")?;
     ensure!(role.to_string().contains("\"resourceNames\":[\"mine\"]"), "{role}");
+    Ok(())
+}
+
+/// The chart's own pods (hooks included) name the pull secrets themselves or through their
+/// ServiceAccount; the proxy pods and node agents, which the controller makes, through the
+/// ServiceAccounts it names.
+#[test]
+fn the_pull_secrets_reach_every_pod_of_the_install() -> Result<()> {
+    let secrets = serde_json::json!([{ "name": "registry-key" }]);
+    // With the hooks: the uninstall hook's Job is a pod of the install too.
+    let set = ["--namespace", "hostlb-system", "--set", "imagePullSecrets[0].name=registry-key"];
+    let rendered = objects(&helm(&[&["template", "hostlb", "charts/hostlb"][..], &set].concat())?)?;
+    let carried_by = |account: &str| -> Result<bool> {
+        Ok(object(&rendered, "ServiceAccount", account)?["imagePullSecrets"] == secrets)
+    };
+    let mut pods = 0;
+    for ((kind, name), object) in &rendered {
+        let Some(pod) = object.pointer("/spec/template/spec") else { continue };
+        let account = field(pod, "/serviceAccountName");
+        ensure!(
+            pod["imagePullSecrets"] == secrets || carried_by(&account)?,
+            "{kind} {name} (ServiceAccount {account})"
+        );
+        pods += 1;
+    }
+    ensure!(pods >= 2, "only {pods} pod templates: the controller's and the uninstall hook's at least");
+    for account in [PROXY_SERVICE_ACCOUNT, AGENT_SERVICE_ACCOUNT] {
+        ensure!(carried_by(account)?, "the ServiceAccount {account} does not carry the pull secrets");
+    }
     Ok(())
 }
 

@@ -11,7 +11,8 @@ pub const DEFAULT_LOAD_BALANCER_CLASS: &str = "hostlb.io/hostlb";
 pub const FINALIZER: &str = "hostlb.io/cleanup";
 /// Where the install puts the controller and the proxy DaemonSets unless told otherwise.
 pub const DEFAULT_NAMESPACE: &str = "hostlb-system";
-/// The ServiceAccount of proxy pods that follow endpoints; the manifests let it read EndpointSlices.
+/// The ServiceAccount of every proxy pod: it carries the install's image pull secrets, and the
+/// manifests let it read EndpointSlices, which only pods that follow endpoints get a token for.
 pub const PROXY_SERVICE_ACCOUNT: &str = "hostlb-proxy";
 
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";

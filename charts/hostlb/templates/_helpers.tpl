@@ -46,7 +46,7 @@ app.kubernetes.io/component: controller
 hostlb-agent
 {{- end -}}
 
-{{/* The ServiceAccount of proxy pods that follow endpoints: the controller names it so. */}}
+{{/* The ServiceAccount of every proxy pod: the controller names it so. */}}
 {{- define "hostlb.proxyServiceAccount" -}}
 hostlb-proxy
 {{- end -}}

@@ -202,9 +202,10 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ForwardingSettings
     PodSpec {
         init_containers,
         containers: [main].into_iter().chain(follower).collect(),
-        // Only the endpoint follower talks to the API server.
+        // The install's own ServiceAccount, which carries its image pull secrets; the namespace's
+        // default one may not. Only the endpoint follower talks to the API server.
         automount_service_account_token: Some(follows_endpoints),
-        service_account_name: follows_endpoints.then(|| names::PROXY_SERVICE_ACCOUNT.into()),
+        service_account_name: Some(names::PROXY_SERVICE_ACCOUNT.into()),
         enable_service_links: Some(false),
         priority_class_name: Some(lb.priority_class.clone().unwrap_or_else(|| settings.default_priority_class.clone())),
         node_selector: Some(placement.required_labels.clone()),
@@ -442,7 +443,16 @@ mod tests {
         assert_eq!(security.run_as_non_root, Some(true));
         assert!(security.capabilities.as_ref().unwrap().add.is_none());
         assert!(spec.security_context.is_none());
-        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn a_cluster_services_proxy_pods_run_as_the_proxy_service_account_without_its_token() {
+        for forwarding in [ForwardingMode::InitContainer, ForwardingMode::Sysctls] {
+            let ds = build(ServiceBuilder::new("web"), forwarding);
+            let spec = pod(&ds);
+            assert_eq!(spec.service_account_name.as_deref(), Some("hostlb-proxy"), "{forwarding:?}");
+            assert_eq!(spec.automount_service_account_token, Some(false), "{forwarding:?}");
+        }
     }
 
     #[test]
