@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -184,6 +184,18 @@ impl TestNamespace {
     /// A merge patch. The 1.20 API server's Service storage can answer a patch with 409 Conflict
     /// when another write (the controller's status or finalizer) lands at the same moment, even
     /// though the patch names no resourceVersion; a conflict is retried, as kubectl's patch does.
+    /// Waits until a Service created now is younger than `older`: creation times are kept to the
+    /// second, and hostlb orders two claims of the same second by UID, so a Service created in
+    /// the same second as another is not its junior.
+    pub async fn a_second_after(&self, older: &str) -> Result<()> {
+        let service = self.services().get(older).await?;
+        let created = service.metadata.creation_timestamp.context("no creation time")?.0;
+        while k8s_openapi::jiff::Timestamp::now().as_second() <= created.as_second() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     pub async fn patch_service(&self, name: &str, patch: Value) -> Result<Service> {
         let mut attempts = 0;
         loop {

@@ -220,6 +220,7 @@ async fn the_first_service_on_a_port_keeps_every_node_through_its_rolls() -> Res
     backend_on_node1(&cluster, &ns, &nodes).await?;
     ns.load_balancer("first", "echo", &http(18120), json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "first", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    ns.a_second_after("first").await?;
     ns.load_balancer("second", "echo", &http(18120), json!({})).await?;
 
     let note = warned(&cluster, &ns.name, "second", Reason::PortConflict).await?;
@@ -1178,6 +1179,7 @@ async fn the_ready_condition_says_why_a_service_is_not_served() -> Result<()> {
     .await?;
     println!("condition of the first Service on 18160: {first:?}");
 
+    ns.a_second_after("first").await?;
     ns.load_balancer("second", "echo", &http(18160), json!({})).await?;
     let second = eventually(SETTLE, || async {
         let condition = ready_condition(&ns, "second").await?;

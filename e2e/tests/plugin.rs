@@ -61,6 +61,7 @@ async fn status_shows_served_nodes_refused_ports_and_who_holds_a_port() -> Resul
     let ports = [("http", "TCP", 18300, ECHO_HTTP_PORT), ("ssh", "TCP", 22, ECHO_HTTP_PORT)];
     ns.load_balancer("web", "echo", &ports, json!({})).await?;
     cluster.wait_for_addresses(&ns.name, "web", &[ip1, ip2], SETTLE).await?;
+    ns.a_second_after("web").await?;
     ns.load_balancer("second", "echo", &[("http", "TCP", 18300, ECHO_HTTP_PORT)], json!({})).await?;
 
     let status = eventually(SETTLE, || async {
