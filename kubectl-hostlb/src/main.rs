@@ -27,7 +27,7 @@ use hostlb_model::names;
 #[command(
     name = "kubectl hostlb",
     bin_name = "kubectl hostlb",
-    version,
+    version = hostlb_contract::release::VERSION_AND_REVISION,
     about = "Inspect how hostlb serves LoadBalancer Services"
 )]
 struct Args {
