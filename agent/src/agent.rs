@@ -16,13 +16,11 @@ use hostlb_contract::{AgentArgs, Family, Protocol};
 use hostlb_lb::node_table::{node_ruleset, removal, NodeRules};
 use hostlb_lb::{conntrack, kernel};
 use hostlb_model::agent;
-use hostlb_model::names;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 
 use crate::agent_rules::{desired, PlanEntry, ServiceSlice};
 use crate::listed::Listed;
@@ -121,7 +119,7 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
                     continue;
                 }
             },
-            _ = terminate.recv() => return stop(&daemonsets, &own, &reports, &report_name).await,
+            _ = terminate.recv() => return stop(&daemonsets, &own).await,
         }
         if !seen.synced() {
             continue;
@@ -184,7 +182,9 @@ fn program(rules: &NodeRules) -> Result<(), hostlb_lb::error::Error> {
     Ok(())
 }
 
-/// The report as the agent's own: owned by its DaemonSet, so that it goes with it.
+/// The node's report, into the one the controller made for this node, which this agent may
+/// patch and not create: until it is there (a node that just joined) the write fails and is
+/// tried again.
 async fn write_report(
     reports: &Api<ConfigMap>,
     name: &str,
@@ -192,42 +192,20 @@ async fn write_report(
     own: &DaemonSet,
     entries: &BTreeMap<String, ServiceReport>,
 ) -> Result<()> {
-    let mut labels = BTreeMap::from([
-        (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),
-        (names::LABEL_COMPONENT.to_string(), agent::COMPONENT_REPORT.to_string()),
-        (names::LABEL_INSTALL.to_string(), args.install.clone()),
-    ]);
-    // A node name longer than a label value allows is named by the report's name alone.
-    if args.node.len() <= 63 {
-        labels.insert(agent::LABEL_NODE.into(), args.node.clone());
-    }
-    let report = json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": name,
-            "labels": labels,
-            "ownerReferences": [{
-                "apiVersion": "apps/v1",
-                "kind": "DaemonSet",
-                "name": own.name_any(),
-                "uid": own.uid().unwrap_or_default(),
-            }],
-        },
-        "data": hostlb_contract::agent::report_data(entries),
-    });
+    let report = agent::report(own, &args.install, &args.node, hostlb_contract::agent::report_data(entries));
     let params = PatchParams::apply(MANAGER).force();
-    reports
-        .patch(name, &params, &Patch::Apply(&report))
-        .await
-        .map_err(Error::api(format!("apply ConfigMap {name}")))?;
+    // Until the controller has made it and let this agent write it, the API server refuses
+    // the write (403): it is tried again like any failed write.
+    let action = format!("apply ConfigMap {name}, which the controller makes for each node");
+    reports.patch(name, &params, &Patch::Apply(&report)).await.map_err(Error::api(action))?;
     Ok(())
 }
 
 /// On SIGTERM: the rules stay while the agent's DaemonSet does (a restart, an upgrade, a node
-/// drain); they and the report go when it is gone or being deleted, or when the agent may no
-/// longer read it (its ServiceAccount deleted with the namespace).
-async fn stop(daemonsets: &Api<DaemonSet>, own: &DaemonSet, reports: &Api<ConfigMap>, report: &str) -> Result<()> {
+/// drain); they go when it is gone or being deleted, or when the agent may no longer read it
+/// (its ServiceAccount deleted with the namespace). The report goes with the DaemonSet, which
+/// owns it.
+async fn stop(daemonsets: &Api<DaemonSet>, own: &DaemonSet) -> Result<()> {
     let current = daemonsets.get_opt(&own.name_any()).await;
     let uninstalled = match &current {
         Ok(Some(daemonset)) => daemonset.uid() != own.uid() || daemonset.metadata.deletion_timestamp.is_some(),
@@ -245,8 +223,5 @@ async fn stop(daemonsets: &Api<DaemonSet>, own: &DaemonSet, reports: &Api<Config
     }
     kernel::apply(&removal()).map_err(Error::Rules)?;
     tracing::info!("the agent's DaemonSet is gone: removed the node's table");
-    match reports.delete(report, &DeleteParams::default()).await {
-        Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
-        Err(error) => Err(Error::api(format!("delete ConfigMap {report}"))(error)),
-    }
+    Ok(())
 }

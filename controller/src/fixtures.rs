@@ -1,15 +1,16 @@
 //! The controller's settings for the pure-layer tests, beside the model's object builders.
 
 pub use hostlb_model::fixtures::*;
-use std::sync::Arc;
 
 use hostlb_model::names;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::watcher;
 
 use crate::decide::claim;
+use crate::state::index::kept_whole;
 use crate::state::Index;
 
 /// The pod as its DaemonSet's template makes it now: with the template's annotations.
@@ -112,7 +113,9 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
     listed(pods).iter().for_each(|e| drop(index.apply_proxy_pod(e, k8s_openapi::jiff::Timestamp::now())));
     listed(pods).iter().for_each(|e| drop(index.apply_agent_pod(e, &settings.forwarding.install_id)));
     listed(daemonsets).iter().for_each(|e| drop(index.apply_daemonset(e)));
-    listed::<DaemonSet>(&[]).iter().for_each(|e| drop(index.agents.apply(e, |d| Some((Arc::new(d.clone()), vec![])))));
+    listed::<DaemonSet>(&[]).iter().for_each(|e| drop(index.agents.apply(e, kept_whole)));
+    listed::<Role>(&[]).iter().for_each(|e| drop(index.agent_role.apply(e, kept_whole)));
+    listed::<RoleBinding>(&[]).iter().for_each(|e| drop(index.agent_binding.apply(e, kept_whole)));
     listed::<ConfigMap>(&[]).iter().for_each(|e| drop(index.apply_plan(e)));
     listed::<ConfigMap>(&[]).iter().for_each(|e| drop(index.apply_agent_report(e, hostlb_model::agent::AGENT)));
     listed::<Event>(&[]).iter().for_each(|e| drop(index.apply_creation_failure(e)));

@@ -4,6 +4,7 @@
 //! published one. Run one test at a time (`--test-threads=1`).
 
 use std::collections::BTreeSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
@@ -14,9 +15,10 @@ use hostlb_e2e::namespace::{http, ECHO_HTTP_PORT, ECHO_UDP_PORT};
 use hostlb_e2e::poll::{eventually, eventually_blocking};
 use hostlb_e2e::status::StatusWatch;
 use hostlb_e2e::traffic::{answers, refuses, Traffic};
+use hostlb_model::agent;
 use hostlb_model::readiness::pod_is_ready;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::DeleteParams;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -83,6 +85,109 @@ async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Resu
     );
     ensure!(agents_per_node(&cluster).await? == [1, 1], "not one agent per node");
     Ok(())
+}
+
+/// What a node's credentials may write, asked of the API server with `kubectl auth can-i` for
+/// every write verb: of each kind in hostlb's namespace (and by name, the images, a plan, each
+/// node's report and the agents' own objects) and of the cluster-scoped kinds hostlb uses.
+/// Printed as a table; the only writes allowed must be patches of the nodes' reports, of any
+/// node's, since RBAC cannot tell one node's agent from another's.
+#[tokio::test]
+async fn an_agents_credentials_write_nothing_but_the_nodes_reports() -> Result<()> {
+    let (cluster, ns, nodes) = setup_on("agent-rbac", &NodeAgents).await?;
+    agent_mode(&cluster).await?;
+    ns.load_balancer("web", "echo", &http(18380), json!({})).await?;
+    let plan = eventually(SETTLE, || async {
+        cluster.plans(&ns.name, "web").await?.into_iter().next().context("no plan for the Service yet")
+    })
+    .await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    let mut names = config_maps.list(&ListParams::default()).await?.items.into_iter().map(|c| c.name_any());
+    let images = names.find(|name| name.starts_with("hostlb-images")).context("no images ConfigMap")?;
+    let reports = [&nodes.node1, &nodes.node2].map(|node| agent::report_name(agent::AGENT, node));
+    let in_namespace: Vec<String> = [
+        "configmaps",
+        &format!("configmaps/{images}"),
+        &format!("configmaps/{}", plan.name_any()),
+        &format!("configmaps/{}", reports[0]),
+        &format!("configmaps/{}", reports[1]),
+        "daemonsets.apps",
+        &format!("daemonsets.apps/{}", agent::AGENT),
+        "deployments.apps",
+        "deployments.apps/hostlb-controller",
+        "pods",
+        "services",
+        "services/status",
+        "serviceaccounts",
+        "secrets",
+        "roles.rbac.authorization.k8s.io",
+        &format!("roles.rbac.authorization.k8s.io/{}", agent::AGENT),
+        "rolebindings.rbac.authorization.k8s.io",
+        &format!("rolebindings.rbac.authorization.k8s.io/{}", agent::AGENT),
+        "leases.coordination.k8s.io",
+        "leases.coordination.k8s.io/hostlb-controller",
+        "events",
+        "events.events.k8s.io",
+        "endpointslices.discovery.k8s.io",
+    ]
+    .map(str::to_string)
+    .into();
+    let cluster_wide = [
+        "nodes",
+        "namespaces",
+        "priorityclasses.scheduling.k8s.io",
+        "clusterroles.rbac.authorization.k8s.io",
+        "clusterrolebindings.rbac.authorization.k8s.io",
+        "endpointslices.discovery.k8s.io",
+        "services",
+        "leases.coordination.k8s.io",
+    ];
+    let asked = in_namespace
+        .iter()
+        .map(|resource| (resource.as_str(), Some(SYSTEM_NAMESPACE)))
+        .chain(cluster_wide.iter().map(|resource| (*resource, None)));
+    let mut table = vec![format!("{:<70} {:<17} allowed", "resource", "verb")];
+    let mut unintended = Vec::new();
+    for (resource, namespace) in asked {
+        for verb in ["create", "update", "patch", "delete", "deletecollection"] {
+            let allowed = can_agent(&cluster, verb, resource, namespace)?;
+            let shown = match namespace {
+                Some(namespace) => format!("{namespace}: {resource}"),
+                None => format!("(cluster) {resource}"),
+            };
+            table.push(format!("{shown:<70} {verb:<17} {}", if allowed { "YES" } else { "no" }));
+            let intended = verb == "patch" && reports.iter().any(|report| resource == format!("configmaps/{report}"));
+            if allowed != intended {
+                unintended.push(format!("{verb} {shown}: {}", if allowed { "allowed" } else { "refused" }));
+            }
+        }
+    }
+    println!("kubectl auth can-i --as={AGENT_USER}\n{}", table.join("\n"));
+    ensure!(unintended.is_empty(), "not as intended: {unintended:?}");
+    Ok(())
+}
+
+/// The node agents' ServiceAccount, as the API server names its user.
+const AGENT_USER: &str = "system:serviceaccount:hostlb-system:hostlb-agent";
+
+/// Whether the node agents' ServiceAccount may `verb` the `resource` in `namespace` (or in every
+/// namespace, or of a cluster-scoped kind).
+fn can_agent(cluster: &Cluster, verb: &str, resource: &str, namespace: Option<&str>) -> Result<bool> {
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", AGENT_USER];
+    match namespace {
+        Some(namespace) => args.extend(["-n", namespace]),
+        None => args.push("--all-namespaces"),
+    }
+    let output =
+        Command::new(cluster.var("KUBECTL")?).env("KUBECONFIG", cluster.var("KUBECONFIG")?).args(&args).output()?;
+    let (answer, errors) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    // kubectl says "no" for a kind it does not know, with a warning: that would hide a typo here.
+    ensure!(errors.trim().is_empty(), "kubectl {}: {errors}", args.join(" "));
+    match answer.trim() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        other => anyhow::bail!("kubectl {}: {other:?}", args.join(" ")),
+    }
 }
 
 #[tokio::test]

@@ -296,8 +296,15 @@ fn the_node_agent_components_choose_the_agents_and_guard_their_reports() -> Resu
     let rule = field(policy, "/spec/validations/0/expression");
     ensure!(rule.contains("authentication.kubernetes.io/node-name") && rule.contains("'hostlb-agent.'"), "{rule}");
     object(&rendered, "ValidatingAdmissionPolicyBinding", "hostlb-agent-reports")?;
-    let role = object(&rendered, "Role", "hostlb-agent")?;
-    ensure!(role.to_string().contains("configmaps"), "{role}");
+    // The agents' Role names every node's report: the controller makes it, in its namespace.
+    ensure!(
+        !rendered.contains_key(&("Role".to_string(), "hostlb-agent".to_string())),
+        "the base grants the agents a Role"
+    );
+    let role = object(&rendered, "Role", "hostlb-controller")?;
+    let rbac =
+        role["rules"].as_array().into_iter().flatten().find(|rule| rule["apiGroups"][0] == "rbac.authorization.k8s.io");
+    ensure!(rbac.is_some_and(|rule| rule["resources"] == serde_json::json!(["roles", "rolebindings"])), "{role}");
     Ok(())
 }
 

@@ -849,8 +849,8 @@ async fn a_controller_that_cannot_list_its_objects_exits_naming_them() -> Result
     let logs = pods.logs("blind-controller", &LogParams::default()).await?;
     ensure!(
         logs.contains(
-            "the watches of services, nodes, proxy pods, proxy daemonsets, node agents, plans, agent reports, proxy creation \
-             failures, node leases did not list their objects within 3s"
+            "the watches of services, nodes, proxy pods, proxy daemonsets, node agents, node agents' role, node agents' role \
+             binding, plans, agent reports, proxy creation failures, node leases did not list their objects within 3s"
         ),
         "the log does not name the watches:\n{logs}"
     );

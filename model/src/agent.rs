@@ -4,6 +4,12 @@
 //! DaemonSet would be; a report per node, named after the node. What they carry is
 //! `hostlb_contract::agent`'s.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
 use crate::names::{self, LABEL_COMPONENT, LABEL_INSTALL, LABEL_MANAGED_BY, MANAGED_BY};
 
 pub const COMPONENT_PLAN: &str = "forwarding-plan";
@@ -23,6 +29,40 @@ pub fn agent_name(load_balancer_class: &str) -> String {
 /// The report of the agent on `node`.
 pub fn report_name(agent: &str, node: &str) -> String {
     format!("{agent}.{node}")
+}
+
+/// The report of `node` with `data`, as the controller makes it (empty) before the node's agent
+/// may write it, and as the agent writes it: labelled as this install's report, and owned by the
+/// agents' DaemonSet, so that it goes with it.
+pub fn report(agents: &DaemonSet, install_id: &str, node: &str, data: BTreeMap<String, String>) -> ConfigMap {
+    let agent = agents.metadata.name.clone().unwrap_or_default();
+    let mut labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_COMPONENT.to_string(), COMPONENT_REPORT.to_string()),
+        (LABEL_INSTALL.to_string(), install_id.to_string()),
+    ]);
+    // A node name longer than a label value allows is named by the report's name alone.
+    if node.len() <= 63 {
+        labels.insert(LABEL_NODE.into(), node.into());
+    }
+    let owner = OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "DaemonSet".into(),
+        name: agent.clone(),
+        uid: agents.metadata.uid.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(report_name(&agent, node)),
+            namespace: agents.metadata.namespace.clone(),
+            labels: Some(labels),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    }
 }
 
 pub fn plan_selector(install_id: &str) -> String {
@@ -55,5 +95,30 @@ mod tests {
             forwarding_pod_selector(),
             "app.kubernetes.io/managed-by=hostlb,app.kubernetes.io/component in (lb-proxy,node-agent)"
         );
+    }
+
+    #[test]
+    fn a_report_is_selected_as_the_installs_named_after_its_node_and_owned_by_the_agents() {
+        let agents = DaemonSet {
+            metadata: ObjectMeta {
+                name: Some(AGENT.into()),
+                namespace: Some("hostlb-system".into()),
+                uid: Some("ds-uid".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let report = report(&agents, "abc", "node-1", BTreeMap::new());
+        assert_eq!(report.metadata.name.as_deref(), Some("hostlb-agent.node-1"));
+        assert_eq!(report.metadata.namespace.as_deref(), Some("hostlb-system"));
+        let labels = report.metadata.labels.unwrap();
+        let selected = report_selector("abc").split(',').all(|term| {
+            let (key, value) = term.split_once('=').unwrap();
+            labels.get(key).map(String::as_str) == Some(value)
+        });
+        assert!(selected, "{labels:?}");
+        assert_eq!(labels[LABEL_NODE], "node-1");
+        let owner = &report.metadata.owner_references.unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("DaemonSet", AGENT, "ds-uid"));
     }
 }

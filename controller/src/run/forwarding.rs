@@ -6,9 +6,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -21,7 +20,7 @@ use hostlb_model::service::ServiceView;
 
 use crate::decide::dataplane::Applied;
 use crate::decide::dataplane::{
-    DataPlaneKind, ForwardingAction, ForwardingChange, ForwardingKind, ForwardingObject, SharedChange,
+    DataPlaneKind, ForwardingAction, ForwardingChange, ForwardingKind, ForwardingObject, SharedChange, SharedObject,
 };
 use crate::decide::orphans::orphaned;
 use crate::decide::{forwarding_key, Settings};
@@ -34,8 +33,8 @@ use crate::state::{key_of, Index};
 
 /// Releases every Service this install serves or left something on, as if each were no longer
 /// served (status cleared, an older version's finalizer removed), then deletes whatever
-/// forwarding object and shared object of this install is left. Returns how many Services it
-/// released.
+/// forwarding object and shared object (`DataPlane::uninstalled`) of this install is left.
+/// Returns how many Services it released.
 pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
     let (services, _) = reflector::store();
     let index = Arc::new(RwLock::new(Index::default()));
@@ -60,11 +59,11 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
             context.delete_object(&context.forwarding_api(kind), &object).await.map_err(Error::kube(action))?;
         }
     }
-    // Its agents, seeing it gone, remove their nodes' rules.
-    let daemonsets: Api<DaemonSet> = Api::namespaced(context.client.clone(), &context.settings.forwarding.namespace);
-    let agents = daemonsets.get_opt(&context.settings.forwarding.agent).await;
-    if let Some(agents) = agents.map_err(Error::kube("get the node agents' DaemonSet"))? {
-        context.delete_object(&daemonsets, &agents).await.map_err(Error::kube("delete the node agents' DaemonSet"))?;
+    for plane in DataPlaneKind::ALL.map(DataPlaneKind::implementation) {
+        for shared in plane.uninstalled(&context.settings.forwarding) {
+            let change = SharedChange::Delete(shared);
+            context.change_shared(&change).await.map_err(Error::kube(change.to_string()))?;
+        }
     }
     context.events.flush().await;
     Ok(released)
@@ -271,29 +270,109 @@ impl Context {
     }
 
     /// Keeps the objects a data plane shares between Services as the data plane in use needs
-    /// them: the node agents' DaemonSet, applied with the node agents, deleted with proxy pods
-    /// once no plan is left.
+    /// them (`DataPlane::shared_changes`), in order; a change that fails leaves the rest to the
+    /// next pass, since they may need it done.
     pub async fn keep_shared_objects(&self) {
         if !self.synced.load(Ordering::Acquire) {
             return;
         }
-        let change = self.settings.forwarding.data_plane().shared_change(&self.settings.forwarding, &self.read_index());
-        let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), &self.settings.forwarding.namespace);
-        let name = &self.settings.forwarding.agent;
-        let outcome = match change {
-            Some(SharedChange::Apply(desired)) => {
-                let params = PatchParams::apply(names::MANAGER).force();
-                let applied = daemonsets.patch(name, &params, &Patch::Apply(desired.as_ref())).await;
-                applied.map(|_| info!(daemonset = %name, "applied the node agents"))
+        let changes =
+            self.settings.forwarding.data_plane().shared_changes(&self.settings.forwarding, &self.read_index());
+        for change in &changes {
+            if let Err(error) = self.change_shared(change).await {
+                warn!(%change, %error, "could not keep a shared object of the data plane; trying again");
+                return;
             }
-            Some(SharedChange::Delete(existing)) => {
-                let deleted = self.delete_object(&daemonsets, existing.as_ref()).await;
-                deleted.map(|_| info!(daemonset = %name, "deleted the node agents"))
-            }
-            None => Ok(()),
-        };
-        if let Err(error) = outcome {
-            warn!(daemonset = %name, %error, "could not bring the node agents' DaemonSet in line; trying again");
         }
+    }
+
+    async fn change_shared(&self, change: &SharedChange) -> Result<(), kube::Error> {
+        let SharedObject { resource, object } = change.object();
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.settings.forwarding.namespace, resource);
+        let changed = match change {
+            SharedChange::Apply(_) => {
+                let params = PatchParams::apply(names::MANAGER).force();
+                api.patch(&object.name_any(), &params, &Patch::Apply(object)).await?;
+                true
+            }
+            SharedChange::Create(_) => match api.create(&PostParams::default(), object).await {
+                Ok(_) => true,
+                // Made since the watch last said: it is there, as wanted.
+                Err(kube::Error::Api(status)) if status.code == 409 => false,
+                Err(error) => return Err(error),
+            },
+            SharedChange::Delete(_) => self.delete_object(&api, object).await?.is_some(),
+        };
+        if changed {
+            info!(%change, "changed a shared object of the data plane");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use kube::runtime::watcher::Event;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::decide::dataplane::node_agents::{desired_agent, desired_binding, desired_role};
+    use crate::fixtures::{index_of, settings, NodeBuilder};
+    use crate::run::mock_api::{mock_api, rejected, ApiServer};
+    use crate::state::index::kept_whole;
+
+    const ROLE: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/hostlb-system/roles/hostlb-agent";
+    const BINDING: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/hostlb-system/rolebindings/hostlb-agent";
+    const AGENTS: &str = "/apis/apps/v1/namespaces/hostlb-system/daemonsets/hostlb-agent";
+
+    fn with_the_agents(index: Index) -> (Context, ApiServer) {
+        let (client, api) = mock_api();
+        let mut settings = settings();
+        settings.forwarding.dataplane = DataPlaneKind::Agent;
+        let (services, _) = reflector::store();
+        let (index, synced) = (Arc::new(RwLock::new(index)), Arc::new(AtomicBool::new(true)));
+        (Context::new(client, settings, services, index, Arc::new(Metrics::default()), synced), api)
+    }
+
+    fn written(kind: &str) -> Value {
+        json!({ "apiVersion": "v1", "kind": kind, "metadata": { "name": "hostlb-agent" } })
+    }
+
+    #[tokio::test]
+    async fn shared_objects_are_kept_in_order_and_a_failure_leaves_the_rest_to_the_next_pass() {
+        let (context, mut api) = with_the_agents(index_of(&[], &[NodeBuilder::new("n1").build()], &[], &[]));
+        tokio::join!(context.keep_shared_objects(), async {
+            api.expect("PATCH", ROLE, 403, rejected(403, "Forbidden", "attempting to grant RBAC permissions")).await;
+            api.expect_nothing_more().await;
+        });
+        tokio::join!(context.keep_shared_objects(), async {
+            let role = api.expect("PATCH", ROLE, 200, written("Role")).await;
+            assert_eq!(role.body["rules"][1]["resourceNames"], json!(["hostlb-agent.n1"]), "{}", role.body);
+            api.expect("PATCH", BINDING, 200, written("RoleBinding")).await;
+            api.expect("PATCH", AGENTS, 200, written("DaemonSet")).await;
+            api.expect_nothing_more().await;
+        });
+    }
+
+    #[tokio::test]
+    async fn a_report_made_meanwhile_is_left_as_it_is() {
+        let settings = &settings().forwarding;
+        let mut index = index_of(&[], &[NodeBuilder::new("n1").build()], &[], &[]);
+        let mut agents = desired_agent(settings);
+        agents.metadata.uid = Some("agents-uid".into());
+        index.agents.apply(&Event::Apply(agents), kept_whole);
+        index.agent_role.apply(&Event::Apply(desired_role(settings, &BTreeSet::from(["n1"]))), kept_whole);
+        index.agent_binding.apply(&Event::Apply(desired_binding(settings)), kept_whole);
+        let (context, mut api) = with_the_agents(index);
+        tokio::join!(context.keep_shared_objects(), async {
+            let path = "/api/v1/namespaces/hostlb-system/configmaps";
+            let made = api.expect("POST", path, 409, rejected(409, "AlreadyExists", "exists")).await;
+            assert_eq!(made.body["metadata"]["name"], "hostlb-agent.n1");
+            assert_eq!(made.body["data"], json!(BTreeMap::<String, String>::new()));
+            api.expect_nothing_more().await;
+        });
     }
 }

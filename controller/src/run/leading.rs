@@ -1,6 +1,7 @@
 //! Terms of leadership: while this replica leads, every Service is reconciled once, then each
 //! Service the watches' triggers name, and the orphan sweep runs (every 30 s, and at once when a
-//! Service is gone). Every request of a term goes
+//! Service is gone), with the data planes' shared objects kept (every 30 s, and at once when what
+//! they follow changes). Every request of a term goes
 //! through its fence (`fence`); when the term ends, the reconciles and the sweep under way are
 //! dropped. When the process is told to stop, nothing new starts and what is under way has the
 //! grace period to finish. The triggers reach a term through a broadcast channel that only a
@@ -15,7 +16,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{controller, Controller};
 use kube::Client;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::decide::leadership::Term;
@@ -48,6 +49,8 @@ pub struct Leader {
     pub index: Arc<RwLock<Index>>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
+    /// Told when the data planes' shared objects are due a look.
+    pub shared_objects_due: Arc<Notify>,
     trigger_sender: broadcast::Sender<ObjectRef<Service>>,
 }
 
@@ -59,9 +62,10 @@ impl Leader {
         index: Arc<RwLock<Index>>,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
+        shared_objects_due: Arc<Notify>,
     ) -> Self {
         let (trigger_sender, _) = broadcast::channel(PENDING_TRIGGERS);
-        Leader { client, settings, services, index, metrics, ready, trigger_sender }
+        Leader { client, settings, services, index, metrics, ready, shared_objects_due, trigger_sender }
     }
 
     /// Hands the watches' triggers to the term under way; while following there is nothing to
@@ -159,6 +163,8 @@ impl Leader {
                         context.keep_shared_objects().await;
                         context.delete_orphans().await;
                     }
+                    // A node that joins gets its report, and its agent the right to write it, at once.
+                    () = self.shared_objects_due.notified() => context.keep_shared_objects().await,
                     () = &mut stopped => return,
                 }
             }
@@ -249,7 +255,8 @@ mod tests {
         let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build()];
         let index = Arc::new(RwLock::new(index_of(std::slice::from_ref(&service), &nodes, &[], &[])));
         let ready = Arc::new(AtomicBool::new(true));
-        let leader = Leader::new(client, settings(), services, index, Arc::new(Metrics::default()), ready);
+        let leader =
+            Leader::new(client, settings(), services, index, Arc::new(Metrics::default()), ready, Arc::default());
         let until = (tokio::time::Instant::now() + RENEW_DEADLINE).into_std();
         let (leading, elected) = watch::channel(Some(Term { number: 1, until }));
         let (stopping, stop) = watch::channel(None);

@@ -78,7 +78,8 @@ async fn watch_and_lead(
     (leading, stopping): (watch::Receiver<Option<Term>>, watch::Receiver<Option<tokio::time::Instant>>),
 ) -> Result<()> {
     let (watched, triggers) = watch(&client, &settings, contact, metrics.clone());
-    let leader = Leader::new(client, settings, watched.services, watched.index.clone(), metrics, ready.clone());
+    let due = watched.shared_objects_due;
+    let leader = Leader::new(client, settings, watched.services, watched.index.clone(), metrics, ready.clone(), due);
     // A replica whose watches never list would sit not-Ready forever; failing lets the kubelet
     // start a fresh one, as controller-runtime does after its cache sync timeout.
     let syncing = async {

@@ -1,23 +1,27 @@
 //! The watches, wiring only: on every replica each watch applies its events to the index (the
 //! Services also to the Service cache, which keeps only what hostlb reads of them), and what
 //! each event changed once committed becomes the Services it concerns (`state::triggers`).
-//! The node Leases also feed the clock that judges them (`lease_clock`). Also readiness:
-//! every watch has listed.
+//! The node Leases also feed the clock that judges them (`lease_clock`). The events of what the
+//! data planes' shared objects follow (nodes, plans, the agents' own objects) tell the leader to
+//! keep those objects. Also readiness: every watch has listed.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use futures::stream::BoxStream;
 use futures::{stream, Stream, StreamExt, TryStreamExt};
 use hostlb_model::service::keep_what_hostlb_reads;
 use hostlb_model::{agent, names};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Node, Pod, Service};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
 
 use crate::decide::condition::reasons_of_served;
 use crate::decide::{claim, Settings};
@@ -25,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::run::api_contact::ApiContact;
 use crate::run::lease_clock::{lease_liveness, LeaseClock};
 use crate::run::metrics::Metrics;
+use crate::state::index::kept_whole;
 use crate::state::node_liveness::NODE_LEASE_NAMESPACE;
 use crate::state::{triggers, Index};
 
@@ -41,6 +46,9 @@ pub type Triggers = Result<Vec<ObjectRef<Service>>, watcher::Error>;
 pub struct Watched {
     pub services: Store<Service>,
     pub index: Arc<RwLock<Index>>,
+    /// Told of each change to what the data planes' shared objects follow, for the leader to
+    /// keep them (`Context::keep_shared_objects`).
+    pub shared_objects_due: Arc<Notify>,
 }
 
 /// Starts every watch; the stream must be polled for any of them to run.
@@ -82,10 +90,21 @@ pub fn watch(
         indexed(Api::<ConfigMap>::namespaced(client.clone(), &namespace), plans, &index, |index, event| {
             triggers::of_proxy_objects(&index.apply_plan(event))
         });
+    // The agents' DaemonSet, Role and RoleBinding share one name.
     let agents = all.clone().fields(&format!("metadata.name={}", settings.forwarding.agent));
     let agent_triggers =
-        indexed(Api::<DaemonSet>::namespaced(client.clone(), &namespace), agents, &index, |index, event| {
-            index.agents.apply(event, |agents| Some((Arc::new(agents.clone()), Vec::new())));
+        indexed(Api::<DaemonSet>::namespaced(client.clone(), &namespace), agents.clone(), &index, |index, event| {
+            index.agents.apply(event, kept_whole);
+            Vec::new()
+        });
+    let role_triggers =
+        indexed(Api::<Role>::namespaced(client.clone(), &namespace), agents.clone(), &index, |index, event| {
+            index.agent_role.apply(event, kept_whole);
+            Vec::new()
+        });
+    let binding_triggers =
+        indexed(Api::<RoleBinding>::namespaced(client.clone(), &namespace), agents, &index, |index, event| {
+            index.agent_binding.apply(event, kept_whole);
             Vec::new()
         });
     let reports = all.clone().labels(&agent::report_selector(&settings.forwarding.install_id));
@@ -147,18 +166,30 @@ pub fn watch(
         )
     };
 
+    // What the data planes' shared objects follow: the nodes, the plans, and the agents' own
+    // objects and pods.
+    let shared_objects_due = Arc::new(Notify::new());
+    let due = |triggers| shared_objects_follow(triggers, &shared_objects_due);
     let triggers = stream::select_all([
         service_triggers.boxed(),
         daemonset_triggers.boxed(),
-        plan_triggers.boxed(),
-        agent_triggers.boxed(),
-        report_triggers.boxed(),
-        pod_triggers.boxed(),
-        node_triggers.boxed(),
+        due(plan_triggers.boxed()),
+        due(agent_triggers.boxed()),
+        due(role_triggers.boxed()),
+        due(binding_triggers.boxed()),
+        due(report_triggers.boxed()),
+        due(pod_triggers.boxed()),
+        due(node_triggers.boxed()),
         lease_triggers.boxed(),
         failure_triggers.boxed(),
     ]);
-    (Watched { services, index }, triggers)
+    (Watched { services, index, shared_objects_due }, triggers)
+}
+
+/// The watch's triggers, telling `due` of each of its events.
+fn shared_objects_follow(triggers: BoxStream<'static, Triggers>, due: &Arc<Notify>) -> BoxStream<'static, Triggers> {
+    let due = due.clone();
+    triggers.inspect_ok(move |_| due.notify_one()).boxed()
 }
 
 /// Every Service this install serves or still has to clean up.

@@ -3,8 +3,8 @@
 //! `enablelb`) and their Leases; port claims by protocol and port; every Service's
 //! resourceVersion; of the proxy pod data plane, proxy pods by Service UID and proxy
 //! DaemonSets by name; of the node agent data plane, plans by name, the agents' reports by the
-//! Services they name, the agents' pods by node and their DaemonSet; and the DaemonSet
-//! controller's FailedCreate Events by DaemonSet. A reconcile reads its own groups and the
+//! Services they name, the agents' pods by node, their DaemonSet, Role and RoleBinding; and
+//! the DaemonSet controller's FailedCreate Events by DaemonSet. A reconcile reads its own groups and the
 //! nodes, so it costs what its own Service costs plus a pass or two over the nodes. Each `apply_*` returns what the event
 //! changed once committed, for `triggers`. Pure: the watches hand it their events; nothing
 //! here talks to the API server.
@@ -22,6 +22,7 @@ use hostlb_model::readiness::{daemon_pod_target_node, node_can_serve, node_is_re
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, PodTemplateSpec, Service};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::watcher;
@@ -75,6 +76,11 @@ fn node_of_lease(key: &str) -> Option<&str> {
     key.strip_prefix(NODE_LEASE_NAMESPACE)?.strip_prefix('/')
 }
 
+/// What is kept of an object kept whole, in no group: one of the node agents' own objects.
+pub fn kept_whole<K: Clone>(object: &K) -> Option<(Arc<K>, Vec<()>)> {
+    Some((Arc::new(object.clone()), Vec::new()))
+}
+
 /// What a Service event changed: the Service itself (its resourceVersion) and its claim.
 #[derive(Debug, Default)]
 pub struct ServiceChanges {
@@ -91,6 +97,9 @@ pub struct Index {
     pub daemonsets: Section<Arc<DaemonSet>, ()>,
     /// The node agents' DaemonSet, when there is one.
     pub agents: Section<Arc<DaemonSet>, ()>,
+    /// The node agents' Role and RoleBinding, when there are.
+    pub agent_role: Section<Arc<Role>, ()>,
+    pub agent_binding: Section<Arc<RoleBinding>, ()>,
     /// The node agents' pods, grouped by the node each is for.
     pub agent_pods: Section<Arc<ProxyPod>, String>,
     /// Plans for the node agents, by `namespace/name`.
@@ -385,6 +394,8 @@ impl Index {
             ("proxy pods", self.proxy_pods.synced()),
             ("proxy daemonsets", self.daemonsets.synced()),
             ("node agents", self.agents.synced()),
+            ("node agents' role", self.agent_role.synced()),
+            ("node agents' role binding", self.agent_binding.synced()),
             ("plans", self.plans.synced()),
             ("agent reports", self.agent_reports.synced()),
             ("proxy creation failures", self.creation_failures.synced()),
@@ -726,6 +737,8 @@ mod tests {
             "proxy pods",
             "proxy daemonsets",
             "node agents",
+            "node agents' role",
+            "node agents' role binding",
             "plans",
             "agent reports",
             "proxy creation failures",

@@ -1,5 +1,6 @@
 use super::*;
 use crate::fixtures::{failed_create, index_of, proxy_pod, settings, NodeBuilder, ServiceBuilder, NAMESPACE};
+use crate::state::index::kept_whole;
 use k8s_openapi::api::core::v1::{NodeCondition, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::watcher;
@@ -158,7 +159,7 @@ fn a_creation_failure_triggers_the_service_of_its_daemonset() {
     assert_eq!(names(of_creation_failures(&changes, &index, every_service)), ["web"]);
 
     let agents = crate::decide::dataplane::node_agents::desired_agent(&settings().forwarding);
-    index.agents.apply(&watcher::Event::Apply(agents.clone()), |agents| Some((Arc::new(agents.clone()), vec![])));
+    index.agents.apply(&watcher::Event::Apply(agents.clone()), kept_whole);
     let changes = index.apply_creation_failure(&watcher::Event::Apply(failed_create("f2", &agents, "quota")));
     assert_eq!(names(of_creation_failures(&changes, &index, every_service)), ["other"], "the agents serve them all");
 }

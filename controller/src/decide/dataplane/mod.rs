@@ -12,17 +12,15 @@ pub mod proxy_pods;
 pub mod settings;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use hostlb_model::names;
 use hostlb_model::options::{FieldError, ServiceLb};
 use hostlb_model::reason::{listed, Reason, Warning};
 use hostlb_model::service::ServiceView;
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::{ApiResource, DynamicObject};
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -125,11 +123,48 @@ pub struct Forwarding {
     pub replace_pod: Option<String>,
 }
 
-/// What becomes of a data plane's objects that serve every Service at once.
+/// An object a data plane shares between Services, as the executor writes every kind alike.
+#[derive(Clone, Debug)]
+pub struct SharedObject {
+    pub resource: ApiResource,
+    pub object: DynamicObject,
+}
+
+impl SharedObject {
+    pub fn of<K: Resource<DynamicType = ()> + Serialize>(object: &K) -> Self {
+        SharedObject { resource: ApiResource::erase::<K>(&()), object: erased(object) }
+    }
+}
+
+/// What becomes of one of a data plane's objects that serve every Service at once.
 #[derive(Debug)]
 pub enum SharedChange {
-    Apply(Box<DaemonSet>),
-    Delete(Arc<DaemonSet>),
+    /// Written as it is here, hostlb's fields forced.
+    Apply(SharedObject),
+    /// Made as it is here, for another to fill in, if it is still missing.
+    Create(SharedObject),
+    Delete(SharedObject),
+}
+
+impl SharedChange {
+    pub fn object(&self) -> &SharedObject {
+        match self {
+            SharedChange::Apply(shared) | SharedChange::Create(shared) | SharedChange::Delete(shared) => shared,
+        }
+    }
+}
+
+/// As `apply Role hostlb-system/hostlb-agent`.
+impl std::fmt::Display for SharedChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = match self {
+            SharedChange::Apply(_) => "apply",
+            SharedChange::Create(_) => "create",
+            SharedChange::Delete(_) => "delete",
+        };
+        let SharedObject { resource, object } = self.object();
+        write!(f, "{verb} {} {}", resource.kind, key_of(object))
+    }
 }
 
 /// One data plane: the object that carries a Service's forwarding and what only this plane
@@ -160,8 +195,12 @@ pub trait DataPlane: Sync {
     fn indexed(&self, index: &Index, key: &str) -> Option<ForwardingObject>;
     /// Every forwarding object of this kind of this install, as indexed.
     fn all_indexed(&self, index: &Index) -> Vec<ForwardingObject>;
-    /// What its objects shared by every Service need, if anything.
-    fn shared_change(&self, settings: &ForwardingSettings, index: &Index) -> Option<SharedChange>;
+    /// What its objects shared by every Service need, in the order it is to be done: a change
+    /// may need those before it done.
+    fn shared_changes(&self, settings: &ForwardingSettings, index: &Index) -> Vec<SharedChange>;
+    /// Its objects shared by every Service that an uninstall deletes, in that order; the objects
+    /// they own go with them.
+    fn uninstalled(&self, settings: &ForwardingSettings) -> Vec<SharedObject>;
 }
 
 /// The object of another data plane that carried the Service's forwarding, to delete once this

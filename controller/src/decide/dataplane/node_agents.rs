@@ -1,8 +1,9 @@
 //! The node agent data plane (`--dataplane agent`): instead of a DaemonSet of proxy pods per
 //! Service, a plan per Service (a ConfigMap naming its ports, destination, source ranges and
 //! the nodes that may serve it) and one DaemonSet of agents that program every plan of their
-//! node in the node's network namespace and report back which Services the node forwards.
-//! No scheduler reads a plan: the checks the API server and the scheduler make of a proxy pod
+//! node in the node's network namespace and report back which Services the node forwards, in
+//! a report per node that the controller makes for them. Their Role, which the controller keeps
+//! too, lets them write those reports and no other object. No scheduler reads a plan: the checks the API server and the scheduler make of a proxy pod
 //! (its tolerations) are made here, and the agents' own pods say why a node does not forward.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,17 +18,18 @@ use hostlb_model::service::ServiceView;
 use hostlb_model::taints::{invalid_tolerations, repelling_taint};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, PodSpec, PodTemplateSpec, Toleration};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::core::ApiResource;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 
 use super::proxy_daemonset::{
     config_hash_of, field_env, follow_args, net_admin, resources, service_labels, tolerations, with_config_hash,
 };
 use super::{
     apply, erased, typed, DataPlane, Forwarded, Forwarding, ForwardingKind, ForwardingObject, ForwardingSettings,
-    SharedChange,
+    SharedChange, SharedObject,
 };
 use crate::decide::proxy_health::{creation_failure, failing_pods, unschedulable, NODE_AGENT};
 use crate::state::{Index, ProxyPod};
@@ -123,11 +125,119 @@ impl DataPlane for NodeAgents {
         index.plans.values().map(|plan| erased(plan.as_ref())).collect()
     }
 
-    /// The agents' DaemonSet, when it is missing or differs.
-    fn shared_change(&self, settings: &ForwardingSettings, index: &Index) -> Option<SharedChange> {
-        let desired = desired_agent(settings);
-        let current = index.agents.values().next().is_some_and(|e| config_hash_of(e) == config_hash_of(&desired));
-        (!current).then(|| SharedChange::Apply(Box::new(desired)))
+    /// The agents' Role and RoleBinding, then their DaemonSet, when missing or different, so
+    /// that agents start with their permissions in place; then a report for each node that
+    /// has none, owned by the DaemonSet once it is made, since agents may fill reports in but
+    /// not create them. The report of a node that is gone goes once its agent has.
+    fn shared_changes(&self, settings: &ForwardingSettings, index: &Index) -> Vec<SharedChange> {
+        let nodes: BTreeSet<&str> = index.nodes.values().filter_map(|node| node.metadata.name.as_deref()).collect();
+        let role = desired_role(settings, &nodes);
+        let binding = desired_binding(settings);
+        let agents = desired_agent(settings);
+        let mut changes = Vec::new();
+        if index.agent_role.values().next().is_none_or(|current| current.rules != role.rules) {
+            changes.push(SharedChange::Apply(SharedObject::of(&role)));
+        }
+        let bound =
+            |current: &RoleBinding| current.role_ref == binding.role_ref && current.subjects == binding.subjects;
+        if !index.agent_binding.values().next().is_some_and(|current| bound(current)) {
+            changes.push(SharedChange::Apply(SharedObject::of(&binding)));
+        }
+        let current_agents = index.agents.values().next();
+        if current_agents.is_none_or(|current| config_hash_of(current) != config_hash_of(&agents)) {
+            changes.push(SharedChange::Apply(SharedObject::of(&agents)));
+        }
+        let reported: BTreeSet<&str> = index.agent_reports.values().map(|report| report.node.as_str()).collect();
+        if let Some(owner) = current_agents {
+            let missing = nodes.difference(&reported);
+            let made = missing.map(|node| objects::report(owner, &settings.install_id, node, BTreeMap::new()));
+            changes.extend(made.map(|report| SharedChange::Create(SharedObject::of(&report))));
+        }
+        let departed = index.agent_reports.entries().filter(|(_, report)| {
+            !nodes.contains(report.node.as_str()) && index.agent_pods.group_is_empty(&report.node)
+        });
+        changes.extend(departed.map(|(key, _)| SharedChange::Delete(SharedObject::of(&named::<ConfigMap>(key)))));
+        changes
+    }
+
+    /// The agents' DaemonSet first, whose agents, seeing it gone, remove their nodes' rules, and
+    /// whose reports go with it; then their permissions.
+    fn uninstalled(&self, settings: &ForwardingSettings) -> Vec<SharedObject> {
+        let role = desired_role(settings, &BTreeSet::new());
+        vec![
+            SharedObject::of(&desired_agent(settings)),
+            SharedObject::of(&desired_binding(settings)),
+            SharedObject::of(&role),
+        ]
+    }
+}
+
+/// The object of kind `K` at `key` (`namespace/name`), with nothing but its name.
+fn named<K: Resource<DynamicType = ()> + Default>(key: &str) -> K {
+    let (namespace, name) = key.split_once('/').unwrap_or_default();
+    let mut object = K::default();
+    let metadata = object.meta_mut();
+    (metadata.namespace, metadata.name) = (Some(namespace.into()), Some(name.into()));
+    object
+}
+
+/// The agents' Role. They read the plans (RBAC cannot select ConfigMaps by label, so every one
+/// of the namespace), may write the report of each node and no other object, and read their own
+/// DaemonSet to tell an uninstall from a restart. RBAC cannot hold an agent to its own node's
+/// report: any of them may write any node's (see the README).
+pub fn desired_role(settings: &ForwardingSettings, nodes: &BTreeSet<&str>) -> Role {
+    let rule = |group: &str, resource: &str, resource_names: Vec<String>, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.into()]),
+        resources: Some(vec![resource.into()]),
+        resource_names: Some(resource_names).filter(|resource_names| !resource_names.is_empty()),
+        verbs: verbs.iter().map(ToString::to_string).collect(),
+        non_resource_urls: None,
+    };
+    let mut rules = vec![rule("", "configmaps", Vec::new(), &["get", "list", "watch"])];
+    // A rule without names would grant every ConfigMap: with no node, there is no such rule.
+    if !nodes.is_empty() {
+        let reports = nodes.iter().map(|node| objects::report_name(&settings.agent, node)).collect();
+        rules.push(rule("", "configmaps", reports, &["patch"]));
+    }
+    rules.push(rule("apps", "daemonsets", vec![settings.agent.clone()], &["get"]));
+    Role { metadata: agents_metadata(settings), rules: Some(rules) }
+}
+
+/// Binds the agents' ServiceAccount to their Role.
+pub fn desired_binding(settings: &ForwardingSettings) -> RoleBinding {
+    RoleBinding {
+        metadata: agents_metadata(settings),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: settings.agent.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: AGENT_SERVICE_ACCOUNT.into(),
+            namespace: Some(settings.namespace.clone()),
+            api_group: None,
+        }]),
+    }
+}
+
+/// The labels of the agents' objects and pods.
+fn agents_labels(settings: &ForwardingSettings) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (names::LABEL_NAME.to_string(), names::APP_NAME.to_string()),
+        (names::LABEL_COMPONENT.to_string(), COMPONENT_AGENT.to_string()),
+        (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),
+        (names::LABEL_INSTALL.to_string(), settings.install_id.clone()),
+    ])
+}
+
+/// The agents' DaemonSet, Role and RoleBinding are named alike.
+fn agents_metadata(settings: &ForwardingSettings) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(settings.agent.clone()),
+        namespace: Some(settings.namespace.clone()),
+        labels: Some(agents_labels(settings)),
+        ..Default::default()
     }
 }
 
@@ -163,12 +273,7 @@ pub fn plan_needs_apply(existing: Option<&ConfigMap>, desired: &ConfigMap) -> bo
 /// taint, since which Service a node serves is decided per plan (with the Service's own
 /// tolerations) and not by where the agent runs.
 pub fn desired_agent(settings: &ForwardingSettings) -> DaemonSet {
-    let labels = BTreeMap::from([
-        (names::LABEL_NAME.to_string(), names::APP_NAME.to_string()),
-        (names::LABEL_COMPONENT.to_string(), COMPONENT_AGENT.to_string()),
-        (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),
-        (names::LABEL_INSTALL.to_string(), settings.install_id.clone()),
-    ]);
+    let labels = agents_labels(settings);
     let args = proxy::AgentArgs {
         namespace: String::new(),
         install: settings.install_id.clone(),
@@ -199,12 +304,7 @@ pub fn desired_agent(settings: &ForwardingSettings) -> DaemonSet {
         ..Default::default()
     };
     with_config_hash(DaemonSet {
-        metadata: ObjectMeta {
-            name: Some(settings.agent.clone()),
-            namespace: Some(settings.namespace.clone()),
-            labels: Some(labels.clone()),
-            ..Default::default()
-        },
+        metadata: agents_metadata(settings),
         spec: Some(DaemonSetSpec {
             selector: LabelSelector { match_labels: Some(labels.clone()), ..Default::default() },
             template: PodTemplateSpec {
@@ -220,9 +320,11 @@ pub fn desired_agent(settings: &ForwardingSettings) -> DaemonSet {
 #[cfg(test)]
 mod tests {
     use hostlb_contract::{Destination, PlannedService};
+    use kube::runtime::watcher::Event;
 
     use super::*;
-    use crate::fixtures::{settings, ServiceBuilder};
+    use crate::fixtures::{agent_pod, index_of, settings, NodeBuilder, ServiceBuilder};
+    use crate::state::index::kept_whole;
 
     #[test]
     fn a_plan_carries_what_a_proxy_pod_would_run_and_reads_back_on_each_node() {
@@ -260,5 +362,119 @@ mod tests {
         );
         let command = container.command.clone().unwrap();
         assert_eq!(command[..2], ["/hostlb-controller", "node-agent"]);
+    }
+
+    fn described(changes: &[SharedChange]) -> Vec<String> {
+        changes.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_agents_may_patch_every_nodes_report_and_write_nothing_else() {
+        let settings = settings().forwarding;
+        let role = desired_role(&settings, &BTreeSet::from(["n1", "n2"]));
+        let rules = role.rules.unwrap();
+        let writes: Vec<&PolicyRule> = rules
+            .iter()
+            .filter(|rule| rule.verbs.iter().any(|verb| !["get", "list", "watch"].contains(&verb.as_str())))
+            .collect();
+        assert_eq!(writes.len(), 1, "{rules:?}");
+        assert_eq!(writes[0].verbs, ["patch"]);
+        assert_eq!(writes[0].resources.as_deref(), Some(&["configmaps".to_string()][..]));
+        assert_eq!(
+            writes[0].resource_names.as_deref(),
+            Some(&["hostlb-agent.n1".to_string(), "hostlb-agent.n2".to_string()][..])
+        );
+        let daemonsets =
+            rules.iter().find(|rule| rule.api_groups.as_deref() == Some(&["apps".to_string()][..])).unwrap();
+        assert_eq!(
+            (daemonsets.verbs.clone(), daemonsets.resource_names.clone()),
+            (vec!["get".into()], Some(vec!["hostlb-agent".into()]))
+        );
+
+        let without_nodes = desired_role(&settings, &BTreeSet::new()).rules.unwrap();
+        assert!(
+            without_nodes
+                .iter()
+                .all(|rule| rule.verbs.iter().all(|verb| ["get", "list", "watch"].contains(&verb.as_str()))),
+            "a rule with no names would grant every ConfigMap: {without_nodes:?}"
+        );
+        let binding = desired_binding(&settings);
+        assert_eq!((binding.role_ref.kind.as_str(), binding.role_ref.name.as_str()), ("Role", "hostlb-agent"));
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!((subject.name.as_str(), subject.namespace.as_deref()), ("hostlb-agent", Some("hostlb-system")));
+    }
+
+    #[test]
+    fn permissions_come_before_the_agents_and_each_node_gets_a_report_once_they_run() {
+        let settings = &settings().forwarding;
+        let nodes = [NodeBuilder::new("n1").build(), NodeBuilder::new("n2").build()];
+        let mut index = index_of(&[], &nodes, &[], &[]);
+        assert_eq!(
+            described(&NodeAgents.shared_changes(settings, &index)),
+            [
+                "apply Role hostlb-system/hostlb-agent",
+                "apply RoleBinding hostlb-system/hostlb-agent",
+                "apply DaemonSet hostlb-system/hostlb-agent"
+            ]
+        );
+
+        let mut agents = desired_agent(settings);
+        agents.metadata.uid = Some("agents-uid".into());
+        index.agents.apply(&Event::Apply(agents.clone()), kept_whole);
+        index.agent_role.apply(&Event::Apply(desired_role(settings, &BTreeSet::from(["n1", "n2"]))), kept_whole);
+        index.agent_binding.apply(&Event::Apply(desired_binding(settings)), kept_whole);
+        let n1 = objects::report(&agents, &settings.install_id, "n1", BTreeMap::new());
+        index.apply_agent_report(&Event::Apply(n1.clone()), &settings.agent);
+        let changes = NodeAgents.shared_changes(settings, &index);
+        assert_eq!(described(&changes), ["create ConfigMap hostlb-system/hostlb-agent.n2"]);
+        let made: ConfigMap = typed(&changes[0].object().object).unwrap();
+        assert_eq!(
+            made,
+            objects::report(&agents, &settings.install_id, "n2", BTreeMap::new()),
+            "empty, owned by the agents"
+        );
+
+        // A node joins: its agent may write its report once the Role names it.
+        let n3 = NodeBuilder::new("n3").build();
+        index.apply_node(&Event::Apply(n3.clone()));
+        index.apply_agent_report(
+            &Event::Apply(objects::report(&agents, &settings.install_id, "n2", BTreeMap::new())),
+            &settings.agent,
+        );
+        assert_eq!(
+            described(&NodeAgents.shared_changes(settings, &index)),
+            ["apply Role hostlb-system/hostlb-agent", "create ConfigMap hostlb-system/hostlb-agent.n3"]
+        );
+
+        // Nodes leave: a report goes once the node's agent has gone too.
+        index.agent_role.apply(&Event::Apply(desired_role(settings, &BTreeSet::from(["n1", "n2", "n3"]))), kept_whole);
+        index.apply_agent_report(
+            &Event::Apply(objects::report(&agents, &settings.install_id, "n3", BTreeMap::new())),
+            &settings.agent,
+        );
+        index.apply_node(&Event::Delete(n3));
+        index.apply_node(&Event::Delete(nodes[0].clone()));
+        index.apply_agent_pod(&Event::Apply(agent_pod("n3", "ContainerCreating")), &settings.install_id);
+        assert_eq!(
+            described(&NodeAgents.shared_changes(settings, &index)),
+            ["apply Role hostlb-system/hostlb-agent", "delete ConfigMap hostlb-system/hostlb-agent.n1"]
+        );
+    }
+
+    #[test]
+    fn an_uninstall_deletes_the_agents_before_their_permissions() {
+        let described: Vec<String> = NodeAgents
+            .uninstalled(&settings().forwarding)
+            .iter()
+            .map(|shared| format!("{} {}", shared.resource.kind, crate::state::key_of(&shared.object)))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "DaemonSet hostlb-system/hostlb-agent",
+                "RoleBinding hostlb-system/hostlb-agent",
+                "Role hostlb-system/hostlb-agent"
+            ]
+        );
     }
 }

@@ -17,7 +17,7 @@ use kube::core::ApiResource;
 use super::proxy_daemonset::{config_hash_of, desired_daemonset, pod_template_marks};
 use super::{
     apply, erased, typed, Applied, DataPlane, Forwarded, Forwarding, ForwardingKind, ForwardingObject,
-    ForwardingSettings, SharedChange,
+    ForwardingSettings, SharedChange, SharedObject,
 };
 use crate::decide::proxy_health::creation_failure;
 use crate::decide::roll::{self, eligible_node_names};
@@ -102,10 +102,25 @@ impl DataPlane for ProxyPods {
     }
 
     /// Once no plan is left, every Service's proxy pods have taken over from the node agents,
-    /// whose DaemonSet then goes (and its agents, seeing it gone, remove their nodes' rules).
-    fn shared_change(&self, _: &ForwardingSettings, index: &Index) -> Option<SharedChange> {
-        let agents = index.agents.values().next()?;
-        index.plans.values().next().is_none().then(|| SharedChange::Delete(agents.clone()))
+    /// whose DaemonSet then goes (its agents, seeing it gone, remove their nodes' rules, and its
+    /// reports go with it); their RoleBinding and Role go once no agent is left, so that those
+    /// still stopping can read their DaemonSet.
+    fn shared_changes(&self, _: &ForwardingSettings, index: &Index) -> Vec<SharedChange> {
+        if let Some(agents) = index.agents.values().next() {
+            let taken_over = index.plans.values().next().is_none();
+            return taken_over.then(|| SharedChange::Delete(SharedObject::of(agents.as_ref()))).into_iter().collect();
+        }
+        if index.agent_pods.values().next().is_some() {
+            return Vec::new();
+        }
+        let bindings = index.agent_binding.values().map(|binding| SharedObject::of(binding.as_ref()));
+        let roles = index.agent_role.values().map(|role| SharedObject::of(role.as_ref()));
+        bindings.chain(roles).map(SharedChange::Delete).collect()
+    }
+
+    /// Proxy DaemonSets are the Services' own.
+    fn uninstalled(&self, _: &ForwardingSettings) -> Vec<SharedObject> {
+        Vec::new()
     }
 }
 
@@ -124,4 +139,42 @@ pub fn needs_apply(existing: Option<&DaemonSet>, desired: &DaemonSet, last_appli
         None => (config_hash_of(existing), true),
     };
     current_hash != config_hash_of(desired) || edited_since
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+    use crate::decide::dataplane::node_agents::{desired_agent, desired_binding, desired_plan, desired_role};
+    use crate::fixtures::{agent_pod, index_of, settings, ServiceBuilder};
+    use crate::state::index::kept_whole;
+
+    #[test]
+    fn the_agents_go_once_no_plan_is_left_and_their_permissions_once_no_agent_is() {
+        let settings = &settings().forwarding;
+        let mut index = index_of(&[], &[], &[agent_pod("n1", "ContainerCreating")], &[]);
+        let described = |index: &Index| -> Vec<String> {
+            ProxyPods.shared_changes(settings, index).iter().map(ToString::to_string).collect()
+        };
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
+        let plan = desired_plan(&lb, &["n1"], settings);
+        index.apply_plan(&Event::Apply(plan.clone()));
+        index.agents.apply(&Event::Apply(desired_agent(settings)), kept_whole);
+        index.agent_role.apply(&Event::Apply(desired_role(settings, &BTreeSet::from(["n1"]))), kept_whole);
+        index.agent_binding.apply(&Event::Apply(desired_binding(settings)), kept_whole);
+        assert!(described(&index).is_empty(), "the agents still forward a Service");
+
+        index.apply_plan(&Event::Delete(plan));
+        assert_eq!(described(&index), ["delete DaemonSet hostlb-system/hostlb-agent"]);
+        index.agents.apply(&Event::Delete(desired_agent(settings)), kept_whole);
+        assert!(described(&index).is_empty(), "an agent still stopping reads its DaemonSet");
+        index.apply_agent_pod(&Event::Delete(agent_pod("n1", "ContainerCreating")), &settings.install_id);
+        assert_eq!(
+            described(&index),
+            ["delete RoleBinding hostlb-system/hostlb-agent", "delete Role hostlb-system/hostlb-agent"]
+        );
+    }
 }
