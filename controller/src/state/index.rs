@@ -18,7 +18,7 @@ use hostlb_model::agent::COMPONENT_AGENT;
 use hostlb_model::names;
 use hostlb_model::node_labels::carries_enablelb;
 use hostlb_model::options::ServiceLb;
-use hostlb_model::readiness::{daemon_pod_target_node, node_can_serve, node_is_ready};
+use hostlb_model::readiness::{daemon_pod_target_node, node_can_serve};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, PodTemplateSpec, Service};
@@ -119,15 +119,15 @@ pub struct Index {
     /// Whether the Lease watch has delivered since its last error.
     lease_watch_healthy: bool,
     /// Whether Leases were last judged while this controller may have been blind to renewals.
-    blind: bool,
+    pub(super) blind: bool,
     /// When it last regained sight of the renewals, and whether that was under
     /// `AFTER_BLINDNESS` ago when Leases were last judged.
     regained_sight: Option<Instant>,
-    recovering: bool,
+    pub(super) recovering: bool,
     /// Since when withdrawals have been paused, and whether that pause outlasted its limit
     /// (`bound_pause`).
-    paused_since: Option<Instant>,
-    pause_ended: bool,
+    pub(super) paused_since: Option<Instant>,
+    pub(super) pause_ended: bool,
     /// Nodes whose Lease was stale when the clock was last read (`judge_leases`).
     stale_nodes: BTreeSet<String>,
     /// When each (Service UID, node) last saw its proxy pod go, for `DEPARTURE_MEMORY`.
@@ -211,49 +211,8 @@ impl Index {
     }
 
     /// Whether the node's kubelet is not judged stale (`judge_leases`).
-    fn renews(&self, node: &Node) -> bool {
+    pub(super) fn renews(&self, node: &Node) -> bool {
         node.metadata.name.as_ref().is_none_or(|name| !self.stale_nodes.contains(name))
-    }
-
-    /// Whether decisions withdraw no address now, since what makes nodes look down is more
-    /// likely a control plane that was away than the nodes: while more than half the nodes look
-    /// down at once (not Ready, or their kubelet silent), while this controller may be blind to
-    /// renewals (`judge_leases`), and for `AFTER_BLINDNESS` after this
-    /// controller regained sight of the node Leases, when the node controller, which was just
-    /// as blind, marks nodes and their pods NotReady until their kubelets report again.
-    /// Such a pause ends once it has lasted its limit (`bound_pause`).
-    pub fn withdrawals_paused(&self) -> bool {
-        self.pause_warranted() && !self.pause_ended
-    }
-
-    fn pause_warranted(&self) -> bool {
-        let nodes = self.nodes.values().count();
-        self.unhealthy_nodes() * 2 > nodes || self.blind || self.recovering
-    }
-
-    fn unhealthy_nodes(&self) -> usize {
-        self.nodes.values().filter(|node| !(node_is_ready(node) && self.renews(node))).count()
-    }
-
-    /// Ends a pause in withdrawals once it has lasted `limit`, read at `now`: as the node
-    /// controller's full-disruption mode stops believing a zone is down only while it cannot
-    /// see it, nodes that have looked down that long are believed and leave the status. Returns
-    /// whether it ended the pause now.
-    pub fn bound_pause(&mut self, now: Instant, limit: Duration) -> bool {
-        if !self.pause_warranted() {
-            (self.paused_since, self.pause_ended) = (None, false);
-            return false;
-        }
-        let since = *self.paused_since.get_or_insert(now);
-        let ended = now.saturating_duration_since(since) >= limit;
-        let ends_now = ended && !self.pause_ended;
-        self.pause_ended = ended;
-        ends_now
-    }
-
-    /// How many nodes of how many look down, when a pause in withdrawals outlasted its limit.
-    pub fn pause_outlasted(&self) -> Option<(usize, usize)> {
-        self.pause_ended.then(|| (self.unhealthy_nodes(), self.nodes.values().count()))
     }
 
     /// The node, if it `serves`.

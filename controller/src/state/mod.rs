@@ -7,6 +7,7 @@ pub mod node_liveness;
 pub mod proxy_pod;
 pub mod section;
 pub mod triggers;
+pub mod withdrawals;
 
 pub use index::Index;
 pub use proxy_pod::ProxyPod;
