@@ -730,14 +730,31 @@ fn a_proxy_daemonset_is_kept_without_its_pod_template_and_still_counts_as_applie
     assert!(needs_apply(Some(kept), &desired, None), "a replica that has not applied it yet applies it once");
 }
 
+/// Three nodes of which n2 and n3 are not Ready, a proxy pod Ready on each, and the Service
+/// (published on all three) with its DaemonSet.
+struct TwoOfThreeDown {
+    service: Service,
+    all_three: Service,
+    existing: DaemonSet,
+    nodes: [Node; 3],
+    pods: [Pod; 3],
+}
+
+fn two_of_three_down() -> TwoOfThreeDown {
+    let service = ServiceBuilder::new("web").build();
+    let down = |name: &str, ip: &str| NodeBuilder::new(name).internal(ip).not_ready().build();
+    TwoOfThreeDown {
+        existing: desired_for(&service),
+        all_three: published(service.clone(), &["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+        service,
+        nodes: [NodeBuilder::new("n1").internal("10.0.0.1").build(), down("n2", "10.0.0.2"), down("n3", "10.0.0.3")],
+        pods: [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true), proxy_pod("p3", "n3", true)],
+    }
+}
+
 #[test]
 fn while_most_nodes_look_down_at_once_nothing_is_withdrawn_and_additions_go_on() {
-    let service = ServiceBuilder::new("web").build();
-    let existing = desired_for(&service);
-    let down = |name: &str, ip: &str| NodeBuilder::new(name).internal(ip).not_ready().build();
-    let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build(), down("n2", "10.0.0.2"), down("n3", "10.0.0.3")];
-    let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true), proxy_pod("p3", "n3", true)];
-    let all_three = published(service.clone(), &["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    let TwoOfThreeDown { service, all_three, existing, nodes, pods } = two_of_three_down();
     let index = index_of(std::slice::from_ref(&all_three), &nodes, &pods, std::slice::from_ref(&existing));
     let serving = served(&all_three, &index, Some(&existing));
     assert!(serving.publish.is_none() && serving.condition.is_none(), "nothing withdrawn: {serving:?}");
@@ -756,12 +773,7 @@ fn while_most_nodes_look_down_at_once_nothing_is_withdrawn_and_additions_go_on()
 
 #[test]
 fn once_most_nodes_have_looked_down_past_the_limit_those_still_down_leave_with_a_warning() {
-    let service = ServiceBuilder::new("web").build();
-    let existing = desired_for(&service);
-    let down = |name: &str, ip: &str| NodeBuilder::new(name).internal(ip).not_ready().build();
-    let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build(), down("n2", "10.0.0.2"), down("n3", "10.0.0.3")];
-    let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true), proxy_pod("p3", "n3", true)];
-    let all_three = published(service, &["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    let TwoOfThreeDown { all_three, existing, nodes, pods, .. } = two_of_three_down();
     let mut index = index_of(std::slice::from_ref(&all_three), &nodes, &pods, std::slice::from_ref(&existing));
     let start = std::time::Instant::now();
     index.bound_pause(start, settings().withdrawal_pause_limit);

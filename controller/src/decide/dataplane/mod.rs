@@ -195,8 +195,8 @@ pub trait DataPlane: Sync {
     fn indexed(&self, index: &Index, key: &str) -> Option<ForwardingObject>;
     /// Every forwarding object of this kind of this install, as indexed.
     fn all_indexed(&self, index: &Index) -> Vec<ForwardingObject>;
-    /// What its objects shared by every Service need, in the order it is to be done: a change
-    /// may need those before it done.
+    /// What its objects shared by every Service need, in order: a change may need the ones
+    /// before it done.
     fn shared_changes(&self, settings: &ForwardingSettings, index: &Index) -> Vec<SharedChange>;
     /// Its objects shared by every Service that an uninstall deletes, in that order; the objects
     /// they own go with them.
