@@ -13,7 +13,8 @@ use hostlb_model::options::ServiceLb;
 /// would catch their traffic on the node's addresses. The README's "Ports refused by default"
 /// names who uses each (a test keeps the two the same).
 pub const DEFAULT_DENIED_PORTS: &str = "22,111,179,500,2049,2379-2381,4240,4244,4500,4789,5473,6081,6443-6444,\
-                                        6783-6784,8285,8472,9099,9100,9345,10248-10260,51820-51821,51871";
+                                        6641-6642,6783-6784,7946,8285,8472,9099,9100,9345,10248-10260,50000,\
+                                        51820-51821,51871";
 /// The API server's default `--service-node-port-range`.
 pub const DEFAULT_NODE_PORT_RANGE: &str = "30000-32767";
 
@@ -125,11 +126,13 @@ mod tests {
     fn the_nodes_own_ports_and_the_node_port_range_are_refused_by_default() {
         let policy = policy(DEFAULT_DENIED_PORTS, "");
         let infrastructure = [22, 111, 179, 500, 2049, 2379, 2381, 4240, 4244, 4500, 4789, 5473, 6081, 6443, 6444];
-        let more = [6783, 6784, 8285, 8472, 9099, 9100, 9345, 10248, 10250, 10256, 10260, 51820, 51821, 51871];
+        let more = [6641, 6642, 6783, 6784, 7946, 8285, 8472, 9099, 9100, 9345, 10248, 10250, 10256, 10260, 50000];
+        let more = more.into_iter().chain([51820, 51821, 51871]);
         for port in infrastructure.into_iter().chain(more).chain([30000, 32767]) {
             assert!(policy.refusal(port).is_some(), "{port} should be refused");
         }
-        for port in [53, 80, 443, 2378, 2382, 6082, 8080, 9101, 10247, 10261, 29999, 32768, 51822] {
+        let allowed = [53, 80, 443, 2378, 2382, 6082, 6640, 6643, 7945, 7947, 8080, 9101, 10247, 10261, 29999];
+        for port in allowed.into_iter().chain([32768, 49999, 50001, 51822]) {
             assert_eq!(policy.refusal(port), None, "{port} should be allowed");
         }
         assert_eq!(policy.refusal(6443).unwrap(), "the node's own daemons listen there (--denied-ports)");
