@@ -131,13 +131,7 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
                 Ok(()) => installed = Some(wanted.rules.clone()),
                 Err(error) => {
                     tracing::error!(%error, "programming the node's table failed; the rules in place stay");
-                    for report in wanted.reports.values_mut() {
-                        *report = ServiceReport {
-                            forwarding: false,
-                            problem: Some(format!("the node's rules could not be programmed: {error}")),
-                            ..report.clone()
-                        };
-                    }
+                    kept_in_place(&mut wanted.reports, reported.as_ref(), &args.node);
                     retry_at = Some(tokio::time::Instant::now() + RETRY);
                 }
             }
@@ -151,6 +145,24 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
                 }
             }
         }
+    }
+}
+
+/// The reports after a transaction failed: the rules in place stay, so each Service forwards as
+/// last reported. The kernel's words stay in the agent's log: they may name other Services'
+/// backends, and every Service on the node would carry them.
+fn kept_in_place(
+    reports: &mut BTreeMap<String, ServiceReport>,
+    last: Option<&BTreeMap<String, ServiceReport>>,
+    node: &str,
+) {
+    for (uid, report) in reports.iter_mut() {
+        let forwarding = last.and_then(|last| last.get(uid)).is_some_and(|before| before.forwarding);
+        let problem = format!(
+            "the node agent on {node} could not update the node's rules; the rules in place stay and it tries \
+             again (its log says why)"
+        );
+        *report = ServiceReport { forwarding, problem: Some(problem), ..report.clone() };
     }
 }
 
@@ -224,4 +236,34 @@ async fn stop(daemonsets: &Api<DaemonSet>, own: &DaemonSet) -> Result<()> {
     kernel::apply(&removal()).map_err(Error::Rules)?;
     tracing::info!("the agent's DaemonSet is gone: removed the node's table");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(service: &str, forwarding: bool) -> ServiceReport {
+        ServiceReport { service: service.into(), forwarding, problem: None }
+    }
+
+    #[test]
+    fn a_failed_transaction_reports_what_the_rules_in_place_forward_and_no_kernel_words() {
+        let last =
+            BTreeMap::from([("a".to_string(), entry("shop/web", true)), ("b".to_string(), entry("shop/db", false))]);
+        let mut wanted = BTreeMap::from([
+            ("a".to_string(), entry("shop/web", true)),
+            ("b".to_string(), entry("shop/db", true)),
+            ("c".to_string(), entry("shop/new", true)),
+        ]);
+        kept_in_place(&mut wanted, Some(&last), "node-1");
+        let forwarding: Vec<bool> = wanted.values().map(|report| report.forwarding).collect();
+        assert_eq!(forwarding, [true, false, false], "as last reported; a new Service has no rules yet");
+        let problem = wanted["a"].problem.as_deref().unwrap();
+        assert_eq!(
+            problem,
+            "the node agent on node-1 could not update the node's rules; the rules in place stay and it tries again \
+             (its log says why)"
+        );
+        assert!(wanted.values().all(|report| report.problem.as_deref() == Some(problem)));
+    }
 }
