@@ -4,7 +4,7 @@
 #                                 annotated with the version, the commit and the source
 #   hostlb.yaml                   the kustomize base rendered for those images, one manifest to
 #                                 `kubectl apply -f` (Kubernetes 1.20 and later; no
-#                                 PodDisruptionBudget, see the README)
+#                                 PodDisruptionBudget, see docs/install.md)
 #   hostlb-VERSION.tgz            the Helm chart, versioned
 #   kubectl-hostlb_VERSION_linux_amd64.tar.gz, krew-hostlb.yaml
 #                                 the kubectl plugin and its krew manifest (HOSTLB_RELEASE_URL:

@@ -10,8 +10,8 @@ use hostlb_contract::PortMap;
 use hostlb_model::options::ServiceLb;
 
 /// Ports of daemons on the node, outside Kubernetes or beside it: a proxy pod's hostPort
-/// would catch their traffic on the node's addresses. The README's "Ports refused by default"
-/// names who uses each (a test keeps the two the same).
+/// would catch their traffic on the node's addresses. The table "Ports refused by default" in
+/// docs/sharing-and-ports.md names who uses each (a test keeps the two the same).
 pub const DEFAULT_DENIED_PORTS: &str = "22,111,179,500,2049,2379-2381,4240,4244,4500,4789,5473,6081,6443-6444,\
                                         6641-6642,6783-6784,7946,8285,8472,9099,9100,9345,10248-10260,50000,\
                                         51820-51821,51871";
@@ -156,12 +156,12 @@ mod tests {
         assert!(policy.refusal(9099).is_some());
     }
 
-    /// The README's table of the ports refused by default, one row per range, each naming who
-    /// uses it: the same ranges as the default, in the same order.
+    /// The table of the ports refused by default in docs/sharing-and-ports.md, one row per
+    /// range, each naming who uses it: the same ranges as the default, in the same order.
     #[test]
-    fn the_readme_names_who_uses_each_port_refused_by_default() {
-        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
-        let table = readme.split("### Ports refused by default").nth(1).expect("the README has the table");
+    fn the_docs_name_who_uses_each_port_refused_by_default() {
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/sharing-and-ports.md"));
+        let table = doc.split("## Ports refused by default").nth(1).expect("docs/sharing-and-ports.md has the table");
         let rows: Vec<Vec<&str>> = table
             .lines()
             .skip_while(|line| !line.starts_with('|'))

@@ -72,8 +72,8 @@ pub struct Args {
     #[arg(long, env = "HOSTLB_CONTROLLER_IMAGE", required_unless_present = "uninstall")]
     pub controller_image: Option<String>,
     /// What carries the traffic: a DaemonSet of proxy pods per Service, or one agent per node
-    /// that programs every Service in the node's network namespace (see the README's security
-    /// section for what each holds).
+    /// that programs every Service in the node's network namespace (see docs/dataplanes.md for
+    /// what each holds).
     #[arg(long, env = "HOSTLB_DATAPLANE", value_enum, default_value_t = DataPlaneKind::Pods)]
     pub dataplane: DataPlaneKind,
     /// How proxy pods turn on forwarding.
