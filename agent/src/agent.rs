@@ -1,34 +1,35 @@
 //! `hostlb-controller node-agent`: the opt-in data plane. One pod per node, in the node's
 //! network namespace, programs one nftables table for every Service the controller's plans
 //! give the node (`agent_rules`), in one transaction per change, and reports per Service
-//! whether the node forwards it. Its rules stay when it stops, so that an agent restart or
-//! upgrade loses no packet; they go when its DaemonSet is gone (an uninstall, or the
-//! controller back on proxy pods).
+//! whether the node forwards it, renewing the report every `HEARTBEAT` so that the controller
+//! can tell an agent that stopped. Its rules stay when it stops, so that an agent restart or
+//! upgrade loses no packet, and when the API server refuses it; they go when its DaemonSet is
+//! gone (an uninstall, or the controller back on proxy pods).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream};
 use futures::{FutureExt, StreamExt};
-use hostlb_contract::agent::ServiceReport;
+use hostlb_contract::agent::{ReportStatus, ServiceReport, Transaction};
 use hostlb_contract::{AgentArgs, Family, Protocol};
-use hostlb_lb::node_table::{node_ruleset, removal, NodeRules};
+use hostlb_lb::node_table::{node_ruleset, removal, NodeRules, ServiceRules};
 use hostlb_lb::{conntrack, kernel};
-use hostlb_model::agent;
+use hostlb_model::agent::{self, plan_resource, report_resource};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 
 use crate::agent_rules::{desired, PlanEntry, ServiceSlice};
+use crate::health::Health;
 use crate::listed::Listed;
 use crate::local_addresses;
 use crate::{endpoint_slice, endpoint_slice_resource, forget_stale_flows, signal, watch_config, Error, Result};
 
-/// The field manager of the agents' reports.
-const MANAGER: &str = "hostlb-agent";
 /// How soon a failed transaction or report is tried again.
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -36,9 +37,36 @@ const RETRY: Duration = Duration::from_secs(5);
 /// served within this long.
 const ADDRESS_POLL: Duration = Duration::from_secs(10);
 
+/// How often the report is written though nothing changed, as a kubelet renews its node's
+/// Lease: the controller takes a report not renewed for its bound (40 s by default) as unknown.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// How long a stopping agent whose DaemonSet is still there watches for it to go: deleting a
+/// namespace stops the pods and deletes the DaemonSet in one pass, in either order.
+const UNINSTALL_WAIT: Duration = Duration::from_secs(5);
+
 enum Update {
-    Plan(watcher::Event<ConfigMap>),
+    Plan(watcher::Event<DynamicObject>),
     Slice(watcher::Event<DynamicObject>),
+    Own(Box<watcher::Event<DaemonSet>>),
+}
+
+/// The agent's own DaemonSet as its watch shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OwnDaemonSet {
+    uid: String,
+    generation: i64,
+    deleting: bool,
+}
+
+impl OwnDaemonSet {
+    fn of(daemonset: &DaemonSet) -> OwnDaemonSet {
+        OwnDaemonSet {
+            uid: daemonset.uid().unwrap_or_default(),
+            generation: daemonset.metadata.generation.unwrap_or_default(),
+            deleting: daemonset.metadata.deletion_timestamp.is_some(),
+        }
+    }
 }
 
 /// What the watches and the kernel have told so far.
@@ -46,6 +74,7 @@ enum Update {
 struct Seen {
     plans: Listed<PlanEntry>,
     slices: Listed<ServiceSlice>,
+    own: Listed<OwnDaemonSet>,
     addresses: Option<Vec<IpAddr>>,
 }
 
@@ -56,6 +85,7 @@ impl Seen {
             Update::Slice(event) => self.slices.apply(event, |object| {
                 ServiceSlice::of(&object.namespace().unwrap_or_default(), object.labels(), endpoint_slice(object)?)
             }),
+            Update::Own(event) => self.own.apply(*event, |daemonset| Some(OwnDaemonSet::of(daemonset))),
         };
     }
 
@@ -64,37 +94,52 @@ impl Seen {
     fn synced(&self) -> bool {
         self.plans.synced && self.slices.synced && self.addresses.is_some()
     }
+
+    /// Whether the watch has seen the agent's own DaemonSet (`started` as the agent started
+    /// with it) deleted, being deleted, or replaced by another of the same name.
+    fn uninstalled(&self, started: &OwnDaemonSet) -> bool {
+        self.own.synced && self.own.current.values().next().is_none_or(|own| own.uid != started.uid || own.deleting)
+    }
 }
 
 pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), &args.namespace);
     let own = daemonsets.get(&args.daemonset).await.map_err(Error::api(format!("get DaemonSet {}", args.daemonset)))?;
+    let started = OwnDaemonSet::of(&own);
     for family in Family::ALL {
         if let Err(error) = kernel::enable_forwarding(family) {
             tracing::warn!(%error, family = family.name(), "cannot turn forwarding on");
         }
     }
+    let health = Health::default();
+    tokio::spawn(crate::health::serve(args.http_port, health.clone()));
     let resource = endpoint_slice_resource(&client).await?;
     let config = watch_config();
-    let plans = Api::<ConfigMap>::namespaced(client.clone(), &args.namespace);
+    let plans = Api::<DynamicObject>::namespaced_with(client.clone(), &args.namespace, &plan_resource());
     let plans = watcher(plans, config.clone().labels(&agent::plan_selector(&args.install)));
-    let slices = watcher(Api::<DynamicObject>::all_with(client.clone(), &resource), config);
+    let slices = watcher(Api::<DynamicObject>::all_with(client.clone(), &resource), config.clone());
+    let own_daemonset = watcher(daemonsets.clone(), config.fields(&format!("metadata.name={}", args.daemonset)));
     let mut updates: BoxStream<'static, Result<Update, watcher::Error>> = stream::select_all([
         plans.default_backoff().map(|event| event.map(Update::Plan)).boxed(),
         slices.default_backoff().map(|event| event.map(Update::Slice)).boxed(),
+        own_daemonset.default_backoff().map(|event| event.map(|event| Update::Own(Box::new(event)))).boxed(),
     ])
     .boxed();
     tracing::info!(node = args.node, namespace = args.namespace, "programming this node's plans");
 
     let report_name = agent::report_name(&args.daemonset, &args.node);
-    let reports: Api<ConfigMap> = Api::namespaced(client.clone(), &args.namespace);
+    let reports = Api::<DynamicObject>::namespaced_with(client.clone(), &args.namespace, &report_resource());
     let mut seen = Seen::default();
     let mut installed: Option<NodeRules> = None;
+    let mut programmed: BTreeMap<String, ServiceRules> = BTreeMap::new();
+    let mut last_transaction: Option<Transaction> = None;
     let mut reported: Option<BTreeMap<String, ServiceReport>> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut address_poll = tokio::time::interval(ADDRESS_POLL);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
+        health.turned();
         let retry = async {
             match retry_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -111,6 +156,7 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
                 }
             }
             () = retry => retry_at = None,
+            _ = heartbeat.tick() => reported = None,
             _ = address_poll.tick() => match local_addresses::read().await {
                 Ok(addresses) if seen.addresses.as_ref() == Some(&addresses) => continue,
                 Ok(addresses) => seen.addresses = Some(addresses),
@@ -119,16 +165,29 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
                     continue;
                 }
             },
-            _ = terminate.recv() => return stop(&daemonsets, &own).await,
+            _ = terminate.recv() => return stop(&daemonsets, &args.daemonset, &started, &mut seen, &mut updates).await,
         }
         if !seen.synced() {
             continue;
         }
-        let addresses = seen.addresses.clone().unwrap_or_default();
-        let mut wanted = desired(&args.node, addresses, seen.plans.current.values(), seen.slices.current.values());
-        if installed.as_ref() != Some(&wanted.rules) {
-            match program(&wanted.rules) {
-                Ok(()) => installed = Some(wanted.rules.clone()),
+        let mut wanted = desired(&args.node, seen.plans.current.values(), seen.slices.current.values(), &programmed);
+        let rules = wanted.rules(seen.addresses.clone().unwrap_or_default());
+        if installed.as_ref() != Some(&rules) {
+            let began = std::time::Instant::now();
+            let outcome = program(&rules);
+            let took = began.elapsed();
+            health.metrics.transaction(took, rules.services.len(), outcome.is_ok());
+            last_transaction = Some(Transaction {
+                at: Timestamp::now().to_string(),
+                milliseconds: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                services: rules.services.len(),
+                succeeded: outcome.is_ok(),
+            });
+            match outcome {
+                Ok(()) => {
+                    installed = Some(rules);
+                    programmed = wanted.services.clone();
+                }
                 Err(error) => {
                     tracing::error!(%error, "programming the node's table failed; the rules in place stay");
                     kept_in_place(&mut wanted.reports, reported.as_ref(), &args.node);
@@ -136,8 +195,12 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
                 }
             }
         }
+        health.ready.store(installed.is_some() && retry_at.is_none(), Ordering::Release);
         if reported.as_ref() != Some(&wanted.reports) {
-            match write_report(&reports, &report_name, &args, &own, &wanted.reports).await {
+            let status = ReportStatus::new(&wanted.reports, Timestamp::now().to_string(), last_transaction.clone());
+            let written = write_report(&reports, &report_name, &status).await;
+            health.metrics.report_writes.get_or_create(&crate::health::ResultLabels::of(written.is_ok())).inc();
+            match written {
                 Ok(()) => reported = Some(wanted.reports),
                 Err(error) => {
                     tracing::warn!(%error, report = report_name, "writing the report failed; trying again");
@@ -194,45 +257,61 @@ fn program(rules: &NodeRules) -> Result<(), hostlb_lb::error::Error> {
     Ok(())
 }
 
-/// The node's report, into the one the controller made for this node, which this agent may
-/// patch and not create: until it is there (a node that just joined) the write fails and is
-/// tried again.
-async fn write_report(
-    reports: &Api<ConfigMap>,
-    name: &str,
-    args: &AgentArgs,
-    own: &DaemonSet,
-    entries: &BTreeMap<String, ServiceReport>,
-) -> Result<()> {
-    let report = agent::report(own, &args.install, &args.node, hostlb_contract::agent::report_data(entries));
-    let params = PatchParams::apply(MANAGER).force();
-    // Until the controller has made it and let this agent write it, the API server refuses
-    // the write (403): it is tried again like any failed write.
-    let action = format!("apply ConfigMap {name}, which the controller makes for each node");
-    reports.patch(name, &params, &Patch::Apply(&report)).await.map_err(Error::api(action))?;
+/// The node's report, as the status of the one the controller made for this node, which this
+/// agent may patch and not create: until it is there (a node that just joined) the write fails
+/// and is tried again.
+async fn write_report(reports: &Api<DynamicObject>, name: &str, status: &ReportStatus) -> Result<()> {
+    let patch = serde_json::json!({ "status": status });
+    let action = format!("patch the status of NodeReport {name}, which the controller makes for each node");
+    reports.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::api(action))?;
     Ok(())
 }
 
 /// On SIGTERM: the rules stay while the agent's DaemonSet does (a restart, an upgrade, a node
-/// drain); they go when it is gone or being deleted, or when the agent may no longer read it
-/// (its ServiceAccount deleted with the namespace). The report goes with the DaemonSet, which
-/// owns it.
-async fn stop(daemonsets: &Api<DaemonSet>, own: &DaemonSet) -> Result<()> {
-    let current = daemonsets.get_opt(&own.name_any()).await;
-    let uninstalled = match &current {
-        Ok(Some(daemonset)) => daemonset.uid() != own.uid() || daemonset.metadata.deletion_timestamp.is_some(),
-        Ok(None) => true,
-        Err(kube::Error::Api(status)) => status.code == 401 || status.code == 403,
-        Err(_) => false,
-    };
-    if !uninstalled {
-        if let Err(error) = &current {
-            tracing::warn!(%error, "cannot tell whether hostlb is being uninstalled; the rules stay");
-        } else {
-            tracing::info!("stopping; the node's rules stay in place for the next agent");
+/// drain), and whenever the agent cannot tell (the API server refuses or does not answer it);
+/// they go when its DaemonSet is gone or being deleted, as its watch or a last read shows. The
+/// report goes with the DaemonSet, which owns it.
+async fn stop(
+    daemonsets: &Api<DaemonSet>,
+    name: &str,
+    started: &OwnDaemonSet,
+    seen: &mut Seen,
+    updates: &mut BoxStream<'static, Result<Update, watcher::Error>>,
+) -> Result<()> {
+    let current = daemonsets.get_opt(name).await;
+    let rolling = match &current {
+        Ok(Some(daemonset)) => {
+            let now = OwnDaemonSet::of(daemonset);
+            if now.uid != started.uid || now.deleting {
+                return remove_table();
+            }
+            now.generation != started.generation
         }
-        return Ok(());
+        Ok(None) => return remove_table(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the agent's DaemonSet; the rules stay unless its watch shows it gone");
+            false
+        }
+    };
+    // A new template is a roll: the next agent follows at once. Otherwise the DaemonSet may be
+    // about to go with its namespace.
+    if !rolling {
+        let deadline = tokio::time::Instant::now() + UNINSTALL_WAIT;
+        while !seen.uninstalled(started) {
+            match tokio::time::timeout_at(deadline, updates.next()).await {
+                Ok(Some(update)) => absorb(seen, update),
+                Ok(None) | Err(_) => break,
+            }
+        }
     }
+    if seen.uninstalled(started) {
+        return remove_table();
+    }
+    tracing::info!("stopping; the node's rules stay in place for the next agent");
+    Ok(())
+}
+
+fn remove_table() -> Result<()> {
     kernel::apply(&removal()).map_err(Error::Rules)?;
     tracing::info!("the agent's DaemonSet is gone: removed the node's table");
     Ok(())

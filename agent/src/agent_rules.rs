@@ -8,36 +8,39 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use hostlb_contract::agent::{plan_lines, ServiceReport, PLAN_ARGS, PLAN_NODES};
-use hostlb_contract::PlannedService;
+use hostlb_contract::agent::{PlanSpec, ServiceReport};
 use hostlb_lb::node_table::{NodeRules, ServiceRules};
 use hostlb_lb::port_forwarding::PortForwarding;
 use hostlb_model::names;
-use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::DynamicObject;
 use kube::ResourceExt;
 
 use crate::endpoints::{endpoint_forwards, EndpointSlice, SERVICE_NAME_LABEL};
 
-/// A plan as the controller wrote it.
+/// A plan as the controller wrote it: its spec, or why it cannot be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanEntry {
     pub uid: String,
     /// `namespace/name` of the Service.
     pub service: String,
-    pub args: Vec<String>,
-    pub nodes: Vec<String>,
+    pub spec: Result<PlanSpec, String>,
 }
 
 impl PlanEntry {
-    /// `None` for a ConfigMap without the labels the controller gives plans.
-    pub fn of(config_map: &ConfigMap) -> Option<PlanEntry> {
-        let labels = config_map.labels();
+    /// `None` for an object without the labels the controller gives plans.
+    pub fn of(plan: &DynamicObject) -> Option<PlanEntry> {
+        let labels = plan.labels();
         let uid = labels.get(names::LABEL_SERVICE_UID)?.clone();
         let service =
             format!("{}/{}", labels.get(names::LABEL_SERVICE_NAMESPACE)?, labels.get(names::LABEL_SERVICE_NAME)?);
-        let lines =
-            |key: &str| -> Vec<String> { plan_lines(config_map.data.as_ref(), key).map(str::to_string).collect() };
-        Some(PlanEntry { uid, service, args: lines(PLAN_ARGS), nodes: lines(PLAN_NODES) })
+        let spec = plan.data.get("spec").cloned().unwrap_or_default();
+        let spec = serde_json::from_value(spec).map_err(|error| format!("spec: {error}"));
+        Some(PlanEntry { uid, service, spec })
+    }
+
+    /// Whether the plan gives the Service to `node`; one that cannot be read may.
+    fn names(&self, node: &str) -> bool {
+        self.spec.as_ref().map_or(true, |spec| spec.nodes.iter().any(|n| n == node))
     }
 }
 
@@ -54,41 +57,56 @@ impl ServiceSlice {
     }
 }
 
-/// Everything the agent on `node` does: the rules of every plan that names the node, and a
-/// report entry for each, by Service UID.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Everything the agent on `node` does: the rules of every plan that names the node, by Service
+/// UID, and a report entry for each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub rules: NodeRules,
+    pub services: BTreeMap<String, ServiceRules>,
     pub reports: BTreeMap<String, ServiceReport>,
 }
 
+impl Desired {
+    pub fn rules(&self, addresses: Vec<IpAddr>) -> NodeRules {
+        NodeRules { addresses, services: self.services.values().cloned().collect() }
+    }
+}
+
+/// What the agent on `node` programs, given what it programmed last (`programmed`, by Service
+/// UID): a plan it cannot read keeps the rules last programmed from it, with a problem that says
+/// so, so that a plan written by a newer or broken controller never empties the node's table.
 pub fn desired<'a>(
     node: &str,
-    addresses: Vec<IpAddr>,
     plans: impl IntoIterator<Item = &'a PlanEntry>,
     slices: impl IntoIterator<Item = &'a ServiceSlice>,
+    programmed: &BTreeMap<String, ServiceRules>,
 ) -> Desired {
     let mut by_service: BTreeMap<&str, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
         by_service.entry(&slice.service).or_default().push(&slice.slice);
     }
-    let mut services = Vec::new();
-    let mut reports = BTreeMap::new();
-    for plan in plans.into_iter().filter(|plan| plan.nodes.iter().any(|n| n == node)) {
+    let mut desired = Desired::default();
+    for plan in plans.into_iter().filter(|plan| plan.names(node)) {
         let report = |forwarding: bool, problem: Option<String>| ServiceReport {
             service: plan.service.clone(),
             forwarding,
             problem,
         };
-        let parsed = PlannedService::parse(&plan.args, node)
-            .map_err(|error| error.to_string().lines().next().unwrap_or_default().to_string())
-            .and_then(|parsed| {
-                Ok((PortForwarding::new(&parsed.follow.rules).map_err(|e| e.to_string())?, parsed.follow))
-            });
+        let parsed = plan.spec.clone().and_then(|spec| {
+            let follow = spec.follow_args(node)?;
+            Ok((PortForwarding::new(&follow.rules).map_err(|e| e.to_string())?, follow))
+        });
         let (port_forwarding, service_args) = match parsed {
             Ok(parsed) => parsed,
             Err(problem) => {
-                reports.insert(plan.uid.clone(), report(false, Some(format!("its plan cannot be read: {problem}"))));
+                let kept = programmed.get(&plan.uid);
+                let problem = match kept {
+                    Some(_) => format!("its plan cannot be read ({problem}); the rules last programmed from it stay"),
+                    None => format!("its plan cannot be read ({problem})"),
+                };
+                if let Some(kept) = kept {
+                    desired.services.insert(plan.uid.clone(), kept.clone());
+                }
+                desired.reports.insert(plan.uid.clone(), report(kept.is_some(), Some(problem)));
                 continue;
             }
         };
@@ -98,15 +116,17 @@ pub fn desired<'a>(
         // Local: published only where an endpoint is ready, as kube-proxy's health check says.
         // Cluster: wherever the rules are, as a proxy pod is Ready once its rules are in.
         let forwarding = !local || !forwards.is_empty();
-        services.push(ServiceRules { forwarding: port_forwarding.with_endpoints(forwards), masquerade: !local });
-        reports.insert(plan.uid.clone(), report(forwarding, None));
+        let rules = ServiceRules { forwarding: port_forwarding.with_endpoints(forwards), masquerade: !local };
+        desired.services.insert(plan.uid.clone(), rules);
+        desired.reports.insert(plan.uid.clone(), report(forwarding, None));
     }
-    Desired { rules: NodeRules { addresses, services }, reports }
+    desired
 }
 
 #[cfg(test)]
 mod tests {
     use hostlb_contract::{Destination, FollowArgs, NamedPort, PortMap, Protocol, RuleArgs};
+    use kube::api::ObjectMeta;
     use serde_json::json;
 
     use super::*;
@@ -127,8 +147,7 @@ mod tests {
         PlanEntry {
             uid: uid.into(),
             service: service.into(),
-            args: service_args.to_args(),
-            nodes: nodes.iter().map(ToString::to_string).collect(),
+            spec: Ok(PlanSpec::new(&service_args, uid, nodes.iter().map(ToString::to_string).collect())),
         }
     }
 
@@ -143,7 +162,8 @@ mod tests {
     }
 
     fn backends(desired: &Desired, index: usize) -> Vec<String> {
-        let forwards = desired.rules.services[index].forwarding.forwards.values().flatten();
+        let service = desired.services.values().nth(index).unwrap();
+        let forwards = service.forwarding.forwards.values().flatten();
         forwards.flat_map(|f| f.backends.iter().map(ToString::to_string)).collect()
     }
 
@@ -162,29 +182,70 @@ mod tests {
         ]);
         let slices = [slice("shop/web", endpoints.clone()), slice("shop/local", endpoints)];
         let addresses = vec!["192.0.2.1".parse().unwrap()];
-        let on_one = desired("node-1", addresses.clone(), &plans, &slices);
-        assert_eq!(on_one.rules.addresses, addresses);
-        assert_eq!(on_one.rules.services.len(), 2, "the plan of node-2 alone is not programmed");
+        let on_one = desired("node-1", &plans, &slices, &BTreeMap::new());
+        let rules = on_one.rules(addresses.clone());
+        assert_eq!(rules.addresses, addresses);
+        assert_eq!(rules.services.len(), 2, "the plan of node-2 alone is not programmed");
         assert_eq!(backends(&on_one, 0), ["10.1.1.5:8080", "10.1.2.5:8080"]);
-        assert!(on_one.rules.services[0].masquerade);
+        assert!(rules.services[0].masquerade);
         assert_eq!(backends(&on_one, 1), ["10.1.1.5:8080"]);
-        assert!(!on_one.rules.services[1].masquerade, "Local keeps the client's address");
+        assert!(!rules.services[1].masquerade, "Local keeps the client's address");
         assert!(on_one.reports.values().all(|report| report.forwarding));
         assert_eq!(on_one.reports.keys().collect::<Vec<_>>(), ["uid-a", "uid-b"]);
     }
 
     #[test]
-    fn local_without_an_endpoint_on_the_node_does_not_forward_and_a_bad_plan_is_a_problem() {
-        let mut broken = plan("uid-x", "shop/broken", Destination::NodeEndpoints, &["node-1"]);
-        broken.args.push("--port".into());
-        broken.args.push("tcp:0:1".into());
-        let plans = [plan("uid-b", "shop/local", Destination::NodeEndpoints, &["node-1"]), broken];
+    fn local_without_an_endpoint_on_the_node_does_not_forward() {
+        let plans = [plan("uid-b", "shop/local", Destination::NodeEndpoints, &["node-1"])];
         let slices = [slice("shop/local", json!([{"addresses": ["10.1.2.5"], "nodeName": "node-2"}]))];
-        let on_one = desired("node-1", Vec::new(), &plans, &slices);
+        let on_one = desired("node-1", &plans, &slices, &BTreeMap::new());
         assert!(!on_one.reports["uid-b"].forwarding);
         assert_eq!(on_one.reports["uid-b"].problem, None, "no endpoint here is no fault");
-        let problem = on_one.reports["uid-x"].problem.clone().unwrap_or_default();
-        assert!(!on_one.reports["uid-x"].forwarding && problem.contains("--port"), "{problem}");
-        assert_eq!(on_one.rules.services.len(), 1, "a plan that cannot be read is left out");
+    }
+
+    #[test]
+    fn a_plan_that_cannot_be_read_keeps_the_rules_last_programmed_from_it() {
+        let cluster_ip = Destination::Address("10.96.0.10".parse().unwrap());
+        let good = plan("uid-x", "shop/web", cluster_ip, &["node-1"]);
+        let slices = [slice("shop/web", json!([{"addresses": ["10.1.1.5"], "nodeName": "node-1"}]))];
+        let before = desired("node-1", [&good], &slices, &BTreeMap::new());
+
+        let mut broken = good.clone();
+        if let Ok(spec) = broken.spec.as_mut() {
+            spec.ports[0].protocol = "QUIC".into();
+        }
+        let after = desired("node-1", [&broken], &slices, &before.services);
+        assert_eq!(after.services, before.services, "the rules in place stay");
+        let report = &after.reports["uid-x"];
+        assert!(report.forwarding, "they still forward");
+        let problem = report.problem.as_deref().unwrap_or_default();
+        assert!(problem.contains("QUIC") && problem.ends_with("the rules last programmed from it stay"), "{problem}");
+
+        let new = desired("node-1", [&broken], &slices, &BTreeMap::new());
+        assert!(new.services.is_empty() && !new.reports["uid-x"].forwarding, "nothing to keep: nothing forwards");
+    }
+
+    #[test]
+    fn a_plan_is_read_from_its_object_whatever_fields_it_carries_beyond_those_known() {
+        let cluster_ip = Destination::Address("10.96.0.10".parse().unwrap());
+        let Ok(spec) = plan("uid-x", "shop/web", cluster_ip, &["node-1"]).spec else { unreachable!() };
+        let mut written = serde_json::to_value(&spec).unwrap();
+        written["fromANewerController"] = json!({"weights": [1, 2]});
+        let labels = [
+            (names::LABEL_SERVICE_UID, "uid-x"),
+            (names::LABEL_SERVICE_NAMESPACE, "shop"),
+            (names::LABEL_SERVICE_NAME, "web"),
+        ];
+        let object = DynamicObject {
+            types: None,
+            metadata: ObjectMeta {
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                ..Default::default()
+            },
+            data: json!({ "spec": written }),
+        };
+        let read = PlanEntry::of(&object).unwrap();
+        assert_eq!((read.uid.as_str(), read.service.as_str()), ("uid-x", "shop/web"));
+        assert_eq!(read.spec, Ok(spec));
     }
 }

@@ -20,6 +20,7 @@ mod agent_rules;
 mod endpoints;
 mod error;
 mod follower;
+pub mod health;
 mod listed;
 mod local_addresses;
 

@@ -42,7 +42,12 @@ pub mod flag {
     pub const NAMESPACE: &str = "namespace";
     pub const INSTALL: &str = "install";
     pub const DAEMONSET: &str = "daemonset";
+    pub const HTTP_PORT: &str = "http-port";
 }
+
+/// Where a node agent serves /livez, /readyz and /metrics, on the node's addresses: a port of
+/// the node, which Services are refused by default.
+pub const AGENT_HTTP_PORT: u16 = 10267;
 
 const INIT: &str = "init";
 const RUN: &str = "run";
@@ -188,8 +193,7 @@ impl FollowArgs {
         [CONTROLLER_BINARY.to_string(), FOLLOW_ENDPOINTS.to_string()].into_iter().chain(self.to_args()).collect()
     }
 
-    /// The flags without the node, which the reader gives: a proxy pod from `NODE_NAME_ENV`,
-    /// the node agent its own node (`PlannedService::parse`).
+    /// The flags without the node, which a proxy pod gives from `NODE_NAME_ENV`.
     pub fn to_args(&self) -> Vec<String> {
         flag_values(flag::SERVICE_NAMESPACE, [&self.namespace])
             .chain(flag_values(flag::SERVICE_NAME, [&self.service]))
@@ -202,26 +206,6 @@ impl FollowArgs {
     pub fn port_name(&self, port: &PortMap) -> &str {
         let named = |named: &&NamedPort| (named.protocol, named.listen) == (port.protocol, port.listen);
         self.port_names.iter().find(named).map_or("", |named| named.name.as_str())
-    }
-}
-
-/// One Service's forwarding as the node agent reads it from the controller's plan: the
-/// follower's arguments, whose `node` is the agent's own. With an address as destination
-/// (`externalTrafficPolicy: Cluster`) the agent forwards to the ready endpoints of every node,
-/// with `node-endpoints` to those of its own.
-#[derive(Clone, Debug, PartialEq, Eq, clap::Parser)]
-#[command(name = "plan", no_binary_name = true)]
-pub struct PlannedService {
-    #[command(flatten)]
-    pub follow: FollowArgs,
-}
-
-impl PlannedService {
-    /// Reads `FollowArgs::to_args` back, for `node`.
-    pub fn parse(args: &[String], node: &str) -> Result<PlannedService, clap::Error> {
-        use clap::Parser;
-        let node_flag = [format!("--{}", flag::NODE), node.to_string()];
-        PlannedService::try_parse_from(args.iter().cloned().chain(node_flag))
     }
 }
 
@@ -240,6 +224,9 @@ pub struct AgentArgs {
     pub daemonset: String,
     #[arg(long = flag::NODE, value_name = "NODE", env = NODE_NAME_ENV)]
     pub node: String,
+    /// The node's port of /livez, /readyz and /metrics.
+    #[arg(long = flag::HTTP_PORT, value_name = "PORT", default_value_t = AGENT_HTTP_PORT)]
+    pub http_port: u16,
 }
 
 impl AgentArgs {
@@ -249,6 +236,7 @@ impl AgentArgs {
             .into_iter()
             .chain(flag_values(flag::INSTALL, [&self.install]))
             .chain(flag_values(flag::DAEMONSET, [&self.daemonset]))
+            .chain(flag_values(flag::HTTP_PORT, [self.http_port]))
             .collect()
     }
 }
@@ -400,31 +388,26 @@ mod tests {
     }
 
     #[test]
-    fn the_agent_reads_a_plan_back_for_its_own_node() {
-        let follow = FollowArgs {
-            namespace: "shop".into(),
-            service: "web".into(),
-            node: "node-2".into(),
-            port_names: vec![NamedPort { protocol: Protocol::Tcp, listen: 443, name: "https".into() }],
-            rules: cluster_rules(),
-        };
-        let plan = PlannedService::parse(&follow.to_args(), "node-2").unwrap();
-        assert_eq!(plan.follow, follow);
-        let error = PlannedService::parse(&["--service-name".into()], "node-2").unwrap_err();
-        assert!(error.to_string().contains("--service-name"), "{error}");
-    }
-
-    #[test]
     fn the_agent_takes_its_node_and_namespace_from_the_environment() {
         let agent = AgentArgs {
             namespace: String::new(),
             install: "0a1b2c3d".into(),
             daemonset: "hostlb-agent".into(),
             node: String::new(),
+            http_port: AGENT_HTTP_PORT,
         };
         assert_eq!(
             agent.command_line(),
-            ["/hostlb-controller", "node-agent", "--install", "0a1b2c3d", "--daemonset", "hostlb-agent"]
+            [
+                "/hostlb-controller",
+                "node-agent",
+                "--install",
+                "0a1b2c3d",
+                "--daemonset",
+                "hostlb-agent",
+                "--http-port",
+                "10267"
+            ]
         );
     }
 

@@ -12,7 +12,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use command::{
-    flag, AgentArgs, Command, FollowArgs, PlannedService, ProbeArgs, RuleArgs, CONTROLLER_BINARY, FAMILIES_ENV,
+    flag, AgentArgs, Command, FollowArgs, ProbeArgs, RuleArgs, AGENT_HTTP_PORT, CONTROLLER_BINARY, FAMILIES_ENV,
     FOLLOW_ENDPOINTS, LB_BINARY, NAMESPACE_ENV, NODE_AGENT, NODE_NAME_ENV, PORTS_ENV, PROBE_ADDRESS_ENV,
     PROBE_PORT_ENV, SOURCE_RANGES_ENV, TO_ENV,
 };

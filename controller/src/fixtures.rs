@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DynamicObject, ObjectMeta};
 use kube::runtime::watcher;
 
 use crate::decide::claim;
@@ -44,6 +45,7 @@ pub fn settings() -> crate::decide::Settings {
             install_id: names::install_id(CLASS),
             dataplane: crate::decide::dataplane::DataPlaneKind::Pods,
             agent: hostlb_model::agent::agent_name(CLASS),
+            log_env: Vec::new(),
         },
         ports: crate::decide::port_policy::PortPolicy {
             denied: crate::decide::port_policy::DEFAULT_DENIED_PORTS
@@ -64,6 +66,7 @@ pub fn settings() -> crate::decide::Settings {
         instance: Some("test".into()),
         node_lease_grace: Some(std::time::Duration::from_secs(10)),
         withdrawal_pause_limit: std::time::Duration::from_secs(300),
+        agent_report_expiry: std::time::Duration::from_secs(40),
     }
 }
 
@@ -116,9 +119,33 @@ pub fn index_of(services: &[Service], nodes: &[Node], pods: &[Pod], daemonsets: 
     listed::<DaemonSet>(&[]).iter().for_each(|e| drop(index.agents.apply(e, kept_whole)));
     listed::<Role>(&[]).iter().for_each(|e| drop(index.agent_role.apply(e, kept_whole)));
     listed::<RoleBinding>(&[]).iter().for_each(|e| drop(index.agent_binding.apply(e, kept_whole)));
-    listed::<ConfigMap>(&[]).iter().for_each(|e| drop(index.apply_plan(e)));
-    listed::<ConfigMap>(&[]).iter().for_each(|e| drop(index.apply_agent_report(e, hostlb_model::agent::AGENT)));
+    listed::<DynamicObject>(&[]).iter().for_each(|e| drop(index.apply_plan(e)));
+    listed::<DynamicObject>(&[]).iter().for_each(|e| drop(index.apply_agent_report(e, std::time::Instant::now())));
+    listed::<ConfigMap>(&[]).iter().for_each(|e| index.apply_legacy_plan(e));
+    let agent = hostlb_model::agent::AGENT;
+    listed::<ConfigMap>(&[]).iter().for_each(|e| drop(index.apply_legacy_agent_report(e, agent)));
     listed::<Event>(&[]).iter().for_each(|e| drop(index.apply_creation_failure(e)));
     listed::<Lease>(&[]).iter().for_each(|e| index.apply_node_lease(e, std::time::Instant::now()));
     index
+}
+
+/// The report of `node` as the agents of the default install write it, saying of each Service
+/// (UID, `namespace/name`) whether the node forwards it.
+pub fn written_report(node: &str, services: &[(&str, &str, bool)]) -> DynamicObject {
+    use hostlb_contract::agent::{ReportStatus, ServiceReport};
+    let agents = DaemonSet {
+        metadata: ObjectMeta {
+            name: Some(hostlb_model::agent::AGENT.into()),
+            namespace: Some("hostlb-system".into()),
+            uid: Some("agents-uid".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut report = hostlb_model::agent::report(&agents, &settings().forwarding.install_id, node);
+    let entries = services.iter().map(|(uid, service, forwarding)| {
+        (uid.to_string(), ServiceReport { service: service.to_string(), forwarding: *forwarding, problem: None })
+    });
+    report.status = Some(ReportStatus::new(&entries.collect(), k8s_openapi::jiff::Timestamp::now().to_string(), None));
+    crate::decide::dataplane::erased(&report)
 }

@@ -23,6 +23,7 @@ fn settings(forwarding_mode: ForwardingMode) -> ForwardingSettings {
         install_id: hostlb_model::names::install_id(hostlb_model::names::DEFAULT_LOAD_BALANCER_CLASS),
         dataplane: DataPlaneKind::Pods,
         agent: "hostlb-agent".into(),
+        log_env: Vec::new(),
     }
 }
 fn services() -> Vec<(&'static str, Service)> {

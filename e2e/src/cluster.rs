@@ -229,6 +229,16 @@ fn parse_env(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The node of a pod and the containerd id of its container that runs and is ready.
+pub fn running_container(pod: &Pod) -> Result<(String, String)> {
+    let node = pod.spec.as_ref().and_then(|spec| spec.node_name.clone()).context("pod without node")?;
+    let statuses = pod.status.as_ref().and_then(|status| status.container_statuses.as_ref());
+    let running =
+        statuses.into_iter().flatten().find(|s| s.ready && s.state.as_ref().is_some_and(|s| s.running.is_some()));
+    let container = running.and_then(|s| s.container_id.clone()).context("no running container")?;
+    Ok((node, container))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use hostlb_e2e::cluster::{nodes, setup_on, Cluster, Nodes, SYSTEM_NAMESPACE};
+use hostlb_e2e::dataplane::DataPlane;
 use hostlb_e2e::dataplane::{use_dataplane, NodeAgents, ProxyPods};
 use hostlb_e2e::figures::{figure, report_timing, traffic_figures};
 use hostlb_e2e::namespace::{http, ECHO_HTTP_PORT, ECHO_UDP_PORT};
@@ -17,6 +18,7 @@ use hostlb_e2e::status::StatusWatch;
 use hostlb_e2e::traffic::{answers, refuses, Traffic};
 use hostlb_model::agent;
 use hostlb_model::readiness::pod_is_ready;
+use hostlb_model::reason::Reason;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
@@ -78,22 +80,18 @@ async fn a_service_is_forwarded_by_one_agent_per_node_and_no_proxy_pod() -> Resu
     ensure!(cluster.proxy_daemonsets(&ns.name, "web").await?.is_empty(), "a proxy DaemonSet was made");
     ensure!(cluster.proxy_pods(&ns.name, "web").await?.is_empty(), "proxy pods run");
     let plan = cluster.plans(&ns.name, "web").await?.into_iter().next().context("no plan for the Service")?;
-    let planned = plan.data.unwrap_or_default();
-    ensure!(
-        planned[hostlb_contract::agent::PLAN_NODES] == format!("{}\n{}\n", nodes.node1, nodes.node2),
-        "{planned:?}"
-    );
+    ensure!(plan.spec.nodes == [nodes.node1.clone(), nodes.node2.clone()], "{:?}", plan.spec);
     ensure!(agents_per_node(&cluster).await? == [1, 1], "not one agent per node");
     Ok(())
 }
 
 /// What a node's credentials may write, asked of the API server with `kubectl auth can-i` for
 /// every write verb: of each kind in hostlb's namespace (and by name, the images, a plan, each
-/// node's report and the agents' own objects) and of the cluster-scoped kinds hostlb uses.
-/// Printed as a table; the only writes allowed must be patches of the nodes' reports, of any
-/// node's, since RBAC cannot tell one node's agent from another's.
+/// node's report and its status, and the agents' own objects) and of the cluster-scoped kinds
+/// hostlb uses. Printed as a table; the only writes allowed must be patches of the status of
+/// the nodes' reports, of any node's, since RBAC cannot tell one node's agent from another's.
 #[tokio::test]
-async fn an_agents_credentials_write_nothing_but_the_nodes_reports() -> Result<()> {
+async fn an_agents_credentials_write_nothing_but_the_status_of_the_nodes_reports() -> Result<()> {
     let (cluster, ns, nodes) = setup_on("agent-rbac", &NodeAgents).await?;
     agent_mode(&cluster).await?;
     ns.load_balancer("web", "echo", &http(18380), json!({})).await?;
@@ -101,16 +99,20 @@ async fn an_agents_credentials_write_nothing_but_the_nodes_reports() -> Result<(
         cluster.plans(&ns.name, "web").await?.into_iter().next().context("no plan for the Service yet")
     })
     .await?;
+    let plan_name = plan.metadata.name.clone().unwrap_or_default();
     let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
     let mut names = config_maps.list(&ListParams::default()).await?.items.into_iter().map(|c| c.name_any());
     let images = names.find(|name| name.starts_with("hostlb-images")).context("no images ConfigMap")?;
-    let reports = [&nodes.node1, &nodes.node2].map(|node| agent::report_name(agent::AGENT, node));
-    let in_namespace: Vec<String> = [
+    let reports = [&nodes.node1, &nodes.node2]
+        .map(|node| format!("nodereports.hostlb.io/{}", agent::report_name(agent::AGENT, node)));
+    let in_namespace: Vec<(String, Option<&str>)> = [
         "configmaps",
         &format!("configmaps/{images}"),
-        &format!("configmaps/{}", plan.name_any()),
-        &format!("configmaps/{}", reports[0]),
-        &format!("configmaps/{}", reports[1]),
+        "forwardingplans.hostlb.io",
+        &format!("forwardingplans.hostlb.io/{plan_name}"),
+        "nodereports.hostlb.io",
+        &reports[0],
+        &reports[1],
         "daemonsets.apps",
         &format!("daemonsets.apps/{}", agent::AGENT),
         "deployments.apps",
@@ -130,33 +132,42 @@ async fn an_agents_credentials_write_nothing_but_the_nodes_reports() -> Result<(
         "events.events.k8s.io",
         "endpointslices.discovery.k8s.io",
     ]
-    .map(str::to_string)
-    .into();
+    .into_iter()
+    .map(|resource| (resource.to_string(), None))
+    .chain(
+        ["forwardingplans.hostlb.io", &reports[0], &reports[1]].map(|resource| (resource.to_string(), Some("status"))),
+    )
+    .collect();
     let cluster_wide = [
         "nodes",
         "namespaces",
         "priorityclasses.scheduling.k8s.io",
         "clusterroles.rbac.authorization.k8s.io",
         "clusterrolebindings.rbac.authorization.k8s.io",
+        "customresourcedefinitions.apiextensions.k8s.io",
         "endpointslices.discovery.k8s.io",
         "services",
         "leases.coordination.k8s.io",
     ];
     let asked = in_namespace
         .iter()
-        .map(|resource| (resource.as_str(), Some(SYSTEM_NAMESPACE)))
-        .chain(cluster_wide.iter().map(|resource| (*resource, None)));
-    let mut table = vec![format!("{:<70} {:<17} allowed", "resource", "verb")];
+        .map(|(resource, subresource)| (resource.as_str(), *subresource, Some(SYSTEM_NAMESPACE)))
+        .chain(cluster_wide.iter().map(|resource| (*resource, None, None)));
+    let mut table = vec![format!("{:<78} {:<17} allowed", "resource", "verb")];
     let mut unintended = Vec::new();
-    for (resource, namespace) in asked {
+    for (resource, subresource, namespace) in asked {
         for verb in ["create", "update", "patch", "delete", "deletecollection"] {
-            let allowed = can_agent(&cluster, verb, resource, namespace)?;
-            let shown = match namespace {
-                Some(namespace) => format!("{namespace}: {resource}"),
-                None => format!("(cluster) {resource}"),
+            let allowed = can_agent(&cluster, verb, resource, subresource, namespace)?;
+            let resource_shown = match subresource {
+                Some(subresource) => format!("{resource} ({subresource})"),
+                None => resource.to_string(),
             };
-            table.push(format!("{shown:<70} {verb:<17} {}", if allowed { "YES" } else { "no" }));
-            let intended = verb == "patch" && reports.iter().any(|report| resource == format!("configmaps/{report}"));
+            let shown = match namespace {
+                Some(namespace) => format!("{namespace}: {resource_shown}"),
+                None => format!("(cluster) {resource_shown}"),
+            };
+            table.push(format!("{shown:<78} {verb:<17} {}", if allowed { "YES" } else { "no" }));
+            let intended = verb == "patch" && subresource == Some("status") && reports.iter().any(|r| r == resource);
             if allowed != intended {
                 unintended.push(format!("{verb} {shown}: {}", if allowed { "allowed" } else { "refused" }));
             }
@@ -170,10 +181,19 @@ async fn an_agents_credentials_write_nothing_but_the_nodes_reports() -> Result<(
 /// The node agents' ServiceAccount, as the API server names its user.
 const AGENT_USER: &str = "system:serviceaccount:hostlb-system:hostlb-agent";
 
-/// Whether the node agents' ServiceAccount may `verb` the `resource` in `namespace` (or in every
-/// namespace, or of a cluster-scoped kind).
-fn can_agent(cluster: &Cluster, verb: &str, resource: &str, namespace: Option<&str>) -> Result<bool> {
+/// Whether the node agents' ServiceAccount may `verb` the `resource` (or its `subresource`) in
+/// `namespace` (or in every namespace, or of a cluster-scoped kind).
+fn can_agent(
+    cluster: &Cluster,
+    verb: &str,
+    resource: &str,
+    subresource: Option<&str>,
+    namespace: Option<&str>,
+) -> Result<bool> {
     let mut args = vec!["auth", "can-i", verb, resource, "--as", AGENT_USER];
+    if let Some(subresource) = subresource {
+        args.extend(["--subresource", subresource]);
+    }
     match namespace {
         Some(namespace) => args.extend(["-n", namespace]),
         None => args.push("--all-namespaces"),
@@ -321,5 +341,154 @@ async fn switching_back_to_proxy_pods_removes_the_agents_their_rules_and_the_pla
     // Proxy pods take over.
     answers(&cluster, nodes.unpublished2, 18360, SETTLE).await?;
     ensure!(!cluster.proxy_pods(&ns.name, "web").await?.is_empty(), "no proxy pods after the switch");
+    Ok(())
+}
+
+/// An agent that stops renewing its report (its container frozen, as a wedged process is) is
+/// judged by the controller after the report's bound (40 s): the Service says so and the node
+/// leaves the status, while the rules the agent left go on forwarding; thawed, it reports again
+/// and the node comes back.
+#[tokio::test]
+async fn a_wedged_agent_leaves_the_status_past_its_reports_bound_and_says_so() -> Result<()> {
+    let (cluster, ns, nodes) = setup_on("agent-wedged", &NodeAgents).await?;
+    let agents = agent_mode(&cluster).await?;
+    ns.echo_service(&cluster, &nodes, "web", 18390, SETTLE).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let agent1 = agents.iter().find(|pod| node_of(pod) == nodes.node1).context("no agent on node-1")?;
+    let (node, container) = hostlb_e2e::cluster::running_container(agent1)?;
+    cluster.harness(&["pause-container", &node, &container])?;
+    let frozen_at = Instant::now();
+    let judged = async {
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip2], Duration::from_secs(75)).await?;
+        let withdrawn = frozen_at.elapsed();
+        let note = cluster.first_event_note(&ns.name, "web", Reason::ProxyPodFailing, SETTLE).await?;
+        ensure!(note.contains(&format!("the node agent on {} has not renewed its report", nodes.node1)), "{note}");
+        // The kernel forwards without the agent: its rules stay.
+        let reply = answers(&cluster, nodes.unpublished1, 18390, SETTLE).await?;
+        ensure!(reply.pod.starts_with("echo-"), "unexpected answer {reply:?}");
+        anyhow::Ok((withdrawn, note))
+    }
+    .await;
+    let thawed = cluster.harness(&["resume-container", &node, &container]);
+    let (withdrawn, note) = judged?;
+    thawed?;
+    let thawed_at = Instant::now();
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    println!("agent wedged: {} withdrawn after {withdrawn:.1?}: {note}", nodes.node1);
+    figure("agent_wedged_withdrawn_s", withdrawn.as_secs_f64())?;
+    figure("agent_thawed_published_s", thawed_at.elapsed().as_secs_f64())?;
+    ensure!(withdrawn >= Duration::from_secs(40), "withdrawn after {withdrawn:?}, before the report's bound");
+    Ok(())
+}
+
+/// With the controller stopped, so that nothing puts its objects back: a plan carrying a field no
+/// agent knows is programmed as before; a plan no agent can read keeps the rules programmed from
+/// it, and the nodes' reports say so; an agent stopped while the API server refuses it (its
+/// RoleBinding deleted) leaves its node's table in place, and its successor, refused too,
+/// programs nothing over it. The controller back, everything recovers.
+#[tokio::test]
+async fn plans_an_agent_cannot_read_and_an_api_server_that_refuses_it_remove_no_rule() -> Result<()> {
+    let (cluster, ns, nodes) = setup_on("agent-refused", &NodeAgents).await?;
+    agent_mode(&cluster).await?;
+    ns.echo_service(&cluster, &nodes, "web", 18395, SETTLE).await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    let plan = cluster.plans(&ns.name, "web").await?.into_iter().next().context("no plan")?;
+    let plan_name = plan.metadata.name.clone().context("a plan without a name")?;
+    let controller = ["-n", SYSTEM_NAMESPACE, "deployment/hostlb-controller"];
+    cluster.kubectl(&[&["scale", "--replicas=0"], &controller[..]].concat())?;
+    let outcome = with_the_controller_stopped(&cluster, &ns.name, &nodes, &plan_name).await;
+    cluster.kubectl(&[&["scale", "--replicas=2"], &controller[..]].concat())?;
+    cluster.kubectl(&[&["rollout", "status"], &controller[..], &["--timeout=180s"]].concat())?;
+    outcome?;
+    agent_mode(&cluster).await?;
+    eventually(SETTLE, || async {
+        let forwarding = NodeAgents.forwarding(&cluster, &ns.name, "web").await?;
+        ensure!(forwarding.iter().filter(|(_, forwards)| *forwards).count() == 2, "{forwarding:?}");
+        Ok(())
+    })
+    .await?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    Ok(())
+}
+
+async fn with_the_controller_stopped(cluster: &Cluster, namespace: &str, nodes: &Nodes, plan: &str) -> Result<()> {
+    eventually(SETTLE, || async {
+        ensure!(cluster.controller_pods().await?.is_empty(), "the controller still runs");
+        Ok(())
+    })
+    .await?;
+    let plans = cluster.plan_objects();
+    let patch = |spec: serde_json::Value| kube::api::Patch::Merge(json!({ "spec": spec }));
+    let params = kube::api::PatchParams::default();
+    plans.patch(plan, &params, &patch(json!({ "weights": { "node-1": 2 } }))).await?;
+    let kept = plans.get(plan).await?;
+    ensure!(kept.data["spec"]["weights"]["node-1"] == 2, "the API server dropped the unknown field: {:?}", kept.data);
+    // A heartbeat after the change: the agents have read it, and still forward without a problem.
+    let changed_at = k8s_openapi::jiff::Timestamp::now();
+    eventually(SETTLE, || reported_after(cluster, namespace, changed_at, None)).await?;
+    for address in [nodes.unpublished1, nodes.unpublished2] {
+        answers(cluster, address, 18395, SETTLE).await?;
+    }
+
+    let mut ports = kept.data["spec"]["ports"].clone();
+    ports[0]["protocol"] = json!("QUIC");
+    plans.patch(plan, &params, &patch(json!({ "ports": ports }))).await?;
+    let broken_at = k8s_openapi::jiff::Timestamp::now();
+    let problem = "the rules last programmed from it stay";
+    eventually(SETTLE, || reported_after(cluster, namespace, broken_at, Some(problem))).await?;
+    for address in [nodes.unpublished1, nodes.unpublished2] {
+        answers(cluster, address, 18395, SETTLE).await?;
+    }
+
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    bindings.delete(agent::AGENT, &DeleteParams::default()).await?;
+    let agent1 = cluster.agent_pods().await?.into_iter().find(|pod| node_of(pod) == nodes.node1);
+    let agent1 = agent1.context("no agent on node-1")?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE);
+    pods.delete(&agent1.name_any(), &DeleteParams::default()).await?;
+    eventually(SETTLE, || async {
+        ensure!(pods.get_opt(&agent1.name_any()).await?.is_none(), "{} is still stopping", agent1.name_any());
+        Ok(())
+    })
+    .await?;
+    let with_table = cluster.nodes_with_agent_table()?;
+    ensure!(with_table.contains(&nodes.node1), "the refused agent removed node-1's table: left on {with_table:?}");
+    // Its successor cannot list the plans: it programs nothing, and the rules stay.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let reply = answers(cluster, nodes.unpublished1, 18395, SETTLE).await?;
+    ensure!(reply.pod.starts_with("echo-"), "unexpected answer {reply:?}");
+    println!("agent refused: node-1's table stayed, and its unpublished address answered from {}", reply.pod);
+    Ok(())
+}
+
+/// Both nodes' reports, written after `after`, say of the Service that it is forwarded, with no
+/// problem, or with one that contains `problem`.
+async fn reported_after(
+    cluster: &Cluster,
+    namespace: &str,
+    after: k8s_openapi::jiff::Timestamp,
+    problem: Option<&str>,
+) -> Result<()> {
+    let service = format!("{namespace}/web");
+    let reports = cluster.node_reports().await?;
+    ensure!(reports.len() == 2, "{} reports", reports.len());
+    for report in reports {
+        let status = report.status.unwrap_or_default();
+        let written: k8s_openapi::jiff::Timestamp = status.written_at.parse()?;
+        ensure!(written > after, "{}'s report was written before the change", report.spec.node);
+        let entry = status.services.iter().find(|entry| entry.report.service == service);
+        let entry = entry.with_context(|| format!("{} does not report {service}", report.spec.node))?;
+        ensure!(entry.report.forwarding, "{} does not forward {service}: {:?}", report.spec.node, entry.report);
+        match problem {
+            None => ensure!(entry.report.problem.is_none(), "{}: {:?}", report.spec.node, entry.report),
+            Some(problem) => ensure!(
+                entry.report.problem.as_deref().is_some_and(|said| said.contains(problem)),
+                "{}: {:?}",
+                report.spec.node,
+                entry.report
+            ),
+        }
+    }
     Ok(())
 }

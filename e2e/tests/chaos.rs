@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use hostlb_e2e::cluster::{setup, Cluster, Nodes, SYSTEM_NAMESPACE};
+use hostlb_e2e::cluster::{running_container, setup, Cluster, Nodes, SYSTEM_NAMESPACE};
 use hostlb_e2e::figures::figure;
 use hostlb_e2e::namespace::{http, TestNamespace, ECHO_HTTP_PORT};
 use hostlb_e2e::poll::eventually;
@@ -101,16 +101,6 @@ async fn next_renewal_after(cluster: &Cluster, since: SystemTime, timeout: Durat
         "nobody renewed the Lease within {timeout:?}; last read {last_read:?}; controller pods: {}",
         states.join(", ")
     )
-}
-
-/// The node of a pod and the containerd id of its container that runs and is ready.
-fn running_container(pod: &Pod) -> Result<(String, String)> {
-    let node = pod.spec.as_ref().and_then(|spec| spec.node_name.clone()).context("pod without node")?;
-    let statuses = pod.status.as_ref().and_then(|status| status.container_statuses.as_ref());
-    let running =
-        statuses.into_iter().flatten().find(|s| s.ready && s.state.as_ref().is_some_and(|s| s.running.is_some()));
-    let container = running.and_then(|s| s.container_id.clone()).context("no running container")?;
-    Ok((node, container))
 }
 
 /// SIGKILL to the leader's container through its node's containerd; returns the time until

@@ -119,14 +119,19 @@ fn the_chart_passes_helm_lint_strict() -> Result<()> {
 fn the_chart_and_the_kustomize_base_make_the_same_objects_with_the_same_permissions() -> Result<()> {
     let chart = helm_template("hostlb", &[])?;
     let mut base = kustomize("manifests")?;
-    let budget = repository().join("manifests/components/disruption-budget/poddisruptionbudget.yaml");
-    base.extend(objects(&std::fs::read_to_string(budget)?)?);
+    // The chart renders what the base leaves to components where the cluster can have it.
+    for component in ["disruption-budget/poddisruptionbudget.yaml", "agent-report-guard/policy.yaml"] {
+        let path = repository().join("manifests/components").join(component);
+        base.extend(objects(&std::fs::read_to_string(path)?)?);
+    }
     base.remove(&("Namespace".to_string(), "hostlb-system".to_string()));
     let keys = |objects: &BTreeMap<Key, Value>| objects.keys().cloned().collect::<BTreeSet<_>>();
     ensure!(keys(&chart) == keys(&base), "objects differ:\nchart {:?}\nbase  {:?}", keys(&chart), keys(&base));
     for (key, base_object) in &base {
         let chart_object = &chart[key];
-        for path in ["/rules", "/roleRef", "/spec/ports", "/spec/maxUnavailable", "/value", "/preemptionPolicy"] {
+        let paths = ["/rules", "/roleRef", "/spec/ports", "/spec/maxUnavailable", "/value", "/preemptionPolicy"];
+        let custom = ["/spec/versions", "/spec/names", "/spec/validations", "/spec/matchConstraints"];
+        for path in paths.into_iter().chain(custom) {
             ensure!(chart_object.pointer(path) == base_object.pointer(path), "{key:?} {path} differs");
         }
         for path in ["/ports", "/livenessProbe", "/readinessProbe", "/securityContext", "/resources"] {
@@ -294,8 +299,23 @@ fn the_node_agent_components_choose_the_agents_and_guard_their_reports() -> Resu
     ensure!(env.get("HOSTLB_DATAPLANE").is_some_and(|var| var["value"] == "agent"), "{env:?}");
     let policy = object(&rendered, "ValidatingAdmissionPolicy", "hostlb-agent-reports")?;
     let rule = field(policy, "/spec/validations/0/expression");
-    ensure!(rule.contains("authentication.kubernetes.io/node-name") && rule.contains("'hostlb-agent.'"), "{rule}");
+    ensure!(rule.contains("authentication.kubernetes.io/node-name") && rule.contains("object.spec.node"), "{rule}");
+    ensure!(field(policy, "/spec/matchConstraints/resourceRules/0/resources/0") == "nodereports/status", "{policy}");
     object(&rendered, "ValidatingAdmissionPolicyBinding", "hostlb-agent-reports")?;
+    // The chart's, from Kubernetes 1.30 on: the same rule, named after the release.
+    let chart = helm_template("edge", &["--kube-version", "1.30.0"])?;
+    let charted = object(&chart, "ValidatingAdmissionPolicy", "edge-hostlb-agent-reports")?;
+    ensure!(charted["spec"] == policy["spec"], "the chart's guard differs: {charted}");
+    ensure!(
+        field(object(&chart, "ValidatingAdmissionPolicyBinding", "edge-hostlb-agent-reports")?, "/spec/policyName")
+            == "edge-hostlb-agent-reports",
+        "the binding names another policy"
+    );
+    let older = helm_template("edge", &["--kube-version", "1.29.0"])?;
+    ensure!(
+        !older.keys().any(|(kind, _)| kind.starts_with("ValidatingAdmissionPolicy")),
+        "a guard before Kubernetes 1.30"
+    );
     // The agents' Role names every node's report: the controller makes it, in its namespace.
     ensure!(
         !rendered.contains_key(&("Role".to_string(), "hostlb-agent".to_string())),

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Builds the release named in e2e/upgrade/previous-release ("VERSION COMMIT") from its commit, for
-# the upgrade test: its images as archives in OUT/images, named localhost/hostlb/*:VERSION, and
-# the install its own harness applied, rendered to OUT/install.yaml. Prints VERSION.
+# Builds the release e2e/upgrade/previous-release names for DATAPLANE ("DATAPLANE VERSION COMMIT")
+# from its commit, for the upgrade tests: its images as archives in OUT/images, named
+# localhost/hostlb/*:VERSION, and the install its own harness applied, rendered to
+# OUT/install.yaml. Prints VERSION.
 #
-#   previous.sh OUT
+#   previous.sh OUT DATAPLANE
 #
 # The commit must be in this clone (a clone may carry no tags, so the file names it by hash).
 set -euo pipefail
-[[ $# -eq 1 ]] || { echo "usage: previous.sh OUT" >&2; exit 2; }
+[[ $# -eq 2 ]] || { echo "usage: previous.sh OUT DATAPLANE" >&2; exit 2; }
 cd "$(dirname "$0")/../.."
 repo=$PWD
 mkdir -p "$1"
 out=$(cd "$1" && pwd)
-read -r version commit < <(grep -v "^#" e2e/upgrade/previous-release)
+read -r _ version commit < <(grep "^$2 " e2e/upgrade/previous-release)
+[[ -n ${commit:-} ]] || { echo "e2e/upgrade/previous-release names no release for $2" >&2; exit 1; }
 if ! git cat-file -e "$commit^{commit}" 2>/dev/null && [[ $(git rev-parse --is-shallow-repository) == true ]]; then
   # A shallow clone: the rest of the history from where it came.
   timeout 300 git fetch --quiet --unshallow >&2 || true
@@ -45,8 +47,11 @@ fi
 ln -s "$target" "$source/target"
 (cd "$source" && env -u CARGO_TARGET_DIR HOSTLB_IMAGE_TAG="$version" HOSTLB_IMAGE_DIR="$out/images" \
   HOSTLB_VERSION="$version" HOSTLB_REVISION="$commit" bash images/build.sh >&2)
-# The release named its images by the tag dev, which is this tree's.
-sed -i "s/newTag: dev\$/newTag: $version/; s/:dev\$/:$version/" "$source/manifests/kustomization.yaml"
+# The release named its images by the tag dev, which is this tree's: in its base, or in its
+# harness's overlay.
+for kustomization in "$source/manifests/kustomization.yaml" "$source/e2e/cluster/install/kustomization.yaml"; do
+  if [[ -f $kustomization ]]; then sed -i "s/newTag: dev\$/newTag: $version/; s/:dev\$/:$version/" "$kustomization"; fi
+done
 tools=$(bash e2e/chart/tools.sh)
 # As that release's harness applied it: Kubernetes 1.20 serves PodDisruptionBudgets only as
 # policy/v1beta1.

@@ -1,7 +1,9 @@
 //! Synthetic objects for the tests: Services and nodes from the model's builders; proxy
-//! DaemonSets, pods and Events written as the API server would return them.
+//! DaemonSets, pods, the node agents' plans and reports, and Events written as the API server
+//! would return them.
 
 use hostlb_model::address::Address;
+use hostlb_model::agent::{self, ForwardingPlan, NodeReport};
 use hostlb_model::fixtures::{NodeBuilder, ServiceBuilder};
 use hostlb_model::names;
 use hostlb_model::service::ingress;
@@ -88,6 +90,79 @@ fn holding(host_ports: &[(i32, &str)]) -> Value {
         .map(|(port, protocol)| json!({ "containerPort": port, "hostPort": port, "protocol": protocol }))
         .collect();
     json!({ "name": "hold", "ports": ports })
+}
+
+/// The node agents' plan of a Service (`hostlb-{service}-1234`), forwarding these ports
+/// (`[port, "TCP"]`) on these nodes.
+pub fn plan(service: &str, uid: &str, ports: &[(i32, &str)], nodes: &[&str]) -> ForwardingPlan {
+    let mut labels = service_labels(service, uid);
+    labels[names::LABEL_MANAGED_BY] = names::MANAGED_BY.into();
+    labels[names::LABEL_COMPONENT] = agent::COMPONENT_PLAN.into();
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(port, protocol)| json!({ "protocol": protocol, "port": port, "targetPort": 8080 }))
+        .collect();
+    object(json!({
+        "apiVersion": "hostlb.io/v1alpha1",
+        "kind": "ForwardingPlan",
+        "metadata": {
+            "name": format!("hostlb-{service}-1234"),
+            "namespace": names::DEFAULT_NAMESPACE,
+            "labels": labels
+        },
+        "spec": {
+            "service": { "namespace": "shop", "name": service, "uid": uid },
+            "ports": ports,
+            "trafficPolicy": "Cluster",
+            "clusterIPs": ["10.96.0.10"],
+            "nodes": nodes
+        }
+    }))
+}
+
+/// The report of the agent on `node`, named `hostlb-agent.{node}`, with this status (`null`:
+/// the agent has not written it yet).
+pub fn agent_report(node: &str, status: Value) -> NodeReport {
+    let mut report = json!({
+        "apiVersion": "hostlb.io/v1alpha1",
+        "kind": "NodeReport",
+        "metadata": {
+            "name": agent::report_name(agent::AGENT, node),
+            "namespace": names::DEFAULT_NAMESPACE,
+            "labels": {
+                names::LABEL_MANAGED_BY: names::MANAGED_BY,
+                names::LABEL_COMPONENT: agent::COMPONENT_REPORT,
+                agent::LABEL_NODE: node
+            }
+        },
+        "spec": { "node": node }
+    });
+    if !status.is_null() {
+        report["status"] = status;
+    }
+    object(report)
+}
+
+/// A report's status, written at `second`, of these Services (`[uid, forwarding, problem]`).
+pub fn written(second: i64, services: &[(&str, bool, Option<&str>)]) -> Value {
+    let time = k8s_openapi::jiff::Timestamp::from_second(second).expect("a valid time").to_string();
+    let entries: Vec<Value> = services
+        .iter()
+        .map(|(uid, forwarding, problem)| {
+            let mut entry = json!({ "uid": uid, "service": "shop/web", "forwarding": forwarding });
+            if let Some(problem) = problem {
+                entry["problem"] = (*problem).into();
+            }
+            entry
+        })
+        .collect();
+    json!({
+        "writtenAt": time,
+        "agentVersion": "0.1.0",
+        "services": entries,
+        "forwarding": services.iter().filter(|(_, forwarding, _)| *forwarding).count(),
+        "problems": services.iter().filter(|(_, _, problem)| problem.is_some()).count()
+    })
 }
 
 pub fn ready() -> Value {

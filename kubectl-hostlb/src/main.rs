@@ -116,7 +116,7 @@ async fn status(args: &Args, name: Option<&str>) -> anyhow::Result<ExitCode> {
     let scope = cluster::Scope { namespace: namespace.as_deref(), name, selector: args.selector.as_deref() };
     let observed = cluster::observe(&client, &scope, &args.hostlb_namespace)
         .await
-        .context("cannot read the cluster's Services, nodes and hostlb's proxies")?;
+        .context("cannot read the cluster's Services, nodes and hostlb's proxies, plans and reports")?;
     let report = match report::report_of(name, &observed) {
         Ok(report) => report,
         Err(unreported) => {

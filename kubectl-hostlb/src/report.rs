@@ -9,11 +9,12 @@ mod proxy_pods;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use hostlb_model::agent::{self, ForwardingPlan};
 use hostlb_model::names;
 use hostlb_model::readiness::node_can_serve;
 use hostlb_model::service::ServiceView;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -26,15 +27,18 @@ use proxy_pods::ProxyPods;
 pub const LATEST_WARNINGS: usize = 3;
 
 /// The objects a report is made of: the Services asked about, every node, the proxy
-/// DaemonSets and pods of the hostlb namespace, and the Warning Events about Services.
+/// DaemonSets and pods and the node agents' plans and reports of the hostlb namespace, and the
+/// Warning Events about Services.
 #[derive(Debug, Default)]
 pub struct Observed {
     pub services: Vec<Service>,
     pub nodes: Vec<Node>,
     pub daemonsets: Vec<DaemonSet>,
     pub pods: Vec<Pod>,
-    /// The node agents' plans and reports (`--dataplane agent`), of the hostlb namespace.
-    pub agent_objects: Vec<ConfigMap>,
+    /// The node agents' plans (`--dataplane agent`): one per Service they forward.
+    pub plans: Vec<ForwardingPlan>,
+    /// The node agents' reports: one per node, its status written by the node's agent.
+    pub agent_reports: Vec<agent::NodeReport>,
     pub warnings: Vec<Event>,
 }
 
@@ -79,6 +83,9 @@ pub struct NodeReport {
     pub state: NodeState,
     /// Why the node does not serve, in the words of the object that says so.
     pub reason: Option<String>,
+    /// With the node agents: when the node's agent wrote the report its state is read from.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_rfc3339")]
+    pub reported_at: Option<Timestamp>,
 }
 
 /// Where a node stands for one Service, from the most fundamental cause down.
@@ -237,6 +244,10 @@ trait Forwarding {
     fn leaves_out(&self, node: &Node) -> Option<Standing>;
     /// Whether the Service is forwarded on a node it is placed on and that can serve, and why not.
     fn forwards_on(&self, node: &str, local: bool) -> Standing;
+    /// When what `forwards_on` reads of the node was written, if something on the node writes it.
+    fn reported_at(&self, _node: &str) -> Option<Timestamp> {
+        None
+    }
     /// What other Services' forwarding holds on the node.
     fn held_on(&self, node: &str) -> Vec<Holding<'_>>;
 }
@@ -246,8 +257,8 @@ trait Forwarding {
 /// has both objects until the new data plane forwards wherever the old one did.
 fn forwarding_of<'a>(uid: &'a str, observed: &'a Observed) -> Box<dyn Forwarding + 'a> {
     let daemonset = observed.daemonsets.iter().find(|ds| serves(ds.labels(), uid));
-    match (daemonset, node_agents::plan_of(uid, &observed.agent_objects)) {
-        (None, Some(plan)) => Box::new(NodeAgents::new(uid, plan, &observed.agent_objects)),
+    match (daemonset, node_agents::plan_of(uid, &observed.plans)) {
+        (None, Some(plan)) => Box::new(NodeAgents::new(uid, plan, &observed.plans, &observed.agent_reports)),
         (daemonset, _) => Box::new(ProxyPods::new(uid, daemonset, &observed.pods)),
     }
 }
@@ -286,21 +297,22 @@ fn service_report(service: &ServiceView, forwarding: &dyn Forwarding, observed: 
 
 fn node_report(node: &Node, forwarding: &dyn Forwarding, local: bool) -> NodeReport {
     let name = node.name_any();
-    let (state, reason) = standing(node, &name, forwarding, local);
-    NodeReport { name, serving: state == NodeState::Serving, state, reason }
+    let ((state, reason), reported_at) = standing(node, &name, forwarding, local);
+    NodeReport { name, serving: state == NodeState::Serving, state, reason, reported_at }
 }
 
 /// The most fundamental cause first: the forwarding's placement, then the node's own state, then
-/// the forwarding on the node.
-fn standing(node: &Node, name: &str, forwarding: &dyn Forwarding, local: bool) -> Standing {
+/// the forwarding on the node, with when the node wrote what it is read from.
+fn standing(node: &Node, name: &str, forwarding: &dyn Forwarding, local: bool) -> (Standing, Option<Timestamp>) {
     if let Some(left_out) = forwarding.leaves_out(node) {
-        return left_out;
+        return (left_out, None);
     }
     if !node_can_serve(node) {
         let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-        return if cordoned { (NodeState::NodeCordoned, None) } else { (NodeState::NodeNotReady, None) };
+        let state = if cordoned { NodeState::NodeCordoned } else { NodeState::NodeNotReady };
+        return ((state, None), None);
     }
-    forwarding.forwards_on(name, local)
+    (forwarding.forwards_on(name, local), forwarding.reported_at(name))
 }
 
 const PORT_HELD: &str = "an older Service holds one of the ports on this node";

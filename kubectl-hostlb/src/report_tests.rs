@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::fixtures::*;
-use hostlb_contract::agent::{self as contract, ServiceReport as AgentEntry};
 use hostlb_model::agent;
 use serde_json::json;
 
@@ -167,79 +166,96 @@ fn ports_the_proxies_do_not_claim_are_marked() {
     assert_eq!(claimed, vec![(22, false), (80, true), (53, true)]);
 }
 
-/// A plan for the fixtures' Service on `nodes`, and each node's agent report of it.
-fn agent_objects(nodes: &[&str], reports: &[(&str, bool, Option<&str>)]) -> Vec<ConfigMap> {
-    let labelled = |name: String, component: &str| kube::api::ObjectMeta {
-        name: Some(name),
-        labels: Some(
-            [
-                (names::LABEL_MANAGED_BY.to_string(), names::MANAGED_BY.to_string()),
-                (names::LABEL_COMPONENT.to_string(), component.to_string()),
-                (names::LABEL_SERVICE_UID.to_string(), UID.to_string()),
-            ]
-            .into(),
-        ),
+/// The fixtures' Service with the node agents: its plan on `planned`, the nodes' reports.
+fn with_agents(nodes: &[&str], planned: &[&str], reports: Vec<agent::NodeReport>) -> ServiceReport {
+    let observed = Observed {
+        services: vec![service("web", UID, HTTP, &["10.0.0.1"])],
+        nodes: nodes.iter().copied().map(ready_node).collect(),
+        plans: vec![plan("web", UID, HTTP, planned)],
+        agent_reports: reports,
         ..Default::default()
     };
-    let args = "--service-namespace\nshop\n--service-name\nweb\n--port\ntcp:80:8080\n--to\n10.96.0.10\n";
-    let nodes: String = nodes.iter().map(|node| format!("{node}\n")).collect();
-    let plan = ConfigMap {
-        metadata: labelled("hostlb-web-1234".into(), agent::COMPONENT_PLAN),
-        data: Some(
-            [(contract::PLAN_ARGS.to_string(), args.to_string()), (contract::PLAN_NODES.to_string(), nodes)].into(),
-        ),
-        ..Default::default()
-    };
-    let report = |(node, forwarding, problem): &(&str, bool, Option<&str>)| {
-        let entry =
-            AgentEntry { service: "shop/web".into(), forwarding: *forwarding, problem: problem.map(Into::into) };
-        ConfigMap {
-            metadata: labelled(format!("hostlb-agent.{node}"), agent::COMPONENT_REPORT),
-            data: Some(contract::report_data(&[(UID.to_string(), entry)].into())),
-            ..Default::default()
-        }
-    };
-    [plan].into_iter().chain(reports.iter().map(report)).collect()
+    report(&observed).services.into_iter().next().expect("the Service is reported")
+}
+
+const NOT_REPORTED: &str = "the node's agent has not reported the Service yet";
+
+fn reported_at(service: &ServiceReport) -> Vec<(&str, Option<Timestamp>)> {
+    service.nodes.iter().map(|n| (n.name.as_str(), n.reported_at)).collect()
 }
 
 #[test]
 fn with_the_node_agents_each_node_says_what_its_agent_reports() {
-    let nodes = ["n1", "n2", "n3", "n4"].map(ready_node).to_vec();
-    let observed = Observed {
-        services: vec![service("web", UID, HTTP, &["10.0.0.1"])],
-        nodes,
-        agent_objects: agent_objects(&["n1", "n2", "n3"], &[("n1", true, None), ("n2", false, Some("no table"))]),
-        ..Default::default()
-    };
-    let service = &report(&observed).services[0];
+    let reports = vec![
+        agent_report("n1", written(100, &[(UID, true, None)])),
+        agent_report("n2", written(200, &[(UID, false, Some("no table")), ("uid-other", true, None)])),
+        agent_report("n4", written(300, &[])),
+    ];
+    let service = with_agents(&["n1", "n2", "n3", "n4"], &["n1", "n2", "n3"], reports);
     assert_eq!((service.daemon_set.as_deref(), service.plan.as_deref()), (None, Some("hostlb-web-1234")));
     assert!(service.ports.iter().all(|port| port.claimed), "{:?}", service.ports);
     assert_eq!(
-        states(service),
+        states(&service),
         vec![
             ("n1", NodeState::Serving, None),
             ("n2", NodeState::Failing, Some("no table")),
-            ("n3", NodeState::NoProxyPod, Some("the node's agent has not reported the Service yet")),
+            ("n3", NodeState::NoProxyPod, Some(NOT_REPORTED)),
             ("n4", NodeState::NotEligible, Some("not among its plan's nodes: its placement, or a taint")),
         ]
+    );
+    let at = |second| Some(Timestamp::from_second(second).unwrap());
+    assert_eq!(reported_at(&service), vec![("n1", at(100)), ("n2", at(200)), ("n3", None), ("n4", None)]);
+}
+
+#[test]
+fn with_the_node_agents_a_node_whose_agent_has_not_written_its_report_has_no_report_yet() {
+    let service = with_agents(&["n1", "n2"], &["n1", "n2"], vec![agent_report("n1", serde_json::Value::Null)]);
+    assert_eq!(
+        states(&service),
+        vec![("n1", NodeState::NoProxyPod, Some(NOT_REPORTED)), ("n2", NodeState::NoProxyPod, Some(NOT_REPORTED))]
+    );
+    assert_eq!(reported_at(&service), vec![("n1", None), ("n2", None)]);
+}
+
+#[test]
+fn with_the_node_agents_a_report_speaks_for_the_node_its_spec_names_whatever_its_name() {
+    let mut renamed = agent_report("n1", written(0, &[(UID, true, None)]));
+    renamed.metadata.name = Some("hostlb-agent.n2".into());
+    let service = with_agents(&["n1", "n2"], &["n1", "n2"], vec![renamed]);
+    assert_eq!(
+        states(&service),
+        vec![("n1", NodeState::Serving, None), ("n2", NodeState::NoProxyPod, Some(NOT_REPORTED))]
     );
 }
 
 #[test]
+fn with_the_node_agents_of_several_installs_a_node_is_read_from_the_report_of_the_plans_install() {
+    let install = |mut object_meta: kube::api::ObjectMeta, id: &str| {
+        object_meta.labels.get_or_insert_default().insert(names::LABEL_INSTALL.into(), id.into());
+        object_meta
+    };
+    let mut other = agent_report("n1", written(0, &[]));
+    other.metadata = install(other.metadata, "other");
+    let mut own = agent_report("n1", written(0, &[(UID, true, None)]));
+    own.metadata = install(own.metadata, "abc");
+    let mut planned = plan("web", UID, HTTP, &["n1"]);
+    planned.metadata = install(planned.metadata, "abc");
+    let observed = Observed {
+        services: vec![service("web", UID, HTTP, &[])],
+        nodes: vec![ready_node("n1")],
+        plans: vec![planned],
+        agent_reports: vec![other, own],
+        ..Default::default()
+    };
+    assert_eq!(states(&report(&observed).services[0]), vec![("n1", NodeState::Serving, None)]);
+}
+
+#[test]
 fn with_the_node_agents_a_node_an_older_services_plan_holds_the_port_on_is_port_held() {
-    let mut objects = agent_objects(&["n2"], &[]);
-    let mut older = objects[0].clone();
-    older.metadata.name = Some("hostlb-older-5678".into());
-    let labels = older.metadata.labels.as_mut().unwrap();
-    labels.insert(names::LABEL_SERVICE_UID.into(), "uid-older".into());
-    labels.insert(names::LABEL_SERVICE_NAMESPACE.into(), "shop".into());
-    labels.insert(names::LABEL_SERVICE_NAME.into(), "older".into());
-    older.data.as_mut().unwrap().insert(contract::PLAN_NODES.into(), "n1\n".into());
-    objects.push(older);
     let observed = Observed {
         services: vec![service("web", UID, HTTP, &[])],
         nodes: ["n1", "n2", "n3"].map(ready_node).to_vec(),
-        agent_objects: objects,
+        plans: vec![plan("web", UID, HTTP, &["n2"]), plan("older", "uid-older", &[(80, "TCP"), (53, "UDP")], &["n1"])],
         ..Default::default()
     };
     let service = &report(&observed).services[0];
@@ -247,13 +263,27 @@ fn with_the_node_agents_a_node_an_older_services_plan_holds_the_port_on_is_port_
         states(service),
         vec![
             ("n1", NodeState::PortHeld, Some(PORT_HELD)),
-            ("n2", NodeState::NoProxyPod, Some("the node's agent has not reported the Service yet")),
+            ("n2", NodeState::NoProxyPod, Some(NOT_REPORTED)),
             ("n3", NodeState::NotEligible, Some("not among its plan's nodes: its placement, or a taint")),
         ]
     );
     let held: Vec<(&str, i32, &str)> =
         service.conflicts.iter().map(|c| (c.node.as_str(), c.port, c.held_by.as_str())).collect();
     assert_eq!(held, vec![("n1", 80, "shop/older")]);
+}
+
+#[test]
+fn with_the_node_agents_json_names_the_plan_and_when_each_node_reported() {
+    let reports = vec![agent_report("n1", written(0, &[(UID, true, None)]))];
+    let json = serde_json::to_value(with_agents(&["n1", "n2"], &["n1", "n2"], reports)).unwrap();
+    assert_eq!((&json["daemonSet"], &json["plan"]), (&json!(null), &json!("hostlb-web-1234")));
+    assert_eq!(
+        json["nodes"],
+        json!([
+            { "name": "n1", "serving": true, "state": "Serving", "reason": null, "reportedAt": "1970-01-01T00:00:00Z" },
+            { "name": "n2", "serving": false, "state": "NoProxyPod", "reason": NOT_REPORTED },
+        ])
+    );
 }
 
 #[test]

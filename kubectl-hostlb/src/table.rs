@@ -95,6 +95,10 @@ fn details(service: &ServiceReport, now: Timestamp) -> String {
         if !held.is_empty() {
             let _ = write!(reason, " ({})", held.join(", "));
         }
+        // With the node agents, how old the word of the node's agent is.
+        if let Some(reported) = node.reported_at.filter(|_| !node.serving) {
+            let _ = write!(reason, " (last report {} ago)", age(now.duration_since(reported)));
+        }
         vec![node.name.clone(), format!("{:?}", node.state), reason]
     }));
     let mut out = aligned(&rows, "  ");
@@ -148,7 +152,13 @@ mod tests {
     use crate::report::{Conflict, NodeReport, NodeState, PortReport, WarningReport};
 
     fn node(name: &str, state: NodeState, reason: Option<&str>) -> NodeReport {
-        NodeReport { name: name.into(), serving: state == NodeState::Serving, state, reason: reason.map(Into::into) }
+        NodeReport {
+            name: name.into(),
+            serving: state == NodeState::Serving,
+            state,
+            reason: reason.map(Into::into),
+            reported_at: None,
+        }
     }
 
     fn served(name: &str) -> ServiceReport {
@@ -227,6 +237,34 @@ shop/second:
   PortConflict   45s   2       PortConflict message
   PortConflict   10m   2       PortConflict message
   PortRefused    60m   2       PortRefused message
+";
+        assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn with_the_node_agents_a_node_not_serving_says_how_old_its_agents_report_is() {
+        let mut planned = served("web");
+        planned.daemon_set = None;
+        planned.plan = Some("hostlb-web-1234".into());
+        let reported = |mut node: NodeReport, second| {
+            node.reported_at = Some(at(second));
+            node
+        };
+        planned.nodes = vec![
+            reported(node("node-1", NodeState::Serving, None), 100),
+            reported(node("node-2", NodeState::Failing, Some("no table")), 0),
+            node("node-3", NodeState::NoProxyPod, Some("the node's agent has not reported the Service yet")),
+        ];
+        let table = render(&Report { services: vec![planned] }, at(180), true);
+        let expected = "\
+NAMESPACE   NAME   ADDRESSES           PORTS    NODES   WARNINGS   DAEMONSET         SERVING
+shop        web    10.0.0.1,10.0.0.2   80/TCP   1/3     <none>     hostlb-web-1234   node-1
+
+shop/web:
+  NODE     STATE        REASON
+  node-1   Serving      -
+  node-2   Failing      no table (last report 3m ago)
+  node-3   NoProxyPod   the node's agent has not reported the Service yet
 ";
         assert_eq!(table, expected);
     }

@@ -1,14 +1,19 @@
 //! The objects of the node agent data plane (`--dataplane agent`), by name and label: the
-//! per-Service plan the controller writes and the per-node report each agent writes back.
-//! Both are ConfigMaps in hostlb's namespace: a plan per served Service, named as its proxy
-//! DaemonSet would be; a report per node, named after the node. What they carry is
-//! `hostlb_contract::agent`'s.
+//! per-Service `ForwardingPlan` the controller writes and the per-node `NodeReport` whose
+//! status each agent writes back, both custom resources in hostlb's namespace: a plan per
+//! served Service, named as its proxy DaemonSet would be; a report per node, named after the
+//! node. What they carry is `hostlb_contract::agent`'s. Releases before them carried both as
+//! ConfigMaps with the same names and labels, which an upgrade removes once every agent is new.
 
 use std::collections::BTreeMap;
 
+use hostlb_contract::agent::{
+    PlanSpec, ReportSpec, ReportStatus, API_VERSION, GROUP, PLAN_KIND, PLAN_PLURAL, REPORT_KIND, REPORT_PLURAL, VERSION,
+};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube_core::ApiResource;
+use serde::{Deserialize, Serialize};
 
 use crate::names::{self, LABEL_COMPONENT, LABEL_INSTALL, LABEL_MANAGED_BY, MANAGED_BY};
 
@@ -31,10 +36,58 @@ pub fn report_name(agent: &str, node: &str) -> String {
     format!("{agent}.{node}")
 }
 
-/// The report of `node` with `data`, as the controller makes it (empty) before the node's agent
-/// may write it, and as the agent writes it: labelled as this install's report, and owned by the
-/// agents' DaemonSet, so that it goes with it.
-pub fn report(agents: &DaemonSet, install_id: &str, node: &str, data: BTreeMap<String, String>) -> ConfigMap {
+/// The Services' plans, which the controller writes and the agents read.
+pub fn plan_resource() -> ApiResource {
+    contract_resource(PLAN_KIND, PLAN_PLURAL)
+}
+
+/// The nodes' reports, whose status each node's agent writes.
+pub fn report_resource() -> ApiResource {
+    contract_resource(REPORT_KIND, REPORT_PLURAL)
+}
+
+fn contract_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: GROUP.into(),
+        version: VERSION.into(),
+        api_version: API_VERSION.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// A Service's plan.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardingPlan {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: PlanSpec,
+}
+
+impl ForwardingPlan {
+    pub fn new(metadata: ObjectMeta, spec: PlanSpec) -> ForwardingPlan {
+        ForwardingPlan { api_version: API_VERSION.into(), kind: PLAN_KIND.into(), metadata, spec }
+    }
+}
+
+/// A node's report: which node, as the controller made it, and what its agent last wrote.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: ReportSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ReportStatus>,
+}
+
+/// The report of `node`, as the controller makes it before the node's agent may fill its
+/// status in: labelled as this install's report, and owned by the agents' DaemonSet, so that it
+/// goes with it.
+pub fn report(agents: &DaemonSet, install_id: &str, node: &str) -> NodeReport {
     let agent = agents.metadata.name.clone().unwrap_or_default();
     let mut labels = BTreeMap::from([
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
@@ -52,7 +105,9 @@ pub fn report(agents: &DaemonSet, install_id: &str, node: &str, data: BTreeMap<S
         uid: agents.metadata.uid.clone().unwrap_or_default(),
         ..Default::default()
     };
-    ConfigMap {
+    NodeReport {
+        api_version: API_VERSION.into(),
+        kind: REPORT_KIND.into(),
         metadata: ObjectMeta {
             name: Some(report_name(&agent, node)),
             namespace: agents.metadata.namespace.clone(),
@@ -60,8 +115,8 @@ pub fn report(agents: &DaemonSet, install_id: &str, node: &str, data: BTreeMap<S
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
-        data: Some(data),
-        ..Default::default()
+        spec: ReportSpec { node: node.to_string() },
+        status: None,
     }
 }
 
@@ -108,7 +163,9 @@ mod tests {
             },
             ..Default::default()
         };
-        let report = report(&agents, "abc", "node-1", BTreeMap::new());
+        let report = report(&agents, "abc", "node-1");
+        assert_eq!(report.spec.node, "node-1");
+        assert_eq!((report.api_version.as_str(), report.kind.as_str()), ("hostlb.io/v1alpha1", "NodeReport"));
         assert_eq!(report.metadata.name.as_deref(), Some("hostlb-agent.node-1"));
         assert_eq!(report.metadata.namespace.as_deref(), Some("hostlb-system"));
         let labels = report.metadata.labels.unwrap();

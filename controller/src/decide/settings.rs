@@ -33,6 +33,9 @@ pub struct Settings {
     pub node_lease_grace: Option<std::time::Duration>,
     /// How long withdrawals may stay paused while most nodes look down.
     pub withdrawal_pause_limit: std::time::Duration,
+    /// How long a node agent's report stands without renewal before what its node forwards
+    /// counts as unknown.
+    pub agent_report_expiry: std::time::Duration,
 }
 
 impl Settings {

@@ -16,20 +16,8 @@ use k8s_openapi::api::core::v1::{LoadBalancerStatus, PodCondition, ServiceStatus
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// An agent's report that node `node` forwards (or not) the fixtures' Service.
-fn agent_report(node: &str, forwarding: bool) -> k8s_openapi::api::core::v1::ConfigMap {
-    use hostlb_contract::agent::{report_data, ServiceReport};
-    use hostlb_model::agent::{AGENT, COMPONENT_REPORT};
-    let entry = ServiceReport { service: "shop/web".into(), forwarding, problem: None };
-    k8s_openapi::api::core::v1::ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some(format!("{AGENT}.{node}")),
-            namespace: Some("hostlb-system".into()),
-            labels: Some([(names::LABEL_COMPONENT.to_string(), COMPONENT_REPORT.to_string())].into()),
-            ..Default::default()
-        },
-        data: Some(report_data(&[(UID.to_string(), entry)].into())),
-        ..Default::default()
-    }
+fn agent_report(node: &str, forwarding: bool) -> kube::api::DynamicObject {
+    crate::fixtures::written_report(node, &[(UID, "shop/web", forwarding)])
 }
 
 #[test]
@@ -63,20 +51,20 @@ fn switching_data_planes_removes_the_old_forwarding_only_once_the_new_one_forwar
         }
     };
     let mut index = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&daemonset));
-    index.apply_agent_report(&watcher::Event::Apply(agent_report("n1", true)), hostlb_model::agent::AGENT);
-    index.apply_agent_report(&watcher::Event::Apply(agent_report("n2", false)), hostlb_model::agent::AGENT);
+    index.apply_agent_report(&watcher::Event::Apply(agent_report("n1", true)), std::time::Instant::now());
+    index.apply_agent_report(&watcher::Event::Apply(agent_report("n2", false)), std::time::Instant::now());
 
     let to_agents = decide_in(&index, &agent_settings);
     assert!(!touches(&to_agents, "DaemonSet"), "n2's agent does not forward yet: the proxy pods stay");
     let to_pods = decide_in(&index, &settings());
-    assert!(deletes(&to_pods, "ConfigMap"), "the pods forward wherever the agents do");
+    assert!(deletes(&to_pods, "ForwardingPlan"), "the pods forward wherever the agents do");
 
-    index.apply_agent_report(&watcher::Event::Apply(agent_report("n2", true)), hostlb_model::agent::AGENT);
+    index.apply_agent_report(&watcher::Event::Apply(agent_report("n2", true)), std::time::Instant::now());
     let to_agents = decide_in(&index, &agent_settings);
     assert!(deletes(&to_agents, "DaemonSet"), "both agents forward now");
     index.apply_proxy_pod(&watcher::Event::Delete(pods[1].clone()), Timestamp::now());
     let to_pods = decide_in(&index, &settings());
-    assert!(!touches(&to_pods, "ConfigMap"), "n2's proxy pod is gone: the agents keep forwarding there");
+    assert!(!touches(&to_pods, "ForwardingPlan"), "n2's proxy pod is gone: the agents keep forwarding there");
 }
 
 fn served_by_agents(service: &Service, index: &Index) -> Serving {
@@ -128,13 +116,13 @@ fn with_the_node_agents_bad_tolerations_are_refused_and_a_priority_class_is_said
     let serving = served_by_agents(&service, &index);
     assert_eq!(reasons(&serving.warnings), [Reason::InvalidOption]);
     assert!(serving.warnings[0].message.contains("item 0: operator \"Sometimes\" is neither Equal nor Exists"));
-    assert!(!touches(&serving, "ConfigMap"), "the plan is left as it was");
+    assert!(!touches(&serving, "ForwardingPlan"), "the plan is left as it was");
 
     let classed = ServiceBuilder::new("web").annotation(names::ANNOTATION_PRIORITY_CLASS, "hostlb-proxy").build();
     index = index_of(std::slice::from_ref(&classed), &[NodeBuilder::new("n1").build()], &[], &[]);
     let serving = served_by_agents(&classed, &index);
     assert_eq!(reasons(&serving.warnings), [Reason::OptionIgnored]);
-    assert!(touches(&serving, "ConfigMap"), "served all the same");
+    assert!(touches(&serving, "ForwardingPlan"), "served all the same");
 }
 
 fn served(service: &Service, index: &Index, daemonset: Option<&DaemonSet>) -> Serving {
@@ -522,7 +510,7 @@ fn with_the_node_agents_a_service_left_without_ports_loses_its_plan_and_a_daemon
         now: Timestamp::now(),
     };
     let Decision::Serve(serving) = decide(&observed, &index, &agent_settings) else { panic!("expected to serve") };
-    assert!(deletes(&serving, "ConfigMap") && deletes(&serving, "DaemonSet"), "{:?}", serving.forwarding);
+    assert!(deletes(&serving, "ForwardingPlan") && deletes(&serving, "DaemonSet"), "{:?}", serving.forwarding);
 }
 
 #[test]

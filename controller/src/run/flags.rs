@@ -132,6 +132,11 @@ pub struct Args {
     /// still down leave the status.
     #[arg(long, env = "HOSTLB_WITHDRAWAL_PAUSE_LIMIT_SECONDS", default_value_t = 300)]
     pub withdrawal_pause_limit_seconds: u64,
+    /// Seconds a node agent's report stands without renewal (agents renew it every 10) before
+    /// what its node forwards counts as unknown and the node leaves the status of the Services
+    /// it reports; as long as the node controller waits for a silent kubelet.
+    #[arg(long, env = "HOSTLB_AGENT_REPORT_EXPIRY_SECONDS", default_value_t = 40)]
+    pub agent_report_expiry_seconds: u64,
     /// Address of the /livez, /readyz and /metrics endpoints.
     #[arg(long, env = "HOSTLB_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
     pub http_address: SocketAddr,
@@ -162,13 +167,24 @@ pub struct Args {
     pub lease_retry_period_seconds: u64,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
+/// `RUST_LOG` as this process has it, for the processes it starts on the nodes.
+fn log_filter_env() -> Option<(String, String)> {
+    let filter = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).ok()?;
+    Some((tracing_subscriber::EnvFilter::DEFAULT_ENV.to_string(), filter))
+}
+
 impl LogFormat {
+    /// The environment that gives another process of this binary the same format.
+    fn env(self) -> Option<(String, String)> {
+        (self == LogFormat::Json).then(|| ("HOSTLB_LOG_FORMAT".to_string(), "json".to_string()))
+    }
+
     /// Logs to standard output, in colour on a terminal; `RUST_LOG` filters, `info` by default.
     pub fn init(self) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -199,6 +215,7 @@ impl Args {
             instance: self.instance.clone(),
             node_lease_grace: Some(Duration::from_secs(self.node_lease_grace_seconds)).filter(|grace| !grace.is_zero()),
             withdrawal_pause_limit: Duration::from_secs(self.withdrawal_pause_limit_seconds),
+            agent_report_expiry: Duration::from_secs(self.agent_report_expiry_seconds),
             tenants: TenantPolicy {
                 priority_classes: self.allowed_priority_classes.clone(),
                 toleration_keys: self.allowed_toleration_keys.clone(),
@@ -220,6 +237,7 @@ impl Args {
                 install_id: names::install_id(&self.load_balancer_class),
                 dataplane: self.dataplane,
                 agent: agent::agent_name(&self.load_balancer_class),
+                log_env: self.log_format.env().into_iter().chain(log_filter_env()).collect(),
             },
             load_balancer_class: self.load_balancer_class.clone(),
         }

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -14,9 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use hostlb_model::names;
 use hostlb_model::reason::Reason;
 use hostlb_model::service::ServiceView;
+use hostlb_model::{agent, names};
 
 use crate::decide::dataplane::Applied;
 use crate::decide::dataplane::{
@@ -40,7 +40,8 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
     let index = Arc::new(RwLock::new(Index::default()));
     let synced = Arc::new(AtomicBool::new(true));
     let context = Context::new(client.clone(), settings, services, index, Arc::new(Metrics::default()), synced);
-    let all = Api::<Service>::all(client).list(&ListParams::default()).await.map_err(Error::kube("list Services"))?;
+    let all =
+        Api::<Service>::all(client.clone()).list(&ListParams::default()).await.map_err(Error::kube("list Services"))?;
     let mut released = 0;
     for service in &all.items {
         let view = ServiceView::of(service);
@@ -57,6 +58,16 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
         for object in context.list_forwarding(kind, None).await? {
             let action = format!("delete {} {}", object_kind(&object), key_of(&object));
             context.delete_object(&context.forwarding_api(kind), &object).await.map_err(Error::kube(action))?;
+        }
+    }
+    // The ConfigMap plans and reports of an older release whose upgrade did not finish.
+    let config_maps = Api::<ConfigMap>::namespaced(client, &context.settings.forwarding.namespace);
+    let install_id = &context.settings.forwarding.install_id;
+    for selector in [agent::plan_selector(install_id), agent::report_selector(install_id)] {
+        let listed = config_maps.list(&ListParams::default().labels(&selector)).await;
+        for config_map in listed.map_err(Error::kube(format!("list ConfigMaps {selector}")))?.items {
+            let action = format!("delete ConfigMap {}", key_of(&config_map));
+            config_maps.delete(&config_map.name_any(), &DeleteParams::default()).await.map_err(Error::kube(action))?;
         }
     }
     for plane in DataPlaneKind::ALL.map(DataPlaneKind::implementation) {
@@ -313,7 +324,7 @@ impl Context {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     use kube::runtime::watcher::Event;
     use serde_json::{json, Value};
@@ -368,10 +379,11 @@ mod tests {
         index.agent_binding.apply(&Event::Apply(desired_binding(settings)), kept_whole);
         let (context, mut api) = with_the_agents(index);
         tokio::join!(context.keep_shared_objects(), async {
-            let path = "/api/v1/namespaces/hostlb-system/configmaps";
+            let path = "/apis/hostlb.io/v1alpha1/namespaces/hostlb-system/nodereports";
             let made = api.expect("POST", path, 409, rejected(409, "AlreadyExists", "exists")).await;
             assert_eq!(made.body["metadata"]["name"], "hostlb-agent.n1");
-            assert_eq!(made.body["data"], json!(BTreeMap::<String, String>::new()));
+            assert_eq!(made.body["spec"], json!({ "node": "n1" }));
+            assert_eq!(made.body.get("status"), None, "the agent's to write");
             api.expect_nothing_more().await;
         });
     }

@@ -1,5 +1,6 @@
-//! The clock that judges node Leases: nothing changes in the API when a kubelet stops, so
-//! only the clock can tell that a node's Lease went stale.
+//! The clock that judges node Leases and the node agents' reports: nothing changes in the API
+//! when a kubelet or an agent stops, so only the clock can tell that a Lease or a report went
+//! stale.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -22,6 +23,8 @@ pub struct LeaseClock {
     /// How far a kubelet may miss a renewal (`None`: leave it to the node's Ready condition).
     pub grace: Option<Duration>,
     pub pause_limit: Duration,
+    /// How long a node agent's report stands without renewal.
+    pub report_expiry: Duration,
     /// Whether the API server answers this process.
     pub contact: ApiContact,
     pub metrics: Arc<Metrics>,
@@ -37,7 +40,7 @@ pub fn lease_liveness<T>(
     index: Arc<RwLock<Index>>,
     clock: LeaseClock,
 ) -> impl Stream<Item = Result<(), watcher::Error>> + Send + 'static {
-    let LeaseClock { grace, pause_limit, contact, metrics } = clock;
+    let LeaseClock { grace, pause_limit, report_expiry, contact, metrics } = clock;
     enum Tick {
         Watched(Result<(), watcher::Error>),
         Clock,
@@ -58,9 +61,16 @@ pub fn lease_liveness<T>(
             Tick::Clock => {
                 let mut index = index.write().expect("index lock");
                 let now = Instant::now();
-                let flipped = index.judge_leases(now, grace, contact.answering(now));
+                let answering = contact.answering(now);
+                let flipped = index.judge_leases(now, grace, answering);
                 for node in &flipped {
                     info!(node = %node.name_any(), serves = index.serves(node), "node Lease renewal judged anew");
+                }
+                // Reports are judged only while this controller sees the API server: a
+                // report it cannot read is not one its agent failed to write.
+                let reports_judged = answering && index.judge_reports(now, report_expiry);
+                if reports_judged {
+                    info!(expired = ?index.expired_report_nodes(), "node agents' reports judged anew");
                 }
                 if index.bound_pause(now, pause_limit) {
                     metrics.withdrawal_pauses_ended.inc();
@@ -73,7 +83,7 @@ pub fn lease_liveness<T>(
                 } else if pause_changed {
                     info!("addresses follow the nodes again");
                 }
-                (!flipped.is_empty() || pause_changed && !paused).then_some(Ok(()))
+                (!flipped.is_empty() || reports_judged || pause_changed && !paused).then_some(Ok(()))
             }
         };
         std::future::ready(changed)

@@ -279,8 +279,10 @@ async fn a_type_change_deletes_the_proxies_clears_the_status_and_removes_an_olde
     assert_eq!(deleted.body["preconditions"], json!({ "uid": "ds-uid" }));
     assert_eq!(deleted.body["propagationPolicy"], "Background");
     // A plan the node agents had for it would go too.
-    let no_plans = json!({ "kind": "ConfigMapList", "apiVersion": "v1", "metadata": {}, "items": [] });
-    let plans = api.expect("GET", "/api/v1/namespaces/hostlb-system/configmaps", 200, no_plans).await;
+    let no_plans =
+        json!({ "kind": "ForwardingPlanList", "apiVersion": "hostlb.io/v1alpha1", "metadata": {}, "items": [] });
+    let plans =
+        api.expect("GET", "/apis/hostlb.io/v1alpha1/namespaces/hostlb-system/forwardingplans", 200, no_plans).await;
     assert!(plans.query.contains("forwarding-plan") && plans.query.contains(UID), "{}", plans.query);
     let cleared = api.expect("PATCH", &format!("{SERVICE_PATH}/status"), 200, json_of(&service)).await;
     assert_eq!(cleared.body["status"], json!({ "loadBalancer": {} }));

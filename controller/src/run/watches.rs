@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use futures::{stream, Stream, StreamExt, TryStreamExt};
+use hostlb_model::agent::{plan_resource, report_resource};
 use hostlb_model::service::keep_what_hostlb_reads;
 use hostlb_model::{agent, names};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -17,6 +18,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Node, Pod, Service};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -84,11 +86,16 @@ pub fn watch(
             triggers::of_proxy_objects(&index.apply_daemonset(event))
         });
     // Watched in both data planes: the plans and reports of the other are swept or read while
-    // it hands over.
+    // it hands over; and so are the ConfigMap plans and reports of older releases, while an
+    // upgrade replaces the agents.
     let plans = all.clone().labels(&agent::plan_selector(&settings.forwarding.install_id));
+    let plan_api = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &plan_resource());
     let plan_triggers =
+        indexed(plan_api, plans.clone(), &index, |index, event| triggers::of_proxy_objects(&index.apply_plan(event)));
+    let legacy_plan_triggers =
         indexed(Api::<ConfigMap>::namespaced(client.clone(), &namespace), plans, &index, |index, event| {
-            triggers::of_proxy_objects(&index.apply_plan(event))
+            index.apply_legacy_plan(event);
+            Vec::new()
         });
     // The agents' DaemonSet, Role and RoleBinding share one name.
     let agents = all.clone().fields(&format!("metadata.name={}", settings.forwarding.agent));
@@ -108,10 +115,14 @@ pub fn watch(
             Vec::new()
         });
     let reports = all.clone().labels(&agent::report_selector(&settings.forwarding.install_id));
-    let report_triggers = {
+    let report_api = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &report_resource());
+    let report_triggers = indexed(report_api, reports.clone(), &index, |index, event| {
+        triggers::of_agent_reports(&index.apply_agent_report(event, Instant::now()))
+    });
+    let legacy_report_triggers = {
         let agent = settings.forwarding.agent.clone();
         indexed(Api::<ConfigMap>::namespaced(client.clone(), &namespace), reports, &index, move |index, event| {
-            triggers::of_agent_reports(&index.apply_agent_report(event, &agent))
+            triggers::of_agent_reports(&index.apply_legacy_agent_report(event, &agent))
         })
     };
     // The node agents' pods too, so that a Service can say why one does not run.
@@ -146,6 +157,7 @@ pub fn watch(
         let clock = LeaseClock {
             grace: settings.node_lease_grace,
             pause_limit: settings.withdrawal_pause_limit,
+            report_expiry: settings.agent_report_expiry,
             contact,
             metrics,
         };
@@ -178,6 +190,8 @@ pub fn watch(
         due(role_triggers.boxed()),
         due(binding_triggers.boxed()),
         due(report_triggers.boxed()),
+        due(legacy_report_triggers.boxed()),
+        due(legacy_plan_triggers.boxed()),
         due(pod_triggers.boxed()),
         due(node_triggers.boxed()),
         lease_triggers.boxed(),

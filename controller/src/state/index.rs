@@ -3,7 +3,8 @@
 //! `enablelb`) and their Leases; port claims by protocol and port; every Service's
 //! resourceVersion; of the proxy pod data plane, proxy pods by Service UID and proxy
 //! DaemonSets by name; of the node agent data plane, plans by name, the agents' reports by the
-//! Services they name, the agents' pods by node, their DaemonSet, Role and RoleBinding; and
+//! Services they name (and when each was last seen renewed), the agents' pods by node, their
+//! DaemonSet, Role and RoleBinding, and the ConfigMap plans and reports of older releases; and
 //! the DaemonSet controller's FailedCreate Events by DaemonSet. A reconcile reads its own groups and the
 //! nodes, so it costs what its own Service costs plus a pass or two over the nodes. Each `apply_*` returns what the event
 //! changed once committed, for `triggers`. Pure: the watches hand it their events; nothing
@@ -25,6 +26,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, PodTemplateSpec, S
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::DynamicObject;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
@@ -103,9 +105,18 @@ pub struct Index {
     /// The node agents' pods, grouped by the node each is for.
     pub agent_pods: Section<Arc<ProxyPod>, String>,
     /// Plans for the node agents, by `namespace/name`.
-    pub plans: Section<Arc<ConfigMap>, ()>,
+    pub plans: Section<Arc<DynamicObject>, ()>,
     /// The node agents' reports, grouped by the UIDs of the Services they name.
     pub agent_reports: Section<Arc<AgentReport>, String>,
+    /// When this process saw each report's `writtenAt` change, by the report's key.
+    report_renewals_seen: HashMap<String, (String, Instant)>,
+    /// The reports not renewed within their bound when last judged (`judge_reports`), as they
+    /// then stand (`AgentReport::expired`), by key.
+    expired_reports: HashMap<String, Arc<AgentReport>>,
+    /// The ConfigMap plans and reports of releases before `ForwardingPlan` and `NodeReport`,
+    /// read and then deleted while an upgrade replaces the agents.
+    pub legacy_plans: Section<Arc<ConfigMap>, ()>,
+    pub legacy_agent_reports: Section<Arc<AgentReport>, String>,
     /// Every Service's resourceVersion, so that a relist tells which Services changed.
     pub services: Section<String, ()>,
     /// Served Services, grouped by the host ports they claim.
@@ -310,7 +321,7 @@ impl Index {
     /// The Service's proxy pods, and, with the node agents, what each node's agent reports of it.
     pub fn proxy_pods_of<'a>(&'a self, service_uid: &'a str) -> impl Iterator<Item = &'a ProxyPod> {
         let pods = self.proxy_pods.group(&service_uid.to_string()).map(Arc::as_ref);
-        let reports = self.agent_reports.group(&service_uid.to_string());
+        let reports = self.reports_naming(service_uid);
         pods.chain(reports.filter_map(move |report| report.services.get(service_uid)))
     }
 
@@ -322,27 +333,108 @@ impl Index {
 
     /// The nodes whose agent reports that it forwards the Service.
     pub fn nodes_forwarding_through_agents(&self, service_uid: &str) -> BTreeSet<&str> {
-        let reports = self.agent_reports.group(&service_uid.to_string());
-        reports
+        self.reports_naming(service_uid)
             .filter(|report| report.services.get(service_uid).is_some_and(|entry| entry.ready))
             .map(|r| r.node.as_str())
             .collect()
     }
 
-    pub fn apply_plan(&mut self, event: &watcher::Event<ConfigMap>) -> Vec<Change<Arc<ConfigMap>>> {
+    /// The reports that name the Service, as they stand: a report not renewed within its bound
+    /// as expired, and an older release's ConfigMap report for a node whose agent has not yet
+    /// written its `NodeReport`.
+    fn reports_naming<'a>(&'a self, service_uid: &str) -> impl Iterator<Item = &'a AgentReport> {
+        let uid = service_uid.to_string();
+        let current = self.agent_reports.group(&uid).filter(|report| report.written_at.is_some());
+        let current = current.map(|report| self.expired_reports.get(&report.key).unwrap_or(report));
+        let legacy = self.legacy_agent_reports.group(&uid).filter(|report| !self.agent_reported(&report.node));
+        current.chain(legacy).map(Arc::as_ref)
+    }
+
+    /// The nodes whose agent's report is expired.
+    pub fn expired_report_nodes(&self) -> Vec<&str> {
+        self.expired_reports.values().map(|report| report.node.as_str()).collect()
+    }
+
+    /// Whether the node's agent has written its `NodeReport`.
+    pub fn agent_reported(&self, node: &str) -> bool {
+        self.agent_reports.values().any(|report| report.node == node && report.written_at.is_some())
+    }
+
+    pub fn apply_plan(&mut self, event: &watcher::Event<DynamicObject>) -> Vec<Change<Arc<DynamicObject>>> {
         self.plans.apply(event, |plan| Some((Arc::new(plan.clone()), Vec::new())))
     }
 
+    pub fn apply_legacy_plan(&mut self, event: &watcher::Event<ConfigMap>) {
+        self.legacy_plans.apply(event, |plan| Some((Arc::new(plan.clone()), Vec::new())));
+    }
+
+    /// Applies a report event seen at `now`: a report counts as renewed when its `writtenAt`
+    /// changes, so that a relist renews none that its agent did not.
     pub fn apply_agent_report(
+        &mut self,
+        event: &watcher::Event<DynamicObject>,
+        now: Instant,
+    ) -> Vec<Change<Arc<AgentReport>>> {
+        let changes = self.agent_reports.apply(event, |object| {
+            let report = AgentReport::of(object)?;
+            let uids = report.services.keys().cloned().collect();
+            Some((Arc::new(report), uids))
+        });
+        for change in &changes {
+            let written_at = change.after.as_ref().and_then(|report| report.written_at.clone());
+            match written_at {
+                Some(at) if self.report_renewals_seen.get(&change.key).is_none_or(|(seen, _)| *seen != at) => {
+                    self.report_renewals_seen.insert(change.key.clone(), (at, now));
+                    self.expired_reports.remove(&change.key);
+                }
+                Some(_) => {}
+                None => {
+                    self.report_renewals_seen.remove(&change.key);
+                    self.expired_reports.remove(&change.key);
+                }
+            }
+        }
+        changes
+    }
+
+    pub fn apply_legacy_agent_report(
         &mut self,
         event: &watcher::Event<ConfigMap>,
         agent: &str,
     ) -> Vec<Change<Arc<AgentReport>>> {
-        self.agent_reports.apply(event, |config_map| {
-            let report = AgentReport::of(config_map, agent)?;
+        self.legacy_agent_reports.apply(event, |config_map| {
+            let report = AgentReport::of_config_map(config_map, agent)?;
             let uids = report.services.keys().cloned().collect();
             Some((Arc::new(report), uids))
         })
+    }
+
+    /// Judges every report at `now`: one whose renewal was last seen more than `expiry` ago is
+    /// expired. Unless few of them are: more than half silent at once is more likely this
+    /// controller's blindness, or a cause common to every node, than agents that stopped, and
+    /// withdrawing every node would not help. Returns whether that changed what decisions see.
+    pub fn judge_reports(&mut self, now: Instant, expiry: Duration) -> bool {
+        let silent: Vec<String> = self
+            .report_renewals_seen
+            .iter()
+            .filter(|(_, (_, seen))| now.saturating_duration_since(*seen) > expiry)
+            .map(|(key, _)| key.clone())
+            .collect();
+        let silent = if silent.len() * 2 > self.report_renewals_seen.len() { Vec::new() } else { silent };
+        let unchanged = silent.len() == self.expired_reports.len()
+            && silent.iter().all(|key| self.expired_reports.contains_key(key));
+        if unchanged {
+            return false;
+        }
+        let bound = format!("{}s", expiry.as_secs());
+        self.expired_reports = silent
+            .into_iter()
+            .filter_map(|key| {
+                let report = self.agent_reports.get(&key)?;
+                Some((key, Arc::new(report.expired(&bound))))
+            })
+            .collect();
+        true
     }
 
     /// The watches that have not yet delivered their first complete list.
@@ -357,6 +449,8 @@ impl Index {
             ("node agents' role binding", self.agent_binding.synced()),
             ("plans", self.plans.synced()),
             ("agent reports", self.agent_reports.synced()),
+            ("older plans", self.legacy_plans.synced()),
+            ("older agent reports", self.legacy_agent_reports.synced()),
             ("proxy creation failures", self.creation_failures.synced()),
             ("node leases", self.node_leases.synced()),
         ]
@@ -700,6 +794,8 @@ mod tests {
             "node agents' role binding",
             "plans",
             "agent reports",
+            "older plans",
+            "older agent reports",
             "proxy creation failures",
             "node leases",
         ];

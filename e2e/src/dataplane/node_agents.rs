@@ -1,20 +1,21 @@
 //! The node agent data plane (`--dataplane agent`): one agent per node, from one DaemonSet,
-//! programs the plan (a ConfigMap) the controller writes per Service, and reports per node what
-//! it forwards.
+//! programs the plan (a `ForwardingPlan`) the controller writes per Service, and reports per node
+//! what it forwards (in the status of the node's `NodeReport`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
-use hostlb_model::agent;
+use hostlb_contract::agent::{API_VERSION, PLAN_KIND};
+use hostlb_model::agent::{self, ForwardingPlan, NodeReport};
 use hostlb_model::names;
 use hostlb_model::reason::Reason;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, ResourceExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::Api;
 use serde_json::json;
 
 use super::{
@@ -37,9 +38,20 @@ impl Cluster {
     }
 
     /// The Service's plans for the node agents.
-    pub async fn plans(&self, namespace: &str, service: &str) -> Result<Vec<ConfigMap>> {
+    pub async fn plans(&self, namespace: &str, service: &str) -> Result<Vec<ForwardingPlan>> {
         let selector = format!("{},{}", agent::plan_selector(&harness_install()), service_selector(namespace, service));
-        Ok(config_maps(self).list(&ListParams::default().labels(&selector)).await?.items)
+        typed(plan_api(self).list(&ListParams::default().labels(&selector)).await?.items)
+    }
+
+    /// The plans in hostlb's namespace, as objects to write.
+    pub fn plan_objects(&self) -> Api<DynamicObject> {
+        plan_api(self)
+    }
+
+    /// Every node's report.
+    pub async fn node_reports(&self) -> Result<Vec<NodeReport>> {
+        let selector = ListParams::default().labels(&agent::report_selector(&harness_install()));
+        typed(report_api(self).list(&selector).await?.items)
     }
 
     /// The nodes whose network namespace still holds the node agents' IPv4 table: node-1's is
@@ -74,13 +86,23 @@ fn agent_selector() -> String {
     format!("{}={}", names::LABEL_COMPONENT, agent::COMPONENT_AGENT)
 }
 
-/// The ConfigMaps of hostlb's namespace: plans and reports among them.
-fn config_maps(cluster: &Cluster) -> Api<ConfigMap> {
-    Api::namespaced(cluster.client.clone(), SYSTEM_NAMESPACE)
+/// The plans in hostlb's namespace.
+fn plan_api(cluster: &Cluster) -> Api<DynamicObject> {
+    Api::namespaced_with(cluster.client.clone(), SYSTEM_NAMESPACE, &agent::plan_resource())
+}
+
+/// The nodes' reports in hostlb's namespace.
+fn report_api(cluster: &Cluster) -> Api<DynamicObject> {
+    Api::namespaced_with(cluster.client.clone(), SYSTEM_NAMESPACE, &agent::report_resource())
+}
+
+/// Objects of hostlb's own kinds as their types.
+fn typed<T: serde::de::DeserializeOwned>(objects: Vec<DynamicObject>) -> Result<Vec<T>> {
+    objects.into_iter().map(|object| Ok(serde_json::from_value(serde_json::to_value(object)?)?)).collect()
 }
 
 /// The Service's one plan.
-async fn plan(cluster: &Cluster, namespace: &str, service: &str) -> Result<ConfigMap> {
+async fn plan(cluster: &Cluster, namespace: &str, service: &str) -> Result<ForwardingPlan> {
     let mut plans = cluster.plans(namespace, service).await?;
     ensure!(plans.len() == 1, "{namespace}/{service} has {} plans", plans.len());
     Ok(plans.remove(0))
@@ -107,9 +129,10 @@ impl DataPlane for NodeAgents {
     }
 
     fn forwarders<'a>(&'a self, cluster: &'a Cluster, namespace: &'a str, service: &'a str) -> Answer<'a, Vec<String>> {
-        Box::pin(
-            async move { Ok(cluster.plans(namespace, service).await?.iter().map(ResourceExt::name_any).collect()) },
-        )
+        Box::pin(async move {
+            let plans = cluster.plans(namespace, service).await?;
+            Ok(plans.into_iter().filter_map(|plan| plan.metadata.name).collect())
+        })
     }
 
     fn forwarding<'a>(
@@ -119,16 +142,12 @@ impl DataPlane for NodeAgents {
         service: &'a str,
     ) -> Answer<'a, Vec<(String, bool)>> {
         Box::pin(async move {
-            let selector = ListParams::default().labels(&agent::report_selector(&harness_install()));
-            let reports = config_maps(cluster).list(&selector).await?.items;
             let wanted = format!("{namespace}/{service}");
             let mut forwarding = Vec::new();
-            for report in reports {
-                let name = report.name_any();
-                let node = name.strip_prefix(&format!("{}.", agent::AGENT)).unwrap_or(&name).to_string();
-                let entries = hostlb_contract::agent::read_report(report.data.as_ref().unwrap_or(&BTreeMap::new()));
+            for report in cluster.node_reports().await? {
+                let entries = report.status.unwrap_or_default().entries();
                 let entry = entries.into_values().find(|entry| entry.service == wanted);
-                forwarding.extend(entry.map(|entry| (node.clone(), entry.forwarding)));
+                forwarding.extend(entry.map(|entry| (report.spec.node.clone(), entry.forwarding)));
             }
             Ok(forwarding)
         })
@@ -141,16 +160,16 @@ impl DataPlane for NodeAgents {
         service: &'a str,
     ) -> Answer<'a, Vec<(i32, String)>> {
         Box::pin(async move {
-            let mut ports = hostlb_contract::agent::plan_ports(plan(cluster, namespace, service).await?.data.as_ref());
+            let plan = plan(cluster, namespace, service).await?;
+            let mut ports: Vec<(i32, String)> =
+                plan.spec.ports.into_iter().map(|port| (i32::from(port.port), port.protocol)).collect();
             ports.sort();
             Ok(ports)
         })
     }
 
     fn nodes_wanted<'a>(&'a self, cluster: &'a Cluster, namespace: &'a str, service: &'a str) -> Answer<'a, usize> {
-        Box::pin(async move {
-            Ok(hostlb_contract::agent::plan_nodes(plan(cluster, namespace, service).await?.data.as_ref()).count())
-        })
+        Box::pin(async move { Ok(plan(cluster, namespace, service).await?.spec.nodes.len()) })
     }
 
     fn forwarding_revision<'a>(
@@ -159,7 +178,9 @@ impl DataPlane for NodeAgents {
         namespace: &'a str,
         service: &'a str,
     ) -> Answer<'a, String> {
-        Box::pin(async move { Ok(plan(cluster, namespace, service).await?.resource_version().unwrap_or_default()) })
+        Box::pin(
+            async move { Ok(plan(cluster, namespace, service).await?.metadata.resource_version.unwrap_or_default()) },
+        )
     }
 
     fn forwarding_pods<'a>(&'a self, cluster: &'a Cluster, _: &'a str, _: &'a str) -> Answer<'a, Vec<Pod>> {
@@ -173,14 +194,14 @@ impl DataPlane for NodeAgents {
     fn forwarder_owners<'a>(&'a self, cluster: &'a Cluster) -> Answer<'a, Vec<(String, String)>> {
         Box::pin(async move {
             let selector = ListParams::default().labels(names::LABEL_SERVICE_UID);
-            Ok(served_uids(&config_maps(cluster).list(&selector).await?.items))
+            Ok(served_uids(&plan_api(cluster).list(&selector).await?.items))
         })
     }
 
     fn ensure_rolled_out<'a>(&'a self, cluster: &'a Cluster, namespace: &'a str, service: &'a str) -> Answer<'a, ()> {
         Box::pin(async move {
             let plan = plan(cluster, namespace, service).await?;
-            let planned: BTreeSet<&str> = hostlb_contract::agent::plan_nodes(plan.data.as_ref()).collect();
+            let planned: BTreeSet<&str> = plan.spec.nodes.iter().map(String::as_str).collect();
             let forwarding = self.forwarding(cluster, namespace, service).await?;
             let forwarding: BTreeSet<&str> =
                 forwarding.iter().filter(|(_, forwards)| *forwards).map(|(node, _)| node.as_str()).collect();
@@ -217,15 +238,20 @@ impl DataPlane for NodeAgents {
 
     fn occupy_forwarder_name<'a>(&'a self, cluster: &'a Cluster, name: &'a str) -> Answer<'a, ()> {
         Box::pin(async move {
-            let foreign: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": name } }))?;
-            config_maps(cluster).create(&PostParams::default(), &foreign).await?;
+            let foreign: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": API_VERSION,
+                "kind": PLAN_KIND,
+                "metadata": { "name": name },
+                "spec": { "service": { "namespace": "elsewhere", "name": "other", "uid": "not-hostlbs" }, "ports": [] }
+            }))?;
+            plan_api(cluster).create(&PostParams::default(), &foreign).await?;
             Ok(())
         })
     }
 
     fn release_forwarder_name<'a>(&'a self, cluster: &'a Cluster, name: &'a str) -> Answer<'a, ()> {
         Box::pin(async move {
-            config_maps(cluster).delete(name, &DeleteParams::default()).await?;
+            plan_api(cluster).delete(name, &DeleteParams::default()).await?;
             Ok(())
         })
     }

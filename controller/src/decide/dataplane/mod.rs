@@ -132,7 +132,20 @@ pub struct SharedObject {
 
 impl SharedObject {
     pub fn of<K: Resource<DynamicType = ()> + Serialize>(object: &K) -> Self {
-        SharedObject { resource: ApiResource::erase::<K>(&()), object: erased(object) }
+        SharedObject::dynamic(ApiResource::erase::<K>(&()), object)
+    }
+
+    /// An object of a kind the API server serves but no Rust type here names (hostlb's own
+    /// custom resources).
+    pub fn dynamic(resource: ApiResource, object: &impl Serialize) -> Self {
+        SharedObject { resource, object: erased(object) }
+    }
+
+    /// The object at `key` (`namespace/name`), with nothing but its name, for a delete.
+    pub fn named(resource: ApiResource, key: &str) -> Self {
+        let (namespace, name) = key.split_once('/').unwrap_or_default();
+        let object = DynamicObject::new(name, &resource).within(namespace);
+        SharedObject { resource, object }
     }
 }
 

@@ -1,35 +1,45 @@
 //! The node agent data plane (`--dataplane agent`): instead of a DaemonSet of proxy pods per
-//! Service, a plan per Service (a ConfigMap naming its ports, destination, source ranges and
-//! the nodes that may serve it) and one DaemonSet of agents that program every plan of their
+//! Service, a plan per Service (a `ForwardingPlan` naming its ports, destination, source ranges
+//! and the nodes that may serve it) and one DaemonSet of agents that program every plan of their
 //! node in the node's network namespace and report back which Services the node forwards, in
-//! a report per node that the controller makes for them. Their Role, which the controller keeps
-//! too, lets them write those reports and no other object. No scheduler reads a plan: the checks the API server and the scheduler make of a proxy pod
-//! (its tolerations) are made here, and the agents' own pods say why a node does not forward.
+//! the status of a `NodeReport` per node that the controller makes for them. Their Role, which
+//! the controller keeps too, lets them read the plans and write those statuses and nothing
+//! else. No scheduler reads a plan: the checks the API server and the scheduler make of a proxy
+//! pod (its tolerations) are made here, and the agents' own pods say why a node does not
+//! forward. An upgrade from the ConfigMap plans of older releases writes every plan anew before
+//! the agents roll, and deletes the old ones once every node's new agent has reported.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hostlb_contract::agent as contract;
+use hostlb_contract::agent::{PlanSpec, GROUP, PLAN_PLURAL, REPORT_PLURAL};
 use hostlb_contract::{self as proxy, NAMESPACE_ENV, NODE_NAME_ENV};
-use hostlb_model::agent::{self as objects, AGENT_SERVICE_ACCOUNT, COMPONENT_AGENT, COMPONENT_PLAN};
+use hostlb_model::agent::{
+    self as objects, plan_resource, report_resource, ForwardingPlan, AGENT_SERVICE_ACCOUNT, COMPONENT_AGENT,
+    COMPONENT_PLAN,
+};
 use hostlb_model::names;
 use hostlb_model::options::{FieldError, ServiceLb};
 use hostlb_model::reason::{Reason, Warning};
 use hostlb_model::service::ServiceView;
 use hostlb_model::taints::{invalid_tolerations, repelling_taint};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, PodSpec, PodTemplateSpec, Toleration};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, HTTPGetAction, Node, PodSpec, PodTemplateSpec, Probe, Toleration,
+};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::ApiResource;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
 use super::proxy_daemonset::{
-    config_hash_of, field_env, follow_args, net_admin, resources, service_labels, tolerations, with_config_hash,
+    config_hash_of, field_env, follow_args, log_env, net_admin, resources, service_labels, tolerations,
+    with_config_hash,
 };
 use super::{
-    apply, erased, typed, DataPlane, Forwarded, Forwarding, ForwardingKind, ForwardingObject, ForwardingSettings,
-    SharedChange, SharedObject,
+    apply, typed, DataPlane, Forwarded, Forwarding, ForwardingKind, ForwardingObject, ForwardingSettings, SharedChange,
+    SharedObject,
 };
 use crate::decide::proxy_health::{creation_failure, failing_pods, unschedulable, NODE_AGENT};
 use crate::state::{Index, ProxyPod};
@@ -38,7 +48,7 @@ pub struct NodeAgents;
 
 static PLAN: ForwardingKind = ForwardingKind {
     noun: "plan",
-    resource: || ApiResource::erase::<ConfigMap>(&()),
+    resource: plan_resource,
     applied: Reason::PlanApplied,
     deleted: Reason::PlanDeleted,
     selector: objects::plan_selector,
@@ -80,7 +90,7 @@ impl DataPlane for NodeAgents {
             .collect();
         nodes.sort_unstable();
         let desired = desired_plan(lb, &nodes, service.settings);
-        let existing: Option<ConfigMap> = service.existing.and_then(typed);
+        let existing: Option<ForwardingPlan> = service.existing.and_then(typed);
         let apply =
             plan_needs_apply(existing.as_ref(), &desired).then(|| apply(&PLAN, &desired, existing.is_none(), lb));
         Forwarding { apply, replace_pod: None }
@@ -118,17 +128,20 @@ impl DataPlane for NodeAgents {
     }
 
     fn indexed(&self, index: &Index, key: &str) -> Option<ForwardingObject> {
-        index.plans.get(key).map(|plan| erased(plan.as_ref()))
+        index.plans.get(key).map(|plan| plan.as_ref().clone())
     }
 
     fn all_indexed(&self, index: &Index) -> Vec<ForwardingObject> {
-        index.plans.values().map(|plan| erased(plan.as_ref())).collect()
+        index.plans.values().map(|plan| plan.as_ref().clone()).collect()
     }
 
     /// The agents' Role and RoleBinding, then their DaemonSet, when missing or different, so
     /// that agents start with their permissions in place; then a report for each node that
     /// has none, owned by the DaemonSet once it is made, since agents may fill reports in but
-    /// not create them. The report of a node that is gone goes once its agent has.
+    /// not create them. The report of a node that is gone goes once its agent has. After an
+    /// upgrade from ConfigMap plans, the agents roll only once every Service has its plan anew
+    /// (an agent programs what it lists), and the old plans and reports go once every node's
+    /// new agent has reported.
     fn shared_changes(&self, settings: &ForwardingSettings, index: &Index) -> Vec<SharedChange> {
         let nodes: BTreeSet<&str> = index.nodes.values().filter_map(|node| node.metadata.name.as_deref()).collect();
         let role = desired_role(settings, &nodes);
@@ -144,19 +157,26 @@ impl DataPlane for NodeAgents {
             changes.push(SharedChange::Apply(SharedObject::of(&binding)));
         }
         let current_agents = index.agents.values().next();
-        if current_agents.is_none_or(|current| config_hash_of(current) != config_hash_of(&agents)) {
+        let replanned = index.legacy_plans.entries().all(|(key, _)| index.plans.get(key).is_some());
+        if replanned && current_agents.is_none_or(|current| config_hash_of(current) != config_hash_of(&agents)) {
             changes.push(SharedChange::Apply(SharedObject::of(&agents)));
         }
         let reported: BTreeSet<&str> = index.agent_reports.values().map(|report| report.node.as_str()).collect();
         if let Some(owner) = current_agents {
             let missing = nodes.difference(&reported);
-            let made = missing.map(|node| objects::report(owner, &settings.install_id, node, BTreeMap::new()));
-            changes.extend(made.map(|report| SharedChange::Create(SharedObject::of(&report))));
+            let made = missing.map(|node| objects::report(owner, &settings.install_id, node));
+            changes.extend(made.map(|report| SharedChange::Create(SharedObject::dynamic(report_resource(), &report))));
         }
-        let departed = index.agent_reports.entries().filter(|(_, report)| {
-            !nodes.contains(report.node.as_str()) && index.agent_pods.group_is_empty(&report.node)
-        });
-        changes.extend(departed.map(|(key, _)| SharedChange::Delete(SharedObject::of(&named::<ConfigMap>(key)))));
+        let departed = index
+            .agent_reports
+            .values()
+            .filter(|report| !nodes.contains(report.node.as_str()) && index.agent_pods.group_is_empty(&report.node));
+        let departed = departed.map(|report| SharedObject::named(report_resource(), &report.key));
+        changes.extend(departed.map(SharedChange::Delete));
+        let upgraded = nodes.iter().all(|node| index.agent_reported(node));
+        if upgraded {
+            changes.extend(legacy_objects(index).into_iter().map(SharedChange::Delete));
+        }
         changes
     }
 
@@ -172,19 +192,18 @@ impl DataPlane for NodeAgents {
     }
 }
 
-/// The object of kind `K` at `key` (`namespace/name`), with nothing but its name.
-fn named<K: Resource<DynamicType = ()> + Default>(key: &str) -> K {
-    let (namespace, name) = key.split_once('/').unwrap_or_default();
-    let mut object = K::default();
-    let metadata = object.meta_mut();
-    (metadata.namespace, metadata.name) = (Some(namespace.into()), Some(name.into()));
-    object
+/// The ConfigMap plans and reports of releases before `ForwardingPlan` and `NodeReport`.
+pub fn legacy_objects(index: &Index) -> Vec<SharedObject> {
+    let plans = index.legacy_plans.entries().map(|(key, _)| key);
+    let config_maps = plans.chain(index.legacy_agent_reports.entries().map(|(key, _)| key));
+    config_maps.map(|key| SharedObject::named(ApiResource::erase::<ConfigMap>(&()), key)).collect()
 }
 
-/// The agents' Role. They read the plans (RBAC cannot select ConfigMaps by label, so every one
-/// of the namespace), may write the report of each node and no other object, and read their own
-/// DaemonSet to tell an uninstall from a restart. RBAC cannot hold an agent to its own node's
-/// report: any of them may write any node's (see the README).
+/// The agents' Role. They read the plans, may write the status of each node's report and no
+/// other object, and watch their own DaemonSet to tell an uninstall from a restart. RBAC cannot
+/// hold an agent to its own node's report: any of them may write the status of any node's (see
+/// docs/dataplanes.md), which the controller's checks and, from Kubernetes 1.30 on, the
+/// admission policy bound.
 pub fn desired_role(settings: &ForwardingSettings, nodes: &BTreeSet<&str>) -> Role {
     let rule = |group: &str, resource: &str, resource_names: Vec<String>, verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![group.into()]),
@@ -193,13 +212,13 @@ pub fn desired_role(settings: &ForwardingSettings, nodes: &BTreeSet<&str>) -> Ro
         verbs: verbs.iter().map(ToString::to_string).collect(),
         non_resource_urls: None,
     };
-    let mut rules = vec![rule("", "configmaps", Vec::new(), &["get", "list", "watch"])];
-    // A rule without names would grant every ConfigMap: with no node, there is no such rule.
+    let mut rules = vec![rule(GROUP, PLAN_PLURAL, Vec::new(), &["get", "list", "watch"])];
+    // A rule without names would grant every report: with no node, there is no such rule.
     if !nodes.is_empty() {
         let reports = nodes.iter().map(|node| objects::report_name(&settings.agent, node)).collect();
-        rules.push(rule("", "configmaps", reports, &["patch"]));
+        rules.push(rule(GROUP, &format!("{REPORT_PLURAL}/status"), reports, &["patch"]));
     }
-    rules.push(rule("apps", "daemonsets", vec![settings.agent.clone()], &["get"]));
+    rules.push(rule("apps", "daemonsets", vec![settings.agent.clone()], &["get", "list", "watch"]));
     Role { metadata: agents_metadata(settings), rules: Some(rules) }
 }
 
@@ -242,31 +261,41 @@ fn agents_metadata(settings: &ForwardingSettings) -> ObjectMeta {
 }
 
 /// The plan of a valid Service with ports to serve, for the agents on `nodes`.
-pub fn desired_plan(lb: &ServiceLb, nodes: &[&str], settings: &ForwardingSettings) -> ConfigMap {
+pub fn desired_plan(lb: &ServiceLb, nodes: &[&str], settings: &ForwardingSettings) -> ForwardingPlan {
     let name = names::forwarding_name(&lb.name, &lb.uid);
     let mut labels = service_labels(lb, &name);
     labels.insert(names::LABEL_COMPONENT.into(), COMPONENT_PLAN.into());
     labels.insert(names::LABEL_INSTALL.into(), settings.install_id.clone());
-    let lines = |values: Vec<String>| values.iter().map(|value| format!("{value}\n")).collect::<String>();
-    let data = BTreeMap::from([
-        (contract::PLAN_ARGS.to_string(), lines(follow_args(lb).to_args())),
-        (contract::PLAN_NODES.to_string(), lines(nodes.iter().map(ToString::to_string).collect())),
-    ]);
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(settings.namespace.clone()),
-            labels: Some(labels),
-            ..Default::default()
-        },
-        data: Some(data),
+    let metadata = ObjectMeta {
+        name: Some(name),
+        namespace: Some(settings.namespace.clone()),
+        labels: Some(labels),
         ..Default::default()
-    }
+    };
+    ForwardingPlan::new(
+        metadata,
+        PlanSpec::new(&follow_args(lb), &lb.uid, nodes.iter().map(ToString::to_string).collect()),
+    )
 }
 
-/// Whether the plan must be written: it is missing, or its content or labels differ.
-pub fn plan_needs_apply(existing: Option<&ConfigMap>, desired: &ConfigMap) -> bool {
-    existing.is_none_or(|existing| existing.data != desired.data || existing.metadata.labels != desired.metadata.labels)
+/// Whether the plan must be written: it is missing, or its spec or labels differ.
+pub fn plan_needs_apply(existing: Option<&ForwardingPlan>, desired: &ForwardingPlan) -> bool {
+    existing.is_none_or(|existing| existing.spec != desired.spec || existing.metadata.labels != desired.metadata.labels)
+}
+
+/// A probe of the agent's own HTTP port, every `period` seconds, failing after `failures`.
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("metrics".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
 }
 
 /// The agents' DaemonSet: one pod per node, in the node's network namespace, tolerating every
@@ -279,13 +308,32 @@ pub fn desired_agent(settings: &ForwardingSettings) -> DaemonSet {
         install: settings.install_id.clone(),
         daemonset: settings.agent.clone(),
         node: String::new(),
+        http_port: proxy::AGENT_HTTP_PORT,
     };
     let agent = Container {
         name: "agent".into(),
         image: Some(settings.controller_image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         command: Some(args.command_line()),
-        env: Some(vec![field_env(NODE_NAME_ENV, "spec.nodeName"), field_env(NAMESPACE_ENV, "metadata.namespace")]),
+        env: Some(
+            [field_env(NODE_NAME_ENV, "spec.nodeName"), field_env(NAMESPACE_ENV, "metadata.namespace")]
+                .into_iter()
+                .chain(log_env(settings))
+                .collect(),
+        ),
+        // Declared, so that the scheduler counts the node's port as taken, and a PodMonitor can
+        // name it.
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: i32::from(args.http_port),
+            host_port: Some(i32::from(args.http_port)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // Ready once its table matches the plans; restarted when its loop has not turned for a
+        // minute (a wedged agent keeps its rules, but its report goes stale before that).
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/livez", 10, 6)),
         // NET_ADMIN in the node's network namespace, for the pod's whole life: the trade of
         // this mode.
         security_context: Some(net_admin()),
@@ -319,11 +367,12 @@ pub fn desired_agent(settings: &ForwardingSettings) -> DaemonSet {
 
 #[cfg(test)]
 mod tests {
-    use hostlb_contract::{Destination, PlannedService};
+    use hostlb_contract::agent::TrafficPolicy;
     use kube::runtime::watcher::Event;
 
     use super::*;
-    use crate::fixtures::{agent_pod, index_of, settings, NodeBuilder, ServiceBuilder};
+    use crate::decide::dataplane::erased;
+    use crate::fixtures::{agent_pod, index_of, settings, written_report, NodeBuilder, ServiceBuilder};
     use crate::state::index::kept_whole;
 
     #[test]
@@ -331,16 +380,16 @@ mod tests {
         let service = ServiceBuilder::new("web").port("TCP", 80, 30080).build();
         let lb = ServiceLb::from_service(&service).unwrap();
         let plan = desired_plan(&lb, &["node-1", "node-2"], &settings().forwarding);
-        let data = plan.data.clone().unwrap();
-        assert_eq!(data[contract::PLAN_NODES], "node-1\nnode-2\n");
-        let args: Vec<String> = data[contract::PLAN_ARGS].lines().map(str::to_string).collect();
-        let read = PlannedService::parse(&args, "node-2").unwrap().follow;
+        assert_eq!(plan.spec.nodes, ["node-1", "node-2"]);
+        assert_eq!(plan.spec.traffic_policy, TrafficPolicy::Cluster);
+        let read = plan.spec.follow_args("node-2").unwrap();
         assert_eq!((read.namespace.as_str(), read.service.as_str(), read.node.as_str()), ("shop", "web", "node-2"));
         assert_eq!(read.rules.ports, lb.ports);
-        assert!(matches!(read.rules.to[..], [Destination::Address(_)]), "{:?}", read.rules.to);
+        assert_eq!(read, proxy::FollowArgs { node: "node-2".into(), ..follow_args(&lb) });
         let labels = plan.metadata.labels.clone().unwrap();
         assert_eq!(labels[names::LABEL_COMPONENT], COMPONENT_PLAN);
         assert_eq!(labels[names::LABEL_SERVICE_UID], lb.uid);
+        assert_eq!(erased(&plan).types.unwrap().kind, "ForwardingPlan");
 
         assert!(!plan_needs_apply(Some(&plan), &plan));
         assert!(plan_needs_apply(None, &plan));
@@ -369,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn the_agents_may_patch_every_nodes_report_and_write_nothing_else() {
+    fn the_agents_may_patch_every_nodes_report_status_and_write_nothing_else() {
         let settings = settings().forwarding;
         let role = desired_role(&settings, &BTreeSet::from(["n1", "n2"]));
         let rules = role.rules.unwrap();
@@ -379,16 +428,21 @@ mod tests {
             .collect();
         assert_eq!(writes.len(), 1, "{rules:?}");
         assert_eq!(writes[0].verbs, ["patch"]);
-        assert_eq!(writes[0].resources.as_deref(), Some(&["configmaps".to_string()][..]));
+        assert_eq!(writes[0].api_groups.as_deref(), Some(&["hostlb.io".to_string()][..]));
+        assert_eq!(writes[0].resources.as_deref(), Some(&["nodereports/status".to_string()][..]));
         assert_eq!(
             writes[0].resource_names.as_deref(),
             Some(&["hostlb-agent.n1".to_string(), "hostlb-agent.n2".to_string()][..])
         );
-        let daemonsets =
-            rules.iter().find(|rule| rule.api_groups.as_deref() == Some(&["apps".to_string()][..])).unwrap();
+        let reads: Vec<(String, Option<Vec<String>>)> = rules
+            .iter()
+            .filter(|rule| !writes.contains(rule))
+            .map(|rule| (rule.resources.clone().unwrap_or_default().join(","), rule.resource_names.clone()))
+            .collect();
         assert_eq!(
-            (daemonsets.verbs.clone(), daemonsets.resource_names.clone()),
-            (vec!["get".into()], Some(vec!["hostlb-agent".into()]))
+            reads,
+            [("forwardingplans".into(), None), ("daemonsets".into(), Some(vec!["hostlb-agent".to_string()]))],
+            "no ConfigMap, no Secret: only the plans and the agents' own DaemonSet"
         );
 
         let without_nodes = desired_role(&settings, &BTreeSet::new()).rules.unwrap();
@@ -396,7 +450,7 @@ mod tests {
             without_nodes
                 .iter()
                 .all(|rule| rule.verbs.iter().all(|verb| ["get", "list", "watch"].contains(&verb.as_str()))),
-            "a rule with no names would grant every ConfigMap: {without_nodes:?}"
+            "a rule with no names would grant every report: {without_nodes:?}"
         );
         let binding = desired_binding(&settings);
         assert_eq!((binding.role_ref.kind.as_str(), binding.role_ref.name.as_str()), ("Role", "hostlb-agent"));
@@ -423,42 +477,106 @@ mod tests {
         index.agents.apply(&Event::Apply(agents.clone()), kept_whole);
         index.agent_role.apply(&Event::Apply(desired_role(settings, &BTreeSet::from(["n1", "n2"]))), kept_whole);
         index.agent_binding.apply(&Event::Apply(desired_binding(settings)), kept_whole);
-        let n1 = objects::report(&agents, &settings.install_id, "n1", BTreeMap::new());
-        index.apply_agent_report(&Event::Apply(n1.clone()), &settings.agent);
+        let report = |node: &str| erased(&objects::report(&agents, &settings.install_id, node));
+        let now = std::time::Instant::now();
+        index.apply_agent_report(&Event::Apply(report("n1")), now);
         let changes = NodeAgents.shared_changes(settings, &index);
-        assert_eq!(described(&changes), ["create ConfigMap hostlb-system/hostlb-agent.n2"]);
-        let made: ConfigMap = typed(&changes[0].object().object).unwrap();
-        assert_eq!(
-            made,
-            objects::report(&agents, &settings.install_id, "n2", BTreeMap::new()),
-            "empty, owned by the agents"
-        );
+        assert_eq!(described(&changes), ["create NodeReport hostlb-system/hostlb-agent.n2"]);
+        let made = &changes[0].object().object;
+        assert_eq!(made, &report("n2"), "with the node in its spec, owned by the agents");
 
         // A node joins: its agent may write its report once the Role names it.
         let n3 = NodeBuilder::new("n3").build();
         index.apply_node(&Event::Apply(n3.clone()));
-        index.apply_agent_report(
-            &Event::Apply(objects::report(&agents, &settings.install_id, "n2", BTreeMap::new())),
-            &settings.agent,
-        );
+        index.apply_agent_report(&Event::Apply(report("n2")), now);
         assert_eq!(
             described(&NodeAgents.shared_changes(settings, &index)),
-            ["apply Role hostlb-system/hostlb-agent", "create ConfigMap hostlb-system/hostlb-agent.n3"]
+            ["apply Role hostlb-system/hostlb-agent", "create NodeReport hostlb-system/hostlb-agent.n3"]
         );
 
         // Nodes leave: a report goes once the node's agent has gone too.
         index.agent_role.apply(&Event::Apply(desired_role(settings, &BTreeSet::from(["n1", "n2", "n3"]))), kept_whole);
-        index.apply_agent_report(
-            &Event::Apply(objects::report(&agents, &settings.install_id, "n3", BTreeMap::new())),
-            &settings.agent,
-        );
+        index.apply_agent_report(&Event::Apply(report("n3")), now);
         index.apply_node(&Event::Delete(n3));
         index.apply_node(&Event::Delete(nodes[0].clone()));
         index.apply_agent_pod(&Event::Apply(agent_pod("n3", "ContainerCreating")), &settings.install_id);
         assert_eq!(
             described(&NodeAgents.shared_changes(settings, &index)),
-            ["apply Role hostlb-system/hostlb-agent", "delete ConfigMap hostlb-system/hostlb-agent.n1"]
+            ["apply Role hostlb-system/hostlb-agent", "delete NodeReport hostlb-system/hostlb-agent.n1"]
         );
+    }
+
+    #[test]
+    fn an_upgrade_from_configmap_plans_rolls_the_agents_once_replanned_and_sweeps_once_every_agent_reported() {
+        let settings = &settings().forwarding;
+        let nodes = [NodeBuilder::new("n1").build(), NodeBuilder::new("n2").build()];
+        let mut index = index_of(&[], &nodes, &[], &[]);
+        let mut agents = desired_agent(settings);
+        agents.metadata.uid = Some("agents-uid".into());
+        // The older release's agents: same name, another template.
+        let mut older_agents = agents.clone();
+        older_agents.metadata.annotations = None;
+        index.agents.apply(&Event::Apply(older_agents), kept_whole);
+        index.agent_role.apply(&Event::Apply(desired_role(settings, &BTreeSet::from(["n1", "n2"]))), kept_whole);
+        index.agent_binding.apply(&Event::Apply(desired_binding(settings)), kept_whole);
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
+        let plan = desired_plan(&lb, &["n1", "n2"], settings);
+        let older_plan = ConfigMap { metadata: plan.metadata.clone(), ..Default::default() };
+        index.apply_legacy_plan(&Event::Apply(older_plan));
+        let now = std::time::Instant::now();
+        for node in ["n1", "n2"] {
+            index.apply_agent_report(&Event::Apply(erased(&objects::report(&agents, &settings.install_id, node))), now);
+        }
+        let changes = described(&NodeAgents.shared_changes(settings, &index));
+        assert!(changes.is_empty(), "the Service has no plan of the new kind yet: {changes:?}");
+
+        index.apply_plan(&Event::Apply(erased(&plan)));
+        let changes = described(&NodeAgents.shared_changes(settings, &index));
+        assert_eq!(changes, ["apply DaemonSet hostlb-system/hostlb-agent"]);
+
+        index.agents.apply(&Event::Apply(agents), kept_whole);
+        index.apply_agent_report(&Event::Apply(written_report("n1", &[])), now);
+        assert!(described(&NodeAgents.shared_changes(settings, &index)).is_empty(), "n2's agent is not new yet");
+        index.apply_agent_report(&Event::Apply(written_report("n2", &[])), now);
+        assert_eq!(
+            described(&NodeAgents.shared_changes(settings, &index)),
+            ["delete ConfigMap hostlb-system/hostlb-web-9178891c"]
+        );
+    }
+
+    #[test]
+    fn a_report_not_renewed_within_its_bound_forwards_nothing_unless_most_are_silent() {
+        let nodes: Vec<Node> = ["n1", "n2", "n3"].map(|node| NodeBuilder::new(node).build()).into();
+        let mut index = index_of(&[], &nodes, &[], &[]);
+        let start = std::time::Instant::now();
+        let expiry = std::time::Duration::from_secs(40);
+        for node in ["n1", "n2", "n3"] {
+            index.apply_agent_report(&Event::Apply(written_report(node, &[("uid-1", "shop/web", true)])), start);
+        }
+        let later = start + std::time::Duration::from_secs(30);
+        index.apply_agent_report(&Event::Apply(written_report("n1", &[("uid-1", "shop/web", true)])), later);
+        index.apply_agent_report(&Event::Apply(written_report("n2", &[("uid-1", "shop/web", true)])), later);
+        assert!(!index.judge_reports(later, expiry));
+
+        let past_n3 = start + std::time::Duration::from_secs(45);
+        assert!(index.judge_reports(past_n3, expiry));
+        assert_eq!(NodeAgents.nodes_forwarding(&index, "uid-1"), BTreeSet::from(["n1", "n2"]));
+        let n3 = index.proxy_pods_of("uid-1").find(|pod| pod.node.as_deref() == Some("n3")).unwrap();
+        assert!(n3.failure.as_deref().is_some_and(|failure| failure.contains("has not renewed its report for 40s")));
+
+        // A relist that brings the same report again renews nothing.
+        let unchanged = index.agent_reports.get("hostlb-system/hostlb-agent.n3").unwrap().clone();
+        let relisted = written_report("n3", &[("uid-1", "shop/web", true)]);
+        let mut same = relisted.clone();
+        same.data["status"]["writtenAt"] = unchanged.written_at.clone().unwrap().into();
+        index.apply_agent_report(&Event::Apply(same), past_n3);
+        assert!(!index.judge_reports(past_n3, expiry), "still expired");
+        index.apply_agent_report(&Event::Apply(relisted), past_n3);
+        assert_eq!(NodeAgents.nodes_forwarding(&index, "uid-1").len(), 3, "renewed");
+
+        let all_silent = past_n3 + std::time::Duration::from_secs(60);
+        assert!(!index.judge_reports(all_silent, expiry) || index.expired_report_nodes().is_empty());
+        assert_eq!(NodeAgents.nodes_forwarding(&index, "uid-1").len(), 3, "every agent silent at once: none expired");
     }
 
     #[test]

@@ -146,7 +146,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ForwardingSettings
                 image: Some(settings.controller_image.clone()),
                 image_pull_policy: Some(settings.image_pull_policy.clone()),
                 command: Some(follow.command_line()),
-                env: Some(vec![field_env(NODE_NAME_ENV, "spec.nodeName")]),
+                env: Some([field_env(NODE_NAME_ENV, "spec.nodeName")].into_iter().chain(log_env(settings)).collect()),
                 security_context: Some(net_admin()),
                 resources: Some(resources("5m", "16Mi", "64Mi")),
                 ..Default::default()
@@ -215,6 +215,13 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ForwardingSettings
         termination_grace_period_seconds: Some(10),
         ..Default::default()
     }
+}
+
+/// The controller's log format and filter, for the followers and agents it starts.
+pub fn log_env(settings: &ForwardingSettings) -> impl Iterator<Item = EnvVar> + '_ {
+    let var =
+        |(name, value): &(String, String)| EnvVar { name: name.clone(), value: Some(value.clone()), value_from: None };
+    settings.log_env.iter().map(var)
 }
 
 /// What the endpoint follower, or the node agent, needs of the Service; the node is the
@@ -366,7 +373,24 @@ mod tests {
             install_id: names::install_id(names::DEFAULT_LOAD_BALANCER_CLASS),
             dataplane: crate::decide::dataplane::DataPlaneKind::Pods,
             agent: hostlb_model::agent::AGENT.into(),
+            log_env: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_follower_logs_as_the_controller_does_and_takes_nothing_for_the_defaults() {
+        let service = ServiceBuilder::new("web").port("TCP", 80, 30080).local(32000).build();
+        let follower_env = |settings: &ForwardingSettings| {
+            let lb = ServiceLb::from_service(&service).unwrap();
+            let daemonset = desired_daemonset(&lb, &Placement::for_service(&lb, false), settings);
+            let containers = daemonset.spec.unwrap().template.spec.unwrap().containers;
+            let follower = containers.into_iter().find(|c| c.name == "follow-endpoints").unwrap();
+            follower.env.unwrap().into_iter().map(|var| var.name).collect::<Vec<_>>()
+        };
+        let mut json = settings(ForwardingMode::InitContainer);
+        assert_eq!(follower_env(&json), [NODE_NAME_ENV]);
+        json.log_env = vec![("HOSTLB_LOG_FORMAT".into(), "json".into()), ("RUST_LOG".into(), "debug".into())];
+        assert_eq!(follower_env(&json), [NODE_NAME_ENV, "HOSTLB_LOG_FORMAT", "RUST_LOG"]);
     }
 
     fn build(service: ServiceBuilder, forwarding: ForwardingMode) -> DaemonSet {

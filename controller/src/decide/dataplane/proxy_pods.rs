@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::ApiResource;
 
+use super::node_agents::legacy_objects;
 use super::proxy_daemonset::{config_hash_of, desired_daemonset, pod_template_marks};
 use super::{
     apply, erased, typed, Applied, DataPlane, Forwarded, Forwarding, ForwardingKind, ForwardingObject,
@@ -104,7 +105,8 @@ impl DataPlane for ProxyPods {
     /// Once no plan is left, every Service's proxy pods have taken over from the node agents,
     /// whose DaemonSet then goes (its agents, seeing it gone, remove their nodes' rules, and its
     /// reports go with it); their RoleBinding and Role go once no agent is left, so that those
-    /// still stopping can read their DaemonSet.
+    /// still stopping can read their DaemonSet, and so do an older release's ConfigMap plans and
+    /// reports.
     fn shared_changes(&self, _: &ForwardingSettings, index: &Index) -> Vec<SharedChange> {
         if let Some(agents) = index.agents.values().next() {
             let taken_over = index.plans.values().next().is_none();
@@ -115,7 +117,7 @@ impl DataPlane for ProxyPods {
         }
         let bindings = index.agent_binding.values().map(|binding| SharedObject::of(binding.as_ref()));
         let roles = index.agent_role.values().map(|role| SharedObject::of(role.as_ref()));
-        bindings.chain(roles).map(SharedChange::Delete).collect()
+        bindings.chain(roles).chain(legacy_objects(index)).map(SharedChange::Delete).collect()
     }
 
     /// Proxy DaemonSets are the Services' own.
@@ -145,6 +147,7 @@ pub fn needs_apply(existing: Option<&DaemonSet>, desired: &DaemonSet, last_appli
 mod tests {
     use std::collections::BTreeSet;
 
+    use k8s_openapi::api::core::v1::ConfigMap;
     use kube::runtime::watcher::Event;
 
     use super::*;
@@ -160,11 +163,13 @@ mod tests {
             ProxyPods.shared_changes(settings, index).iter().map(ToString::to_string).collect()
         };
         let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
-        let plan = desired_plan(&lb, &["n1"], settings);
+        let plan = erased(&desired_plan(&lb, &["n1"], settings));
         index.apply_plan(&Event::Apply(plan.clone()));
         index.agents.apply(&Event::Apply(desired_agent(settings)), kept_whole);
         index.agent_role.apply(&Event::Apply(desired_role(settings, &BTreeSet::from(["n1"]))), kept_whole);
         index.agent_binding.apply(&Event::Apply(desired_binding(settings)), kept_whole);
+        let older_plan = ConfigMap { metadata: desired_plan(&lb, &["n1"], settings).metadata, ..Default::default() };
+        index.apply_legacy_plan(&Event::Apply(older_plan));
         assert!(described(&index).is_empty(), "the agents still forward a Service");
 
         index.apply_plan(&Event::Delete(plan));
@@ -174,7 +179,12 @@ mod tests {
         index.apply_agent_pod(&Event::Delete(agent_pod("n1", "ContainerCreating")), &settings.install_id);
         assert_eq!(
             described(&index),
-            ["delete RoleBinding hostlb-system/hostlb-agent", "delete Role hostlb-system/hostlb-agent"]
+            [
+                "delete RoleBinding hostlb-system/hostlb-agent",
+                "delete Role hostlb-system/hostlb-agent",
+                "delete ConfigMap hostlb-system/hostlb-web-9178891c"
+            ],
+            "and an older release's plans"
         );
     }
 }

@@ -41,4 +41,8 @@ pub struct ForwardingSettings {
     pub dataplane: DataPlaneKind,
     /// The agents' DaemonSet (`hostlb_model::agent::agent_name`).
     pub agent: String,
+    /// The environment that gives the endpoint followers and the node agents the controller's
+    /// log format and filter (`HOSTLB_LOG_FORMAT`, `RUST_LOG`); empty for the defaults, so that
+    /// proxy pods are not rolled for them.
+    pub log_env: Vec<(String, String)>,
 }
