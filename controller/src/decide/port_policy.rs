@@ -13,8 +13,8 @@ use hostlb_model::options::ServiceLb;
 /// would catch their traffic on the node's addresses. The table "Ports refused by default" in
 /// docs/sharing-and-ports.md names who uses each (a test keeps the two the same).
 pub const DEFAULT_DENIED_PORTS: &str = "22,111,179,500,2049,2379-2381,4240,4244,4500,4789,5473,6081,6443-6444,\
-                                        6641-6642,6783-6784,7946,8285,8472,9099,9100,9345,10248-10260,50000,\
-                                        51820-51821,51871";
+                                        6641-6642,6783-6784,7946,8285,8472,9099,9100,9345,10248-10260,10267,\
+                                        50000,51820-51821,51871";
 /// The API server's default `--service-node-port-range`.
 pub const DEFAULT_NODE_PORT_RANGE: &str = "30000-32767";
 
@@ -126,7 +126,8 @@ mod tests {
     fn the_nodes_own_ports_and_the_node_port_range_are_refused_by_default() {
         let policy = policy(DEFAULT_DENIED_PORTS, "");
         let infrastructure = [22, 111, 179, 500, 2049, 2379, 2381, 4240, 4244, 4500, 4789, 5473, 6081, 6443, 6444];
-        let more = [6641, 6642, 6783, 6784, 7946, 8285, 8472, 9099, 9100, 9345, 10248, 10250, 10256, 10260, 50000];
+        let more =
+            [6641, 6642, 6783, 6784, 7946, 8285, 8472, 9099, 9100, 9345, 10248, 10250, 10256, 10260, 10267, 50000];
         let more = more.into_iter().chain([51820, 51821, 51871]);
         for port in infrastructure.into_iter().chain(more).chain([30000, 32767]) {
             assert!(policy.refusal(port).is_some(), "{port} should be refused");
