@@ -383,9 +383,10 @@ impl Index {
         for change in &changes {
             let written_at = change.after.as_ref().and_then(|report| report.written_at.clone());
             match written_at {
+                // An expired report stays so until the clock judges it again (`judge_reports`),
+                // which then has the Services it names looked at again.
                 Some(at) if self.report_renewals_seen.get(&change.key).is_none_or(|(seen, _)| *seen != at) => {
                     self.report_renewals_seen.insert(change.key.clone(), (at, now));
-                    self.expired_reports.remove(&change.key);
                 }
                 Some(_) => {}
                 None => {

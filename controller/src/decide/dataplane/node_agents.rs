@@ -572,6 +572,8 @@ mod tests {
         index.apply_agent_report(&Event::Apply(same), past_n3);
         assert!(!index.judge_reports(past_n3, expiry), "still expired");
         index.apply_agent_report(&Event::Apply(relisted), past_n3);
+        assert_eq!(NodeAgents.nodes_forwarding(&index, "uid-1").len(), 2, "renewed, until the clock says so");
+        assert!(index.judge_reports(past_n3, expiry), "a change, for the Services to be looked at again");
         assert_eq!(NodeAgents.nodes_forwarding(&index, "uid-1").len(), 3, "renewed");
 
         let all_silent = past_n3 + std::time::Duration::from_secs(60);
