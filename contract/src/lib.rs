@@ -248,6 +248,11 @@ impl Cidr {
         Ok(Cidr { network, prefix })
     }
 
+    /// Whether `address` is in the prefix.
+    pub fn contains(&self, address: &IpAddr) -> bool {
+        Family::of(address) == self.family() && self.network <= *address && *address <= self.last()
+    }
+
     pub fn family(&self) -> Family {
         Family::of(&self.network)
     }
@@ -362,6 +367,15 @@ mod tests {
         assert_eq!(v6.to_string(), "fd00:1::/33");
         assert_eq!(v6.family(), Family::V6);
         assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().last().to_string(), "255.255.255.255");
+    }
+
+    #[test]
+    fn a_prefix_contains_its_addresses_of_its_family_only() {
+        let cidr = Cidr::parse("10.250.0.0/16").unwrap();
+        assert!(cidr.contains(&"10.250.0.11".parse().unwrap()) && cidr.contains(&"10.250.255.255".parse().unwrap()));
+        assert!(!cidr.contains(&"10.251.0.1".parse().unwrap()) && !cidr.contains(&"::a:fa00:b".parse().unwrap()));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(&"2001:db8:1::1".parse().unwrap()) && !v6.contains(&"2001:db9::1".parse().unwrap()));
     }
 
     #[test]

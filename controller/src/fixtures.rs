@@ -33,6 +33,7 @@ pub fn settings() -> crate::decide::Settings {
             address_type: hostlb_model::address::AddressType::Auto,
             kinds: vec![hostlb_model::address::AddressKind::Ip],
             max_nodes: None,
+            node_asked: Default::default(),
         },
         server_has_ip_mode: true,
         forwarding: crate::decide::dataplane::ForwardingSettings {

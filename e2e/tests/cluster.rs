@@ -1060,7 +1060,30 @@ async fn node_public_addresses_and_hostnames_are_published_as_asked() -> Result<
         ensure!(note.contains("node node-1: metadata.annotations[hostlb.io/public-address]"), "{note}");
         cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await.map(|_| ())
     })
-    .await
+    .await?;
+
+    // Node-2 asks, with its own rights (NodeRestriction lets a kubelet annotate its Node), for an
+    // address outside the ranges the install allows: refused, its own address stays published.
+    let as_node2 = [format!("--as=system:node:{}", nodes.node2), "--as-group=system:nodes".to_string()];
+    let ask = format!("{address_key}=203.0.113.77");
+    let as_node2: Vec<&str> = as_node2.iter().map(String::as_str).collect();
+    cluster.kubectl(&[&as_node2[..], &["annotate", "node", &nodes.node2, &ask, "--overwrite"]].concat())?;
+    let refused = async {
+        let note = eventually(SETTLE, || async {
+            let notes = cluster.events(&ns.name, "web", Reason::NodeAnnotationIgnored).await?;
+            let notes = notes.into_iter().filter_map(|event| event.note);
+            let note = notes.into_iter().find(|note| note.contains("203.0.113.77"));
+            note.context("no Warning about node-2's address yet")
+        })
+        .await?;
+        ensure!(note.contains("none of the ranges the admin lets nodes ask for"), "{note}");
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+        println!("timing: node-2 asked for 203.0.113.77 with its own rights: refused: {note}");
+        Ok(())
+    }
+    .await;
+    patch_node(&cluster, &nodes.node2, json!({ "metadata": { "annotations": { address_key: null } } })).await?;
+    refused
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! What hostlb publishes of a node in `status.loadBalancer.ingress`, and how it chooses.
 
+use hostlb_contract::Cidr;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -51,6 +52,30 @@ pub struct AddressPolicy {
     pub kinds: Vec<AddressKind>,
     /// At most this many nodes are published; None for all.
     pub max_nodes: Option<usize>,
+    pub node_asked: NodeAskedAddresses,
+}
+
+/// What a node may ask to be published as, through its `hostlb.io/public-address` and
+/// `hostlb.io/public-hostname` annotations: its kubelet may write them, so only addresses in
+/// the admin's ranges and names in the admin's domains count. None by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeAskedAddresses {
+    pub ranges: Vec<Cidr>,
+    /// A name counts when it is one of these or ends in `.` and one of these.
+    pub domains: Vec<String>,
+}
+
+impl NodeAskedAddresses {
+    pub fn allows_address(&self, address: &IpAddr) -> bool {
+        self.ranges.iter().any(|range| range.contains(address))
+    }
+
+    pub fn allows_hostname(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        self.domains.iter().map(|domain| domain.trim_end_matches('.')).any(|domain| {
+            !domain.is_empty() && (name == domain || name.strip_suffix(domain).is_some_and(|host| host.ends_with('.')))
+        })
+    }
 }
 
 /// `status.loadBalancer.ingress[].ipMode`: with `Vip`, kube-proxy takes traffic to the
@@ -81,4 +106,27 @@ pub enum AddressType {
     Auto,
     ExternalIp,
     InternalIp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_may_ask_only_for_the_admins_ranges_and_domains() {
+        let nothing = NodeAskedAddresses::default();
+        assert!(!nothing.allows_address(&"203.0.113.77".parse().unwrap()) && !nothing.allows_hostname("a.example"));
+        let allowed = NodeAskedAddresses {
+            ranges: vec![Cidr::parse("198.51.100.0/24").unwrap()],
+            domains: vec!["lb.example".into(), "edge.example.".into()],
+        };
+        assert!(allowed.allows_address(&"198.51.100.7".parse().unwrap()));
+        assert!(!allowed.allows_address(&"203.0.113.77".parse().unwrap()));
+        for name in ["lb.example", "node-1.lb.example", "node-1.edge.example."] {
+            assert!(allowed.allows_hostname(name), "{name}");
+        }
+        for name in ["evil-lb.example", "lb.example.evil", "example", "shop.example"] {
+            assert!(!allowed.allows_hostname(name), "{name}");
+        }
+    }
 }

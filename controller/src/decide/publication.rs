@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use hostlb_contract::Family;
-use hostlb_model::address::{Address, AddressKind, AddressPolicy, AddressType};
+use hostlb_model::address::{Address, AddressKind, AddressPolicy, AddressType, NodeAskedAddresses};
 use hostlb_model::names;
 use hostlb_model::readiness::node_can_serve;
 use hostlb_model::service::ServiceView;
@@ -47,7 +47,7 @@ fn node_addresses(
         }
         let overrides = annotation(names::NODE_ANNOTATION_PUBLIC_ADDRESS)
             .map(|text| {
-                public_addresses(text)
+                public_addresses(text, &policy.node_asked)
                     .map_err(|why| node_problem(name, names::NODE_ANNOTATION_PUBLIC_ADDRESS, text, &why))
             })
             .transpose()
@@ -75,9 +75,10 @@ fn node_addresses(
     if policy.kinds.contains(&AddressKind::Hostname) {
         let own = reported.filter(|a| a.type_ == "Hostname").map(|a| a.address.as_str()).next();
         let hostname = match annotation(names::NODE_ANNOTATION_PUBLIC_HOSTNAME) {
-            Some(text) if is_dns_name(text) => Some(text),
+            Some(text) if is_dns_name(text) && policy.node_asked.allows_hostname(text) => Some(text),
             Some(text) => {
-                problems.push(node_problem(name, names::NODE_ANNOTATION_PUBLIC_HOSTNAME, text, "is not a DNS name"));
+                let why = if is_dns_name(text) { NOT_ALLOWED_HOSTNAME } else { "is not a DNS name" };
+                problems.push(node_problem(name, names::NODE_ANNOTATION_PUBLIC_HOSTNAME, text, why));
                 own
             }
             None => own,
@@ -91,13 +92,23 @@ fn node_problem(node: &str, key: &str, value: &str, why: &str) -> String {
     format!("node {node}: metadata.annotations[{key}]: {value:?} {why}; the node's own is published")
 }
 
-/// `ADDRESS[,ADDRESS]`, at most one per family.
-fn public_addresses(text: &str) -> Result<BTreeMap<Family, IpAddr>, String> {
+/// Why a node's hostname is not published: its kubelet may write the annotation, so the admin
+/// names the domains that count.
+const NOT_ALLOWED_HOSTNAME: &str =
+    "is in none of the domains the admin lets nodes ask for (--node-public-hostname-domains)";
+
+/// `ADDRESS[,ADDRESS]`, at most one per family, each in a range the admin lets nodes ask for.
+fn public_addresses(text: &str, allowed: &NodeAskedAddresses) -> Result<BTreeMap<Family, IpAddr>, String> {
     let mut addresses = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
         let ip: IpAddr = part.parse().map_err(|_| format!("has {part:?}, which is not an IP address"))?;
         if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
             return Err(format!("has {ip}, which no client can reach"));
+        }
+        if !allowed.allows_address(&ip) {
+            return Err(format!(
+                "has {ip}, which is in none of the ranges the admin lets nodes ask for (--node-public-address-ranges)"
+            ));
         }
         if addresses.insert(Family::of(&ip), ip).is_some() {
             return Err("names two addresses of one family".into());

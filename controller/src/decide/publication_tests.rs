@@ -10,8 +10,13 @@ fn ips(list: &[&str]) -> Vec<Address> {
     list.iter().map(|s| Address::Ip(s.parse().unwrap())).collect()
 }
 
+/// A policy that lets nodes ask for addresses of 203.0.113.0/24 and names under example.org.
 fn policy(address_type: AddressType) -> AddressPolicy {
-    AddressPolicy { address_type, kinds: vec![AddressKind::Ip], max_nodes: None }
+    let node_asked = NodeAskedAddresses {
+        ranges: vec![hostlb_contract::Cidr::parse("203.0.113.0/24").unwrap()],
+        domains: vec!["example.org".into()],
+    };
+    AddressPolicy { address_type, kinds: vec![AddressKind::Ip], max_nodes: None, node_asked }
 }
 
 fn publication(
@@ -150,6 +155,33 @@ fn a_public_address_annotation_replaces_the_nodes_own_in_its_family() {
         assert!(problem.starts_with("node vm: metadata.annotations[hostlb.io/public-address]: "), "{problem}");
         assert!(problem.contains(why), "{value}: {problem}");
     }
+}
+
+#[test]
+fn a_node_asking_for_an_address_or_name_the_admin_did_not_allow_keeps_its_own() {
+    let pods = [proxy_pod("p1", "vm", true)];
+    let service = ServiceBuilder::new("web").build();
+    let asking = |key: &str, value: &str| {
+        NodeBuilder::new("vm").internal("10.0.0.1").hostname("vm.internal").annotation(key, value).build()
+    };
+    let node = asking(names::NODE_ANNOTATION_PUBLIC_ADDRESS, "198.51.100.77");
+    let result = publication(&service, &[node], &pods, &policy(AddressType::Auto), &[Family::V4]);
+    assert_eq!(result.addresses, ips(&["10.0.0.1"]));
+    assert_eq!(
+        result.problems,
+        ["node vm: metadata.annotations[hostlb.io/public-address]: \"198.51.100.77\" has 198.51.100.77, which is in \
+          none of the ranges the admin lets nodes ask for (--node-public-address-ranges); the node's own is published"]
+    );
+    let node = asking(names::NODE_ANNOTATION_PUBLIC_HOSTNAME, "shop.example.net");
+    let names_only = AddressPolicy { kinds: vec![AddressKind::Hostname], ..policy(AddressType::Auto) };
+    let result = publication(&service, &[node], &pods, &names_only, &[Family::V4]);
+    assert_eq!(result.addresses, vec![Address::Hostname("vm.internal".into())]);
+    let problem = &result.problems[0];
+    assert!(problem.contains("none of the domains the admin lets nodes ask for"), "{problem}");
+    let nothing_allowed = AddressPolicy { node_asked: NodeAskedAddresses::default(), ..policy(AddressType::Auto) };
+    let node = asking(names::NODE_ANNOTATION_PUBLIC_ADDRESS, "203.0.113.7");
+    let result = publication(&service, &[node], &pods, &nothing_allowed, &[Family::V4]);
+    assert_eq!(result.addresses, ips(&["10.0.0.1"]), "by default a node asks for nothing");
 }
 
 #[test]

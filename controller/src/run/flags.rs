@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hostlb_contract::{release, AgentArgs, FollowArgs, FOLLOW_ENDPOINTS, NODE_AGENT};
-use hostlb_model::address::{AddressKind, AddressPolicy, AddressType};
+use hostlb_contract::{release, AgentArgs, Cidr, FollowArgs, FOLLOW_ENDPOINTS, NODE_AGENT};
+use hostlb_model::address::{AddressKind, AddressPolicy, AddressType, NodeAskedAddresses};
 use hostlb_model::{agent, names};
 use k8s_openapi::apimachinery::pkg::version::Info;
 
@@ -90,6 +90,15 @@ pub struct Args {
     /// otherwise; 0 for all.
     #[arg(long, env = "HOSTLB_MAX_NODES", default_value_t = 0)]
     pub max_nodes: usize,
+    /// The ranges a node may ask to be published in, through its hostlb.io/public-address
+    /// annotation (which its kubelet may write); comma-separated CIDRs. None by default: the
+    /// node's own addresses are published.
+    #[arg(long, env = "HOSTLB_NODE_PUBLIC_ADDRESS_RANGES", value_delimiter = ',', value_parser = Cidr::parse)]
+    pub node_public_address_ranges: Vec<Cidr>,
+    /// The DNS domains a node's hostlb.io/public-hostname annotation may name (the domain or a
+    /// name under it); comma-separated. None by default.
+    #[arg(long, env = "HOSTLB_NODE_PUBLIC_HOSTNAME_DOMAINS", value_delimiter = ',')]
+    pub node_public_hostname_domains: Vec<String>,
     /// PriorityClass of proxy pods unless a Service names another. The install's own class
     /// never preempts other pods.
     #[arg(long, env = "HOSTLB_DEFAULT_PRIORITY_CLASS", default_value = "hostlb-proxy")]
@@ -209,6 +218,10 @@ impl Args {
                 address_type: self.address_type,
                 kinds,
                 max_nodes: Some(self.max_nodes).filter(|max| *max > 0),
+                node_asked: NodeAskedAddresses {
+                    ranges: self.node_public_address_ranges.clone(),
+                    domains: self.node_public_hostname_domains.clone(),
+                },
             },
             // ipMode is kept from 1.30 on, where the LoadBalancerIPMode feature is on by default.
             server_has_ip_mode: version_at_least(&server.major, &server.minor, 30),

@@ -23,6 +23,7 @@ impl AddressOptions {
             address_type: defaults.address_type,
             kinds: self.kinds.clone().unwrap_or_else(|| defaults.kinds.clone()),
             max_nodes: self.max_nodes.or(defaults.max_nodes),
+            node_asked: defaults.node_asked.clone(),
         }
     }
 }

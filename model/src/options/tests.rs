@@ -166,7 +166,12 @@ fn families_fall_back_to_cluster_ips_on_servers_without_ip_families() {
 
 #[test]
 fn address_options_are_read_with_the_controllers_defaults_beneath() {
-    let defaults = AddressPolicy { address_type: AddressType::Auto, kinds: vec![AddressKind::Ip], max_nodes: Some(5) };
+    let defaults = AddressPolicy {
+        address_type: AddressType::Auto,
+        kinds: vec![AddressKind::Ip],
+        max_nodes: Some(5),
+        node_asked: Default::default(),
+    };
     let plain = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
     assert_eq!(plain.addresses.policy(&defaults), defaults);
     let asked = ServiceBuilder::new("web")
