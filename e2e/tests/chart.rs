@@ -343,3 +343,14 @@ fn every_controller_setting_has_a_chart_value() -> Result<()> {
     ensure!(missing.is_empty(), "controller settings without a chart value: {missing:?}");
     Ok(())
 }
+
+#[test]
+fn a_second_release_leaves_the_cluster_wide_definitions_to_the_first() -> Result<()> {
+    let first = helm_template("hostlb", &[])?;
+    let definitions =
+        |objects: &BTreeMap<Key, Value>| objects.keys().filter(|(kind, _)| kind == "CustomResourceDefinition").count();
+    ensure!(definitions(&first) == 2, "the first release makes {} definitions", definitions(&first));
+    let second = helm_template("edge", &["--set", "crds.create=false"])?;
+    ensure!(definitions(&second) == 0, "the second release makes {} definitions", definitions(&second));
+    Ok(())
+}

@@ -51,6 +51,7 @@ fn switching_data_planes_removes_the_old_forwarding_only_once_the_new_one_forwar
         }
     };
     let mut index = index_of(std::slice::from_ref(&service), &nodes, &pods, std::slice::from_ref(&daemonset));
+    index.apply_plan(&watcher::Event::Apply(erased(&plan)));
     index.apply_agent_report(&watcher::Event::Apply(agent_report("n1", true)), std::time::Instant::now());
     index.apply_agent_report(&watcher::Event::Apply(agent_report("n2", false)), std::time::Instant::now());
 

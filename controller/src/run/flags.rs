@@ -182,11 +182,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// `RUST_LOG` as this process has it, for the processes it starts on the nodes.
+/// `RUST_LOG` as this process has it, for the processes it starts on the nodes; nothing for
+/// the default level, which they log at anyway, so that setting it (as the chart does) rolls
+/// no proxy pod.
 fn log_filter_env() -> Option<(String, String)> {
     let filter = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).ok()?;
-    Some((tracing_subscriber::EnvFilter::DEFAULT_ENV.to_string(), filter))
+    (filter.trim() != DEFAULT_LOG_FILTER).then(|| (tracing_subscriber::EnvFilter::DEFAULT_ENV.to_string(), filter))
 }
+
+/// What every binary of hostlb logs without `RUST_LOG`.
+const DEFAULT_LOG_FILTER: &str = "info";
 
 impl LogFormat {
     /// The environment that gives another process of this binary the same format.
@@ -196,7 +201,8 @@ impl LogFormat {
 
     /// Logs to standard output, in colour on a terminal; `RUST_LOG` filters, `info` by default.
     pub fn init(self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        let filter =
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
         let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
         match self {
             LogFormat::Text => subscriber.init(),

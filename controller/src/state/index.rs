@@ -104,8 +104,8 @@ pub struct Index {
     pub agent_binding: Section<Arc<RoleBinding>, ()>,
     /// The node agents' pods, grouped by the node each is for.
     pub agent_pods: Section<Arc<ProxyPod>, String>,
-    /// Plans for the node agents, by `namespace/name`.
-    pub plans: Section<Arc<DynamicObject>, ()>,
+    /// Plans for the node agents, by `namespace/name`, grouped by the UID of their Service.
+    pub plans: Section<Arc<DynamicObject>, String>,
     /// The node agents' reports, grouped by the UIDs of the Services they name.
     pub agent_reports: Section<Arc<AgentReport>, String>,
     /// When this process saw each report's `writtenAt` change, by the report's key.
@@ -331,11 +331,16 @@ impl Index {
         pods.filter(|pod| pod.ready).filter_map(|pod| pod.node.as_deref()).collect()
     }
 
-    /// The nodes whose agent reports that it forwards the Service.
+    /// The nodes whose agent reports that it forwards the Service, of those its plan names: a
+    /// report is the node's word, the plan the controller's.
     pub fn nodes_forwarding_through_agents(&self, service_uid: &str) -> BTreeSet<&str> {
+        let plan = self.plans.group(&service_uid.to_string()).next();
+        let planned = plan.and_then(|plan| plan.data.pointer("/spec/nodes")).and_then(|nodes| nodes.as_array());
+        let planned: BTreeSet<&str> = planned.into_iter().flatten().filter_map(|node| node.as_str()).collect();
         self.reports_naming(service_uid)
             .filter(|report| report.services.get(service_uid).is_some_and(|entry| entry.ready))
             .map(|r| r.node.as_str())
+            .filter(|node| planned.contains(node))
             .collect()
     }
 
@@ -361,7 +366,10 @@ impl Index {
     }
 
     pub fn apply_plan(&mut self, event: &watcher::Event<DynamicObject>) -> Vec<Change<Arc<DynamicObject>>> {
-        self.plans.apply(event, |plan| Some((Arc::new(plan.clone()), Vec::new())))
+        self.plans.apply(event, |plan| {
+            let uid = plan.labels().get(names::LABEL_SERVICE_UID).cloned();
+            Some((Arc::new(plan.clone()), uid.into_iter().collect()))
+        })
     }
 
     pub fn apply_legacy_plan(&mut self, event: &watcher::Event<ConfigMap>) {

@@ -548,6 +548,8 @@ mod tests {
     fn a_report_not_renewed_within_its_bound_forwards_nothing_unless_most_are_silent() {
         let nodes: Vec<Node> = ["n1", "n2", "n3"].map(|node| NodeBuilder::new(node).build()).into();
         let mut index = index_of(&[], &nodes, &[], &[]);
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").uid("uid-1").build()).unwrap();
+        index.apply_plan(&Event::Apply(erased(&desired_plan(&lb, &["n1", "n2", "n3"], &settings().forwarding))));
         let start = std::time::Instant::now();
         let expiry = std::time::Duration::from_secs(40);
         for node in ["n1", "n2", "n3"] {
@@ -579,6 +581,21 @@ mod tests {
         let all_silent = past_n3 + std::time::Duration::from_secs(60);
         assert!(!index.judge_reports(all_silent, expiry) || index.expired_report_nodes().is_empty());
         assert_eq!(NodeAgents.nodes_forwarding(&index, "uid-1").len(), 3, "every agent silent at once: none expired");
+    }
+
+    #[test]
+    fn a_node_is_counted_only_where_the_plan_names_it_whatever_its_report_says() {
+        let nodes: Vec<Node> = ["n1", "n2"].map(|node| NodeBuilder::new(node).build()).into();
+        let mut index = index_of(&[], &nodes, &[], &[]);
+        let now = std::time::Instant::now();
+        for node in ["n1", "n2"] {
+            index.apply_agent_report(&Event::Apply(written_report(node, &[("uid-1", "shop/web", true)])), now);
+        }
+        assert!(NodeAgents.nodes_forwarding(&index, "uid-1").is_empty(), "no plan, no node");
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").uid("uid-1").build()).unwrap();
+        // n2 is left out, as a node whose taints the Service does not tolerate is.
+        index.apply_plan(&Event::Apply(erased(&desired_plan(&lb, &["n1"], &settings().forwarding))));
+        assert_eq!(NodeAgents.nodes_forwarding(&index, "uid-1"), BTreeSet::from(["n1"]));
     }
 
     #[test]
