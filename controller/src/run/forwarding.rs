@@ -27,6 +27,7 @@ use crate::decide::{forwarding_key, Settings};
 use crate::error::{Error, Result};
 use crate::run::metrics::Metrics;
 use crate::run::reconcile::{AppliedKey, Context};
+use crate::run::watches::SERVICE_PAGE_SIZE;
 use crate::state::proxy_pod::owning_service_key;
 use crate::state::triggers::service_ref;
 use crate::state::{key_of, Index};
@@ -40,19 +41,28 @@ pub async fn uninstall(client: Client, settings: Settings) -> Result<usize> {
     let index = Arc::new(RwLock::new(Index::default()));
     let synced = Arc::new(AtomicBool::new(true));
     let context = Context::new(client.clone(), settings, services, index, Arc::new(Metrics::default()), synced);
-    let all =
-        Api::<Service>::all(client.clone()).list(&ListParams::default()).await.map_err(Error::kube("list Services"))?;
+    let services = Api::<Service>::all(client.clone());
     let mut released = 0;
-    for service in &all.items {
-        let view = ServiceView::of(service);
-        // The forwarding of Services not served any more is among the objects deleted below.
-        if !context.settings.serves(&view) && !context.settings.must_release(&view, false) {
-            continue;
+    // In pages, as the controller's watch lists them, so that Services with large annotations
+    // do not have to fit in memory all at once.
+    let mut page = ListParams::default().limit(SERVICE_PAGE_SIZE);
+    loop {
+        let listed = services.list(&page).await.map_err(Error::kube("list Services"))?;
+        for service in &listed.items {
+            let view = ServiceView::of(service);
+            // The forwarding of Services not served any more is among the objects deleted below.
+            if !context.settings.serves(&view) && !context.settings.must_release(&view, false) {
+                continue;
+            }
+            let clear_status = !view.deleting && view.carries_status();
+            context.clean_up(service, clear_status).await?;
+            info!(service = %ObjectRef::from_obj(service), "released");
+            released += 1;
         }
-        let clear_status = !view.deleting && view.carries_status();
-        context.clean_up(service, clear_status).await?;
-        info!(service = %ObjectRef::from_obj(service), "released");
-        released += 1;
+        match listed.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => page = page.continue_token(&token),
+            None => break,
+        }
     }
     for kind in DataPlaneKind::ALL.map(|kind| kind.implementation().kind()) {
         for object in context.list_forwarding(kind, None).await? {

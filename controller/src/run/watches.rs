@@ -38,6 +38,11 @@ use crate::state::{triggers, Index};
 /// Below the client's read timeout, so that a quiet watch ends before the read timeout would cut it.
 const WATCH_TIMEOUT_SECONDS: u32 = 50;
 
+/// Services are listed this many at a time: the API server accepts about 256 KiB of annotations
+/// on each, which hostlb drops only once a page is read, so a page must fit in the controller's
+/// memory many times over (50 such Services are 13 MiB of JSON), whatever the cluster holds.
+pub const SERVICE_PAGE_SIZE: u32 = 50;
+
 /// How often readiness looks whether the watches have listed.
 pub const SYNC_POLL: Duration = Duration::from_millis(100);
 
@@ -68,7 +73,8 @@ pub fn watch(
     let service_triggers = {
         let (index, settings, metrics) = (index.clone(), settings.clone(), metrics.clone());
         let cache = services.clone();
-        let services = watched(Api::<Service>::all(client.clone()), all.clone()).modify(keep_what_hostlb_reads);
+        let paged = all.clone().page_size(SERVICE_PAGE_SIZE);
+        let services = watched(Api::<Service>::all(client.clone()), paged).modify(keep_what_hostlb_reads);
         services.reflect(service_writer).map_ok(move |event| {
             // Counted over the cache, once a relist is complete rather than for each object in it.
             if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
