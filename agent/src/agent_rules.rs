@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use hostlb_contract::agent::{PlanSpec, ServiceReport};
+use hostlb_contract::Protocol;
 use hostlb_lb::node_table::{NodeRules, ServiceRules};
 use hostlb_lb::port_forwarding::PortForwarding;
 use hostlb_model::names;
@@ -74,6 +75,9 @@ impl Desired {
 /// What the agent on `node` programs, given what it programmed last (`programmed`, by Service
 /// UID): a plan it cannot read keeps the rules last programmed from it, with a problem that says
 /// so, so that a plan written by a newer or broken controller never empties the node's table.
+/// Two plans never share a port on the node: the one programmed already keeps it (the
+/// controller gives a port to one Service per node, so two only meet in a race), and of two new
+/// ones, the first by UID; the other is not forwarded, and says which port is held.
 pub fn desired<'a>(
     node: &str,
     plans: impl IntoIterator<Item = &'a PlanEntry>,
@@ -85,7 +89,23 @@ pub fn desired<'a>(
         by_service.entry(&slice.service).or_default().push(&slice.slice);
     }
     let mut desired = Desired::default();
-    for plan in plans.into_iter().filter(|plan| plan.names(node)) {
+    let mut plans: Vec<&PlanEntry> = plans.into_iter().filter(|plan| plan.names(node)).collect();
+    plans.sort_by_key(|plan| (!programmed.contains_key(&plan.uid), plan.uid.as_str()));
+    let mut held: BTreeMap<(Protocol, u16), &str> = BTreeMap::new();
+    let mut claim = |uid: &'a str, rules: &ServiceRules| -> Result<(), String> {
+        let ports: Vec<(Protocol, u16)> =
+            rules.forwarding.ports.iter().map(|port| (port.protocol, port.listen)).collect();
+        let taken = ports.iter().find(|port| held.get(port).is_some_and(|holder| *holder != uid));
+        if let Some((protocol, port)) = taken {
+            return Err(format!(
+                "port {}/{port} is held on {node} by another Service's plan; it is not forwarded here",
+                protocol.api_name()
+            ));
+        }
+        held.extend(ports.into_iter().map(|port| (port, uid)));
+        Ok(())
+    };
+    for plan in plans {
         let report = |forwarding: bool, problem: Option<String>| ServiceReport {
             service: plan.service.clone(),
             forwarding,
@@ -103,6 +123,7 @@ pub fn desired<'a>(
                     Some(_) => format!("its plan cannot be read ({problem}); the rules last programmed from it stay"),
                     None => format!("its plan cannot be read ({problem})"),
                 };
+                let kept = kept.filter(|kept| claim(&plan.uid, kept).is_ok());
                 if let Some(kept) = kept {
                     desired.services.insert(plan.uid.clone(), kept.clone());
                 }
@@ -117,6 +138,10 @@ pub fn desired<'a>(
         // Cluster: wherever the rules are, as a proxy pod is Ready once its rules are in.
         let forwarding = !local || !forwards.is_empty();
         let rules = ServiceRules { forwarding: port_forwarding.with_endpoints(forwards), masquerade: !local };
+        if let Err(problem) = claim(&plan.uid, &rules) {
+            desired.reports.insert(plan.uid.clone(), report(false, Some(problem)));
+            continue;
+        }
         desired.services.insert(plan.uid.clone(), rules);
         desired.reports.insert(plan.uid.clone(), report(forwarding, None));
     }
@@ -151,6 +176,14 @@ mod tests {
         }
     }
 
+    /// The plan with its one port listened on at `port` instead.
+    fn listening_on(mut entry: PlanEntry, port: u16) -> PlanEntry {
+        if let Ok(spec) = entry.spec.as_mut() {
+            spec.ports[0].port = port;
+        }
+        entry
+    }
+
     fn slice(service: &str, endpoints: serde_json::Value) -> ServiceSlice {
         let slice = serde_json::from_value(json!({
             "addressType": "IPv4",
@@ -172,8 +205,8 @@ mod tests {
         let cluster_ip = Destination::Address("10.96.0.10".parse().unwrap());
         let plans = [
             plan("uid-a", "shop/web", cluster_ip, &["node-1", "node-2"]),
-            plan("uid-b", "shop/local", Destination::NodeEndpoints, &["node-1", "node-2"]),
-            plan("uid-c", "shop/elsewhere", cluster_ip, &["node-2"]),
+            listening_on(plan("uid-b", "shop/local", Destination::NodeEndpoints, &["node-1", "node-2"]), 81),
+            listening_on(plan("uid-c", "shop/elsewhere", cluster_ip, &["node-2"]), 82),
         ];
         let endpoints = json!([
             {"addresses": ["10.1.1.5"], "nodeName": "node-1"},
@@ -223,6 +256,26 @@ mod tests {
 
         let new = desired("node-1", [&broken], &slices, &BTreeMap::new());
         assert!(new.services.is_empty() && !new.reports["uid-x"].forwarding, "nothing to keep: nothing forwards");
+    }
+
+    #[test]
+    fn two_plans_never_share_a_port_the_one_programmed_keeps_it() {
+        let cluster_ip = Destination::Address("10.96.0.10".parse().unwrap());
+        let older = plan("uid-b", "shop/web", cluster_ip, &["node-1"]);
+        let newer = plan("uid-a", "other/web", cluster_ip, &["node-1"]);
+        let slices = [];
+        let first = desired("node-1", [&older], &slices, &BTreeMap::new());
+        let both = desired("node-1", [&newer, &older], &slices, &first.services);
+        assert_eq!(both.services.keys().collect::<Vec<_>>(), ["uid-b"], "the one programmed keeps the port");
+        assert!(both.reports["uid-b"].forwarding && both.reports["uid-b"].problem.is_none());
+        let loser = &both.reports["uid-a"];
+        assert!(!loser.forwarding);
+        assert_eq!(
+            loser.problem.as_deref(),
+            Some("port TCP/80 is held on node-1 by another Service's plan; it is not forwarded here")
+        );
+        let fresh = desired("node-1", [&older, &newer], &slices, &BTreeMap::new());
+        assert_eq!(fresh.services.keys().collect::<Vec<_>>(), ["uid-a"], "of two new ones, the first by UID");
     }
 
     #[test]
