@@ -214,6 +214,55 @@ async fn an_older_versions_finalizer_goes_and_a_deleted_services_proxies_are_swe
     .await
 }
 
+/// First served, first kept: an older Service that becomes a LoadBalancer on a port a younger
+/// one serves is not published for it, says which port is held, and the traffic stays with the
+/// younger one.
+#[tokio::test]
+async fn an_older_service_switched_to_load_balancer_does_not_take_a_served_port() -> Result<()> {
+    let (cluster, ns, nodes) = setup("first-served").await?;
+    backend_on_node1(&cluster, &ns, &nodes).await?;
+    ns.echo_backend(&cluster, "older-echo", 1, Some(&nodes.node1)).await?;
+    ns.wait_ready("older-echo", 1, SETTLE).await?;
+    let older = json!({
+        "metadata": { "name": "older" },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": { "app": "older-echo" },
+            "ports": [{ "name": "http", "protocol": "TCP", "port": 18125, "targetPort": ECHO_HTTP_PORT }]
+        }
+    });
+    ns.services().create(&kube::api::PostParams::default(), &serde_json::from_value(older)?).await?;
+    ns.a_second_after("older").await?;
+    ns.load_balancer("younger", "echo", &http(18125), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "younger", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+
+    ns.patch_service("older", json!({ "spec": { "type": "LoadBalancer" } })).await?;
+    let note = warned(&cluster, &ns.name, "older", Reason::PortConflict).await?;
+    ensure!(note.contains("port 18125/TCP is held on") && note.contains("which serves it there"), "{note}");
+    let older_left_out = || async {
+        let wanted = cluster.dataplane.nodes_wanted(&cluster, &ns.name, "older").await.unwrap_or(0);
+        ensure!(wanted == 0, "the older Service's forwarding is wanted on {wanted} nodes");
+        let older = ns.services().get("older").await?;
+        ensure!(published(&older).is_empty(), "the older Service publishes {:?}", published(&older));
+        Ok(())
+    };
+    eventually(SETTLE, older_left_out).await?;
+    // Some seconds later, nothing has moved.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    older_left_out().await?;
+    cluster.wait_for_addresses(&ns.name, "younger", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    for address in [nodes.ip1, nodes.ip2, nodes.unpublished1, nodes.unpublished2] {
+        let reply = answered_http(&cluster, address, 18125).await?;
+        ensure!(
+            reply.pod.starts_with("echo-"),
+            "{address}:18125 answered from {}, not the younger's backend",
+            reply.pod
+        );
+    }
+    println!("timing: the older Service became a LoadBalancer on a served port: {note}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_first_service_on_a_port_keeps_every_node_through_its_rolls() -> Result<()> {
     let (cluster, ns, nodes) = setup("conflict").await?;
@@ -224,7 +273,7 @@ async fn the_first_service_on_a_port_keeps_every_node_through_its_rolls() -> Res
     ns.load_balancer("second", "echo", &http(18120), json!({})).await?;
 
     let note = warned(&cluster, &ns.name, "second", Reason::PortConflict).await?;
-    ensure!(note.contains("claimed it first") && note.contains("leave those nodes out"), "{note:?}");
+    ensure!(note.contains("which serves it there") && note.contains("leave those nodes out"), "{note:?}");
     let second_left_out = || async {
         let wanted = cluster.dataplane.nodes_wanted(&cluster, &ns.name, "second").await?;
         ensure!(wanted == 0, "the second Service's forwarding is wanted on {wanted} nodes");

@@ -34,7 +34,7 @@ use k8s_openapi::api::core::v1::{Node, Service, Toleration};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::state::{Index, ProxyPod};
-use conflicts::claimed_by_older_services;
+use conflicts::held_by_other_services;
 use dataplane::proxy_daemonset::tolerations;
 use dataplane::{
     hand_over, made_by_hostlb_for, name_taken, Applied, DataPlaneKind, Forwarded, ForwardingAction, ForwardingChange,
@@ -263,7 +263,7 @@ fn decide_forwarding(
         let nodes: Vec<&Node> = index.nodes.values().map(AsRef::as_ref).collect();
         serving.warnings.push(Warning::new(Reason::NoEligibleNode, placement.explain_empty(lb, &nodes)));
     }
-    let claimed = claimed_by_older_services(lb, &placement, index);
+    let claimed = held_by_other_services(lb, &placement, index);
     serving.warnings.extend(claimed.messages.into_iter().map(|m| Warning::new(Reason::PortConflict, m)));
     placement.excluded_nodes = claimed.nodes;
 

@@ -325,6 +325,17 @@ impl Index {
         pods.chain(reports.filter_map(move |report| report.services.get(service_uid)))
     }
 
+    /// The nodes where the Service holds its ports: where a proxy pod of it runs or starts (not
+    /// one being deleted, nor one the scheduler could not place), or that its plan names.
+    pub fn nodes_holding(&self, service_uid: &str) -> BTreeSet<&str> {
+        let uid = service_uid.to_string();
+        let placed = self.proxy_pods.group(&uid).filter(|pod| !pod.deleting && pod.unschedulable.is_none());
+        let pods = placed.filter_map(|pod| pod.node.as_deref());
+        let plan = self.plans.group(&uid).next();
+        let planned = plan.and_then(|plan| plan.data.pointer("/spec/nodes")).and_then(|nodes| nodes.as_array());
+        pods.chain(planned.into_iter().flatten().filter_map(|node| node.as_str())).collect()
+    }
+
     /// The nodes whose Ready proxy pod forwards the Service.
     pub fn nodes_forwarding_through_pods(&self, service_uid: &str) -> BTreeSet<&str> {
         let pods = self.proxy_pods.group(&service_uid.to_string()).map(Arc::as_ref);
