@@ -68,6 +68,7 @@ pub fn settings() -> crate::decide::Settings {
         node_lease_grace: Some(std::time::Duration::from_secs(10)),
         withdrawal_pause_limit: std::time::Duration::from_secs(300),
         agent_report_expiry: std::time::Duration::from_secs(40),
+        trust_node_labels: true,
     }
 }
 

@@ -1198,9 +1198,10 @@ async fn a_node_in_two_pools_serves_both_and_k3s_servicelbs_pool_labels_count() 
         in_pools(json!({ &blue: "true", names::K3S_POOL: "e2e-amber" })),
         in_pools(json!({ &blue: null, names::K3S_POOL: null })),
     );
+    let admin_pool = hostlb_model::node_labels::ADMIN_POOL;
     let node2 = (
-        in_pools(json!({ names::POOL: "e2e-green", &blue: "true" })),
-        in_pools(json!({ names::POOL: null, &blue: null })),
+        in_pools(json!({ names::POOL: "e2e-green", &blue: "true", admin_pool: "e2e-violet" })),
+        in_pools(json!({ names::POOL: null, &blue: null, admin_pool: null })),
     );
     with_node_patched(&cluster, &nodes.node1, node1, async {
         with_node_patched(&cluster, &nodes.node2, node2, async {
@@ -1219,6 +1220,14 @@ async fn a_node_in_two_pools_serves_both_and_k3s_servicelbs_pool_labels_count() 
             cluster.wait_for_addresses(&ns.name, "amber", &[nodes.ip1], SETTLE).await?;
             let note = warned(&cluster, &ns.name, "amber", Reason::OptionIgnored).await?;
             ensure!(note.starts_with("spec.loadBalancerIP 192.0.2.10 is not honoured"), "{note}");
+            // The admin's pool label, which no kubelet may set: node-2 cannot join a pool by it.
+            ns.load_balancer_with_metadata("violet", "echo", &http(18160), json!({}), pool("e2e-violet")).await?;
+            cluster.wait_for_addresses(&ns.name, "violet", &[nodes.ip2], SETTLE).await?;
+            let as_node1 = [format!("--as=system:node:{}", nodes.node1), "--as-group=system:nodes".to_string()];
+            let joins = format!("{admin_pool}=e2e-violet");
+            let args = [as_node1[0].as_str(), &as_node1[1], "label", "node", &nodes.node1, &joins];
+            let refused = cluster.kubectl(&args);
+            ensure!(refused.is_err(), "node-1 put itself in the admin's pool e2e-violet");
             Ok(())
         })
         .await

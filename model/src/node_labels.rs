@@ -1,10 +1,47 @@
 //! What a node's labels say of where proxy pods may run: its pools and its `enablelb` switch.
 //! k3s ServiceLB's labels count as hostlb's own, so that nodes labelled for it need no
 //! relabelling.
+//!
+//! A kubelet may write its own Node's labels, except those under `node-restriction.kubernetes.io/`
+//! (NodeRestriction keeps that prefix for the admin): so the admin's labels there are what place
+//! Services (`placement_labels`), and the labels above, which the node itself could set to join
+//! every pool, count only where the admin trusts the nodes (`--trust-node-labels`).
 
 use std::collections::BTreeMap;
 
 use crate::names;
+
+/// The admin's labels, which no kubelet may write: a pool, a pool of several, the switch.
+pub const ADMIN_POOL: &str = "node-restriction.kubernetes.io/hostlb-lbpool";
+pub const ADMIN_POOL_PREFIX: &str = "node-restriction.kubernetes.io/hostlb-pool.";
+pub const ADMIN_ENABLE_LB: &str = "node-restriction.kubernetes.io/hostlb-enablelb";
+
+/// Whether the node itself may have set this label, which says where Services are placed.
+fn node_writable_placement_label(key: &str) -> bool {
+    [names::POOL, names::K3S_POOL, names::NODE_LABEL_ENABLE_LB, names::K3S_NODE_LABEL_ENABLE_LB].contains(&key)
+        || key.starts_with(&names::pool_label(""))
+}
+
+/// The node's labels as placement reads them: the admin's under hostlb's names (deciding where
+/// both say), the node-writable ones only when `trust_node_labels`, every other label as it is.
+pub fn placement_labels(labels: &BTreeMap<String, String>, trust_node_labels: bool) -> BTreeMap<String, String> {
+    let mut placed: BTreeMap<String, String> = labels
+        .iter()
+        .filter(|(key, _)| trust_node_labels || !node_writable_placement_label(key))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    for (key, value) in labels {
+        let admins = if key == ADMIN_POOL {
+            Some(names::POOL.to_string())
+        } else if key == ADMIN_ENABLE_LB {
+            Some(names::NODE_LABEL_ENABLE_LB.to_string())
+        } else {
+            key.strip_prefix(ADMIN_POOL_PREFIX).map(names::pool_label)
+        };
+        placed.extend(admins.map(|name| (name, value.clone())));
+    }
+    placed
+}
 
 /// A node is in a pool through `hostlb.io/lbpool=POOL` or k3s ServiceLB's
 /// `svccontroller.k3s.cattle.io/lbpool=POOL`, or, to be in several, through a label
@@ -31,6 +68,32 @@ pub fn enables_lb(labels: &BTreeMap<String, String>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_admins_labels_place_services_unless_the_nodes_are_trusted() {
+        let node_set = labels(&[
+            (names::POOL, "edge"),
+            ("pool.hostlb.io/blue", "true"),
+            (names::K3S_NODE_LABEL_ENABLE_LB, "true"),
+            ("kubernetes.io/hostname", "n1"),
+        ]);
+        let untrusted = placement_labels(&node_set, false);
+        assert_eq!(untrusted, labels(&[("kubernetes.io/hostname", "n1")]));
+        assert!(!in_pool(&untrusted, "edge") && !carries_enablelb(&untrusted));
+        assert_eq!(placement_labels(&node_set, true), node_set);
+
+        let admin_set = labels(&[
+            (ADMIN_POOL, "edge"),
+            ("node-restriction.kubernetes.io/hostlb-pool.blue", "x"),
+            (ADMIN_ENABLE_LB, "false"),
+            (names::NODE_LABEL_ENABLE_LB, "true"),
+        ]);
+        for trusted in [false, true] {
+            let placed = placement_labels(&admin_set, trusted);
+            assert!(in_pool(&placed, "edge") && in_pool(&placed, "blue"), "{placed:?}");
+            assert!(carries_enablelb(&placed) && !enables_lb(&placed), "the admin's switch decides: {placed:?}");
+        }
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -141,6 +141,12 @@ pub struct Args {
     /// still down leave the status.
     #[arg(long, env = "HOSTLB_WITHDRAWAL_PAUSE_LIMIT_SECONDS", default_value_t = 300)]
     pub withdrawal_pause_limit_seconds: u64,
+    /// Whether the pool and enablelb labels a node's own kubelet may write (hostlb.io/lbpool,
+    /// pool.hostlb.io/POOL, hostlb.io/enablelb and k3s ServiceLB's) place Services, beside the
+    /// admin's node-restriction.kubernetes.io/hostlb-* labels, which no kubelet may write. Off by
+    /// default: with it, root on a node can put the node in every pool.
+    #[arg(long, env = "HOSTLB_TRUST_NODE_LABELS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_node_labels: bool,
     /// Seconds a node agent's report stands without renewal (agents renew it every 10) before
     /// what its node forwards counts as unknown and the node leaves the status of the Services
     /// it reports; as long as the node controller waits for a silent kubelet.
@@ -235,6 +241,7 @@ impl Args {
             node_lease_grace: Some(Duration::from_secs(self.node_lease_grace_seconds)).filter(|grace| !grace.is_zero()),
             withdrawal_pause_limit: Duration::from_secs(self.withdrawal_pause_limit_seconds),
             agent_report_expiry: Duration::from_secs(self.agent_report_expiry_seconds),
+            trust_node_labels: self.trust_node_labels,
             tenants: TenantPolicy {
                 priority_classes: self.allowed_priority_classes.clone(),
                 toleration_keys: self.allowed_toleration_keys.clone(),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::stream::BoxStream;
 use futures::{stream, Stream, StreamExt, TryStreamExt};
 use hostlb_model::agent::{plan_resource, report_resource};
+use hostlb_model::node_labels::placement_labels;
 use hostlb_model::service::keep_what_hostlb_reads;
 use hostlb_model::{agent, names};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -145,7 +146,12 @@ pub fn watch(
     let node_triggers = {
         let (services, settings) = (services.clone(), settings.clone());
         indexed(Api::<Node>::all(client.clone()), all.clone(), &index, move |index, event| {
-            triggers::of_nodes(&index.apply_node(event), || concerned(&services, &settings))
+            // Placement reads the labels the admin owns (and the nodes' own where trusted).
+            let trusted = event.clone().modify(|node| {
+                let labels = node.metadata.labels.get_or_insert_default();
+                *labels = placement_labels(labels, settings.trust_node_labels);
+            });
+            triggers::of_nodes(&index.apply_node(&trusted), || concerned(&services, &settings))
         })
     };
     let lease_triggers = {
