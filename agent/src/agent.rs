@@ -6,7 +6,7 @@
 //! upgrade loses no packet, and when the API server refuses it; they go when its DaemonSet is
 //! gone (an uninstall, or the controller back on proxy pods).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -27,8 +27,8 @@ use kube::{Client, ResourceExt};
 use crate::agent_rules::{desired, PlanEntry, ServiceSlice};
 use crate::health::Health;
 use crate::listed::Listed;
-use crate::local_addresses;
 use crate::{endpoint_slice, endpoint_slice_resource, forget_stale_flows, signal, watch_config, Error, Result};
+use crate::{listening, local_addresses};
 
 /// How soon a failed transaction or report is tried again.
 const RETRY: Duration = Duration::from_secs(5);
@@ -76,6 +76,8 @@ struct Seen {
     slices: Listed<ServiceSlice>,
     own: Listed<OwnDaemonSet>,
     addresses: Option<Vec<IpAddr>>,
+    /// The ports processes of the node hold on its addresses.
+    held_on_node: BTreeSet<(Protocol, u16)>,
 }
 
 impl Seen {
@@ -158,8 +160,16 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
             () = retry => retry_at = None,
             _ = heartbeat.tick() => reported = None,
             _ = address_poll.tick() => match local_addresses::read().await {
-                Ok(addresses) if seen.addresses.as_ref() == Some(&addresses) => continue,
-                Ok(addresses) => seen.addresses = Some(addresses),
+                Ok(addresses) => {
+                    let held = listening::held_ports(&addresses).unwrap_or_else(|error| {
+                        tracing::warn!(%error, "cannot read the node's sockets; taken as holding no port");
+                        BTreeSet::new()
+                    });
+                    if seen.addresses.as_ref() == Some(&addresses) && seen.held_on_node == held {
+                        continue;
+                    }
+                    (seen.addresses, seen.held_on_node) = (Some(addresses), held);
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the node's addresses; trying again");
                     continue;
@@ -170,7 +180,8 @@ pub async fn run(client: Client, args: AgentArgs) -> Result<()> {
         if !seen.synced() {
             continue;
         }
-        let mut wanted = desired(&args.node, seen.plans.current.values(), seen.slices.current.values(), &programmed);
+        let (plans, slices) = (seen.plans.current.values(), seen.slices.current.values());
+        let mut wanted = desired(&args.node, plans, slices, &programmed, &seen.held_on_node);
         let rules = wanted.rules(seen.addresses.clone().unwrap_or_default());
         if installed.as_ref() != Some(&rules) {
             let began = std::time::Instant::now();

@@ -5,7 +5,7 @@
 //! namespace a connection is NATed once per hook, so a DNAT to the ClusterIP at prerouting
 //! would keep kube-proxy's own DNAT of it from ever applying, and the ClusterIP routes nowhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use hostlb_contract::agent::{PlanSpec, ServiceReport};
@@ -77,12 +77,14 @@ impl Desired {
 /// so, so that a plan written by a newer or broken controller never empties the node's table.
 /// Two plans never share a port on the node: the one programmed already keeps it (the
 /// controller gives a port to one Service per node, so two only meet in a race), and of two new
-/// ones, the first by UID; the other is not forwarded, and says which port is held.
+/// ones, the first by UID; the other is not forwarded, and says which port is held. Nor does a
+/// new plan take a port a process of the node holds (`held_on_node`): first served, first kept.
 pub fn desired<'a>(
     node: &str,
     plans: impl IntoIterator<Item = &'a PlanEntry>,
     slices: impl IntoIterator<Item = &'a ServiceSlice>,
     programmed: &BTreeMap<String, ServiceRules>,
+    held_on_node: &BTreeSet<(Protocol, u16)>,
 ) -> Desired {
     let mut by_service: BTreeMap<&str, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
@@ -95,6 +97,13 @@ pub fn desired<'a>(
     let mut claim = |uid: &'a str, rules: &ServiceRules| -> Result<(), String> {
         let ports: Vec<(Protocol, u16)> =
             rules.forwarding.ports.iter().map(|port| (port.protocol, port.listen)).collect();
+        let in_use = (!programmed.contains_key(uid)).then(|| ports.iter().find(|port| held_on_node.contains(port)));
+        if let Some((protocol, port)) = in_use.flatten() {
+            return Err(format!(
+                "port {}/{port} is in use on {node}: a process of the node listens on it; it is not forwarded here",
+                protocol.api_name()
+            ));
+        }
         let taken = ports.iter().find(|port| held.get(port).is_some_and(|holder| *holder != uid));
         if let Some((protocol, port)) = taken {
             return Err(format!(
@@ -215,7 +224,7 @@ mod tests {
         ]);
         let slices = [slice("shop/web", endpoints.clone()), slice("shop/local", endpoints)];
         let addresses = vec!["192.0.2.1".parse().unwrap()];
-        let on_one = desired("node-1", &plans, &slices, &BTreeMap::new());
+        let on_one = desired("node-1", &plans, &slices, &BTreeMap::new(), &BTreeSet::new());
         let rules = on_one.rules(addresses.clone());
         assert_eq!(rules.addresses, addresses);
         assert_eq!(rules.services.len(), 2, "the plan of node-2 alone is not programmed");
@@ -231,7 +240,7 @@ mod tests {
     fn local_without_an_endpoint_on_the_node_does_not_forward() {
         let plans = [plan("uid-b", "shop/local", Destination::NodeEndpoints, &["node-1"])];
         let slices = [slice("shop/local", json!([{"addresses": ["10.1.2.5"], "nodeName": "node-2"}]))];
-        let on_one = desired("node-1", &plans, &slices, &BTreeMap::new());
+        let on_one = desired("node-1", &plans, &slices, &BTreeMap::new(), &BTreeSet::new());
         assert!(!on_one.reports["uid-b"].forwarding);
         assert_eq!(on_one.reports["uid-b"].problem, None, "no endpoint here is no fault");
     }
@@ -241,20 +250,20 @@ mod tests {
         let cluster_ip = Destination::Address("10.96.0.10".parse().unwrap());
         let good = plan("uid-x", "shop/web", cluster_ip, &["node-1"]);
         let slices = [slice("shop/web", json!([{"addresses": ["10.1.1.5"], "nodeName": "node-1"}]))];
-        let before = desired("node-1", [&good], &slices, &BTreeMap::new());
+        let before = desired("node-1", [&good], &slices, &BTreeMap::new(), &BTreeSet::new());
 
         let mut broken = good.clone();
         if let Ok(spec) = broken.spec.as_mut() {
             spec.ports[0].protocol = "QUIC".into();
         }
-        let after = desired("node-1", [&broken], &slices, &before.services);
+        let after = desired("node-1", [&broken], &slices, &before.services, &BTreeSet::new());
         assert_eq!(after.services, before.services, "the rules in place stay");
         let report = &after.reports["uid-x"];
         assert!(report.forwarding, "they still forward");
         let problem = report.problem.as_deref().unwrap_or_default();
         assert!(problem.contains("QUIC") && problem.ends_with("the rules last programmed from it stay"), "{problem}");
 
-        let new = desired("node-1", [&broken], &slices, &BTreeMap::new());
+        let new = desired("node-1", [&broken], &slices, &BTreeMap::new(), &BTreeSet::new());
         assert!(new.services.is_empty() && !new.reports["uid-x"].forwarding, "nothing to keep: nothing forwards");
     }
 
@@ -264,8 +273,8 @@ mod tests {
         let older = plan("uid-b", "shop/web", cluster_ip, &["node-1"]);
         let newer = plan("uid-a", "other/web", cluster_ip, &["node-1"]);
         let slices = [];
-        let first = desired("node-1", [&older], &slices, &BTreeMap::new());
-        let both = desired("node-1", [&newer, &older], &slices, &first.services);
+        let first = desired("node-1", [&older], &slices, &BTreeMap::new(), &BTreeSet::new());
+        let both = desired("node-1", [&newer, &older], &slices, &first.services, &BTreeSet::new());
         assert_eq!(both.services.keys().collect::<Vec<_>>(), ["uid-b"], "the one programmed keeps the port");
         assert!(both.reports["uid-b"].forwarding && both.reports["uid-b"].problem.is_none());
         let loser = &both.reports["uid-a"];
@@ -274,8 +283,25 @@ mod tests {
             loser.problem.as_deref(),
             Some("port TCP/80 is held on node-1 by another Service's plan; it is not forwarded here")
         );
-        let fresh = desired("node-1", [&older, &newer], &slices, &BTreeMap::new());
+        let fresh = desired("node-1", [&older, &newer], &slices, &BTreeMap::new(), &BTreeSet::new());
         assert_eq!(fresh.services.keys().collect::<Vec<_>>(), ["uid-a"], "of two new ones, the first by UID");
+    }
+
+    #[test]
+    fn a_new_plan_takes_no_port_a_process_of_the_node_holds_and_one_programmed_keeps_its_own() {
+        let cluster_ip = Destination::Address("10.96.0.10".parse().unwrap());
+        let web = plan("uid-x", "shop/web", cluster_ip, &["node-1"]);
+        let slices = [];
+        let listened = BTreeSet::from([(Protocol::Tcp, 80)]);
+        let refused = desired("node-1", [&web], &slices, &BTreeMap::new(), &listened);
+        assert!(refused.services.is_empty());
+        assert_eq!(
+            refused.reports["uid-x"].problem.as_deref(),
+            Some("port TCP/80 is in use on node-1: a process of the node listens on it; it is not forwarded here")
+        );
+        let programmed = desired("node-1", [&web], &slices, &BTreeMap::new(), &BTreeSet::new());
+        let kept = desired("node-1", [&web], &slices, &programmed.services, &listened);
+        assert_eq!(kept.services, programmed.services, "a process that binds the port later takes nothing");
     }
 
     #[test]

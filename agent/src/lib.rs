@@ -22,6 +22,7 @@ mod error;
 mod follower;
 pub mod health;
 mod listed;
+mod listening;
 mod local_addresses;
 
 use hostlb_lb::{conntrack, kernel};

@@ -493,3 +493,70 @@ async fn reported_after(
     }
     Ok(())
 }
+
+/// A port a process of the node already listens on is left to it: node-1 is this machine's
+/// network namespace, so a socket of this test is such a process. The Service is not published
+/// on node-1, says which port is in use there, and node-1's address answers from the process.
+#[tokio::test]
+async fn a_port_a_process_of_the_node_listens_on_is_left_to_it() -> Result<()> {
+    const PORT: u16 = 18396;
+    let (cluster, ns, nodes) = setup_on("agent-held", &NodeAgents).await?;
+    agent_mode(&cluster).await?;
+    ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
+    let process = NodeProcess::listen(PORT)?;
+    // The agents read the node's sockets with its addresses, every 10 s.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    ns.load_balancer("web", "echo", &http(PORT), json!({})).await?;
+    let outcome = async {
+        cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip2], SETTLE).await?;
+        let note = cluster.first_event_note(&ns.name, "web", Reason::ProxyPodFailing, SETTLE).await?;
+        let expected = format!("port TCP/{PORT} is in use on {}: a process of the node listens on it", nodes.node1);
+        ensure!(note.contains(&expected), "{note}");
+        let from_node1 = answers(&cluster, nodes.unpublished1, PORT, SETTLE).await?;
+        ensure!(from_node1.pod == "node-process", "node-1's port answered from {}", from_node1.pod);
+        let from_node2 = answers(&cluster, nodes.ip2, PORT, SETTLE).await?;
+        ensure!(from_node2.pod.starts_with("echo-"), "node-2's port answered from {}", from_node2.pod);
+        println!("agent held port: node-1 left to its process ({note}); node-2 answered from {}", from_node2.pod);
+        Ok(())
+    }
+    .await;
+    process.stop();
+    outcome
+}
+
+/// A process of node-1 answering HTTP on a port as the echo backend does, as `node-process`.
+struct NodeProcess {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl NodeProcess {
+    fn listen(port: u16) -> Result<NodeProcess> {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+        listener.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut stream, client)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream.read(&mut [0; 1024]);
+                let body = format!("pod=node-process node=node-1 client={client}\n");
+                let reply = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        Ok(NodeProcess { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
