@@ -109,9 +109,37 @@ fn the_chart_the_base_and_the_crates_name_one_version() -> Result<()> {
     Ok(())
 }
 
+/// Two image digests, as `--set` values and as the references they make.
+const CONTROLLER_DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const LB_DIGEST: &str = "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+/// Every value an umbrella chart or an install commonly overrides, set at once.
+fn overrides() -> Vec<String> {
+    [
+        "global.foo=bar".to_string(),
+        "nameOverride=lb".to_string(),
+        "fullnameOverride=edge-lb".to_string(),
+        "namespaceOverride=lb-system".to_string(),
+        "podLabels.team=net".to_string(),
+        format!("image.controller.digest={CONTROLLER_DIGEST}"),
+        format!("image.lb.digest={LB_DIGEST}"),
+        "metrics.serviceMonitor.enabled=true".to_string(),
+        "metrics.podMonitor.enabled=true".to_string(),
+        "metrics.prometheusRule.enabled=true".to_string(),
+        "metrics.prometheusRule.labels.release=prometheus".to_string(),
+    ]
+    .into_iter()
+    .flat_map(|value| ["--set".to_string(), value])
+    .collect()
+}
+
 #[test]
 fn the_chart_passes_helm_lint_strict() -> Result<()> {
     helm(&["lint", "--strict", "charts/hostlb"])?;
+    let overrides = overrides();
+    let args = [&["lint", "--strict", "charts/hostlb"][..], &overrides.iter().map(String::as_str).collect::<Vec<_>>()]
+        .concat();
+    helm(&args)?;
     Ok(())
 }
 
@@ -244,7 +272,15 @@ fn the_pull_secrets_reach_every_pod_of_the_install() -> Result<()> {
 
 #[test]
 fn the_schema_refuses_values_the_controller_would_crash_on() -> Result<()> {
-    for bad in ["settings.maxNodes=abc", "settings.addressType=public", "replicas=two", "settings.unknown=1"] {
+    for bad in [
+        "settings.maxNodes=abc",
+        "settings.addressType=public",
+        "replicas=two",
+        "settings.unknown=1",
+        "image.lb.digest=latest",
+        "namespaceOverride=Not_A_Namespace",
+        "global=1",
+    ] {
         let refused = helm(&["template", "hostlb", "charts/hostlb", "--set", bad]);
         ensure!(refused.is_err(), "{bad} was accepted");
     }
@@ -352,5 +388,196 @@ fn a_second_release_leaves_the_cluster_wide_definitions_to_the_first() -> Result
     ensure!(definitions(&first) == 2, "the first release makes {} definitions", definitions(&first));
     let second = helm_template("edge", &["--set", "crds.create=false"])?;
     ensure!(definitions(&second) == 0, "the second release makes {} definitions", definitions(&second));
+    Ok(())
+}
+
+#[test]
+fn name_overrides_change_the_prefix_and_the_defaults_keep_it() -> Result<()> {
+    for (release, set, controller) in [
+        ("hostlb", vec![], "hostlb-controller"),
+        ("edge", vec![], "edge-hostlb-controller"),
+        ("edge", vec!["--set", "nameOverride=lb"], "edge-lb-controller"),
+        ("my-lb", vec!["--set", "nameOverride=lb"], "my-lb-controller"),
+        ("edge", vec!["--set", "nameOverride=lb", "--set", "fullnameOverride=front"], "front-controller"),
+    ] {
+        let rendered = helm_template(release, &set)?;
+        let deployment =
+            object(&rendered, "Deployment", controller).with_context(|| format!("release {release} with {set:?}"))?;
+        let selector = &deployment["spec"]["selector"]["matchLabels"];
+        let name = if set.contains(&"nameOverride=lb") { "lb" } else { "hostlb" };
+        ensure!(selector["app.kubernetes.io/name"] == name, "{release} {set:?}: {selector}");
+        let env = controller_env(&rendered, controller)?;
+        ensure!(env["HOSTLB_LEASE_NAME"]["value"] == controller, "{:?}", env.get("HOSTLB_LEASE_NAME"));
+    }
+    Ok(())
+}
+
+/// Kinds the chart makes that have no namespace.
+const CLUSTER_WIDE: [&str; 6] = [
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PriorityClass",
+    "CustomResourceDefinition",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
+
+/// Renders the chart as the dependency `hostlb` of an umbrella chart released as `umbrella` in
+/// the namespace `default`, whose values are `values`; hooks included.
+fn umbrella(values: &str) -> Result<BTreeMap<Key, Value>> {
+    let directory = std::env::temp_dir().join(format!("hostlb-umbrella-{}-{}", std::process::id(), short_hash(values)));
+    let rendered = (|| {
+        std::fs::create_dir_all(&directory)?;
+        let chart = repository().join("charts/hostlb").canonicalize()?;
+        let manifest = format!(
+            "apiVersion: v2\nname: umbrella\nversion: 1.0.0\ndependencies:\n  - name: hostlb\n    version: \">=0.0.0-0\"\n    repository: file://{}\n",
+            chart.display()
+        );
+        std::fs::write(directory.join("Chart.yaml"), manifest)?;
+        std::fs::write(directory.join("values.yaml"), values)?;
+        let directory = directory.display().to_string();
+        // A file:// dependency needs no repository index: nothing is fetched.
+        helm(&["dependency", "update", "--skip-refresh", &directory])?;
+        objects(&helm(&["template", "umbrella", &directory, "--namespace", "default", "--kube-version", "1.30.0"])?)
+    })();
+    std::fs::remove_dir_all(&directory)?;
+    rendered
+}
+
+/// As a dependency of an umbrella chart, which passes `global` down, the chart takes its names
+/// from fullnameOverride and its namespace from namespaceOverride, except for the two
+/// ServiceAccounts the controller names and the cluster-wide definitions.
+#[test]
+fn an_umbrella_chart_renders_hostlb_under_its_names_and_namespace() -> Result<()> {
+    let rendered = umbrella(
+        "global: {foo: bar}\nhostlb:\n  fullnameOverride: edge-lb\n  namespaceOverride: lb-system\n  podLabels: {team: net}\n  metrics:\n    serviceMonitor: {enabled: true}\n    podMonitor: {enabled: true}\n    prometheusRule: {enabled: true}\n",
+    )?;
+    ensure!(rendered.len() > 20, "only {} objects: {:?}", rendered.len(), rendered.keys());
+    let fixed_accounts = [PROXY_SERVICE_ACCOUNT, AGENT_SERVICE_ACCOUNT];
+    let mut named = 0;
+    for ((kind, name), object) in &rendered {
+        let fixed =
+            kind == "CustomResourceDefinition" || (kind == "ServiceAccount" && fixed_accounts.contains(&&**name));
+        ensure!(fixed || name == "edge-lb" || name.starts_with("edge-lb-"), "{kind} {name} is not named after edge-lb");
+        named += usize::from(!fixed);
+        let namespace = field(object, "/metadata/namespace");
+        if CLUSTER_WIDE.contains(&kind.as_str()) {
+            ensure!(namespace.is_empty(), "the cluster-wide {kind} {name} names the namespace {namespace}");
+        } else {
+            ensure!(namespace == "lb-system", "{kind} {name} is in {namespace:?}, not lb-system");
+        }
+        for subject in object["subjects"].as_array().into_iter().flatten() {
+            ensure!(subject["namespace"] == "lb-system", "{kind} {name}: {subject}");
+        }
+        ensure!(
+            !object.to_string().contains("umbrella-"),
+            "{kind} {name} names something after the umbrella's release"
+        );
+    }
+    ensure!(named > 15, "only {named} objects named after edge-lb");
+    for account in fixed_accounts {
+        object(&rendered, "ServiceAccount", account)?;
+    }
+    for kind in ["ValidatingAdmissionPolicy", "PrometheusRule", "ServiceMonitor", "PodMonitor", "Job"] {
+        ensure!(rendered.keys().any(|(k, _)| k == kind), "no {kind}: {:?}", rendered.keys());
+    }
+
+    let deployment = object(&rendered, "Deployment", "edge-lb-controller")?;
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    ensure!(labels["team"] == "net", "the pod template's labels: {labels}");
+    ensure!(labels["app.kubernetes.io/component"] == "controller", "the pod template's labels: {labels}");
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    ensure!(selector.get("team").is_none(), "podLabels reach the Deployment's selector: {selector}");
+    let env = controller_env(&rendered, "edge-lb-controller")?;
+    ensure!(env["HOSTLB_LEASE_NAME"]["value"] == "edge-lb-controller", "{:?}", env.get("HOSTLB_LEASE_NAME"));
+    ensure!(env["HOSTLB_DEFAULT_PRIORITY_CLASS"]["value"] == "edge-lb-proxy");
+    ensure!(env["HOSTLB_LB_IMAGE"]["valueFrom"]["configMapKeyRef"]["name"] == "edge-lb-images");
+    let role = object(&rendered, "Role", "edge-lb-controller")?;
+    ensure!(role.to_string().contains("\"resourceNames\":[\"edge-lb-controller\"]"), "{role}");
+    let hook = object(&rendered, "Job", "edge-lb-uninstall")?;
+    let args = hook.pointer("/spec/template/spec/containers/0/args").context("no args")?;
+    ensure!(args.to_string().contains("--stop-deployment=edge-lb-controller"), "{args}");
+    let monitor = object(&rendered, "PodMonitor", "edge-lb-agent")?;
+    ensure!(monitor["spec"]["namespaceSelector"]["matchNames"] == serde_json::json!(["lb-system"]), "{monitor}");
+    Ok(())
+}
+
+/// A digest pins both images: the controller's pods and the references the controller is given
+/// for the pods it makes.
+#[test]
+fn digests_pin_the_images_the_controller_runs_and_gives_out() -> Result<()> {
+    let controller = format!("image.controller.digest={CONTROLLER_DIGEST}");
+    let lb = format!("image.lb.digest={LB_DIGEST}");
+    let set = ["--namespace", "hostlb-system", "--set", &controller, "--set", &lb, "--set", "image.controller.tag=v9"];
+    let rendered = objects(&helm(&[&["template", "hostlb", "charts/hostlb"][..], &set].concat())?)?;
+    let controller_image = format!("localhost/hostlb/controller@{CONTROLLER_DIGEST}");
+    let lb_image = format!("localhost/hostlb/lb@{LB_DIGEST}");
+    for (kind, name) in [("Deployment", "hostlb-controller"), ("Job", "hostlb-uninstall")] {
+        let image = field(object(&rendered, kind, name)?, "/spec/template/spec/containers/0/image");
+        ensure!(image == controller_image, "{kind} {name} runs {image}");
+    }
+    let images = object(&rendered, "ConfigMap", "hostlb-images")?;
+    ensure!(images["data"]["controller-image"] == controller_image.as_str(), "{images}");
+    ensure!(images["data"]["lb-image"] == lb_image.as_str(), "{images}");
+
+    // Only the lb image pinned: the controller's keeps its tag.
+    let rendered = helm_template("hostlb", &["--set", &lb])?;
+    let images = object(&rendered, "ConfigMap", "hostlb-images")?;
+    ensure!(images["data"]["lb-image"] == lb_image.as_str(), "{images}");
+    let version = app_version()?;
+    ensure!(images["data"]["controller-image"] == format!("localhost/hostlb/controller:{version}"), "{images}");
+    Ok(())
+}
+
+/// The metric names in a PromQL expression: words that start with hostlb_.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("hostlb_"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_prometheus_rule_alerts_on_metrics_the_binaries_export() -> Result<()> {
+    let default = helm_template("hostlb", &[])?;
+    ensure!(!default.keys().any(|(kind, _)| kind == "PrometheusRule"), "a PrometheusRule without being asked for");
+
+    let set = ["--namespace", "lb", "--set", "metrics.prometheusRule.enabled=true"];
+    let labels = ["--set", "metrics.prometheusRule.labels.release=prometheus"];
+    let rendered = helm_template("edge", &[&set[..], &labels].concat())?;
+    let rule = object(&rendered, "PrometheusRule", "edge-hostlb")?;
+    ensure!(field(rule, "/apiVersion") == "monitoring.coreos.com/v1", "{rule}");
+    ensure!(rule["metadata"]["labels"]["release"] == "prometheus", "{rule}");
+    let rules = rule.pointer("/spec/groups/0/rules").and_then(Value::as_array).context("no rules")?;
+    ensure!(rules.len() >= 2, "{rules:?}");
+
+    // The series a counter's family exports carry _total; every name must be registered.
+    let controller = std::fs::read_to_string(repository().join("controller/src/run/metrics.rs"))?;
+    let agent = std::fs::read_to_string(repository().join("agent/src/health.rs"))?;
+    let registered = |metric: &str| -> bool {
+        let metric = metric.strip_suffix("_total").unwrap_or(metric);
+        match metric.strip_prefix("hostlb_agent_") {
+            Some(name) => agent.contains(&format!("\"{name}\"")),
+            None => metric.strip_prefix("hostlb_").is_some_and(|name| controller.contains(&format!("\"{name}\""))),
+        }
+    };
+    let mut alerts = BTreeSet::new();
+    for rule in rules {
+        let alert = field(rule, "/alert");
+        let expr = field(rule, "/expr");
+        ensure!(!alert.is_empty() && !field(rule, "/annotations/summary").is_empty(), "{rule}");
+        let metrics = metric_names(&expr);
+        ensure!(!metrics.is_empty(), "{alert}: {expr} names no hostlb metric");
+        for metric in &metrics {
+            ensure!(registered(metric), "{alert}: {metric} is no metric of the controller or the agents");
+        }
+        ensure!(expr.contains("namespace=\"lb\""), "{alert}: {expr} does not select the install's namespace");
+        ensure!(!expr.contains("{{") && !expr.contains("}}"), "{alert}: {expr} left a template");
+        alerts.insert(alert);
+    }
+    ensure!(alerts.contains("HostlbNoLeader"), "{alerts:?}");
+    // Prometheus fills in its own templates of the annotations.
+    let text = rule.to_string();
+    ensure!(text.contains("{{ $labels.pod }}"), "the agents' alert lost its $labels: {text}");
     Ok(())
 }
