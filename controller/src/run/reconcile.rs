@@ -236,12 +236,14 @@ impl Context {
         if let Some(ready) = ready {
             status["conditions"] = json!([ready]);
         }
-        let patch = json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": { "name": service.name_any() },
-            "status": status,
-        });
+        // Over the version read only: a write of a replica whose term ended meanwhile, landing
+        // late, cannot undo its successor's (the API server refuses it with a conflict, and the
+        // Service's next change brings the next look).
+        let mut metadata = json!({ "name": service.name_any() });
+        if let Some(version) = service.resource_version() {
+            metadata["resourceVersion"] = json!(version);
+        }
+        let patch = json!({ "apiVersion": "v1", "kind": "Service", "metadata": metadata, "status": status });
         self.service_api(service)
             .patch_status(&service.name_any(), &PatchParams::apply(names::MANAGER).force(), &Patch::Apply(&patch))
             .await

@@ -206,7 +206,8 @@ fn reconcile_on_two_nodes(
 
 #[tokio::test]
 async fn ready_proxy_pods_are_published_with_a_status_apply() {
-    let service = ServiceBuilder::new("web").build();
+    let mut service = ServiceBuilder::new("web").build();
+    service.metadata.resource_version = Some("41".into());
     let daemonset = ours(&service, 2);
     let pods = [proxy_pod("p1", "n1", true), proxy_pod("p2", "n2", true)].map(|pod| made_from(pod, &daemonset));
     let (mut api, running) = reconcile_on_two_nodes(&service, &daemonset, &pods);
@@ -217,7 +218,7 @@ async fn ready_proxy_pods_are_published_with_a_status_apply() {
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": { "name": "web" },
+            "metadata": { "name": "web", "resourceVersion": "41" },
             "status": {
                 "loadBalancer": { "ingress": [
                     { "ip": "10.0.0.1", "ipMode": "VIP" },

@@ -249,9 +249,19 @@ pub fn name_taken(existing: &ForwardingObject) -> Warning {
 }
 
 /// The change that writes `desired`.
-fn apply(kind: &'static ForwardingKind, desired: &impl Serialize, created: bool, lb: &ServiceLb) -> ForwardingChange {
+/// The change that writes `desired` over `existing`: only over that very version of it, so that
+/// a write of a replica whose term of leadership ended meanwhile, landing late, cannot undo its
+/// successor's (the API server refuses it with a conflict).
+fn apply(
+    kind: &'static ForwardingKind,
+    desired: &impl Serialize,
+    existing: Option<&ForwardingObject>,
+    lb: &ServiceLb,
+) -> ForwardingChange {
     let ports = listed(lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name())));
-    ForwardingChange { kind, action: ForwardingAction::Apply { object: erased(desired), created, ports } }
+    let mut object = erased(desired);
+    object.metadata.resource_version = existing.and_then(|existing| existing.metadata.resource_version.clone());
+    ForwardingChange { kind, action: ForwardingAction::Apply { object, created: existing.is_none(), ports } }
 }
 
 /// A typed object as a forwarding object.

@@ -91,8 +91,7 @@ impl DataPlane for NodeAgents {
         nodes.sort_unstable();
         let desired = desired_plan(lb, &nodes, service.settings);
         let existing: Option<ForwardingPlan> = service.existing.and_then(typed);
-        let apply =
-            plan_needs_apply(existing.as_ref(), &desired).then(|| apply(&PLAN, &desired, existing.is_none(), lb));
+        let apply = plan_needs_apply(existing.as_ref(), &desired).then(|| apply(&PLAN, &desired, service.existing, lb));
         Forwarding { apply, replace_pod: None }
     }
 
@@ -596,6 +595,32 @@ mod tests {
         // n2 is left out, as a node whose taints the Service does not tolerate is.
         index.apply_plan(&Event::Apply(erased(&desired_plan(&lb, &["n1"], &settings().forwarding))));
         assert_eq!(NodeAgents.nodes_forwarding(&index, "uid-1"), BTreeSet::from(["n1"]));
+    }
+
+    #[test]
+    fn a_plan_is_rewritten_only_over_the_version_read() {
+        let nodes: Vec<Node> = ["n1", "n2"].map(|node| NodeBuilder::new(node).build()).into();
+        let index = index_of(&[], &nodes, &[], &[]);
+        let settings = settings().forwarding;
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").build()).unwrap();
+        let mut existing = erased(&desired_plan(&lb, &["n1"], &settings));
+        existing.metadata.resource_version = Some("7".into());
+        let placement = crate::decide::placement::Placement::for_service(&lb, false);
+        let forwarded = |existing| Forwarded {
+            lb: &lb,
+            placement: &placement,
+            existing,
+            last_applied: None,
+            index: &index,
+            settings: &settings,
+            now: Timestamp::now(),
+        };
+        let Some(change) = NodeAgents.forward(&forwarded(Some(&existing))).apply else { panic!("n2 joins the plan") };
+        let super::super::ForwardingAction::Apply { object, created, .. } = change.action else { panic!("an apply") };
+        assert_eq!((object.metadata.resource_version.as_deref(), created), (Some("7"), false));
+        let Some(change) = NodeAgents.forward(&forwarded(None)).apply else { panic!("a new plan") };
+        let super::super::ForwardingAction::Apply { object, created, .. } = change.action else { panic!("an apply") };
+        assert_eq!((object.metadata.resource_version, created), (None, true));
     }
 
     #[test]

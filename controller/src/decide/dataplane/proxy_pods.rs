@@ -54,7 +54,7 @@ impl DataPlane for ProxyPods {
         let existing: Option<DaemonSet> = service.existing.and_then(typed);
         let desired = desired_daemonset(lb, placement, service.settings);
         if needs_apply(existing.as_ref(), &desired, service.last_applied) {
-            let apply = Some(apply(&PROXY_DAEMONSET, &desired, existing.is_none(), lb));
+            let apply = Some(apply(&PROXY_DAEMONSET, &desired, service.existing, lb));
             return Forwarding { apply, replace_pod: None };
         }
         let (Some(spec_hash), Some(existing)) = (pod_template_marks(&desired).0, existing.as_ref()) else {
