@@ -71,6 +71,9 @@ pub struct ForwardingKind {
     pub deleted: Reason,
     /// The label selector of an install's objects of the kind.
     pub selector: fn(install_id: &str) -> String,
+    /// Whether hostlb alone writes its objects, so that an apply may name the version read: a
+    /// DaemonSet's status changes with its pods, and would make most such applies conflict.
+    pub written_by_hostlb_alone: bool,
 }
 
 /// A Service's forwarding object of any kind, as the executor handles every kind alike.
@@ -249,9 +252,11 @@ pub fn name_taken(existing: &ForwardingObject) -> Warning {
 }
 
 /// The change that writes `desired`.
-/// The change that writes `desired` over `existing`: only over that very version of it, so that
-/// a write of a replica whose term of leadership ended meanwhile, landing late, cannot undo its
-/// successor's (the API server refuses it with a conflict).
+/// The change that writes `desired` over `existing`: where hostlb alone writes the kind, only
+/// over that very version of it, so that a write of a replica whose term of leadership ended
+/// meanwhile, landing late, cannot undo its successor's (the API server refuses it with a
+/// conflict). A late DaemonSet apply is undone by the successor's next look, as its
+/// configuration hash differs.
 fn apply(
     kind: &'static ForwardingKind,
     desired: &impl Serialize,
@@ -260,7 +265,8 @@ fn apply(
 ) -> ForwardingChange {
     let ports = listed(lb.ports.iter().map(|p| format!("{}/{}", p.listen, p.protocol.api_name())));
     let mut object = erased(desired);
-    object.metadata.resource_version = existing.and_then(|existing| existing.metadata.resource_version.clone());
+    let read = existing.filter(|_| kind.written_by_hostlb_alone);
+    object.metadata.resource_version = read.and_then(|existing| existing.metadata.resource_version.clone());
     ForwardingChange { kind, action: ForwardingAction::Apply { object, created: existing.is_none(), ports } }
 }
 

@@ -52,6 +52,7 @@ static PLAN: ForwardingKind = ForwardingKind {
     applied: Reason::PlanApplied,
     deleted: Reason::PlanDeleted,
     selector: objects::plan_selector,
+    written_by_hostlb_alone: true,
 };
 
 impl DataPlane for NodeAgents {

@@ -32,6 +32,7 @@ static PROXY_DAEMONSET: ForwardingKind = ForwardingKind {
     applied: hostlb_model::reason::Reason::DaemonSetApplied,
     deleted: hostlb_model::reason::Reason::DaemonSetDeleted,
     selector: names::proxy_daemonset_selector,
+    written_by_hostlb_alone: false,
 };
 
 impl DataPlane for ProxyPods {
