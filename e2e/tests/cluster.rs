@@ -1347,3 +1347,27 @@ async fn large_annotations_on_services_hostlb_does_not_serve_cost_it_no_memory()
     ensure!(after - before < 16.0, "the controllers grew from {before:.1} MiB to {after:.1} MiB");
     Ok(())
 }
+
+/// Another controller writing the status of a Service without a class (as a second load
+/// balancer serving unclassed Services does) is noticed and left alone, with a Warning naming
+/// it; once its managed fields are reset, hostlb publishes again.
+#[tokio::test]
+async fn a_second_writer_of_the_status_is_named_and_not_fought() -> Result<()> {
+    let (cluster, ns, nodes) = setup("contested").await?;
+    ns.echo_service(&cluster, &nodes, "web", 18165, SETTLE).await?;
+    let theirs = json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.50" }] } } }).to_string();
+    let service = ["-n", ns.name.as_str(), "patch", "service", "web", "--type=merge"];
+    cluster.kubectl(&[&service[..], &["--subresource=status", "--field-manager=other-lb", "-p", &theirs]].concat())?;
+    let note = warned(&cluster, &ns.name, "web", Reason::StatusContested).await?;
+    ensure!(note.starts_with("status.loadBalancer is also written by other-lb: "), "{note}");
+    let other = "192.0.2.50".parse()?;
+    for _ in 0..5 {
+        cluster.wait_for_addresses(&ns.name, "web", &[other], Duration::from_secs(2)).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let reset = json!({ "metadata": { "managedFields": [{}] } }).to_string();
+    cluster.kubectl(&[&service[..], &["-p", &reset]].concat())?;
+    cluster.wait_for_addresses(&ns.name, "web", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    println!("timing: a second writer of the status: {note}");
+    Ok(())
+}

@@ -43,10 +43,13 @@ pub enum Reason {
     /// Most nodes have looked down for longer than withdrawals may pause: those still down
     /// leave the status.
     LongOutage,
+    /// Another controller writes the status of a Service without a class, which hostlb then
+    /// leaves to it.
+    StatusContested,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::DaemonSetApplied,
         Reason::DaemonSetDeleted,
         Reason::PlanApplied,
@@ -67,6 +70,7 @@ impl Reason {
         Reason::NodePortsOpen,
         Reason::NodeAnnotationIgnored,
         Reason::LongOutage,
+        Reason::StatusContested,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +95,7 @@ impl Reason {
             Reason::NodePortsOpen => "NodePortsOpen",
             Reason::NodeAnnotationIgnored => "NodeAnnotationIgnored",
             Reason::LongOutage => "LongOutage",
+            Reason::StatusContested => "StatusContested",
         }
     }
 

@@ -4,7 +4,7 @@
 //! way back.
 
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service, ServicePort, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ManagedFieldsEntry};
 
 use crate::address::{Address, IpMode};
 use crate::names;
@@ -32,6 +32,9 @@ pub struct ServiceView {
     pub published: Published,
     /// hostlb's condition as the Service has it.
     pub condition: Option<Condition>,
+    /// The field managers other than hostlb that own fields of `status.loadBalancer` (as
+    /// `keep_what_hostlb_reads` leaves the managed fields, or as the API server has them).
+    pub other_status_writers: Vec<String>,
 }
 
 /// What `status.loadBalancer.ingress` contains now.
@@ -80,6 +83,14 @@ impl ServiceView {
                     .collect(),
             },
             condition: conditions.into_iter().flatten().find(|c| c.type_ == names::CONDITION_READY).cloned(),
+            other_status_writers: meta
+                .managed_fields
+                .iter()
+                .flatten()
+                .filter(|entry| entry.manager.as_deref() != Some(names::MANAGER))
+                .filter(|entry| entry.fields_v1.is_none() || writes_load_balancer_status(entry))
+                .filter_map(|entry| entry.manager.clone())
+                .collect(),
         }
     }
 
@@ -130,6 +141,16 @@ fn entry_address(entry: &LoadBalancerIngress) -> Option<Address> {
 pub fn keep_what_hostlb_reads(service: &mut Service) {
     let is_load_balancer = service.spec.as_ref().and_then(|spec| spec.type_.as_deref()) == Some("LoadBalancer");
     let meta = &mut service.metadata;
+    // Of the managed fields, only who else writes status.loadBalancer, and when.
+    if let Some(entries) = meta.managed_fields.as_mut().filter(|_| is_load_balancer) {
+        entries.retain(|entry| entry.manager.as_deref() != Some(names::MANAGER) && writes_load_balancer_status(entry));
+        for entry in entries.iter_mut() {
+            *entry =
+                ManagedFieldsEntry { manager: entry.manager.take(), time: entry.time.take(), ..Default::default() };
+        }
+    } else {
+        meta.managed_fields = None;
+    }
     if !is_load_balancer {
         meta.annotations = None;
         meta.labels = None;
@@ -151,6 +172,11 @@ pub fn keep_what_hostlb_reads(service: &mut Service) {
     }
 }
 
+/// Whether a managed-fields entry owns fields of `status.loadBalancer`.
+fn writes_load_balancer_status(entry: &ManagedFieldsEntry) -> bool {
+    entry.fields_v1.as_ref().is_some_and(|fields| fields.0.pointer("/f:status/f:loadBalancer").is_some())
+}
+
 /// The ingress entries; `ipMode` goes with IPs only, as the API requires.
 pub fn ingress(addresses: &[Address], ip_mode: Option<IpMode>) -> Vec<LoadBalancerIngress> {
     let ip_mode = ip_mode.map(|mode| mode.api_name().to_string());
@@ -168,6 +194,35 @@ pub fn ingress(addresses: &[Address], ip_mode: Option<IpMode>) -> Vec<LoadBalanc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn of_the_managed_fields_only_other_writers_of_the_load_balancer_status_are_kept() {
+        let entry = |manager: &str, fields: serde_json::Value| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(fields)),
+            operation: Some("Update".into()),
+            ..Default::default()
+        };
+        let status = serde_json::json!({ "f:status": { "f:loadBalancer": { "f:ingress": {} } } });
+        let mut service = Service {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                managed_fields: Some(vec![
+                    entry(names::MANAGER, status.clone()),
+                    entry("kubectl-client-side-apply", serde_json::json!({ "f:spec": { "f:ports": {} } })),
+                    entry("metallb-controller", status.clone()),
+                ]),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec { type_: Some("LoadBalancer".into()), ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(ServiceView::of(&service).other_status_writers, ["metallb-controller"]);
+        keep_what_hostlb_reads(&mut service);
+        let kept = service.metadata.managed_fields.clone().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].manager.as_deref(), kept[0].fields_v1.is_none()), (Some("metallb-controller"), true));
+        assert_eq!(ServiceView::of(&service).other_status_writers, ["metallb-controller"]);
+    }
     use crate::fixtures::ServiceBuilder;
 
     fn ips(list: &[&str]) -> Vec<Address> {

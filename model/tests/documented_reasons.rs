@@ -43,6 +43,7 @@ fn every_reason() -> Vec<Reason> {
         NodePortsOpen,
         NodeAnnotationIgnored,
         LongOutage,
+        StatusContested,
     ]
     .to_vec()
 }

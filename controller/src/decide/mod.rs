@@ -46,6 +46,7 @@ use proxy_health::{failing_pods, unschedulable, PROXY_POD};
 use publication::{desired_addresses, Publication};
 use service_warnings::{
     all_repelled, ip_mode, load_balancer_ip_ignored, long_outage, node_ports_open, refused_ports_warnings,
+    status_contested,
 };
 pub use settings::Settings;
 
@@ -209,6 +210,9 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     serving.ip_mode = ip_mode(service, settings, &mut serving.warnings);
     serving.warnings.extend(load_balancer_ip_ignored(service));
     serving.warnings.extend(plane.unused_option(service));
+    let contested = status_contested(service, settings);
+    let leave_status = contested.is_some();
+    serving.warnings.extend(contested);
     serving.warnings = one_per_reason(std::mem::take(&mut serving.warnings));
     let findings = condition::Findings {
         valid,
@@ -225,7 +229,7 @@ fn serve(observed: &Observed<'_>, index: &Index, settings: &Settings) -> Serving
     // Most nodes failing at once, or nodes failing just after the control plane was away, is
     // more likely the control plane's blindness: nothing is withdrawn meanwhile; the end of the
     // pause and the nodes' changes bring the next look.
-    if index.withdrawals_paused() && !adds_only {
+    if index.withdrawals_paused() && !adds_only || leave_status {
         return serving;
     }
     serving.condition = condition::differs(service, &ready).then_some(ready);

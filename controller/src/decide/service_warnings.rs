@@ -122,3 +122,22 @@ pub fn long_outage(index: &Index, settings: &Settings) -> Option<Warning> {
     );
     Some(Warning::new(Reason::LongOutage, message))
 }
+
+/// When another controller writes the status of a Service that has no class, a Warning naming
+/// it: two controllers that both serve unclassed Services would overwrite each other's addresses
+/// for ever, so hostlb leaves the status to the other one. A Service with hostlb's class is
+/// hostlb's whoever else writes it.
+pub fn status_contested(service: &ServiceView, settings: &Settings) -> Option<Warning> {
+    if service.load_balancer_class.is_some() || service.other_status_writers.is_empty() {
+        return None;
+    }
+    let message = format!(
+        "status.loadBalancer is also written by {}: another load balancer controller serves this Service, which has \
+         no class; hostlb leaves its status alone. Give the Service spec.loadBalancerClass {} for hostlb, or the other \
+         controller's class (or run hostlb with --serve-unclassed=false); a field manager that no longer writes is \
+         forgotten once the Service's managed fields are reset",
+        listed(service.other_status_writers.iter().cloned()),
+        settings.load_balancer_class,
+    );
+    Some(Warning::new(Reason::StatusContested, message))
+}

@@ -807,3 +807,30 @@ fn deletes(serving: &Serving, kind: &str) -> bool {
 fn kind_of(object: &ForwardingObject) -> &str {
     object.types.as_ref().map_or("", |types| types.kind.as_str())
 }
+
+#[test]
+fn a_status_another_controller_writes_is_left_to_it_unless_the_service_has_hostlbs_class() {
+    let contested = |mut service: Service| {
+        let entry = k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+            manager: Some("metallb-controller".into()),
+            ..Default::default()
+        };
+        service.metadata.managed_fields = Some(vec![entry]);
+        service
+    };
+    let service = contested(ServiceBuilder::new("web").build());
+    let existing = desired_for(&service);
+    let nodes = [NodeBuilder::new("n1").internal("10.0.0.1").build()];
+    let index = index_of(std::slice::from_ref(&service), &nodes, &[proxy_pod("p1", "n1", true)], &[]);
+    let serving = served(&service, &index, Some(&existing));
+    assert_eq!(reasons(&serving.warnings), vec![Reason::StatusContested]);
+    let message = &serving.warnings[0].message;
+    assert!(message.starts_with("status.loadBalancer is also written by metallb-controller: "), "{message}");
+    assert!(serving.publish.is_none() && serving.condition.is_none(), "the status is left alone");
+
+    let classed = contested(ServiceBuilder::new("web").class(crate::fixtures::CLASS).build());
+    let index = index_of(std::slice::from_ref(&classed), &nodes, &[proxy_pod("p1", "n1", true)], &[]);
+    let serving = served(&classed, &index, Some(&desired_for(&classed)));
+    assert!(serving.warnings.is_empty(), "{:?}", serving.warnings);
+    assert_eq!(serving.publish, Some(ips(&["10.0.0.1"])), "hostlb's class: hostlb's to write");
+}

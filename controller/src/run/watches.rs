@@ -75,7 +75,9 @@ pub fn watch(
         let (index, settings, metrics) = (index.clone(), settings.clone(), metrics.clone());
         let cache = services.clone();
         let paged = all.clone().page_size(SERVICE_PAGE_SIZE);
-        let services = watched(Api::<Service>::all(client.clone()), paged).modify(keep_what_hostlb_reads);
+        // Not `watched`: of the managed fields, hostlb reads who else writes the status.
+        let services =
+            watcher(Api::<Service>::all(client.clone()), paged).default_backoff().modify(keep_what_hostlb_reads);
         services.reflect(service_writer).map_ok(move |event| {
             // Counted over the cache, once a relist is complete rather than for each object in it.
             if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
