@@ -867,3 +867,38 @@ async fn a_node_leaving_and_joining_the_pool_replaces_no_proxy_that_serves() -> 
     label_node(&cluster, &nodes.node2, node2_pool.as_deref()).await?;
     outcome
 }
+
+/// First served, first kept, through a failover: with an older Service refused the port a
+/// younger one serves, the leader is killed; its successor, reading who holds the port from the
+/// pods and plans, keeps the younger one published and the older one out.
+#[tokio::test]
+async fn a_port_conflict_outlives_a_failover() -> Result<()> {
+    let (cluster, ns, nodes) = setup("conflict-failover").await?;
+    ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
+    let older = json!({
+        "metadata": { "name": "older" },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": { "app": "echo" },
+            "ports": [{ "name": "http", "protocol": "TCP", "port": 19660, "targetPort": ECHO_HTTP_PORT }]
+        }
+    });
+    ns.services().create(&kube::api::PostParams::default(), &serde_json::from_value(older)?).await?;
+    ns.a_second_after("older").await?;
+    ns.load_balancer("younger", "echo", &http(19660), json!({})).await?;
+    cluster.wait_for_addresses(&ns.name, "younger", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    ns.patch_service("older", json!({ "spec": { "type": "LoadBalancer" } })).await?;
+    cluster.first_event_note(&ns.name, "older", Reason::PortConflict, SETTLE).await?;
+
+    let statuses = StatusWatch::start(ns.services(), &["younger"], BTreeSet::from([nodes.ip1, nodes.ip2]));
+    let (took, killed, successor) = kill_leader(&cluster).await?;
+    // Long enough for the successor to have looked at both Services.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let shrunk = statuses.finish().await?.shrunk;
+    ensure!(shrunk.is_empty(), "the younger Service lost nodes through the failover: {shrunk:?}");
+    let older_published = published(&ns.services().get("older").await?);
+    ensure!(older_published.is_empty(), "after the failover the older Service publishes {older_published:?}");
+    cluster.wait_for_addresses(&ns.name, "younger", &[nodes.ip1, nodes.ip2], SETTLE).await?;
+    println!("chaos: a port conflict through a failover ({killed} -> {successor} in {took:.1?}): kept as it was");
+    Ok(())
+}
