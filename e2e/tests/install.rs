@@ -101,6 +101,30 @@ async fn scale_harness_install(cluster: &Cluster, replicas: u32) -> Result<()> {
     }
 }
 
+/// The pull secret the Helm release is installed with; it need not exist, as the images are on
+/// the nodes already.
+const PULL_SECRET: &str = "e2e-registry";
+
+/// Every pod of the release (the controller's, and the proxy pods or node agents it made) names
+/// the release's pull secret, which reaches them through the ServiceAccounts they run as.
+async fn every_pod_names_the_pull_secret(cluster: &Cluster) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), RELEASE_NAMESPACE);
+    let pods = pods.list(&ListParams::default()).await?.items;
+    ensure!(pods.len() >= 3, "{} pods in {RELEASE_NAMESPACE}: the controller's and the forwarders", pods.len());
+    let mut named = Vec::new();
+    for pod in &pods {
+        let secrets = pod.spec.as_ref().and_then(|spec| spec.image_pull_secrets.clone()).unwrap_or_default();
+        ensure!(
+            secrets.iter().any(|secret| secret.name == PULL_SECRET),
+            "pod {} names no pull secret {PULL_SECRET}: {secrets:?}",
+            pod.name_any()
+        );
+        named.push(pod.name_any());
+    }
+    println!("timing: every pod of the release names the pull secret {PULL_SECRET}: {}", named.join(", "));
+    Ok(())
+}
+
 #[tokio::test]
 async fn helm_install_upgrade_and_uninstall_leave_no_service_that_cannot_be_deleted() -> Result<()> {
     let (cluster, ns, nodes) = setup("helm").await?;
@@ -123,7 +147,9 @@ async fn helm_install_upgrade_and_uninstall_leave_no_service_that_cannot_be_dele
 }
 
 async fn helm_lifecycle(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) -> Result<()> {
-    // The README's command, with the images the harness built, on the test's data plane.
+    // The README's command, with the images the harness built, on the test's data plane, from a
+    // private registry's pull secret; the harness's install, scaled to zero, keeps the
+    // cluster-wide definitions, as a second release does.
     let dataplane = format!("settings.dataplane={}", cluster.dataplane.name());
     helm(
         cluster,
@@ -140,6 +166,10 @@ async fn helm_lifecycle(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) ->
             "image.lb.tag=dev",
             "--set",
             &dataplane,
+            "--set",
+            "crds.create=false",
+            "--set",
+            &format!("imagePullSecrets[0].name={PULL_SECRET}"),
         ],
     )?;
     let deployment = format!("deployment/{RELEASE}-hostlb-controller");
@@ -147,6 +177,7 @@ async fn helm_lifecycle(cluster: &Cluster, ns: &TestNamespace, nodes: &Nodes) ->
 
     ns.echo_service(cluster, nodes, "web", 18400, SETTLE).await?;
     answers(cluster, nodes.ip1, 18400, SETTLE).await?;
+    every_pod_names_the_pull_secret(cluster).await?;
 
     helm(
         cluster,
