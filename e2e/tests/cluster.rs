@@ -648,7 +648,7 @@ async fn hostile_services_are_each_told_what_is_wrong_and_harm_no_one() -> Resul
             row.ports.iter().map(|(name, protocol, port, target)| (name.as_str(), *protocol, *port, *target)).collect();
         ns.load_balancer_with_metadata(&row.name, "echo", &ports, row.spec.clone(), row.metadata.clone()).await?;
     }
-    // A DaemonSet (or ConfigMap, with the agents) with the name hostlb would give the Service's
+    // A DaemonSet (or plan, with the agents) with the name hostlb would give the Service's
     // forwarding, made by someone else before the Service became valid.
     ns.load_balancer_with_metadata("taken", "echo", &http(18319), json!({}), annotated(tolerations, "{")).await?;
     let uid = ns.services().get("taken").await?.uid().context("no UID")?;
@@ -899,7 +899,8 @@ async fn a_controller_that_cannot_list_its_objects_exits_naming_them() -> Result
     ensure!(
         logs.contains(
             "the watches of services, nodes, proxy pods, proxy daemonsets, node agents, node agents' role, node agents' role \
-             binding, plans, agent reports, proxy creation failures, node leases did not list their objects within 3s"
+             binding, plans, agent reports, older plans, older agent reports, proxy creation failures, node leases did not \
+             list their objects within 3s"
         ),
         "the log does not name the watches:\n{logs}"
     );
