@@ -1350,15 +1350,17 @@ async fn large_annotations_on_services_hostlb_does_not_serve_cost_it_no_memory()
 }
 
 /// Another controller writing the status of a Service without a class (as a second load
-/// balancer serving unclassed Services does) is noticed and left alone, with a Warning naming
+/// balancer serving unclassed Services does; here a merge patch of the status by the field manager
+/// `other-lb`) is noticed and left alone, with a Warning naming
 /// it; once its managed fields are reset, hostlb publishes again.
 #[tokio::test]
 async fn a_second_writer_of_the_status_is_named_and_not_fought() -> Result<()> {
     let (cluster, ns, nodes) = setup("contested").await?;
     ns.echo_service(&cluster, &nodes, "web", 18165, SETTLE).await?;
-    let theirs = json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.50" }] } } }).to_string();
+    let theirs = json!({ "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.50" }] } } });
+    let as_other = PatchParams { field_manager: Some("other-lb".into()), ..PatchParams::default() };
+    ns.services().patch_status("web", &as_other, &Patch::Merge(&theirs)).await?;
     let service = ["-n", ns.name.as_str(), "patch", "service", "web", "--type=merge"];
-    cluster.kubectl(&[&service[..], &["--subresource=status", "--field-manager=other-lb", "-p", &theirs]].concat())?;
     let note = warned(&cluster, &ns.name, "web", Reason::StatusContested).await?;
     ensure!(note.starts_with("status.loadBalancer is also written by other-lb: "), "{note}");
     let other = "192.0.2.50".parse()?;

@@ -22,23 +22,25 @@ fn node_writable_placement_label(key: &str) -> bool {
         || key.starts_with(&names::pool_label(""))
 }
 
-/// The node's labels as placement reads them: the admin's under hostlb's names (deciding where
-/// both say), the node-writable ones only when `trust_node_labels`, every other label as it is.
+/// The node's labels as placement reads them: the admin's under hostlb's names (its pools added to
+/// the node's own, its switch deciding where both say), the node-writable ones only when
+/// `trust_node_labels`, every other label as it is.
 pub fn placement_labels(labels: &BTreeMap<String, String>, trust_node_labels: bool) -> BTreeMap<String, String> {
     let mut placed: BTreeMap<String, String> = labels
         .iter()
         .filter(|(key, _)| trust_node_labels || !node_writable_placement_label(key))
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
+    // A pool label adds a pool to those of the node's own labels; the switch overrides theirs.
     for (key, value) in labels {
         let admins = if key == ADMIN_POOL {
-            Some(names::POOL.to_string())
+            Some((names::pool_label(value), "true".to_string()))
         } else if key == ADMIN_ENABLE_LB {
-            Some(names::NODE_LABEL_ENABLE_LB.to_string())
+            Some((names::NODE_LABEL_ENABLE_LB.to_string(), value.clone()))
         } else {
-            key.strip_prefix(ADMIN_POOL_PREFIX).map(names::pool_label)
+            key.strip_prefix(ADMIN_POOL_PREFIX).map(|pool| (names::pool_label(pool), value.clone()))
         };
-        placed.extend(admins.map(|name| (name, value.clone())));
+        placed.extend(admins);
     }
     placed
 }
@@ -93,6 +95,9 @@ mod tests {
             assert!(in_pool(&placed, "edge") && in_pool(&placed, "blue"), "{placed:?}");
             assert!(carries_enablelb(&placed) && !enables_lb(&placed), "the admin's switch decides: {placed:?}");
         }
+        let both = labels(&[(names::POOL, "green"), (ADMIN_POOL, "violet")]);
+        let placed = placement_labels(&both, true);
+        assert!(in_pool(&placed, "green") && in_pool(&placed, "violet"), "a trusted node is in both: {placed:?}");
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
