@@ -195,8 +195,16 @@ pub trait DataPlane: Sync {
     /// The forwarding of a valid Service with ports to serve, on `service.placement`.
     fn forward(&self, service: &Forwarded<'_>) -> Forwarding;
     /// Since when its forwarders for the Service are being created, given its forwarding object
-    /// (and whether this decision creates it): proxies that start together are published together.
-    fn creating_since(&self, existing: Option<&ForwardingObject>, created: bool, now: Timestamp) -> Option<Timestamp>;
+    /// (and whether this decision creates it): since the object was made. Proxies that start
+    /// together are published together, and a node agent's report of a new plan counts as a
+    /// proxy pod that started: a Service with fewer addresses than nodes chooses among all.
+    fn creating_since(&self, existing: Option<&ForwardingObject>, created: bool, now: Timestamp) -> Option<Timestamp> {
+        match existing {
+            _ if created => Some(now),
+            Some(object) => object.metadata.creation_timestamp.as_ref().map(|time| time.0),
+            None => None,
+        }
+    }
     /// Why the forwarders of the nodes the Service may use do not run.
     fn not_running(
         &self,

@@ -29,7 +29,6 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use k8s_openapi::jiff::Timestamp;
 use kube::core::ApiResource;
 use kube::ResourceExt;
 
@@ -94,11 +93,6 @@ impl DataPlane for NodeAgents {
         let existing: Option<ForwardingPlan> = service.existing.and_then(typed);
         let apply = plan_needs_apply(existing.as_ref(), &desired).then(|| apply(&PLAN, &desired, service.existing, lb));
         Forwarding { apply, replace_pod: None }
-    }
-
-    /// The agents run already: a new plan starts no pod.
-    fn creating_since(&self, _: Option<&ForwardingObject>, _: bool, _: Timestamp) -> Option<Timestamp> {
-        None
     }
 
     /// Each agent of those nodes that cannot be scheduled or fails, and the DaemonSet
@@ -368,6 +362,7 @@ pub fn desired_agent(settings: &ForwardingSettings) -> DaemonSet {
 #[cfg(test)]
 mod tests {
     use hostlb_contract::agent::TrafficPolicy;
+    use k8s_openapi::jiff::Timestamp;
     use kube::runtime::watcher::Event;
 
     use super::*;

@@ -11,7 +11,6 @@ use hostlb_model::reason::Warning;
 use hostlb_model::service::ServiceView;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::jiff::Timestamp;
 use kube::core::ApiResource;
 
 use super::node_agents::legacy_objects;
@@ -67,14 +66,6 @@ impl DataPlane for ProxyPods {
         let pending = roll::departure_pending(&pods, nodes, |node| index.departed(&lb.uid, node), now);
         let next = roll::next_to_replace(&pods, current, pending);
         Forwarding { apply: None, replace_pod: next.map(|pod| pod.key.clone()) }
-    }
-
-    fn creating_since(&self, existing: Option<&ForwardingObject>, created: bool, now: Timestamp) -> Option<Timestamp> {
-        match existing {
-            _ if created => Some(now),
-            Some(daemonset) => daemonset.metadata.creation_timestamp.as_ref().map(|time| time.0),
-            None => None,
-        }
     }
 
     /// The DaemonSet controller's reason for not creating the proxy pods.
