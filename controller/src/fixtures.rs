@@ -47,6 +47,7 @@ pub fn settings() -> crate::decide::Settings {
             dataplane: crate::decide::dataplane::DataPlaneKind::Pods,
             agent: hostlb_model::agent::agent_name(CLASS),
             log_env: Vec::new(),
+            trust_node_labels: true,
         },
         ports: crate::decide::port_policy::PortPolicy {
             denied: crate::decide::port_policy::DEFAULT_DENIED_PORTS
@@ -68,7 +69,6 @@ pub fn settings() -> crate::decide::Settings {
         node_lease_grace: Some(std::time::Duration::from_secs(10)),
         withdrawal_pause_limit: std::time::Duration::from_secs(300),
         agent_report_expiry: std::time::Duration::from_secs(40),
-        trust_node_labels: true,
     }
 }
 

@@ -24,6 +24,7 @@ fn settings(forwarding_mode: ForwardingMode) -> ForwardingSettings {
         dataplane: DataPlaneKind::Pods,
         agent: "hostlb-agent".into(),
         log_env: Vec::new(),
+        trust_node_labels: false,
     }
 }
 fn services() -> Vec<(&'static str, Service)> {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement};
 
 use hostlb_model::names;
-use hostlb_model::node_labels::{enables_lb, in_pool};
+use hostlb_model::node_labels::{enables_lb, in_pool, ADMIN_ENABLE_LB, ADMIN_POOL, ADMIN_POOL_PREFIX};
 use hostlb_model::options::ServiceLb;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +65,8 @@ impl Placement {
         if let Some(pool) = &lb.pool {
             if !nodes.iter().any(|n| n.metadata.labels.as_ref().is_some_and(|labels| in_pool(labels, pool))) {
                 return format!(
-                    "no node is in pool {pool} (label {}={pool}, {} or {}={pool})",
+                    "no node is in pool {pool} (label {ADMIN_POOL}={pool} or {ADMIN_POOL_PREFIX}{pool}; {}={pool}, {} or \
+                     {}={pool} with --trust-node-labels)",
                     names::POOL,
                     names::pool_label(pool),
                     names::K3S_POOL
@@ -80,8 +81,10 @@ impl Placement {
     }
 
     /// The same choice for the scheduler: alternatives (any one admits a node), each a list of
-    /// requirements that all hold.
-    pub fn label_alternatives(&self) -> Vec<Vec<NodeSelectorRequirement>> {
+    /// requirements that all hold. The scheduler reads the nodes' own labels: the admin's
+    /// `node-restriction.kubernetes.io/hostlb-*` ones, and, with `trust_node_labels`, those a
+    /// kubelet may write, as `node_labels::placement_labels` reads them for the index.
+    pub fn label_alternatives(&self, trust_node_labels: bool) -> Vec<Vec<NodeSelectorRequirement>> {
         let requirement = |key: &str, operator: &str, value: Option<&str>| NodeSelectorRequirement {
             key: key.into(),
             operator: operator.into(),
@@ -89,20 +92,33 @@ impl Placement {
         };
         let pools = match &self.pool {
             None => vec![vec![]],
-            Some(pool) => vec![
-                vec![requirement(names::POOL, "In", Some(pool))],
-                vec![requirement(&names::pool_label(pool), "Exists", None)],
-                vec![requirement(names::K3S_POOL, "In", Some(pool))],
-            ],
+            Some(pool) => {
+                let admins = [
+                    vec![requirement(ADMIN_POOL, "In", Some(pool))],
+                    vec![requirement(&format!("{ADMIN_POOL_PREFIX}{pool}"), "Exists", None)],
+                ];
+                let nodes = [
+                    vec![requirement(names::POOL, "In", Some(pool))],
+                    vec![requirement(&names::pool_label(pool), "Exists", None)],
+                    vec![requirement(names::K3S_POOL, "In", Some(pool))],
+                ];
+                admins.into_iter().chain(nodes.into_iter().filter(|_| trust_node_labels)).collect()
+            }
         };
         let switches = if self.enablelb {
-            vec![
-                vec![requirement(names::NODE_LABEL_ENABLE_LB, "In", Some("true"))],
+            let admins = vec![requirement(ADMIN_ENABLE_LB, "In", Some("true"))];
+            let nodes = [
                 vec![
+                    requirement(ADMIN_ENABLE_LB, "DoesNotExist", None),
+                    requirement(names::NODE_LABEL_ENABLE_LB, "In", Some("true")),
+                ],
+                vec![
+                    requirement(ADMIN_ENABLE_LB, "DoesNotExist", None),
                     requirement(names::NODE_LABEL_ENABLE_LB, "DoesNotExist", None),
                     requirement(names::K3S_NODE_LABEL_ENABLE_LB, "In", Some("true")),
                 ],
-            ]
+            ];
+            std::iter::once(admins).chain(nodes.into_iter().filter(|_| trust_node_labels)).collect()
         } else {
             vec![vec![]]
         };
@@ -190,8 +206,9 @@ mod tests {
         let node = NodeBuilder::new("a").label(names::POOL, "core").build();
         assert_eq!(
             placement.explain_empty(&lb, &[&node]),
-            "no node is in pool edge (label hostlb.io/lbpool=edge, pool.hostlb.io/edge or \
-             svccontroller.k3s.cattle.io/lbpool=edge)"
+            "no node is in pool edge (label node-restriction.kubernetes.io/hostlb-lbpool=edge or \
+             node-restriction.kubernetes.io/hostlb-pool.edge; hostlb.io/lbpool=edge, pool.hostlb.io/edge or \
+             svccontroller.k3s.cattle.io/lbpool=edge with --trust-node-labels)"
         );
     }
 }

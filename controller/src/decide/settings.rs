@@ -28,9 +28,6 @@ pub struct Settings {
     pub limits: ServiceLimits,
     /// Names this replica in the Events it publishes.
     pub instance: Option<String>,
-    /// Whether the placement labels a node's kubelet may write (hostlb's own and k3s ServiceLB's
-    /// pool and enablelb labels) count beside the admin's `node-restriction.kubernetes.io/` ones.
-    pub trust_node_labels: bool,
     /// A node whose kubelet misses a Lease renewal by more than this leaves every status;
     /// None to wait for the node controller's NotReady.
     pub node_lease_grace: Option<std::time::Duration>,

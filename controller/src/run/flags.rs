@@ -241,7 +241,6 @@ impl Args {
             node_lease_grace: Some(Duration::from_secs(self.node_lease_grace_seconds)).filter(|grace| !grace.is_zero()),
             withdrawal_pause_limit: Duration::from_secs(self.withdrawal_pause_limit_seconds),
             agent_report_expiry: Duration::from_secs(self.agent_report_expiry_seconds),
-            trust_node_labels: self.trust_node_labels,
             tenants: TenantPolicy {
                 priority_classes: self.allowed_priority_classes.clone(),
                 toleration_keys: self.allowed_toleration_keys.clone(),
@@ -264,6 +263,7 @@ impl Args {
                 dataplane: self.dataplane,
                 agent: agent::agent_name(&self.load_balancer_class),
                 log_env: self.log_format.env().into_iter().chain(log_filter_env()).collect(),
+                trust_node_labels: self.trust_node_labels,
             },
             load_balancer_class: self.load_balancer_class.clone(),
         }

@@ -151,7 +151,7 @@ pub fn watch(
             // Placement reads the labels the admin owns (and the nodes' own where trusted).
             let trusted = event.clone().modify(|node| {
                 let labels = node.metadata.labels.get_or_insert_default();
-                *labels = placement_labels(labels, settings.trust_node_labels);
+                *labels = placement_labels(labels, settings.forwarding.trust_node_labels);
             });
             triggers::of_nodes(&index.apply_node(&trusted), || concerned(&services, &settings))
         })

@@ -209,7 +209,7 @@ fn pod_spec(lb: &ServiceLb, placement: &Placement, settings: &ForwardingSettings
         enable_service_links: Some(false),
         priority_class_name: Some(lb.priority_class.clone().unwrap_or_else(|| settings.default_priority_class.clone())),
         node_selector: Some(placement.required_labels.clone()),
-        affinity: Some(node_affinity(placement)),
+        affinity: Some(node_affinity(placement, settings.trust_node_labels)),
         tolerations: Some(tolerations(&lb.extra_tolerations)),
         security_context: sysctls.map(|sysctls| PodSecurityContext { sysctls: Some(sysctls), ..Default::default() }),
         termination_grace_period_seconds: Some(10),
@@ -315,7 +315,7 @@ pub fn resources(cpu: &str, memory_request: &str, memory_limit: &str) -> Resourc
 
 /// The placement's label alternatives and excluded nodes (by `metadata.name`, which the
 /// DaemonSet controller and the scheduler both honour).
-fn node_affinity(placement: &Placement) -> Affinity {
+fn node_affinity(placement: &Placement, trust_node_labels: bool) -> Affinity {
     // The API server takes one value per field requirement; requirements of a term all hold.
     let excluded: Option<Vec<NodeSelectorRequirement>> = (!placement.excluded_nodes.is_empty()).then(|| {
         let not = |node: &String| NodeSelectorRequirement {
@@ -327,7 +327,7 @@ fn node_affinity(placement: &Placement) -> Affinity {
     });
     // Terms are alternatives: each of the placement's, with the exclusions.
     let terms = placement
-        .label_alternatives()
+        .label_alternatives(trust_node_labels)
         .into_iter()
         .map(|requirements| NodeSelectorTerm { match_expressions: Some(requirements), match_fields: excluded.clone() })
         .collect();
@@ -374,6 +374,7 @@ mod tests {
             dataplane: crate::decide::dataplane::DataPlaneKind::Pods,
             agent: hostlb_model::agent::AGENT.into(),
             log_env: Vec::new(),
+            trust_node_labels: true,
         }
     }
 
@@ -566,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_becomes_three_alternative_terms_each_keeping_the_exclusions() {
+    fn a_pool_becomes_alternative_terms_each_keeping_the_exclusions_the_admins_first() {
         let ds = build(ServiceBuilder::new("web").label(names::POOL, "edge"), ForwardingMode::InitContainer);
         let spec = pod(&ds);
         assert!(!spec.node_selector.as_ref().unwrap().contains_key(names::POOL));
@@ -585,10 +586,24 @@ mod tests {
         assert_eq!(
             described,
             vec![
+                vec![r#"node-restriction.kubernetes.io/hostlb-lbpool In ["edge"]"#.to_string(), excluded.clone()],
+                vec!["node-restriction.kubernetes.io/hostlb-pool.edge Exists []".to_string(), excluded.clone()],
                 vec![r#"hostlb.io/lbpool In ["edge"]"#.to_string(), excluded.clone()],
                 vec!["pool.hostlb.io/edge Exists []".to_string(), excluded.clone()],
-                vec![r#"svccontroller.k3s.cattle.io/lbpool In ["edge"]"#.to_string(), excluded],
+                vec![r#"svccontroller.k3s.cattle.io/lbpool In ["edge"]"#.to_string(), excluded.clone()],
             ]
+        );
+        // Untrusted, the labels a kubelet may write place nothing.
+        let lb = ServiceLb::from_service(&ServiceBuilder::new("web").label(names::POOL, "edge").build()).unwrap();
+        let untrusted = ForwardingSettings { trust_node_labels: false, ..settings(ForwardingMode::InitContainer) };
+        let ds = desired_daemonset(&lb, &Placement::for_service(&lb, false), &untrusted);
+        let affinity = pod(&ds).affinity.clone().unwrap().node_affinity.unwrap();
+        let terms = affinity.required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms;
+        let keys: Vec<String> =
+            terms.iter().map(|term| term.match_expressions.as_ref().unwrap()[0].key.clone()).collect();
+        assert_eq!(
+            keys,
+            ["node-restriction.kubernetes.io/hostlb-lbpool", "node-restriction.kubernetes.io/hostlb-pool.edge"]
         );
     }
 
@@ -608,8 +623,14 @@ mod tests {
         assert_eq!(
             described,
             vec![
-                vec!["hostlb.io/enablelb In".to_string(), excluded.clone()],
+                vec!["node-restriction.kubernetes.io/hostlb-enablelb In".to_string(), excluded.clone()],
                 vec![
+                    "node-restriction.kubernetes.io/hostlb-enablelb DoesNotExist".to_string(),
+                    "hostlb.io/enablelb In".to_string(),
+                    excluded.clone()
+                ],
+                vec![
+                    "node-restriction.kubernetes.io/hostlb-enablelb DoesNotExist".to_string(),
                     "hostlb.io/enablelb DoesNotExist".to_string(),
                     "svccontroller.k3s.cattle.io/enablelb In".to_string(),
                     excluded

@@ -45,4 +45,7 @@ pub struct ForwardingSettings {
     /// log format and filter (`HOSTLB_LOG_FORMAT`, `RUST_LOG`); empty for the defaults, so that
     /// proxy pods are not rolled for them.
     pub log_env: Vec<(String, String)>,
+    /// Whether the placement labels a node's kubelet may write place proxy pods too
+    /// (`--trust-node-labels`).
+    pub trust_node_labels: bool,
 }
