@@ -181,6 +181,33 @@ impl TestNamespace {
         Ok(())
     }
 
+    /// An older ClusterIP Service `older` (selecting `older_app`) on `port`, then a younger
+    /// LoadBalancer Service `younger` (selecting `echo`) on the same port, published on both
+    /// nodes; then `older` switched to LoadBalancer: a later claimant of a port that is served.
+    pub async fn older_switched_onto_a_served_port(
+        &self,
+        cluster: &Cluster,
+        nodes: &Nodes,
+        older_app: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<()> {
+        let older = json!({
+            "metadata": { "name": "older" },
+            "spec": {
+                "type": "ClusterIP",
+                "selector": { "app": older_app },
+                "ports": [{ "name": "http", "protocol": "TCP", "port": port, "targetPort": ECHO_HTTP_PORT }]
+            }
+        });
+        self.services().create(&PostParams::default(), &serde_json::from_value(older)?).await?;
+        self.a_second_after("older").await?;
+        self.load_balancer("younger", "echo", &http(port), json!({})).await?;
+        cluster.wait_for_addresses(&self.name, "younger", &[nodes.ip1, nodes.ip2], timeout).await?;
+        self.patch_service("older", json!({ "spec": { "type": "LoadBalancer" } })).await?;
+        Ok(())
+    }
+
     /// A merge patch. The 1.20 API server's Service storage can answer a patch with 409 Conflict
     /// when another write (the controller's status or finalizer) lands at the same moment, even
     /// though the patch names no resourceVersion; a conflict is retried, as kubectl's patch does.

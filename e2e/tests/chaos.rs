@@ -875,19 +875,7 @@ async fn a_node_leaving_and_joining_the_pool_replaces_no_proxy_that_serves() -> 
 async fn a_port_conflict_outlives_a_failover() -> Result<()> {
     let (cluster, ns, nodes) = setup("conflict-failover").await?;
     ns.echo_on_node1(&cluster, &nodes, SETTLE).await?;
-    let older = json!({
-        "metadata": { "name": "older" },
-        "spec": {
-            "type": "ClusterIP",
-            "selector": { "app": "echo" },
-            "ports": [{ "name": "http", "protocol": "TCP", "port": 19660, "targetPort": ECHO_HTTP_PORT }]
-        }
-    });
-    ns.services().create(&kube::api::PostParams::default(), &serde_json::from_value(older)?).await?;
-    ns.a_second_after("older").await?;
-    ns.load_balancer("younger", "echo", &http(19660), json!({})).await?;
-    cluster.wait_for_addresses(&ns.name, "younger", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-    ns.patch_service("older", json!({ "spec": { "type": "LoadBalancer" } })).await?;
+    ns.older_switched_onto_a_served_port(&cluster, &nodes, "echo", 19660, SETTLE).await?;
     cluster.first_event_note(&ns.name, "older", Reason::PortConflict, SETTLE).await?;
 
     let statuses = StatusWatch::start(ns.services(), &["younger"], BTreeSet::from([nodes.ip1, nodes.ip2]));

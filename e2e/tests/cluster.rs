@@ -223,20 +223,7 @@ async fn an_older_service_switched_to_load_balancer_does_not_take_a_served_port(
     backend_on_node1(&cluster, &ns, &nodes).await?;
     ns.echo_backend(&cluster, "older-echo", 1, Some(&nodes.node1)).await?;
     ns.wait_ready("older-echo", 1, SETTLE).await?;
-    let older = json!({
-        "metadata": { "name": "older" },
-        "spec": {
-            "type": "ClusterIP",
-            "selector": { "app": "older-echo" },
-            "ports": [{ "name": "http", "protocol": "TCP", "port": 18125, "targetPort": ECHO_HTTP_PORT }]
-        }
-    });
-    ns.services().create(&kube::api::PostParams::default(), &serde_json::from_value(older)?).await?;
-    ns.a_second_after("older").await?;
-    ns.load_balancer("younger", "echo", &http(18125), json!({})).await?;
-    cluster.wait_for_addresses(&ns.name, "younger", &[nodes.ip1, nodes.ip2], SETTLE).await?;
-
-    ns.patch_service("older", json!({ "spec": { "type": "LoadBalancer" } })).await?;
+    ns.older_switched_onto_a_served_port(&cluster, &nodes, "older-echo", 18125, SETTLE).await?;
     let note = warned(&cluster, &ns.name, "older", Reason::PortConflict).await?;
     ensure!(note.contains("port 18125/TCP is held on") && note.contains("which serves it there"), "{note}");
     let older_left_out = || async {
