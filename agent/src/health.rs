@@ -39,6 +39,26 @@ struct BuildLabels {
     revision: &'static str,
 }
 
+/// Registers `build_info`: the release's version and commit as labels, always 1; the same for
+/// every binary of hostlb that exports metrics.
+pub fn register_build_info(registry: &mut Registry, help: &str) {
+    let build = Family::<BuildLabels, Gauge>::default();
+    build.get_or_create(&BuildLabels { version: release::VERSION, revision: release::REVISION }).set(1);
+    registry.register("build_info", help, build);
+}
+
+/// The registry in the OpenMetrics text format.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("writing to a String cannot fail");
+    text
+}
+
+/// The answer to a scrape of `registry`.
+pub fn scrape(registry: &Registry) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render(registry))
+}
+
 pub struct AgentMetrics {
     registry: Registry,
     /// The Services the node's table forwards.
@@ -53,40 +73,34 @@ pub struct AgentMetrics {
 
 impl Default for AgentMetrics {
     fn default() -> Self {
+        let services_programmed = Gauge::default();
+        let transactions = Family::default();
+        let last_transaction_seconds = Gauge::default();
+        let last_transaction_timestamp_seconds = Gauge::default();
+        let report_writes = Family::default();
         let mut registry = Registry::with_prefix("hostlb_agent");
-        let metrics = AgentMetrics {
-            registry: Registry::default(),
-            services_programmed: Gauge::default(),
-            transactions: Family::default(),
-            last_transaction_seconds: Gauge::default(),
-            last_transaction_timestamp_seconds: Gauge::default(),
-            report_writes: Family::default(),
-        };
-        registry.register(
-            "services_programmed",
-            "Services the node's table forwards",
-            metrics.services_programmed.clone(),
-        );
-        registry.register(
-            "transactions",
-            "Kernel transactions of the node's table, by result",
-            metrics.transactions.clone(),
-        );
+        registry.register("services_programmed", "Services the node's table forwards", services_programmed.clone());
+        registry.register("transactions", "Kernel transactions of the node's table, by result", transactions.clone());
         registry.register(
             "last_transaction_seconds",
             "How long the last transaction took",
-            metrics.last_transaction_seconds.clone(),
+            last_transaction_seconds.clone(),
         );
         registry.register(
             "last_transaction_timestamp_seconds",
             "When the last transaction ended, in seconds since the epoch",
-            metrics.last_transaction_timestamp_seconds.clone(),
+            last_transaction_timestamp_seconds.clone(),
         );
-        registry.register("report_writes", "Writes of the node's report, by result", metrics.report_writes.clone());
-        let build = Family::<BuildLabels, Gauge>::default();
-        build.get_or_create(&BuildLabels { version: release::VERSION, revision: release::REVISION }).set(1);
-        registry.register("build_info", "The agent's release", build);
-        AgentMetrics { registry, ..metrics }
+        registry.register("report_writes", "Writes of the node's report, by result", report_writes.clone());
+        register_build_info(&mut registry, "The agent's version and commit, as labels; always 1");
+        AgentMetrics {
+            registry,
+            services_programmed,
+            transactions,
+            last_transaction_seconds,
+            last_transaction_timestamp_seconds,
+            report_writes,
+        }
     }
 }
 
@@ -98,12 +112,6 @@ impl AgentMetrics {
         if succeeded {
             self.services_programmed.set(i64::try_from(services).unwrap_or(i64::MAX));
         }
-    }
-
-    fn render(&self) -> String {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
-        text
     }
 }
 
@@ -158,7 +166,7 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
 }
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], health.metrics.render())
+    scrape(&health.metrics.registry)
 }
 
 /// Serves until the process ends; a port that cannot be bound is logged, and the agent goes on
@@ -196,7 +204,7 @@ mod tests {
         let metrics = AgentMetrics::default();
         metrics.transaction(Duration::from_millis(12), 3, true);
         metrics.transaction(Duration::from_millis(40), 4, false);
-        let text = metrics.render();
+        let text = render(&metrics.registry);
         assert!(text.contains("hostlb_agent_services_programmed 3"), "{text}");
         assert!(text.contains("hostlb_agent_transactions_total{result=\"failed\"} 1"), "{text}");
         assert!(text.contains("hostlb_agent_last_transaction_seconds 0.04"), "{text}");

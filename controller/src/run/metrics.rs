@@ -14,8 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use hostlb_agent::health::{register_build_info, render};
+
 use crate::error::Error;
-use hostlb_contract::release;
 use hostlb_model::reason::Reason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,12 +27,6 @@ pub struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabels {
     pub verb: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabels {
-    pub version: &'static str,
-    pub revision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,9 +116,7 @@ impl Default for Metrics {
             "Services served, by the reason of their hostlb.io/Ready condition (Serving, Pending, PortConflict, ...)",
             metrics.services.clone(),
         );
-        let build_info = Family::<BuildLabels, Gauge>::default();
-        build_info.get_or_create(&BuildLabels { version: release::VERSION, revision: release::REVISION }).set(1);
-        registry.register("build_info", "The running controller's version and commit, as labels; always 1", build_info);
+        register_build_info(&mut registry, "The running controller's version and commit, as labels; always 1");
         registry.register(
             "leader",
             "Whether this replica leads (holds the Lease and reconciles)",
@@ -189,9 +182,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
-        text
+        render(&self.registry)
     }
 }
 
@@ -209,6 +200,7 @@ impl Drop for ReconcileTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hostlb_contract::release;
 
     #[test]
     fn rendered_metrics_carry_the_prefix_and_failure_causes() {

@@ -372,7 +372,7 @@ impl Index {
     }
 
     /// Whether the node's agent has written its `NodeReport`.
-    pub fn agent_reported(&self, node: &str) -> bool {
+    fn agent_reported(&self, node: &str) -> bool {
         self.agent_reports.values().any(|report| report.node == node && report.written_at.is_some())
     }
 

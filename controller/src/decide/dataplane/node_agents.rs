@@ -167,9 +167,13 @@ impl DataPlane for NodeAgents {
             .filter(|report| !nodes.contains(report.node.as_str()) && index.agent_pods.group_is_empty(&report.node));
         let departed = departed.map(|report| SharedObject::named(report_resource(), &report.key));
         changes.extend(departed.map(SharedChange::Delete));
-        let upgraded = nodes.iter().all(|node| index.agent_reported(node));
-        if upgraded {
-            changes.extend(legacy_objects(index).into_iter().map(SharedChange::Delete));
+        let legacy = legacy_objects(index);
+        if !legacy.is_empty() {
+            let written = index.agent_reports.values().filter(|report| report.written_at.is_some());
+            let written: BTreeSet<&str> = written.map(|report| report.node.as_str()).collect();
+            if nodes.is_subset(&written) {
+                changes.extend(legacy.into_iter().map(SharedChange::Delete));
+            }
         }
         changes
     }
